@@ -1,0 +1,53 @@
+"""The backend protocol: capability flags, lazy availability, batched solve."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+from subsetsum_lth.instances import BatchResult, InstanceBatch
+
+
+class SolverUnavailable(RuntimeError):
+    """Raised when a backend is asked for but cannot run here (missing package, licence)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    exact: bool                      #: proves optimality of the objectives it supports
+    objectives: tuple[str, ...]      #: subset of instances.OBJECTIVES
+    float_coefficients: bool = True  #: takes real coefficients (else scales to integers internally)
+    max_n: int | None = None         #: largest number of live coefficients it accepts
+
+
+class SolverBackend(abc.ABC):
+    """A subset-sum backend.
+
+    Subclasses set ``name`` and ``capabilities``, implement ``is_available`` without importing
+    heavy packages at module import time, and implement ``solve`` over a whole batch.
+    Errors they report are recomputed in float64 by :func:`subsetsum_lth.instances.finalize`.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    description: ClassVar[str] = ""
+
+    def __init__(self, time_limit: float | None = None, **options):
+        self.time_limit = time_limit
+        self.options = options
+
+    @classmethod
+    def is_available(cls) -> tuple[bool, str | None]:
+        """(available, reason-if-not). Must not have side effects beyond a cheap import check."""
+        return True, None
+
+    @abc.abstractmethod
+    def solve(self, batch: InstanceBatch) -> BatchResult:
+        """Solve every instance of ``batch``; one result row per instance, same order."""
+
+    def check_objective(self, objective: str) -> None:
+        if objective not in self.capabilities.objectives:
+            raise ValueError(
+                f"solver {self.name!r} does not support objective {objective!r} "
+                f"(supports: {', '.join(self.capabilities.objectives)})"
+            )

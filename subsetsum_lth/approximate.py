@@ -1,0 +1,417 @@
+"""The pipeline: target → construction → instances → solve → masks → certificate → run folder."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from subsetsum_lth import __version__
+from subsetsum_lth import runfolder as rf
+from subsetsum_lth.certify import (certified_bound, check_soundness, empirical_bound, layer_maps,
+                                   pruned_module)
+from subsetsum_lth.construction import (Construction, ConstructionConfig, LayerInstances,
+                                        build_construction, layer_instances, masks_from_selections,
+                                        masks_state_dict)
+from subsetsum_lth.errors import IncompleteRun, RunFolderError, UserError
+from subsetsum_lth.instances import Status
+from subsetsum_lth.solve import ResumeStore, SolveConfig, check_solver, solve_all
+from subsetsum_lth.target import Target, save_target
+
+log = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    def __call__(self, total: int, desc: str) -> Callable[[int], None]: ...
+
+
+@dataclass
+class ApproximateConfig:
+    """Everything `approximate` needs besides the target.
+
+    Exactly one of ``eps`` (network-level bound to certify) and ``weight_eps`` (per-weight
+    tolerance τ, the paper's Experiment 1 mode) is set; if neither is, τ = 0.01.
+    """
+
+    construction: ConstructionConfig = field(default_factory=ConstructionConfig)
+    solve: SolveConfig = field(default_factory=SolveConfig)
+    eps: float | None = None
+    weight_eps: float | None = None
+    input_radius: float = 1.0
+    allow_infeasible: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    empirical_samples: int = 512
+    ascent_steps: int = 100
+    max_rounds: int = 8
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.eps is not None and self.weight_eps is not None:
+            raise UserError("give either --eps (network bound) or --weight-eps (per-weight tolerance), not both")
+        for name in ("eps", "weight_eps"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                flag = "--" + name.replace("_", "-")
+                raise UserError(f"{flag} must be a positive number, got {v}")
+        if self.eps is None and self.weight_eps is None:
+            self.weight_eps = 0.01
+        if not (math.isfinite(self.input_radius) and self.input_radius > 0):
+            raise UserError(f"--input-radius must be a positive number, got {self.input_radius}")
+
+    @property
+    def mode(self) -> str:
+        return "network" if self.eps is not None else "weight"
+
+
+def apriori_bound(target: Target, tau: float, radius: float, domain: str, typical: bool) -> float:
+    """The certified bound if every weight/bias error were τ: with ‖E‖₂ ≤ τ√(q·p·h) (sound,
+    ``typical=False``) or the random-matrix estimate τ(√q + √(p·h)) (``typical=True``)."""
+    R, delta = radius, 0.0
+    for i, L in enumerate(target.layers):
+        q, p = L.weight.shape
+        h = 2 if (i == 0 and domain == "signed") else 1
+        nE = tau * ((math.sqrt(q) + math.sqrt(p * h)) if typical else math.sqrt(q * p * h))
+        neb = tau * math.sqrt(q) if L.bias is not None else 0.0
+        nW = float(np.linalg.norm(L.weight, 2))
+        delta = nW * delta + (R + delta) * nE + neb
+        R = nW * R + (0.0 if L.bias is None else float(np.linalg.norm(L.bias)))
+    return delta
+
+
+def choose_tolerance(target: Target, eps: float, radius: float, domain: str, typical=True) -> float:
+    """Largest τ (bisection, log scale) whose a-priori bound is ≤ 0.9 ε; never above ε."""
+    lo, hi = 1e-12, eps
+    if apriori_bound(target, hi, radius, domain, typical) <= 0.9 * eps:
+        return hi
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        if apriori_bound(target, mid, radius, domain, typical) <= 0.9 * eps:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _versions() -> dict:
+    import numpy
+    out = {"subsetsum_lth": __version__, "python": platform.python_version(),
+           "numpy": numpy.__version__, "torch": torch.__version__}
+    for mod in ("ortools", "safetensors", "gurobipy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return out
+
+
+def _prepare_folder(out: Path, config: ApproximateConfig, fingerprint: dict) -> ResumeStore:
+    out = Path(out)
+    partial = out / "partial"
+    existing = [p for p in (out / rf.REPORT, out / rf.MASKS, partial) if p.exists()]
+    if existing and not (config.resume or config.overwrite):
+        raise RunFolderError(
+            f"{out} already holds a run ({', '.join(p.name for p in existing)}); "
+            "use --resume to continue it, --overwrite to replace it, or another --out")
+    if config.overwrite and not config.resume:
+        for p in (out / rf.REPORT, out / rf.MASKS, out / rf.RANDOM_NET, out / "run_config.json"):
+            if p.exists():
+                p.unlink()
+        if partial.exists():
+            shutil.rmtree(partial)
+    rf.check_writable(out)
+    cfg_path = out / "run_config.json"
+    if config.resume and cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if old != fingerprint:
+            diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+            raise RunFolderError(f"--resume: the run in {out} was started with different settings "
+                                 f"({', '.join(diff)}); use the same options or another --out")
+    rf.atomic_write_json(cfg_path, fingerprint)
+    return ResumeStore(partial)
+
+
+def approximate(target: Target, config: ApproximateConfig, out: str | Path,
+                progress: Progress | None = None,
+                eval_data: dict | None = None,
+                empirical_data: np.ndarray | None = None,
+                executor=None) -> dict:
+    """Run the whole construction and write the run folder. Returns the report.
+
+    Args:
+        eval_data: optional {"x": float32 (N, p), "y": int64 (N,)} to measure accuracies.
+        empirical_data: optional points fed to the empirical lower bound.
+    Raises:
+        IncompleteRun after writing everything, if instances are infeasible or failed and
+        ``allow_infeasible`` is off, or if the network-level ε cannot be certified.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out)
+    cc, sc = config.construction, config.solve
+    cc.eps = config.eps if config.eps is not None else config.weight_eps
+    check_solver(sc)
+    fingerprint = {
+        "target_sizes": target.sizes, "target_bias": target.has_bias,
+        "target_digest": _digest(target), "construction": asdict(cc),
+        "solver": sc.solver, "objective": sc.objective, "eps": config.eps,
+        "weight_eps": config.weight_eps, "input_radius": config.input_radius,
+    }
+    store = _prepare_folder(out, config, fingerprint)
+
+    t = time.perf_counter()
+    construction = build_construction(target, cc)
+    layers: list[LayerInstances] = []
+    offset = 0
+    for L, pair in zip(target.layers, construction.pairs):
+        inst = layer_instances(pair, L.weight, L.bias, offset)
+        layers.append(inst)
+        offset += len(inst)
+    timings["build"] = time.perf_counter() - t
+    log.info("built g: %s parameters, %d instances", f"{construction.total_parameters:,}", offset)
+
+    if config.mode == "weight":
+        tau = float(config.weight_eps)
+    else:
+        tau = choose_tolerance(target, config.eps, config.input_radius, cc.input_domain)
+    results = [None] * len(layers)
+    solve_seconds = [0.0] * len(layers)
+    rounds = []
+    t = time.perf_counter()
+    certificate = None
+    for rnd in range(config.max_rounds if config.mode == "network" else 1):
+        for li, inst in enumerate(layers):
+            batch = inst.batch(tau, sc.objective)
+            if results[li] is not None:
+                # only instances outside the new tolerance need solving again: a subset that is
+                # optimal for a looser τ and within the tighter one stays optimal
+                redo = results[li].errors > tau
+                if not redo.any():
+                    continue
+                sub = batch.take(np.flatnonzero(redo))
+            else:
+                sub = batch
+            tick = progress(len(sub), f"layer {li + 1}/{len(layers)} ({sc.solver})") if progress else None
+            t_layer = time.perf_counter()
+            res = solve_all(sub, sc, on_progress=tick, store=store, executor=executor)
+            solve_seconds[li] += time.perf_counter() - t_layer
+            if tick is not None and hasattr(tick, "close"):
+                tick.close()
+            if results[li] is None:
+                results[li] = res
+            else:
+                idx = np.flatnonzero(results[li].errors > tau)
+                r0 = results[li]
+                w = res.selections.shape[1]
+                r0.selections[idx] = False
+                r0.selections[idx, :w] = res.selections
+                r0.errors[idx] = res.errors
+                r0.status[idx] = res.status
+                r0.messages.update(res.messages)
+        if config.mode == "weight":
+            break
+        masks = masks_state_dict([masks_from_selections(i, r.selections) for i, r in zip(layers, results)])
+        certificate = certified_bound(target, layer_maps(construction.state_dict(), masks, target.depth),
+                                      config.input_radius, cc.input_domain)
+        n_bad = sum(int((~np.isin(r.status, (Status.OPTIMAL, Status.FEASIBLE))).sum()) for r in results)
+        rounds.append({"round": rnd, "weight_eps": tau, "certified_bound": certificate.bound,
+                       "not_ok": n_bad})
+        log.info("round %d: τ=%.3g certified=%.4g (ε=%.4g), %d instances not within τ",
+                 rnd, tau, certificate.bound, config.eps, n_bad)
+        if certificate.bound <= config.eps or n_bad:
+            break
+        if sc.objective == "error":
+            # exact minimal errors do not shrink with τ: a smaller τ only marks more infeasible
+            tau = tau * min(0.5, 0.9 * config.eps / certificate.bound)
+            for r in results:
+                r.status[(r.errors > tau)] = Status.INFEASIBLE
+            break
+        tau = tau * min(0.5, 0.9 * config.eps / certificate.bound)
+    timings["solve"] = time.perf_counter() - t
+
+    # --- masks and certificate, recomputed from the state dicts alone
+    t = time.perf_counter()
+    layer_masks = [masks_from_selections(i, r.selections) for i, r in zip(layers, results)]
+    masks = masks_state_dict(layer_masks)
+    state = construction.state_dict()
+    certificate = certified_bound(target, layer_maps(state, masks, target.depth),
+                                  config.input_radius, cc.input_domain)
+    g64 = pruned_module(state, masks, target.depth, torch.float64)
+    emp = empirical_bound(target, g64, config.input_radius, cc.input_domain,
+                          data=empirical_data, samples=config.empirical_samples,
+                          steps=config.ascent_steps, seed=cc.seed)
+    timings["certify"] = time.perf_counter() - t
+    check_soundness(emp["empirical_bound"], certificate.bound)
+
+    evaluation = {}
+    if eval_data is not None:
+        t = time.perf_counter()
+        evaluation = evaluate_pair(target, pruned_module(state, masks, target.depth, torch.float32),
+                                   eval_data["x"], eval_data["y"])
+        timings["evaluate"] = time.perf_counter() - t
+
+    # --- report
+    layer_reports, metrics = [], []
+    kept_total = 0
+    n_bad_total = 0
+    bad_list = []
+    for li, (inst, res, mk) in enumerate(zip(layers, results, layer_masks)):
+        plan = inst.plan
+        is_bias = inst.group_half[inst.group_of_instance()] == 0
+        werr = res.errors[~is_bias]
+        berr = res.errors[is_bias]
+        bad = ~np.isin(res.status, (Status.OPTIMAL, Status.FEASIBLE))
+        n_bad_total += int(bad.sum())
+        for idx in np.flatnonzero(bad)[:20]:
+            g = inst.group_of_instance()[idx]
+            bad_list.append({"layer": li, "row": int(inst.rows()[idx]), "column": int(inst.group_block[g]),
+                             "half": int(inst.group_half[g]), "target": float(inst.targets[idx]),
+                             "error": float(res.errors[idx]), "status": Status(int(res.status[idx])).name,
+                             "message": res.messages.get(int(inst.ids[idx]), "")})
+        kept_units = int((mk["w1"].any(axis=1) | (mk["b1"] != 0)).sum())
+        kept_coef = int(mk["w2"].sum())
+        kept_params = int(sum(int(a.sum()) for a in mk.values()))
+        kept_total += kept_params
+        n_weights = plan.q * plan.p
+        per_weight = res.selections[~is_bias].sum(axis=1)
+        rep = {
+            "layer": li, "target_shape": [plan.q, plan.p], "has_bias": plan.has_bias,
+            "block_width": plan.m, "formula_block_width": plan.formula_m,
+            "random_shapes": [[plan.hidden, plan.p], [plan.q, plan.hidden]],
+            "instances": len(inst), "weight_instances": int((~is_bias).sum()),
+            "bias_instances": int(is_bias.sum()),
+            "live_coefficients_mean": float(inst.counts.mean()) if len(inst) else 0.0,
+            "live_coefficients_min": int(inst.counts.min()) if len(inst) else 0,
+            "max_weight_error": float(werr.max(initial=0.0)),
+            "mean_weight_error": float(werr.mean()) if werr.size else 0.0,
+            "max_bias_error": float(berr.max(initial=0.0)),
+            "infeasible": int((res.status == Status.INFEASIBLE).sum()),
+            "failed": int(bad.sum() - (res.status == Status.INFEASIBLE).sum()),
+            "kept_coefficients": kept_coef,
+            "kept_coefficients_per_weight": float(per_weight.mean()) if per_weight.size else 0.0,
+            "kept_units": kept_units,
+            "kept_parameters": kept_params,
+            "kept_parameters_first": int(mk["w1"].sum() + mk["b1"].sum()),
+            "kept_parameters_second": int(mk["w2"].sum() + mk["b2"].sum()),
+            "total_parameters": int(sum(np.asarray(state[f"{4 * li + d}.{t}"]).size
+                                        for d in (0, 2) for t in ("weight", "bias"))),
+            "seconds": solve_seconds[li],
+            "certificate": certificate.layers[li],
+        }
+        layer_reports.append(rep)
+        for key in ("max_weight_error", "mean_weight_error", "max_bias_error", "kept_coefficients",
+                    "kept_units", "kept_parameters", "instances", "infeasible", "seconds", "block_width"):
+            metrics.append({"layer": li, "metric": key, "value": rep[key]})
+    report = {
+        "eps": config.eps if config.eps is not None else config.weight_eps,
+        "mode": config.mode,
+        "weight_eps": tau,
+        "input_radius": config.input_radius,
+        "input_domain": cc.input_domain,
+        "seed": cc.seed,
+        "solver": sc.solver,
+        "objective": sc.objective,
+        "workers": sc.resolved_workers() if executor is None else None,
+        "distribution": cc.distribution,
+        "C": cc.C, "delta": cc.delta,
+        "target_sizes": target.sizes,
+        "target_parameters": target.n_parameters,
+        "target_source": target.source,
+        "certified_bound": certificate.bound,
+        "empirical_bound": emp["empirical_bound"],
+        "empirical": emp,
+        "certified_ok": (certificate.bound <= config.eps) if config.eps is not None else None,
+        "kept_parameters": kept_total,
+        "total_parameters": construction.total_parameters,
+        "prepruned_parameters": construction.prepruned_parameters,
+        "instances": offset,
+        "infeasible_count": n_bad_total,
+        "infeasible_examples": bad_list,
+        "rounds": rounds,
+        "layers": layer_reports,
+        **evaluation,
+        "timings": timings,
+        "versions": _versions(),
+    }
+    for key in ("certified_bound", "empirical_bound", "kept_parameters", "total_parameters",
+                "infeasible_count"):
+        metrics.append({"layer": "all", "metric": key, "value": report[key]})
+    for key in ("target_accuracy", "pruned_accuracy", "prediction_agreement"):
+        if key in report:
+            metrics.append({"layer": "all", "metric": key, "value": report[key]})
+
+    t = time.perf_counter()
+    meta = {"format": "subsetsum-lth-run", "seed": cc.seed, "depth": target.depth}
+    rf.atomic_save_safetensors(state, out / rf.RANDOM_NET, meta)
+    rf.atomic_save_safetensors(masks, out / rf.MASKS, meta)
+    save_target(target, out / rf.TARGET)
+    if config.plots:
+        from subsetsum_lth import plots
+        try:
+            report["plots"] = plots.run_plots(out, layers, results, report)
+        except Exception as exc:  # a plot must never cost the run
+            log.warning("plots failed: %s", exc)
+    timings["write"] = time.perf_counter() - t
+    report["wall_seconds"] = time.perf_counter() - t_start
+    report["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rf.atomic_write_csv(out / rf.METRICS, metrics)
+    rf.atomic_write_json(out / rf.REPORT, report)
+    if store.folder.exists():
+        shutil.rmtree(store.folder, ignore_errors=True)
+
+    failed = n_bad_total > 0 or (config.eps is not None and certificate.bound > config.eps)
+    if failed and not config.allow_infeasible:
+        if n_bad_total:
+            lines = [f"  layer {b['layer']} row {b['row']} col {b['column']}: {b['status']} "
+                     f"(target {b['target']:.4g}, best error {b['error']:.3g})" for b in bad_list[:10]]
+            raise IncompleteRun(
+                f"{n_bad_total} of {offset} instances are not within τ={tau:.3g}; everything computed "
+                f"is written to {out}. First ones:\n" + "\n".join(lines) +
+                "\nWiden the random network (--block-width, --C), loosen --weight-eps/--eps, or pass "
+                "--allow-infeasible to accept the closest subsets.")
+        raise IncompleteRun(f"the certified bound {certificate.bound:.4g} exceeds ε={config.eps:g} at this "
+                            f"width; everything computed is written to {out}. Widen the network "
+                            "(--block-width, --C) or use --objective error.")
+    return report
+
+
+def _digest(target: Target) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for L in target.layers:
+        h.update(np.ascontiguousarray(L.weight).tobytes())
+        if L.bias is not None:
+            h.update(np.ascontiguousarray(L.bias).tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def evaluate_pair(target: Target, g: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 4096) -> dict:
+    """Accuracy of f and ĝ, prediction agreement, output deviation (float32, as deployed)."""
+    f_pred, g_pred, dev = [], [], []
+    for i in range(0, len(x), batch):
+        xb = torch.as_tensor(x[i:i + batch], dtype=torch.float32)
+        fo = target.forward(xb.double())
+        go = g(xb).double()
+        f_pred.append(fo.argmax(1))
+        g_pred.append(go.argmax(1))
+        dev.append((fo - go).norm(dim=1))
+    f_pred, g_pred, dev = torch.cat(f_pred), torch.cat(g_pred), torch.cat(dev)
+    yt = torch.as_tensor(y)
+    return {
+        "target_accuracy": float((f_pred == yt).double().mean()),
+        "pruned_accuracy": float((g_pred == yt).double().mean()),
+        "prediction_agreement": float((f_pred == g_pred).double().mean()),
+        "max_output_deviation": float(dev.max()),
+        "mean_output_deviation": float(dev.mean()),
+        "eval_examples": int(len(x)),
+    }

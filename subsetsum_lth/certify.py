@@ -1,0 +1,215 @@
+"""The certified bound of DESIGN §2 and an empirical lower bound.
+
+The layer maps of the pruned network are recovered from the two safetensors files alone
+(random weights times masks), so a certificate never trusts what a solver reported.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from subsetsum_lth.errors import CertificateViolation, RunFolderError
+from subsetsum_lth.target import Target
+
+log = logging.getLogger(__name__)
+
+#: relative slack that covers float64 rounding in the norm computations
+NUMERIC_SLACK = 1e-9
+
+
+@dataclass
+class LayerMap:
+    """What one pruned pair of layers computes: ``Wp x⁺ + Wm x⁻ + b`` (x⁻ = min(x, 0))."""
+
+    w_plus: np.ndarray
+    w_minus: np.ndarray
+    bias: np.ndarray
+
+
+def _pair(state, masks, i):
+    def get(key):
+        w = np.asarray(state[key], dtype=np.float64)
+        mk = np.asarray(masks[key])
+        if mk.shape != w.shape:
+            raise RunFolderError(f"mask {key} has shape {mk.shape}, random weight {w.shape}")
+        return w * (mk != 0)
+    return (get(f"{4 * i}.weight"), get(f"{4 * i}.bias"),
+            get(f"{4 * i + 2}.weight"), get(f"{4 * i + 2}.bias"))
+
+
+def layer_maps(state: dict, masks: dict, depth: int) -> list[LayerMap]:
+    """Exact layer maps of ĝ, assuming the construction's form: every kept hidden unit has
+    at most one kept input edge, and no unit keeps both an input edge and a bias."""
+    maps = []
+    for i in range(depth):
+        A, a, B, c = _pair(state, masks, i)
+        nnz = (A != 0).sum(axis=1)
+        if np.any(nnz > 1):
+            raise RunFolderError(
+                f"layer {4 * i}: {int((nnz > 1).sum())} hidden units keep more than one input edge; "
+                "these masks are not of the subset-sum construction's form, so no certificate applies")
+        both = (nnz == 1) & (a != 0)
+        if np.any(both):
+            raise RunFolderError(f"layer {4 * i}: {int(both.sum())} hidden units keep an input edge and a "
+                                 "bias; not the construction's form, no certificate applies")
+        q, H = B.shape
+        p = A.shape[1]
+        col = np.argmax(A != 0, axis=1)
+        u = A[np.arange(H), col]
+        Wp = np.zeros((q, p))
+        Wm = np.zeros((q, p))
+        pos, neg = (nnz == 1) & (u > 0), (nnz == 1) & (u < 0)
+        # unit h contributes B[:, h] * relu(u_h x_j): = u_h x_j⁺ if u_h>0, u_h x_j⁻ if u_h<0
+        np.add.at(Wp.T, col[pos], (B[:, pos] * u[pos]).T)
+        np.add.at(Wm.T, col[neg], (B[:, neg] * u[neg]).T)
+        const = (nnz == 0) & (a > 0)          # relu(bias) = bias for positive kept biases
+        bias = c + B[:, const] @ a[const]
+        maps.append(LayerMap(Wp, Wm, bias))
+    return maps
+
+
+@dataclass
+class Certificate:
+    bound: float
+    input_radius: float
+    input_domain: str
+    layers: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"certified_bound": self.bound, "input_radius": self.input_radius,
+                "input_domain": self.input_domain, "layers": self.layers}
+
+
+def _spec(M: np.ndarray) -> float:
+    if M.size == 0:
+        return 0.0
+    return float(np.linalg.norm(M, 2))
+
+
+def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,
+                    input_domain: str) -> Certificate:
+    """sup over ‖x‖ ≤ r (x ≥ 0 for the non-negative domain) of ‖f(x) − ĝ(x)‖, bounded by
+    δ_{i+1} = ‖W_i‖ δ_i + η_i(R_i + δ_i), R_{i+1} = ‖W_i‖ R_i + ‖b_i‖,
+    η_i(ρ) = ρ ‖[E⁺ E⁻]‖₂ + ‖e_b‖ (E⁻ dropped where inputs are known non-negative)."""
+    if len(maps) != target.depth:
+        raise RunFolderError(f"the run has {len(maps)} layer pairs but the target has {target.depth} layers")
+    R, delta = float(input_radius), 0.0
+    details = []
+    for i, (L, M) in enumerate(zip(target.layers, maps)):
+        W = L.weight
+        b = np.zeros(W.shape[0]) if L.bias is None else L.bias
+        if M.w_plus.shape != W.shape:
+            raise RunFolderError(f"layer {i}: pruned map has shape {M.w_plus.shape}, target {W.shape}")
+        signed = (i == 0 and input_domain == "signed")
+        Ep = W - M.w_plus
+        Em = W - M.w_minus
+        E = np.hstack([Ep, Em]) if signed else Ep
+        e_b = b - M.bias
+        nW, nE, neb = _spec(W), _spec(E), float(np.linalg.norm(e_b))
+        eta = (R + delta) * nE + neb
+        new_delta = nW * delta + eta
+        details.append({
+            "layer": i, "weight_spectral_norm": nW, "error_spectral_norm": nE,
+            "bias_error_norm": neb, "radius_in": R, "bound_in": delta, "bound_out": new_delta,
+            "max_weight_error": float(np.abs(E).max(initial=0.0)),
+            "max_bias_error": float(np.abs(e_b).max(initial=0.0)),
+        })
+        delta = new_delta
+        R = nW * R + float(np.linalg.norm(b))
+    bound = delta * (1 + NUMERIC_SLACK) + 1e-300
+    return Certificate(bound, float(input_radius), input_domain, details)
+
+
+def pruned_module(state: dict, masks: dict, depth: int, dtype=torch.float64) -> nn.Sequential:
+    """ĝ as a plain nn.Sequential with masks baked in (from the two state dicts)."""
+    mods: list[nn.Module] = []
+    for k in range(2 * depth):
+        w = torch.as_tensor(np.asarray(state[f"{2 * k}.weight"]), dtype=dtype)
+        b = torch.as_tensor(np.asarray(state[f"{2 * k}.bias"]), dtype=dtype)
+        mw = torch.as_tensor(np.asarray(masks[f"{2 * k}.weight"]) != 0)
+        mb = torch.as_tensor(np.asarray(masks[f"{2 * k}.bias"]) != 0)
+        lin = nn.Linear(w.shape[1], w.shape[0]).to(dtype)
+        with torch.no_grad():
+            lin.weight.copy_(w * mw)
+            lin.bias.copy_(b * mb)
+        mods.append(lin)
+        if k < 2 * depth - 1:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods)
+
+
+def _project(x: torch.Tensor, radius: float, nonneg: bool) -> torch.Tensor:
+    if nonneg:
+        x = x.clamp_min(0.0)
+    norms = x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    return x * torch.clamp(radius / norms, max=1.0)
+
+
+def candidate_points(p: int, radius: float, nonneg: bool, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Random points on the sphere (within the orthant for the non-negative domain) and
+    orthant vertices r·s/‖s‖ for random sign (or 0/1) patterns."""
+    g = rng.standard_normal((n, p))
+    if nonneg:
+        g = np.abs(g)
+    sphere = radius * g / np.linalg.norm(g, axis=1, keepdims=True)
+    if nonneg:
+        s = (rng.random((n, p)) < rng.random((n, 1))).astype(np.float64)
+        s[s.sum(axis=1) == 0, 0] = 1.0
+    else:
+        s = rng.choice([-1.0, 1.0], size=(n, p))
+    vertices = radius * s / np.linalg.norm(s, axis=1, keepdims=True)
+    return np.vstack([sphere, vertices])
+
+
+def empirical_bound(target: Target, g: nn.Module, input_radius: float, input_domain: str,
+                    data: np.ndarray | None = None, samples: int = 512, steps: int = 100,
+                    starts: int = 16, seed: int = 0) -> dict:
+    """A lower bound on sup ‖f − ĝ‖ over the ball: the max over random sphere points, orthant
+    vertices, given data points (clipped to the ball), then projected gradient ascent from the
+    worst starting points. Computed in float64."""
+    nonneg = input_domain == "nonnegative"
+    rng = np.random.default_rng(seed)
+    p = target.sizes[0]
+    pts = [candidate_points(p, input_radius, nonneg, samples, rng)]
+    if data is not None and len(data):
+        d = np.asarray(data, dtype=np.float64).reshape(len(data), -1)
+        pts.append(d)
+    X = torch.as_tensor(np.vstack(pts), dtype=torch.float64)
+    X = _project(X, input_radius, nonneg)
+    g = g.to(torch.float64)
+
+    def err(x):
+        return (target.forward(x) - g(x)).norm(dim=1)
+
+    with torch.no_grad():
+        e = torch.cat([err(X[i:i + 4096]) for i in range(0, len(X), 4096)])
+    best = float(e.max())
+    best_src = "samples"
+    k = min(starts, len(X))
+    x = X[torch.topk(e, k).indices].clone().requires_grad_(True)
+    step = 0.05 * input_radius
+    for t in range(steps):
+        loss = err(x).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            gn = grad.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            x_new = _project(x + step * (0.98 ** t) * grad / gn, input_radius, nonneg)
+            x.copy_(x_new)
+    with torch.no_grad():
+        e2 = err(x)
+    if float(e2.max()) > best:
+        best, best_src = float(e2.max()), "gradient ascent"
+    return {"empirical_bound": best, "source": best_src, "points": int(len(X)), "ascent_steps": steps}
+
+
+def check_soundness(empirical: float, certified: float) -> None:
+    """Empirical > certified is a bug in this package: fail loudly."""
+    if not math.isfinite(empirical) or empirical > certified * (1 + 1e-6) + 1e-9:
+        raise CertificateViolation(
+            f"empirical error {empirical:.6g} exceeds the certified bound {certified:.6g}; "
+            "this is a bug in subsetsum-lth — please report it with the run folder")

@@ -1,0 +1,75 @@
+"""Command-line interface: argument parsing and printing only.
+
+Each subcommand lives in ``subsetsum_lth/commands/<name>.py`` and exposes ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``. ``COMMANDS`` below is the one registry.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from subsetsum_lth import __version__
+from subsetsum_lth.errors import CertificateViolation, IncompleteRun, UserError
+
+#: subcommand name -> module under subsetsum_lth.commands
+COMMANDS = {
+    "train-target": "train_target",
+    "approximate": "approximate",
+    "certify": "certify",
+    "solvers": "solvers_cmd",
+}
+
+
+def _load(module: str):
+    return importlib.import_module(f"subsetsum_lth.commands.{module}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="subsetsum-lth",
+        description="Strong lottery tickets by subset sum: prune a random ReLU network so that "
+                    "it approximates a trained one to a certified error, with no training.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        mod = _load(module)
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except IncompleteRun as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except CertificateViolation as exc:
+        print(f"BUG: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept in the run folder (use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""`subsetsum-lth approximate`: build g, solve, certify, write the run folder."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from subsetsum_lth.commands._common import positive_float, positive_int, print_json, tqdm_progress
+
+HELP = "prune a random network to approximate a target MLP, with a certified error"
+DESCRIPTION = (
+    "Allocate the random network of Pensia et al.'s Theorem 1 for a target ReLU MLP, solve one "
+    "subset-sum problem per weight (and sign half, and bias), and write the masks, the random "
+    "network, a certificate sup_{|x|<=r} |f(x) - g(x)| <= bound, and plots into --out. "
+    "Without --target, a seeded synthetic 784-300-10 target with biases and spectral norms <= 1 "
+    "(inside Theorem 1's class) is used.")
+
+SYNTHETIC_SIZES = (784, 300, 10)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--target", type=Path, default=None,
+                   help="target file (.pt state_dict, .safetensors) or a train-target folder; "
+                        "default: a seeded synthetic 784-300-10 target")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--eps", type=positive_float, default=None,
+                   help="network-level ε: pick the per-weight tolerance so that the certified bound is <= ε")
+    g.add_argument("--weight-eps", type=positive_float, default=None,
+                   help="per-weight tolerance τ (Pensia et al. Experiment 1 mode); default 0.01 if --eps is not given")
+    p.add_argument("--input-radius", type=positive_float, default=None,
+                   help="radius r of the input ball for the certificate (default: 1, or from --data)")
+    p.add_argument("--input-domain", choices=("nonnegative", "signed"), default=None,
+                   help="sign of the first layer's inputs (default: from the target's metadata or --data, "
+                        "else signed)")
+    p.add_argument("--data", choices=("mnist",), default=None,
+                   help="evaluate target and pruned network on this data set's test images")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random network")
+    p.add_argument("--solver", default="ortools", help="solver backend (see 'subsetsum-lth solvers')")
+    p.add_argument("--objective", choices=("error", "feasible", "cardinality"), default="error",
+                   help="error: minimise |w - ŵ| (the paper's MIP); cardinality: fewest kept "
+                        "coefficients within τ; feasible: any subset within τ")
+    p.add_argument("--workers", type=positive_int, default=None, help="solver processes (default: all cores)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="instances per solver batch")
+    p.add_argument("--time-limit", type=positive_float, default=None, help="per-instance solver time limit (s)")
+    p.add_argument("--block-width", type=positive_int, default=None,
+                   help="units per block m (overrides the Theorem 1 formula)")
+    p.add_argument("--C", dest="C", type=positive_float, default=1.5,
+                   help="constant C in m = ceil(C log2(p q l / min(ε, δ)))")
+    p.add_argument("--delta", type=float, default=None, help="δ in the width formula (default: ε)")
+    p.add_argument("--distribution", choices=("uniform", "normal"), default="uniform",
+                   help="distribution of g's weights (uniform = U[-1, 1])")
+    p.add_argument("--allow-infeasible", action="store_true",
+                   help="exit 0 even if some instances are not within τ (closest subsets are kept)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--samples", type=int, default=512, help="random points for the empirical bound")
+    p.add_argument("--steps", type=int, default=100, help="gradient-ascent steps for the empirical bound")
+    p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print report.json to stdout")
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from subsetsum_lth.approximate import ApproximateConfig, approximate
+    from subsetsum_lth.construction import ConstructionConfig
+    from subsetsum_lth.errors import IncompleteRun
+    from subsetsum_lth.solve import SolveConfig
+    from subsetsum_lth.target import load_target, random_target
+
+    if args.target is None:
+        target = random_target(SYNTHETIC_SIZES, bias=True, seed=args.seed, max_spectral_norm=1.0)
+        print(f"no --target given: using a seeded synthetic {'-'.join(map(str, SYNTHETIC_SIZES))} target "
+              f"with biases and spectral norms <= 1 (seed {args.seed})", file=sys.stderr)
+    else:
+        target = load_target(args.target)
+
+    eval_data = emp_data = None
+    radius = args.input_radius
+    domain = args.input_domain or target.metadata.get("input_domain")
+    if args.data == "mnist":
+        from subsetsum_lth.data import mnist
+        x, y = mnist.load_mnist("test", data_dir=args.data_dir)
+        if target.sizes[0] != x.shape[1]:
+            from subsetsum_lth.errors import UserError
+            raise UserError(f"the target takes {target.sizes[0]} inputs but MNIST images have {x.shape[1]}")
+        eval_data = {"x": x, "y": y}
+        emp_data = x[np.random.default_rng(args.seed).choice(len(x), size=min(2048, len(x)), replace=False)]
+        if radius is None:
+            radius = mnist.input_radius(args.data_dir)
+        domain = domain or "nonnegative"
+    radius = radius or 1.0
+    domain = domain or "signed"
+
+    config = ApproximateConfig(
+        construction=ConstructionConfig(input_domain=domain, seed=args.seed,
+                                        eps=args.eps or args.weight_eps or 0.01, delta=args.delta, C=args.C,
+                                        block_width=args.block_width, distribution=args.distribution),
+        solve=SolveConfig(solver=args.solver, objective=args.objective, workers=args.workers,
+                          batch_size=args.batch_size, time_limit=args.time_limit),
+        eps=args.eps, weight_eps=args.weight_eps, input_radius=radius,
+        allow_infeasible=args.allow_infeasible, resume=args.resume, overwrite=args.overwrite,
+        empirical_samples=args.samples, ascent_steps=args.steps, plots=not args.no_plots,
+    )
+    progress = tqdm_progress(enabled=not args.no_progress)
+    status = 0
+    try:
+        report = approximate(target, config, args.out, progress=progress, eval_data=eval_data,
+                             empirical_data=emp_data)
+    except IncompleteRun as exc:
+        from subsetsum_lth.runfolder import read_report
+        report = read_report(args.out)
+        _summary(report, args.out)
+        raise exc
+    if args.json:
+        print_json(report)
+    else:
+        _summary(report, args.out)
+    return status
+
+
+def _summary(r: dict, out: Path) -> None:
+    sizes = "-".join(map(str, r["target_sizes"]))
+    print(f"target {sizes} ({r['target_parameters']:,} parameters), input ball r={r['input_radius']:.4g} "
+          f"({r['input_domain']})")
+    mode = f"ε={r['eps']:g} (network)" if r["mode"] == "network" else f"τ={r['weight_eps']:g} per weight"
+    print(f"solver {r['solver']} / objective {r['objective']}, {mode}, seed {r['seed']}")
+    for L in r["layers"]:
+        print(f"  layer {L['layer'] + 1}: m={L['block_width']} (formula {L['formula_block_width']}), "
+              f"{L['instances']:,} instances, max |w-ŵ| {L['max_weight_error']:.3g}, "
+              f"kept {L['kept_parameters']:,} ({L['kept_coefficients_per_weight']:.2f} coeff/weight), "
+              f"{L['seconds']:.1f}s")
+    if "target_accuracy" in r:
+        print(f"test accuracy: target {100 * r['target_accuracy']:.2f}%, pruned {100 * r['pruned_accuracy']:.2f}%, "
+              f"agreement {100 * r['prediction_agreement']:.2f}%")
+    print(f"certified bound: {r['certified_bound']:.4g}   empirical (lower) bound: {r['empirical_bound']:.4g}")
+    print(f"kept parameters: {r['kept_parameters']:,} of {r['total_parameters']:,} in g "
+          f"({r['prepruned_parameters']:,} after block pre-pruning)")
+    print(f"infeasible/failed instances: {r['infeasible_count']}")
+    print(f"wall time: {r['wall_seconds']:.1f}s   run folder: {out}")

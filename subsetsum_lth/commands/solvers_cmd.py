@@ -1,0 +1,30 @@
+"""`subsetsum-lth solvers`: list backends, availability and capabilities."""
+from __future__ import annotations
+
+from subsetsum_lth.commands._common import print_json
+
+HELP = "list solver backends, whether they are available here, and what they can do"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+
+
+def run(args) -> int:
+    from solvers.registry import DEFAULT_SOLVER, backend_info, list_backends
+    infos = [backend_info(n) for n in list_backends()]
+    for info in infos:
+        info["default"] = info["name"] == DEFAULT_SOLVER
+    if args.json:
+        print_json(infos)
+        return 0
+    print(f"{'name':10} {'available':10} {'exact':6} objectives")
+    for i in infos:
+        mark = "*" if i["default"] else " "
+        line = f"{i['name'] + mark:10} {'yes' if i['available'] else 'no':10} {'yes' if i['exact'] else 'no':6} " \
+               f"{', '.join(i['objectives'])}"
+        if not i["available"]:
+            line += f"   ({i.get('reason')})"
+        print(line)
+    print("* default")
+    return 0

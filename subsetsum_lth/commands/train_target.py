@@ -1,0 +1,98 @@
+"""``subsetsum-lth train-target``: train a ReLU MLP on MNIST to serve as the target f."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+NAME = "train-target"
+HELP = "train a target ReLU MLP on MNIST (writes target.safetensors + target.json)"
+DESCRIPTION = (
+    "Train a ReLU MLP 784-H1-...-10 on MNIST (pixels / 255, a non-negative input domain) with "
+    "SGD (momentum 0.9, weight decay 5e-4, cosine schedule) and write OUT/target.safetensors "
+    "(an nn.Sequential state_dict: keys 0.weight, 0.bias, 2.weight, ...) and OUT/target.json. "
+    "MNIST is read from --data-dir, else $SUBSETSUM_LTH_DATA, else the user cache "
+    "(downloaded there with MD5 checks when missing)."
+)
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    text = text.strip()
+    if text in ("", "none"):
+        return ()
+    try:
+        widths = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers such as 500 or 300,100, got {text!r}")
+    if any(w < 1 for w in widths):
+        raise argparse.ArgumentTypeError(f"hidden widths must be positive, got {text!r}")
+    return widths
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder (created if needed)")
+    parser.add_argument("--hidden", type=_hidden, default="500", metavar="H1,H2,...",
+                        help="hidden layer widths, comma-separated ('' for none)")
+    parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True,
+                        help="give every Linear layer a bias")
+    parser.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set")
+    parser.add_argument("--lr", type=_positive_float, default=0.05,
+                        help="initial learning rate (cosine-annealed to 0 over all steps)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+                        help="mini-batch size")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the initialisation and the shuffling (same seed, same weights)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder holding the four MNIST IDX files (.gz or not); None: "
+                             "$SUBSETSUM_LTH_DATA, else the user cache")
+    parser.add_argument("--train-subset", type=_positive_int, default=None, metavar="N",
+                        help="train on the first N training images only (None: all 60000)")
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="torch CPU threads (None: torch's own choice)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars on stderr (None: only when stderr is a terminal)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from subsetsum_lth.train import TrainConfig, train_target
+
+    config = TrainConfig(
+        hidden=tuple(args.hidden), bias=args.bias, epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, seed=args.seed, data_dir=args.data_dir,
+        train_subset=args.train_subset, threads=args.threads,
+    )
+    progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    summary = train_target(config, args.out, progress=progress)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        sizes = "-".join(str(s) for s in summary["sizes"])
+        print(f"trained {sizes} ({'with' if summary['bias'] else 'no'} biases, "
+              f"{summary['n_parameters']} parameters) in {summary['seconds']:.1f} s")
+        print(f"test accuracy  {100 * summary['test_accuracy']:.2f}%")
+        print(f"train accuracy {100 * summary['train_accuracy']:.2f}%")
+        print(f"wrote {summary['target_path']}")
+    return 0

@@ -1,0 +1,349 @@
+"""The random network of Theorem 1 / Lemma 1: block plan, seeded random weights, the
+subset-sum instances it induces, and the masks that a set of solutions defines.
+
+Target layer i (W in R^{q x p}, optional b) becomes two random layers of g:
+
+* layer 2i-1: ``Linear(p, H)`` with ``H = p*m (+ m for a bias block)``. Hidden unit
+  ``(j, k)`` (row ``j*m + k``) belongs to block ``j`` and keeps only its edge from input ``j``
+  (block-diagonal pre-pruning); its weight ``u_jk`` is shared by all ``q`` outputs.
+  The bias block (rows ``p*m ...``) keeps no input edge and only a positive random bias.
+* layer 2i: ``Linear(H, q)``; the subset-sum solutions choose which of its edges are kept.
+
+For output ``r`` and input ``j`` the instance is: target ``W[r, j]``, coefficients
+``v[r, (j,k)] * u_jk`` over the units of block ``j`` with ``u_jk > 0`` (and, for signed
+inputs, a second instance over the units with ``u_jk < 0``). Bias instances: target ``b[r]``,
+coefficients ``v[r, k] * beta_k`` over bias-block units with ``beta_k > 0``.
+
+Randomness: every block draws from ``SeedSequence(seed, spawn_key=(layer, block))``, so the
+network does not depend on the number of workers or on the order of work.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from subsetsum_lth.errors import UserError
+from subsetsum_lth.instances import InstanceBatch
+from subsetsum_lth.target import Target
+
+INPUT_DOMAINS = ("nonnegative", "signed")
+
+
+def _uniform(rng: np.random.Generator, shape) -> np.ndarray:
+    return rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
+
+
+def _normal(rng: np.random.Generator, shape) -> np.ndarray:
+    return rng.standard_normal(size=shape).astype(np.float32)
+
+
+#: One registry of weight distributions for g (name -> sampler(rng, shape) -> float32).
+DISTRIBUTIONS = {"uniform": _uniform, "normal": _normal}
+
+#: Hard cap on the dense random network, in float32 entries, before we refuse (≈ 8 GB).
+MAX_RANDOM_ENTRIES = 2_000_000_000
+
+
+@dataclass
+class ConstructionConfig:
+    """How g is shaped and drawn.
+
+    Attributes:
+        input_domain: 'nonnegative' (e.g. image pixels, only positive units are live) or
+            'signed' (both sign halves are used) — for the first target layer; later layers see
+            ReLU outputs and are always non-negative.
+        seed: root of the SeedSequence.
+        eps: the ε in the width formula ``m = ceil(C * log2(p*q*l / min(eps, delta)))``.
+        delta: failure probability in the formula (defaults to eps).
+        C: constant of the formula.
+        block_width: if given, overrides the formula (same m for every layer).
+        distribution: name in DISTRIBUTIONS.
+    """
+
+    input_domain: str = "nonnegative"
+    seed: int = 0
+    eps: float = 0.01
+    delta: float | None = None
+    C: float = 1.5
+    block_width: int | None = None
+    distribution: str = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.input_domain not in INPUT_DOMAINS:
+            raise UserError(f"input domain must be one of {INPUT_DOMAINS}, got {self.input_domain!r}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise UserError(f"ε must be a positive finite number, got {self.eps}")
+        if self.delta is not None and not (0 < self.delta < 1):
+            raise UserError(f"--delta must lie in (0, 1), got {self.delta}")
+        if not (self.C > 0):
+            raise UserError(f"--C must be positive, got {self.C}")
+        if self.block_width is not None and self.block_width < 1:
+            raise UserError(f"--block-width must be >= 1, got {self.block_width}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise UserError(f"unknown distribution {self.distribution!r}; choose from {sorted(DISTRIBUTIONS)}")
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise UserError(f"--seed must be a non-negative integer, got {self.seed!r}")
+
+
+def formula_width(p: int, q: int, depth: int, eps: float, delta: float | None, C: float) -> int:
+    """Theorem 1's block width ``ceil(C * log2(p*q*l / min(eps, delta)))``."""
+    d = eps if delta is None else min(eps, delta)
+    return max(1, int(math.ceil(C * math.log2(max(2.0, p * q * depth / d)))))
+
+
+@dataclass
+class LayerPlan:
+    index: int          #: target layer index i (0-based)
+    p: int              #: inputs of the target layer
+    q: int              #: outputs
+    m: int              #: units per block
+    formula_m: int      #: what the formula gives (for the report)
+    has_bias: bool
+    signed_input: bool  #: True only for layer 0 with a signed input domain
+
+    @property
+    def hidden(self) -> int:
+        return self.p * self.m + (self.m if self.has_bias else 0)
+
+    @property
+    def bias_block_start(self) -> int:
+        return self.p * self.m
+
+
+def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
+    plans = []
+    l = target.depth
+    for i, L in enumerate(target.layers):
+        q, p = L.weight.shape
+        fm = formula_width(p, q, l, config.eps, config.delta, config.C)
+        m = config.block_width or fm
+        plans.append(LayerPlan(i, p, q, m, fm, L.bias is not None,
+                               signed_input=(i == 0 and config.input_domain == "signed")))
+    entries = sum(pl.hidden * pl.p + pl.q * pl.hidden for pl in plans)
+    if entries > MAX_RANDOM_ENTRIES:
+        gb = entries * 4 / 1e9
+        raise UserError(
+            f"the random network would hold {entries:,} weights (≈{gb:.1f} GB as float32), more than "
+            f"this tool allocates ({MAX_RANDOM_ENTRIES:,}); lower --block-width or --C, or use a smaller target")
+    return plans
+
+
+@dataclass
+class RandomLayerPair:
+    """The two random layers of g that replace one target layer (float32, as stored)."""
+
+    plan: LayerPlan
+    w1: np.ndarray      #: (H, p)
+    b1: np.ndarray      #: (H,)
+    w2: np.ndarray      #: (q, H)
+    b2: np.ndarray      #: (q,)
+
+
+def block_seed(seed: int, layer: int, block: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence(int(seed), spawn_key=(int(layer), int(block)))
+
+
+def draw_layer_pair(plan: LayerPlan, seed: int, distribution: str = "uniform") -> RandomLayerPair:
+    """Draw the random weights of layers 2i-1, 2i block by block from per-block seeds."""
+    sample = DISTRIBUTIONS[distribution]
+    p, q, m, H = plan.p, plan.q, plan.m, plan.hidden
+    w1 = np.empty((H, p), dtype=np.float32)
+    b1 = np.zeros(H, dtype=np.float32)
+    w2 = np.empty((q, H), dtype=np.float32)
+    n_blocks = p + (1 if plan.has_bias else 0)
+    for j in range(n_blocks):
+        rng = np.random.default_rng(block_seed(seed, plan.index, j))
+        rows = slice(j * m, (j + 1) * m)
+        w1[rows] = sample(rng, (m, p))
+        bias = sample(rng, (m,))
+        if plan.has_bias:
+            b1[rows] = bias
+        w2[:, rows] = sample(rng, (q, m))
+    if plan.has_bias:
+        b2 = sample(np.random.default_rng(block_seed(seed, plan.index, p + 1)), (q,))
+    else:
+        b2 = np.zeros(q, dtype=np.float32)
+    return RandomLayerPair(plan, w1, b1, w2, b2)
+
+
+@dataclass
+class LayerInstances:
+    """All subset-sum instances of one target layer, in a fixed canonical order.
+
+    Groups are (block j, half) with half +1 / -1 for weights and 0 for the bias block; every
+    group has q instances (one per output row), all sharing the same list of units.
+    """
+
+    plan: LayerPlan
+    group_units: list[np.ndarray]       #: per group: hidden-unit indices (rows of w1)
+    group_block: np.ndarray             #: int (G,) j, or -1 for the bias block
+    group_half: np.ndarray              #: int8 (G,) +1, -1 or 0 (bias)
+    targets: np.ndarray                 #: float64 (G*q,) instance order: group-major, then row
+    coefficients: np.ndarray            #: float64 (G*q, n_max)
+    counts: np.ndarray                  #: int64 (G*q,)
+    offset: int = 0                     #: global id of the first instance
+
+    @property
+    def q(self) -> int:
+        return self.plan.q
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.offset + np.arange(len(self), dtype=np.int64)
+
+    def batch(self, tolerance, objective: str) -> InstanceBatch:
+        return InstanceBatch(self.ids, self.targets, self.coefficients, self.counts, tolerance, objective)
+
+    def rows(self) -> np.ndarray:
+        return np.tile(np.arange(self.q), len(self.group_units))
+
+    def group_of_instance(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.group_units)), self.q)
+
+
+def layer_instances(pair: RandomLayerPair, target_weight: np.ndarray,
+                    target_bias: np.ndarray | None, offset: int = 0) -> LayerInstances:
+    plan = pair.plan
+    p, q, m = plan.p, plan.q, plan.m
+    halves = (1, -1) if plan.signed_input else (1,)
+    group_units, group_block, group_half = [], [], []
+    for j in range(p):
+        u = pair.w1[j * m:(j + 1) * m, j]
+        for h in halves:
+            ks = np.flatnonzero(u > 0) if h > 0 else np.flatnonzero(u < 0)
+            group_units.append(j * m + ks)
+            group_block.append(j)
+            group_half.append(h)
+    if plan.has_bias:
+        beta = pair.b1[plan.bias_block_start:plan.bias_block_start + m]
+        group_units.append(plan.bias_block_start + np.flatnonzero(beta > 0))
+        group_block.append(-1)
+        group_half.append(0)
+    G = len(group_units)
+    n_max = max((len(g) for g in group_units), default=0)
+    coef = np.zeros((G * q, n_max), dtype=np.float64)
+    counts = np.empty(G * q, dtype=np.int64)
+    targets = np.empty(G * q, dtype=np.float64)
+    w2 = pair.w2.astype(np.float64)
+    for g, units in enumerate(group_units):
+        rows = slice(g * q, (g + 1) * q)
+        j = group_block[g]
+        if j >= 0:
+            scale = pair.w1[units, j].astype(np.float64)
+            targets[rows] = target_weight[:, j]
+        else:
+            scale = pair.b1[units].astype(np.float64)
+            targets[rows] = target_bias
+        coef[rows, :len(units)] = w2[:, units] * scale[None, :]
+        counts[rows] = len(units)
+    return LayerInstances(plan, group_units, np.array(group_block), np.array(group_half, dtype=np.int8),
+                          targets, coef, counts, offset)
+
+
+def masks_from_selections(inst: LayerInstances, selections: np.ndarray) -> dict[str, np.ndarray]:
+    """uint8 masks for (w1, b1, w2, b2) of one layer pair from the chosen subsets.
+
+    A hidden unit is kept (its input edge, or its bias for the bias block) iff at least one
+    output uses it; every bias other than a used bias-block unit's is masked to 0.
+    """
+    plan = inst.plan
+    H, p, q = plan.hidden, plan.p, plan.q
+    mw1 = np.zeros((H, p), dtype=np.uint8)
+    mb1 = np.zeros(H, dtype=np.uint8)
+    mw2 = np.zeros((q, H), dtype=np.uint8)
+    mb2 = np.zeros(q, dtype=np.uint8)
+    for g, units in enumerate(inst.group_units):
+        n = len(units)
+        if n == 0:
+            continue
+        sel = selections[g * q:(g + 1) * q, :n]
+        mw2[:, units] = sel.astype(np.uint8)
+        used = units[sel.any(axis=0)]
+        j = inst.group_block[g]
+        if j >= 0:
+            mw1[used, j] = 1
+        else:
+            mb1[used] = 1
+    return {"w1": mw1, "b1": mb1, "w2": mw2, "b2": mb2}
+
+
+def weight_estimates(inst: LayerInstances, errors_signed: np.ndarray):
+    """Helper for reports: per-instance achieved values are targets - signed errors."""
+    return inst.targets - errors_signed
+
+
+@dataclass
+class Construction:
+    """The whole random network g and its instances."""
+
+    config: ConstructionConfig
+    plans: list[LayerPlan]
+    pairs: list[RandomLayerPair] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = {}
+        for i, pair in enumerate(self.pairs):
+            out[f"{4 * i}.weight"] = pair.w1
+            out[f"{4 * i}.bias"] = pair.b1
+            out[f"{4 * i + 2}.weight"] = pair.w2
+            out[f"{4 * i + 2}.bias"] = pair.b2
+        return out
+
+    @property
+    def total_parameters(self) -> int:
+        return sum(a.size for a in self.state_dict().values())
+
+    @property
+    def prepruned_parameters(self) -> int:
+        """Parameters left after the block-diagonal pre-pruning (before solving)."""
+        total = 0
+        for pl in self.plans:
+            live_units = pl.p * pl.m
+            total += live_units + pl.q * pl.hidden + (pl.m if pl.has_bias else 0)
+        return total
+
+
+def build_construction(target: Target, config: ConstructionConfig) -> Construction:
+    plans = plan_layers(target, config)
+    pairs = [draw_layer_pair(pl, config.seed, config.distribution) for pl in plans]
+    return Construction(config, plans, pairs)
+
+
+def masks_state_dict(layer_masks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    out = {}
+    for i, mk in enumerate(layer_masks):
+        out[f"{4 * i}.weight"] = mk["w1"]
+        out[f"{4 * i}.bias"] = mk["b1"]
+        out[f"{4 * i + 2}.weight"] = mk["w2"]
+        out[f"{4 * i + 2}.bias"] = mk["b2"]
+    return out
+
+
+def prepruning_masks(plans: list[LayerPlan], random_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The structural masks of §1 before solving (block-diagonal first layers, bias block with
+    positive biases, live sign halves): what edge-popup's *structured* variant may use."""
+    out = {}
+    for i, pl in enumerate(plans):
+        H, p, q, m = pl.hidden, pl.p, pl.q, pl.m
+        w1 = np.asarray(random_state[f"{4 * i}.weight"])
+        b1 = np.asarray(random_state[f"{4 * i}.bias"])
+        mw1 = np.zeros((H, p), dtype=np.uint8)
+        for j in range(p):
+            u = w1[j * m:(j + 1) * m, j]
+            live = (u != 0) if pl.signed_input else (u > 0)
+            mw1[j * m + np.flatnonzero(live), j] = 1
+        mb1 = np.zeros(H, dtype=np.uint8)
+        if pl.has_bias:
+            s = pl.bias_block_start
+            mb1[s:s + m] = (b1[s:s + m] > 0).astype(np.uint8)
+        live_units = (mw1.any(axis=1) | mb1.astype(bool)).astype(np.uint8)
+        out[f"{4 * i}.weight"] = mw1
+        out[f"{4 * i}.bias"] = mb1
+        out[f"{4 * i + 2}.weight"] = np.repeat(live_units[None, :], q, axis=0)
+        out[f"{4 * i + 2}.bias"] = np.zeros(q, dtype=np.uint8)
+    return out

@@ -1,0 +1,403 @@
+"""MNIST from the standard IDX files: parsing, locating, checked download, loading.
+
+Where the files are looked for (the first source that applies is the only one used):
+
+1. an explicit ``data_dir`` (the CLI's ``--data-dir``),
+2. else the directory in ``$SUBSETSUM_LTH_DATA``,
+3. else the user cache ``$XDG_CACHE_HOME/subsetsum-lth/mnist`` (``~/.cache/...`` by default).
+
+Inside that directory each file may be gzipped (``train-images-idx3-ubyte.gz``) or raw
+(``train-images-idx3-ubyte``), directly or in a ``mnist/`` subfolder. When files are missing
+and downloading is allowed, the missing ones are fetched from :data:`MIRRORS` into that
+directory, written to a temporary file, checked against the official MD5 and only then
+renamed into place. Without network (or with ``download=False``) one :class:`DataError`
+says which files are missing and where to put them.
+
+Images are returned as float32 in [0, 1] (pixel / 255): a non-negative input domain.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import struct
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from subsetsum_lth.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: environment variable naming a directory that holds the four MNIST files
+ENV_VAR = "SUBSETSUM_LTH_DATA"
+
+#: download mirrors, tried in order; each serves the four official ``.gz`` files
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+
+#: seconds before a stalled download connection is given up
+DOWNLOAD_TIMEOUT = 60.0
+
+
+class MnistFile(NamedTuple):
+    filename: str          #: official (gzipped) file name
+    md5: str               #: MD5 of the official .gz file
+    shape: tuple           #: array shape once parsed
+
+    @property
+    def raw_name(self) -> str:
+        """The un-gzipped file name (also accepted on disk)."""
+        return self.filename[:-3] if self.filename.endswith(".gz") else self.filename
+
+
+#: name -> (filename, md5 of the .gz, expected shape). MD5s: the official list (see
+#: shared/data/mnist/SOURCES.md).
+MNIST_FILES: dict[str, MnistFile] = {
+    "train-images": MnistFile("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                              (60000, 28, 28)),
+    "train-labels": MnistFile("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432",
+                              (60000,)),
+    "test-images": MnistFile("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3",
+                             (10000, 28, 28)),
+    "test-labels": MnistFile("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c",
+                             (10000,)),
+}
+
+SPLITS = ("train", "test")
+
+# IDX: magic = 0x00 0x00 <dtype code> <ndim>, then ndim big-endian uint32 sizes, then data.
+_IDX_DTYPES = {0x08: np.dtype(np.uint8)}
+_IDX_EXPECTED_NDIM = {1: "labels", 3: "images"}  # 0x00000801 labels, 0x00000803 images
+
+
+# --------------------------------------------------------------------------------------------
+# IDX parsing
+# --------------------------------------------------------------------------------------------
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+            fh.seek(0)
+            if head == b"\x1f\x8b":
+                try:
+                    with gzip.GzipFile(fileobj=fh) as gz:
+                        return gz.read()
+                except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                    raise DataError(
+                        f"{path}: corrupt or truncated gzip data ({exc or type(exc).__name__}); "
+                        f"delete the file and download it again") from exc
+            if path.name.endswith(".gz"):
+                raise DataError(f"{path}: the name ends in .gz but the file is not gzip data "
+                                f"(first bytes {head!r}); delete it and download it again")
+            return fh.read()
+    except DataError:
+        raise
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+
+
+def parse_idx(path) -> np.ndarray:
+    """Read one IDX file (gzipped or raw) into a uint8 array of the shape its header declares.
+
+    Only the two MNIST kinds are accepted: magic ``0x00000801`` (1-d, uint8 labels) and
+    ``0x00000803`` (3-d, uint8 images). The payload must have exactly the declared size.
+    Anything else raises :class:`DataError` naming the file and what is wrong.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise DataError(f"{path}: only {len(data)} bytes, too short for an IDX header "
+                        f"(truncated or not an IDX file)")
+    magic = struct.unpack(">I", data[:4])[0]
+    zero, dtype_code, ndim = data[0:2], data[2], data[3]
+    if zero != b"\x00\x00" or dtype_code not in _IDX_DTYPES or ndim not in _IDX_EXPECTED_NDIM:
+        raise DataError(f"{path}: bad IDX magic number 0x{magic:08x} (expected 0x00000801 for "
+                        f"labels or 0x00000803 for images); not an MNIST IDX file")
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, {header_len} needed)")
+    dims = struct.unpack(f">{ndim}I", data[4:header_len])
+    if any(d == 0 for d in dims):
+        raise DataError(f"{path}: IDX header declares an empty dimension {dims}")
+    dtype = _IDX_DTYPES[dtype_code]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    payload = len(data) - header_len
+    if payload != expected:
+        what = "truncated" if payload < expected else "has trailing bytes"
+        raise DataError(f"{path}: file {what}: the header declares shape {tuple(dims)} "
+                        f"({expected} data bytes) but the file holds {payload} data bytes")
+    arr = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
+    return arr.copy()  # own, writeable memory (frombuffer over bytes is read-only)
+
+
+# --------------------------------------------------------------------------------------------
+# Locating and downloading
+# --------------------------------------------------------------------------------------------
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/subsetsum-lth/mnist``, ``~/.cache/subsetsum-lth/mnist`` by default."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "subsetsum-lth" / "mnist"
+
+
+def _source_dir(data_dir) -> tuple[Path, str]:
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser(), "--data-dir"
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser(), f"${ENV_VAR}"
+    return default_cache_dir(), "user cache"
+
+
+def _find_file(directory: Path, spec: MnistFile) -> Path | None:
+    for name in (spec.filename, spec.raw_name):
+        p = directory / name
+        if p.is_file():
+            return p
+    return None
+
+
+def find_file(directory, name: str) -> Path:
+    """Path of MNIST file ``name`` (a key of :data:`MNIST_FILES`) in ``directory``, .gz or raw."""
+    spec = MNIST_FILES[name]
+    p = _find_file(Path(directory), spec)
+    if p is None:
+        raise DataError(f"{spec.filename} (or {spec.raw_name}) not found in {directory}")
+    return p
+
+
+def _missing(directory: Path) -> list[str]:
+    return [name for name, spec in MNIST_FILES.items() if _find_file(directory, spec) is None]
+
+
+def _urlopen(url: str, timeout: float):
+    """Open a URL (the one network access of this module; tests replace it)."""
+    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (https mirrors only)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download_one(spec: MnistFile, dest_dir: Path, progress: bool) -> Path:
+    """Fetch one file from the mirrors into ``dest_dir``; returns its path.
+
+    Raises DataError when every mirror failed; an MD5 mismatch never leaves a file behind.
+    """
+    target = dest_dir / spec.filename
+    failures = []
+    for mirror in MIRRORS:
+        url = mirror + spec.filename
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=dest_dir)
+        tmp = Path(tmp_name)
+        try:
+            h = hashlib.md5()
+            log.info("downloading %s", url)
+            with os.fdopen(fd, "wb") as out, _urlopen(url, DOWNLOAD_TIMEOUT) as resp:
+                total = None
+                headers = getattr(resp, "headers", None)
+                if headers is not None:
+                    try:
+                        total = int(headers.get("Content-Length"))
+                    except (TypeError, ValueError):
+                        total = None
+                bar = None
+                if progress:
+                    from tqdm.auto import tqdm
+                    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                               desc=spec.filename, leave=False)
+                try:
+                    while True:
+                        chunk = resp.read(1 << 16)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        h.update(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                finally:
+                    if bar is not None:
+                        bar.close()
+                out.flush()
+                os.fsync(out.fileno())
+            digest = h.hexdigest()
+            if digest != spec.md5:
+                failures.append(f"{url}: MD5 mismatch (got {digest}, expected {spec.md5}); "
+                                f"the downloaded file was deleted")
+                log.warning("%s", failures[-1])
+                tmp.unlink(missing_ok=True)
+                continue
+            os.replace(tmp, target)
+            log.info("saved %s (md5 ok)", target)
+            return target
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            failures.append(f"{url}: {reason}")
+            log.warning("download failed: %s", failures[-1])
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            if tmp.exists():
+                tmp.unlink(missing_ok=True)
+    raise DataError(f"could not download {spec.filename}:\n  " + "\n  ".join(failures))
+
+
+def _missing_message(searched: list[Path], missing: list[str], source: str,
+                     download: bool, reasons: str = "") -> str:
+    files = ", ".join(MNIST_FILES[n].filename for n in missing)
+    dirs = "\n".join(f"  {d}" for d in searched)
+    why = ("downloading is disabled" if not download
+           else "the download failed" + (f":\n{reasons}" if reasons else ""))
+    return (
+        f"MNIST files missing: {files} (gzipped or not; {why}).\n"
+        f"Searched ({source}):\n{dirs}\n"
+        f"Put the four official IDX files (train-images-idx3-ubyte.gz, "
+        f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in one "
+        f"directory and pass it with --data-dir DIR or set {ENV_VAR}=DIR, or put them in "
+        f"{default_cache_dir()}; with network access they are downloaded there automatically."
+    )
+
+
+def resolve_data_dir(data_dir=None, download: bool = True, progress: bool = False) -> Path:
+    """Directory holding all four MNIST files, downloading the missing ones if allowed.
+
+    Order: explicit ``data_dir``, else ``$SUBSETSUM_LTH_DATA``, else the user cache; only the
+    first that applies is searched (itself and its ``mnist/`` subfolder). Missing files are
+    downloaded into it (MD5-checked, atomic). Raises one DataError when files stay missing.
+    """
+    base, source = _source_dir(data_dir)
+    candidates = [base, base / "mnist"]
+    missing_in = {}
+    for d in candidates:
+        missing = _missing(d) if d.is_dir() else list(MNIST_FILES)
+        if not missing:
+            log.debug("MNIST files found in %s (%s)", d, source)
+            return d
+        missing_in[d] = missing
+    # the candidate with the most files present receives the downloads (ties: the base)
+    dest = min(candidates, key=lambda d: len(missing_in[d]))
+    missing = missing_in[dest]
+    if not download:
+        raise DataError(_missing_message(candidates, missing, source, download))
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(_missing_message(candidates, missing, source, download,
+                                         f"  cannot create {dest}: {exc.strerror or exc}")) from exc
+    log.info("downloading MNIST (%s) into %s", ", ".join(missing), dest)
+    for i, name in enumerate(missing):
+        try:
+            _download_one(MNIST_FILES[name], dest, progress)
+        except DataError as exc:
+            still = missing[i:]
+            if "MD5 mismatch" in str(exc):
+                raise DataError(f"{exc}\nThe mirrors served a file that differs from the "
+                                f"official MNIST; place the official files in {dest} "
+                                f"(or pass --data-dir / set {ENV_VAR}).") from exc
+            raise DataError(_missing_message(candidates, still, source, download,
+                                             "  " + str(exc).replace("\n", "\n  "))) from exc
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_CACHE_LOCK = threading.Lock()
+_CACHE_MAX = 4
+
+
+def _stat_key(p: Path) -> tuple:
+    st = p.stat()
+    return (str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _load_uint8(split: str, directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    img_name, lbl_name = f"{split}-images", f"{split}-labels"
+    img_path, lbl_path = find_file(directory, img_name), find_file(directory, lbl_name)
+    key = (split, _stat_key(img_path), _stat_key(lbl_path))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    images, labels = parse_idx(img_path), parse_idx(lbl_path)
+    for path, arr, name in ((img_path, images, img_name), (lbl_path, labels, lbl_name)):
+        want = MNIST_FILES[name].shape
+        if arr.shape != want:
+            raise DataError(f"{path}: shape {arr.shape}, expected {want} for MNIST {name}")
+    if labels.max() > 9:
+        raise DataError(f"{lbl_path}: label {int(labels.max())} out of range 0..9")
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    with _CACHE_LOCK:
+        while len(_CACHE) >= _CACHE_MAX:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = (images, labels)
+    return images, labels
+
+
+def clear_cache() -> None:
+    """Forget the parsed files kept in memory."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+        _RADIUS.clear()
+
+
+def load_mnist(split: str = "train", data_dir=None, download: bool = True,
+               progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST ``split`` ("train" or "test") as ``(x, y)``.
+
+    ``x``: float32 ``[N, 784]``, pixel / 255 in [0, 1]; ``y``: int64 ``[N]``. Both are fresh
+    arrays owned by the caller (the parsed files are cached in-process, keyed by path, size
+    and mtime).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    directory = resolve_data_dir(data_dir, download=download, progress=progress)
+    images, labels = _load_uint8(split, directory)
+    x = images.reshape(images.shape[0], -1).astype(np.float32)
+    x /= np.float32(255.0)
+    return x, labels.astype(np.int64)
+
+
+_RADIUS: dict[tuple, float] = {}
+
+
+def input_radius(data_dir=None, download: bool = True) -> float:
+    """Largest L2 norm of a scaled MNIST image (train and test), as fed to the networks.
+
+    Computed in float64 from the exact float32 inputs, then rounded up by one ulp so that
+    ``||x|| <= input_radius()`` holds for every image.
+    """
+    directory = resolve_data_dir(data_dir, download=download)
+    key = tuple(_stat_key(find_file(directory, f"{split}-images")) for split in SPLITS)
+    if key in _RADIUS:
+        return _RADIUS[key]
+    best = 0.0
+    for split in SPLITS:
+        images, _ = _load_uint8(split, directory)
+        flat = images.reshape(images.shape[0], -1)
+        for start in range(0, flat.shape[0], 10000):
+            x = flat[start:start + 10000].astype(np.float32) / np.float32(255.0)
+            x64 = x.astype(np.float64)
+            best = max(best, float(np.sqrt(np.einsum("ij,ij->i", x64, x64).max())))
+    radius = float(np.nextafter(best, np.inf))
+    _RADIUS[key] = radius
+    return radius

@@ -1,0 +1,143 @@
+"""Atomic reading and writing of a run folder (DESIGN §5).
+
+Layout::
+
+    random_net.safetensors   state_dict of Sequential(Linear, ReLU, ..., Linear), 2l Linear layers
+    masks.safetensors        same keys, uint8 0/1
+    target.safetensors       the target, so that `certify` needs nothing else
+    report.json              everything measured
+    metrics.csv              tidy rows (run, layer, metric, value)
+    *.png                    plots
+    partial/                 finished solver batches (resume store), removed on success
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+crash never leaves a half-written file under a final name.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from subsetsum_lth.errors import RunFolderError
+
+RANDOM_NET = "random_net.safetensors"
+MASKS = "masks.safetensors"
+TARGET = "target.safetensors"
+REPORT = "report.json"
+METRICS = "metrics.csv"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save
+    clean = {}
+    for k, v in tensors.items():
+        t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+        clean[k] = t.contiguous()
+    data = save(clean, metadata={k: str(v) for k, v in (metadata or {}).items()} or None)
+    _atomic_write_bytes(Path(path), data)
+
+
+def load_safetensors(path, as_numpy: bool = True) -> tuple[dict, dict]:
+    """(tensors, metadata); raises RunFolderError naming the file on any problem."""
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.exists():
+        raise RunFolderError(f"{path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            out = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise RunFolderError(f"cannot read {path}: {exc} (truncated or not a safetensors file?)") from None
+    if as_numpy:
+        out = {k: v.numpy() for k, v in out.items()}
+    return out, meta
+
+
+def atomic_write_json(path, obj) -> None:
+    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_write_csv(path, rows: list[dict]) -> None:
+    if not rows:
+        _atomic_write_bytes(Path(path), b"")
+        return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    _atomic_write_bytes(Path(path), buf.getvalue().encode())
+
+
+def check_writable(out: Path, need_bytes: int = 0) -> None:
+    """Fail before any work if the run folder cannot be written (or the disk is too full)."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=out)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise RunFolderError(f"cannot write to the run folder {out}: {exc.strerror or exc}; "
+                             "choose another --out") from None
+    if need_bytes:
+        free = shutil.disk_usage(out).free
+        if free < need_bytes:
+            raise RunFolderError(f"not enough disk space in {out}: need about {need_bytes / 1e6:.0f} MB, "
+                                 f"{free / 1e6:.0f} MB free")
+
+
+def read_report(run: Path) -> dict:
+    path = Path(run) / REPORT
+    if not path.exists():
+        raise RunFolderError(f"{run} has no {REPORT}; is it a run folder written by subsetsum-lth?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(f"{path} is not valid JSON: {exc}") from None
+
+
+def depth_of(state: dict) -> int:
+    n_linear = len([k for k in state if k.endswith(".weight")])
+    if n_linear % 2:
+        raise RunFolderError(f"random network has {n_linear} Linear layers; expected an even number (2l)")
+    return n_linear // 2

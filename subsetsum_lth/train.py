@@ -1,0 +1,298 @@
+"""Train a target ReLU MLP on MNIST (the network that the construction will approximate).
+
+The result is a folder with ``target.safetensors`` (the ``state_dict`` of an
+``nn.Sequential(Linear, ReLU, ..., Linear)``: keys ``0.weight``, ``0.bias``, ``2.weight``, ...,
+float32, biases only when ``bias=True``) and ``target.json`` (a summary). Inputs are
+MNIST pixels / 255, so the input domain is non-negative.
+
+Settings follow Pensia et al. and the edge-popup paper: SGD with momentum 0.9, weight decay
+5e-4, batch 64, a cosine learning-rate schedule over all steps. Runs are reproducible: the
+initialisation and the shuffling come from ``seed`` only (the caller's global RNG state is
+left untouched).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from subsetsum_lth.errors import UserError
+
+log = logging.getLogger(__name__)
+
+INPUT_DIM = 784
+N_CLASSES = 10
+TARGET_FILE = "target.safetensors"
+SUMMARY_FILE = "target.json"
+TARGET_FORMAT = "subsetsum-lth-target"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of ``train-target``."""
+
+    hidden: tuple[int, ...] = (500,)
+    bias: bool = True
+    epochs: int = 10
+    lr: float = 0.05
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    data_dir: str | None = None
+    train_subset: int | None = None   #: use only the first N training images (tests, quick runs)
+    threads: int | None = None        #: torch intra-op threads (None: torch's default)
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [INPUT_DIM, *self.hidden, N_CLASSES]
+
+    def validate(self) -> None:
+        if any(h < 1 for h in self.hidden):
+            raise UserError(f"hidden layer widths must be positive integers, got {self.hidden}")
+        if int(self.epochs) < 1:
+            raise UserError(f"epochs must be >= 1, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"lr must be a positive number, got {self.lr}")
+        if int(self.batch_size) < 1:
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.train_subset is not None and not 1 <= int(self.train_subset) <= 60000:
+            raise UserError(f"train_subset must be in 1..60000, got {self.train_subset}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise UserError(f"threads must be >= 1, got {self.threads}")
+
+
+def build_mlp(sizes: Sequence[int], bias: bool = True) -> nn.Sequential:
+    """``nn.Sequential(Linear, ReLU, ..., Linear)`` for layer sizes ``[d0, d1, ..., dl]``."""
+    sizes = [int(s) for s in sizes]
+    if len(sizes) < 2 or any(s < 1 for s in sizes):
+        raise UserError(f"an MLP needs at least two positive layer sizes, got {sizes}")
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1], bias=bias))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _as_tensor(a, dtype) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.to(dtype)
+    return torch.as_tensor(np.asarray(a), dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model_or_callable: nn.Module | Callable, x, y, batch: int = 2048) -> float:
+    """Accuracy (fraction in [0, 1]) of ``argmax model(x)`` against labels ``y``.
+
+    ``model_or_callable`` gets float32 tensors ``[B, 784]`` and returns logits ``[B, C]`` (a
+    tensor or an array). ``x``, ``y``: numpy arrays or tensors. An ``nn.Module`` is put in eval
+    mode for the call and its previous mode restored.
+    """
+    x = _as_tensor(x, torch.float32)
+    y = _as_tensor(y, torch.int64)
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("evaluate: empty data")
+    if y.shape[0] != n:
+        raise ValueError(f"evaluate: {n} inputs but {y.shape[0]} labels")
+    module = model_or_callable if isinstance(model_or_callable, nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        correct = 0
+        for start in range(0, n, batch):
+            out = model_or_callable(x[start:start + batch])
+            out = _as_tensor(out, torch.float32) if not isinstance(out, torch.Tensor) else out
+            correct += int((out.argmax(dim=1).cpu() == y[start:start + batch]).sum())
+    finally:
+        if module is not None:
+            module.train(was_training)
+    return correct / n
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_target(model: nn.Sequential, path, sizes: Sequence[int]) -> None:
+    """Write ``model``'s state_dict (float32) to ``path`` as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().to(torch.float32).contiguous().clone()
+               for k, v in model.state_dict().items()}
+    metadata = {
+        "format": TARGET_FORMAT,
+        "activation": "relu",
+        "input_domain": "nonnegative",
+        "input_scale": "1/255",
+        "dataset": "mnist",
+        "sizes": ",".join(str(int(s)) for s in sizes),
+    }
+    _atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+    _atomic_write_bytes(path, write)
+
+
+def train_target(config: TrainConfig, out_dir, progress: bool = False) -> dict:
+    """Train an MLP on MNIST per ``config``; write ``target.safetensors`` and ``target.json``
+    into ``out_dir`` (created if needed); return the summary written to ``target.json`` plus
+    ``target_path`` (absolute path of the weights file)."""
+    from subsetsum_lth.data.mnist import load_mnist, resolve_data_dir
+
+    config.validate()
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from exc
+
+    data_dir = resolve_data_dir(config.data_dir, download=True, progress=progress)
+    x_train, y_train = load_mnist("train", data_dir)
+    x_test, y_test = load_mnist("test", data_dir)
+    if config.train_subset is not None:
+        x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]
+    x_train_t, y_train_t = torch.from_numpy(x_train), torch.from_numpy(y_train)
+
+    old_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(int(config.threads))
+    t0 = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = build_mlp(config.sizes, config.bias)
+            final_loss = _fit(model, x_train_t, y_train_t, config, progress)
+        seconds_train = time.perf_counter() - t0
+        test_acc = evaluate(model, x_test, y_test)
+        train_acc = evaluate(model, x_train_t, y_train_t)
+    finally:
+        torch.set_num_threads(old_threads)
+    seconds = time.perf_counter() - t0
+
+    target_path = out_dir / TARGET_FILE
+    save_target(model, target_path, config.sizes)
+    n_params = int(sum(p.numel() for p in model.parameters()))
+    summary = {
+        "format": TARGET_FORMAT,
+        "target_file": TARGET_FILE,
+        "sizes": config.sizes,
+        "bias": bool(config.bias),
+        "epochs": int(config.epochs),
+        "lr": float(config.lr),
+        "batch_size": int(config.batch_size),
+        "momentum": float(config.momentum),
+        "weight_decay": float(config.weight_decay),
+        "schedule": "cosine",
+        "seed": int(config.seed),
+        "train_subset": config.train_subset,
+        "n_train": int(x_train_t.shape[0]),
+        "test_accuracy": test_acc,
+        "train_accuracy": train_acc,
+        "final_loss": final_loss,
+        "seconds": round(seconds, 3),
+        "seconds_training": round(seconds_train, 3),
+        "threads": int(config.threads) if config.threads is not None else old_threads,
+        "n_parameters": n_params,
+        "input_domain": "nonnegative",
+        "input_scale": "1/255",
+        "data_dir": str(data_dir),
+        "versions": {"torch": torch.__version__, "numpy": np.__version__,
+                     "subsetsum_lth": _version()},
+    }
+    _write_json(out_dir / SUMMARY_FILE, summary)
+    log.info("target %s: test accuracy %.4f, train accuracy %.4f, %.1f s; wrote %s",
+             "-".join(map(str, config.sizes)), test_acc, train_acc, seconds, target_path)
+    return {**summary, "target_path": str(target_path.resolve())}
+
+
+def _version() -> str:
+    from subsetsum_lth import __version__
+    return __version__
+
+
+def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
+         progress: bool) -> float:
+    """The training loop; returns the mean loss of the last epoch."""
+    from tqdm.auto import tqdm
+
+    n = x.shape[0]
+    bs = int(config.batch_size)
+    steps_per_epoch = math.ceil(n / bs)
+    total_steps = steps_per_epoch * int(config.epochs)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(int(config.seed))
+    model.train()
+    epoch_loss = float("nan")
+    for epoch in range(int(config.epochs)):
+        perm = torch.randperm(n, generator=gen)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = 0
+        seen = 0
+        t_epoch = time.perf_counter()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=False, unit="batch")
+        for step in bar:
+            idx = perm[step * bs:(step + 1) * bs]
+            xb, yb = x[idx], y[idx]
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                loss_sum += loss.detach().double() * yb.shape[0]
+                correct += int((out.argmax(1) == yb).sum())
+                seen += yb.shape[0]
+            if progress and (step % 50 == 0 or step == steps_per_epoch - 1):
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{correct / seen:.4f}",
+                                lr=f"{sched.get_last_lr()[0]:.4g}")
+        bar.close()
+        epoch_loss = float(loss_sum) / max(seen, 1)
+        if not math.isfinite(epoch_loss):
+            raise UserError(f"training diverged (loss {epoch_loss}) in epoch {epoch + 1}; "
+                            f"try a smaller learning rate than {config.lr}")
+        log.info("epoch %d/%d: loss %.4f, train acc (running) %.4f, %.1f s",
+                 epoch + 1, config.epochs, epoch_loss, correct / max(seen, 1),
+                 time.perf_counter() - t_epoch)
+    return epoch_loss
+
+
+__all__ = ["TrainConfig", "build_mlp", "evaluate", "save_target", "train_target",
+           "TARGET_FILE", "SUMMARY_FILE", "TARGET_FORMAT"]

@@ -1,0 +1,60 @@
+"""Shared test helpers: rebuild ĝ from the run folder's files only, probe points."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+
+
+def rebuild_g(run: Path) -> torch.nn.Sequential:
+    """ĝ = Sequential(Linear, ReLU, ..., Linear) with every tensor times its mask, from the two
+    safetensors files alone (no subsetsum_lth code), in float64."""
+    state = load_file(str(Path(run) / "random_net.safetensors"))
+    masks = load_file(str(Path(run) / "masks.safetensors"))
+    n = len([k for k in state if k.endswith(".weight")])
+    mods = []
+    for k in range(n):
+        w = state[f"{2 * k}.weight"].astype(np.float64) * masks[f"{2 * k}.weight"]
+        b = state[f"{2 * k}.bias"].astype(np.float64) * masks[f"{2 * k}.bias"]
+        lin = torch.nn.Linear(w.shape[1], w.shape[0]).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w))
+            lin.bias.copy_(torch.from_numpy(b))
+        mods.append(lin)
+        if k < n - 1:
+            mods.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*mods)
+
+
+def probe_points(p: int, radius: float, nonneg: bool, rng: np.random.Generator, n: int = 256) -> np.ndarray:
+    """Sphere points, orthant vertices (all ±1 patterns when p is small), interior points."""
+    g = rng.standard_normal((n, p))
+    if nonneg:
+        g = np.abs(g)
+    pts = [radius * g / np.linalg.norm(g, axis=1, keepdims=True)]
+    if p <= 10:
+        pats = ((np.arange(2 ** p)[:, None] >> np.arange(p)) & 1).astype(float)
+        if nonneg:
+            pats = pats[pats.sum(1) > 0]
+        else:
+            pats = 2 * pats - 1
+        pts.append(radius * pats / np.linalg.norm(pats, axis=1, keepdims=True))
+    pts.append(pts[0] * rng.random((n, 1)))
+    return np.vstack(pts)
+
+
+def ascend(f, g, x0: np.ndarray, radius: float, nonneg: bool, steps: int = 60) -> np.ndarray:
+    """Projected gradient ascent on ||f(x) - g(x)|| (an independent implementation)."""
+    x = torch.tensor(x0, dtype=torch.float64, requires_grad=True)
+    for t in range(steps):
+        loss = (f(x) - g(x)).norm(dim=1).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            x += 0.1 * radius * (0.95 ** t) * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-30)
+            if nonneg:
+                x.clamp_(min=0)
+            nrm = x.norm(dim=1, keepdim=True).clamp_min(1e-30)
+            x *= torch.clamp(radius / nrm, max=1.0)
+    return x.detach().numpy()
