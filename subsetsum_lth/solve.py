@@ -55,6 +55,8 @@ def check_solver(config: SolveConfig) -> None:
     except KeyError:
         raise UserError(f"unknown solver {config.solver!r}; available: {', '.join(list_backends())} "
                         "(see 'subsetsum-lth solvers')") from None
+    except Exception as exc:  # a plug-in that fails to import
+        raise UserError(f"solver {config.solver!r} cannot be loaded: {exc}") from None
     ok, reason = cls.is_available()
     if not ok:
         raise UserError(f"solver {config.solver!r} is not available: {reason}")
@@ -124,8 +126,27 @@ class ResumeStore:
                  solver=np.array(res.solver), seconds=np.array(res.seconds))
         _atomic_write_bytes(self._path(key), buf.getvalue())
 
+        _maybe_inject_fault()
+
     def count(self) -> int:
         return len(list(self.folder.glob("*.npz")))
+
+
+FAULT_ENV = "SUBSETSUM_LTH_FAULT_AFTER_BATCHES"
+_puts = 0
+
+
+def _maybe_inject_fault() -> None:
+    """Test-only fault injection: with $SUBSETSUM_LTH_FAULT_AFTER_BATCHES=N the process dies
+    abruptly (as under kill -9) right after the N-th finished batch was stored."""
+    global _puts
+    limit = os.environ.get(FAULT_ENV)
+    if not limit:
+        return
+    _puts += 1
+    if _puts >= int(limit):
+        log.error("fault injection: killing this process after %d stored batches", _puts)
+        os._exit(137)
 
 
 def _make_executor(workers: int) -> cf.Executor:

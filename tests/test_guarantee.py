@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
@@ -45,16 +45,25 @@ def _run(tmp_path, target, eps, domain, seed, objective, m, radius):
     return approximate(target, cfg, tmp_path)
 
 
-@settings(max_examples=30)
-@given(target=targets(), eps=st.sampled_from([0.05, 0.2, 1.0]),
+M = 40  # units per block: ~20 live coefficients per sign half, so most runs succeed
+
+
+@settings(max_examples=60)
+@given(target=targets(), eps=st.sampled_from([0.1, 0.3, 1.0]),
        domain=st.sampled_from(["signed", "nonnegative"]), seed=st.integers(0, 1000),
        objective=st.sampled_from(["error", "cardinality"]), radius=st.sampled_from([0.5, 1.0, 3.0]))
 def test_certified_bound_holds(tmp_path_factory, target, eps, domain, seed, objective, radius):
     out = tmp_path_factory.mktemp("run")
     try:
-        report = _run(out, target, eps, domain, seed, objective, m=22, radius=radius)
+        report = _run(out, target, eps, domain, seed, objective, m=M, radius=radius)
     except IncompleteRun:
-        return  # reported failure: nothing is claimed (the files are still checked elsewhere)
+        # a reported failure claims nothing, but it must be a real one
+        import json
+        rep = json.loads((out / "report.json").read_text())
+        assert rep["certified_bound"] > eps or rep["infeasible_count"] > 0
+        event("reported failure")
+        return
+    event("success")
     cert = report["certified_bound"]
     assert cert <= eps
     g = rebuild_g(out)
@@ -77,7 +86,7 @@ def test_certified_bound_holds(tmp_path_factory, target, eps, domain, seed, obje
     state = load_file(str(out / "random_net.safetensors"))
     for k, mk in masks.items():
         assert mk.dtype == np.uint8 and set(np.unique(mk)) <= {0, 1}
-    fresh = build_construction(target, ConstructionConfig(input_domain=domain, seed=seed, block_width=22))
+    fresh = build_construction(target, ConstructionConfig(input_domain=domain, seed=seed, block_width=M))
     for k, v in fresh.state_dict().items():
         assert state[k].tobytes() == v.tobytes()
 
@@ -88,7 +97,7 @@ def test_certificate_is_not_vacuous(tmp_path):
     rng = np.random.default_rng(0)
     W = rng.uniform(-0.5, 0.5, (4, 5))
     t = Target([Layer(W, rng.uniform(-0.2, 0.2, 4)), Layer(rng.uniform(-0.5, 0.5, (2, 4)), None)])
-    rep = _run(tmp_path, t, 0.1, "signed", 3, "error", m=26, radius=1.0)
+    rep = _run(tmp_path, t, 0.1, "signed", 3, "error", m=34, radius=1.0)
     assert 0 < rep["empirical_bound"] <= rep["certified_bound"] <= 0.1
     assert rep["certified_bound"] < 100 * rep["empirical_bound"]
 
