@@ -20,8 +20,8 @@ from subsetsum_lth import runfolder as rf
 from subsetsum_lth.certify import (CollapsedNet, certified_bound, check_soundness,
                                    empirical_bound_fast, layer_maps, pruned_module)
 from subsetsum_lth.construction import (Construction, ConstructionConfig, LayerInstances,
-                                        build_construction, layer_instances, masks_from_selections,
-                                        masks_state_dict)
+                                        build_construction, draw_layer_pair, layer_instances,
+                                        masks_from_selections, masks_state_dict)
 from subsetsum_lth.errors import IncompleteRun, RunFolderError, UserError
 from subsetsum_lth.instances import Status
 from subsetsum_lth.solve import ResumeStore, SolveConfig, check_solver, solve_all
@@ -208,6 +208,11 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
                 tick.close()
             if results[li] is None:
                 results[li] = res
+                if cc.width != "formula":
+                    t_layer = time.perf_counter()
+                    layers[li], construction.pairs[li], results[li] = _grow_layer(
+                        target, construction.pairs[li], layers[li], res, tau, cc, sc, store, executor, progress)
+                    solve_seconds[li] += time.perf_counter() - t_layer
             else:
                 idx = np.flatnonzero(redo)
                 r0 = results[li]
@@ -295,6 +300,12 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
         rep = {
             "layer": li, "target_shape": [plan.q, plan.p], "has_bias": plan.has_bias,
             "block_width": plan.m, "formula_block_width": plan.formula_m,
+            "width_mode": cc.width, "grown_blocks": int((plan.extensions > 0).sum()),
+            "block_width_final_max": int(plan.block_widths.max()),
+            "block_width_final_mean": float(plan.block_widths.mean()),
+            "hidden_units": plan.hidden,
+            "growth_units": plan.grow,
+            "block_extensions": plan.extensions.tolist(),
             "random_shapes": [[plan.hidden, plan.p], [plan.q, plan.hidden]],
             "instances": len(inst), "weight_instances": int((~is_bias).sum()),
             "bias_instances": int(is_bias.sum()),
@@ -395,6 +406,54 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
                             f"width; everything computed is written to {out}. Widen the network "
                             "(--block-width, --C) or use --objective error.")
     return report
+
+
+def _grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: ConstructionConfig,
+                sc: SolveConfig, store, executor, progress):
+    """Adaptive width: append fresh seeded units to every block that has an infeasible instance
+    and re-solve only those instances, until all are within τ or ``max_growth`` steps are taken.
+    Feasible instances of a grown block keep their subset (their units still exist); their status
+    becomes FEASIBLE since optimality over the grown block is not proved."""
+    plan = pair.plan
+    L = target.layers[plan.index]
+    for step in range(cc.max_growth):
+        infeasible = np.flatnonzero(res.status == Status.INFEASIBLE)
+        if infeasible.size == 0:
+            break
+        groups = np.unique(inst.group_of_instance()[infeasible])
+        blocks = np.unique(np.where(inst.group_block[groups] >= 0, inst.group_block[groups], plan.p))
+        grow_mask = np.zeros(plan.n_blocks, dtype=bool)
+        grow_mask[blocks[blocks < plan.n_blocks]] = True
+        if not grow_mask.any():
+            break
+        plan.extensions = plan.extensions + grow_mask.astype(np.int64)
+        log.info("layer %d growth step %d: %d blocks grow by %d units, %d instances to re-solve",
+                 plan.index, step + 1, int(grow_mask.sum()), plan.grow, infeasible.size)
+        pair = draw_layer_pair(plan, cc.seed, cc.distribution)
+        new_inst = layer_instances(pair, L.weight, L.bias, inst.offset)
+        n_new = new_inst.coefficients.shape[1]
+        sel = np.zeros((len(new_inst), n_new), dtype=bool)
+        sel[:, :res.selections.shape[1]] = res.selections   # unit lists only grow at their end
+        status = res.status.copy()
+        grown_rows = np.isin(new_inst.group_of_instance(),
+                             [g for g in range(len(new_inst.group_units))
+                              if grow_mask[new_inst.group_block[g] if new_inst.group_block[g] >= 0 else plan.p]])
+        status[grown_rows & (status == Status.OPTIMAL)] = Status.FEASIBLE
+        sub = new_inst.batch(tau, sc.objective).take(infeasible)
+        tick = progress(len(sub), f"layer {plan.index + 1}: growth {step + 1}") if progress else None
+        r2 = solve_all(sub, sc, on_progress=tick, store=store, executor=executor)
+        if tick is not None and hasattr(tick, "close"):
+            tick.close()
+        sel[infeasible] = False
+        sel[infeasible, :r2.selections.shape[1]] = r2.selections
+        errors = res.errors.copy()
+        errors[infeasible] = r2.errors
+        status[infeasible] = r2.status
+        messages = {**res.messages, **r2.messages}
+        from subsetsum_lth.instances import BatchResult
+        res = BatchResult(new_inst.ids, sel, errors, status, res.solver, res.seconds + r2.seconds, messages)
+        inst = new_inst
+    return inst, pair, res
 
 
 def _digest(target: Target) -> str:

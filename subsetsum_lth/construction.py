@@ -29,6 +29,7 @@ from subsetsum_lth.instances import InstanceBatch
 from subsetsum_lth.target import Target
 
 INPUT_DOMAINS = ("nonnegative", "signed")
+WIDTH_MODES = ("formula", "auto", "adaptive")
 
 
 def _uniform(rng: np.random.Generator, shape) -> np.ndarray:
@@ -69,6 +70,9 @@ class ConstructionConfig:
     C: float = 1.5
     block_width: int | None = None
     distribution: str = "uniform"
+    width: str = "auto"          #: 'formula' (fixed), 'auto' (formula, grow blocks that fail), 'adaptive' (start at half, grow)
+    grow: int | None = None      #: units appended per growth step (default: max(4, m // 4))
+    max_growth: int = 8          #: growth steps per block at most
 
     def __post_init__(self) -> None:
         if self.input_domain not in INPUT_DOMAINS:
@@ -83,6 +87,10 @@ class ConstructionConfig:
             raise UserError(f"--block-width must be >= 1, got {self.block_width}")
         if self.distribution not in DISTRIBUTIONS:
             raise UserError(f"unknown distribution {self.distribution!r}; choose from {sorted(DISTRIBUTIONS)}")
+        if self.width not in WIDTH_MODES:
+            raise UserError(f"--width must be one of {WIDTH_MODES}, got {self.width!r}")
+        if self.grow is not None and self.grow < 1:
+            raise UserError(f"--grow must be >= 1, got {self.grow}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise UserError(f"--seed must be a non-negative integer, got {self.seed!r}")
 
@@ -98,18 +106,40 @@ class LayerPlan:
     index: int          #: target layer index i (0-based)
     p: int              #: inputs of the target layer
     q: int              #: outputs
-    m: int              #: units per block
+    m: int              #: units per block at the start
     formula_m: int      #: what the formula gives (for the report)
     has_bias: bool
     signed_input: bool  #: True only for layer 0 with a signed input domain
+    grow: int = 0       #: units appended to a block per growth step (adaptive widths)
+    extensions: np.ndarray | None = None  #: growth steps taken per block (p blocks + bias block)
+
+    def __post_init__(self) -> None:
+        if self.extensions is None:
+            self.extensions = np.zeros(self.n_blocks, dtype=np.int64)
+
+    @property
+    def n_blocks(self) -> int:
+        return self.p + (1 if self.has_bias else 0)
+
+    @property
+    def block_widths(self) -> np.ndarray:
+        return self.m + self.grow * np.asarray(self.extensions, dtype=np.int64)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.block_widths)]).astype(np.int64)
 
     @property
     def hidden(self) -> int:
-        return self.p * self.m + (self.m if self.has_bias else 0)
+        return int(self.block_widths.sum())
 
     @property
     def bias_block_start(self) -> int:
-        return self.p * self.m
+        return int(self.offsets[self.p])
+
+    def block_slice(self, j: int) -> slice:
+        o = self.offsets
+        return slice(int(o[j]), int(o[j + 1]))
 
 
 def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
@@ -119,9 +149,12 @@ def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
         q, p = L.weight.shape
         fm = formula_width(p, q, l, config.eps, config.delta, config.C)
         m = config.block_width or fm
+        if config.width == "adaptive" and not config.block_width:
+            m = max(4, (fm + 1) // 2)
+        grow = 0 if config.width == "formula" else (config.grow or max(4, m // 4))
         plans.append(LayerPlan(i, p, q, m, fm, L.bias is not None,
-                               signed_input=(i == 0 and config.input_domain == "signed")))
-    entries = sum(pl.hidden * pl.p + pl.q * pl.hidden for pl in plans)
+                               signed_input=(i == 0 and config.input_domain == "signed"), grow=grow))
+    entries = sum((pl.hidden + pl.grow * config.max_growth) * (pl.p + pl.q) for pl in plans)
     if entries > MAX_RANDOM_ENTRIES:
         gb = entries * 4 / 1e9
         raise UserError(
@@ -146,21 +179,30 @@ def block_seed(seed: int, layer: int, block: int) -> np.random.SeedSequence:
 
 
 def draw_layer_pair(plan: LayerPlan, seed: int, distribution: str = "uniform") -> RandomLayerPair:
-    """Draw the random weights of layers 2i-1, 2i block by block from per-block seeds."""
+    """Draw the random weights of layers 2i-1, 2i block by block from per-block seeds.
+
+    Block j's first m units come from SeedSequence(seed, (i, j)); growth step e ≥ 1 appends
+    ``grow`` units drawn from SeedSequence(seed, (i, j, e)). Nothing depends on other blocks."""
     sample = DISTRIBUTIONS[distribution]
-    p, q, m, H = plan.p, plan.q, plan.m, plan.hidden
+    p, q, H = plan.p, plan.q, plan.hidden
     w1 = np.empty((H, p), dtype=np.float32)
     b1 = np.zeros(H, dtype=np.float32)
     w2 = np.empty((q, H), dtype=np.float32)
-    n_blocks = p + (1 if plan.has_bias else 0)
-    for j in range(n_blocks):
-        rng = np.random.default_rng(block_seed(seed, plan.index, j))
-        rows = slice(j * m, (j + 1) * m)
-        w1[rows] = sample(rng, (m, p))
-        bias = sample(rng, (m,))
-        if plan.has_bias:
-            b1[rows] = bias
-        w2[:, rows] = sample(rng, (q, m))
+    offsets = plan.offsets
+    for j in range(plan.n_blocks):
+        start = int(offsets[j])
+        chunks = [(plan.m, block_seed(seed, plan.index, j))]
+        chunks += [(plan.grow, np.random.SeedSequence(int(seed), spawn_key=(plan.index, j, e)))
+                   for e in range(1, int(plan.extensions[j]) + 1)]
+        for size, ss in chunks:
+            rng = np.random.default_rng(ss)
+            rows = slice(start, start + size)
+            w1[rows] = sample(rng, (size, p))
+            bias = sample(rng, (size,))
+            if plan.has_bias:
+                b1[rows] = bias
+            w2[:, rows] = sample(rng, (q, size))
+            start += size
     if plan.has_bias:
         b2 = sample(np.random.default_rng(block_seed(seed, plan.index, p + 1)), (q,))
     else:
@@ -209,18 +251,19 @@ class LayerInstances:
 def layer_instances(pair: RandomLayerPair, target_weight: np.ndarray,
                     target_bias: np.ndarray | None, offset: int = 0) -> LayerInstances:
     plan = pair.plan
-    p, q, m = plan.p, plan.q, plan.m
+    p, q = plan.p, plan.q
+    offsets = plan.offsets
     halves = (1, -1) if plan.signed_input else (1,)
     group_units, group_block, group_half = [], [], []
     for j in range(p):
-        u = pair.w1[j * m:(j + 1) * m, j]
+        u = pair.w1[plan.block_slice(j), j]
         for h in halves:
             ks = np.flatnonzero(u > 0) if h > 0 else np.flatnonzero(u < 0)
-            group_units.append(j * m + ks)
+            group_units.append(offsets[j] + ks)
             group_block.append(j)
             group_half.append(h)
     if plan.has_bias:
-        beta = pair.b1[plan.bias_block_start:plan.bias_block_start + m]
+        beta = pair.b1[plan.block_slice(p)]
         group_units.append(plan.bias_block_start + np.flatnonzero(beta > 0))
         group_block.append(-1)
         group_half.append(0)
@@ -303,8 +346,7 @@ class Construction:
         """Parameters left after the block-diagonal pre-pruning (before solving)."""
         total = 0
         for pl in self.plans:
-            live_units = pl.p * pl.m
-            total += live_units + pl.q * pl.hidden + (pl.m if pl.has_bias else 0)
+            total += pl.hidden + pl.q * pl.hidden   # one edge or bias per hidden unit, all out-edges
         return total
 
 
@@ -329,18 +371,19 @@ def prepruning_masks(plans: list[LayerPlan], random_state: dict[str, np.ndarray]
     positive biases, live sign halves): what edge-popup's *structured* variant may use."""
     out = {}
     for i, pl in enumerate(plans):
-        H, p, q, m = pl.hidden, pl.p, pl.q, pl.m
+        H, p, q = pl.hidden, pl.p, pl.q
         w1 = np.asarray(random_state[f"{4 * i}.weight"])
         b1 = np.asarray(random_state[f"{4 * i}.bias"])
         mw1 = np.zeros((H, p), dtype=np.uint8)
         for j in range(p):
-            u = w1[j * m:(j + 1) * m, j]
+            sl = pl.block_slice(j)
+            u = w1[sl, j]
             live = (u != 0) if pl.signed_input else (u > 0)
-            mw1[j * m + np.flatnonzero(live), j] = 1
+            mw1[sl.start + np.flatnonzero(live), j] = 1
         mb1 = np.zeros(H, dtype=np.uint8)
         if pl.has_bias:
-            s = pl.bias_block_start
-            mb1[s:s + m] = (b1[s:s + m] > 0).astype(np.uint8)
+            sl = pl.block_slice(p)
+            mb1[sl] = (b1[sl] > 0).astype(np.uint8)
         live_units = (mw1.any(axis=1) | mb1.astype(bool)).astype(np.uint8)
         out[f"{4 * i}.weight"] = mw1
         out[f"{4 * i}.bias"] = mb1

@@ -149,8 +149,25 @@ def _maybe_inject_fault() -> None:
         os._exit(137)
 
 
+def _watch_parent() -> None:
+    """Worker initializer: exit when the parent process dies (kill -9, crash), so that no
+    orphaned worker keeps running or holds the parent's output pipes open."""
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        wait([parent.sentinel])
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+
 def _make_executor(workers: int) -> cf.Executor:
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                  initializer=_watch_parent)
 
 
 def solve_all(batch: InstanceBatch, config: SolveConfig,

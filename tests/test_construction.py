@@ -91,3 +91,41 @@ def test_absurd_width_refused_with_estimate():
     from subsetsum_lth.construction import plan_layers
     with pytest.raises(UserError, match="GB"):
         plan_layers(t, ConstructionConfig(block_width=100000))
+
+
+def test_growth_keeps_prefix_and_is_seeded():
+    """Growing block j appends units drawn from its own seed; nothing else changes."""
+    from subsetsum_lth.construction import draw_layer_pair, plan_layers
+    t = random_target((3, 2), bias=True, seed=0)
+    cfg = ConstructionConfig(seed=4, block_width=6, width="auto", grow=3)
+    plan = plan_layers(t, cfg)[0]
+    base = draw_layer_pair(plan, 4)
+    plan.extensions = np.array([0, 2, 0, 1])
+    grown = draw_layer_pair(plan, 4)
+    assert grown.w1.shape == (6 * 4 + 3 * 3, 3)
+    o = plan.offsets
+    for j in range(4):
+        assert np.array_equal(grown.w1[o[j]:o[j] + 6], base.w1[6 * j:6 * j + 6])
+        assert np.array_equal(grown.w2[:, o[j]:o[j] + 6], base.w2[:, 6 * j:6 * j + 6])
+    again = draw_layer_pair(plan, 4)
+    assert again.w1.tobytes() == grown.w1.tobytes()
+
+
+def test_auto_width_repairs_infeasible_blocks(tmp_path):
+    from subsetsum_lth.approximate import ApproximateConfig, approximate
+    from subsetsum_lth.errors import IncompleteRun
+    from subsetsum_lth.solve import SolveConfig
+    t = random_target((8, 6), bias=True, seed=3, scale=0.9)
+
+    def run(width, out):
+        return approximate(t, ApproximateConfig(
+            construction=ConstructionConfig(input_domain="signed", block_width=10, width=width, seed=1),
+            solve=SolveConfig(solver="mitm", workers=1), weight_eps=0.01, plots=False,
+            empirical_samples=32, ascent_steps=5), out)
+    with pytest.raises(IncompleteRun):
+        run("formula", tmp_path / "f")
+    rep = run("auto", tmp_path / "a")
+    L = rep["layers"][0]
+    assert rep["infeasible_count"] == 0 and L["grown_blocks"] > 0 and L["block_width_final_max"] > 10
+    assert L["max_weight_error"] <= 0.01
+    assert rep["empirical_bound"] <= rep["certified_bound"]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
 from subsetsum_lth.approximate import ApproximateConfig, approximate
-from subsetsum_lth.construction import ConstructionConfig, build_construction
+from subsetsum_lth.construction import ConstructionConfig
 from subsetsum_lth.errors import IncompleteRun
 from subsetsum_lth.solve import SolveConfig
 from subsetsum_lth.target import Layer, Target
@@ -86,9 +86,14 @@ def test_certified_bound_holds(tmp_path_factory, target, eps, domain, seed, obje
     state = load_file(str(out / "random_net.safetensors"))
     for k, mk in masks.items():
         assert mk.dtype == np.uint8 and set(np.unique(mk)) <= {0, 1}
-    fresh = build_construction(target, ConstructionConfig(input_domain=domain, seed=seed, block_width=M))
-    for k, v in fresh.state_dict().items():
-        assert state[k].tobytes() == v.tobytes()
+    from subsetsum_lth.construction import draw_layer_pair, plan_layers
+    plans = plan_layers(target, ConstructionConfig(input_domain=domain, seed=seed, block_width=M))
+    for i, (plan, L) in enumerate(zip(plans, report["layers"])):
+        plan.extensions = np.array(L["block_extensions"])
+        pair = draw_layer_pair(plan, seed)
+        for key, v in ((f"{4 * i}.weight", pair.w1), (f"{4 * i}.bias", pair.b1),
+                       (f"{4 * i + 2}.weight", pair.w2), (f"{4 * i + 2}.bias", pair.b2)):
+            assert state[key].tobytes() == v.tobytes()
 
 
 def test_certificate_is_not_vacuous(tmp_path):

@@ -45,6 +45,13 @@ def add_arguments(p) -> None:
     p.add_argument("--time-limit", type=positive_float, default=None, help="per-instance solver time limit (s)")
     p.add_argument("--block-width", type=positive_int, default=None,
                    help="units per block m (overrides the Theorem 1 formula)")
+    p.add_argument("--width", choices=("formula", "auto", "adaptive"), default="auto",
+                   help="formula: every block has the formula's (or --block-width) units; auto: the same, "
+                        "then blocks with an infeasible instance grow by fresh seeded units until all are "
+                        "within τ; adaptive: like auto but starting from half the formula's width")
+    p.add_argument("--grow", type=positive_int, default=None,
+                   help="units appended to a block per growth step (default: max(4, m/4))")
+    p.add_argument("--max-growth", type=int, default=8, help="growth steps per block at most")
     p.add_argument("--C", dest="C", type=positive_float, default=1.5,
                    help="constant C in m = ceil(C log2(p q l / min(ε, δ)))")
     p.add_argument("--delta", type=float, default=None, help="δ in the width formula (default: ε)")
@@ -97,7 +104,8 @@ def run(args) -> int:
     config = ApproximateConfig(
         construction=ConstructionConfig(input_domain=domain, seed=args.seed,
                                         eps=args.eps or args.weight_eps or 0.01, delta=args.delta, C=args.C,
-                                        block_width=args.block_width, distribution=args.distribution),
+                                        block_width=args.block_width, distribution=args.distribution,
+                                        width=args.width, grow=args.grow, max_growth=args.max_growth),
         solve=SolveConfig(solver=args.solver, objective=args.objective, workers=args.workers,
                           batch_size=args.batch_size, time_limit=args.time_limit),
         eps=args.eps, weight_eps=args.weight_eps, input_radius=radius,
@@ -128,7 +136,8 @@ def _summary(r: dict, out: Path) -> None:
     mode = f"ε={r['eps']:g} (network)" if r["mode"] == "network" else f"τ={r['weight_eps']:g} per weight"
     print(f"solver {r['solver']} / objective {r['objective']}, {mode}, seed {r['seed']}")
     for L in r["layers"]:
-        print(f"  layer {L['layer'] + 1}: m={L['block_width']} (formula {L['formula_block_width']}), "
+        grown = f", {L['grown_blocks']} blocks grown to ≤{L['block_width_final_max']}" if L.get("grown_blocks") else ""
+        print(f"  layer {L['layer'] + 1}: m={L['block_width']} (formula {L['formula_block_width']}{grown}), "
               f"{L['instances']:,} instances, max |w-ŵ| {L['max_weight_error']:.3g}, "
               f"kept {L['kept_parameters']:,} ({L['kept_coefficients_per_weight']:.2f} coeff/weight), "
               f"{L['seconds']:.1f}s")
