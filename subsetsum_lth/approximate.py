@@ -77,15 +77,25 @@ def apriori_bound(target: Target, tau: float, radius: float, domain: str, typica
     """The certified bound if every weight/bias error were τ: with ‖E‖₂ ≤ τ√(q·p·h) (sound,
     ``typical=False``) or the random-matrix estimate τ(√q + √(p·h)) (``typical=True``)."""
     R, delta = radius, 0.0
+    norms = _weight_norms(target)
     for i, L in enumerate(target.layers):
         q, p = L.weight.shape
         h = 2 if (i == 0 and domain == "signed") else 1
         nE = tau * ((math.sqrt(q) + math.sqrt(p * h)) if typical else math.sqrt(q * p * h))
         neb = tau * math.sqrt(q) if L.bias is not None else 0.0
-        nW = float(np.linalg.norm(L.weight, 2))
+        nW = norms[i]
         delta = nW * delta + (R + delta) * nE + neb
         R = nW * R + (0.0 if L.bias is None else float(np.linalg.norm(L.bias)))
     return delta
+
+
+def _weight_norms(target: Target) -> list[float]:
+    cached = getattr(target, "_spectral_norms", None)
+    if cached is None:
+        from subsetsum_lth.certify import spectral_norm
+        cached = [spectral_norm(L.weight) for L in target.layers]
+        target._spectral_norms = cached
+    return cached
 
 
 def choose_tolerance(target: Target, eps: float, radius: float, domain: str, typical=True) -> float:
@@ -182,7 +192,9 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
     if config.mode == "weight":
         tau = float(config.weight_eps)
     else:
-        tau = choose_tolerance(target, config.eps, config.input_radius, cc.input_domain)
+        # start from 4x the random-matrix estimate (achieved errors sit well below τ), then
+        # tighten only if the certificate asks for it
+        tau = min(config.eps, 4 * choose_tolerance(target, config.eps, config.input_radius, cc.input_domain))
     results = [None] * len(layers)
     solve_seconds = [0.0] * len(layers)
     rounds = []
@@ -191,37 +203,41 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
     for rnd in range(config.max_rounds if config.mode == "network" else 1):
         for li, inst in enumerate(layers):
             batch = inst.batch(tau, sc.objective)
-            if results[li] is not None:
-                # only instances outside the new tolerance need solving again: a subset that is
-                # optimal for a looser τ and within the tighter one stays optimal
-                redo = (results[li].errors > tau) & (results[li].status != Status.INFEASIBLE)
-                if not redo.any():
-                    continue
-                sub = batch.take(np.flatnonzero(redo))
-            else:
-                sub = batch
-            tick = progress(len(sub), f"layer {li + 1}/{len(layers)} ({sc.solver})") if progress else None
             t_layer = time.perf_counter()
-            res = solve_all(sub, sc, on_progress=tick, store=store, executor=executor)
-            solve_seconds[li] += time.perf_counter() - t_layer
-            if tick is not None and hasattr(tick, "close"):
-                tick.close()
             if results[li] is None:
-                results[li] = res
-                if cc.width != "formula":
-                    t_layer = time.perf_counter()
-                    layers[li], construction.pairs[li], results[li] = _grow_layer(
-                        target, construction.pairs[li], layers[li], res, tau, cc, sc, store, executor, progress)
-                    solve_seconds[li] += time.perf_counter() - t_layer
+                sub = batch
+                tick = progress(len(sub), f"layer {li + 1}/{len(layers)} ({sc.solver})") if progress else None
+                results[li] = solve_all(sub, sc, on_progress=tick, store=store, executor=executor)
+                _close(tick)
             else:
-                idx = np.flatnonzero(redo)
+                # a tighter τ: instances above it need work. With the error objective their exact
+                # optimum is already above τ (infeasible at this width); otherwise re-solve them —
+                # a subset optimal for the looser τ and within the tighter one stays optimal.
                 r0 = results[li]
-                w = res.selections.shape[1]
-                r0.selections[idx] = False
-                r0.selections[idx, :w] = res.selections
-                r0.errors[idx] = res.errors
-                r0.status[idx] = res.status
-                r0.messages.update(res.messages)
+                above = r0.errors > tau
+                if not above.any():
+                    continue
+                if sc.objective == "error":
+                    r0.status[above] = Status.INFEASIBLE
+                else:
+                    redo = np.flatnonzero(above & (r0.status != Status.INFEASIBLE))
+                    r0.status[above & (r0.status == Status.INFEASIBLE)] = Status.INFEASIBLE
+                    if redo.size:
+                        sub = batch.take(redo)
+                        tick = progress(len(sub), f"layer {li + 1}: τ={tau:.2g}") if progress else None
+                        res = solve_all(sub, sc, on_progress=tick, store=store, executor=executor)
+                        _close(tick)
+                        w = res.selections.shape[1]
+                        r0.selections[redo] = False
+                        r0.selections[redo, :w] = res.selections
+                        r0.errors[redo] = res.errors
+                        r0.status[redo] = res.status
+                        r0.messages.update(res.messages)
+            if cc.width != "formula":
+                layers[li], construction.pairs[li], results[li] = _grow_layer(
+                    target, construction.pairs[li], layers[li], results[li], tau, cc, sc, store,
+                    executor, progress)
+            solve_seconds[li] += time.perf_counter() - t_layer
         if config.mode == "weight":
             break
         masks = masks_state_dict([masks_from_selections(i, r.selections) for i, r in zip(layers, results)])
@@ -232,15 +248,11 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
                        "outside_tolerance": n_out})
         log.info("round %d: τ=%.3g certified=%.4g (ε=%.4g), %d instances outside τ",
                  rnd, tau, certificate.bound, config.eps, n_out)
-        if certificate.bound <= config.eps or sc.objective == "error":
-            # exact minimal errors do not shrink with τ: with the error objective one round is all
+        if certificate.bound <= config.eps:
             break
         if len(rounds) > 1 and certificate.bound > 0.95 * rounds[-2]["certified_bound"]:
             break  # no progress: the bound is held up by instances no τ can fix at this width
-        # tighten τ; only instances above the new τ that are not proved infeasible are re-solved
         tau = tau * min(0.5, 0.9 * config.eps / certificate.bound)
-        if not any(((r.errors > tau) & (r.status != Status.INFEASIBLE)).any() for r in results):
-            break
     timings["solve"] = time.perf_counter() - t
 
     # --- masks and certificate, recomputed from the state dicts alone
@@ -406,6 +418,11 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
                             f"width; everything computed is written to {out}. Widen the network "
                             "(--block-width, --C) or use --objective error.")
     return report
+
+
+def _close(tick) -> None:
+    if tick is not None and hasattr(tick, "close"):
+        tick.close()
 
 
 def _grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: ConstructionConfig,

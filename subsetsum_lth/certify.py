@@ -85,10 +85,18 @@ class Certificate:
                 "input_domain": self.input_domain, "layers": self.layers}
 
 
-def _spec(M: np.ndarray) -> float:
+def spectral_norm(M: np.ndarray) -> float:
+    """‖M‖₂ as sqrt(λ_max(G)) of the smaller Gram matrix G (float64; relative error ~1e-13,
+    far inside NUMERIC_SLACK) — much faster than a full SVD of a wide matrix."""
+    M = np.asarray(M, dtype=np.float64)
     if M.size == 0:
         return 0.0
-    return float(np.linalg.norm(M, 2))
+    G = M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M
+    lam = float(np.linalg.eigvalsh(G)[-1])
+    return float(np.sqrt(max(lam, 0.0)))
+
+
+_spec = spectral_norm
 
 
 def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,

@@ -1,0 +1,177 @@
+"""Gurobi backend: one MIP per instance (Pensia et al.'s formulation, real coefficients).
+
+binary s, continuous err >= |t - c.s|, err <= tau:
+* error: minimise err; if that model is infeasible (proved), the min-error subset comes from
+  a second solve without the bound.
+* feasible: no objective, stop at the first solution.
+* cardinality: minimise sum(s); then, with sum(s) fixed, minimise err.
+
+Tolerances are tightened for exactness (MIPGap = MIPGapAbs = 0, FeasibilityTol =
+IntFeasTol = 1e-9, IntegralityFocus = 1); every reported error is recomputed in float64 from
+the rounded 0/1 solution. One ``gurobipy.Env`` per process (OutputFlag = 0, Threads = 1,
+Seed = 0), created on first use. ``time_limit`` is Gurobi's TimeLimit per solve.
+gurobipy's pip wheel carries a size-limited licence (2000 variables / constraints), enough for
+one instance per model.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+
+import numpy as np
+
+from solvers.base import Capabilities, SolverBackend
+from subsetsum_lth.instances import BatchResult, InstanceBatch, Status, finalize
+
+_ENV: dict[int, object] = {}          # pid -> gurobipy.Env (never shared across a fork)
+_AVAILABLE: tuple[bool, str | None] | None = None
+
+_INSTALL_HINT = "gurobipy is not installed: pip install 'subsetsum-lth[gurobi]'"
+
+
+def _env():
+    env = _ENV.get(os.getpid())
+    if env is None:
+        import gurobipy as gp
+
+        env = gp.Env(empty=True)
+        env.setParam("OutputFlag", 0)
+        env.setParam("Threads", 1)
+        env.setParam("Seed", 0)
+        env.start()
+        _ENV.clear()
+        _ENV[os.getpid()] = env
+    return env
+
+
+class GurobiSolver(SolverBackend):
+    name = "gurobi"
+    capabilities = Capabilities(exact=True, objectives=("error", "feasible", "cardinality"),
+                                float_coefficients=True, max_n=None)
+    description = "one Gurobi MIP per instance (optional extra: subsetsum-lth[gurobi])"
+
+    @classmethod
+    def is_available(cls) -> tuple[bool, str | None]:
+        global _AVAILABLE
+        if _AVAILABLE is None:
+            if importlib.util.find_spec("gurobipy") is None:
+                _AVAILABLE = (False, _INSTALL_HINT)
+            else:
+                try:
+                    _env()
+                    _AVAILABLE = (True, None)
+                except Exception as exc:  # licence missing / expired / too many sessions
+                    _AVAILABLE = (False, f"gurobipy cannot start an environment: {exc}")
+        return _AVAILABLE
+
+    def solve(self, batch: InstanceBatch) -> BatchResult:
+        self.check_objective(batch.objective)
+        t0 = time.perf_counter()
+        k = len(batch)
+        selections = np.zeros((k, batch.width), dtype=bool)
+        status = np.full(k, int(Status.ERROR), dtype=np.int8)
+        messages: dict = {}
+        env = _env()
+        for i in range(k):
+            n = int(batch.counts[i])
+            try:
+                sel, st, msg = _solve_one(env, float(batch.targets[i]), batch.coefficients[i, :n],
+                                          float(batch.tolerances[i]), batch.objective,
+                                          self.time_limit)
+            except Exception as exc:  # one bad instance must not sink the batch
+                sel, st, msg = None, Status.ERROR, f"{type(exc).__name__}: {exc}"
+            if sel is not None:
+                selections[i, :n] = sel
+            status[i] = st
+            if msg:
+                messages[int(batch.ids[i])] = f"gurobi: {msg}"
+        return finalize(batch, selections, status, self.name, time.perf_counter() - t0, messages)
+
+
+def _solve_one(env, t: float, c: np.ndarray, tau: float, objective: str,
+               time_limit: float | None):
+    """(selection or None, Status, message)."""
+    import gurobipy as gp
+    from gurobipy import GRB
+
+    n = c.shape[0]
+    model = gp.Model(env=env)
+    try:
+        p = model.Params
+        p.MIPGap = 0.0
+        p.MIPGapAbs = 0.0
+        p.FeasibilityTol = 1e-9
+        p.IntFeasTol = 1e-9
+        p.OptimalityTol = 1e-9
+        p.IntegralityFocus = 1
+        if time_limit:
+            p.TimeLimit = float(time_limit)
+        s = [model.addVar(vtype=GRB.BINARY, name=f"s{j}") for j in range(n)]
+        err = model.addVar(lb=0.0, ub=tau, name="err")
+        expr = gp.LinExpr([float(x) for x in c], s)   # (plain API: MVar @ needs scipy)
+        model.addConstr(t - expr <= err)
+        model.addConstr(expr - t <= err)
+
+        def values():
+            return np.array([v.X > 0.5 for v in s], dtype=bool)
+
+        def error(sel):
+            return abs(t - float(np.where(sel, c, 0.0).sum()))
+
+        def min_error_unbounded():
+            err.UB = GRB.INFINITY
+            model.setObjective(err, GRB.MINIMIZE)
+            model.optimize()
+            return values() if model.SolCount else None
+
+        if objective == "feasible":
+            p.SolutionLimit = 1
+            model.optimize()
+            if model.Status in (GRB.OPTIMAL, GRB.SOLUTION_LIMIT) and model.SolCount:
+                return values(), Status.FEASIBLE, ""
+            if model.Status in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):
+                p.SolutionLimit = 2_000_000_000
+                return min_error_unbounded(), Status.INFEASIBLE, ""
+            return _other(model, values)
+
+        if objective == "error":
+            model.setObjective(err, GRB.MINIMIZE)
+            model.optimize()
+            if model.Status == GRB.OPTIMAL:
+                return values(), Status.OPTIMAL, ""
+            if model.Status in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):
+                return min_error_unbounded(), Status.INFEASIBLE, ""
+            return _other(model, values)
+
+        # cardinality
+        card_expr = gp.LinExpr([1.0] * n, s)
+        model.setObjective(card_expr, GRB.MINIMIZE)
+        model.optimize()
+        if model.Status in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):
+            return min_error_unbounded(), Status.INFEASIBLE, ""
+        if model.Status != GRB.OPTIMAL:
+            return _other(model, values)
+        first = values()
+        model.addConstr(card_expr == int(first.sum()))
+        model.setObjective(err, GRB.MINIMIZE)
+        model.optimize()
+        if model.Status == GRB.OPTIMAL:
+            return values(), Status.OPTIMAL, ""
+        if model.Status == GRB.TIME_LIMIT:
+            sel = values() if model.SolCount else first
+            return sel, Status.FEASIBLE, "time limit in the error tie-break"
+        return first, Status.FEASIBLE, f"error tie-break ended with Gurobi status {model.Status}"
+    finally:
+        model.dispose()
+
+
+def _other(model, values):
+    from gurobipy import GRB
+
+    if model.Status == GRB.TIME_LIMIT:
+        if model.SolCount:
+            return values(), Status.FEASIBLE, ""
+        return None, Status.TIMEOUT, ""
+    return (values() if model.SolCount else None), Status.ERROR, \
+        f"Gurobi status {model.Status}"

@@ -1,0 +1,527 @@
+"""Exact meet-in-the-middle backend, pure numpy, vectorised over a batch.
+
+Each instance's live coefficients are split into halves A (the first ``n // 2``) and B. All
+``2^|A|`` subset sums ``a`` and all values ``q = t - b`` over the ``2^|B|`` subset sums ``b``
+are enumerated (one matmul of the coefficients with a 0/1 table, then doubling
+``S <- [S, S + c_j]`` beyond 12 coefficients; column index bit j = coefficient j selected),
+and ``|t - a - b| = |a - q|`` is minimised as a *closest pair* between the two sets.
+
+The closest pair is found with one row-wise sort of the union: the closest pair between two
+sets of reals is always adjacent in the sorted union (any element lying between the two would
+pair with one of them at least as closely). The set of each value travels with it in the
+lowest bit of its sort key (A: 0, Q: 1), so no argsort is needed; the chosen pair is found
+back by equality on the keys, and every reported error is recomputed from the coefficients.
+
+* Float path (any n): keys are the float64 sums themselves with the lowest mantissa bit
+  replaced by the label (a one-ulp move), so the answer is the optimum to a few ulps
+  (~1e-15 for sums of order 1).
+* 32-bit fast path (n in ``_FAST_N``): keys are ``2 floor(y) + label`` with
+  ``y = (v - lo) * 2^29 / span`` from bounds on the row's sums. Sorting int32 is about twice
+  as fast. A row is accepted only when the best pair is certified exact by a margin argument
+  (see :func:`_error_chunk_int32`); the others (~5% at n = 21) go through the float path.
+
+Min-cardinality: sums are grouped by popcount; cardinality levels ``c = 0, 1, ...`` are tried
+in order, each level solving the closest-pair problem for every split ``(pa, c - pa)``; the
+first level with an error ``<= tau`` wins, with the smallest error of that level (ties:
+lexicographic (cardinality, error)). Rows with no subset within tolerance are detected with
+the plain error search first and return the min-error subset.
+
+Everything is deterministic: a fixed matmul/add order, sorting, first index of equal keys.
+Throughput on one core (n = 21, objective 'error'): ~25-29k instances/s.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from functools import lru_cache
+from math import comb
+
+import numpy as np
+
+from solvers.base import Capabilities, SolverBackend
+from subsetsum_lth.instances import BatchResult, InstanceBatch, Status, finalize
+
+#: Memory budget of the working arrays of one chunk of rows (bytes), and the number of
+#: enumerated sums per chunk that keeps the working set cache-friendly.
+MEMORY_BUDGET = 256 * 2**20
+_CACHE_ELEMENTS = 2**16
+#: 8-byte arrays of the chunk's width alive at once (union, sorted copy, gaps, masks, ...).
+_ARRAYS_PER_ELEMENT = 6
+#: Subset sums of up to this many coefficients come from one matmul with a 0/1 table; the
+#: remaining coefficients are added by doubling (contiguous blocks of >= 2^_MATMUL_BITS).
+_MATMUL_BITS = 12
+#: n range where the 32-bit-key fast path is tried first (it answers ~95% of rows at n = 21,
+#: fewer as n grows because the optimum gets smaller than the key resolution).
+_FAST_N = (8, 23)
+#: Hard limit of the enumeration (2^20 sums per half); ``capabilities.max_n`` is what we advertise.
+HARD_MAX_N = 40
+
+_SIGN = np.int64(63)
+_ONE = np.int64(1)
+_NOT_ONE = ~np.int64(1)
+_ODD_TO_NEGATIVE = np.uint32(2**31 + 1)
+
+
+@lru_cache(maxsize=None)
+def _table(h: int, lead_ones: bool) -> np.ndarray:
+    """0/1 float64 table (h [+1], 2^h): column i holds the bits of i (after a row of ones)."""
+    idx = np.arange(1 << h)
+    bits = ((idx[None, :] >> np.arange(h)[:, None]) & 1).astype(np.float64)
+    if lead_ones:
+        bits = np.vstack([np.ones((1, 1 << h)), bits])
+    bits.setflags(write=False)
+    return bits
+
+
+def _sums_into(out: np.ndarray, x: np.ndarray, h: int, lead: bool) -> None:
+    """out (k, 2^h) <- all subset sums; column index bit j = coefficient j taken.
+
+    x is (k, h) coefficients, or (k, 1 + h) = [constant, coefficients] when ``lead``
+    (the constant is added to every sum). Deterministic: a fixed matmul then fixed adds.
+    """
+    low = min(h, _MATMUL_BITS)
+    off = 1 if lead else 0
+    m = 1 << low
+    if low + off:
+        np.matmul(x[:, :low + off], _table(low, lead), out=out[:, :m])
+    else:
+        out[:, :1] = 0.0
+    for j in range(low, h):
+        np.add(out[:, :m], x[:, off + j:off + j + 1], out=out[:, m:2 * m])
+        m *= 2
+
+
+def subset_sums(coef: np.ndarray) -> np.ndarray:
+    """(k, h) coefficients -> (k, 2^h) subset sums; column index bit j = coefficient j taken."""
+    coef = np.ascontiguousarray(coef, dtype=np.float64)
+    out = np.empty((coef.shape[0], 1 << coef.shape[1]))
+    _sums_into(out, coef, coef.shape[1], False)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _popcount_order(h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation of range(2^h) grouping indices by popcount (stable), and group offsets."""
+    idx = np.arange(1 << h)
+    pc = np.zeros(1 << h, dtype=np.int64)
+    for j in range(h):
+        pc += (idx >> j) & 1
+    perm = np.argsort(pc, kind="stable")
+    offsets = np.zeros(h + 2, dtype=np.int64)
+    offsets[1:] = np.cumsum(np.bincount(pc, minlength=h + 1))
+    perm.setflags(write=False)
+    offsets.setflags(write=False)
+    return perm, offsets
+
+
+class _Workspace(threading.local):
+    """Per-thread scratch arrays, reused across chunks (no page faults on every chunk)."""
+
+    def __init__(self):
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
+        size = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = np.empty(max(size, 1), dtype=dtype)
+            # keep big buffers only while they fit the budget; they are cheap to re-create
+            if buf.nbytes <= MEMORY_BUDGET:
+                self.buffers[name] = buf
+        return buf[:size].reshape(shape)
+
+
+_WORK = _Workspace()
+
+
+def _closest_in_union(union: np.ndarray, ma: int, work: _Workspace | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Closest pair between columns [:ma] (set A) and [ma:] (set Q) of ``union``, per row.
+
+    ``union`` is overwritten (the set label goes into the lowest mantissa bit). Returns column
+    indices (ia into A, iq into Q) of a pair whose distance is minimal up to one ulp of the
+    values. Deterministic: the first minimal gap in sorted order, the first equal column.
+    """
+    k, m = union.shape
+    if work is None:
+        s = np.empty((k, m))
+        diff = np.empty((k, m - 1), dtype=np.int64)
+        gaps = np.empty((k, m - 1))
+        eq = np.empty((k, m), dtype=bool)
+    else:
+        s = work.get("sorted", (k, m))
+        diff = work.get("diff", (k, m - 1), np.int64)
+        gaps = work.get("gaps", (k, m - 1))
+        eq = work.get("eq", (k, m), np.bool_)
+    ub = union.view(np.int64)
+    np.bitwise_and(ub[:, :ma], _NOT_ONE, out=ub[:, :ma])
+    np.bitwise_or(ub[:, ma:], _ONE, out=ub[:, ma:])
+    np.copyto(s, union)
+    s.sort(axis=1)
+    sb = s.view(np.int64)
+    # Gaps between sorted neighbours; a gap between two elements of the same set is excluded
+    # without branches: gaps are >= +0.0, so their bit patterns order like their values, and
+    # setting the sign bit exactly where the labels differ makes those (and only those)
+    # negative integers, still ordered by gap.
+    np.bitwise_xor(sb[:, 1:], sb[:, :-1], out=diff)
+    np.left_shift(diff, _SIGN, out=diff)
+    np.subtract(s[:, 1:], s[:, :-1], out=gaps)
+    gb = gaps.view(np.int64)
+    np.bitwise_or(gb, diff, out=gb)
+    j = gb.argmin(axis=1)
+    rows = np.arange(k)
+    lo = s[rows, j]
+    hi = s[rows, j + 1]
+    lo_is_a = (sb[rows, j] & _ONE) == 0
+    va = np.where(lo_is_a, lo, hi)
+    vq = np.where(lo_is_a, hi, lo)
+    np.equal(union[:, :ma], va[:, None], out=eq[:, :ma])
+    ia = eq[:, :ma].argmax(axis=1)
+    np.equal(union[:, ma:], vq[:, None], out=eq[:, ma:])
+    iq = eq[:, ma:].argmax(axis=1)
+    return ia, iq
+
+
+def closest_pairs(a: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise closest pair between ``a`` (k, ma) and ``q`` (k, mq), ma, mq >= 1.
+
+    Returns (ia, iq), int64 (k,): column indices with |a[r, ia] - q[r, iq]| minimal up to
+    one ulp of the values (callers recompute the error exactly).
+    """
+    ma = a.shape[1]
+    union = np.empty((a.shape[0], ma + q.shape[1]))
+    union[:, :ma] = a
+    union[:, ma:] = q
+    return _closest_in_union(union, ma)
+
+
+def _bits(index: np.ndarray, h: int) -> np.ndarray:
+    return ((index[:, None] >> np.arange(h)) & 1).astype(bool)
+
+
+def _row_errors(t: np.ndarray, coef: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    return np.abs(t - np.where(sel, coef, 0.0).sum(axis=1))
+
+
+def _rows_per_chunk(n: int, rows: int, fast: bool = False, cardinality: bool = False) -> int:
+    h = n // 2
+    width = (1 << h) + (1 << (n - h))
+    cache = 2 * _CACHE_ELEMENTS if fast else _CACHE_ELEMENTS  # int32 keys: half the bytes
+    if cardinality:  # cheap levels touch a small part of each row: amortise calls instead
+        cache = 8 * _CACHE_ELEMENTS
+    by_cache = max(1, cache // width)
+    by_memory = max(1, MEMORY_BUDGET // (width * 8 * _ARRAYS_PER_ELEMENT))
+    return max(1, min(rows, by_cache, by_memory))
+
+
+def _error_chunk(t: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Min-error subsets for rows with the same n. Returns (selection (k, n) bool, error)."""
+    n = coef.shape[1]
+    if _FAST_N[0] <= n <= _FAST_N[1]:
+        sel, ok = _error_chunk_int32(t, coef)
+        redo = np.flatnonzero(~ok)
+        if redo.size:
+            sel[redo] = _error_chunk_float(t[redo], coef[redo])[0]
+        return sel, _row_errors(t, coef, sel)
+    return _error_chunk_float(t, coef)
+
+
+def _error_chunk_float(t: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Min-error subsets on float64 sums (any n). Returns (selection (k, n) bool, error)."""
+    k, n = coef.shape
+    h = n // 2
+    hb = n - h
+    ma = 1 << h
+    union = _WORK.get("union", (k, ma + (1 << hb)))
+    _sums_into(union[:, :ma], coef[:, :h], h, False)
+    x = np.empty((k, 1 + hb))
+    x[:, 0] = t
+    np.negative(coef[:, h:], out=x[:, 1:])
+    _sums_into(union[:, ma:], x, hb, True)     # q = t - b
+    ia, iq = _closest_in_union(union, ma, _WORK)
+    sel = np.concatenate([_bits(ia, h), _bits(iq, hb)], axis=1)
+    return sel, _row_errors(t, coef, sel)
+
+
+def _error_chunk_int32(t: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fast path of :func:`_error_chunk` on 32-bit keys; exact where it answers.
+
+    Sums are computed directly as scaled values y = (v - lo) * s in [0, 2^29] (lo, s per row
+    from bounds on all sums), truncated to integers Q and stored as keys 2Q + label, so that
+    a row sorts as int32 (about twice as fast as float64). Truncation is monotone, so with
+    g = |Q_a - Q_q| and the true scaled gap D of a pair, |g - D| < 1 (+ float noise << 1).
+
+    Let (x, z) be the adjacent different-label pair of minimal key difference d_min. The optimum
+    pair has g* <= g_xz + 2, so the sorted run between its elements holds an adjacent
+    different-label pair with key difference <= d_min + 6, and extends at most 2 units of Q
+    beyond x and z. Hence, if (1) no *other* adjacent different-label pair has key difference
+    <= d_min + 8, and (2) the sorted neighbours of x and z lie more than 8 key units away,
+    the optimum *is* (x, z), and both keys are unique in the row, so their columns are found
+    by equality. Rows failing (1) or (2) (a few percent: near-ties, duplicate sums) are
+    returned with ok = False and must be solved by the float64 path.
+
+    Returns (selection (k, n) bool, ok (k,) bool).
+    """
+    k, n = coef.shape
+    h = n // 2
+    hb = n - h
+    ma = 1 << h
+    m = ma + (1 << hb)
+    # Bounds of all sums: A in [negA, posA], Q = t - b in [t - posB, t - negB]. One matmul
+    # gives (sum A, sum B, positive part A, positive part B) per row.
+    both = np.empty((k, 2 * n))
+    both[:, :n] = coef
+    np.maximum(coef, 0.0, out=both[:, n:])
+    sa, sb, pa, pb = (both @ _bounds_table(h, hb)).T
+    lo = np.minimum(sa - pa, t - pb)
+    span = np.maximum(pa, t - (sb - pb)) - lo
+    scale = 2.0 ** 30 / np.where(span > 0, span, 1.0)   # 2y in [0, 2^30]
+    xa = np.empty((k, 1 + h))
+    xa[:, 0] = -lo * scale
+    np.multiply(coef[:, :h], scale[:, None], out=xa[:, 1:])
+    xq = np.empty((k, 1 + hb))
+    xq[:, 0] = (t - lo) * scale
+    np.multiply(coef[:, h:], -scale[:, None], out=xq[:, 1:])
+    y = _WORK.get("union", (k, m))
+    _sums_into(y[:, :ma], xa, h, True)
+    _sums_into(y[:, ma:], xq, hb, True)
+    keys = _WORK.get("keys32", (k, m), np.int32)
+    np.copyto(keys, y, casting="unsafe")          # truncation of 2y: monotone
+    np.bitwise_and(keys[:, :ma], np.int32(-2), out=keys[:, :ma])   # 2 floor(y) + 0
+    np.bitwise_or(keys[:, ma:], np.int32(1), out=keys[:, ma:])     # 2 floor(y) + 1
+    s = _WORK.get("sorted32", (k, m), np.int32)
+    np.copyto(s, keys)
+    s.sort(axis=1)
+    d = _WORK.get("diff32", (k, m - 1), np.int32)
+    np.subtract(s[:, 1:], s[:, :-1], out=d)       # >= 0; odd <=> labels differ
+    f = _WORK.get("mask32", (k, m - 1), np.int32)
+    # d * (2^31 + 1) mod 2^32 = d | (d & 1) << 31 since d < 2^31: odd d (labels differ)
+    # becomes INT32_MIN | d < 0, still ordered by d; even d (same set) stays >= 0.
+    np.multiply(d.view(np.uint32), _ODD_TO_NEGATIVE, out=f.view(np.uint32))
+    j = f.argmin(axis=1)
+    rows = np.arange(k)
+    fmin = f[rows, j]
+    f[rows, j] = np.iinfo(np.int32).max
+    unique = f.min(axis=1) > fmin + 8             # no other candidate pair close to the best
+    padded = _WORK.get("pad32", (k, 4), np.int64)
+    lo_j = np.maximum(j - 1, 0)
+    hi_j = np.minimum(j + 2, m - 1)
+    padded[:, 0] = s[rows, lo_j]
+    padded[:, 1] = s[rows, j]
+    padded[:, 2] = s[rows, j + 1]
+    padded[:, 3] = s[rows, hi_j]
+    gaps = np.diff(padded, axis=1)
+    isolated = ((gaps[:, 0] > 8) | (j == 0)) & ((gaps[:, 2] > 8) | (j + 2 >= m))
+    ok = unique & isolated
+    kx = padded[:, 1]
+    kz = padded[:, 2]
+    x_is_a = (kx & 1) == 0
+    eq = _WORK.get("eq", (k, m), np.bool_)
+    np.equal(keys[:, :ma], np.where(x_is_a, kx, kz).astype(np.int32)[:, None], out=eq[:, :ma])
+    np.equal(keys[:, ma:], np.where(x_is_a, kz, kx).astype(np.int32)[:, None], out=eq[:, ma:])
+    sel = np.concatenate([_bits(eq[:, :ma].argmax(axis=1), h), _bits(eq[:, ma:].argmax(axis=1), hb)],
+                         axis=1)
+    return sel, ok
+
+
+@lru_cache(maxsize=None)
+def _bounds_table(h: int, hb: int) -> np.ndarray:
+    """(2n, 4) 0/1 matrix: [coef, max(coef, 0)] @ it = (sum A, sum B, pos A, pos B)."""
+    n = h + hb
+    w = np.zeros((2 * n, 4))
+    w[:h, 0] = 1.0
+    w[h:n, 1] = 1.0
+    w[n:n + h, 2] = 1.0
+    w[n + h:, 3] = 1.0
+    w.setflags(write=False)
+    return w
+
+
+def _min_error_rows(t: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_error_chunk` over any number of rows of equal n, in cache-sized chunks."""
+    k, n = coef.shape
+    sel = np.zeros((k, n), dtype=bool)
+    for rows in _chunks(np.arange(k), n, fast=_FAST_N[0] <= n <= _FAST_N[1]):
+        sel[rows] = _error_chunk(t[rows], coef[rows])[0]
+    return sel, _row_errors(t, coef, sel)
+
+
+@lru_cache(maxsize=None)
+def _table_by_popcount(h: int, lead_ones: bool) -> np.ndarray:
+    table = np.ascontiguousarray(_table(h, lead_ones)[:, _popcount_order(h)[0]])
+    table.setflags(write=False)
+    return table
+
+
+def _sums_by_popcount(x: np.ndarray, h: int, lead: bool) -> np.ndarray:
+    """Like :func:`_sums_into`, columns ordered by popcount (``_popcount_order(h)``)."""
+    if h <= _MATMUL_BITS:
+        return x @ _table_by_popcount(h, lead)
+    out = np.empty((x.shape[0], 1 << h))
+    _sums_into(out, x, h, lead)
+    return out[:, _popcount_order(h)[0]]
+
+
+def _cardinality_chunk(t: np.ndarray, coef: np.ndarray, tau: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lexicographic (cardinality, error) minimum subject to error <= tau, rows of equal n.
+
+    Levels c = 0, 1, ... are tried in order; level c solves the closest-pair problem between
+    the A sums of popcount pa and the Q values of popcount c - pa, for every split pa. The
+    first level whose best error is within tolerance wins (smallest error of that level).
+    Before the levels get expensive, one plain min-error search removes the rows that have
+    no subset within tolerance at all. Returns (selection, error, feasible); infeasible
+    rows carry the min-error subset.
+    """
+    k, n = coef.shape
+    h = n // 2
+    hb = n - h
+    sel = np.zeros((k, n), dtype=bool)
+    err = np.full(k, np.inf)
+    feasible = np.zeros(k, dtype=bool)
+    if k == 0:
+        return sel, err, feasible
+    perm_a, off_a = _popcount_order(h)
+    perm_b, off_b = _popcount_order(hb)
+    a = _sums_by_popcount(np.ascontiguousarray(coef[:, :h]), h, False)
+    xq = np.empty((k, 1 + hb))
+    xq[:, 0] = t
+    np.negative(coef[:, h:], out=xq[:, 1:])
+    q = _sums_by_popcount(xq, hb, True)      # t - b
+    # a, q, t, tau, coef hold the pending rows only; base maps them to the chunk's rows
+    base = np.arange(k)
+    full_cost = (1 << h) + (1 << hb)
+    spent = 0
+    checked_error = False
+    for c in range(n + 1):
+        pas = range(max(0, c - hb), min(c, h) + 1)
+        level_cost = sum(comb(h, pa) + comb(hb, c - pa) for pa in pas)
+        if not checked_error and spent + level_cost > full_cost // 2:
+            checked_error = True
+            s, e = _min_error_rows(t, coef)
+            bad = e > tau
+            sel[base[bad]] = s[bad]
+            err[base[bad]] = e[bad]
+            keep = ~bad
+            a, q, t, tau, coef, base = a[keep], q[keep], t[keep], tau[keep], coef[keep], base[keep]
+        if base.size == 0:
+            break
+        spent += level_cost
+        rr = np.arange(base.size)
+        best = np.full(base.size, np.inf)
+        best_ia = np.zeros(base.size, dtype=np.int64)
+        best_iq = np.zeros(base.size, dtype=np.int64)
+        for pa in pas:
+            pb = c - pa
+            ar = a[:, off_a[pa]:off_a[pa + 1]]
+            qr = q[:, off_b[pb]:off_b[pb + 1]]
+            ia, iq = closest_pairs(ar, qr)
+            e = np.abs(qr[rr, iq] - ar[rr, ia])
+            better = e < best  # strict: the first split wins ties -> deterministic
+            best = np.where(better, e, best)
+            best_ia = np.where(better, ia + off_a[pa], best_ia)
+            best_iq = np.where(better, iq + off_b[pb], best_iq)
+        ok = best <= tau
+        if ok.any():
+            s = np.concatenate([_bits(perm_a[best_ia[ok]], h), _bits(perm_b[best_iq[ok]], hb)],
+                               axis=1)
+            sel[base[ok]] = s
+            err[base[ok]] = _row_errors(t[ok], coef[ok], s)
+            feasible[base[ok]] = True
+            keep = ~ok
+            a, q, t, tau, coef, base = a[keep], q[keep], t[keep], tau[keep], coef[keep], base[keep]
+    if base.size:  # unreachable (level n covers every subset), kept as a safety net
+        s, e = _min_error_rows(t, coef)
+        sel[base] = s
+        err[base] = e
+    return sel, err, feasible
+
+
+def _chunks(group: np.ndarray, n: int, fast: bool = False, cardinality: bool = False):
+    step = _rows_per_chunk(n, group.size, fast, cardinality)
+    for start in range(0, group.size, step):
+        yield group[start:start + step]
+
+
+def min_error_selections(targets: np.ndarray, coefficients: np.ndarray, counts: np.ndarray
+                         ) -> np.ndarray:
+    """Exact min-error subsets of a padded batch: selections (k, width) bool."""
+    k, width = coefficients.shape
+    sel = np.zeros((k, width), dtype=bool)
+    for n in np.unique(counts):
+        n = int(n)
+        if n > HARD_MAX_N:
+            raise ValueError(f"mitm: n = {n} exceeds the enumeration limit {HARD_MAX_N}")
+        group = np.flatnonzero(counts == n)
+        if _FAST_N[0] <= n <= _FAST_N[1]:
+            redo = []
+            for rows in _chunks(group, n, fast=True):
+                s, ok = _error_chunk_int32(targets[rows],
+                                           np.ascontiguousarray(coefficients[rows, :n]))
+                sel[rows, :n] = s
+                redo.append(rows[~ok])
+            group = np.concatenate(redo)   # the few rows the fast path could not certify
+        for rows in _chunks(group, n):
+            sel[rows, :n] = _error_chunk_float(targets[rows],
+                                               np.ascontiguousarray(coefficients[rows, :n]))[0]
+    return sel
+
+
+def solve_arrays(targets: np.ndarray, coefficients: np.ndarray, counts: np.ndarray,
+                 tolerances: np.ndarray, objective: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact solve of a padded batch. Returns (selections (k, width) bool, feasible (k,) bool).
+
+    ``feasible`` tells whether the selection is within tolerance (for 'cardinality' it is then
+    the lexicographic (cardinality, error) optimum; otherwise it is the min-error subset).
+    """
+    k, width = coefficients.shape
+    if objective != "cardinality":
+        sel = min_error_selections(targets, coefficients, counts)
+        live = np.arange(width)[None, :] < counts[:, None]
+        err = np.abs(targets - np.where(sel & live, coefficients, 0.0).sum(axis=1))
+        return sel, err <= tolerances
+    sel = np.zeros((k, width), dtype=bool)
+    feasible = np.zeros(k, dtype=bool)
+    for n in np.unique(counts):
+        n = int(n)
+        if n > HARD_MAX_N:
+            raise ValueError(f"mitm: n = {n} exceeds the enumeration limit {HARD_MAX_N}")
+        for rows in _chunks(np.flatnonzero(counts == n), n, cardinality=True):
+            s, _, f = _cardinality_chunk(targets[rows],
+                                         np.ascontiguousarray(coefficients[rows, :n]),
+                                         tolerances[rows])
+            sel[rows, :n] = s
+            feasible[rows] = f
+    return sel, feasible
+
+
+class MeetInTheMiddleSolver(SolverBackend):
+    """Exact, pure numpy: O(2^{n/2} log) per instance, batched."""
+
+    name = "mitm"
+    capabilities = Capabilities(exact=True, objectives=("error", "feasible", "cardinality"),
+                                float_coefficients=True, max_n=34)
+    description = "meet-in-the-middle enumeration (numpy, exact, vectorised over the batch)"
+
+    def solve(self, batch: InstanceBatch) -> BatchResult:
+        self.check_objective(batch.objective)
+        t0 = time.perf_counter()
+        k = len(batch)
+        status = np.full(k, int(Status.ERROR), dtype=np.int8)
+        selections = np.zeros((k, batch.width), dtype=bool)
+        messages: dict = {}
+        max_n = self.capabilities.max_n
+        too_big = batch.counts > max_n
+        for i in np.flatnonzero(too_big):
+            messages[int(batch.ids[i])] = (
+                f"mitm: n = {int(batch.counts[i])} exceeds max_n = {max_n} (2^(n/2) enumeration)")
+        ok_rows = np.flatnonzero(~too_big)
+        if ok_rows.size:
+            sub = batch if ok_rows.size == k else batch.take(ok_rows)
+            sel, feasible = solve_arrays(sub.targets, sub.coefficients, sub.counts,
+                                         sub.tolerances, batch.objective)
+            selections[ok_rows] = sel
+            good = Status.FEASIBLE if batch.objective == "feasible" else Status.OPTIMAL
+            status[ok_rows] = np.where(feasible, int(good), int(Status.INFEASIBLE))
+        return finalize(batch, selections, status, self.name, time.perf_counter() - t0, messages)

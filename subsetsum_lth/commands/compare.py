@@ -1,0 +1,74 @@
+"""`subsetsum-lth compare`: compare masks of several runs on the same random network."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from subsetsum_lth.commands._common import positive_int, print_json
+
+NAME = "compare"
+HELP = "compare masks of runs on the same random network (accuracy, agreement, deviation, overlap)"
+DESCRIPTION = (
+    "For run folders whose masks belong to the same random network (checked by a content hash of "
+    "the weights; different networks are refused): MNIST test accuracy, agreement with the "
+    "target's predictions, output deviation from the target (max/mean on the test images), the "
+    "certified bound where the masks have the construction's form (else n/a), kept parameters "
+    "per layer, per-layer mask overlap (Jaccard, and the fraction of one run's kept edges the "
+    "other keeps), wall time and device. The target comes from --target, else from the first "
+    "run folder holding target.safetensors. Writes comparison.json, comparison.csv and "
+    "accuracy_vs_kept.png into --out.")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders to compare")
+    p.add_argument("--out", type=Path, required=True, help="folder for comparison.json/.csv/.png")
+    p.add_argument("--target", type=Path, default=None,
+                   help="target file or folder (default: the first run's target.safetensors)")
+    p.add_argument("--label", action="append", default=None, metavar="NAME",
+                   help="a name per run, in order (repeat the option; default: folder names)")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with the MNIST IDX files")
+    p.add_argument("--test-subset", type=positive_int, default=None, metavar="N",
+                   help="use the first N test images only")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where ĝ and f are evaluated")
+    p.add_argument("--no-plots", action="store_true", help="do not write the PNG")
+    p.add_argument("--json", action="store_true", help="print comparison.json to stdout")
+
+
+def _fmt(v, pct=False, digits=4) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{100 * v:.2f}%" if pct else f"{v:.{digits}g}"
+    return str(v)
+
+
+def run(args) -> int:
+    from subsetsum_lth.compare import compare_runs
+
+    result = compare_runs(args.runs, args.out, target=args.target,
+                          data_dir=None if args.data_dir is None else str(args.data_dir),
+                          device=args.device, test_subset=args.test_subset, labels=args.label,
+                          plots=not args.no_plots)
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"random network {'-'.join(map(str, result['random_network_sizes']))}, weights sha256 "
+          f"{result['weights_sha256'][:12]}…; target {result['target'] or 'none'} "
+          f"(accuracy {_fmt(result['target_accuracy'], pct=True)}); {result['test_examples']:,} test images")
+    for e in result["runs"]:
+        print(f"  {e['label']}: {e['description']}")
+        print(f"    accuracy {_fmt(e['test_accuracy'], pct=True)}, agreement {_fmt(e['prediction_agreement'], pct=True)}, "
+              f"deviation max {_fmt(e['max_output_deviation'])} mean {_fmt(e['mean_output_deviation'])}, "
+              f"certified {_fmt(e['certified_bound'])}")
+        per_layer = " / ".join(format(L["kept_parameters"], ",") for L in e["layers"])
+        print(f"    kept {e['kept_parameters']:,} of {e['total_parameters']:,} "
+              f"({per_layer} per layer), "
+              f"wall {_fmt(e['wall_seconds'], digits=3)}s on {e['device']}")
+    for pr in result["pairs"]:
+        t = pr["total"]
+        per = ", ".join(f"L{L['layer'] + 1} {_fmt(L['jaccard'], digits=3)}" for L in pr["layers"])
+        print(f"  {pr['a']} vs {pr['b']}: Jaccard {_fmt(t['jaccard'], digits=3)} ({per}); "
+              f"{_fmt(t['a_kept_by_b'], pct=True)} of {pr['a']}'s kept edges kept by {pr['b']}, "
+              f"{_fmt(t['b_kept_by_a'], pct=True)} the other way")
+    for w in result["warnings"]:
+        print(f"warning: {w}")
+    print(f"wrote {args.out}")
+    return 0

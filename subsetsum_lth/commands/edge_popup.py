@@ -1,0 +1,175 @@
+"""`subsetsum-lth edge-popup`: search masks on a random network from data (the baseline)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from subsetsum_lth.commands._common import positive_float, positive_int, print_json
+
+NAME = "edge-popup"
+HELP = "learn a mask on a random network with edge-popup (Ramanujan et al. 2020), weights frozen"
+DESCRIPTION = (
+    "Edge-popup baseline: one score per weight (and per bias of a non-zero bias tensor) of the random "
+    "network g, the mask = the top-k fraction of |score| (straight-through gradient to the scores), "
+    "SGD with momentum on the scores only; no weight of g changes. --keep K is the fraction KEPT: "
+    "with --scope layer every weight and every bias tensor keeps exactly ceil(K * n) of its n "
+    "prunable entries (K read as the decimal given), with --scope global ceil(K * n) over all of "
+    "them. --structure structured allows only the edges of the construction's block-diagonal "
+    "pre-pruning (top-k among those). The random network comes from a run folder (--from-run, "
+    "copied byte for byte), a target (--from-target, allocated as 'approximate' would) or a plain "
+    "wide MLP (--wide 784,H,10 --param-budget N). Writes a run folder in approximate's format "
+    "(random_net.safetensors, masks.safetensors, report.json, metrics.csv, training_curve.png).")
+
+
+def _fraction(text: str) -> float:
+    import argparse
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"the kept fraction must lie in (0, 1], got {text}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    import argparse
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _temperature(text: str):
+    if text == "auto":
+        return text
+    return positive_float(text)
+
+
+def add_arguments(p) -> None:
+    src = p.add_argument_group("random network (exactly one)")
+    g = src.add_mutually_exclusive_group(required=True)
+    g.add_argument("--from-run", type=Path, metavar="RUN",
+                   help="a run folder: its random_net.safetensors (copied byte for byte)")
+    g.add_argument("--from-target", type=Path, metavar="TARGET",
+                   help="allocate the construction's random network for this target (as 'approximate')")
+    g.add_argument("--wide", metavar="SIZES",
+                   help="a plain random MLP, e.g. 784,1000,10, or 784,H,10 with --param-budget")
+    src.add_argument("--param-budget", type=positive_int, default=None, metavar="N",
+                     help="--wide: H = the largest width with at most N parameters (biases counted)")
+    src.add_argument("--wide-init", choices=("uniform", "normal", "kaiming-uniform"), default="uniform",
+                     help="--wide: weight distribution (uniform = U[-1, 1], g's distribution; "
+                          "kaiming-uniform = U[±sqrt(6/fan_in)])")
+    src.add_argument("--no-bias", dest="wide_bias", action="store_false",
+                     help="--wide: zero biases (not scored)")
+    src.add_argument("--block-width", type=positive_int, default=None,
+                     help="--from-target: units per block m (default: Theorem 1's formula)")
+    src.add_argument("--C", dest="C", type=positive_float, default=1.5,
+                     help="--from-target: constant C of the width formula")
+    src.add_argument("--eps", type=positive_float, default=0.01,
+                     help="--from-target: ε in the width formula")
+    src.add_argument("--input-domain", choices=("nonnegative", "signed"), default=None,
+                     help="first layer's input domain for the structured pre-pruning (default: the run's "
+                          "or the target's, else nonnegative as MNIST pixels are)")
+    src.add_argument("--net-seed", type=_non_negative_int, default=None,
+                     help="seed of a freshly allocated random network (default: --seed)")
+
+    e = p.add_argument_group("edge-popup")
+    e.add_argument("--keep", type=_fraction, default=0.5, metavar="K",
+                   help="fraction of weights KEPT (exactly ceil(K*n) per tensor, or over all with --scope global)")
+    e.add_argument("--scope", choices=("layer", "global"), default="layer", help="where the top-k is taken")
+    e.add_argument("--structure", choices=("free", "structured"), default="free",
+                   help="structured: only edges of the construction's block-diagonal pre-pruning may be kept")
+    e.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set")
+    e.add_argument("--lr", type=positive_float, default=0.1, help="initial learning rate of the scores (cosine to 0)")
+    e.add_argument("--batch-size", type=positive_int, default=128, help="mini-batch size")
+    e.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    e.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay on the scores")
+    e.add_argument("--seed", type=_non_negative_int, default=0, help="seeds score initialisation and shuffling")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA when available, else CPU")
+    e.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    e.add_argument("--data-dir", type=Path, default=None, help="folder with the MNIST IDX files")
+    e.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
+                   help="train on the first N training images only")
+    e.add_argument("--test-subset", type=positive_int, default=None, metavar="N",
+                   help="evaluate on the first N test images only")
+    e.add_argument("--sync-every", type=positive_int, default=50, metavar="STEPS",
+                   help="read loss/accuracy back from the device every STEPS steps (progress bar)")
+    e.add_argument("--temperature", type=_temperature, default="auto", metavar="T",
+                   help="train on CE(logits / T); auto: T = standard deviation of the initial masked "
+                        "network's logits (U[-1, 1] networks have logits in the hundreds); 1 = plain edge-popup")
+    e.add_argument("--no-epoch-eval", dest="eval_every_epoch", action="store_false",
+                   help="evaluate the test accuracy only after the last epoch")
+
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=Path, required=True, help="run folder to write")
+    o.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    o.add_argument("--no-plots", action="store_true", help="do not write the training-curve PNG")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--json", action="store_true", help="print report.json to stdout")
+
+
+def _progress(enabled: bool):
+    """Progress factory for the library: a tqdm bar per epoch with loss and accuracy."""
+    from tqdm import tqdm
+
+    def factory(total: int, desc: str):
+        bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, file=sys.stderr,
+                   dynamic_ncols=True, leave=False)
+
+        class Tick:
+            def __call__(self, n: int) -> None:
+                bar.update(n)
+
+            def set_postfix(self, **kw) -> None:
+                bar.set_postfix(**kw)
+
+            def close(self) -> None:
+                bar.close()
+        return Tick()
+    return factory
+
+
+def run(args) -> int:
+    from subsetsum_lth.edge_popup import EdgePopupConfig, run_edge_popup
+
+    config = EdgePopupConfig(
+        from_run=args.from_run, from_target=args.from_target, wide=args.wide,
+        param_budget=args.param_budget, wide_init=args.wide_init, wide_bias=args.wide_bias,
+        block_width=args.block_width, C=args.C, eps=args.eps, input_domain=args.input_domain,
+        net_seed=args.net_seed, keep=args.keep, scope=args.scope, structure=args.structure,
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, momentum=args.momentum,
+        weight_decay=args.weight_decay, seed=args.seed, device=args.device, threads=args.threads,
+        data_dir=None if args.data_dir is None else str(args.data_dir),
+        train_subset=args.train_subset, test_subset=args.test_subset, sync_every=args.sync_every,
+        eval_every_epoch=args.eval_every_epoch, temperature=args.temperature, plots=not args.no_plots,
+        overwrite=args.overwrite,
+    )
+    report = run_edge_popup(config, args.out, progress=_progress(not args.no_progress))
+    if args.json:
+        print_json(report)
+    else:
+        _summary(report, args.out)
+    return 0
+
+
+def _summary(r: dict, out: Path) -> None:
+    src = r["source"]
+    where = src.get("path") or "wide MLP " + "-".join(map(str, src.get("sizes", [])))
+    print(f"edge-popup on {'-'.join(map(str, r['sizes']))} ({r['total_parameters']:,} parameters) from {where}")
+    print(f"keep {r['keep']:g} ({r['scope']}, {r['structure']}), {r['epochs']} epoch(s), lr {r['lr']:g}, "
+          f"batch {r['batch_size']}, seed {r['seed']}, device {r['device_name']}")
+    for L in r["layers"]:
+        print(f"  layer {L['layer'] + 1} {L['shape'][0]}x{L['shape'][1]}: kept {L['kept_parameters']:,} of "
+              f"{L['total_parameters']:,} ({L['eligible_parameters']:,} prunable)")
+    line = f"test accuracy {100 * r['test_accuracy']:.2f}%"
+    if "prediction_agreement" in r:
+        line += (f" (target {100 * r['target_accuracy']:.2f}%, agreement with the target "
+                 f"{100 * r['prediction_agreement']:.2f}%)")
+    print(line)
+    print(f"kept parameters: {r['kept_parameters']:,} of {r['total_parameters']:,}")
+    print(f"time: {r['seconds_per_epoch']:.1f}s per epoch, {r['wall_seconds']:.1f}s wall   run folder: {out}")

@@ -1,0 +1,352 @@
+"""Compare masks on the same random network (subset-sum runs, edge-popup runs, ...).
+
+For every run folder: MNIST test accuracy of ĝ, agreement with the target's predictions,
+output deviation ‖f(x) − ĝ(x)‖₂ on the test images (max and mean; ĝ in float32 as deployed,
+f in float64), the certified bound where one exists (``certify.layer_maps`` accepts the masks
+only when they have the construction's form; otherwise "n/a" with the reason), kept
+parameters per Linear layer, wall time and device. For every pair of runs and every Linear
+layer (weight and bias together): the Jaccard index of the kept sets and the fraction of one
+run's kept entries that the other keeps.
+
+Masks of different random networks are refused: the tensors of every run's
+``random_net.safetensors`` must have the same :func:`subsetsum_lth.netdigest.weights_digest`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from subsetsum_lth import runfolder as rf
+from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.netdigest import short, weights_digest
+
+log = logging.getLogger(__name__)
+
+JSON_FILE = "comparison.json"
+CSV_FILE = "comparison.csv"
+PLOT_FILE = "accuracy_vs_kept.png"
+NA = "n/a"
+
+
+def _n_linear(state: dict) -> int:
+    return len([k for k in state if k.endswith(".weight")])
+
+
+def masked_sequential(state: dict, masks: dict, device="cpu", dtype=torch.float32) -> nn.Sequential:
+    """ĝ = Sequential(Linear, ReLU, ..., Linear) with every tensor times its mask."""
+    n = _n_linear(state)
+    mods: list[nn.Module] = []
+    for j in range(n):
+        w = torch.as_tensor(np.asarray(state[f"{2 * j}.weight"]), dtype=dtype)
+        b = torch.as_tensor(np.asarray(state[f"{2 * j}.bias"]), dtype=dtype)
+        mw = torch.as_tensor(np.asarray(masks[f"{2 * j}.weight"]) != 0)
+        mb = torch.as_tensor(np.asarray(masks[f"{2 * j}.bias"]) != 0)
+        lin = nn.Linear(w.shape[1], w.shape[0], device="meta")
+        lin.weight = nn.Parameter((w * mw).to(device), requires_grad=False)
+        lin.bias = nn.Parameter((b * mb).to(device), requires_grad=False)
+        mods.append(lin)
+        if j < n - 1:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods)
+
+
+def _run_kind(report: dict) -> str:
+    if report.get("method"):
+        return str(report["method"])
+    if "solver" in report:
+        return "subset-sum"
+    return "unknown"
+
+
+def _describe(report: dict) -> str:
+    kind = _run_kind(report)
+    if kind == "edge-popup":
+        return f"edge-popup k={report.get('keep')} {report.get('scope')}/{report.get('structure')}"
+    if kind == "subset-sum":
+        return f"subset-sum {report.get('solver')} τ={report.get('weight_eps')}"
+    return kind
+
+
+@torch.no_grad()
+def _evaluate(g: nn.Module, target, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> dict:
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    agree = torch.zeros((), dtype=torch.int64, device=x.device)
+    dev_max = torch.zeros((), dtype=torch.float64, device=x.device)
+    dev_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), batch):
+        xb, yb = x[i:i + batch], y[i:i + batch]
+        go = g(xb)
+        gp = go.argmax(1)
+        correct += (gp == yb).sum()
+        if target is not None:
+            fo = target.forward(xb.double())
+            agree += (fo.argmax(1) == gp).sum()
+            d = (fo - go.double()).norm(dim=1)
+            dev_max = torch.maximum(dev_max, d.max())
+            dev_sum += d.sum()
+    n = max(1, len(x))
+    out = {"test_accuracy": int(correct) / n}
+    if target is not None:
+        out.update({"prediction_agreement": int(agree) / n, "max_output_deviation": float(dev_max),
+                    "mean_output_deviation": float(dev_sum) / n})
+    else:
+        out.update({"prediction_agreement": NA, "max_output_deviation": NA, "mean_output_deviation": NA})
+    return out
+
+
+def _certificate(state: dict, masks: dict, target, report: dict, radius_fn) -> dict:
+    """The certified bound if the masks have the construction's form, else n/a with the reason."""
+    from subsetsum_lth.certify import certified_bound, layer_maps
+    if target is None:
+        return {"certified_bound": NA, "certified_reason": "no target (give --target)"}
+    n = _n_linear(state)
+    if n % 2 or n // 2 != target.depth:
+        return {"certified_bound": NA,
+                "certified_reason": f"{n} Linear layers; the construction for a depth-{target.depth} "
+                                    f"target has {2 * target.depth}"}
+    try:
+        maps = layer_maps(state, masks, target.depth)
+        if any(m.w_plus.shape != L.weight.shape for m, L in zip(maps, target.layers)):
+            return {"certified_bound": NA, "certified_reason": "layer shapes do not match the target"}
+        radius = report.get("input_radius") or radius_fn()
+        domain = report.get("input_domain") or target.metadata.get("input_domain") or "nonnegative"
+        cert = certified_bound(target, maps, float(radius), domain)
+    except RunFolderError as exc:
+        return {"certified_bound": NA, "certified_reason": str(exc)}
+    return {"certified_bound": cert.bound, "certified_input_radius": float(radius),
+            "certified_input_domain": domain}
+
+
+def _kept_layers(state: dict, masks: dict) -> list[dict]:
+    out = []
+    for j in range(_n_linear(state)):
+        mw, mb = np.asarray(masks[f"{2 * j}.weight"]), np.asarray(masks[f"{2 * j}.bias"])
+        kw, kb = int(np.count_nonzero(mw)), int(np.count_nonzero(mb))
+        out.append({"layer": j, "shape": list(mw.shape), "weight_kept": kw, "bias_kept": kb,
+                    "kept_parameters": kw + kb, "total_parameters": int(mw.size + mb.size)})
+    return out
+
+
+def _overlap(ma: dict, mb: dict, n_linear: int) -> tuple[list[dict], dict]:
+    layers = []
+    tot = np.zeros(4, dtype=np.int64)  # inter, union, |A|, |B|
+    for j in range(n_linear):
+        inter = union = na = nb = 0
+        for t in ("weight", "bias"):
+            a = np.asarray(ma[f"{2 * j}.{t}"]) != 0
+            b = np.asarray(mb[f"{2 * j}.{t}"]) != 0
+            inter += int(np.count_nonzero(a & b))
+            union += int(np.count_nonzero(a | b))
+            na += int(np.count_nonzero(a))
+            nb += int(np.count_nonzero(b))
+        tot += (inter, union, na, nb)
+        layers.append(_overlap_entry(j, inter, union, na, nb))
+    return layers, _overlap_entry("all", *map(int, tot))
+
+
+def _overlap_entry(layer, inter: int, union: int, na: int, nb: int) -> dict:
+    return {"layer": layer, "intersection": inter, "union": union, "kept_a": na, "kept_b": nb,
+            "jaccard": inter / union if union else NA,
+            "a_kept_by_b": inter / na if na else NA,     # of A's kept entries, the fraction B keeps
+            "b_kept_by_a": inter / nb if nb else NA}
+
+
+def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | None = None,
+                 data_dir=None, device: str = "auto", test_subset: int | None = None,
+                 labels: list[str] | None = None, plots: bool = True, data: dict | None = None) -> dict:
+    """Compare the masks of ``runs`` (same random network) and write comparison.json,
+    comparison.csv and accuracy_vs_kept.png into ``out``. Returns the comparison.
+
+    Raises UserError when the runs' random networks differ (by content hash of the weights).
+    ``data``: optional {"x": float32 (N, p), "y": int64 (N,)} instead of the MNIST test set.
+    """
+    from subsetsum_lth.api import load_run
+    from subsetsum_lth.edge_popup import resolve_device
+    from subsetsum_lth.target import load_target
+
+    t_start = time.perf_counter()
+    runs = [Path(r) for r in runs]
+    if not runs:
+        raise UserError("compare needs at least one run folder")
+    if labels is not None and len(labels) != len(runs):
+        raise UserError(f"{len(labels)} labels for {len(runs)} runs")
+    if labels is None:
+        labels = [r.name or str(r) for r in runs]
+        if len(set(labels)) != len(labels):
+            labels = [str(r) for r in runs]
+    out = Path(out)
+    rf.check_writable(out)
+    dev = resolve_device(device)
+
+    # --- one random network: check the content hash of every run's weights
+    state = None
+    digest = None
+    masks, reports, digests = [], [], []
+    for r in runs:
+        run = load_run(r)
+        d = weights_digest(run.random_state)
+        digests.append(d)
+        if state is None:
+            state, digest = run.random_state, d
+        masks.append(run.masks)
+        reports.append(run.report)
+        del run
+    if len(set(digests)) > 1:
+        lines = "\n".join(f"  {lab} ({r}): weights sha256 {short(d)}…" for lab, r, d in zip(labels, runs, digests))
+        raise UserError("these runs hold masks for different random networks, so their masks cannot be "
+                        "compared:\n" + lines + "\nCompare only runs made on the same random_net.safetensors "
+                        "(e.g. 'edge-popup --from-run RUN')")
+
+    # --- target
+    tgt, tgt_src = None, None
+    if target is not None:
+        tgt, tgt_src = load_target(target), str(target)
+    else:
+        for r in runs:
+            if (r / rf.TARGET).exists():
+                tgt, tgt_src = load_target(r / rf.TARGET), str(r / rf.TARGET)
+                break
+    warnings = []
+    if tgt is not None and target is None:
+        ref = weights_digest(tgt.state_dict())
+        for r in runs:
+            if (r / rf.TARGET).exists() and str(r / rf.TARGET) != tgt_src:
+                if weights_digest(load_target(r / rf.TARGET).state_dict()) != ref:
+                    warnings.append(f"{r / rf.TARGET} differs from {tgt_src}; {tgt_src} is used")
+
+    # --- data
+    if data is None:
+        from subsetsum_lth.data.mnist import load_mnist
+        x, y = load_mnist("test", data_dir)
+    else:
+        x, y = data["x"], data["y"]
+    if test_subset is not None:
+        x, y = x[:test_subset], y[:test_subset]
+    in_f = int(np.asarray(state["0.weight"]).shape[1])
+    if x.shape[1] != in_f:
+        raise UserError(f"the random network takes {in_f} inputs but the images have {x.shape[1]}")
+    if tgt is not None and tgt.sizes[0] != in_f:
+        raise UserError(f"the target takes {tgt.sizes[0]} inputs but the random network {in_f}")
+    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(dev)
+    yt = torch.as_tensor(np.asarray(y), dtype=torch.int64).to(dev)
+
+    radius_cache: list[float] = []
+
+    def radius_fn() -> float:
+        if not radius_cache:
+            from subsetsum_lth.data.mnist import input_radius
+            radius_cache.append(input_radius(data_dir))
+        return radius_cache[0]
+
+    target_accuracy = None
+    if tgt is not None:
+        with torch.no_grad():
+            target_accuracy = sum(int((tgt.forward(xt[i:i + 4096].double()).argmax(1) == yt[i:i + 4096]).sum())
+                                  for i in range(0, len(xt), 4096)) / max(1, len(xt))
+
+    entries = []
+    n_linear = _n_linear(state)
+    for lab, r, mk, rep in zip(labels, runs, masks, reports):
+        t = time.perf_counter()
+        g = masked_sequential(state, mk, dev)
+        ev = _evaluate(g, tgt, xt, yt)
+        del g
+        cert = _certificate(state, mk, tgt, rep, radius_fn)
+        layers = _kept_layers(state, mk)
+        kept = sum(L["kept_parameters"] for L in layers)
+        total = sum(L["total_parameters"] for L in layers)
+        entries.append({
+            "label": lab, "path": str(r.resolve()), "method": _run_kind(rep), "description": _describe(rep),
+            **ev, **cert,
+            "kept_parameters": kept, "total_parameters": total, "kept_fraction": kept / max(1, total),
+            "layers": layers,
+            "wall_seconds": rep.get("wall_seconds", NA),
+            "device": rep.get("device_name") or rep.get("device") or ("cpu" if "solver" in rep else NA),
+            "reported_test_accuracy": rep.get("test_accuracy", rep.get("pruned_accuracy", NA)),
+            **({"keep": rep.get("keep"), "scope": rep.get("scope"), "structure": rep.get("structure"),
+                "epochs": rep.get("epochs")} if _run_kind(rep) == "edge-popup" else {}),
+            **({"solver": rep.get("solver"), "weight_eps": rep.get("weight_eps"),
+                "reported_certified_bound": rep.get("certified_bound")} if _run_kind(rep) == "subset-sum" else {}),
+            "evaluation_seconds": time.perf_counter() - t,
+        })
+        log.info("%s: accuracy %.4f, kept %s of %s", lab, ev["test_accuracy"], f"{kept:,}", f"{total:,}")
+
+    pairs = []
+    for (ia, a), (ib, b) in combinations(enumerate(entries), 2):
+        layers, total = _overlap(masks[ia], masks[ib], n_linear)
+        pairs.append({"a": a["label"], "b": b["label"], "layers": layers, "total": total})
+
+    comparison = {
+        "weights_sha256": digest,
+        "random_network_sizes": [in_f] + [int(np.asarray(state[f"{2 * j}.weight"]).shape[0])
+                                          for j in range(n_linear)],
+        "target": tgt_src, "target_accuracy": target_accuracy if target_accuracy is not None else NA,
+        "test_examples": int(len(xt)),
+        "device": dev.type,
+        "deviation_note": "‖f(x) − ĝ(x)‖₂ over the test images; ĝ in float32, f in float64",
+        "runs": entries,
+        "pairs": pairs,
+        "warnings": warnings,
+    }
+
+    rows = []
+    for e in entries:
+        for key in ("test_accuracy", "prediction_agreement", "max_output_deviation", "mean_output_deviation",
+                    "certified_bound", "kept_parameters", "total_parameters", "kept_fraction",
+                    "wall_seconds", "device", "method"):
+            rows.append({"run": e["label"], "other": "", "layer": "all", "metric": key, "value": e[key]})
+        for L in e["layers"]:
+            for key in ("weight_kept", "bias_kept", "kept_parameters", "total_parameters"):
+                rows.append({"run": e["label"], "other": "", "layer": L["layer"], "metric": key, "value": L[key]})
+    for p in pairs:
+        for L in p["layers"] + [p["total"]]:
+            for key in ("jaccard", "a_kept_by_b", "b_kept_by_a", "intersection", "union"):
+                rows.append({"run": p["a"], "other": p["b"], "layer": L["layer"], "metric": key, "value": L[key]})
+
+    rf.atomic_write_csv(out / CSV_FILE, rows)
+    if plots:
+        try:
+            comparison["plots"] = [plot_accuracy_vs_kept(out, entries, target_accuracy)]
+        except Exception as exc:  # a plot must never cost the comparison
+            log.warning("plot failed: %s", exc)
+    comparison["wall_seconds"] = time.perf_counter() - t_start
+    rf.atomic_write_json(out / JSON_FILE, comparison)
+    return comparison
+
+
+def plot_accuracy_vs_kept(out: Path, entries: list[dict], target_accuracy: float | None) -> str:
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    colours = {"subset-sum": "#4477aa", "edge-popup": "#ee6677"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind in sorted({e["method"] for e in entries}):
+        es = [e for e in entries if e["method"] == kind]
+        ax.scatter([e["kept_parameters"] for e in es], [100 * e["test_accuracy"] for e in es],
+                   color=colours.get(kind, "#228833"), label=kind, zorder=3)
+        for e in es:
+            ax.annotate(e["label"], (e["kept_parameters"], 100 * e["test_accuracy"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+    if target_accuracy is not None:
+        ax.axhline(100 * target_accuracy, color="#555555", ls="--", lw=1, label="target f")
+    ax.set_xscale("log")
+    ax.set_xlabel("kept parameters of g")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("masks on the same random network", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(out) / PLOT_FILE
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+__all__ = ["compare_runs", "masked_sequential", "JSON_FILE", "CSV_FILE", "PLOT_FILE", "NA"]
