@@ -19,6 +19,8 @@ COMMANDS = {
     "approximate": "approximate",
     "certify": "certify",
     "solvers": "solvers_cmd",
+    "edge-popup": "edge_popup",
+    "compare": "compare",
 }
 
 
