@@ -124,7 +124,8 @@ def _versions() -> dict:
     return out
 
 
-def _prepare_folder(out: Path, config: ApproximateConfig, fingerprint: dict) -> ResumeStore:
+def _prepare_folder(out: Path, config: ApproximateConfig, fingerprint: dict,
+                    need_bytes: int = 0) -> ResumeStore:
     out = Path(out)
     partial = out / "partial"
     existing = [p for p in (out / rf.REPORT, out / rf.MASKS, partial) if p.exists()]
@@ -138,7 +139,7 @@ def _prepare_folder(out: Path, config: ApproximateConfig, fingerprint: dict) -> 
                 p.unlink()
         if partial.exists():
             shutil.rmtree(partial)
-    rf.check_writable(out)
+    rf.check_writable(out, need_bytes)
     cfg_path = out / "run_config.json"
     if config.resume and cfg_path.exists():
         old = json.loads(cfg_path.read_text())
@@ -176,7 +177,10 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
         "solver": sc.solver, "objective": sc.objective, "eps": config.eps,
         "weight_eps": config.weight_eps, "input_radius": config.input_radius,
     }
-    store = _prepare_folder(out, config, fingerprint)
+    # refuse absurd widths (with the estimate) and a full disk before any file is written
+    from subsetsum_lth.construction import plan_layers
+    entries = sum(pl.hidden * (pl.p + pl.q + 1) + pl.q for pl in plan_layers(target, cc))
+    store = _prepare_folder(out, config, fingerprint, need_bytes=int(entries * 5 * 1.1))
 
     t = time.perf_counter()
     construction = build_construction(target, cc)
@@ -353,7 +357,8 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
         "seed": cc.seed,
         "solver": sc.solver,
         "objective": sc.objective,
-        "workers": sc.resolved_workers() if executor is None else None,
+        "workers": sc.resolved_workers() if executor is None else getattr(executor, "workers", None),
+        "executor": sc.executor if executor is None else getattr(executor, "kind", type(executor).__name__),
         "distribution": cc.distribution,
         "C": cc.C, "delta": cc.delta,
         "target_sizes": target.sizes,

@@ -75,6 +75,10 @@ def load_safetensors(path, as_numpy: bool = True) -> tuple[dict, dict]:
             out = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:
         raise RunFolderError(f"cannot read {path}: {exc} (truncated or not a safetensors file?)") from None
+    bad = [k for k, v in out.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise RunFolderError(f"{path} holds NaN or infinite values in {', '.join(sorted(bad)[:5])}; "
+                             "the file is damaged: recreate the run")
     if as_numpy:
         out = {k: v.numpy() for k, v in out.items()}
     return out, meta

@@ -7,6 +7,7 @@ answer does not depend on the number of workers or on completion order.
 from __future__ import annotations
 
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import hashlib
 import logging
 import multiprocessing as mp
@@ -19,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.executors import Pool, _watch_parent, as_pool, make_pool  # noqa: F401
 from subsetsum_lth.instances import BatchResult, InstanceBatch, Status
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,11 @@ class SolveConfig:
     workers: int | None = None        #: None: all cores; 1: in this process
     batch_size: int | None = None     #: None: DEFAULT_BATCH[solver] or 512
     time_limit: float | None = None   #: per instance, seconds (backends that support it)
+    executor: str = "process"         #: process | dask | dask-local (see subsetsum_lth.executors)
+    scheduler: str | None = None      #: Dask scheduler address for executor "dask"
+    batch_timeout: float | None = None  #: seconds a batch may run before it is retried
+    retries: int = 2                  #: extra attempts for a batch whose worker died or timed out
+    fallback: bool = True             #: re-solve TIMEOUT/ERROR instances with another exact backend
 
     def resolved_workers(self) -> int:
         w = self.workers if self.workers is not None else (os.cpu_count() or 1)
@@ -63,6 +70,12 @@ def check_solver(config: SolveConfig) -> None:
     if config.objective not in cls.capabilities.objectives:
         raise UserError(f"solver {config.solver!r} does not support objective {config.objective!r}; "
                         f"it supports {', '.join(cls.capabilities.objectives)}")
+    from subsetsum_lth.executors import check_executor
+    check_executor(config.executor, config.scheduler)
+    if config.batch_timeout is not None and not config.batch_timeout > 0:
+        raise UserError(f"--batch-timeout must be a positive number of seconds, got {config.batch_timeout}")
+    if config.retries < 0:
+        raise UserError(f"--retries must be >= 0, got {config.retries}")
     _ = SolverUnavailable
 
 
@@ -73,6 +86,7 @@ def solve_batch(solver: str, options: dict, batch: InstanceBatch) -> BatchResult
     """Worker entry point: one backend object per process, reused across batches."""
     from solvers.registry import get_backend
 
+    _maybe_worker_fault()
     key = (solver, tuple(sorted(options.items())))
     backend = _BACKENDS.get(key)
     if backend is None:
@@ -149,101 +163,271 @@ def _maybe_inject_fault() -> None:
         os._exit(137)
 
 
-def _watch_parent() -> None:
-    """Worker initializer: exit when the parent process dies (kill -9, crash), so that no
-    orphaned worker keeps running or holds the parent's output pipes open."""
-    import threading
-    from multiprocessing.connection import wait
+WORKER_FAULT_ENV = "SUBSETSUM_LTH_WORKER_FAULT"
+_worker_batches = 0
 
-    parent = mp.parent_process()
-    if parent is None:
+
+def _maybe_worker_fault() -> None:
+    """Test-only fault injection in a worker: ``$SUBSETSUM_LTH_WORKER_FAULT=MODE:N:MARKER`` makes
+    the worker that starts its N-th batch die abruptly (MODE ``kill``, as under kill -9) or hang
+    (MODE ``hang``), exactly once over all workers: the first to create the file MARKER does it.
+    Never fires in the parent process (in-process solving)."""
+    global _worker_batches
+    spec = os.environ.get(WORKER_FAULT_ENV)
+    if not spec or mp.parent_process() is None:
         return
+    _worker_batches += 1
+    mode, n, marker = spec.split(":", 2)
+    if _worker_batches != int(n):
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    if mode == "kill":
+        os._exit(137)
+    elif mode == "hang":
+        time.sleep(3600)
 
-    def watch():
-        wait([parent.sentinel])
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+def _failed(sub: InstanceBatch, solver: str, reason: str) -> BatchResult:
+    """A batch that could not be solved: every row ERROR, with the reason as its message."""
+    k = len(sub)
+    return BatchResult(sub.ids.copy(), np.zeros((k, sub.width), dtype=bool), np.full(k, np.inf),
+                       np.full(k, int(Status.ERROR), dtype=np.int8), solver, 0.0,
+                       {int(i): f"{solver}: {reason}" for i in sub.ids})
 
 
-def _make_executor(workers: int) -> cf.Executor:
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                  initializer=_watch_parent)
+def fallback_solver(solver: str, objective: str, max_count: int) -> str | None:
+    """Another exact backend for instances the first one could not finish (TIMEOUT/ERROR):
+    mitm when every instance fits its max_n, else ortools; None if there is none."""
+    from solvers.registry import get_backend_class
+
+    for name in ("mitm", "ortools"):
+        if name == solver:
+            continue
+        try:
+            cls = get_backend_class(name)
+        except Exception:
+            continue
+        cap = cls.capabilities
+        if not cap.exact or objective not in cap.objectives:
+            continue
+        if cap.max_n is not None and max_count > cap.max_n:
+            continue
+        if cls.is_available()[0]:
+            return name
+    return None
+
+
+@dataclass
+class _Item:
+    rows: np.ndarray
+    sub: InstanceBatch
+    key: str | None
+    attempts: int = 0
+
+
+def _run_in_process(todo, solver, options, done) -> None:
+    for it in todo:
+        try:
+            res = solve_batch(solver, options, it.sub)
+        except Exception as exc:  # a backend bug must not sink the run: the rows become ERROR
+            log.error("%s failed on a batch of %d instances: %s", solver, len(it.sub), exc)
+            done(it, _failed(it.sub, solver, f"{type(exc).__name__}: {exc}"), False)
+            continue
+        done(it, res, True)
+
+
+def _run_in_pool(pool: Pool, todo, solver, options, config: SolveConfig, done) -> None:
+    """Submit batches (at most ``pool.capacity`` in flight), retry a batch whose worker died or that
+    ran past ``config.batch_timeout`` (bounded by ``config.retries``), then report it as failed."""
+    from collections import deque
+
+    pending = deque(todo)
+    inflight: dict = {}                   # future -> (item, submitted at)
+    limit = config.batch_timeout
+    max_attempts = 1 + max(0, int(config.retries))
+    def fail(it: _Item, reason: str) -> None:
+        it.attempts += 1
+        if it.attempts >= max_attempts:
+            log.error("batch of %d instances failed %d times (%s); its instances are reported as failed",
+                      len(it.sub), it.attempts, reason)
+            done(it, _failed(it.sub, solver, f"batch failed {it.attempts} times: {reason}"), False)
+        else:
+            log.warning("batch of %d instances failed (%s); retrying (attempt %d of %d)",
+                        len(it.sub), reason, it.attempts + 1, max_attempts)
+            pending.append(it)
+
+    def broken(reason: str) -> None:
+        # every batch that was in flight may have been the one that killed its worker
+        for fut, (it, _) in list(inflight.items()):
+            fut.cancel()
+            fail(it, reason)
+        inflight.clear()
+        if not pool.rebuildable:
+            while pending:
+                it = pending.popleft()
+                done(it, _failed(it.sub, solver, f"the executor broke: {reason}"), False)
+            return
+        pool.breaks = getattr(pool, "breaks", 0) + 1
+        if pool.breaks > max_attempts:   # consecutive breaks with no batch finished in between
+            raise UserError(f"the {pool.kind} workers keep dying with no batch finished ({reason}); "
+                            "check that worker processes can start and import subsetsum_lth "
+                            "(e.g. run from a script file, not stdin), or use --workers 1")
+        pool.recover()
+
+    while pending or inflight:
+        while pending and len(inflight) < pool.capacity:
+            it = pending.popleft()
+            try:
+                fut = pool.submit(solve_batch, solver, options, it.sub)
+            except (BrokenProcessPool, RuntimeError) as exc:
+                pending.appendleft(it)
+                broken(f"cannot submit: {exc}")
+                continue
+            inflight[fut] = (it, time.monotonic())
+        if not inflight:
+            continue
+        wait_s = None
+        if limit:
+            oldest = min(t for _, t in inflight.values())
+            wait_s = max(0.05, oldest + limit - time.monotonic())
+        finished, _ = cf.wait(list(inflight), timeout=wait_s, return_when=cf.FIRST_COMPLETED)
+        pool_broke = None
+        for fut in finished:
+            it, _ = inflight.pop(fut)
+            try:
+                res = fut.result()
+            except cf.CancelledError:
+                pending.append(it)
+            except BrokenProcessPool as exc:
+                pool_broke = f"a worker process died ({exc})"
+                fail(it, pool_broke)
+            except Exception as exc:   # dask KilledWorker, a backend exception, a lost connection
+                fail(it, f"{type(exc).__name__}: {exc}")
+            else:
+                pool.breaks = 0
+                done(it, res, True)
+        if pool_broke:
+            broken(pool_broke)
+            continue
+        if limit:
+            now = time.monotonic()
+            expired = [f for f, (_, t) in inflight.items() if now - t > limit]
+            if expired:
+                lost_all = pool.kill_running(expired)
+                for f in expired:
+                    it, _ = inflight.pop(f)
+                    f.cancel()
+                    fail(it, f"not done within --batch-timeout {limit:g}s")
+                if lost_all:
+                    # the other batches in flight lost their workers through no fault of their own
+                    for f, (it, _) in inflight.items():
+                        f.cancel()
+                        pending.appendleft(it)
+                    inflight.clear()
+                    pool.recover()
 
 
 def solve_all(batch: InstanceBatch, config: SolveConfig,
               on_progress: Callable[[int], None] | None = None,
               store: ResumeStore | None = None,
-              executor: cf.Executor | None = None) -> BatchResult:
+              executor: cf.Executor | Pool | None = None) -> BatchResult:
     """Solve every instance of ``batch``; returns one BatchResult row-aligned with ``batch``.
+
+    Instances a backend reports as TIMEOUT or ERROR (or whose batch failed ``config.retries`` + 1
+    times) are solved again by another exact backend (:func:`fallback_solver`) when
+    ``config.fallback`` is on; whatever still fails keeps status ERROR/TIMEOUT and a message.
 
     Args:
         on_progress: called with the number of instances just finished.
         store: resume store; batches found there are not solved again.
-        executor: any concurrent.futures.Executor (overrides ``config.workers``).
+        executor: any concurrent.futures.Executor, or a :class:`subsetsum_lth.executors.Pool`
+            (overrides ``config.workers`` and ``config.executor``); not closed here.
     """
     k = len(batch)
-    n = batch.width
-    selections = np.zeros((k, n), dtype=bool)
+    selections = np.zeros((k, batch.width), dtype=bool)
     errors = np.full(k, np.inf)
     status = np.full(k, int(Status.ERROR), dtype=np.int8)
     messages: dict = {}
     if k == 0:
         return BatchResult(batch.ids, selections, errors, status, config.solver, 0.0, messages)
-    order = np.argsort(batch.counts, kind="stable")
-    size = config.resolved_batch()
-    chunks = []
-    for start in range(0, k, size):
-        rows = order[start:start + size]
-        sub = batch.take(rows)
-        width = int(sub.counts.max()) if len(sub) else 0
-        sub = InstanceBatch(sub.ids, sub.targets, sub.coefficients[:, :width], sub.counts,
-                            sub.tolerances, sub.objective)
-        chunks.append((rows, sub))
-
-    options = {"time_limit": config.time_limit} if config.time_limit else {}
     t0 = time.perf_counter()
-
-    def accept(rows, res: BatchResult):
-        w = res.selections.shape[1]
-        selections[rows, :w] = res.selections
-        errors[rows] = res.errors
-        status[rows] = res.status
-        messages.update(res.messages)
-        if on_progress:
-            on_progress(len(rows))
-
-    todo = []
-    for rows, sub in chunks:
-        key = batch_key(config.solver, sub) if store else None
-        cached = store.get(key, sub) if store else None
-        if cached is not None:
-            accept(rows, cached)
-        else:
-            todo.append((rows, sub, key))
-    if store and len(todo) < len(chunks):
-        log.info("resume: %d of %d batches already solved", len(chunks) - len(todo), len(chunks))
-
     workers = config.resolved_workers()
-    if executor is None and (workers == 1 or len(todo) <= 1):
-        for rows, sub, key in todo:
-            res = solve_batch(config.solver, options, sub)
-            if store:
-                store.put(key, res)
-            accept(rows, res)
-    else:
-        own = executor is None
-        ex = executor or _make_executor(min(workers, len(todo)))
-        try:
-            futures = {ex.submit(solve_batch, config.solver, options, sub): (rows, sub, key)
-                       for rows, sub, key in todo}
-            for fut in cf.as_completed(futures):
-                rows, sub, key = futures[fut]
-                res = fut.result()
-                if store:
-                    store.put(key, res)
-                accept(rows, res)
-        finally:
-            if own:
-                ex.shutdown(wait=True, cancel_futures=True)
+    pool = None if executor is None else as_pool(executor)
+    own = False
+    try:
+        def run(solver: str, rows_all: np.ndarray, progress) -> None:
+            nonlocal pool, own
+            sub_all = batch if len(rows_all) == k else batch.take(rows_all)
+            order = rows_all[np.argsort(sub_all.counts, kind="stable")]
+            size = config.resolved_batch() if solver == config.solver else int(DEFAULT_BATCH.get(solver, 512))
+            todo = []
+            for start in range(0, len(order), size):
+                rows = order[start:start + size]
+                sub = batch.take(rows)
+                width = int(sub.counts.max()) if len(sub) else 0
+                sub = InstanceBatch(sub.ids, sub.targets, sub.coefficients[:, :width], sub.counts,
+                                    sub.tolerances, sub.objective)
+                todo.append(_Item(rows, sub, batch_key(solver, sub) if store else None))
+
+            def done(it: _Item, res: BatchResult, solved: bool) -> None:
+                if solved and store:
+                    store.put(it.key, res)
+                w = res.selections.shape[1]
+                selections[it.rows] = False
+                selections[it.rows, :w] = res.selections
+                errors[it.rows] = res.errors
+                status[it.rows] = res.status
+                messages.update(res.messages)
+                if progress:
+                    progress(len(it.rows))
+
+            left = []
+            for it in todo:
+                cached = store.get(it.key, it.sub) if store else None
+                if cached is not None:
+                    done(it, cached, False)
+                else:
+                    left.append(it)
+            if store and len(left) < len(todo):
+                log.info("resume: %d of %d batches already solved", len(todo) - len(left), len(todo))
+            if not left:
+                return
+            options = {"time_limit": config.time_limit} if config.time_limit else {}
+            local = config.executor == "process" and not config.batch_timeout
+            if pool is None and local and (workers == 1 or len(left) <= 1):
+                _run_in_process(left, solver, options, done)
+                return
+            if pool is None:
+                n = min(workers, len(left)) if config.executor == "process" else workers
+                pool = make_pool(config.executor, n, config.scheduler)
+                own = True
+            _run_in_pool(pool, left, solver, options, config, done)
+
+        run(config.solver, np.arange(k), on_progress)
+        bad = np.flatnonzero((status == Status.ERROR) | (status == Status.TIMEOUT))
+        if bad.size and config.fallback:
+            fb = fallback_solver(config.solver, batch.objective, int(batch.counts[bad].max()))
+            first = {int(batch.ids[i]): messages.get(int(batch.ids[i]), Status(int(status[i])).name)
+                     for i in bad}
+            if fb is None:
+                log.error("%d instances failed with %s and no other exact backend can take them",
+                          bad.size, config.solver)
+            else:
+                log.warning("%d instances ended TIMEOUT/ERROR with %s; solving them again with %s",
+                            bad.size, config.solver, fb)
+                for i in bad:
+                    messages.pop(int(batch.ids[i]), None)
+                run(fb, bad, None)
+                still = bad[(status[bad] == Status.ERROR) | (status[bad] == Status.TIMEOUT)]
+                for i in still:
+                    key = int(batch.ids[i])
+                    messages[key] = f"{first[key]}; then {messages.get(key, Status(int(status[i])).name)}"
+                log.warning("fallback %s: %d of %d instances recovered", fb, bad.size - still.size, bad.size)
+    finally:
+        if own and pool is not None:
+            pool.close()
     return BatchResult(batch.ids.copy(), selections, errors, status, config.solver,
                        time.perf_counter() - t0, messages)

@@ -43,6 +43,20 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=positive_int, default=None, help="solver processes (default: all cores)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="instances per solver batch")
     p.add_argument("--time-limit", type=positive_float, default=None, help="per-instance solver time limit (s)")
+    x = p.add_argument_group("where the solver batches run")
+    x.add_argument("--executor", choices=("process", "dask", "dask-local"), default="process",
+                   help="process: a local process pool; dask: a Dask distributed cluster (--scheduler); "
+                        "dask-local: start a Dask LocalCluster of --workers processes "
+                        "(dask needs: pip install 'subsetsum-lth[dask]')")
+    x.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.1:8786")
+    x.add_argument("--batch-timeout", type=positive_float, default=None, metavar="SECONDS",
+                   help="a batch not done in this time is cancelled (its worker replaced) and retried, "
+                        "then its instances are reported as failed")
+    x.add_argument("--retries", type=int, default=2,
+                   help="extra attempts for a batch whose worker died or that timed out")
+    x.add_argument("--no-fallback", dest="fallback", action="store_false",
+                   help="do not re-solve TIMEOUT/ERROR instances with another exact backend")
     p.add_argument("--block-width", type=positive_int, default=None,
                    help="units per block m (overrides the Theorem 1 formula)")
     p.add_argument("--width", choices=("formula", "auto", "adaptive"), default="auto",
@@ -107,21 +121,32 @@ def run(args) -> int:
                                         block_width=args.block_width, distribution=args.distribution,
                                         width=args.width, grow=args.grow, max_growth=args.max_growth),
         solve=SolveConfig(solver=args.solver, objective=args.objective, workers=args.workers,
-                          batch_size=args.batch_size, time_limit=args.time_limit),
+                          batch_size=args.batch_size, time_limit=args.time_limit,
+                          executor=args.executor, scheduler=args.scheduler,
+                          batch_timeout=args.batch_timeout, retries=args.retries, fallback=args.fallback),
         eps=args.eps, weight_eps=args.weight_eps, input_radius=radius,
         allow_infeasible=args.allow_infeasible, resume=args.resume, overwrite=args.overwrite,
         empirical_samples=args.samples, ascent_steps=args.steps, plots=not args.no_plots,
     )
     progress = tqdm_progress(enabled=not args.no_progress)
     status = 0
+    from subsetsum_lth.executors import check_executor, make_pool
+    check_executor(args.executor, args.scheduler)
+    # one pool (process pool, Dask cluster or connection) for the whole run, started lazily on the
+    # first batch; --workers 1 without --batch-timeout solves in this process
+    in_process = args.executor == "process" and args.workers == 1 and not args.batch_timeout
+    pool = None if in_process else make_pool(args.executor, args.workers, args.scheduler)
     try:
         report = approximate(target, config, args.out, progress=progress, eval_data=eval_data,
-                             empirical_data=emp_data)
+                             empirical_data=emp_data, executor=pool)
     except IncompleteRun as exc:
         from subsetsum_lth.runfolder import read_report
         report = read_report(args.out)
         _summary(report, args.out)
         raise exc
+    finally:
+        if pool is not None:
+            pool.close()
     if args.json:
         print_json(report)
     else:

@@ -1,0 +1,153 @@
+"""Executors and faults: the same masks from 1 worker, the process pool and Dask; a worker killed
+mid-run, a hung batch (--batch-timeout), a backend that fails (fallback), all with identical masks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from subsetsum_lth.cli import main
+from subsetsum_lth.instances import BatchResult, InstanceBatch, Status
+from subsetsum_lth.solve import WORKER_FAULT_ENV, SolveConfig, solve_all
+from subsetsum_lth.target import random_target, save_target
+
+ARGS = ["--solver", "mitm", "--weight-eps", "0.01", "--batch-size", "64", "--no-progress", "--no-plots",
+        "--samples", "16", "--steps", "5", "--seed", "2"]
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    path = tmp_path_factory.mktemp("target") / "t.safetensors"
+    save_target(random_target((16, 10, 4), bias=True, seed=1), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(target, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert main(["approximate", "--target", str(target), "--out", str(out), *ARGS, "--workers", "1"]) == 0
+    return (out / "masks.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    pytest.importorskip("distributed")
+    from distributed import LocalCluster
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    yield cluster
+    cluster.close()
+
+
+def _run(target, out, *extra, env=None, monkeypatch=None):
+    if env:
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+    rc = main(["approximate", "--target", str(target), "--out", str(out), *ARGS, *extra])
+    assert rc == 0
+    return (out / "masks.safetensors").read_bytes()
+
+
+def test_process_pool_and_dask_match_one_worker(target, reference, dask_cluster, tmp_path):
+    assert _run(target, tmp_path / "pool", "--workers", "2") == reference
+    assert _run(target, tmp_path / "dask", "--executor", "dask",
+                "--scheduler", dask_cluster.scheduler_address) == reference
+
+
+def test_any_executor_object(target, reference, dask_cluster, tmp_path):
+    """The library takes any concurrent.futures.Executor, e.g. Client.get_executor()."""
+    from distributed import Client
+
+    from subsetsum_lth.approximate import ApproximateConfig, approximate
+    from subsetsum_lth.construction import ConstructionConfig
+    from subsetsum_lth.target import load_target
+    with Client(dask_cluster) as client:
+        cfg = ApproximateConfig(construction=ConstructionConfig(input_domain="signed", seed=2),
+                                solve=SolveConfig(solver="mitm", batch_size=64), weight_eps=0.01,
+                                empirical_samples=16, ascent_steps=5, plots=False)
+        approximate(load_target(target), cfg, tmp_path / "run", executor=client.get_executor(pure=False))
+    assert (tmp_path / "run" / "masks.safetensors").read_bytes() == reference
+
+
+def test_worker_killed_process_pool(target, reference, tmp_path, monkeypatch):
+    marker = tmp_path / "fired"
+    masks = _run(target, tmp_path / "run", "--workers", "2",
+                 env={WORKER_FAULT_ENV: f"kill:2:{marker}"}, monkeypatch=monkeypatch)
+    assert marker.exists()            # the fault did happen
+    assert masks == reference
+
+
+def test_worker_killed_dask_local(target, reference, tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    marker = tmp_path / "fired"
+    masks = _run(target, tmp_path / "run", "--executor", "dask-local", "--workers", "2",
+                 env={WORKER_FAULT_ENV: f"kill:2:{marker}"}, monkeypatch=monkeypatch)
+    assert marker.exists()
+    assert masks == reference
+
+
+def test_hung_batch_is_retried(target, reference, tmp_path, monkeypatch):
+    marker = tmp_path / "fired"
+    masks = _run(target, tmp_path / "run", "--workers", "2", "--batch-timeout", "2",
+                 env={WORKER_FAULT_ENV: f"hang:1:{marker}"}, monkeypatch=monkeypatch)
+    assert marker.exists()
+    assert masks == reference
+
+
+def _batch(k=40, n=14, seed=0):
+    rng = np.random.default_rng(seed)
+    return InstanceBatch(np.arange(k), rng.uniform(-1, 1, k), rng.uniform(-1, 1, (k, n)), None, 0.01)
+
+
+def test_hung_batch_reported_failed_without_retries(tmp_path, monkeypatch):
+    monkeypatch.setenv(WORKER_FAULT_ENV, f"hang:1:{tmp_path / 'fired'}")
+    b = _batch()
+    res = solve_all(b, SolveConfig(solver="mitm", workers=1, batch_size=20, batch_timeout=1.5, retries=0,
+                                   fallback=False))
+    failed = res.status == Status.ERROR
+    assert failed.sum() == 20 and (~failed).sum() == 20          # one batch failed, never dropped
+    assert all("batch-timeout" in res.messages[int(i)] for i in b.ids[failed])
+
+
+class _Broken:
+    """A backend that fails every instance (ERROR) — the driver must fall back, not drop them."""
+    name = "broken"
+
+    def __init__(self, **kw):
+        pass
+
+    @classmethod
+    def is_available(cls):
+        return True, None
+
+    def check_objective(self, objective):
+        pass
+
+    def solve(self, batch):
+        k = len(batch)
+        return BatchResult(batch.ids.copy(), np.zeros((k, batch.width), bool), np.full(k, np.inf),
+                           np.full(k, int(Status.ERROR), np.int8), "broken", 0.0,
+                           {int(i): "broken: simulated failure" for i in batch.ids})
+
+
+def test_error_instances_fall_back_to_another_exact_backend(monkeypatch):
+    from solvers import registry
+    monkeypatch.setitem(registry._extra, "broken", _Broken)
+    b = _batch()
+    want = solve_all(b, SolveConfig(solver="mitm", workers=1))
+    got = solve_all(b, SolveConfig(solver="broken", workers=1))
+    assert np.array_equal(got.selections, want.selections) and np.array_equal(got.status, want.status)
+    kept = solve_all(b, SolveConfig(solver="broken", workers=1, fallback=False))
+    assert (kept.status == Status.ERROR).all() and "simulated" in kept.messages[0]
+
+
+def test_truncated_partial_batch_is_recomputed(tmp_path):
+    """Resume never trusts a half-written batch file."""
+    from subsetsum_lth.solve import ResumeStore, batch_key
+    b = _batch()
+    store = ResumeStore(tmp_path / "partial")
+    first = solve_all(b, SolveConfig(solver="mitm", workers=1, batch_size=20), store=store)
+    files = sorted(store.folder.glob("*.npz"))
+    assert len(files) == 2
+    files[0].write_bytes(files[0].read_bytes()[:50])
+    again = solve_all(b, SolveConfig(solver="mitm", workers=1, batch_size=20), store=store)
+    assert np.array_equal(first.selections, again.selections)
+    assert batch_key("mitm", b) != batch_key("ortools", b)
