@@ -15,10 +15,14 @@ back by equality on the keys, and every reported error is recomputed from the co
 * Float path (any n): keys are the float64 sums themselves with the lowest mantissa bit
   replaced by the label (a one-ulp move), so the answer is the optimum to a few ulps
   (~1e-15 for sums of order 1).
-* 32-bit fast path (n in ``_FAST_N``): keys are ``2 floor(y) + label`` with
-  ``y = (v - lo) * 2^29 / span`` from bounds on the row's sums. Sorting int32 is about twice
-  as fast. A row is accepted only when the best pair is certified exact by a margin argument
-  (see :func:`_error_chunk_int32`); the others (~5% at n = 21) go through the float path.
+* 32-bit fast path (n in ``_FAST_N``): each value is mapped to ``z = (v - lo) * (2^31 - 256)
+  / span`` (bounds of the row's sums) and represented by an int32 key ~ z built directly in
+  integer arithmetic (sums of the first 8 coefficients of a half by one float matmul, rounded
+  to even integers, + the label; further coefficients rounded to even integers and added by
+  int32 doubling), so no float sums, casts or label passes over the whole row; sorting int32 is
+  about twice as fast as float64. The rounding error is known per row, and a row is accepted
+  only when the best pair is certified exact by a margin argument (see
+  :func:`_error_chunk_int32`); the others (~2-3% at n = 21) go through the float path.
 
 Min-cardinality: sums are grouped by popcount; cardinality levels ``c = 0, 1, ...`` are tried
 in order, each level solving the closest-pair problem for every split ``(pa, c - pa)``; the
@@ -27,7 +31,10 @@ lexicographic (cardinality, error)). Rows with no subset within tolerance are de
 the plain error search first and return the min-error subset.
 
 Everything is deterministic: a fixed matmul/add order, sorting, first index of equal keys.
-Throughput on one core (n = 21, objective 'error'): ~25-29k instances/s.
+Numpy's OpenBLAS is held to one thread while solving (:mod:`solvers._blas`): the matmuls are
+thin, and BLAS worker threads only spin (10x slower on a busy machine).
+Throughput on one core (n = 21, τ = 0.01, objective 'error', ``subsetsum-lth bench solvers``):
+~20-29k instances/s depending on the load of the machine; the int32 sort is ~45% of it.
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ from math import comb
 
 import numpy as np
 
+from solvers._blas import single_thread_blas
 from solvers.base import Capabilities, SolverBackend
 from subsetsum_lth.instances import BatchResult, InstanceBatch, Status, finalize
 
@@ -61,6 +69,11 @@ _SIGN = np.int64(63)
 _ONE = np.int64(1)
 _NOT_ONE = ~np.int64(1)
 _ODD_TO_NEGATIVE = np.uint32(2**31 + 1)
+#: range of the 32-bit keys; the int32 range less room for the rounding of the integer sums
+_KEY_RANGE = float(2**31 - 256)
+#: fast path: subset sums of this many coefficients (per half) by one float matmul, the rest by
+#: int32 doubling
+_INT_MATMUL_BITS = 8
 
 
 @lru_cache(maxsize=None)
@@ -207,7 +220,9 @@ def _row_errors(t: np.ndarray, coef: np.ndarray, sel: np.ndarray) -> np.ndarray:
 def _rows_per_chunk(n: int, rows: int, fast: bool = False, cardinality: bool = False) -> int:
     h = n // 2
     width = (1 << h) + (1 << (n - h))
-    cache = 2 * _CACHE_ELEMENTS if fast else _CACHE_ELEMENTS  # int32 keys: half the bytes
+    # int32 keys (three 4-byte arrays per element): a bigger chunk amortises the ~60 numpy
+    # calls of a chunk and still streams well
+    cache = 4 * _CACHE_ELEMENTS if fast else _CACHE_ELEMENTS
     if cardinality:  # cheap levels touch a small part of each row: amortise calls instead
         cache = 8 * _CACHE_ELEMENTS
     by_cache = max(1, cache // width)
@@ -247,19 +262,25 @@ def _error_chunk_float(t: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.
 def _error_chunk_int32(t: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fast path of :func:`_error_chunk` on 32-bit keys; exact where it answers.
 
-    Sums are computed directly as scaled values y = (v - lo) * s in [0, 2^29] (lo, s per row
-    from bounds on all sums), truncated to integers Q and stored as keys 2Q + label, so that
-    a row sorts as int32 (about twice as fast as float64). Truncation is monotone, so with
-    g = |Q_a - Q_q| and the true scaled gap D of a pair, |g - D| < 1 (+ float noise << 1).
+    Every value v (an A sum, or q = t - b) is mapped to z = (v - lo) * scale in
+    [0, 2^31 - 256] (lo, scale per row from bounds on all sums) and represented by an int32
+    key Z ~ z whose lowest bit is the set label (A: even, Q: odd). Keys are built directly in
+    integer arithmetic: the sums of the first ``_INT_MATMUL_BITS`` coefficients of a half (with
+    the constant) come from one float matmul, rounded to the nearest even integer (+ label);
+    every further coefficient is rounded to an even integer w_j and added by doubling
+    ``Z <- [Z, Z + w_j]`` in int32. So |Z - z| <= E with E = 1 + sum_j |w_j - c_j scale| (known
+    per row, <= 1 + number of doubled coefficients), and for any pair the key difference g and
+    the true scaled gap D satisfy |g - D| <= P = E_A + E_Q. No float sums, casts or label passes
+    over the whole row.
 
-    Let (x, z) be the adjacent different-label pair of minimal key difference d_min. The optimum
-    pair has g* <= g_xz + 2, so the sorted run between its elements holds an adjacent
-    different-label pair with key difference <= d_min + 6, and extends at most 2 units of Q
-    beyond x and z. Hence, if (1) no *other* adjacent different-label pair has key difference
-    <= d_min + 8, and (2) the sorted neighbours of x and z lie more than 8 key units away,
-    the optimum *is* (x, z), and both keys are unique in the row, so their columns are found
-    by equality. Rows failing (1) or (2) (a few percent: near-ties, duplicate sums) are
-    returned with ok = False and must be solved by the float64 path.
+    Let (x, z) be the adjacent different-label pair of minimal key difference d_min. The
+    optimum pair has g* <= D* + P <= D_xz + P <= d_min + 2P, so the sorted run between its
+    elements holds an adjacent different-label pair with key difference <= d_min + 2P and
+    extends at most 2P beyond x and z. Hence, if (1) no *other* adjacent different-label pair
+    has key difference <= d_min + M and (2) the sorted neighbours of x and z lie more than M
+    away, with M >= 2P, the optimum *is* (x, z), and both keys are unique in the row, so their
+    columns are found by equality. Rows failing (1) or (2) (a few percent: near-ties,
+    duplicate sums) are returned with ok = False and must be solved by the float64 path.
 
     Returns (selection (k, n) bool, ok (k,) bool).
     """
@@ -276,34 +297,51 @@ def _error_chunk_int32(t: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.
     sa, sb, pa, pb = (both @ _bounds_table(h, hb)).T
     lo = np.minimum(sa - pa, t - pb)
     span = np.maximum(pa, t - (sb - pb)) - lo
-    scale = 2.0 ** 30 / np.where(span > 0, span, 1.0)   # 2y in [0, 2^30]
-    xa = np.empty((k, 1 + h))
-    xa[:, 0] = -lo * scale
-    np.multiply(coef[:, :h], scale[:, None], out=xa[:, 1:])
-    xq = np.empty((k, 1 + hb))
-    xq[:, 0] = (t - lo) * scale
-    np.multiply(coef[:, h:], -scale[:, None], out=xq[:, 1:])
-    y = _WORK.get("union", (k, m))
-    _sums_into(y[:, :ma], xa, h, True)
-    _sums_into(y[:, ma:], xq, hb, True)
+    # z in [0, 2^31 - 256]: keys stay inside int32 with room for the rounding, differences < 2^31
+    with np.errstate(over="ignore"):
+        half = 0.5 * _KEY_RANGE / np.where(span > 0, span, 1.0)  # scale / 2: "Y units" (Z = 2Y)
+    # a span so small (sums ~1e-300) that the scale overflows: those rows take the float path
+    usable = np.isfinite(half)
+    half = np.where(usable, half, 1.0)
     keys = _WORK.get("keys32", (k, m), np.int32)
-    np.copyto(keys, y, casting="unsafe")          # truncation of 2y: monotone
-    np.bitwise_and(keys[:, :ma], np.int32(-2), out=keys[:, :ma])   # 2 floor(y) + 0
-    np.bitwise_or(keys[:, ma:], np.int32(1), out=keys[:, ma:])     # 2 floor(y) + 1
+    margin = np.zeros(k)
+    for side, (cols, base, sign, width, label) in enumerate(
+            ((slice(0, h), -lo, 1.0, h, 0), (slice(h, n), t - lo, -1.0, hb, 1))):
+        bits = min(width, _INT_MATMUL_BITS)
+        x = np.empty((k, 1 + width))
+        x[:, 0] = base * half
+        np.multiply(coef[:, cols], (sign * half)[:, None], out=x[:, 1:])
+        out = keys[:, :ma] if side == 0 else keys[:, ma:]
+        y = np.rint(x[:, :1 + bits] @ _table(bits, True))        # nearest Y, |error| <= 1/2
+        y *= 2.0
+        if label:
+            y += 1.0
+        np.copyto(out[:, :1 << bits], y, casting="unsafe")
+        if width > bits:
+            wr = np.rint(x[:, 1 + bits:])
+            margin += 2.0 * np.abs(wr - x[:, 1 + bits:]).sum(axis=1)
+            w = (2.0 * wr).astype(np.int32)
+            step = 1 << bits
+            for jj in range(width - bits):
+                np.add(out[:, :step], w[:, jj:jj + 1], out=out[:, step:2 * step])
+                step *= 2
+        margin += 1.0
+    # M >= 2P, plus slack for float noise in the matmul part (values up to 2^31, ~1e-6)
+    limit = (2.0 * margin + 1.0).astype(np.int64) + 1
     s = _WORK.get("sorted32", (k, m), np.int32)
     np.copyto(s, keys)
     s.sort(axis=1)
     d = _WORK.get("diff32", (k, m - 1), np.int32)
     np.subtract(s[:, 1:], s[:, :-1], out=d)       # >= 0; odd <=> labels differ
-    f = _WORK.get("mask32", (k, m - 1), np.int32)
+    f = d   # in place: one buffer less in cache
     # d * (2^31 + 1) mod 2^32 = d | (d & 1) << 31 since d < 2^31: odd d (labels differ)
     # becomes INT32_MIN | d < 0, still ordered by d; even d (same set) stays >= 0.
     np.multiply(d.view(np.uint32), _ODD_TO_NEGATIVE, out=f.view(np.uint32))
     j = f.argmin(axis=1)
     rows = np.arange(k)
-    fmin = f[rows, j]
+    fmin = f[rows, j].astype(np.int64)
     f[rows, j] = np.iinfo(np.int32).max
-    unique = f.min(axis=1) > fmin + 8             # no other candidate pair close to the best
+    unique = f.min(axis=1).astype(np.int64) > fmin + limit   # no other candidate close to the best
     padded = _WORK.get("pad32", (k, 4), np.int64)
     lo_j = np.maximum(j - 1, 0)
     hi_j = np.minimum(j + 2, m - 1)
@@ -312,8 +350,8 @@ def _error_chunk_int32(t: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.
     padded[:, 2] = s[rows, j + 1]
     padded[:, 3] = s[rows, hi_j]
     gaps = np.diff(padded, axis=1)
-    isolated = ((gaps[:, 0] > 8) | (j == 0)) & ((gaps[:, 2] > 8) | (j + 2 >= m))
-    ok = unique & isolated
+    isolated = ((gaps[:, 0] > limit) | (j == 0)) & ((gaps[:, 2] > limit) | (j + 2 >= m))
+    ok = unique & isolated & usable
     kx = padded[:, 1]
     kz = padded[:, 2]
     x_is_a = (kx & 1) == 0
@@ -447,6 +485,12 @@ def _chunks(group: np.ndarray, n: int, fast: bool = False, cardinality: bool = F
 def min_error_selections(targets: np.ndarray, coefficients: np.ndarray, counts: np.ndarray
                          ) -> np.ndarray:
     """Exact min-error subsets of a padded batch: selections (k, width) bool."""
+    with single_thread_blas():      # thin matmuls: BLAS threads only spin and wait
+        return _min_error_selections(targets, coefficients, counts)
+
+
+def _min_error_selections(targets: np.ndarray, coefficients: np.ndarray, counts: np.ndarray
+                          ) -> np.ndarray:
     k, width = coefficients.shape
     sel = np.zeros((k, width), dtype=bool)
     for n in np.unique(counts):
@@ -475,6 +519,12 @@ def solve_arrays(targets: np.ndarray, coefficients: np.ndarray, counts: np.ndarr
     ``feasible`` tells whether the selection is within tolerance (for 'cardinality' it is then
     the lexicographic (cardinality, error) optimum; otherwise it is the min-error subset).
     """
+    with single_thread_blas():      # thin matmuls: BLAS threads only spin and wait
+        return _solve_arrays(targets, coefficients, counts, tolerances, objective)
+
+
+def _solve_arrays(targets: np.ndarray, coefficients: np.ndarray, counts: np.ndarray,
+                  tolerances: np.ndarray, objective: str) -> tuple[np.ndarray, np.ndarray]:
     k, width = coefficients.shape
     if objective != "cardinality":
         sel = min_error_selections(targets, coefficients, counts)

@@ -21,6 +21,7 @@ COMMANDS = {
     "solvers": "solvers_cmd",
     "edge-popup": "edge_popup",
     "compare": "compare",
+    "bench": "bench",
 }
 
 

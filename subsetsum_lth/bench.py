@@ -1,0 +1,432 @@
+"""Benchmarks: solver throughput on construction-shaped instances, and a whole `approximate` run.
+
+Library code only (logging, no printing); the CLI in ``commands/bench.py`` prints.
+
+* :func:`bench_solvers` draws ``count`` instances shaped like the construction's (coefficients
+  ``v * u`` over the positive-``u`` units of a block, ``u, v ~ U[-1, 1]`` i.i.d. in float32 as
+  :mod:`subsetsum_lth.construction` draws them; targets ~ N(0, ``target_std``) clipped to
+  [-1, 1], or sampled from the first ``Linear`` weight of a target file), solves them in this
+  process on **one core** (every thread of the process is pinned to one CPU and numpy's
+  BLAS is held to one thread while a backend is timed) with every requested backend through
+  :func:`subsetsum_lth.solve.solve_batch`, checks that exact backends agree on the optimum,
+  and reports throughput and the speed-up over the naive baseline (one CP-SAT model per
+  instance, the paper's formulation). Slow backends are timed on a prefix of the instances
+  (at most ``baseline_count`` for the baseline, and never past ``time_budget`` seconds) and
+  their rate is what is compared.
+* :func:`bench_approximate` runs :func:`subsetsum_lth.approximate.approximate` and reports wall
+  time, core-seconds (process + children CPU time), peak memory and the stage timings.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from subsetsum_lth.errors import UserError
+from subsetsum_lth.instances import OBJECTIVES, InstanceBatch, Status
+
+log = logging.getLogger(__name__)
+
+#: the naive baseline: one CP-SAT model per instance (Pensia et al.'s MIP formulation)
+BASELINE = "cpsat"
+
+
+@dataclass
+class SolverBenchConfig:
+    """What `bench solvers` measures.
+
+    Attributes:
+        n: live coefficients per instance (positive-u units of one block).
+        eps: tolerance τ of every instance.
+        count: instances drawn (fast backends solve all of them).
+        objective: 'error', 'cardinality' or 'feasible'.
+        targets: optional target file; targets are then sampled from its first Linear weight.
+        solvers: backends to time (None: every available backend).
+        baseline: the naive baseline backend (always timed when available).
+        baseline_count: at most this many instances for the baseline.
+        time_budget: seconds per backend at most (checked between batches; the first batch
+            always runs); slow backends are timed on the prefix they finish.
+        batch_size: instances per solve_batch call (None: solve.DEFAULT_BATCH per backend).
+        target_std: std of the normal target distribution (ignored with ``targets``).
+        seed: seed of the instance draw.
+        pin_cpu: pin the process to one CPU while timing (Linux).
+        clock: 'wall' (elapsed time) or 'cpu' (this process's CPU time: robust when other
+            processes compete for the core; the process is single-threaded while timed).
+    """
+
+    n: int = 21
+    eps: float = 0.01
+    count: int = 20000
+    objective: str = "error"
+    targets: Path | None = None
+    solvers: tuple[str, ...] | None = None
+    baseline: str = BASELINE
+    baseline_count: int = 300
+    time_budget: float = 30.0
+    batch_size: int | None = None
+    target_std: float = 0.05
+    seed: int = 0
+    pin_cpu: bool = True
+    clock: str = "wall"
+
+    def __post_init__(self) -> None:
+        if self.clock not in ("wall", "cpu"):
+            raise UserError(f"--clock must be 'wall' or 'cpu', got {self.clock!r}")
+        if self.n < 0:
+            raise UserError(f"--n must be >= 0, got {self.n}")
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise UserError(f"--eps must be a non-negative number, got {self.eps}")
+        if self.count < 1:
+            raise UserError(f"--count must be >= 1, got {self.count}")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.baseline_count < 1:
+            raise UserError(f"--baseline-count must be >= 1, got {self.baseline_count}")
+        if not self.time_budget > 0:
+            raise UserError(f"--time-budget must be positive, got {self.time_budget}")
+
+
+@dataclass
+class SolverBenchRow:
+    """One backend's measurement (also the JSON object printed by `bench solvers --json`)."""
+
+    backend: str
+    objective: str
+    instances: int
+    seconds: float                   #: by ``clock`` (wall or cpu); instances_per_second uses it
+    instances_per_second: float
+    cores: int
+    exact: bool
+    max_error_diff: float | None
+    speedup_vs_baseline: float | None
+    baseline: bool = False
+    n: int = 0
+    eps: float = 0.0
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    optimal: int = 0
+    infeasible: int = 0
+    other: int = 0
+    max_cardinality_diff: int | None = None
+    clock: str = "wall"
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- instances
+
+def draw_targets(config: SolverBenchConfig, rng: np.random.Generator) -> np.ndarray:
+    if config.targets is None:
+        return np.clip(rng.normal(0.0, config.target_std, config.count), -1.0, 1.0)
+    from subsetsum_lth.target import load_target
+    weights = load_target(config.targets).layers[0].weight.ravel()
+    if weights.size == 0:
+        raise UserError(f"the first layer of {config.targets} has no weights")
+    return rng.choice(weights, size=config.count, replace=True).astype(np.float64)
+
+
+def draw_instances(config: SolverBenchConfig) -> InstanceBatch:
+    """``count`` construction-shaped instances of exactly ``n`` live coefficients.
+
+    As in :func:`subsetsum_lth.construction.layer_instances`, a coefficient is
+    ``float64(v) * float64(u)`` with ``u, v ~ U[-1, 1]`` drawn in float32 and only units with
+    ``u > 0`` live; ``u`` conditioned on ``u > 0`` is drawn directly as ``|U[-1, 1]|``.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed))
+    k, n = config.count, config.n
+    u = np.abs(rng.uniform(-1.0, 1.0, size=(k, n)).astype(np.float32)).astype(np.float64)
+    v = rng.uniform(-1.0, 1.0, size=(k, n)).astype(np.float32).astype(np.float64)
+    targets = draw_targets(config, rng)
+    return InstanceBatch(np.arange(k), targets, v * u, np.full(k, n), config.eps, config.objective)
+
+
+# ----------------------------------------------------------------------------- timing
+
+def _threads() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # pragma: no cover - not Linux
+        return [0]
+
+
+@contextmanager
+def one_core(enabled: bool = True):
+    """Run on one core: every thread of this process pinned to one CPU (Linux), and numpy's
+    BLAS held to one thread; both restored afterwards."""
+    from solvers._blas import single_thread_blas
+
+    if not (enabled and hasattr(os, "sched_getaffinity")):
+        with single_thread_blas():
+            yield
+        return
+    before = os.sched_getaffinity(0)
+    cpu = {min(before)}
+    pinned = []
+    for tid in _threads():
+        try:
+            old = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cpu)
+            pinned.append((tid, old))
+        except OSError:  # a thread that ended meanwhile, or not permitted
+            pass
+    try:
+        with single_thread_blas():
+            yield
+    finally:
+        for tid, old in pinned:
+            try:
+                os.sched_setaffinity(tid, old)
+            except OSError:
+                pass
+
+
+def _time_backend(name: str, batch: InstanceBatch, limit: int, config: SolverBenchConfig):
+    """Solve a prefix (<= limit instances, within the time budget) with solve_batch on one core.
+    Returns (rows solved, selections, errors, status, wall seconds, cpu seconds)."""
+    from subsetsum_lth.solve import DEFAULT_BATCH, solve_batch
+
+    k = min(limit, len(batch))
+    size = int(config.batch_size or DEFAULT_BATCH.get(name, 512))
+    size = min(size, max(1, k))
+    solve_batch(name, {}, batch.take(slice(0, min(2, k))))      # warm-up: imports, environments
+    # batches grow from 8 instances (slow backends respect the budget) to the full size
+    sel = np.zeros((k, batch.width), dtype=bool)
+    err = np.full(k, np.nan)
+    status = np.full(k, int(Status.ERROR), dtype=np.int8)
+    done = 0
+    wall = cpu = 0.0
+    with one_core(config.pin_cpu):
+        step = min(size, 8)
+        while done < k:
+            stop = min(k, done + step)
+            sub = batch.take(slice(done, stop))
+            c0, w0 = time.process_time(), time.perf_counter()
+            res = solve_batch(name, {}, sub)
+            wall += time.perf_counter() - w0
+            cpu += time.process_time() - c0
+            sel[done:stop] = res.selections
+            err[done:stop] = res.errors
+            status[done:stop] = res.status
+            done = stop
+            spent = cpu if config.clock == "cpu" else wall
+            if spent >= config.time_budget:
+                break
+            # next batch: twice as big, but predicted to end within the budget
+            per_instance = spent / done
+            step = max(1, min(size, step * 2, int((config.time_budget - spent) / per_instance) + 1))
+    return done, sel[:done], err[:done], status[:done], wall, cpu
+
+
+def bench_solvers(config: SolverBenchConfig) -> list[SolverBenchRow]:
+    """Time every requested backend on the same instances; see the module docstring."""
+    from solvers.registry import backend_info, get_backend_class, list_backends
+
+    known = list_backends()
+    if config.solvers:
+        unknown = [s for s in config.solvers if s not in known]
+        if unknown:
+            raise UserError(f"unknown solver(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        names = list(dict.fromkeys(config.solvers))
+    else:
+        names = [n for n in known if backend_info(n)["available"]]
+    skipped = {}
+    usable = []
+    for name in dict.fromkeys(names + [config.baseline]):
+        info = backend_info(name)
+        if not info["available"]:
+            skipped[name] = info.get("reason") or "not available"
+        elif config.objective not in info["objectives"]:
+            skipped[name] = f"does not support objective {config.objective!r}"
+        else:
+            usable.append(name)
+    for name, why in skipped.items():
+        log.warning("bench: skipping %s: %s", name, why)
+    if not usable:
+        raise UserError("no requested solver is available for this objective")
+
+    batch = draw_instances(config)
+    log.info("bench: %d instances, n=%d, τ=%g, objective %s", len(batch), config.n, config.eps,
+             config.objective)
+    runs = {}
+    for name in usable:
+        limit = config.baseline_count if name == config.baseline else config.count
+        log.info("bench: timing %s on up to %d instances", name, limit)
+        runs[name] = _time_backend(name, batch, limit, config)
+        log.info("bench: %s: %d instances in %.3fs", name, runs[name][0], runs[name][4])
+
+    # best exact answer per instance: min error (lexicographic (cardinality, error) for
+    # 'cardinality'), over the exact backends that solved it without error
+    k = len(batch)
+    best_err = np.full(k, np.inf)
+    best_card = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+    exact_names = [n for n in usable if get_backend_class(n).capabilities.exact]
+    for name in exact_names:
+        done, sel, err, status, *_ = runs[name]
+        ok = status != Status.ERROR
+        if config.objective == "cardinality":
+            feas = status == Status.OPTIMAL
+            card = np.where(feas, sel.sum(axis=1), np.iinfo(np.int64).max)
+            better = ok & ((card < best_card[:done]) |
+                           ((card == best_card[:done]) & (err < best_err[:done])))
+            best_card[:done] = np.where(better, card, best_card[:done])
+            best_err[:done] = np.where(better, err, best_err[:done])
+        else:
+            best_err[:done] = np.where(ok, np.minimum(best_err[:done], err), best_err[:done])
+
+    def timed(run) -> float:
+        return run[5] if config.clock == "cpu" else run[4]
+
+    base = runs.get(config.baseline)
+    base_rate = base[0] / timed(base) if base and timed(base) > 0 else None
+    rows = []
+    for name in usable:
+        done, sel, err, status, wall, cpu = runs[name]
+        rate = done / timed(runs[name]) if timed(runs[name]) > 0 else float("inf")
+        comparable = np.isfinite(best_err[:done]) & (status != Status.ERROR)
+        diff = float(np.max(np.abs(err[comparable] - best_err[:done][comparable]))) \
+            if comparable.any() and exact_names else None
+        card_diff = None
+        if config.objective == "cardinality" and exact_names:
+            both = comparable & (status == Status.OPTIMAL) & \
+                (best_card[:done] != np.iinfo(np.int64).max)
+            card_diff = int(np.max(np.abs(sel[both].sum(axis=1) - best_card[:done][both]))) \
+                if both.any() else 0
+        counts = np.bincount(status.astype(np.int64), minlength=len(Status))
+        note = ""
+        if done < min(config.count, config.baseline_count if name == config.baseline else config.count):
+            note = f"timed on the first {done} instances (time budget {config.time_budget:g}s)"
+        elif done < config.count:
+            note = f"timed on the first {done} instances (baseline sample)"
+        rows.append(SolverBenchRow(
+            backend=name, objective=config.objective, instances=int(done),
+            seconds=timed(runs[name]), wall_seconds=wall,
+            instances_per_second=rate, cores=1,
+            exact=bool(get_backend_class(name).capabilities.exact),
+            max_error_diff=diff,
+            speedup_vs_baseline=(rate / base_rate) if base_rate else None,
+            baseline=name == config.baseline, n=config.n, eps=config.eps, cpu_seconds=cpu,
+            optimal=int(counts[Status.OPTIMAL] + counts[Status.FEASIBLE]),
+            infeasible=int(counts[Status.INFEASIBLE]),
+            other=int(counts[Status.TIMEOUT] + counts[Status.ERROR]),
+            max_cardinality_diff=card_diff, clock=config.clock, note=note,
+        ))
+    return rows
+
+
+# ----------------------------------------------------------------------------- approximate
+
+@dataclass
+class ApproximateBenchConfig:
+    """What `bench approximate` runs (a subset of `approximate`'s options)."""
+
+    target: Path | None = None          #: None: the seeded synthetic 784-300-10 target
+    solver: str = "ortools"
+    objective: str = "error"
+    weight_eps: float = 0.01
+    data: str | None = None             #: 'mnist' or None
+    data_dir: Path | None = None
+    workers: int | None = None
+    out: Path | None = None             #: None: a temporary folder, removed afterwards
+    seed: int = 0
+    input_domain: str | None = None
+    plots: bool = True
+    extra: dict = field(default_factory=dict)   #: more ApproximateConfig fields
+
+
+STAGES = ("build", "solve", "certify", "evaluate", "write")
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def bench_approximate(config: ApproximateBenchConfig, progress=None) -> dict:
+    """Run `approximate` once; wall time, core-seconds, peak memory and stage timings."""
+    from subsetsum_lth.approximate import ApproximateConfig, approximate
+    from subsetsum_lth.construction import ConstructionConfig
+    from subsetsum_lth.solve import SolveConfig
+    from subsetsum_lth.target import load_target, random_target
+
+    if config.target is None:
+        target = random_target((784, 300, 10), bias=True, seed=config.seed, max_spectral_norm=1.0)
+    else:
+        target = load_target(config.target)
+    eval_data = emp_data = None
+    radius = None
+    domain = config.input_domain or target.metadata.get("input_domain")
+    if config.data == "mnist":
+        from subsetsum_lth.data import mnist
+        x, y = mnist.load_mnist("test", data_dir=config.data_dir)
+        if target.sizes[0] != x.shape[1]:
+            raise UserError(f"the target takes {target.sizes[0]} inputs but MNIST images have {x.shape[1]}")
+        eval_data = {"x": x, "y": y}
+        pick = np.random.default_rng(config.seed).choice(len(x), size=min(2048, len(x)), replace=False)
+        emp_data = x[pick]
+        radius = mnist.input_radius(config.data_dir)
+        domain = domain or "nonnegative"
+    elif config.data is not None:
+        raise UserError(f"unknown data set {config.data!r}; choose 'mnist'")
+    domain = domain or "signed"
+    acfg = ApproximateConfig(
+        construction=ConstructionConfig(input_domain=domain, seed=config.seed, eps=config.weight_eps),
+        solve=SolveConfig(solver=config.solver, objective=config.objective, workers=config.workers),
+        weight_eps=config.weight_eps, input_radius=radius or 1.0, allow_infeasible=True,
+        overwrite=True, plots=config.plots, **config.extra,
+    )
+    tmp = None
+    out = config.out
+    if out is None:
+        tmp = out = Path(tempfile.mkdtemp(prefix="subsetsum-lth-bench-"))
+    try:
+        cpu0, kids0 = _cpu_seconds()
+        t0 = time.perf_counter()
+        report = approximate(target, acfg, out, progress=progress, eval_data=eval_data,
+                             empirical_data=emp_data)
+        wall = time.perf_counter() - t0
+        cpu1, kids1 = _cpu_seconds()
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    timings = {s: float(report.get("timings", {}).get(s, 0.0)) for s in STAGES}
+    for s, v in report.get("timings", {}).items():
+        timings.setdefault(s, float(v))
+    instances = int(sum(L.get("instances", 0) for L in report.get("layers", [])))
+    out_rep = {
+        "target": str(config.target) if config.target else "synthetic 784-300-10",
+        "target_sizes": report.get("target_sizes"),
+        "solver": config.solver, "objective": config.objective, "weight_eps": config.weight_eps,
+        "workers": config.workers if config.workers is not None else (os.cpu_count() or 1),
+        "data": config.data,
+        "instances": instances,
+        "wall_seconds": wall,
+        "core_seconds": (cpu1 - cpu0) + (kids1 - kids0),
+        "process_cpu_seconds": cpu1 - cpu0,
+        "children_cpu_seconds": kids1 - kids0,
+        "peak_memory_mb": me,
+        "peak_child_memory_mb": kids,
+        "timings": timings,
+        "instances_per_second_solve": instances / timings["solve"] if timings["solve"] > 0 else None,
+        "certified_bound": report.get("certified_bound"),
+        "empirical_bound": report.get("empirical_bound"),
+        "infeasible_count": report.get("infeasible_count"),
+        "out": None if tmp is not None else str(out),
+    }
+    for key in ("target_accuracy", "pruned_accuracy", "prediction_agreement"):
+        if key in report:
+            out_rep[key] = report[key]
+    return out_rep

@@ -1,0 +1,153 @@
+"""`subsetsum-lth bench`: solver throughput (`bench solvers`) and a timed run (`bench approximate`)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from subsetsum_lth.commands._common import positive_float, positive_int, print_json, tqdm_progress
+
+NAME = "bench"
+HELP = "benchmark the solver backends, or time a whole approximate run"
+DESCRIPTION = (
+    "bench solvers: draw construction-shaped subset-sum instances (coefficients v*u over "
+    "positive-u units, u, v ~ U[-1, 1]) and time every available backend on one core, with the "
+    "naive baseline (one CP-SAT model per instance) for the speed-up and a check that exact "
+    "backends agree on the optimum. bench approximate: run 'approximate' once and report wall "
+    "time, core-seconds, peak memory and the time of each stage.")
+
+
+def _nonneg_float(text: str) -> float:
+    import argparse
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    import argparse
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def add_arguments(p) -> None:
+    import argparse
+    sub = p.add_subparsers(dest="bench_command", metavar="WHAT")
+    sub.required = True
+
+    s = sub.add_parser("solvers", help="throughput of every solver backend on one core",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--n", type=_nonneg_int, default=21, help="live coefficients per instance")
+    s.add_argument("--eps", type=_nonneg_float, default=0.01, help="tolerance τ of every instance")
+    s.add_argument("--count", type=positive_int, default=20000, help="instances to draw")
+    s.add_argument("--objective", choices=("error", "cardinality", "feasible"), default="error")
+    s.add_argument("--targets", type=Path, default=None,
+                   help="target file: sample targets from its first Linear weight "
+                        "(default: N(0, 0.05) clipped to [-1, 1])")
+    s.add_argument("--solvers", default=None,
+                   help="comma-separated backends to time (default: every available one)")
+    s.add_argument("--baseline-count", type=positive_int, default=300,
+                   help="instances at most for the naive baseline (cpsat), scaled by its rate")
+    s.add_argument("--time-budget", type=positive_float, default=30.0,
+                   help="seconds at most per backend; slow backends are timed on the prefix they finish")
+    s.add_argument("--batch-size", type=positive_int, default=None, help="instances per solve_batch call")
+    s.add_argument("--seed", type=int, default=0, help="seed of the instance draw")
+    s.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="time by elapsed wall clock, or by this process's CPU time (robust on a "
+                        "busy machine)")
+    s.add_argument("--json", action="store_true", help="print a JSON list, one object per backend")
+    s.set_defaults(_bench=_run_solvers)
+
+    a = sub.add_parser("approximate", help="time one approximate run, stage by stage",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a.add_argument("--target", type=Path, default=None,
+                   help="target file or train-target folder (default: seeded synthetic 784-300-10)")
+    a.add_argument("--solver", default="ortools", help="solver backend")
+    a.add_argument("--objective", choices=("error", "feasible", "cardinality"), default="error")
+    a.add_argument("--weight-eps", type=positive_float, default=0.01, help="per-weight tolerance τ")
+    a.add_argument("--data", choices=("mnist",), default=None, help="evaluate on this data set")
+    a.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
+    a.add_argument("--workers", type=positive_int, default=None, help="solver processes (default: all cores)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the random network")
+    a.add_argument("--out", type=Path, default=None,
+                   help="run folder to write (overwritten; default: a temporary folder, removed)")
+    a.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    a.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.set_defaults(_bench=_run_approximate)
+
+
+def run(args) -> int:
+    return int(args._bench(args) or 0)
+
+
+def _fmt(x, spec: str, none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
+def _run_solvers(args) -> int:
+    from subsetsum_lth.bench import SolverBenchConfig, bench_solvers
+
+    solvers = tuple(s.strip() for s in args.solvers.split(",") if s.strip()) if args.solvers else None
+    cfg = SolverBenchConfig(n=args.n, eps=args.eps, count=args.count, objective=args.objective,
+                            targets=args.targets, solvers=solvers,
+                            baseline_count=args.baseline_count, time_budget=args.time_budget,
+                            batch_size=args.batch_size, seed=args.seed,
+                            clock=args.clock)
+    rows = bench_solvers(cfg)
+    if args.json:
+        print_json([r.to_dict() for r in rows])
+        return 0
+    print(f"n={cfg.n}, τ={cfg.eps:g}, objective {cfg.objective}, {cfg.count:,} instances drawn, one core; "
+          f"{cfg.clock} clock; baseline: {cfg.baseline} (one CP-SAT model per instance)")
+    head = (f"{'backend':10} {'objective':11} {'instances':>9} {'seconds':>9} {'inst/s':>10} "
+            f"{'cores':>5} {'exact':>5} {'max_err_diff':>12} {'speedup':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        mark = "*" if r.baseline else ""
+        print(f"{r.backend + mark:10} {r.objective:11} {r.instances:9,d} {r.seconds:9.3f} "
+              f"{r.instances_per_second:10,.1f} {r.cores:5d} {'yes' if r.exact else 'no':>5} "
+              f"{_fmt(r.max_error_diff, '.2e'):>12} {_fmt(r.speedup_vs_baseline, ',.0f'):>8}x"
+              + (f"   ({r.note})" if r.note else ""))
+    print("* naive baseline; max_err_diff: largest |error - best exact error| over the instances "
+          "the backend solved")
+    return 0
+
+
+def _run_approximate(args) -> int:
+    from subsetsum_lth.bench import STAGES, ApproximateBenchConfig, bench_approximate
+
+    cfg = ApproximateBenchConfig(target=args.target, solver=args.solver, objective=args.objective,
+                                 weight_eps=args.weight_eps, data=args.data, data_dir=args.data_dir,
+                                 workers=args.workers, out=args.out, seed=args.seed,
+                                 plots=not args.no_plots)
+    rep = bench_approximate(cfg, progress=tqdm_progress(enabled=not args.no_progress and not args.json))
+    if args.json:
+        print_json(rep)
+        return 0
+    print(f"target {rep['target']} ({'-'.join(map(str, rep['target_sizes'] or []))}), solver {rep['solver']} / "
+          f"{rep['objective']}, τ={rep['weight_eps']:g}, workers {rep['workers']}")
+    print(f"instances: {rep['instances']:,}   infeasible: {rep['infeasible_count']}")
+    print(f"wall time: {rep['wall_seconds']:.2f}s   core-seconds: {rep['core_seconds']:.2f} "
+          f"(process {rep['process_cpu_seconds']:.2f} + workers {rep['children_cpu_seconds']:.2f})")
+    print(f"peak memory: {rep['peak_memory_mb']:.0f} MB (process), {rep['peak_child_memory_mb']:.0f} MB (largest worker)")
+    print("stage timings:")
+    for s in STAGES:
+        print(f"  {s:9} {rep['timings'].get(s, 0.0):8.2f}s")
+    if rep.get("instances_per_second_solve"):
+        print(f"solve throughput: {rep['instances_per_second_solve']:,.0f} instances/s")
+    print(f"certified bound {rep['certified_bound']:.4g}, empirical bound {rep['empirical_bound']:.4g}")
+    if "pruned_accuracy" in rep:
+        print(f"test accuracy: target {100 * rep['target_accuracy']:.2f}%, pruned {100 * rep['pruned_accuracy']:.2f}%")
+    if rep.get("out"):
+        print(f"run folder: {rep['out']}")
+    return 0

@@ -1,0 +1,387 @@
+"""Shared solver conformance suite: every registered backend against brute force.
+
+Parametrised over ``solvers.registry.list_backends()``; a backend that cannot run here is
+skipped with its own reason (never faked). Brute force enumerates all 2^n subsets (n <= 12).
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from solvers.registry import get_backend, get_backend_class, list_backends
+from subsetsum_lth.instances import InstanceBatch, Status
+
+BACKENDS = list_backends()
+#: slow backends (one model per instance) get fewer hypothesis examples
+SLOW = {"cpsat", "gurobi"}
+TOL = 1e-9          #: optimal objectives agree to this (errors are recomputed in float64)
+BOUNDARY = 1e-9     #: subsets this close to τ may be counted either way by a backend
+
+
+def _examples(name: str) -> int:
+    scale = float(os.environ.get("SUBSETSUM_LTH_SOLVER_EXAMPLES", "1"))   # >1 for a deeper search
+    return max(1, int((8 if name in SLOW else 30) * scale))
+
+
+def _backend(name: str):
+    cls = get_backend_class(name)
+    ok, reason = cls.is_available()
+    if not ok:
+        pytest.skip(f"solver {name!r} unavailable: {reason}")
+    return get_backend(name)
+
+
+def _caps(name: str):
+    return get_backend_class(name).capabilities
+
+
+# ----------------------------------------------------------------------------- brute force
+
+@lru_cache(maxsize=None)
+def _bits(n: int) -> np.ndarray:
+    idx = np.arange(1 << n)
+    return ((idx[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
+
+
+def _errors_of(t: float, c: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """|t - c.s| in float64, the same way the driver recomputes it."""
+    return np.abs(t - np.where(sel, c, 0.0).sum(axis=-1))
+
+
+def brute(t: float, c: np.ndarray, tau: float) -> dict:
+    """All the optima of one instance by enumeration."""
+    n = c.shape[0]
+    sel = _bits(n)
+    err = _errors_of(t, c, sel)
+    card = sel.sum(axis=1)
+    out = {"min_error": float(err.min())}
+    for name, bound in (("lo", tau - BOUNDARY), ("hi", tau + BOUNDARY)):
+        ok = err <= bound
+        if ok.any():
+            cmin = int(card[ok].min())
+            out[f"card_{name}"] = cmin
+            out[f"card_err_{name}"] = float(err[ok & (card == cmin)].min())
+        else:
+            out[f"card_{name}"] = None
+    return out
+
+
+# ----------------------------------------------------------------------------- strategies
+
+_float_coef = st.floats(-1.0, 1.0, allow_nan=False, allow_infinity=False, allow_subnormal=False)
+_grid_coef = st.integers(-8, 8).map(lambda k: k / 8.0)      # duplicates, zeros, exact ties
+_coef = st.one_of(_float_coef, _grid_coef)
+_target = st.one_of(st.just(0.0), _grid_coef.map(lambda x: 2 * x),
+                    st.floats(-3.0, 3.0, allow_nan=False, allow_subnormal=False))
+_tau = st.sampled_from([0.0, 1e-12, 1e-3, 0.01, 0.05, 0.2, 1.0])
+
+
+@st.composite
+def batches(draw, max_n: int = 12, max_rows: int = 4):
+    """A batch with mixed counts (rows padded with zeros to the widest row)."""
+    rows = draw(st.integers(1, max_rows))
+    coefs, targets, taus = [], [], []
+    for _ in range(rows):
+        n = draw(st.integers(0, max_n))
+        coefs.append(draw(st.lists(_coef, min_size=n, max_size=n)))
+        targets.append(draw(_target))
+        taus.append(draw(_tau))
+    width = max(len(c) for c in coefs)
+    extra = draw(st.integers(0, 2))              # padding beyond the widest row too
+    coef = np.zeros((rows, width + extra))
+    for i, c in enumerate(coefs):
+        coef[i, :len(c)] = c
+    counts = np.array([len(c) for c in coefs])
+    return np.array(targets), coef, counts, np.array(taus)
+
+
+def _make(targets, coef, counts, taus, objective) -> InstanceBatch:
+    return InstanceBatch(np.arange(len(targets)) + 100, targets, coef, counts, taus, objective)
+
+
+# ----------------------------------------------------------------------------- checks
+
+def check_common(batch: InstanceBatch, res) -> None:
+    """Row alignment, padding, float64 errors, no unsound 'ok' claims."""
+    k = len(batch)
+    assert len(res) == k
+    np.testing.assert_array_equal(res.ids, batch.ids)
+    assert res.selections.shape == batch.coefficients.shape
+    assert res.selections.dtype == bool
+    pad = ~batch.live_mask()
+    assert not res.selections[pad].any(), "padding selected"
+    recomputed = np.array([
+        abs(batch.targets[i] - float(np.where(res.selections[i], batch.coefficients[i], 0.0).sum()))
+        for i in range(k)])
+    np.testing.assert_allclose(res.errors, recomputed, rtol=0, atol=1e-12)
+    for i in range(k):
+        st_i = Status(int(res.status[i]))
+        assert st_i != Status.ERROR, f"row {i}: backend error {res.messages}"
+        if st_i.ok:
+            assert res.errors[i] <= batch.tolerances[i] + 1e-12, f"row {i}: claims ok outside τ"
+
+
+def check_error(name: str, batch: InstanceBatch, res) -> None:
+    check_common(batch, res)
+    exact = _caps(name).exact
+    for i in range(len(batch)):
+        n = int(batch.counts[i])
+        t, c, tau = batch.targets[i], batch.coefficients[i, :n], batch.tolerances[i]
+        b = brute(t, c, tau)
+        st_i = Status(int(res.status[i]))
+        near = abs(b["min_error"] - tau) <= BOUNDARY
+        if b["min_error"] <= tau and not near:
+            assert st_i == (Status.OPTIMAL if exact else st_i), f"row {i}: {st_i!r}"
+            assert st_i.ok, f"row {i}: feasible instance reported {st_i!r}"
+        elif b["min_error"] > tau and not near:
+            assert st_i == Status.INFEASIBLE, f"row {i}: infeasible instance reported {st_i!r}"
+        if exact and (st_i == Status.OPTIMAL or st_i == Status.INFEASIBLE):
+            # the exact min-error subset, also as the closest subset of an infeasible row
+            assert abs(res.errors[i] - b["min_error"]) <= TOL, \
+                f"row {i}: error {res.errors[i]!r} vs brute force {b['min_error']!r}"
+
+
+def check_feasible(name: str, batch: InstanceBatch, res) -> None:
+    check_common(batch, res)
+    for i in range(len(batch)):
+        n = int(batch.counts[i])
+        b = brute(batch.targets[i], batch.coefficients[i, :n], batch.tolerances[i])
+        st_i = Status(int(res.status[i]))
+        tau = batch.tolerances[i]
+        if b["min_error"] < tau - BOUNDARY:
+            assert st_i.ok, f"row {i}: a subset within τ exists but got {st_i!r}"
+            assert res.errors[i] <= tau
+        elif b["min_error"] > tau + BOUNDARY:
+            assert st_i == Status.INFEASIBLE, f"row {i}: infeasible instance reported {st_i!r}"
+
+
+def check_cardinality(name: str, batch: InstanceBatch, res) -> None:
+    check_common(batch, res)
+    for i in range(len(batch)):
+        n = int(batch.counts[i])
+        b = brute(batch.targets[i], batch.coefficients[i, :n], batch.tolerances[i])
+        st_i = Status(int(res.status[i]))
+        card = int(res.selections[i].sum())
+        if b["card_lo"] is None and b["card_hi"] is None:
+            assert st_i == Status.INFEASIBLE, f"row {i}: infeasible instance reported {st_i!r}"
+            continue
+        if b["card_lo"] != b["card_hi"] or b["card_lo"] is None:
+            continue  # a subset sits on the τ boundary: either answer is defensible
+        assert st_i == Status.OPTIMAL, f"row {i}: feasible instance reported {st_i!r}"
+        assert card == b["card_lo"], f"row {i}: cardinality {card} vs minimal {b['card_lo']}"
+        assert res.errors[i] <= batch.tolerances[i]
+        if abs(b["card_err_lo"] - b["card_err_hi"]) <= TOL:
+            # lexicographic (cardinality, error) optimum
+            assert abs(res.errors[i] - b["card_err_lo"]) <= TOL, \
+                f"row {i}: error {res.errors[i]!r} at minimal cardinality vs {b['card_err_lo']!r}"
+
+
+CHECKS = {"error": check_error, "feasible": check_feasible, "cardinality": check_cardinality}
+
+
+def _run(name, objective, targets, coef, counts, taus):
+    if objective not in _caps(name).objectives:
+        pytest.skip(f"{name} does not support objective {objective!r}")
+    backend = _backend(name)
+    batch = _make(targets, coef, counts, taus, objective)
+    res = backend.solve(batch)
+    CHECKS[objective](name, batch, res)
+    return batch, res
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_registry_lists_builtins():
+    assert {"mitm", "ortools", "cpsat", "gurobi"} <= set(BACKENDS)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_capabilities_and_availability(name):
+    cls = get_backend_class(name)
+    ok, reason = cls.is_available()
+    assert isinstance(ok, bool)
+    assert ok or (isinstance(reason, str) and reason)
+    assert set(cls.capabilities.objectives) <= {"error", "feasible", "cardinality"}
+    assert cls.name == name
+
+
+@pytest.mark.parametrize("objective", ["error", "feasible", "cardinality"])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_property_against_brute_force(name, objective):
+    if objective not in _caps(name).objectives:
+        pytest.skip(f"{name} does not support objective {objective!r}")
+    _backend(name)
+
+    @settings(max_examples=_examples(name))
+    @given(batches())
+    def prop(data):
+        _run(name, objective, *data)
+
+    prop()
+
+
+def _seeded(seed: int, rows: int, n_choices, construction_like: bool = True):
+    rng = np.random.default_rng(seed)
+    ns = rng.choice(n_choices, size=rows)
+    width = int(max(ns))
+    coef = np.zeros((rows, width))
+    for i, n in enumerate(ns):
+        u = rng.uniform(0, 1, n)
+        v = rng.uniform(-1, 1, n)
+        coef[i, :n] = u * v if construction_like else v
+    targets = np.clip(rng.normal(0, 0.05, rows), -1, 1)
+    return targets, coef, ns.astype(np.int64)
+
+
+@pytest.mark.parametrize("objective", ["error", "feasible", "cardinality"])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_construction_like_mixed_counts(name, objective):
+    """Coefficients v*u as the construction draws them, mixed n in one batch, τ = 0.01."""
+    rows = 12 if name in SLOW else 60
+    targets, coef, counts = _seeded(1, rows, [0, 1, 5, 9, 11, 12])
+    for tau in (0.01, 1e-4):
+        _run(name, objective, targets, coef, counts, np.full(rows, tau))
+
+
+EDGE_CASES = {
+    "empty_n0": ([0.3], [[]], 0.01),
+    "empty_n0_target0": ([0.0], [[]], 0.0),
+    "target_zero": ([0.0, 0.0], [[0.5, -0.25, 0.125], [0.3, 0.7]], 0.0),
+    "all_zero_coefficients": ([0.0, 0.2], [[0.0, 0.0, 0.0], [0.0, 0.0]], 0.01),
+    "zeros_mixed": ([0.5], [[0.0, 0.5, 0.0, -0.5, 0.0]], 0.0),
+    "negative_only": ([-0.75, 0.75], [[-0.5, -0.25, -0.125], [-0.5, -0.25, -0.125]], 0.01),
+    "duplicates": ([0.6], [[0.2, 0.2, 0.2, 0.2, 0.2, 0.2]], 1e-12),
+    "duplicates_offgrid": ([0.61], [[0.2] * 8], 0.005),
+    "unreachable_high": ([100.0], [[0.5, 0.25, -0.3, 0.9]], 0.01),
+    "unreachable_low": ([-100.0], [[0.5, 0.25, -0.3, 0.9]], 0.01),
+    "tau_tiny": ([0.123456789], [[0.1, 0.02, 0.003, 0.0004, 0.00005]], 1e-12),
+    "tau_zero_exact": ([0.375], [[0.5, 0.25, 0.125, -0.5]], 0.0),
+    "single": ([0.4], [[0.41]], 0.01),
+    "single_infeasible": ([0.4], [[0.5]], 0.01),
+    "large_n_sparse_live": ([0.3, -0.2], [[0.1] * 12, [0.05, -0.4]], 0.02),
+}
+
+
+@pytest.mark.parametrize("objective", ["error", "feasible", "cardinality"])
+@pytest.mark.parametrize("case", sorted(EDGE_CASES))
+@pytest.mark.parametrize("name", BACKENDS)
+def test_edge_cases(name, case, objective):
+    targets, rows, tau = EDGE_CASES[case]
+    b = InstanceBatch.from_lists(targets, rows, tau, objective)
+    _run(name, objective, b.targets, b.coefficients, b.counts, b.tolerances)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_infeasible_is_reported_infeasible(name):
+    targets = np.array([5.0, 0.3, 0.123456])
+    coef = np.array([[0.5, 0.4, 0.3], [0.1, 0.1, 0.0], [0.5, 0.25, 0.125]])
+    taus = np.array([0.01, 0.05, 1e-9])
+    for objective in _caps(name).objectives:
+        batch, res = _run(name, objective, targets, coef, np.full(3, 3), taus)
+        assert (res.status == Status.INFEASIBLE).all(), (objective, res.status)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_padding_is_never_selected(name):
+    """Rows padded with zeros (counts < width) in one batch with a full row."""
+    _backend(name)
+    targets = np.array([0.9, -0.2, 0.0, 0.55])
+    coef = np.zeros((4, 8))
+    coef[0, :8] = [0.3, 0.2, -0.1, 0.4, 0.05, 0.15, -0.3, 0.25]
+    coef[1, :2] = [-0.1, -0.1]
+    coef[3, :5] = [0.5, 0.05, 0.01, 0.2, 0.3]
+    counts = np.array([8, 2, 0, 5])
+    for objective in _caps(name).objectives:
+        batch, res = _run(name, objective, targets, coef, counts, np.full(4, 0.02))
+        assert not res.selections[~batch.live_mask()].any()
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_empty_batch(name):
+    backend = _backend(name)
+    batch = InstanceBatch(np.zeros(0), np.zeros(0), np.zeros((0, 5)), np.zeros(0), 0.01)
+    res = backend.solve(batch)
+    assert len(res) == 0 and res.selections.shape == (0, 5)
+
+
+def test_exact_backends_agree_with_each_other():
+    """All available exact backends give the same optimal errors (n up to 16, beyond brute force
+    of the property tests) and the same minimal cardinalities."""
+    names = [n for n in BACKENDS if _caps(n).exact and get_backend_class(n).is_available()[0]]
+    if len(names) < 2:
+        pytest.skip(f"fewer than two exact backends available: {names}")
+    targets, coef, counts = _seeded(7, 6, [13, 14, 16])
+    taus = np.full(len(targets), 0.01)
+    for objective in ("error", "cardinality"):
+        outs = {}
+        for name in names:
+            if objective in _caps(name).objectives:
+                res = get_backend(name).solve(_make(targets, coef, counts, taus, objective))
+                assert not (res.status == Status.ERROR).any(), (name, res.messages)
+                outs[name] = res
+        ref_name, ref = next(iter(outs.items()))
+        for name, res in outs.items():
+            np.testing.assert_array_equal(res.status, ref.status, err_msg=f"{name} vs {ref_name}")
+            np.testing.assert_allclose(res.errors, ref.errors, rtol=0, atol=TOL,
+                                       err_msg=f"{name} vs {ref_name} ({objective})")
+            if objective == "cardinality":
+                np.testing.assert_array_equal(res.selections.sum(1), ref.selections.sum(1),
+                                              err_msg=f"{name} vs {ref_name}")
+
+
+@pytest.mark.parametrize("n", [17, 21, 22, 24])
+def test_mitm_matches_float_path_at_construction_sizes(n):
+    """mitm's 32-bit fast path and its float64 path find the same optimum at n = 17..24."""
+    from solvers import mitm
+    targets, coef, counts = _seeded(n, 64, [n])
+    sel_fast = mitm.min_error_selections(targets, coef, counts)
+    sel_float = mitm._error_chunk_float(targets, coef)[0]
+    e_fast = _errors_of(targets, coef, sel_fast)
+    e_float = _errors_of(targets, coef, sel_float)
+    np.testing.assert_allclose(e_fast, e_float, rtol=0, atol=1e-13)
+
+
+def test_mitm_matches_brute_force_n20_handful():
+    """A few n = 20 instances against full enumeration (2^20 subsets each)."""
+    from solvers import mitm
+    targets, coef, counts = _seeded(3, 3, [20])
+    sel = mitm.min_error_selections(targets, coef, counts)
+    bits = _bits(20)
+    for i in range(3):
+        best = float(np.abs(targets[i] - bits.astype(np.float64) @ coef[i]).min())
+        got = float(_errors_of(targets[i], coef[i], sel[i]))
+        assert abs(got - best) <= 1e-12
+
+
+def test_mitm_cardinality_matches_brute_force_n12_many():
+    """mitm's cardinality fast path on many construction-like rows (one vectorised batch)."""
+    targets, coef, counts = _seeded(11, 400, [8, 10, 12])
+    for tau in (0.01, 0.002):
+        _run("mitm", "cardinality", targets, coef, counts, np.full(len(targets), tau))
+
+
+def test_unsupported_objective_is_refused():
+    from solvers.base import Capabilities, SolverBackend
+
+    class Only(SolverBackend):
+        name = "only-error"
+        capabilities = Capabilities(exact=True, objectives=("error",))
+
+        def solve(self, batch):  # pragma: no cover - never reached
+            raise AssertionError
+
+    with pytest.raises(ValueError, match="does not support objective"):
+        Only().check_objective("cardinality")
+
+
+def test_brute_force_helper_itself():
+    c = np.array([0.5, 0.25, -0.125])
+    b = brute(0.375, c, 0.01)
+    assert b["min_error"] == 0.0 and b["card_lo"] == b["card_hi"] == 2
+    assert b["card_err_lo"] == 0.0
+    assert brute(0.375, c, 0.0)["card_lo"] is None and brute(0.375, c, 0.0)["card_hi"] == 2
