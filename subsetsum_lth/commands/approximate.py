@@ -11,16 +11,21 @@ DESCRIPTION = (
     "Allocate the random network of Pensia et al.'s Theorem 1 for a target ReLU MLP, solve one "
     "subset-sum problem per weight (and sign half, and bias), and write the masks, the random "
     "network, a certificate sup_{|x|<=r} |f(x) - g(x)| <= bound, and plots into --out. "
-    "Without --target, a seeded synthetic 784-300-10 target with biases and spectral norms <= 1 "
-    "(inside Theorem 1's class) is used.")
+    "Without --target: the default MNIST 784-500-10 target (trained once per seed and cached in the "
+    "user cache) when MNIST is found or can be downloaded, else (or with --synthetic) a seeded "
+    "synthetic 784-300-10 target with biases and spectral norms <= 1, inside Theorem 1's class; "
+    "the command says which.")
 
-SYNTHETIC_SIZES = (784, 300, 10)
 
 
 def add_arguments(p) -> None:
     p.add_argument("--target", type=Path, default=None,
                    help="target file (.pt state_dict, .safetensors) or a train-target folder; "
-                        "default: a seeded synthetic 784-300-10 target")
+                        "default: a 784-500-10 MNIST target trained once and cached when MNIST is "
+                        "found or can be downloaded (then evaluated on MNIST), else a seeded "
+                        "synthetic 784-300-10 target inside Theorem 1's class")
+    p.add_argument("--synthetic", action="store_true",
+                   help="without --target: use the seeded synthetic 784-300-10 target even when MNIST is available")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--eps", type=positive_float, default=None,
@@ -89,13 +94,20 @@ def run(args) -> int:
     from subsetsum_lth.construction import ConstructionConfig
     from subsetsum_lth.errors import IncompleteRun
     from subsetsum_lth.solve import SolveConfig
-    from subsetsum_lth.target import load_target, random_target
+    from subsetsum_lth.target import load_target
 
     if args.target is None:
-        target = random_target(SYNTHETIC_SIZES, bias=True, seed=args.seed, max_spectral_norm=1.0)
-        print(f"no --target given: using a seeded synthetic {'-'.join(map(str, SYNTHETIC_SIZES))} target "
-              f"with biases and spectral norms <= 1 (seed {args.seed})", file=sys.stderr)
+        from subsetsum_lth.default_target import default_target
+        dt = default_target(seed=args.seed, data_dir=args.data_dir, synthetic=args.synthetic,
+                            progress=not args.no_progress)
+        print(dt.description, file=sys.stderr)
+        target = dt.target
+        if dt.kind == "mnist" and args.data is None:
+            args.data, args.data_dir = "mnist", dt.data_dir
     else:
+        if args.synthetic:
+            from subsetsum_lth.errors import UserError
+            raise UserError("--synthetic and --target exclude each other: drop one of them")
         target = load_target(args.target)
 
     eval_data = emp_data = None

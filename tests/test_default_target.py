@@ -1,0 +1,50 @@
+"""The built-in default target of `approximate`: MNIST when found, else synthetic, said so."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from subsetsum_lth import default_target as dt
+from subsetsum_lth.cli import main
+from subsetsum_lth.errors import DataError
+from subsetsum_lth.target import random_target, save_target
+
+
+def test_synthetic_when_mnist_is_missing(monkeypatch):
+    def missing(*a, **k):
+        raise DataError("MNIST files missing")
+    monkeypatch.setattr("subsetsum_lth.data.mnist.resolve_data_dir", missing)
+    got = dt.default_target(seed=3)
+    assert got.kind == "synthetic" and "could not be downloaded" in got.description
+    assert got.target.sizes == list(dt.SYNTHETIC_SIZES) and got.target.has_bias
+    norms = [np.linalg.norm(L.weight, 2) for L in got.target.layers]
+    assert max(norms) <= 1.0 + 1e-9                      # inside Theorem 1's class
+    again = dt.default_target(seed=3)
+    assert all(np.array_equal(a.weight, b.weight) for a, b in zip(got.target.layers, again.target.layers))
+
+
+def test_mnist_default_is_trained_once_and_cached(mnist_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "mnist-784-500-10-seed0"
+    cached = random_target((784, 6, 10), bias=True, seed=1)
+    folder.mkdir()
+    save_target(cached, folder / "target.safetensors")
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached default target must not be trained again")
+    monkeypatch.setattr("subsetsum_lth.train.train_target", no_training)
+    got = dt.default_target(seed=0, data_dir=mnist_dir, cache_dir=tmp_path)
+    assert got.kind == "mnist" and str(folder) in got.description
+    assert np.array_equal(got.target.layers[0].weight, cached.layers[0].weight)
+    assert got.data_dir is not None
+
+
+def test_synthetic_flag(tmp_path):
+    assert dt.default_target(seed=0, synthetic=True).kind == "synthetic"
+
+
+def test_synthetic_and_target_exclude_each_other(tmp_path, capsys):
+    save_target(random_target((3, 2), seed=0), tmp_path / "t.safetensors")
+    rc = main(["approximate", "--target", str(tmp_path / "t.safetensors"), "--synthetic",
+               "--out", str(tmp_path / "run")])
+    assert rc == 2 and "--synthetic" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "report.json").exists()
