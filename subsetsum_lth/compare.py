@@ -38,9 +38,16 @@ def _n_linear(state: dict) -> int:
     return len([k for k in state if k.endswith(".weight")])
 
 
-def masked_sequential(state: dict, masks: dict, device="cpu", dtype=torch.float32) -> nn.Sequential:
-    """ĝ = Sequential(Linear, ReLU, ..., Linear) with every tensor times its mask."""
+def masked_sequential(state: dict, masks: dict, device="cpu", dtype=torch.float32,
+                      relu_after=None) -> nn.Sequential:
+    """ĝ = Sequential(Linear, ReLU, ..., Linear) with every tensor times its mask.
+    ``relu_after`` (one bool per hidden Linear layer, default all True): False puts an
+    ``nn.Identity`` where the ReLU would be (edge-popup's ``--no-inner-relu`` runs); the
+    module indices, hence the state_dict keys, stay those of the plain Sequential."""
     n = _n_linear(state)
+    relu_after = [True] * (n - 1) if relu_after is None else [bool(r) for r in relu_after]
+    if len(relu_after) != n - 1:
+        raise RunFolderError(f"relu_after has {len(relu_after)} entries for {n} Linear layers")
     mods: list[nn.Module] = []
     for j in range(n):
         w = torch.as_tensor(np.asarray(state[f"{2 * j}.weight"]), dtype=dtype)
@@ -52,8 +59,18 @@ def masked_sequential(state: dict, masks: dict, device="cpu", dtype=torch.float3
         lin.bias = nn.Parameter((b * mb).to(device), requires_grad=False)
         mods.append(lin)
         if j < n - 1:
-            mods.append(nn.ReLU())
+            mods.append(nn.ReLU() if relu_after[j] else nn.Identity())
     return nn.Sequential(*mods)
+
+
+def _relu_after(report: dict, n_linear: int) -> list[bool]:
+    """The run's activation layout (report.json 'relu_after'; absent = ReLU after every hidden layer)."""
+    r = report.get("relu_after")
+    if r is None:
+        return [True] * (n_linear - 1)
+    if not isinstance(r, list) or len(r) != n_linear - 1:
+        raise RunFolderError(f"report.json 'relu_after' must list {n_linear - 1} booleans, got {r!r}")
+    return [bool(v) for v in r]
 
 
 def _run_kind(report: dict) -> str:
@@ -67,7 +84,8 @@ def _run_kind(report: dict) -> str:
 def _describe(report: dict) -> str:
     kind = _run_kind(report)
     if kind == "edge-popup":
-        return f"edge-popup k={report.get('keep')} {report.get('scope')}/{report.get('structure')}"
+        return (f"edge-popup k={report.get('keep')} {report.get('scope')}/{report.get('structure')}"
+                + ("" if report.get("inner_relu", True) else ", no ReLU after layers 2i-1"))
     if kind == "subset-sum":
         return f"subset-sum {report.get('solver')} τ={report.get('weight_eps')}"
     return kind
@@ -100,11 +118,15 @@ def _evaluate(g: nn.Module, target, x: torch.Tensor, y: torch.Tensor, batch: int
     return out
 
 
-def _certificate(state: dict, masks: dict, target, report: dict, radius_fn) -> dict:
+def _certificate(state: dict, masks: dict, target, report: dict, radius_fn, relu_after=None) -> dict:
     """The certified bound if the masks have the construction's form, else n/a with the reason."""
     from subsetsum_lth.certify import certified_bound, layer_maps
     if target is None:
         return {"certified_bound": NA, "certified_reason": "no target (give --target)"}
+    if relu_after is not None and not all(relu_after):
+        return {"certified_bound": NA,
+                "certified_reason": "the network is used without some ReLUs (--no-inner-relu); the "
+                                    "certificate is for the construction's ReLU network"}
     n = _n_linear(state)
     if n % 2 or n // 2 != target.depth:
         return {"certified_bound": NA,
@@ -254,10 +276,11 @@ def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | N
     n_linear = _n_linear(state)
     for lab, r, mk, rep in zip(labels, runs, masks, reports):
         t = time.perf_counter()
-        g = masked_sequential(state, mk, dev)
+        relu = _relu_after(rep, n_linear)
+        g = masked_sequential(state, mk, dev, relu_after=relu)
         ev = _evaluate(g, tgt, xt, yt)
         del g
-        cert = _certificate(state, mk, tgt, rep, radius_fn)
+        cert = _certificate(state, mk, tgt, rep, radius_fn, relu)
         layers = _kept_layers(state, mk)
         kept = sum(L["kept_parameters"] for L in layers)
         total = sum(L["total_parameters"] for L in layers)
@@ -265,7 +288,7 @@ def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | N
             "label": lab, "path": str(r.resolve()), "method": _run_kind(rep), "description": _describe(rep),
             **ev, **cert,
             "kept_parameters": kept, "total_parameters": total, "kept_fraction": kept / max(1, total),
-            "layers": layers,
+            "layers": layers, "inner_relu": all(relu),
             "wall_seconds": rep.get("wall_seconds", NA),
             "device": rep.get("device_name") or rep.get("device") or ("cpu" if "solver" in rep else NA),
             "reported_test_accuracy": rep.get("test_accuracy", rep.get("pruned_accuracy", NA)),
@@ -336,6 +359,7 @@ def plot_accuracy_vs_kept(out: Path, entries: list[dict], target_accuracy: float
                         xytext=(4, 3), textcoords="offset points")
     if target_accuracy is not None:
         ax.axhline(100 * target_accuracy, color="#555555", ls="--", lw=1, label="target f")
+    ax.axhline(10, color="#999999", ls=":", lw=1, label="chance (10 classes)")
     ax.set_xscale("log")
     ax.set_xlabel("kept parameters of g")
     ax.set_ylabel("test accuracy (%)")

@@ -25,6 +25,15 @@ weight.
   the standard deviation of the initial masked network's logits: g's U[-1, 1] weights give
   logits in the hundreds, where the saturated loss drives the scores to switch the network
   off; dividing by T > 0 changes no prediction (T = 1 is plain edge-popup).
+* **Without the inner ReLU** (``inner_relu=False``, ``--no-inner-relu``): the construction's
+  layers 2i-1 (Linear layers 0, 2, 4, ... of the Sequential) are used linearly, as in the
+  variant of Pensia et al.'s Figure 1c without ReLU; with ``structure='structured'`` the sign
+  pruning (which only removes units a ReLU would switch off) is then dropped. The report records
+  ``inner_relu``, ``relu_after`` and ``modules`` (``Identity`` where no ReLU is applied), and
+  ``compare`` rebuilds ĝ accordingly; such a run folder is *not* the plain
+  Sequential(Linear, ReLU, ..., Linear) of DESIGN §5.
+* **Temperature.** ``temperature='batch'`` divides each batch's logits by their own (detached)
+  standard deviation instead of a constant fixed at the start.
 * **Devices.** ``device='auto'`` takes CUDA when present. The CUDA path never leaves the
   device inside the training loop (top-k by ``torch.topk``; loss and accuracy accumulate on
   the device and are read once every ``sync_every`` steps). On CPU the exact top-k threshold
@@ -68,6 +77,7 @@ STRUCTURES = ("free", "structured")
 DEVICES = ("auto", "cpu", "cuda")
 WIDE_INITS = ("uniform", "normal", "kaiming-uniform")
 SELECTIONS = ("auto", "partition", "topk")
+TEMPERATURES = ("batch", "auto")
 
 #: a weight tensor whose eligible entries are at most this fraction of it is computed by a
 #: gather/scatter over the eligible entries instead of a dense matrix product
@@ -116,10 +126,11 @@ class EdgePopupConfig:
     data_dir: str | None = None
     train_subset: int | None = None
     test_subset: int | None = None
-    sync_every: int = 50
+    sync_every: int | None = None      #: steps between reads of loss/accuracy (None: 50 on CUDA, 10 on CPU)
     eval_every_epoch: bool = True
     selection: str = "auto"            #: top-k method: auto (partition on CPU, topk elsewhere)
     temperature: float | str = "auto"  #: loss on logits / T; "auto": T = std of the initial logits
+    inner_relu: bool = True            #: False: Linear layers 1, 3, 5, ... (g's layers 2i-1) used linearly
     plots: bool = True
     overwrite: bool = False
 
@@ -140,9 +151,11 @@ class EdgePopupConfig:
                             "(a subset-sum run) or --from-target, not --wide")
         if self.device not in DEVICES:
             raise UserError(f"--device must be one of {DEVICES}, got {self.device!r}")
-        if self.temperature != "auto" and not (isinstance(self.temperature, (int, float))
-                                               and math.isfinite(self.temperature) and self.temperature > 0):
-            raise UserError(f"the temperature must be 'auto' or a positive number, got {self.temperature!r}")
+        if self.temperature not in TEMPERATURES and not (
+                isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature > 0):
+            raise UserError(f"the temperature must be one of {TEMPERATURES} or a positive number, "
+                            f"got {self.temperature!r}")
         if self.selection not in SELECTIONS:
             raise UserError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.wide_init not in WIDE_INITS:
@@ -150,7 +163,7 @@ class EdgePopupConfig:
         if self.input_domain not in (None, "nonnegative", "signed"):
             raise UserError(f"--input-domain must be nonnegative or signed, got {self.input_domain!r}")
         for name in ("epochs", "batch_size", "sync_every"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a positive number, got {self.lr}")
@@ -166,6 +179,9 @@ class EdgePopupConfig:
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if not self.inner_relu and self.wide is not None:
+            raise UserError("--no-inner-relu drops the ReLU after the construction's layers 2i-1 and needs "
+                            "a construction-shaped network (--from-run or --from-target), not --wide")
         if self.param_budget is not None and self.wide is None:
             raise UserError("--param-budget sizes a --wide network; it needs --wide SIZES with an H")
 
@@ -290,7 +306,8 @@ class EdgePopupNet(nn.Module):
     eligible entry; ``forward`` uses the straight-through top-k masks."""
 
     def __init__(self, state: dict, eligible: dict | None, keep: float, scope: str = "layer",
-                 seed: int = 0, device: torch.device | str = "cpu", selection: str = "auto"):
+                 seed: int = 0, device: torch.device | str = "cpu", selection: str = "auto",
+                 relu_after: Sequence[bool] | None = None):
         super().__init__()
         device = torch.device(device)
         self.keep, self.scope = float(keep), scope
@@ -300,6 +317,11 @@ class EdgePopupNet(nn.Module):
         if set(state) != expected:
             raise RunFolderError("the random network is not the state_dict of Sequential(Linear, ReLU, ..., "
                                  f"Linear) with a bias per layer: keys {sorted(state)}")
+        #: per hidden Linear layer j (0 .. n_linear-2): is a ReLU applied after it
+        self.relu_after = [True] * (n_linear - 1) if relu_after is None else [bool(r) for r in relu_after]
+        if len(self.relu_after) != n_linear - 1:
+            raise UserError(f"relu_after needs {n_linear - 1} entries (one per hidden Linear layer), "
+                            f"got {len(self.relu_after)}")
         gen = torch.Generator().manual_seed(int(seed))
         self.tensors: list[_Tensor] = []
         self.scores = nn.ParameterList()
@@ -445,12 +467,32 @@ class EdgePopupNet(nn.Module):
             b = self._bias(tb, values[2 * j + 1])
             if b is not None:
                 h = h + b
-            if j < n_linear - 1:
+            if j < n_linear - 1 and self.relu_after[j]:
                 h = torch.relu(h)
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply_values(x, self.effective_values())
+
+
+def relu_layout(n_linear: int, inner_relu: bool = True) -> list[bool]:
+    """Per hidden Linear layer j = 0 .. n_linear-2: whether a ReLU follows it. With
+    ``inner_relu=False`` the construction's layers 2i-1 (j = 0, 2, 4, ...) are used linearly and
+    only the layers 2i (j odd) keep their ReLU; that needs an even number of Linear layers."""
+    if inner_relu:
+        return [True] * (n_linear - 1)
+    if n_linear % 2:
+        raise UserError(f"--no-inner-relu needs the construction's 2l Linear layers; this random network "
+                        f"has {n_linear}")
+    return [j % 2 == 1 for j in range(n_linear - 1)]
+
+
+def module_names(relu_after: Sequence[bool]) -> list[str]:
+    """The Sequential's modules, e.g. ['Linear', 'Identity', 'Linear', 'ReLU', 'Linear', ...]."""
+    out = []
+    for r in relu_after:
+        out += ["Linear", "ReLU" if r else "Identity"]
+    return out + ["Linear"]
 
 
 def _to_tensor(a) -> torch.Tensor:
@@ -573,17 +615,25 @@ def plans_from_report(report: dict, state: dict, input_domain: str | None = None
         q = int(w2.shape[0])
         if int(w2.shape[1]) != H:
             return None
+        grow, ext = 0, None
         if entries and len(entries) == depth:
             e = entries[i]
             m, has_bias = int(e["block_width"]), bool(e.get("has_bias", False))
             fm = int(e.get("formula_block_width", m))
             tq, tp = e.get("target_shape", [q, p])
+            # blocks grown by approximate's adaptive widths: m + grow * extensions[j] units
+            if e.get("block_extensions") is not None:
+                grow = int(e.get("growth_units") or e.get("grow") or 0)
+                ext = np.asarray(e["block_extensions"], dtype=np.int64)
+                if ext.shape != (p + (1 if has_bias else 0),):
+                    return None
         else:
             b2 = np.asarray(state[f"{4 * i + 2}.bias"])
             has_bias = bool(np.any(b2 != 0))
             m = H // (p + 1) if has_bias else H // p
             fm, (tq, tp) = m, (q, p)
-        plan = LayerPlan(i, p, q, m, fm, has_bias, signed_input=(i == 0 and domain == "signed"))
+        plan = LayerPlan(i, p, q, m, fm, has_bias, signed_input=(i == 0 and domain == "signed"), grow=grow,
+                         extensions=ext)
         if m < 1 or plan.hidden != H or (int(tq), int(tp)) != (q, p):
             return None
         plans.append(plan)
@@ -593,7 +643,8 @@ def plans_from_report(report: dict, state: dict, input_domain: str | None = None
 def _plan_entries(plans) -> list[dict]:
     return [{"layer": pl.index, "target_shape": [pl.q, pl.p], "block_width": pl.m,
              "formula_block_width": pl.formula_m, "has_bias": pl.has_bias,
-             "signed_input": pl.signed_input} for pl in plans]
+             "signed_input": pl.signed_input, "growth_units": int(pl.grow),
+             "block_extensions": [int(v) for v in np.asarray(pl.extensions)]} for pl in plans]
 
 
 def load_random_net(config: EdgePopupConfig) -> RandomNet:
@@ -636,17 +687,33 @@ def load_random_net(config: EdgePopupConfig) -> RandomNet:
     return RandomNet(state, src, None, config.input_domain or "nonnegative", None, None, None)
 
 
-def eligibility(net: RandomNet, structure: str) -> dict | None:
-    """None (free) or the construction's pre-pruning masks (structured)."""
+def eligibility(net: RandomNet, structure: str, inner_relu: bool = True) -> dict | None:
+    """None (free) or the construction's pre-pruning masks (structured).
+
+    With ``inner_relu=False`` (layers 2i-1 used linearly) the sign pruning of §1 is dropped,
+    since it only removes units that the ReLU switches off: every block-diagonal edge u_{jk} != 0
+    of every layer 2i-1 and every non-zero bias of its bias block stay eligible (Pensia et al.'s
+    Figure 1c structure), and layer 2i may use every one of those units."""
     if structure == "free":
         return None
     if net.plans is None:
         raise UserError("--structure structured needs the construction's block plan, but this random "
                         "network is not construction-shaped (no block plan in report.json and the shapes "
                         "do not fit H = p*m (+ m)); use --structure free")
+    from dataclasses import replace
+
     from subsetsum_lth.construction import prepruning_masks
     numpy_state = {k: v.numpy() for k, v in net.state.items()}
-    allowed = prepruning_masks(net.plans, numpy_state)
+    plans = net.plans if inner_relu else [replace(pl, signed_input=True) for pl in net.plans]
+    allowed = prepruning_masks(plans, numpy_state)
+    if not inner_relu:
+        for i, pl in enumerate(plans):
+            b1 = numpy_state[f"{4 * i}.bias"]
+            if pl.has_bias:
+                sl = pl.block_slice(pl.p)
+                allowed[f"{4 * i}.bias"][sl] = (b1[sl] != 0).astype(np.uint8)
+            live = allowed[f"{4 * i}.weight"].any(axis=1) | allowed[f"{4 * i}.bias"].astype(bool)
+            allowed[f"{4 * i + 2}.weight"] = np.repeat(live[None, :].astype(np.uint8), pl.q, axis=0)
     if set(allowed) != set(net.state):
         raise UserError("the construction's block plan does not cover every tensor of the random network")
     return allowed
@@ -683,11 +750,16 @@ def _frozen_forward(model: EdgePopupNet) -> Callable[[torch.Tensor], torch.Tenso
 
 
 def train_step(model: EdgePopupNet, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
-               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+               temperature: float | None = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on the scores. Returns (summed loss as a float64 0-d tensor, number of
-    correct predictions as a 0-d tensor), both left on the device: no host synchronisation."""
+    correct predictions as a 0-d tensor), both left on the device: no host synchronisation.
+    ``temperature=None``: the batch's own logit standard deviation (detached, on the device)."""
     out = model(xb)
-    loss = F.cross_entropy(out / temperature, yb)
+    if temperature is None:
+        t = out.detach().std().clamp_min(1e-12) if out.numel() > 1 else out.new_ones(())
+        loss = F.cross_entropy(out / t, yb)
+    else:
+        loss = F.cross_entropy(out / temperature, yb)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -710,6 +782,7 @@ def train_scores(model: EdgePopupNet, x_train: torch.Tensor, y_train: torch.Tens
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)
     temperature = logit_temperature(model, x_train, config.temperature)
+    sync_every = int(config.sync_every) if config.sync_every is not None else (50 if device.type == "cuda" else 10)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     gen = torch.Generator().manual_seed(int(config.seed))
     curve: list[dict] = []
@@ -743,14 +816,15 @@ def train_scores(model: EdgePopupNet, x_train: torch.Tensor, y_train: torch.Tens
                 seen += b
                 win_seen += b
             since += 1
-            if since == int(config.sync_every) or step == steps_per_epoch - 1:
+            if tick is not None:
+                tick(1)          # the bar's step count needs nothing from the device
+            if since == sync_every or step == steps_per_epoch - 1:
                 # the only host synchronisation inside an epoch
                 wl, wc = float(win_loss), int(win_correct)
                 point = {"epoch": epoch + 1, "step": global_step, "lr": float(sched.get_last_lr()[0]),
                          "train_loss": wl / win_seen, "train_accuracy": wc / win_seen}
                 curve.append(point)
                 if tick is not None:
-                    tick(since)
                     if hasattr(tick, "set_postfix"):
                         tick.set_postfix(loss=f"{point['train_loss']:.4f}", acc=f"{point['train_accuracy']:.4f}")
                 win_loss.zero_()
@@ -781,12 +855,14 @@ def train_scores(model: EdgePopupNet, x_train: torch.Tensor, y_train: torch.Tens
 
 @torch.no_grad()
 def logit_temperature(model: EdgePopupNet, x: torch.Tensor, spec: float | str = "auto",
-                      sample: int = 1024) -> float:
+                      sample: int = 1024) -> float | None:
     """T of the training loss CE(logits / T): a number, or 'auto' = the standard deviation of
     the initial masked network's logits on the first ``sample`` training images (1 if that is
     0 or not finite). Dividing by T > 0 changes no prediction (argmax) and no mask semantics;
     it only keeps the loss of an unnormalised random network (U[-1, 1] weights, logits in the
     hundreds) from saturating, where the scores otherwise learn to switch the network off."""
+    if spec == "batch":
+        return None
     if spec != "auto":
         return float(spec)
     out = _frozen_forward(model)(x[:sample])
@@ -855,6 +931,7 @@ def plot_curve(out: Path, curve: list[dict], title: str) -> str:
     if epochs:
         a2.plot([c["step"] for c in epochs], [100 * c["test_accuracy"] for c in epochs], "o-",
                 color="#ee6677", label="test (end of epoch)")
+    a2.axhline(10, color="#999999", ls=":", lw=1, label="chance (10 classes)")
     a2.set_xlabel("step")
     a2.set_ylabel("accuracy (%)")
     a2.legend(fontsize=8)
@@ -889,7 +966,7 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
         t = time.perf_counter()
         net = load_random_net(config)
         _prepare_out(out, config.overwrite, [net.copy_from])
-        allowed = eligibility(net, config.structure)
+        allowed = eligibility(net, config.structure, config.inner_relu)
         digest = weights_digest(net.state)
         timings["load"] = time.perf_counter() - t
 
@@ -916,27 +993,37 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
         ys = [torch.as_tensor(np.asarray(a), dtype=torch.int64).to(device) for a in (y_tr, y_te)]
         timings["data"] = time.perf_counter() - t
 
+        relu_after = relu_layout(n_linear, config.inner_relu)
         t = time.perf_counter()
         model = EdgePopupNet(net.state, allowed, config.keep, config.scope, config.seed, device,
-                             config.selection)
+                             config.selection, relu_after)
         timings["setup"] = time.perf_counter() - t
         log.info("edge-popup on %s: %s scored entries, keep %.4g (%s, %s), device %s",
                  "-".join(map(str, [model.shapes[0][1]] + [s[0] for s in model.shapes])),
                  f"{model.n_eligible:,}", config.keep, config.scope, config.structure, device)
 
         t = time.perf_counter()
-        trained = train_scores(model, xs[0], ys[0], config, xs[1], ys[1], progress)
+        with_target = net.target is not None and net.target.sizes[0] == in_f
+        # with a target and no per-epoch evaluation, the final test accuracy comes from the same
+        # pass as the agreement with the target (one forward pass over the test set, not two)
+        eval_in_training = config.eval_every_epoch or not with_target
+        trained = train_scores(model, xs[0], ys[0], config, xs[1] if eval_in_training else None,
+                               ys[1] if eval_in_training else None, progress)
         timings["train"] = time.perf_counter() - t
 
         t = time.perf_counter()
         masks = model.final_masks()
         final = trained["final"]
+        evaluation = {}
+        if with_target:
+            evaluation = _agreement(net.target, model, xs[1], ys[1])
         test_acc = final.get("test_accuracy")
         if test_acc is None:
-            test_acc = evaluate_on_device(model, xs[1], ys[1])
-        evaluation = {}
-        if net.target is not None and net.target.sizes[0] == in_f:
-            evaluation = _agreement(net.target, model, xs[1], ys[1])
+            test_acc = evaluation.pop("test_accuracy", None)
+            if test_acc is None:
+                test_acc = evaluate_on_device(model, xs[1], ys[1])
+            final["test_accuracy"] = test_acc          # the curve's last point
+        evaluation.pop("test_accuracy", None)
         timings["evaluate"] = time.perf_counter() - t
         # the weights were never touched
         for key, w in model.frozen_weights().items():
@@ -997,6 +1084,13 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
         "training_note": ("the training loss (curve) is CE(logits / logit_temperature); dividing by a "
                           "positive constant changes no prediction"),
         "source": net.source,
+        "inner_relu": bool(config.inner_relu),
+        "relu_after": relu_after,
+        "modules": module_names(relu_after),
+        **({} if config.inner_relu else {"architecture_note": (
+            "no ReLU after the construction's layers 2i-1 (Linear layers 0, 2, 4, ... of the "
+            "Sequential): rebuild g-hat as the Sequential in 'modules' (Identity where a ReLU would be), "
+            "not as Sequential(Linear, ReLU, ..., Linear)")}),
         "weights_sha256": digest,
         "sizes": [model.shapes[0][1]] + [s[0] for s in model.shapes],
         "input_domain": net.input_domain,
@@ -1043,7 +1137,8 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
         save_target(net.target, out / rf.TARGET)
     if config.plots:
         try:
-            title = (f"edge-popup: keep {config.keep:g} ({config.scope}, {config.structure}), "
+            title = (f"edge-popup: keep {config.keep:g} ({config.scope}, {config.structure}"
+                     f"{'' if config.inner_relu else ', no inner ReLU'}), "
                      f"test acc {100 * report['test_accuracy']:.2f}%")
             report["plots"] = [plot_curve(out, trained["curve"], title)]
         except Exception as exc:  # a plot must never cost the run
@@ -1063,15 +1158,23 @@ def _agreement(target, model: EdgePopupNet, x: torch.Tensor, y: torch.Tensor, ba
     f = _frozen_forward(model)
     agree = torch.zeros((), dtype=torch.int64, device=x.device)
     t_ok = torch.zeros((), dtype=torch.int64, device=x.device)
+    g_ok = torch.zeros((), dtype=torch.int64, device=x.device)
+    was = model.training
+    model.eval()
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
+        xb, yb = x[i:i + batch], y[i:i + batch]
         fp = target.forward(xb.double()).argmax(1)
-        agree += (fp == f(xb).argmax(1)).sum()
-        t_ok += (fp == y[i:i + batch]).sum()
+        gp = f(xb).argmax(1)
+        agree += (fp == gp).sum()
+        t_ok += (fp == yb).sum()
+        g_ok += (gp == yb).sum()
+    model.train(was)
     n = max(1, len(x))
-    return {"target_accuracy": int(t_ok) / n, "prediction_agreement": int(agree) / n}
+    return {"target_accuracy": int(t_ok) / n, "prediction_agreement": int(agree) / n,
+            "test_accuracy": int(g_ok) / n}
 
 
 __all__ = ["EdgePopupConfig", "EdgePopupNet", "GetSubnet", "MaskedValues", "topk_mask", "kept_count", "run_edge_popup",
            "load_random_net", "plans_from_report", "eligibility", "wide_sizes", "wide_network",
-           "train_scores", "train_step", "resolve_device", "RandomNet", "SCOPES", "STRUCTURES"]
+           "train_scores", "train_step", "resolve_device", "RandomNet", "SCOPES", "STRUCTURES",
+           "relu_layout", "module_names"]

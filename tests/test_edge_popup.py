@@ -16,8 +16,8 @@ from subsetsum_lth import runfolder as rf
 from subsetsum_lth.compare import NA, compare_runs, masked_sequential
 from subsetsum_lth.construction import ConstructionConfig, build_construction, prepruning_masks
 from subsetsum_lth.edge_popup import (EdgePopupConfig, EdgePopupNet, GetSubnet, MaskedValues, kept_count,
-                                      plans_from_report, resolve_device, run_edge_popup, topk_mask,
-                                      train_step, wide_network, wide_sizes)
+                                      module_names, plans_from_report, relu_layout, resolve_device,
+                                      run_edge_popup, topk_mask, train_step, wide_network, wide_sizes)
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.netdigest import file_weights_digest, weights_digest
 from subsetsum_lth.target import random_target, save_target
@@ -141,6 +141,94 @@ def test_structured_keeps_only_allowed_edges(domain, scope):
     assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_no_inner_relu_uses_layers_2i_minus_1_linearly():
+    """Pensia's Fig. 1c variant without ReLU: no ReLU after Linear layers 0, 2, ...; ReLU after 1, 3, ..."""
+    assert relu_layout(4) == [True, True, True]
+    assert relu_layout(4, inner_relu=False) == [False, True, False]
+    assert module_names([False, True, False]) == ["Linear", "Identity", "Linear", "ReLU", "Linear",
+                                                  "Identity", "Linear"]
+    with pytest.raises(UserError, match="2l Linear layers"):
+        relu_layout(3, inner_relu=False)
+    with pytest.raises(UserError, match="construction-shaped"):
+        EdgePopupConfig(wide="5,3,2", inner_relu=False).validate()
+    _, c, state = _construction(sizes=(8, 5, 3), domain="signed")
+    allowed = prepruning_masks(c.plans, {k: v.numpy() for k, v in state.items()})
+    x = 2 * torch.rand(31, 8) - 1
+    for eligible in (None, allowed):
+        lin = EdgePopupNet(state, eligible, 0.6, "layer", seed=1, relu_after=[False, True, False])
+        relu = EdgePopupNet(state, eligible, 0.6, "layer", seed=1)
+        masks = lin.final_masks()
+        assert all(np.array_equal(masks[k], relu.final_masks()[k]) for k in masks)   # same scores, same masks
+        with torch.no_grad():
+            out_lin, out_relu = lin(x), relu(x)
+            ref_lin = masked_sequential(state, masks, relu_after=[False, True, False])(x)
+            ref_relu = masked_sequential(state, masks)(x)
+        assert torch.allclose(out_lin, ref_lin, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(out_relu, ref_relu, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(out_lin, out_relu)          # signed inputs: the ReLU matters
+        # by hand: without ReLU, layers 0 and 1 compose to one linear map
+        W0, b0, W1, b1 = (torch.as_tensor(state[k] * torch.from_numpy(masks[k]))
+                          for k in ("0.weight", "0.bias", "2.weight", "2.bias"))
+        h = torch.relu(x @ (W1 @ W0).T + W1 @ b0 + b1)
+        W2, b2, W3, b3 = (torch.as_tensor(state[k] * torch.from_numpy(masks[k]))
+                          for k in ("4.weight", "4.bias", "6.weight", "6.bias"))
+        assert torch.allclose(out_lin, h @ (W3 @ W2).T + W3 @ b2 + b3, atol=1e-4, rtol=1e-4)
+    with pytest.raises(UserError, match="relu_after"):
+        EdgePopupNet(state, None, 0.5, relu_after=[True])
+
+
+def test_structured_without_relu_keeps_both_signs():
+    """Without the ReLU the sign pruning is dropped: every block-diagonal edge and bias-block bias."""
+    from subsetsum_lth.edge_popup import RandomNet, eligibility
+    _, c, state = _construction(sizes=(9, 5, 3), m=6, domain="nonnegative")
+    net = RandomNet(state, {}, c.plans)
+    with_relu = eligibility(net, "structured")
+    linear = eligibility(net, "structured", inner_relu=False)
+    for i, pl in enumerate(c.plans):
+        w1 = state[f"{4 * i}.weight"].numpy()
+        block = np.zeros_like(w1, dtype=bool)
+        for j in range(pl.p):
+            block[pl.block_slice(j), j] = True
+        assert np.array_equal(linear[f"{4 * i}.weight"].astype(bool), block & (w1 != 0))
+        assert np.array_equal(with_relu[f"{4 * i}.weight"].astype(bool), block & (w1 > 0))
+        b1 = state[f"{4 * i}.bias"].numpy()
+        bias_block = np.zeros(len(b1), dtype=bool)
+        bias_block[pl.block_slice(pl.p)] = True
+        assert np.array_equal(linear[f"{4 * i}.bias"].astype(bool), bias_block & (b1 != 0))
+        live = block.any(axis=1) | (bias_block & (b1 != 0))
+        assert np.array_equal(linear[f"{4 * i + 2}.weight"].astype(bool), np.repeat(live[None], pl.q, 0))
+        assert linear[f"{4 * i + 2}.bias"].sum() == 0
+        assert int(linear[f"{4 * i + 2}.weight"].sum()) > int(with_relu[f"{4 * i + 2}.weight"].sum())
+
+
+def test_plans_rebuilt_with_grown_blocks():
+    """approximate's adaptive widths grow some blocks: the plan comes from report.json's
+    block_extensions/growth_units, and edge-popup runs write them back (construction_plan)."""
+    from dataclasses import replace
+
+    from subsetsum_lth.construction import draw_layer_pair
+    from subsetsum_lth.edge_popup import _plan_entries
+    _, c, _ = _construction(sizes=(5, 3, 2), m=4)
+    plans = [replace(pl, grow=2, extensions=np.arange(pl.n_blocks) % 3) for pl in c.plans]
+    state = {}
+    for i, pl in enumerate(plans):
+        pair = draw_layer_pair(pl, 0)
+        state.update({f"{4 * i}.weight": torch.from_numpy(pair.w1), f"{4 * i}.bias": torch.from_numpy(pair.b1),
+                      f"{4 * i + 2}.weight": torch.from_numpy(pair.w2), f"{4 * i + 2}.bias": torch.from_numpy(pair.b2)})
+    report = {"layers": [{"layer": pl.index, "target_shape": [pl.q, pl.p], "block_width": pl.m,
+                          "has_bias": pl.has_bias, "growth_units": pl.grow,
+                          "block_extensions": [int(e) for e in pl.extensions]} for pl in plans]}
+    for rep in (report, {"construction_plan": _plan_entries(plans)}):
+        rebuilt = plans_from_report(rep, state)
+        assert rebuilt is not None
+        for a, b in zip(rebuilt, plans):
+            assert a.hidden == b.hidden and np.array_equal(a.offsets, b.offsets)
+        np_state = {k: v.numpy() for k, v in state.items()}
+        for k, v in prepruning_masks(rebuilt, np_state).items():
+            assert np.array_equal(v, prepruning_masks(plans, np_state)[k])
+    assert plans_from_report({}, state) is None        # the shapes alone do not fit H = p*m (+ m)
+
+
 def test_plans_rebuilt_from_shapes_and_report():
     _, c, state = _construction(sizes=(5, 3, 4, 2), m=4)
     from_shapes = plans_from_report({}, state)
@@ -178,6 +266,27 @@ def test_scores_learn_weights_stay_frozen():
     for k, w in net.frozen_weights().items():
         assert torch.equal(w, original[k]) and w.dtype == torch.float32
         assert not w.requires_grad and w.grad is None
+
+
+def test_batch_temperature_step():
+    """temperature='batch': CE(logits / std(batch logits)); a scale of g changes nothing."""
+    from subsetsum_lth.edge_popup import logit_temperature
+    state = wide_network([16, 24, 4], seed=2)
+    x = torch.rand(64, 16)
+    y = torch.randint(0, 4, (64,))
+    EdgePopupConfig(wide="16,24,4", temperature="batch").validate()
+    with pytest.raises(UserError, match="temperature"):
+        EdgePopupConfig(wide="16,24,4", temperature="hot").validate()
+    losses = []
+    for scale in (1.0, 1000.0):
+        net = EdgePopupNet({k: v * scale if k.startswith("2.") else v
+                            for k, v in state.items()}, None, 0.5, seed=0)
+        assert logit_temperature(net, x, "batch") is None
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        loss, correct = train_step(net, opt, x, y, None)
+        assert math.isfinite(float(loss)) and 0 <= int(correct) <= 64
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -348,8 +457,22 @@ def test_structured_from_target_certifies_and_cli(tmp_path, mnist_dir, commands,
     assert cli.main(["edge-popup", "--from-run", str(s), "--keep", "0.3", "--epochs", "1", "--train-subset", "512",
                      "--data-dir", str(mnist_dir), "--out", str(f), "--no-progress", "--no-plots"]) == 0
     capsys.readouterr()
-    res = compare_runs([s, f], tmp_path / "cmp", data_dir=str(mnist_dir), test_subset=500)
-    es, ef = res["runs"]
+    n = tmp_path / "n"
+    assert cli.main(["edge-popup", "--from-run", str(s), "--structure", "structured", "--no-inner-relu",
+                     "--keep", "0.5", "--epochs", "1", "--train-subset", "512", "--test-subset", "500",
+                     "--no-epoch-eval", "--data-dir", str(mnist_dir), "--out", str(n), "--no-progress",
+                     "--json"]) == 0
+    rn = json.loads(capsys.readouterr().out)
+    # one pass over the test set gives accuracy and agreement; the curve's last point carries it
+    assert rn["curve"][-1]["test_accuracy"] == rn["test_accuracy"] and 0 <= rn["prediction_agreement"] <= 1
+    assert rn["inner_relu"] is False and rn["relu_after"] == [False, True, False]
+    assert rn["modules"] == module_names([False, True, False]) and "architecture_note" in rn
+    res = compare_runs([s, f, n], tmp_path / "cmp", data_dir=str(mnist_dir), test_subset=500)
+    es, ef, en = res["runs"]
+    assert en["inner_relu"] is False and es["inner_relu"] is True
+    assert en["certified_bound"] == NA and "ReLU" in en["certified_reason"]
+    assert abs(en["test_accuracy"] - rn["test_accuracy"]) <= 0.004       # compare honours the layout
+    assert len(res["pairs"]) == 3
     assert isinstance(es["certified_bound"], float) and es["certified_bound"] > 0
     assert es["certified_bound"] >= es["max_output_deviation"] * (1 - 1e-6)
     assert ef["certified_bound"] == NA and "not of the subset-sum construction" in ef["certified_reason"]

@@ -44,7 +44,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _temperature(text: str):
-    if text == "auto":
+    if text in ("auto", "batch"):
         return text
     return positive_float(text)
 
@@ -97,11 +97,17 @@ def add_arguments(p) -> None:
                    help="train on the first N training images only")
     e.add_argument("--test-subset", type=positive_int, default=None, metavar="N",
                    help="evaluate on the first N test images only")
-    e.add_argument("--sync-every", type=positive_int, default=50, metavar="STEPS",
-                   help="read loss/accuracy back from the device every STEPS steps (progress bar)")
+    e.add_argument("--sync-every", type=positive_int, default=None, metavar="STEPS",
+                   help="read loss/accuracy back from the device every STEPS steps (progress bar; "
+                        "default 50 on CUDA, 10 on CPU)")
+    e.add_argument("--no-inner-relu", dest="inner_relu", action="store_false",
+                   help="use the construction's layers 2i-1 linearly (no ReLU after Linear layers 0, 2, 4, "
+                        "...; Pensia et al.'s Fig. 1c structure without ReLU); needs an even number of "
+                        "Linear layers; recorded in report.json ('inner_relu', 'modules')")
     e.add_argument("--temperature", type=_temperature, default="auto", metavar="T",
                    help="train on CE(logits / T); auto: T = standard deviation of the initial masked "
-                        "network's logits (U[-1, 1] networks have logits in the hundreds); 1 = plain edge-popup")
+                        "network's logits (U[-1, 1] networks have logits in the hundreds); batch: each "
+                        "batch's own logit standard deviation; 1 = plain edge-popup")
     e.add_argument("--no-epoch-eval", dest="eval_every_epoch", action="store_false",
                    help="evaluate the test accuracy only after the last epoch")
 
@@ -146,7 +152,8 @@ def run(args) -> int:
         weight_decay=args.weight_decay, seed=args.seed, device=args.device, threads=args.threads,
         data_dir=None if args.data_dir is None else str(args.data_dir),
         train_subset=args.train_subset, test_subset=args.test_subset, sync_every=args.sync_every,
-        eval_every_epoch=args.eval_every_epoch, temperature=args.temperature, plots=not args.no_plots,
+        eval_every_epoch=args.eval_every_epoch, temperature=args.temperature, inner_relu=args.inner_relu,
+        plots=not args.no_plots,
         overwrite=args.overwrite,
     )
     report = run_edge_popup(config, args.out, progress=_progress(not args.no_progress))
@@ -161,7 +168,8 @@ def _summary(r: dict, out: Path) -> None:
     src = r["source"]
     where = src.get("path") or "wide MLP " + "-".join(map(str, src.get("sizes", [])))
     print(f"edge-popup on {'-'.join(map(str, r['sizes']))} ({r['total_parameters']:,} parameters) from {where}")
-    print(f"keep {r['keep']:g} ({r['scope']}, {r['structure']}), {r['epochs']} epoch(s), lr {r['lr']:g}, "
+    relu = "" if r.get("inner_relu", True) else ", no ReLU after layers 2i-1"
+    print(f"keep {r['keep']:g} ({r['scope']}, {r['structure']}{relu}), {r['epochs']} epoch(s), lr {r['lr']:g}, "
           f"batch {r['batch_size']}, seed {r['seed']}, device {r['device_name']}")
     for L in r["layers"]:
         print(f"  layer {L['layer'] + 1} {L['shape'][0]}x{L['shape'][1]}: kept {L['kept_parameters']:,} of "
