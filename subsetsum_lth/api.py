@@ -43,9 +43,16 @@ def load_run(path: str | Path) -> Run:
     return Run(path, state, masks, report)
 
 
-def random_module(state: dict, dtype=torch.float32) -> nn.Sequential:
-    """The random network g (no masks) as nn.Sequential(Linear, ReLU, ..., Linear)."""
+def random_module(state: dict, dtype=torch.float32, relu_after=None) -> nn.Sequential:
+    """The random network g (no masks) as nn.Sequential(Linear, ReLU, ..., Linear).
+
+    ``relu_after`` (one bool per hidden Linear layer; default all True, as every construction
+    run): False puts ``nn.Identity`` in that ReLU's place (edge-popup's ``--no-inner-relu``
+    runs), so the state_dict keys stay ``0.weight``, ``2.weight``, ..."""
     depth2 = len([k for k in state if k.endswith(".weight")])
+    relu_after = [True] * (depth2 - 1) if relu_after is None else [bool(r) for r in relu_after]
+    if len(relu_after) != depth2 - 1:
+        raise RunFolderError(f"relu_after has {len(relu_after)} entries for {depth2} Linear layers")
     mods: list[nn.Module] = []
     for k in range(depth2):
         w = torch.as_tensor(np.asarray(state[f"{2 * k}.weight"]))
@@ -55,7 +62,7 @@ def random_module(state: dict, dtype=torch.float32) -> nn.Sequential:
             lin.bias.copy_(torch.as_tensor(np.asarray(state[f"{2 * k}.bias"])))
         mods.append(lin)
         if k < depth2 - 1:
-            mods.append(nn.ReLU())
+            mods.append(nn.ReLU() if relu_after[k] else nn.Identity())
     return nn.Sequential(*mods).to(dtype)
 
 
@@ -63,7 +70,7 @@ def masked_model(run: Run | str | Path, dtype=torch.float32) -> nn.Sequential:
     """g with its masks attached through ``torch.nn.utils.prune.custom_from_mask``
     (weights stay in ``weight_orig``; ``weight = weight_orig * weight_mask``)."""
     run = run if isinstance(run, Run) else load_run(run)
-    model = random_module(run.random_state, dtype)
+    model = random_module(run.random_state, dtype, run.report.get("relu_after"))
     for idx, mod in enumerate(model):
         if isinstance(mod, nn.Linear):
             for name in ("weight", "bias"):
@@ -85,8 +92,8 @@ def export_pruned(run_or_model: Run | str | Path | nn.Sequential, dtype=torch.fl
                 if mod.bias is not None:
                     lin.bias.copy_(mod.bias.detach())
             mods.append(lin.to(mod.weight.dtype))
-        elif isinstance(mod, nn.ReLU):
-            mods.append(nn.ReLU())
+        elif isinstance(mod, (nn.ReLU, nn.Identity)):
+            mods.append(type(mod)())
         else:
             raise TypeError(f"unsupported module {type(mod).__name__} in export")
     return nn.Sequential(*mods)

@@ -574,7 +574,15 @@ def wide_network(sizes: Sequence[int], seed: int, init: str = "uniform", bias: b
     """A plain random MLP state_dict: per layer j a generator from SeedSequence(seed, (j,)).
     'uniform': U[-1, 1] (the construction's distribution); 'normal': N(0, 1);
     'kaiming-uniform': U[-sqrt(6/fan_in), sqrt(6/fan_in)]. Biases drawn the same way (zeros
-    without ``bias``)."""
+    without ``bias``). Refuses, before allocating, a network larger than the construction's
+    limit (weights, scores, their gradients and momenta: ~16 bytes per entry)."""
+    from subsetsum_lth.construction import MAX_RANDOM_ENTRIES
+    entries = mlp_parameters(sizes, bias=True)
+    if entries > MAX_RANDOM_ENTRIES:
+        raise UserError(f"--wide {','.join(map(str, sizes))} has {entries:,} weights: about "
+                        f"{16 * entries / 1e9:,.0f} GB for weights, scores, gradients and momenta, above "
+                        f"this tool's limit of {MAX_RANDOM_ENTRIES:,} entries; use smaller hidden widths "
+                        "or --param-budget")
     state = {}
     for j, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
         rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(j,)))

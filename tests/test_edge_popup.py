@@ -467,6 +467,12 @@ def test_structured_from_target_certifies_and_cli(tmp_path, mnist_dir, commands,
     assert rn["curve"][-1]["test_accuracy"] == rn["test_accuracy"] and 0 <= rn["prediction_agreement"] <= 1
     assert rn["inner_relu"] is False and rn["relu_after"] == [False, True, False]
     assert rn["modules"] == module_names([False, True, False]) and "architecture_note" in rn
+    from subsetsum_lth.api import export_pruned, masked_model
+    model = masked_model(n)
+    assert [type(m).__name__ for m in model] == rn["modules"]   # Identity where no ReLU is applied
+    x = torch.rand(4, 784)
+    with torch.no_grad():
+        assert torch.allclose(export_pruned(model)(x), model(x))
     res = compare_runs([s, f, n], tmp_path / "cmp", data_dir=str(mnist_dir), test_subset=500)
     es, ef, en = res["runs"]
     assert en["inner_relu"] is False and es["inner_relu"] is True
