@@ -446,6 +446,7 @@ def _grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constr
         blocks = np.unique(np.where(inst.group_block[groups] >= 0, inst.group_block[groups], plan.p))
         grow_mask = np.zeros(plan.n_blocks, dtype=bool)
         grow_mask[blocks[blocks < plan.n_blocks]] = True
+        grow_mask &= plan.extensions < cc.max_growth    # max_growth steps per block over the whole run
         if not grow_mask.any():
             break
         plan.extensions = plan.extensions + grow_mask.astype(np.int64)

@@ -36,9 +36,9 @@ def targets(draw):
     return Target(layers)
 
 
-def _run(tmp_path, target, eps, domain, seed, objective, m, radius):
+def _run(tmp_path, target, eps, domain, seed, objective, m, radius, width="auto"):
     cfg = ApproximateConfig(
-        construction=ConstructionConfig(input_domain=domain, seed=seed, block_width=m),
+        construction=ConstructionConfig(input_domain=domain, seed=seed, block_width=m, width=width),
         solve=SolveConfig(solver="mitm", objective=objective, workers=1),
         eps=eps, input_radius=radius, overwrite=True, plots=False,
         empirical_samples=128, ascent_steps=30)
@@ -112,5 +112,22 @@ def test_failure_is_reported_not_claimed(tmp_path):
     rng = np.random.default_rng(1)
     t = Target([Layer(rng.uniform(-0.9, 0.9, (6, 6)), None)])
     with pytest.raises(IncompleteRun):
-        _run(tmp_path, t, 1e-4, "signed", 0, "error", m=4, radius=1.0)
+        _run(tmp_path, t, 1e-4, "signed", 0, "error", m=4, radius=1.0, width="formula")
     assert (tmp_path / "masks.safetensors").exists() and (tmp_path / "report.json").exists()
+
+
+def test_growth_is_capped_over_all_rounds(tmp_path):
+    """--width auto grows a block at most max_growth steps over the whole run (every round of
+    the network-mode τ loop included), and a failure at that cap is reported."""
+    rng = np.random.default_rng(1)
+    t = Target([Layer(rng.uniform(-0.9, 0.9, (6, 6)), None)])
+    cfg = ApproximateConfig(
+        construction=ConstructionConfig(input_domain="signed", seed=0, block_width=4, grow=4, max_growth=2),
+        solve=SolveConfig(solver="mitm", objective="error", workers=1),
+        eps=1e-4, input_radius=1.0, overwrite=True, plots=False, empirical_samples=16, ascent_steps=5)
+    with pytest.raises(IncompleteRun):
+        approximate(t, cfg, tmp_path)
+    import json
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert max(rep["layers"][0]["block_extensions"]) == 2
+    assert rep["layers"][0]["block_width_final_max"] == 4 + 2 * 4
