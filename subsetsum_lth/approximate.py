@@ -19,7 +19,7 @@ from subsetsum_lth import __version__
 from subsetsum_lth import runfolder as rf
 from subsetsum_lth.certify import (CollapsedNet, certified_bound, check_soundness,
                                    empirical_bound_fast, layer_maps, pruned_module)
-from subsetsum_lth.construction import (Construction, ConstructionConfig, LayerInstances,
+from subsetsum_lth.construction import (ConstructionConfig, LayerInstances,
                                         build_construction, draw_layer_pair, layer_instances,
                                         masks_from_selections, masks_state_dict)
 from subsetsum_lth.errors import IncompleteRun, RunFolderError, UserError
@@ -311,7 +311,6 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
         kept_coef = int(mk["w2"].sum())
         kept_params = int(sum(int(a.sum()) for a in mk.values()))
         kept_total += kept_params
-        n_weights = plan.q * plan.p
         per_weight = res.selections[~is_bias].sum(axis=1)
         rep = {
             "layer": li, "target_shape": [plan.q, plan.p], "has_bias": plan.has_bias,

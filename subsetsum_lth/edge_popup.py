@@ -51,10 +51,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import resource
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -880,23 +877,6 @@ def logit_temperature(model: EdgePopupNet, x: torch.Tensor, spec: float | str = 
 
 # ----------------------------------------------------------------------------- run folder
 
-def _atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, length=16 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _prepare_out(out: Path, overwrite: bool, sources: list[Path]) -> None:
     out = Path(out)
     for s in sources:
@@ -1133,13 +1113,13 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
     meta = {"format": "subsetsum-lth-run", "method": METHOD, "seed": int(config.seed),
             "weights_sha256": digest}
     if net.copy_from is not None:
-        _atomic_copy(net.copy_from, out / rf.RANDOM_NET)
+        rf.atomic_copy(net.copy_from, out / rf.RANDOM_NET)
     else:
         rf.atomic_save_safetensors(net.state, out / rf.RANDOM_NET,
                                    {"format": "subsetsum-lth-run", "method": METHOD, "depth": n_linear // 2})
     rf.atomic_save_safetensors(masks, out / rf.MASKS, meta)
     if net.target_file is not None:
-        _atomic_copy(net.target_file, out / rf.TARGET)
+        rf.atomic_copy(net.target_file, out / rf.TARGET)
     elif net.target is not None:
         from subsetsum_lth.target import save_target
         save_target(net.target, out / rf.TARGET)

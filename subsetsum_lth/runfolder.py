@@ -35,13 +35,15 @@ REPORT = "report.json"
 METRICS = "metrics.csv"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, write) -> None:
+    """Write ``path`` through ``write(binary file)`` into a temporary file beside it, fsync, and
+    rename it into place: readers see the old file or the whole new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -51,6 +53,16 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (byte for byte)."""
+    with open(src, "rb") as inp:
+        _atomic_write(dst, lambda fh: shutil.copyfileobj(inp, fh, length=16 << 20))
 
 
 def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -> None:

@@ -58,3 +58,22 @@ def ascend(f, g, x0: np.ndarray, radius: float, nonneg: bool, steps: int = 60) -
             nrm = x.norm(dim=1, keepdim=True).clamp_min(1e-30)
             x *= torch.clamp(radius / nrm, max=1.0)
     return x.detach().numpy()
+
+
+def shared_mnist_dir() -> Path | None:
+    """The folder holding the four official MNIST files: $SUBSETSUM_LTH_DATA, else
+    ../shared/data/mnist beside the checkout; None when neither has them."""
+    import os
+
+    from subsetsum_lth.data.mnist import MNIST_FILES
+    env = os.environ.get("SUBSETSUM_LTH_DATA")
+    candidates = ([Path(env)] if env else []) + [Path(__file__).parents[2] / "shared" / "data" / "mnist"]
+    for d in candidates:
+        if all((d / spec.filename).is_file() or (d / spec.raw_name).is_file()
+               for spec in MNIST_FILES.values()):
+            return d
+    return None
+
+
+NO_MNIST_REASON = ("MNIST IDX files not found: set SUBSETSUM_LTH_DATA to a folder holding the four "
+                   "official files (or put them in ../shared/data/mnist)")

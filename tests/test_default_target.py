@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from subsetsum_lth import default_target as dt
 from subsetsum_lth.cli import main

@@ -18,22 +18,11 @@ from subsetsum_lth.data.mnist import (
 )
 from subsetsum_lth.errors import DataError, UserError
 
-
-def _shared_mnist_dir() -> Path | None:
-    env = os.environ.get("SUBSETSUM_LTH_DATA")
-    candidates = ([Path(env)] if env else []) + [Path(__file__).parents[2] / "shared" / "data" / "mnist"]
-    for d in candidates:
-        if all((d / spec.filename).is_file() or (d / spec.raw_name).is_file()
-               for spec in MNIST_FILES.values()):
-            return d
-    return None
+from tests.helpers import NO_MNIST_REASON, shared_mnist_dir
 
 
-DATA = _shared_mnist_dir()
-needs_data = pytest.mark.skipif(
-    DATA is None,
-    reason="MNIST IDX files not found: set SUBSETSUM_LTH_DATA to a folder holding the four "
-           "official files (or put them in ../shared/data/mnist)")
+DATA = shared_mnist_dir()
+needs_data = pytest.mark.skipif(DATA is None, reason=NO_MNIST_REASON)
 
 
 def _path(name: str) -> Path:

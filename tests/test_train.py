@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -11,26 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from subsetsum_lth.data.mnist import MNIST_FILES
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.train import TrainConfig, build_mlp, evaluate, train_target
 
-
-def _shared_mnist_dir() -> Path | None:
-    env = os.environ.get("SUBSETSUM_LTH_DATA")
-    candidates = ([Path(env)] if env else []) + [Path(__file__).parents[2] / "shared" / "data" / "mnist"]
-    for d in candidates:
-        if all((d / spec.filename).is_file() or (d / spec.raw_name).is_file()
-               for spec in MNIST_FILES.values()):
-            return d
-    return None
+from tests.helpers import NO_MNIST_REASON, shared_mnist_dir
 
 
-DATA = _shared_mnist_dir()
-pytestmark = pytest.mark.skipif(
-    DATA is None,
-    reason="MNIST IDX files not found: set SUBSETSUM_LTH_DATA to a folder holding the four "
-           "official files (or put them in ../shared/data/mnist)")
+DATA = shared_mnist_dir()
+pytestmark = pytest.mark.skipif(DATA is None, reason=NO_MNIST_REASON)
 
 # batch 32 (63 steps): test accuracy 0.76-0.81 over seeds 0-5; with batch 64 (32 steps) seed 1
 # only reaches 0.49, too close to the 0.6 threshold to be a robust check

@@ -1,10 +1,10 @@
 """`subsetsum-lth bench`: solver throughput (`bench solvers`) and a timed run (`bench approximate`)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from subsetsum_lth.commands._common import positive_float, positive_int, print_json, tqdm_progress
+from subsetsum_lth.commands._common import (non_negative_float, non_negative_int, positive_float, positive_int,
+                                            print_json, tqdm_progress)
 
 NAME = "bench"
 HELP = "benchmark the solver backends, or time a whole approximate run"
@@ -16,28 +16,6 @@ DESCRIPTION = (
     "time, core-seconds, peak memory and the time of each stage.")
 
 
-def _nonneg_float(text: str) -> float:
-    import argparse
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    import argparse
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
 def add_arguments(p) -> None:
     import argparse
     sub = p.add_subparsers(dest="bench_command", metavar="WHAT")
@@ -45,8 +23,8 @@ def add_arguments(p) -> None:
 
     s = sub.add_parser("solvers", help="throughput of every solver backend on one core",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--n", type=_nonneg_int, default=21, help="live coefficients per instance")
-    s.add_argument("--eps", type=_nonneg_float, default=0.01, help="tolerance τ of every instance")
+    s.add_argument("--n", type=non_negative_int, default=21, help="live coefficients per instance")
+    s.add_argument("--eps", type=non_negative_float, default=0.01, help="tolerance τ of every instance")
     s.add_argument("--count", type=positive_int, default=20000, help="instances to draw")
     s.add_argument("--objective", choices=("error", "cardinality", "feasible"), default="error")
     s.add_argument("--targets", type=Path, default=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from subsetsum_lth.commands._common import positive_float, positive_int, print_json
+from subsetsum_lth.commands._common import non_negative_int, positive_float, positive_int, print_json
 
 NAME = "edge-popup"
 HELP = "learn a mask on a random network with edge-popup (Ramanujan et al. 2020), weights frozen"
@@ -29,17 +29,6 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"the kept fraction must lie in (0, 1], got {text}")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    import argparse
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return v
 
 
@@ -74,7 +63,7 @@ def add_arguments(p) -> None:
     src.add_argument("--input-domain", choices=("nonnegative", "signed"), default=None,
                      help="first layer's input domain for the structured pre-pruning (default: the run's "
                           "or the target's, else nonnegative as MNIST pixels are)")
-    src.add_argument("--net-seed", type=_non_negative_int, default=None,
+    src.add_argument("--net-seed", type=non_negative_int, default=None,
                      help="seed of a freshly allocated random network (default: --seed)")
 
     e = p.add_argument_group("edge-popup")
@@ -88,7 +77,7 @@ def add_arguments(p) -> None:
     e.add_argument("--batch-size", type=positive_int, default=128, help="mini-batch size")
     e.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     e.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay on the scores")
-    e.add_argument("--seed", type=_non_negative_int, default=0, help="seeds score initialisation and shuffling")
+    e.add_argument("--seed", type=non_negative_int, default=0, help="seeds score initialisation and shuffling")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA when available, else CPU")
     e.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
