@@ -102,7 +102,7 @@ def test_solvers_json(capsys):
     (["--solver", "nosuch"], 2, ["unknown solver", "nosuch"]),
     (["--solver", "ortools", "--objective", "bogus"], 2, ["invalid choice"]),
     (["--input-radius", "-1"], 2, ["positive"]),
-    (["--block-width", "0"], 2, [">= 1"]),
+    (["--block-width", "0"], 2, ["positive integer"]),
 ])
 def test_bad_options(small_target, tmp_path, capsys, args, code, words):
     with pytest.raises(SystemExit) as ei:

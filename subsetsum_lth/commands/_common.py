@@ -28,46 +28,26 @@ def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=_json_default))
 
 
-def positive_float(text: str) -> float:
-    import argparse
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
+def _number_type(cast, ok, requirement: str, noun: str):
+    """An argparse ``type=`` that parses with ``cast`` and accepts values where ``ok(v)``."""
+    def parse(text: str):
+        import argparse
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return v
+    parse.__name__ = requirement.replace(" ", "_")
+    return parse
 
 
-def positive_int(text: str) -> int:
-    import argparse
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return v
+def _finite(v: float) -> bool:
+    return v == v and v not in (float("inf"), float("-inf"))
 
 
-def non_negative_int(text: str) -> int:
-    import argparse
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
-def non_negative_float(text: str) -> float:
-    import argparse
-    import math
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return v
+positive_float = _number_type(float, lambda v: v > 0 and _finite(v), "a positive number", "a number")
+non_negative_float = _number_type(float, lambda v: v >= 0 and _finite(v), "a non-negative number", "a number")
+positive_int = _number_type(int, lambda v: v >= 1, "a positive integer", "an integer")
+non_negative_int = _number_type(int, lambda v: v >= 0, "a non-negative integer", "an integer")

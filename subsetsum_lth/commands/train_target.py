@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from subsetsum_lth.commands._common import positive_float, positive_int
+
 NAME = "train-target"
 HELP = "train a target ReLU MLP on MNIST (writes target.safetensors + target.json)"
 DESCRIPTION = (
@@ -30,26 +32,6 @@ def _hidden(text: str) -> tuple[int, ...]:
     return widths
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder (created if needed)")
@@ -57,19 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hidden layer widths, comma-separated ('' for none)")
     parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True,
                         help="give every Linear layer a bias")
-    parser.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set")
-    parser.add_argument("--lr", type=_positive_float, default=0.05,
+    parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set")
+    parser.add_argument("--lr", type=positive_float, default=0.05,
                         help="initial learning rate (cosine-annealed to 0 over all steps)")
-    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                         help="mini-batch size")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the initialisation and the shuffling (same seed, same weights)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="folder holding the four MNIST IDX files (.gz or not); None: "
                              "$SUBSETSUM_LTH_DATA, else the user cache")
-    parser.add_argument("--train-subset", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
                         help="train on the first N training images only (None: all 60000)")
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="torch CPU threads (None: torch's own choice)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bars on stderr (None: only when stderr is a terminal)")
