@@ -181,6 +181,10 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
     from subsetsum_lth.construction import plan_layers
     entries = sum(pl.hidden * (pl.p + pl.q + 1) + pl.q for pl in plan_layers(target, cc))
     store = _prepare_folder(out, config, fingerprint, need_bytes=int(entries * 5 * 1.1))
+    done = _completed_run(out) if config.resume else None
+    if done is not None:
+        log.info("--resume: the run in %s is already complete (same settings); nothing to solve", out)
+        return done
 
     t = time.perf_counter()
     construction = build_construction(target, cc)
@@ -421,6 +425,20 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
         raise IncompleteRun(f"the certified bound {certificate.bound:.4g} exceeds ε={config.eps:g} at this "
                             f"width; everything computed is written to {out}. Widen the network "
                             "(--block-width, --C) or use --objective error.")
+    return report
+
+
+def _completed_run(out: Path) -> dict | None:
+    """The report of a finished, successful run in ``out`` (masks and report written, nothing
+    infeasible, ε met), else None. ``_prepare_folder`` has already checked the settings match."""
+    if not ((out / rf.REPORT).exists() and (out / rf.MASKS).exists() and (out / rf.RANDOM_NET).exists()):
+        return None
+    try:
+        report = rf.read_report(out)
+    except Exception:
+        return None
+    if report.get("infeasible_count", 1) != 0 or report.get("certified_ok") is False:
+        return None
     return report
 
 

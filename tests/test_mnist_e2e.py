@@ -66,3 +66,8 @@ def test_resume_after_kill_gives_identical_masks(small_mnist_target, mnist_dir, 
     assert resumed.returncode == 0, resumed.stderr
     assert "4 of" in resumed.stderr                                    # reused the stored batches
     assert (full / "masks.safetensors").read_bytes() == (cut / "masks.safetensors").read_bytes()
+    # resuming a finished run solves nothing and rewrites nothing
+    stamp = (cut / "masks.safetensors").stat().st_mtime_ns
+    done = _cli(*args, "--out", str(cut), "--resume", "-v")
+    assert done.returncode == 0 and "already complete" in done.stderr, done.stderr
+    assert (cut / "masks.safetensors").stat().st_mtime_ns == stamp
