@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from subsetsum_lth.instances import BatchResult, InstanceBatch
+import numpy as np
+
+from subsetsum_lth.instances import BatchResult, InstanceBatch, Status
 
 
 class SolverUnavailable(RuntimeError):
@@ -51,3 +54,11 @@ class SolverBackend(abc.ABC):
                 f"solver {self.name!r} does not support objective {objective!r} "
                 f"(supports: {', '.join(self.capabilities.objectives)})"
             )
+
+    def start(self, batch: InstanceBatch) -> tuple[float, np.ndarray, np.ndarray, dict]:
+        """Common prologue of ``solve``: check the objective; return (start time, empty
+        selections, statuses all ERROR until set, messages)."""
+        self.check_objective(batch.objective)
+        k = len(batch)
+        return (time.perf_counter(), np.zeros((k, batch.width), dtype=bool),
+                np.full(k, int(Status.ERROR), dtype=np.int8), {})

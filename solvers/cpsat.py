@@ -45,12 +45,8 @@ class CpSatSolver(SolverBackend):
         return True, None
 
     def solve(self, batch: InstanceBatch) -> BatchResult:
-        self.check_objective(batch.objective)
-        t0 = time.perf_counter()
+        t0, selections, status, messages = self.start(batch)
         k = len(batch)
-        selections = np.zeros((k, batch.width), dtype=bool)
-        status = np.full(k, int(Status.ERROR), dtype=np.int8)
-        messages: dict = {}
         for i in range(k):
             n = int(batch.counts[i])
             if not np.any(batch.coefficients[i, :n]):   # only the empty sum exists, in effect

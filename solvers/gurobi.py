@@ -66,12 +66,8 @@ class GurobiSolver(SolverBackend):
         return _AVAILABLE
 
     def solve(self, batch: InstanceBatch) -> BatchResult:
-        self.check_objective(batch.objective)
-        t0 = time.perf_counter()
+        t0, selections, status, messages = self.start(batch)
         k = len(batch)
-        selections = np.zeros((k, batch.width), dtype=bool)
-        status = np.full(k, int(Status.ERROR), dtype=np.int8)
-        messages: dict = {}
         env = _env()
         for i in range(k):
             n = int(batch.counts[i])

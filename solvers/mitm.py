@@ -555,12 +555,8 @@ class MeetInTheMiddleSolver(SolverBackend):
     description = "meet-in-the-middle enumeration (numpy, exact, vectorised over the batch)"
 
     def solve(self, batch: InstanceBatch) -> BatchResult:
-        self.check_objective(batch.objective)
-        t0 = time.perf_counter()
+        t0, selections, status, messages = self.start(batch)
         k = len(batch)
-        status = np.full(k, int(Status.ERROR), dtype=np.int8)
-        selections = np.zeros((k, batch.width), dtype=bool)
-        messages: dict = {}
         max_n = self.capabilities.max_n
         too_big = batch.counts > max_n
         for i in np.flatnonzero(too_big):

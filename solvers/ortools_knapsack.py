@@ -86,12 +86,8 @@ class OrToolsKnapsackSolver(SolverBackend):
     # ------------------------------------------------------------------ public
 
     def solve(self, batch: InstanceBatch) -> BatchResult:
-        self.check_objective(batch.objective)
-        t0 = time.perf_counter()
+        t0, selections, status, messages = self.start(batch)
         k = len(batch)
-        selections = np.zeros((k, batch.width), dtype=bool)
-        status = np.full(k, int(Status.ERROR), dtype=np.int8)
-        messages: dict = {}
         if k:
             if batch.objective == "cardinality":
                 self._solve_cardinality(batch, selections, status, messages)
