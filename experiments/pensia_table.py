@@ -116,7 +116,6 @@ def markdown(rows: list[dict], target_desc: str) -> str:
 
 
 def main(argv=None) -> int:
-    import numpy as np
 
     from subsetsum_lth.data import mnist
     from subsetsum_lth.target import load_target
@@ -127,10 +126,7 @@ def main(argv=None) -> int:
     if target.sizes != [784, 500, 10] or target.has_bias:
         print(f"note: target {'-'.join(map(str, target.sizes))}{' with biases' if target.has_bias else ''} "
               "differs from the paper's 784-500-10 without biases", file=sys.stderr)
-    x, y = mnist.load_mnist("test", data_dir=args.data_dir)
-    eval_data = {"x": x, "y": y}
-    emp = x[np.random.default_rng(args.seed).choice(len(x), size=min(2048, len(x)), replace=False)]
-    radius = mnist.input_radius(args.data_dir)
+    eval_data, emp, radius = mnist.evaluation_inputs(target.sizes[0], args.data_dir, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [dict(PENSIA)]
     for obj in args.objectives:

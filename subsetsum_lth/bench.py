@@ -358,24 +358,19 @@ def bench_approximate(config: ApproximateBenchConfig, progress=None) -> dict:
     from subsetsum_lth.approximate import ApproximateConfig, approximate
     from subsetsum_lth.construction import ConstructionConfig
     from subsetsum_lth.solve import SolveConfig
-    from subsetsum_lth.target import load_target, random_target
+    from subsetsum_lth.default_target import synthetic_target
+    from subsetsum_lth.target import load_target
 
     if config.target is None:
-        target = random_target((784, 300, 10), bias=True, seed=config.seed, max_spectral_norm=1.0)
+        target = synthetic_target(config.seed).target
     else:
         target = load_target(config.target)
     eval_data = emp_data = None
     radius = None
     domain = config.input_domain or target.metadata.get("input_domain")
     if config.data == "mnist":
-        from subsetsum_lth.data import mnist
-        x, y = mnist.load_mnist("test", data_dir=config.data_dir)
-        if target.sizes[0] != x.shape[1]:
-            raise UserError(f"the target takes {target.sizes[0]} inputs but MNIST images have {x.shape[1]}")
-        eval_data = {"x": x, "y": y}
-        pick = np.random.default_rng(config.seed).choice(len(x), size=min(2048, len(x)), replace=False)
-        emp_data = x[pick]
-        radius = mnist.input_radius(config.data_dir)
+        from subsetsum_lth.data.mnist import evaluation_inputs
+        eval_data, emp_data, radius = evaluation_inputs(target.sizes[0], config.data_dir, config.seed)
         domain = domain or "nonnegative"
     elif config.data is not None:
         raise UserError(f"unknown data set {config.data!r}; choose 'mnist'")

@@ -88,7 +88,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
 
     from subsetsum_lth.approximate import ApproximateConfig, approximate
     from subsetsum_lth.construction import ConstructionConfig
@@ -114,15 +113,8 @@ def run(args) -> int:
     radius = args.input_radius
     domain = args.input_domain or target.metadata.get("input_domain")
     if args.data == "mnist":
-        from subsetsum_lth.data import mnist
-        x, y = mnist.load_mnist("test", data_dir=args.data_dir)
-        if target.sizes[0] != x.shape[1]:
-            from subsetsum_lth.errors import UserError
-            raise UserError(f"the target takes {target.sizes[0]} inputs but MNIST images have {x.shape[1]}")
-        eval_data = {"x": x, "y": y}
-        emp_data = x[np.random.default_rng(args.seed).choice(len(x), size=min(2048, len(x)), replace=False)]
-        if radius is None:
-            radius = mnist.input_radius(args.data_dir)
+        from subsetsum_lth.data.mnist import evaluation_inputs
+        eval_data, emp_data, radius = evaluation_inputs(target.sizes[0], args.data_dir, args.seed, radius=radius)
         domain = domain or "nonnegative"
     radius = radius or 1.0
     domain = domain or "signed"

@@ -401,3 +401,26 @@ def input_radius(data_dir=None, download: bool = True) -> float:
     radius = float(np.nextafter(best, np.inf))
     _RADIUS[key] = radius
     return radius
+
+
+class EvaluationInputs(NamedTuple):
+    """What `approximate` needs from MNIST: the test set, points for the empirical bound,
+    and the input radius (max ‖x‖ over train and test)."""
+
+    eval_data: dict          #: {"x": float32 (10000, 784), "y": int64 (10000,)}
+    empirical_data: np.ndarray
+    radius: float
+
+
+def evaluation_inputs(n_inputs: int, data_dir=None, seed: int = 0, samples: int = 2048,
+                      radius: float | None = None) -> EvaluationInputs:
+    """The test set, ``samples`` seeded test images for the empirical lower bound, and the input
+    radius (``radius`` when given, else computed from the data); refuses a target whose input
+    size is not MNIST's."""
+    from subsetsum_lth.errors import UserError
+
+    x, y = load_mnist("test", data_dir=data_dir)
+    if n_inputs != x.shape[1]:
+        raise UserError(f"the target takes {n_inputs} inputs but MNIST images have {x.shape[1]}")
+    pick = np.random.default_rng(seed).choice(len(x), size=min(samples, len(x)), replace=False)
+    return EvaluationInputs({"x": x, "y": y}, x[pick], radius if radius is not None else input_radius(data_dir))
