@@ -131,7 +131,7 @@ class _Instance:
     def solve_error(self):
         sel, st = self._min_error(self.relaxed)
         if st == self.cp.INFEASIBLE:
-            best, st2 = self._min_error(None)
+            best, _ = self._min_error(None)
             return best, Status.INFEASIBLE
         if sel is None:
             return None, self._fail(st)

@@ -105,14 +105,6 @@ def _sums_into(out: np.ndarray, x: np.ndarray, h: int, lead: bool) -> None:
         m *= 2
 
 
-def subset_sums(coef: np.ndarray) -> np.ndarray:
-    """(k, h) coefficients -> (k, 2^h) subset sums; column index bit j = coefficient j taken."""
-    coef = np.ascontiguousarray(coef, dtype=np.float64)
-    out = np.empty((coef.shape[0], 1 << coef.shape[1]))
-    _sums_into(out, coef, coef.shape[1], False)
-    return out
-
-
 @lru_cache(maxsize=None)
 def _popcount_order(h: int) -> tuple[np.ndarray, np.ndarray]:
     """Permutation of range(2^h) grouping indices by popcount (stable), and group offsets."""

@@ -315,11 +315,6 @@ def masks_from_selections(inst: LayerInstances, selections: np.ndarray) -> dict[
     return {"w1": mw1, "b1": mb1, "w2": mw2, "b2": mb2}
 
 
-def weight_estimates(inst: LayerInstances, errors_signed: np.ndarray):
-    """Helper for reports: per-instance achieved values are targets - signed errors."""
-    return inst.targets - errors_signed
-
-
 @dataclass
 class Construction:
     """The whole random network g and its instances."""

@@ -422,11 +422,6 @@ class EdgePopupNet(nn.Module):
             masks[t.key] = full.reshape(t.shape).cpu().numpy()
         return masks
 
-    def kept_counts(self) -> dict[str, int]:
-        """Kept entries per tensor under the current scores (exact, per the top-k rule)."""
-        with torch.no_grad():
-            return {t.key: (0 if m is None else int(m.sum())) for t, m in zip(self.tensors, self.eligible_masks())}
-
     def frozen_weights(self) -> dict[str, torch.Tensor]:
         """The random tensors used by the forward pass (for checks: never trained)."""
         return {t.key: t.full for t in self.tensors}

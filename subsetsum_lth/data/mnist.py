@@ -186,14 +186,6 @@ def _urlopen(url: str, timeout: float):
     return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (https mirrors only)
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _download_one(spec: MnistFile, dest_dir: Path, progress: bool) -> Path:
     """Fetch one file from the mirrors into ``dest_dir``; returns its path.
 
