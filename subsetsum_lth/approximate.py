@@ -268,9 +268,8 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
     layer_masks = [masks_from_selections(i, r.selections) for i, r in zip(layers, results)]
     masks = masks_state_dict(layer_masks)
     state = construction.state_dict()
-    certificate = certified_bound(target, layer_maps(state, masks, target.depth),
-                                  config.input_radius, cc.input_domain)
     maps = layer_maps(state, masks, target.depth)
+    certificate = certified_bound(target, maps, config.input_radius, cc.input_domain)
     g64 = pruned_module(state, masks, target.depth, torch.float64)
     emp = empirical_bound_fast(target, maps, g64, config.input_radius, cc.input_domain,
                                data=empirical_data, samples=config.empirical_samples,
