@@ -99,6 +99,31 @@ def spectral_norm(M: np.ndarray) -> float:
 _spec = spectral_norm
 
 
+def compose(norms_W, norms_E, norms_eb, norms_b, r):
+    """The recursion of DESIGN §2 on per-layer norms (a pure function, the one place it lives):
+    R_1 = r, δ_1 = 0, η_i(ρ) = ρ·norms_E[i] + norms_eb[i],
+    δ_{i+1} = norms_W[i]·δ_i + η_i(R_i + δ_i),  R_{i+1} = norms_W[i]·R_i + norms_b[i].
+    Returns (radii_in, bounds_in, bounds_out), one entry per layer; the bound is bounds_out[-1]."""
+    R, delta = float(r), 0.0
+    radii, ins, outs = [], [], []
+    for nW, nE, neb, nb in zip(norms_W, norms_E, norms_eb, norms_b):
+        eta = (R + delta) * nE + neb
+        new_delta = nW * delta + eta
+        radii.append(R)
+        ins.append(delta)
+        outs.append(new_delta)
+        delta = new_delta
+        R = nW * R + nb
+    return radii, ins, outs
+
+
+def error_matrix(W: np.ndarray, M: LayerMap, signed: bool) -> np.ndarray:
+    """[E⁺ E⁻] (q × 2p) for a layer with signed inputs, E⁺ alone where inputs are ≥ 0."""
+    Ep = W - M.w_plus
+    Em = W - M.w_minus
+    return np.hstack([Ep, Em]) if signed else Ep
+
+
 def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,
                     input_domain: str) -> Certificate:
     """sup over ‖x‖ ≤ r (x ≥ 0 for the non-negative domain) of ‖f(x) − ĝ(x)‖, bounded by
@@ -106,29 +131,27 @@ def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,
     η_i(ρ) = ρ ‖[E⁺ E⁻]‖₂ + ‖e_b‖ (E⁻ dropped where inputs are known non-negative)."""
     if len(maps) != target.depth:
         raise RunFolderError(f"the run has {len(maps)} layer pairs but the target has {target.depth} layers")
-    R, delta = float(input_radius), 0.0
-    details = []
+    rows = []
     for i, (L, M) in enumerate(zip(target.layers, maps)):
         W = L.weight
         b = np.zeros(W.shape[0]) if L.bias is None else L.bias
         if M.w_plus.shape != W.shape:
             raise RunFolderError(f"layer {i}: pruned map has shape {M.w_plus.shape}, target {W.shape}")
         signed = (i == 0 and input_domain == "signed")
-        Ep = W - M.w_plus
-        Em = W - M.w_minus
-        E = np.hstack([Ep, Em]) if signed else Ep
+        E = error_matrix(W, M, signed)
         e_b = b - M.bias
-        nW, nE, neb = _spec(W), _spec(E), float(np.linalg.norm(e_b))
-        eta = (R + delta) * nE + neb
-        new_delta = nW * delta + eta
+        rows.append((_spec(W), _spec(E), float(np.linalg.norm(e_b)), float(np.linalg.norm(b)), E, e_b))
+    nWs, nEs, nebs, nbs = ([r[k] for r in rows] for k in range(4))
+    radii, ins, outs = compose(nWs, nEs, nebs, nbs, float(input_radius))
+    details = []
+    for i, (nW, nE, neb, _nb, E, e_b) in enumerate(rows):
         details.append({
             "layer": i, "weight_spectral_norm": nW, "error_spectral_norm": nE,
-            "bias_error_norm": neb, "radius_in": R, "bound_in": delta, "bound_out": new_delta,
+            "bias_error_norm": neb, "radius_in": radii[i], "bound_in": ins[i], "bound_out": outs[i],
             "max_weight_error": float(np.abs(E).max(initial=0.0)),
             "max_bias_error": float(np.abs(e_b).max(initial=0.0)),
         })
-        delta = new_delta
-        R = nW * R + float(np.linalg.norm(b))
+    delta = outs[-1] if outs else 0.0
     bound = delta * (1 + NUMERIC_SLACK) + 1e-300
     return Certificate(bound, float(input_radius), input_domain, details)
 
