@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from subsetsum_lth.certify import layer_maps
 from subsetsum_lth.construction import (ConstructionConfig, build_construction, formula_width,
@@ -14,41 +16,115 @@ from subsetsum_lth.target import random_target
 
 
 def test_formula_width():
-    # m = ceil(C log2(p q l / min(eps, delta)))
-    assert formula_width(784, 500, 2, 0.01, None, 1.0) == int(np.ceil(np.log2(784 * 500 * 2 / 0.01)))
-    assert formula_width(10, 10, 1, 0.1, 0.001, 2.0) == int(np.ceil(2 * np.log2(100 / 0.001)))
+    """Theorem 1's block width m = ceil(C·log2(p·q·l / min(ε, δ))), on numbers worked out by hand."""
+    # 784·500·2 / 0.01 = 78 400 000, and 2^26 = 67 108 864 < 78.4e6 < 2^27 → log2 ∈ (26, 27) → 27
+    assert formula_width(784, 500, 2, 0.01, None, 1.0) == 27
+    # min(ε, δ) = 0.001: 10·10·1 / 0.001 = 1e5; 2^16.5 ≈ 92 682 < 1e5 < 2^17 → 2·log2 ∈ (33, 34) → 34
+    assert formula_width(10, 10, 1, 0.1, 0.001, 2.0) == 34
+    assert formula_width(10, 10, 1, 0.001, 0.1, 2.0) == 34          # the min, whichever is smaller
+    # exact powers of two: 4·4·2 / 0.5 = 64 = 2^6 → 6; 1/0.25 = 4 = 2^2, C = 1.5 → 3
+    assert formula_width(4, 4, 2, 0.5, None, 1.0) == 6
+    assert formula_width(1, 1, 1, 0.25, None, 1.5) == 3
+    # halving ε adds exactly C to C·log2(…): 64 → 128 = 2^7 gives 7 for C = 1;
+    # 2·3·1 / 0.75 = 8 = 2^3 → C = 2: 6;  ε = 0.375 → 16 = 2^4 → 8
+    assert formula_width(4, 4, 2, 0.25, None, 1.0) == 7
+    assert formula_width(2, 3, 1, 0.75, None, 2.0) == 6
+    assert formula_width(2, 3, 1, 0.375, None, 2.0) == 8
+    # never below 1 (a vanishing log gives one unit per block, not zero)
+    assert formula_width(1, 1, 1, 0.9, None, 1.0) >= 1
+
+
+@given(p=st.integers(1, 2000), q=st.integers(1, 2000), l=st.integers(1, 10),
+       eps=st.floats(1e-6, 1.0), delta=st.one_of(st.none(), st.floats(1e-6, 0.99)),
+       C=st.floats(0.1, 8.0))
+@settings(max_examples=200, derandomize=True, deadline=None)
+def test_formula_width_is_the_smallest_integer_meeting_theorem_1(p, q, l, eps, delta, C):
+    """What the width must satisfy: m ≥ C·log2(pql / min(ε, δ)) (Theorem 1's requirement), and
+    m − 1 falls short of it (the smallest such width), and m ≥ 1; m grows when ε shrinks."""
+    d = eps if delta is None else min(eps, delta)
+    need = C * np.log2(p * q * l / d)
+    m = formula_width(p, q, l, eps, delta, C)
+    assert isinstance(m, int) and m >= 1
+    assert m >= need * (1 - 1e-12)
+    assert m - 1 < max(need, C) * (1 + 1e-12) or m == 1
+    assert formula_width(p, q, l, eps / 2, delta if delta is None else delta / 2, C) >= m
+
+
+def _pair_function(state, masks, i):
+    """x ↦ (W₂∘S) relu((W₁∘S) x + b₁∘S) + b₂∘S for pair i, by hand from the two state dicts."""
+    A, a, B, c = (np.asarray(state[f"{4 * i + d}.{k}"], np.float64) * masks[f"{4 * i + d}.{k}"]
+                  for d, k in ((0, "weight"), (0, "bias"), (2, "weight"), (2, "bias")))
+    return lambda X: np.maximum(X @ A.T + a, 0.0) @ B.T + c
 
 
 @pytest.mark.parametrize("domain", ["signed", "nonnegative"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_instances_and_masks_reproduce_layer_map(domain, bias):
+    """Ground truth from the files' tensors alone: each pair of masked random layers, evaluated
+    by hand, is x ↦ Ŵ⁺x⁺ + Ŵ⁻x⁻ + b̂ with b̂ = F(0), Ŵ⁺[:, j] = F(e_j) − F(0),
+    Ŵ⁻[:, j] = F(0) − F(−e_j). The instance coefficients are v·u read by hand from the block
+    layout of DESIGN §1 (block j = rows j·m … j·m+m−1, bias block after them); random subset
+    selections of them must give exactly those Ŵ entries, and certify.layer_maps must too."""
+    m = 12
     t = random_target((4, 3, 2), bias=bias, seed=2)
-    c = build_construction(t, ConstructionConfig(input_domain=domain, seed=5, block_width=12))
+    c = build_construction(t, ConstructionConfig(input_domain=domain, seed=5, block_width=m, width="formula"))
+    state = c.state_dict()
     offset = 0
-    all_masks = []
     rng = np.random.default_rng(0)
-    expected = []
+    all_masks, hand_sums = [], []
     for li, (L, pair) in enumerate(zip(t.layers, c.pairs)):
+        q, p = L.weight.shape
+        w1 = state[f"{4 * li}.weight"].astype(np.float64)
+        b1 = state[f"{4 * li}.bias"].astype(np.float64)
+        w2 = state[f"{4 * li + 2}.weight"].astype(np.float64)
+        signed = li == 0 and domain == "signed"
         inst = layer_instances(pair, L.weight, L.bias, offset)
         offset += len(inst)
-        halves = 2 if (li == 0 and domain == "signed") else 1
-        assert len(inst) == L.weight.size * halves + (L.weight.shape[0] if bias else 0)
-        # u shared: coefficient / v equals the same u for every output row of a group
-        # random selections: the layer map recovered from the masks equals Σ s·c exactly
+        # canonical order: for each input j its + half (and − half if signed), then the bias block;
+        # q instances (rows) per group
+        groups = [(j, h) for j in range(p) for h in ((1, -1) if signed else (1,))]
+        groups += [(-1, 0)] if bias else []
+        assert len(inst) == q * len(groups)
         sel = rng.random(inst.coefficients.shape) < 0.5
         sel &= np.arange(inst.coefficients.shape[1])[None, :] < inst.counts[:, None]
-        sums = (inst.coefficients * sel).sum(1)
+        sums = {}
+        for gi, (j, h) in enumerate(groups):
+            if j >= 0:
+                rows = j * m + np.arange(m)
+                u = w1[rows, j]
+                units = rows[(u > 0) if h > 0 else (u < 0)]
+                scale = w1[units, j]
+            else:
+                rows = p * m + np.arange(m)
+                units = rows[b1[rows] > 0]
+                scale = b1[units]
+            for r in range(q):
+                idx = gi * q + r
+                coef = w2[r, units] * scale
+                assert inst.counts[idx] == len(units)
+                assert np.array_equal(inst.coefficients[idx, :len(units)], coef)
+                assert inst.targets[idx] == (L.weight[r, j] if j >= 0 else L.bias[r])
+                sums[(r, j, h)] = float(coef[sel[idx, :len(units)]].sum())
         all_masks.append(masks_from_selections(inst, sel))
-        expected.append((inst, sums))
+        hand_sums.append(sums)
     masks = masks_state_dict(all_masks)
-    maps = layer_maps(c.state_dict(), masks, t.depth)
-    for (inst, sums), M in zip(expected, maps):
-        g = inst.group_of_instance()
-        rows = inst.rows()
-        for idx in range(len(inst)):
-            j, h = inst.group_block[g[idx]], inst.group_half[g[idx]]
-            got = M.bias[rows[idx]] if h == 0 else (M.w_plus if h > 0 else M.w_minus)[rows[idx], j]
-            assert got == pytest.approx(sums[idx], abs=1e-12)
+    maps = layer_maps(state, masks, t.depth)
+    for li, (L, M) in enumerate(zip(t.layers, maps)):
+        q, p = L.weight.shape
+        F = _pair_function(state, masks, li)
+        I = np.eye(p)
+        F0 = F(np.zeros((1, p)))[0]
+        Wp = (F(I) - F0).T
+        Wm = (F0 - F(-I)).T
+        assert np.allclose(M.bias, F0, rtol=0, atol=1e-12)
+        assert np.allclose(M.w_plus, Wp, rtol=0, atol=1e-12)
+        signed = li == 0 and domain == "signed"
+        assert np.allclose(M.w_minus, Wm if signed else 0.0, rtol=0, atol=1e-12)
+        X = np.random.default_rng(li).normal(size=(32, p)) * 3
+        assert np.allclose(F(X), np.maximum(X, 0) @ Wp.T + np.minimum(X, 0) @ Wm.T + F0, rtol=0, atol=1e-11)
+        for (r, j, h), s in hand_sums[li].items():
+            got = F0[r] if h == 0 else (Wp if h > 0 else Wm)[r, j]
+            assert got == pytest.approx(s, abs=1e-12)
 
 
 def test_block_diagonal_and_unused_biases_masked():
