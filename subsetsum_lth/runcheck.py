@@ -310,7 +310,7 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
                              "'edge-popup' wrote")
     report_path = path / rf.REPORT
     if not report_path.exists() and not report_path.is_symlink():
-        raise RunFolderError(f"{path} has no {rf.REPORT}; is it a run folder written by subsetsum-lth?")
+        raise RunFolderError(f"{report_path} does not exist; is {path} a run folder written by subsetsum-lth?")
     report = read_json(report_path)
     where = str(report_path)
     f = _Fields(report, where)
