@@ -82,7 +82,9 @@ def read_json(path: Path, fix: str = RECREATE) -> dict:
     except ValueError as exc:
         raise RunFolderError(f"{path} is not valid JSON ({exc}); {fix}") from None
     if not isinstance(obj, dict):
-        raise RunFolderError(f"{path} holds a JSON {type(obj).__name__}, not an object; {fix}")
+        kind = {list: "an array", type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+                str: "a string"}.get(type(obj), type(obj).__name__)
+        raise RunFolderError(f"{path} holds {kind}, not a JSON object; {fix}")
     return obj
 
 
@@ -392,10 +394,19 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
         plans = _plans(entries, sizes, domain or "nonnegative", f"{where} 'construction_plan'")
     if plans is not None:
         _check_construction_shapes(state, plans, path, rf.RANDOM_NET)
+    allowed = None
     if kind == "subset-sum":
         # the masks keep nothing that the block-diagonal pre-pruning removed
         from subsetsum_lth.construction import prepruning_masks
         allowed = prepruning_masks(plans, state)
+    elif plans is not None and f.choice("structure", ("free", "structured"), optional=True) == "structured":
+        # a structured edge-popup run keeps only the entries its search was allowed to score
+        import torch
+        from subsetsum_lth.edge_popup import RandomNet, eligibility
+        net = RandomNet({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, {}, plans,
+                        domain or "nonnegative")
+        allowed = eligibility(net, "structured", f.boolean("inner_relu", optional=True, default=True))
+    if allowed is not None:
         for k, a in allowed.items():
             bad = int(np.count_nonzero(masks[k] & (1 - a)))
             if bad:

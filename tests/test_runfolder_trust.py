@@ -200,10 +200,10 @@ def _layer(key, value):
 
 
 RAW = {
-    "list": (b"[]", "JSON list"),
-    "null": (b"null", "JSON NoneType"),
-    "number": (b"42", "JSON int"),
-    "string": (b'"report"', "JSON str"),
+    "list": (b"[]", "holds an array, not a JSON object"),
+    "null": (b"null", "holds null"),
+    "number": (b"42", "holds a number"),
+    "string": (b'"report"', "holds a string"),
     "binary": (bytes(range(256)), "not UTF-8"),
     "deep-nesting": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     "empty": (b"", "not valid JSON"),
@@ -262,7 +262,7 @@ def test_malformed_report_fields(base, tmp_path, capsys, mutate, words):
 
 
 @pytest.mark.parametrize("data,words", [
-    (b"[]", "JSON list"), (b"null", "JSON NoneType"), (bytes(range(256)), "not UTF-8"),
+    (b"[]", "holds an array, not a JSON object"), (b"null", "holds null"), (bytes(range(256)), "not UTF-8"),
     (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"), (b"{", "not valid JSON"),
 ], ids=["list", "null", "binary", "deep-nesting", "truncated"])
 def test_malformed_run_config_on_resume(base, tmp_path, capsys, data, words):
@@ -352,6 +352,16 @@ def test_edge_popup_relu_after_malformed(ep_run, tmp_path, capsys, value):
         return
     _refused(d, capsys, "'relu_after' must list 3 booleans")
     with pytest.raises(RunFolderError, match="relu_after"):
+        masked_model(d)
+
+
+def test_structured_edge_popup_mask_outside_blocks_refused(ep_run, tmp_path, capsys):
+    from subsetsum_lth.api import masked_model
+    d = tmp_path / "ep"
+    shutil.copytree(ep_run, d)
+    _mask_outside_block(d)
+    _refused(d, capsys, "masks.safetensors", "outside the blocks")
+    with pytest.raises(RunFolderError, match="outside the blocks"):
         masked_model(d)
 
 
