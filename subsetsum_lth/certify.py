@@ -188,9 +188,10 @@ def candidate_points(p: int, radius: float, nonneg: bool, n: int, rng: np.random
         g = np.abs(g)
     sphere = radius * g / np.linalg.norm(g, axis=1, keepdims=True)
     vertices = orthant_vertices(p, radius, nonneg, n, rng)
-    outer = np.vstack([sphere, vertices])
-    inner = [outer[: max(1, n // 4)] * c for c in RADIAL_SCALES if c > 0]
-    return np.vstack([np.zeros((1, p)), outer, *inner])
+    k = max(1, n // 4)
+    seeds = np.vstack([sphere[:k], vertices[:k]])
+    inner = [seeds * c for c in RADIAL_SCALES if c > 0]
+    return np.vstack([np.zeros((1, p)), sphere, vertices, *inner])
 
 
 def empirical_bound(target: Target, g: nn.Module, input_radius: float, input_domain: str,
