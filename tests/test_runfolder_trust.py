@@ -513,10 +513,17 @@ def test_interior_maximum_witness_stored_and_reevaluated(tmp_path, capsys):
     assert "stored witness:  error" in capsys.readouterr().out
 
 
-def test_witness_outside_ball_refused_or_skipped(tmp_path, base, capsys):
+def test_malformed_witness_refused_and_outside_ball_skipped(tmp_path, base, capsys):
     d = _copy(base, tmp_path)
     save_file({"x": torch.tensor([5.0, 0.0], dtype=torch.float64)}, str(d / "witness.safetensors"))
     _refused(d, capsys, "witness.safetensors", "one tensor 'x' of shape (3,)")
+    # a witness outside the ball is not evaluated (it would be no lower bound for this ball)
+    save_file({"x": torch.tensor([5.0, 0.0, 0.0], dtype=torch.float64)}, str(d / "witness.safetensors"))
+    before = _snap(d)
+    capsys.readouterr()
+    assert cli.main(["certify", str(d), "--samples", "64", "--steps", "10"]) == 0
+    assert "lies outside this input ball; not evaluated" in capsys.readouterr().out
+    assert _snap(d) == before
 
 
 # ----------------------------------------------------------------------------- float64 target
