@@ -1,7 +1,6 @@
 """Public Python API for run folders: load, mask with torch.nn.utils.prune, export."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,38 +8,20 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from subsetsum_lth import runfolder as rf
+from subsetsum_lth import runcheck
 from subsetsum_lth.errors import RunFolderError
 
 
-@dataclass
-class Run:
-    path: Path
-    random_state: dict      #: numpy float32 arrays
-    masks: dict             #: numpy uint8 arrays
-    report: dict
-
-    @property
-    def depth(self) -> int:
-        return rf.depth_of(self.random_state)
+#: a validated run folder (see :mod:`subsetsum_lth.runcheck`)
+Run = runcheck.Run
 
 
 def load_run(path: str | Path) -> Run:
-    """Read a run folder (random network, masks, report) and check that they fit together."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RunFolderError(f"run folder {path} does not exist")
-    state, _ = rf.load_safetensors(path / rf.RANDOM_NET)
-    masks, _ = rf.load_safetensors(path / rf.MASKS)
-    report = rf.read_report(path)
-    if set(state) != set(masks):
-        raise RunFolderError(f"{path}: masks and random network have different keys")
-    for k in state:
-        if state[k].shape != masks[k].shape:
-            raise RunFolderError(f"{path}: mask {k} has shape {masks[k].shape}, weight {state[k].shape}")
-        if not np.isin(masks[k], (0, 1)).all():
-            raise RunFolderError(f"{path}: mask {k} holds values other than 0 and 1")
-    return Run(path, state, masks, report)
+    """Read a run folder (random network, masks, report, target) through the one validated
+    reader that ``certify``, ``compare`` and ``edge-popup --from-run`` use: a folder whose
+    tensors or layer layout are not those of the construction recorded in report.json, or
+    whose report fields are malformed, raises RunFolderError."""
+    return runcheck.read_run(path)
 
 
 def random_module(state: dict, dtype=torch.float32, relu_after=None) -> nn.Sequential:
@@ -70,7 +51,7 @@ def masked_model(run: Run | str | Path, dtype=torch.float32) -> nn.Sequential:
     """g with its masks attached through ``torch.nn.utils.prune.custom_from_mask``
     (weights stay in ``weight_orig``; ``weight = weight_orig * weight_mask``)."""
     run = run if isinstance(run, Run) else load_run(run)
-    model = random_module(run.random_state, dtype, run.report.get("relu_after"))
+    model = random_module(run.random_state, dtype, run.relu_after)
     for idx, mod in enumerate(model):
         if isinstance(mod, nn.Linear):
             for name in ("weight", "bias"):

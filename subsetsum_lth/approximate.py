@@ -24,6 +24,7 @@ from subsetsum_lth.construction import (ConstructionConfig, LayerInstances,
                                         masks_from_selections, masks_state_dict)
 from subsetsum_lth.errors import IncompleteRun, RunFolderError, UserError
 from subsetsum_lth.instances import Status
+from subsetsum_lth.runcheck import WITNESS
 from subsetsum_lth.solve import ResumeStore, SolveConfig, check_solver, solve_all
 from subsetsum_lth.target import Target, save_target
 
@@ -142,8 +143,9 @@ def _prepare_folder(out: Path, config: ApproximateConfig, fingerprint: dict,
     rf.check_writable(out, need_bytes)
     cfg_path = out / "run_config.json"
     if config.resume and cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if old != fingerprint:
+        from subsetsum_lth.runcheck import read_json
+        old = read_json(cfg_path, fix="use --overwrite to start the run again, or another --out")
+        if json.loads(json.dumps(fingerprint, default=rf._json_default)) != old:
             diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
             raise RunFolderError(f"--resume: the run in {out} was started with different settings "
                                  f"({', '.join(diff)}); use the same options or another --out")
@@ -276,6 +278,7 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
                                steps=config.ascent_steps, seed=cc.seed)
     timings["certify"] = time.perf_counter() - t
     check_soundness(emp["empirical_bound"], certificate.bound)
+    witness = emp.pop("witness")
 
     evaluation = {}
     if eval_data is not None:
@@ -369,6 +372,8 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
         "certified_bound": certificate.bound,
         "empirical_bound": emp["empirical_bound"],
         "empirical": emp,
+        # x* of the empirical bound, re-evaluated by `certify` from the files
+        "witness": {"file": WITNESS, "error": float(witness["error"])},
         "certified_ok": (certificate.bound <= config.eps) if config.eps is not None else None,
         "kept_parameters": kept_total,
         "total_parameters": construction.total_parameters,
@@ -397,6 +402,7 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
     rf.atomic_save_safetensors(state, out / rf.RANDOM_NET, meta)
     rf.atomic_save_safetensors(masks, out / rf.MASKS, meta)
     save_target(target, out / rf.TARGET)
+    rf.atomic_save_safetensors({"x": np.asarray(witness["x"], dtype=np.float64)}, out / WITNESS, meta)
     if config.plots:
         from subsetsum_lth import plots
         try:
@@ -432,11 +438,30 @@ def _completed_run(out: Path) -> dict | None:
     infeasible, ε met), else None. ``_prepare_folder`` has already checked the settings match."""
     if not ((out / rf.REPORT).exists() and (out / rf.MASKS).exists() and (out / rf.RANDOM_NET).exists()):
         return None
+    # nothing stored is believed: the folder goes through the validated reader and its
+    # certificate and weight errors are recomputed from the files before it counts as done
+    from subsetsum_lth.runcheck import read_run
     try:
-        report = rf.read_report(out)
-    except Exception:
+        run = read_run(out, need_target=True)
+        report = run.report
+        cert = certified_bound(run.target, layer_maps(run.random_state, run.masks, run.target.depth),
+                               run.input_radius, run.input_domain)
+    except Exception as exc:
+        log.warning("--resume: the finished run in %s does not check out (%s); solving again", out, exc)
         return None
     if report.get("infeasible_count", 1) != 0 or report.get("certified_ok") is False:
+        return None
+    stored = report.get("certified_bound")
+    tau = report.get("weight_eps")
+    ok = stored is not None and math.isclose(stored, cert.bound, rel_tol=1e-9, abs_tol=1e-15)
+    if report.get("mode") == "network":
+        ok = ok and report.get("eps") is not None and cert.bound <= report["eps"]
+    else:
+        ok = ok and isinstance(tau, (int, float)) and all(
+            max(L["max_weight_error"], L["max_bias_error"]) <= tau * (1 + 1e-6) + 1e-9 for L in cert.layers)
+    if not ok:
+        log.warning("--resume: the report in %s does not match its recomputed certificate or errors; "
+                    "solving again", out)
         return None
     return report
 

@@ -181,28 +181,49 @@ def _project(x: torch.Tensor, radius: float, nonneg: bool) -> torch.Tensor:
     return x * torch.clamp(radius / norms, max=1.0)
 
 
-def candidate_points(p: int, radius: float, nonneg: bool, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Random points on the sphere (within the orthant for the non-negative domain) and
-    orthant vertices r·s/‖s‖ for random sign (or 0/1) patterns."""
-    g = rng.standard_normal((n, p))
-    if nonneg:
-        g = np.abs(g)
-    sphere = radius * g / np.linalg.norm(g, axis=1, keepdims=True)
-    if nonneg:
+#: orthant vertices are enumerated exhaustively up to this input dimension (2^p patterns)
+ALL_VERTICES_MAX_P = 12
+#: radial scalings of the random starting points (0 is the centre: at x = 0 the error is ‖e_b‖ terms)
+RADIAL_SCALES = (0.0, 0.125, 0.25, 0.5, 0.75)
+
+
+def orthant_vertices(p: int, radius: float, nonneg: bool, n: int, rng: np.random.Generator) -> np.ndarray:
+    """r·s/‖s‖ for sign patterns s: all 2^p of them (0/1 patterns without 0 for the non-negative
+    domain) when p <= ALL_VERTICES_MAX_P, else ``n`` random ones."""
+    if p <= ALL_VERTICES_MAX_P:
+        s = ((np.arange(2 ** p)[:, None] >> np.arange(p)) & 1).astype(np.float64)
+        s = s[s.sum(axis=1) > 0] if nonneg else 2 * s - 1
+    elif nonneg:
         s = (rng.random((n, p)) < rng.random((n, 1))).astype(np.float64)
         s[s.sum(axis=1) == 0, 0] = 1.0
     else:
         s = rng.choice([-1.0, 1.0], size=(n, p))
-    vertices = radius * s / np.linalg.norm(s, axis=1, keepdims=True)
-    return np.vstack([sphere, vertices])
+    return radius * s / np.linalg.norm(s, axis=1, keepdims=True)
+
+
+def candidate_points(p: int, radius: float, nonneg: bool, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The starting points of the empirical search: the centre x = 0, random points on the sphere
+    (within the orthant for the non-negative domain), orthant vertices (all sign patterns for small
+    p), and radial scalings of the sphere points and vertices (interior maxima: where the ReLUs of
+    f and ĝ switch off on the sphere, the error can peak inside the ball)."""
+    g = rng.standard_normal((n, p))
+    if nonneg:
+        g = np.abs(g)
+    sphere = radius * g / np.linalg.norm(g, axis=1, keepdims=True)
+    vertices = orthant_vertices(p, radius, nonneg, n, rng)
+    k = max(1, n // 4)
+    seeds = np.vstack([sphere[:k], vertices[:k]])
+    inner = [seeds * c for c in RADIAL_SCALES if c > 0]
+    return np.vstack([np.zeros((1, p)), sphere, vertices, *inner])
 
 
 def empirical_bound(target: Target, g: nn.Module, input_radius: float, input_domain: str,
                     data: np.ndarray | None = None, samples: int = 512, steps: int = 100,
                     starts: int = 16, seed: int = 0, return_points: int = 0) -> dict:
-    """A lower bound on sup ‖f − ĝ‖ over the ball: the max over random sphere points, orthant
-    vertices, given data points (clipped to the ball), then projected gradient ascent from the
-    worst starting points. Computed in float64."""
+    """A lower bound on sup ‖f − ĝ‖ over the ball: the max over :func:`candidate_points` (the
+    centre, sphere points, orthant vertices, radial scalings), given data points (clipped to the
+    ball), then projected gradient ascent from the worst starting points. Computed in float64.
+    ``witness`` in the result: the best point x* (float64, shape (p,)) and its error."""
     nonneg = input_domain == "nonnegative"
     rng = np.random.default_rng(seed)
     p = target.sizes[0]
@@ -220,7 +241,7 @@ def empirical_bound(target: Target, g: nn.Module, input_radius: float, input_dom
     with torch.no_grad():
         e = torch.cat([err(X[i:i + 4096]) for i in range(0, len(X), 4096)])
     best = float(e.max())
-    best_src = "samples"
+    best_src = "centre (x = 0)" if int(torch.argmax(e)) == 0 else "samples"
     k = min(starts, len(X))
     x = X[torch.topk(e, k).indices].clone().requires_grad_(True)
     step = 0.05 * input_radius
@@ -233,9 +254,12 @@ def empirical_bound(target: Target, g: nn.Module, input_radius: float, input_dom
             x.copy_(x_new)
     with torch.no_grad():
         e2 = err(x)
+    x_best = X[int(torch.argmax(e))]
     if float(e2.max()) > best:
         best, best_src = float(e2.max()), "gradient ascent"
-    out = {"empirical_bound": best, "source": best_src, "points": int(len(X)), "ascent_steps": steps}
+        x_best = x[int(torch.argmax(e2))]
+    out = {"empirical_bound": best, "source": best_src, "points": int(len(X)), "ascent_steps": steps,
+           "witness": {"x": x_best.detach().clone().numpy(), "error": best}}
     if return_points:
         allx = torch.cat([X, x.detach()])
         alle = torch.cat([e, e2])
@@ -288,6 +312,7 @@ def empirical_bound_fast(target: Target, maps: list[LayerMap], g: nn.Module, inp
         real = (target.forward(pts) - g.to(torch.float64)(pts)).norm(dim=1)
         coll = (target.forward(pts) - collapsed(pts)).norm(dim=1)
     res["empirical_bound"] = float(real.max())
+    res["witness"] = {"x": pts[int(torch.argmax(real))].detach().clone().numpy(), "error": float(real.max())}
     res["collapsed_vs_real_max_diff"] = float((real - coll).abs().max())
     res["rechecked_points"] = int(len(pts))
     return res

@@ -63,16 +63,6 @@ def masked_sequential(state: dict, masks: dict, device="cpu", dtype=torch.float3
     return nn.Sequential(*mods)
 
 
-def _relu_after(report: dict, n_linear: int) -> list[bool]:
-    """The run's activation layout (report.json 'relu_after'; absent = ReLU after every hidden layer)."""
-    r = report.get("relu_after")
-    if r is None:
-        return [True] * (n_linear - 1)
-    if not isinstance(r, list) or len(r) != n_linear - 1:
-        raise RunFolderError(f"report.json 'relu_after' must list {n_linear - 1} booleans, got {r!r}")
-    return [bool(v) for v in r]
-
-
 def _run_kind(report: dict) -> str:
     if report.get("method"):
         return str(report["method"])
@@ -209,15 +199,17 @@ def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | N
     # --- one random network: check the content hash of every run's weights
     state = None
     digest = None
-    masks, reports, digests = [], [], []
+    masks, reports, digests, relus, run_targets = [], [], [], [], []
     for r in runs:
-        run = load_run(r)
+        run = load_run(r)          # the one validated reader (runcheck): layout, fields, relu_after
         d = weights_digest(run.random_state)
         digests.append(d)
         if state is None:
             state, digest = run.random_state, d
         masks.append(run.masks)
         reports.append(run.report)
+        relus.append(run.relu_after)
+        run_targets.append(run.target)
         del run
     if len(set(digests)) > 1:
         lines = "\n".join(f"  {lab} ({r}): weights sha256 {short(d)}…" for lab, r, d in zip(labels, runs, digests))
@@ -230,16 +222,16 @@ def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | N
     if target is not None:
         tgt, tgt_src = load_target(target), str(target)
     else:
-        for r in runs:
-            if (r / rf.TARGET).exists():
-                tgt, tgt_src = load_target(r / rf.TARGET), str(r / rf.TARGET)
+        for r, t in zip(runs, run_targets):
+            if t is not None:
+                tgt, tgt_src = t, str(r / rf.TARGET)
                 break
     warnings = []
     if tgt is not None and target is None:
         ref = weights_digest(tgt.state_dict())
-        for r in runs:
-            if (r / rf.TARGET).exists() and str(r / rf.TARGET) != tgt_src:
-                if weights_digest(load_target(r / rf.TARGET).state_dict()) != ref:
+        for r, t in zip(runs, run_targets):
+            if t is not None and str(r / rf.TARGET) != tgt_src:
+                if weights_digest(t.state_dict()) != ref:
                     warnings.append(f"{r / rf.TARGET} differs from {tgt_src}; {tgt_src} is used")
 
     # --- data
@@ -274,9 +266,8 @@ def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | N
 
     entries = []
     n_linear = _n_linear(state)
-    for lab, r, mk, rep in zip(labels, runs, masks, reports):
+    for lab, r, mk, rep, relu in zip(labels, runs, masks, reports, relus):
         t = time.perf_counter()
-        relu = _relu_after(rep, n_linear)
         g = masked_sequential(state, mk, dev, relu_after=relu)
         ev = _evaluate(g, tgt, xt, yt)
         del g

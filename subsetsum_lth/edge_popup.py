@@ -653,18 +653,16 @@ def load_random_net(config: EdgePopupConfig) -> RandomNet:
     from subsetsum_lth.target import load_target
 
     if config.from_run is not None:
+        from subsetsum_lth.runcheck import read_run
         run = Path(config.from_run)
-        if not run.is_dir():
-            raise RunFolderError(f"run folder {run} does not exist")
+        checked = read_run(run)     # the one validated reader (layout, fields) that certify uses
         path = run / rf.RANDOM_NET
-        state, _ = rf.load_safetensors(path, as_numpy=False)
-        report = rf.read_report(run) if (run / rf.REPORT).exists() else {}
-        domain = report.get("input_domain") or config.input_domain or "nonnegative"
-        plans = plans_from_report(report, state, domain)
-        target = target_file = None
-        if (run / rf.TARGET).exists():
-            target_file = run / rf.TARGET
-            target = load_target(target_file)
+        state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in checked.random_state.items()}
+        report = checked.report
+        domain = checked.input_domain or config.input_domain or "nonnegative"
+        plans = checked.plans if checked.plans is not None else plans_from_report(report, state, domain)
+        target = checked.target
+        target_file = run / rf.TARGET if target is not None else None
         src = {"kind": "run", "path": str(run.resolve()),
                "run_method": report.get("method", "subset-sum" if "solver" in report else None)}
         return RandomNet(state, src, plans, domain, path, target, target_file)

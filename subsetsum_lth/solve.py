@@ -98,17 +98,38 @@ def solve_batch(solver: str, options: dict, batch: InstanceBatch) -> BatchResult
     return res
 
 
-def batch_key(solver: str, batch: InstanceBatch) -> str:
+def batch_digest(solver: str, batch: InstanceBatch) -> str:
+    """sha256 of everything that decides a batch's answer: solver, objective, ids, targets,
+    coefficients, counts and tolerances (τ)."""
     h = hashlib.sha256()
     h.update(f"{solver}|{batch.objective}|".encode())
     for a in (batch.ids, batch.targets, batch.coefficients, batch.counts, batch.tolerances):
         h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:32]
+    return h.hexdigest()
+
+
+def batch_key(solver: str, batch: InstanceBatch) -> str:
+    return batch_digest(solver, batch)[:32]
+
+
+def _result_digest(ids, selections, status) -> str:
+    h = hashlib.sha256()
+    for a in (ids, selections, status):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 class ResumeStore:
     """Finished batches as .npz files in a folder; a batch is found again by a content hash of
-    its inputs, so resuming reuses exactly the work whose inputs are unchanged."""
+    its inputs, so resuming reuses exactly the work whose inputs are unchanged.
+
+    A stored batch only saves solver time, it never decides an answer: on load the hash of the
+    batch's inputs and a checksum of the stored result must match, every error is recomputed
+    from the stored selections, and a batch whose status claims contradict the recomputed errors
+    (within τ claimed but outside it, or INFEASIBLE claimed but within it) is discarded with a
+    warning and solved again. Unreadable or malformed files are discarded the same way."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -117,27 +138,63 @@ class ResumeStore:
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.npz"
 
-    def get(self, key: str, batch: InstanceBatch) -> BatchResult | None:
+    def get(self, key: str, batch: InstanceBatch, solver: str | None = None) -> BatchResult | None:
+        import stat as _stat
+        from subsetsum_lth.instances import recompute_errors
         path = self._path(key)
-        if not path.exists():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not _stat.S_ISREG(st.st_mode):
+            log.warning("ignoring %s: not a regular file; the batch is solved again", path)
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
-                res = BatchResult(z["ids"], z["selections"], z["errors"], z["status"],
-                                  str(z["solver"]), float(z["seconds"]))
-        except Exception as exc:  # a corrupt partial file is recomputed, not trusted
-            log.warning("ignoring unreadable partial result %s: %s", path, exc)
+                ids, sel, status = z["ids"], z["selections"], z["status"]
+                stored_solver, seconds = str(z["solver"]), float(z["seconds"])
+                inputs, checksum = str(z["inputs_sha256"]), str(z["result_sha256"])
+        except Exception as exc:  # a corrupt, truncated or old-format partial file is recomputed, not trusted
+            log.warning("ignoring unreadable partial result %s (%s); the batch is solved again", path,
+                        str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
             return None
-        if not np.array_equal(res.ids, batch.ids) or res.selections.shape != batch.coefficients.shape:
+        want = batch_digest(solver or stored_solver, batch)
+        problem = None
+        if inputs != want or key != want[:32]:
+            problem = "its inputs hash does not match this batch (other targets, coefficients, τ, objective or solver)"
+        elif checksum != _result_digest(ids, sel, status):
+            problem = "its result checksum does not match (the file was changed)"
+        elif (ids.dtype != np.int64 or not np.array_equal(ids, batch.ids) or sel.dtype != np.bool_
+              or sel.shape != batch.coefficients.shape or status.dtype != np.int8 or status.shape != (len(batch),)
+              or not np.isin(status, [int(v) for v in Status]).all()):
+            problem = "its arrays do not have this batch's ids, shapes or types"
+        if problem is None:
+            sel = sel & batch.live_mask()
+            errors = recompute_errors(batch, sel)          # never the stored errors
+            slack = 1e-9 * (1.0 + np.abs(batch.targets) + np.abs(batch.coefficients).sum(axis=1))
+            within = errors <= batch.tolerances + slack
+            claimed_ok = (status == Status.OPTIMAL) | (status == Status.FEASIBLE)
+            bad = (claimed_ok & ~within) | ((status == Status.INFEASIBLE) & within)
+            if bad.any():
+                problem = (f"{int(bad.sum())} of its statuses contradict the errors recomputed from its "
+                           f"selections (e.g. recomputed error {errors[bad][0]:.3g}, τ {batch.tolerances[bad][0]:.3g})")
+        if problem is not None:
+            log.warning("discarding stored batch %s: %s; solving it again", path.name, problem)
             return None
-        return res
+        return BatchResult(ids.copy(), sel, errors, status.copy(), stored_solver, seconds)
 
-    def put(self, key: str, res: BatchResult) -> None:
+    def put(self, key: str, res: BatchResult, batch: InstanceBatch | None = None,
+            solver: str | None = None) -> None:
         import io
         from subsetsum_lth.runfolder import _atomic_write_bytes
+        ids = np.ascontiguousarray(res.ids, dtype=np.int64)
+        sel = np.ascontiguousarray(res.selections, dtype=bool)
+        status = np.ascontiguousarray(res.status, dtype=np.int8)
+        inputs = batch_digest(solver or res.solver, batch) if batch is not None else ""
         buf = io.BytesIO()
-        np.savez(buf, ids=res.ids, selections=res.selections, errors=res.errors, status=res.status,
-                 solver=np.array(res.solver), seconds=np.array(res.seconds))
+        np.savez(buf, ids=ids, selections=sel, errors=res.errors, status=status,
+                 solver=np.array(res.solver), seconds=np.array(res.seconds),
+                 inputs_sha256=np.array(inputs), result_sha256=np.array(_result_digest(ids, sel, status)))
         _atomic_write_bytes(self._path(key), buf.getvalue())
 
         _maybe_inject_fault()
@@ -374,7 +431,7 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
 
             def done(it: _Item, res: BatchResult, solved: bool) -> None:
                 if solved and store:
-                    store.put(it.key, res)
+                    store.put(it.key, res, it.sub, solver)
                 w = res.selections.shape[1]
                 selections[it.rows] = False
                 selections[it.rows, :w] = res.selections
@@ -386,7 +443,7 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
 
             left = []
             for it in todo:
-                cached = store.get(it.key, it.sub) if store else None
+                cached = store.get(it.key, it.sub, solver) if store else None
                 if cached is not None:
                     done(it, cached, False)
                 else:

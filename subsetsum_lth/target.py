@@ -87,12 +87,17 @@ class Target:
         return nn.Sequential(*mods).to(dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        out = {}
+        """float32 tensors when every value is exactly a float32 (a float32 target), else float64:
+        a saved target is the same function as the one in memory, so a certificate recomputed
+        from the file matches the one computed before saving."""
+        arrays = {}
         for i, L in enumerate(self.layers):
-            out[f"{2 * i}.weight"] = torch.as_tensor(L.weight, dtype=torch.float32).contiguous()
+            arrays[f"{2 * i}.weight"] = L.weight
             if L.bias is not None:
-                out[f"{2 * i}.bias"] = torch.as_tensor(L.bias, dtype=torch.float32).contiguous()
-        return out
+                arrays[f"{2 * i}.bias"] = L.bias
+        exact32 = all(np.array_equal(a.astype(np.float32).astype(np.float64), a) for a in arrays.values())
+        dtype = torch.float32 if exact32 else torch.float64
+        return {k: torch.as_tensor(a, dtype=dtype).contiguous() for k, a in arrays.items()}
 
 
 def from_state_dict(state: dict, source: str = "", metadata: dict | None = None) -> Target:

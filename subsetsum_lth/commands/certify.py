@@ -30,6 +30,14 @@ def run(args) -> int:
     print(f"input ball:      radius {res['input_radius']:g}, domain {res['input_domain']}")
     print(f"certified bound: {res['certified_bound']:.6g}")
     print(f"empirical bound: {res['empirical_bound']:.6g}  (lower bound, {res['empirical']['source']})")
+    w = res.get("witness")
+    if w is not None:
+        if "error" in w:
+            print(f"stored witness:  error {w['error']:.6g} at the x* stored in {w['file']} "
+                  f"(report.json: {w['recorded_error']:.6g}{'' if w['matches_report'] else ', DIFFERS'}), "
+                  "<= certified")
+        else:
+            print(f"stored witness:  x* in {w['file']} lies outside this input ball; not evaluated")
     if res.get("matches_report") is False:
         print("note: differs from the bound stored in report.json")
     return 0

@@ -1,0 +1,464 @@
+"""The one validated reader of a run folder (issue 11: a run folder is checked, not trusted).
+
+``certify``, ``compare``, ``edge-popup --from-run`` and the Python API (``load_run``,
+``masked_model``, ``export_pruned``) all read a run folder through :func:`read_run`, so they
+can never disagree about which network a folder holds. It refuses, with a
+:class:`RunFolderError` (exit 2, one line naming the file and the fix):
+
+* a non-regular file (FIFO, device, directory, a symlink to one) before opening it;
+* report.json / run_config.json that is not a JSON object, or whose fields have the wrong type
+  or range (``input_domain``, ``input_radius``, ``seed``, ``eps``, ``certified_bound``,
+  ``target_sizes``, ``layers``, ``construction_plan``, ``relu_after``, ``witness``);
+* tensors whose key set is not exactly ``{0, 2, ..., 2(n-1)}.{weight, bias}`` in both files, or
+  whose shapes are not those of the construction recorded for the target (``2l`` Linear layers
+  for an ``l``-layer target; ``H = Σ block widths`` from report.json's ``layers`` /
+  ``construction_plan``); masks that are not uint8 0/1, or that keep an entry the construction's
+  block-diagonal pre-pruning removes (subset-sum runs);
+* a ``relu_after`` entry in a subset-sum run (the construction always has every ReLU); in an
+  edge-popup run it must be a list of booleans, one per hidden Linear layer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from subsetsum_lth import runfolder as rf
+from subsetsum_lth.errors import RunFolderError
+
+#: the largest JSON file read (report.json with a long training curve is a few MB)
+MAX_JSON_BYTES = 64 << 20
+INPUT_DOMAINS = ("nonnegative", "signed")
+WITNESS = "witness.safetensors"
+RECREATE = "recreate the run (or restore the file the tool wrote)"
+#: the largest input radius read (beyond it the float64 forward passes of the certificate overflow)
+MAX_INPUT_RADIUS = 1e12
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def check_regular(path: Path, fix: str = RECREATE) -> None:
+    """Refuse, before opening it, a path that is missing or not a regular file (a FIFO would
+    block a reader for ever; a device could be read for ever). Symlinks are followed."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} does not exist; {fix}") from None
+    except OSError as exc:
+        raise RunFolderError(f"cannot access {path}: {exc.strerror or exc}; {fix}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise RunFolderError(f"{path} is {kind}, not a regular file; {fix}")
+
+
+def read_json(path: Path, fix: str = RECREATE) -> dict:
+    """A JSON object from a regular file, or one clear RunFolderError (never a traceback)."""
+    path = Path(path)
+    check_regular(path, fix)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise RunFolderError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise RunFolderError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; not a file this tool wrote: {fix}")
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RunFolderError(f"{path} is not UTF-8 text (binary data?); {fix}") from None
+    except RecursionError:
+        raise RunFolderError(f"{path} is nested too deeply to be a file this tool wrote; {fix}") from None
+    except ValueError as exc:
+        raise RunFolderError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(obj, dict):
+        kind = {list: "an array", type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+                str: "a string"}.get(type(obj), type(obj).__name__)
+        raise RunFolderError(f"{path} holds {kind}, not a JSON object; {fix}")
+    return obj
+
+
+# ----------------------------------------------------------------------------- field checks
+
+class _Fields:
+    """Typed, range-checked access to one JSON object; every problem names file and field."""
+
+    def __init__(self, obj: dict, where: str):
+        self.obj, self.where = obj, where
+
+    def fail(self, key: str, want: str, value) -> RunFolderError:
+        return RunFolderError(f"{self.where}: {key!r} must be {want}, got {_short(value)}; {RECREATE}")
+
+    def has(self, key: str) -> bool:
+        return key in self.obj
+
+    def number(self, key: str, *, positive=False, nonneg=False, optional=False, none_ok=False, maximum=None):
+        if key not in self.obj:
+            if optional:
+                return None
+            raise RunFolderError(f"{self.where} lacks {key!r}; {RECREATE}")
+        v = self.obj[key]
+        if v is None and none_ok:
+            return None
+        want = ("a finite number > 0" if positive else "a finite number >= 0" if nonneg else "a finite number")
+        if maximum is not None:
+            want += f" and <= {maximum:g}"
+        if none_ok:
+            want += " or null"
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise self.fail(key, want, v)
+        if (positive and not v > 0) or (nonneg and not v >= 0) or (maximum is not None and v > maximum):
+            raise self.fail(key, want, v)
+        return float(v)
+
+    def integer(self, key: str, *, minimum=0, optional=False):
+        if key not in self.obj:
+            if optional:
+                return None
+            raise RunFolderError(f"{self.where} lacks {key!r}; {RECREATE}")
+        v = self.obj[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise self.fail(key, f"an integer >= {minimum}", v)
+        return int(v)
+
+    def choice(self, key: str, choices, optional=False):
+        if key not in self.obj:
+            if optional:
+                return None
+            raise RunFolderError(f"{self.where} lacks {key!r}; {RECREATE}")
+        v = self.obj[key]
+        if not isinstance(v, str) or v not in choices:
+            raise self.fail(key, "one of " + ", ".join(map(repr, choices)), v)
+        return v
+
+    def boolean(self, key: str, optional=False, default=None):
+        if key not in self.obj:
+            if optional:
+                return default
+            raise RunFolderError(f"{self.where} lacks {key!r}; {RECREATE}")
+        v = self.obj[key]
+        if not isinstance(v, bool):
+            raise self.fail(key, "true or false", v)
+        return v
+
+    def int_list(self, key: str, *, length=None, minimum=0, optional=False):
+        if key not in self.obj:
+            if optional:
+                return None
+            raise RunFolderError(f"{self.where} lacks {key!r}; {RECREATE}")
+        v = self.obj[key]
+        want = f"a list of {'' if length is None else str(length) + ' '}integers >= {minimum}"
+        if (not isinstance(v, list) or (length is not None and len(v) != length)
+                or any(isinstance(e, bool) or not isinstance(e, int) or e < minimum for e in v)):
+            raise self.fail(key, want, v)
+        return [int(e) for e in v]
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class Run:
+    """A validated run folder: tensors as numpy arrays, the report, what was checked."""
+
+    path: Path
+    random_state: dict              #: numpy float arrays, keys '0.weight', '0.bias', ...
+    masks: dict                     #: numpy uint8 0/1 arrays, the same keys and shapes
+    report: dict
+    kind: str = "subset-sum"        #: 'subset-sum' (approximate) or 'edge-popup'
+    relu_after: list = field(default_factory=list)   #: one bool per hidden Linear layer
+    plans: list | None = None       #: the construction's LayerPlans when construction-shaped
+    target: object | None = None    #: subsetsum_lth.target.Target (target.safetensors) or None
+    input_domain: str | None = None
+    input_radius: float | None = None
+    seed: int | None = None
+
+    @property
+    def n_linear(self) -> int:
+        return len(self.relu_after) + 1
+
+    @property
+    def depth(self) -> int:
+        return rf.depth_of(self.random_state)
+
+    @property
+    def all_relu(self) -> bool:
+        return all(self.relu_after)
+
+
+def _load_tensors(path: Path) -> dict:
+    check_regular(path)
+    state, _ = rf.load_safetensors(path)
+    return state
+
+
+def _linear_count(state: dict, fname: str, where: Path) -> int:
+    """n such that the keys are exactly {2k}.weight, {2k}.bias for k < n."""
+    weights = [k for k in state if k.endswith(".weight")]
+    n = len(weights)
+    want = {f"{2 * k}.{t}" for k in range(n) for t in ("weight", "bias")}
+    if n == 0 or set(state) != want:
+        extra = sorted(set(state) - want)[:4]
+        missing = sorted(want - set(state), key=lambda s: (int(s.split(".")[0]), s))[:4]
+        detail = (f"unexpected {', '.join(extra)}" if extra else "") + \
+                 ("; " if extra and missing else "") + (f"missing {', '.join(missing)}" if missing else "")
+        raise RunFolderError(f"{where / fname}: keys are not those of Sequential(Linear, ReLU, ..., Linear) "
+                             f"({detail or 'no Linear layers'}); {RECREATE}")
+    return n
+
+
+def _check_mlp_shapes(state: dict, n: int, where: Path) -> list[int]:
+    sizes = []
+    for k in range(n):
+        w, b = state[f"{2 * k}.weight"], state[f"{2 * k}.bias"]
+        if w.ndim != 2 or b.ndim != 1 or b.shape[0] != w.shape[0] or 0 in w.shape:
+            raise RunFolderError(f"{where / rf.RANDOM_NET}: layer {2 * k} has weight {tuple(w.shape)} and bias "
+                                 f"{tuple(b.shape)}; not a Linear layer; {RECREATE}")
+        if not np.issubdtype(w.dtype, np.floating) or not np.issubdtype(b.dtype, np.floating):
+            raise RunFolderError(f"{where / rf.RANDOM_NET}: layer {2 * k} is not floating point ({w.dtype}); {RECREATE}")
+        if k == 0:
+            sizes.append(int(w.shape[1]))
+        elif w.shape[1] != sizes[-1]:
+            raise RunFolderError(f"{where / rf.RANDOM_NET}: layer {2 * k} takes {w.shape[1]} inputs but layer "
+                                 f"{2 * k - 2} gives {sizes[-1]}; {RECREATE}")
+        sizes.append(int(w.shape[0]))
+    return sizes
+
+
+def _plans(entries, sizes: list[int], domain: str, where: str):
+    """LayerPlans from report.json's per-layer block widths (validated)."""
+    from subsetsum_lth.construction import LayerPlan
+
+    depth = len(sizes) - 1
+    if not isinstance(entries, list) or len(entries) != depth:
+        raise RunFolderError(f"{where} must list {depth} layers (one per target layer), got "
+                             f"{_short(entries) if not isinstance(entries, list) else f'{len(entries)} entries'}; {RECREATE}")
+    plans = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise RunFolderError(f"{where}[{i}] must be an object, got {_short(e)}; {RECREATE}")
+        f = _Fields(e, f"{where}[{i}]")
+        p, q = sizes[i], sizes[i + 1]
+        shape = f.int_list("target_shape", length=2, minimum=1)
+        if shape != [q, p]:
+            raise RunFolderError(f"{where}[{i}]: target_shape {shape} but the target's layer {i} is {[q, p]}; {RECREATE}")
+        m = f.integer("block_width", minimum=1)
+        has_bias = f.boolean("has_bias")
+        fm = f.integer("formula_block_width", minimum=1, optional=True) or m
+        grow = f.integer("growth_units", minimum=0, optional=True) or 0
+        ext = f.int_list("block_extensions", length=p + (1 if has_bias else 0), minimum=0, optional=True)
+        if ext is not None and any(ext) and grow == 0:
+            raise RunFolderError(f"{where}[{i}]: block_extensions without growth_units; {RECREATE}")
+        plan = LayerPlan(i, p, q, m, fm, has_bias, signed_input=(i == 0 and domain == "signed"), grow=grow,
+                         extensions=None if ext is None else np.asarray(ext, dtype=np.int64))
+        hidden = f.integer("hidden_units", minimum=1, optional=True)
+        if hidden is not None and hidden != plan.hidden:
+            raise RunFolderError(f"{where}[{i}]: hidden_units {hidden} but the block widths give {plan.hidden}; {RECREATE}")
+        plans.append(plan)
+    return plans
+
+
+def _check_construction_shapes(state: dict, plans, where: Path, fname: str) -> None:
+    for i, pl in enumerate(plans):
+        want = {f"{4 * i}.weight": (pl.hidden, pl.p), f"{4 * i}.bias": (pl.hidden,),
+                f"{4 * i + 2}.weight": (pl.q, pl.hidden), f"{4 * i + 2}.bias": (pl.q,)}
+        for k, shp in want.items():
+            if tuple(state[k].shape) != shp:
+                raise RunFolderError(
+                    f"{where / fname}: {k} has shape {tuple(state[k].shape)}, but the construction recorded in "
+                    f"report.json (target layer {i}: {pl.q}x{pl.p}, {pl.hidden} hidden units) needs {shp}; {RECREATE}")
+
+
+def _relu_after(report: dict, kind: str, n: int, where: Path) -> list[bool]:
+    if kind == "subset-sum":
+        if "relu_after" in report:
+            raise RunFolderError(f"{where / rf.REPORT}: a subset-sum run has no 'relu_after' entry (the "
+                                 f"construction has a ReLU after every hidden layer); {RECREATE}")
+        return [True] * (n - 1)
+    r = report.get("relu_after")
+    if r is None:
+        return [True] * (n - 1)
+    if not isinstance(r, list) or len(r) != n - 1 or not all(isinstance(v, bool) for v in r):
+        raise RunFolderError(f"{where / rf.REPORT}: 'relu_after' must list {n - 1} booleans (one per hidden "
+                             f"Linear layer), got {_short(r)}; {RECREATE}")
+    return list(r)
+
+
+def _load_target(path: Path):
+    from subsetsum_lth.target import load_target
+    check_regular(path)
+    return load_target(path)
+
+
+def read_run(path: str | Path, *, need_target: bool = False) -> Run:
+    """Read and validate a run folder (see the module docstring). ``need_target``: refuse a
+    folder without target.safetensors (a certificate needs it)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise RunFolderError(f"run folder {path} does not exist") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunFolderError(f"run folder {path} is not a folder; give the folder that 'approximate' or "
+                             "'edge-popup' wrote")
+    report_path = path / rf.REPORT
+    if not report_path.exists() and not report_path.is_symlink():
+        raise RunFolderError(f"{report_path} does not exist; is {path} a run folder written by subsetsum-lth?")
+    report = read_json(report_path)
+    where = str(report_path)
+    f = _Fields(report, where)
+    method = report.get("method")
+    if method is not None:
+        if method != "edge-popup":
+            raise f.fail("method", "'edge-popup' (or absent for a subset-sum run)", method)
+        kind = "edge-popup"
+    elif "solver" in report:
+        if not isinstance(report["solver"], str):
+            raise f.fail("solver", "a solver name", report["solver"])
+        kind = "subset-sum"
+    else:
+        raise RunFolderError(f"{where} has neither 'solver' (an approximate run) nor 'method' (an edge-popup "
+                             f"run); is it a run folder written by subsetsum-lth? {RECREATE}")
+
+    # --- fields the readers use, by type and range
+    if kind == "subset-sum":
+        domain = f.choice("input_domain", INPUT_DOMAINS)
+        radius = f.number("input_radius", positive=True, maximum=MAX_INPUT_RADIUS)
+        seed = f.integer("seed", minimum=0)
+        f.number("eps", positive=True, optional=True, none_ok=True)
+        f.number("weight_eps", positive=True, optional=True, none_ok=True)
+        f.number("certified_bound", nonneg=True, optional=True, none_ok=True)
+        sizes = f.int_list("target_sizes", minimum=1)
+        if len(sizes) < 2:
+            raise f.fail("target_sizes", "a list of at least 2 layer sizes", sizes)
+    else:
+        domain = f.choice("input_domain", INPUT_DOMAINS, optional=True)
+        radius = f.number("input_radius", positive=True, optional=True, none_ok=True, maximum=MAX_INPUT_RADIUS)
+        seed = f.integer("seed", minimum=0, optional=True)
+        f.number("certified_bound", nonneg=True, optional=True, none_ok=True)
+        f.boolean("inner_relu", optional=True)
+        sizes = None
+
+    # --- tensors
+    state = _load_tensors(path / rf.RANDOM_NET)
+    masks = _load_tensors(path / rf.MASKS)
+    n = _linear_count(state, rf.RANDOM_NET, path)
+    n_m = _linear_count(masks, rf.MASKS, path)
+    if n_m != n:
+        raise RunFolderError(f"{path / rf.MASKS} has {n_m} Linear layers but {rf.RANDOM_NET} {n}; {RECREATE}")
+    net_sizes = _check_mlp_shapes(state, n, path)
+    for k in state:
+        if masks[k].shape != state[k].shape:
+            raise RunFolderError(f"{path / rf.MASKS}: mask {k} has shape {tuple(masks[k].shape)}, the random "
+                                 f"weight {tuple(state[k].shape)}; {RECREATE}")
+        if masks[k].dtype != np.uint8:
+            raise RunFolderError(f"{path / rf.MASKS}: mask {k} has dtype {masks[k].dtype}; masks are uint8 0/1; {RECREATE}")
+        if masks[k].size and int(masks[k].max()) > 1:
+            raise RunFolderError(f"{path / rf.MASKS}: mask {k} holds values other than 0 and 1; {RECREATE}")
+    relu_after = _relu_after(report, kind, n, path)
+
+    # --- the construction recorded for the target
+    plans = None
+    if kind == "subset-sum":
+        if n != 2 * (len(sizes) - 1):
+            raise RunFolderError(f"{path / rf.RANDOM_NET} has {n} Linear layers, but the construction for the "
+                                 f"{len(sizes) - 1}-layer target recorded in report.json has exactly "
+                                 f"{2 * (len(sizes) - 1)}; {RECREATE}")
+        plans = _plans(report.get("layers"), sizes, domain, f"{where} 'layers'")
+    elif "construction_plan" in report:
+        entries = report["construction_plan"]
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            raise f.fail("construction_plan", "a list of per-layer objects", entries)
+        sizes = []
+        for i, e in enumerate(entries):
+            shape = _Fields(e, f"{where} 'construction_plan'[{i}]").int_list("target_shape", length=2, minimum=1)
+            if i == 0:
+                sizes.append(shape[1])
+            elif shape[1] != sizes[-1]:
+                raise RunFolderError(f"{where} 'construction_plan'[{i}]: target_shape {shape} does not chain "
+                                     f"with layer {i - 1}; {RECREATE}")
+            sizes.append(shape[0])
+        if n != 2 * len(entries):
+            raise RunFolderError(f"{path / rf.RANDOM_NET} has {n} Linear layers, but the construction recorded in "
+                                 f"report.json ('construction_plan', {len(entries)} target layers) has exactly "
+                                 f"{2 * len(entries)}; {RECREATE}")
+        plans = _plans(entries, sizes, domain or "nonnegative", f"{where} 'construction_plan'")
+    if plans is not None:
+        _check_construction_shapes(state, plans, path, rf.RANDOM_NET)
+    allowed = None
+    if kind == "subset-sum":
+        # the masks keep nothing that the block-diagonal pre-pruning removed
+        from subsetsum_lth.construction import prepruning_masks
+        allowed = prepruning_masks(plans, state)
+    elif plans is not None and f.choice("structure", ("free", "structured"), optional=True) == "structured":
+        # a structured edge-popup run keeps only the entries its search was allowed to score
+        import torch
+        from subsetsum_lth.edge_popup import RandomNet, eligibility
+        net = RandomNet({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, {}, plans,
+                        domain or "nonnegative")
+        allowed = eligibility(net, "structured", f.boolean("inner_relu", optional=True, default=True))
+    if allowed is not None:
+        for k, a in allowed.items():
+            bad = int(np.count_nonzero(masks[k] & (1 - a)))
+            if bad:
+                raise RunFolderError(f"{path / rf.MASKS}: mask {k} keeps {bad} entries outside the blocks the "
+                                     f"construction allows (pre-pruned entries); {RECREATE}")
+
+    # --- the target, when the folder holds one
+    target = None
+    tpath = path / rf.TARGET
+    if tpath.exists() or tpath.is_symlink():
+        target = _load_target(tpath)
+        if sizes is not None and target.sizes != sizes:
+            raise RunFolderError(f"{tpath} is a {'-'.join(map(str, target.sizes))} network but report.json records "
+                                 f"a {'-'.join(map(str, sizes))} target; {RECREATE}")
+        if plans is not None:
+            for pl, L in zip(plans, target.layers):
+                if pl.has_bias != (L.bias is not None):
+                    raise RunFolderError(f"{tpath}: layer {pl.index} {'has no' if pl.has_bias else 'has a'} bias but "
+                                         f"report.json records the opposite; {RECREATE}")
+        if target.sizes[0] != net_sizes[0]:
+            raise RunFolderError(f"{tpath} takes {target.sizes[0]} inputs but the random network {net_sizes[0]}; {RECREATE}")
+    elif need_target:
+        raise RunFolderError(f"{path} has no {rf.TARGET}; a certificate needs the target: {RECREATE}")
+
+    if "witness" in report:
+        _witness_entry(report, where, net_sizes[0])
+    return Run(path, state, masks, report, kind, relu_after, plans, target, domain, radius, seed)
+
+
+# ----------------------------------------------------------------------------- witness
+
+def _witness_entry(report: dict, where: str, p: int) -> dict:
+    w = report["witness"]
+    if not isinstance(w, dict):
+        raise RunFolderError(f"{where}: 'witness' must be an object, got {_short(w)}; {RECREATE}")
+    f = _Fields(w, f"{where} 'witness'")
+    if w.get("file") != WITNESS:
+        raise f.fail("file", repr(WITNESS), w.get("file"))
+    f.number("error", nonneg=True)
+    return w
+
+
+def read_witness(run: Run) -> tuple[np.ndarray, float] | None:
+    """The stored worst point x* (float64, shape (p,)) and its recorded error, or None when
+    report.json lists no witness. Refuses a damaged or misplaced witness file."""
+    if "witness" not in run.report:
+        return None
+    w = run.report["witness"]
+    path = run.path / WITNESS
+    tensors = _load_tensors(path)
+    x = tensors.get("x")
+    p = int(run.random_state["0.weight"].shape[1])
+    if set(tensors) != {"x"} or x is None or x.shape != (p,) or not np.issubdtype(x.dtype, np.floating):
+        raise RunFolderError(f"{path} must hold one tensor 'x' of shape ({p},); {RECREATE}")
+    return np.asarray(x, dtype=np.float64), float(w["error"])
