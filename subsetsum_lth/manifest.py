@@ -164,13 +164,16 @@ class _Lock:
     release while still locked; an acquirer checks it locked the file still at that path."""
 
     def __init__(self, folder: Path):
-        import fcntl
-        self.path = Path(folder) / LOCK
+        self.path, self.fd = Path(folder) / LOCK, None
+        try:
+            import fcntl
+        except ImportError:         # no flock on this platform: no lock (checked writable elsewhere)
+            return
         for _ in range(20):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
             except OSError as exc:
-                raise RunFolderError(f"cannot write to the folder {folder}: {exc.strerror or exc}; "
+                raise RunFolderError(f"cannot write to the run folder {folder}: {exc.strerror or exc}; "
                                      "choose another --out") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -238,6 +241,12 @@ class FolderWriter:
         name = path.name
         if name == MANIFEST:
             return
+        e = self.files.get(name)
+        if e is not None and e["sha256"] is not None and os.path.lexists(path) and \
+                sha256_file(path) != (e["sha256"], e["size"]):
+            raise RunFolderError(f"{path} changed after subsetsum-lth wrote it (the sha256 no longer matches "
+                                 f"{MANIFEST}); it is left as it is: move it out of {self.folder} and run "
+                                 "again (finished solver work is kept for --resume)")
         if name not in self.files:
             if os.path.lexists(path):
                 raise RunFolderError(f"{path} exists and was not written by subsetsum-lth (it is not in "
@@ -347,7 +356,7 @@ def _foreign_in_fresh(folder: Path) -> list[str]:
             if not (e.name == LOCK or _PROBE.match(e.name) or is_tool_temp(e.name, {MANIFEST}))]
 
 
-def _verify(folder: Path, kind: str, m: dict | None) -> None:
+def _verify(folder: Path, kind: str, m: dict | None, hashes: bool = True) -> None:
     """Refuse (RunFolderError) unless ``folder`` is empty (bar the tool's lock/temps) or holds a
     valid manifest of ``kind`` whose listed files are unchanged and no unlisted file the tool
     would write."""
@@ -372,7 +381,8 @@ def _verify(folder: Path, kind: str, m: dict | None) -> None:
             continue
         if not stat.S_ISREG(st.st_mode):
             odd.append(name)
-        elif e["sha256"] is not None and (st.st_size != e["size"] or sha256_file(p)[0] != e["sha256"]):
+        elif e["sha256"] is not None and (st.st_size != e["size"]
+                                          or (hashes and sha256_file(p)[0] != e["sha256"])):
             changed.append(name)
     if changed or odd:
         raise RunFolderError(
@@ -410,14 +420,14 @@ def open_folder(out, kind: str, *, overwrite: bool = False, need_bytes: int = 0)
     if os.path.lexists(folder) and not folder.is_dir():
         raise RunFolderError(f"--out {folder} exists and is not a folder; choose another --out")
     if folder.is_dir():
-        _verify(folder, kind, read_manifest(folder))      # read-only: refuse before creating anything
+        _verify(folder, kind, read_manifest(folder), hashes=False)  # read-only: refuse before creating anything
     else:
         try:
             folder.mkdir(parents=True)
         except FileExistsError:
             pass
         except OSError as exc:
-            raise RunFolderError(f"cannot create the folder {folder}: {exc.strerror or exc}; "
+            raise RunFolderError(f"cannot write to the run folder {folder}: {exc.strerror or exc}; "
                                  "choose another --out") from None
     lock = _Lock(folder)
     try:

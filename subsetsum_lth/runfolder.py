@@ -9,6 +9,7 @@ Layout::
     metrics.csv              tidy rows (run, layer, metric, value)
     *.png                    plots
     partial/                 finished solver batches (resume store), removed on success
+    manifest.json            what the tool wrote here, with sha256 (subsetsum_lth.manifest)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 crash never leaves a half-written file under a final name.

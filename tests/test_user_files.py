@@ -250,6 +250,21 @@ def test_a_late_write_never_replaces_an_unlisted_file(run):
     assert after["later.json"] == before["later.json"]
 
 
+def test_a_listed_file_edited_during_the_run_is_not_replaced(run):
+    from subsetsum_lth import runfolder as rf
+    w = manifest.open_folder(run, "approximate")
+    try:
+        (run / "metrics.csv").write_text("the user's edit\n")
+        with pytest.raises(manifest.RunFolderError, match="metrics.csv changed after subsetsum-lth wrote it"):
+            rf.atomic_write_csv(run / "metrics.csv", [{"a": 1}])
+        assert (run / "metrics.csv").read_text() == "the user's edit\n"
+        rf.atomic_write_json(run / "report.json", {"b": 2})     # an unchanged listed file is replaced
+    finally:
+        w.close()
+    assert manifest.read_manifest(run)["files"]["report.json"]["sha256"] == \
+        manifest.sha256_file(run / "report.json")[0]
+
+
 # ----------------------------------------------------------------------------- lock
 
 
@@ -304,7 +319,7 @@ def test_train_target_unwritable_out_fails_before_training(tmp_path, capsys, mon
     d = _unwritable_empty_dir(tmp_path)
     assert main(["train-target", "--out", str(d), "--hidden", "4", "--epochs", "1"]) == 2
     line = err_line(capsys)
-    assert line.startswith(f"error: cannot write to the folder {d}: ") and line.endswith("choose another --out")
+    assert line.startswith(f"error: cannot write to the run folder {d}: ") and line.endswith("choose another --out")
     f = tmp_path / "a_file"
     f.write_text("x")
     assert main(["train-target", "--out", str(f), "--hidden", "4"]) == 2
@@ -316,7 +331,7 @@ def test_edge_popup_and_compare_unwritable_out(run, tmp_path, capsys, argv):
     d = _unwritable_empty_dir(tmp_path)
     args = argv + ([str(run)] if argv == ["compare"] else []) + ["--out", str(d)]
     assert main(args) == 2
-    assert err_line(capsys).startswith(f"error: cannot write to the folder {d}: ")
+    assert err_line(capsys).startswith(f"error: cannot write to the run folder {d}: ")
 
 
 # ----------------------------------------------------------------------------- temporaries
