@@ -398,3 +398,41 @@ def test_error_exit_removes_temporaries_and_releases_the_lock(tgt, tmp_path, mon
     monkeypatch.setattr(rf, "_atomic_write", real)
     w = manifest.open_folder(out, "approximate", overwrite=True)    # the folder is free and still ours
     w.close()
+
+
+def test_compare_rewrites_its_own_folder_and_keeps_user_files(tmp_path, capsys):
+    from subsetsum_lth.compare import compare_runs
+    ep = _edge_popup_run(tmp_path / "ep")
+    rng = np.random.default_rng(1)
+    data = {"x": rng.random((32, 6)).astype(np.float32), "y": rng.integers(0, 3, 32)}
+    out = tmp_path / "cmp"
+    compare_runs([ep], out, data=data, device="cpu", plots=False)
+    m = manifest.read_manifest(out)
+    assert m["kind"] == "compare" and set(m["files"]) == {"comparison.csv", "comparison.json"}
+    user_files(out, ["notes.txt"])
+    before = snapshot(out)
+    compare_runs([ep], out, data=data, device="cpu", plots=False)
+    assert snapshot(out)["notes.txt"] == before["notes.txt"]
+    (out / "comparison.csv").write_text("edited\n")
+    before = snapshot(out)
+    with pytest.raises(manifest.RunFolderError, match="comparison.csv in .* changed after subsetsum-lth"):
+        compare_runs([ep], out, data=data, device="cpu", plots=False)
+    assert snapshot(out) == before
+
+
+def test_train_target_writes_a_manifest_and_refuses_an_edited_target(tmp_path, capsys, mnist_dir):
+    out = tmp_path / "target"
+    args = ["train-target", "--out", str(out), "--hidden", "4", "--epochs", "1", "--train-subset", "256",
+            "--data-dir", str(mnist_dir)]
+    assert main(args) == 0
+    m = manifest.read_manifest(out)
+    assert m["kind"] == "target" and set(m["files"]) == {"target.safetensors", "target.json"}
+    assert stat.S_IMODE((out / "target.safetensors").stat().st_mode) == umask_mode()
+    assert main(args) == 0                                    # its own folder: written again
+    capsys.readouterr()
+    with open(out / "target.safetensors", "ab") as fh:
+        fh.write(b"\0")
+    before = snapshot(out)
+    assert main(args) == 2
+    assert "target.safetensors in" in err_line(capsys)
+    assert snapshot(out) == before
