@@ -164,10 +164,8 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
     The folder is locked and recorded in its manifest while this runs; the tool's temporaries
     are removed on every exit (see :mod:`subsetsum_lth.manifest`). Args, raises: see
     :func:`_approximate`."""
-    try:
+    with manifest.session(out):
         return _approximate(target, config, out, progress, eval_data, empirical_data, executor)
-    finally:
-        manifest.close_folder(out)
 
 
 def _approximate(target: Target, config: ApproximateConfig, out: str | Path,

@@ -185,10 +185,8 @@ def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | N
     """Compare the masks of ``runs`` and write ``out`` (locked and listed in its manifest while
     this runs; see :mod:`subsetsum_lth.manifest`). See :func:`_compare_runs`."""
     from subsetsum_lth import manifest
-    try:
+    with manifest.session(out):
         return _compare_runs(runs, out, target, data_dir, device, test_subset, labels, plots, data)
-    finally:
-        manifest.close_folder(out)
 
 
 def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | None = None,

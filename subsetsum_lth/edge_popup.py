@@ -932,10 +932,8 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
     """Search masks on the random network by edge-popup and write a run folder (locked and listed
     in its manifest while this runs; see :mod:`subsetsum_lth.manifest`). See :func:`_run_edge_popup`."""
     from subsetsum_lth import manifest
-    try:
+    with manifest.session(out):
         return _run_edge_popup(config, out, progress, data)
-    finally:
-        manifest.close_folder(out)
 
 
 def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress | None = None,

@@ -24,6 +24,7 @@ opened and when the command ends, however it ends.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -462,6 +463,20 @@ def close_folder(out) -> None:
         w.close()
 
 
+@contextlib.contextmanager
+def session(out):
+    """``with session(out): ...``: whatever folder writer the body opens for ``out`` is closed
+    on exit (temporaries removed, lock released), however the body ends; a writer opened
+    before (by another caller) is left alone."""
+    before = writer_for(out)
+    try:
+        yield
+    finally:
+        w = writer_for(out)
+        if w is not None and w is not before:
+            w.close()
+
+
 # ----------------------------------------------------------------------------- hooks for runfolder
 
 
@@ -492,5 +507,5 @@ def verify_file(folder, name: str) -> None:
                              "to have it written again")
 
 
-__all__ = ["MANIFEST", "LOCK", "KIND_FILES", "open_folder", "close_folder", "read_manifest",
+__all__ = ["MANIFEST", "LOCK", "KIND_FILES", "open_folder", "close_folder", "session", "read_manifest",
            "writer_for", "verify_file", "sha256_file", "FolderWriter"]

@@ -436,3 +436,15 @@ def test_train_target_writes_a_manifest_and_refuses_an_edited_target(tmp_path, c
     assert main(args) == 2
     assert "target.safetensors in" in err_line(capsys)
     assert snapshot(out) == before
+
+
+def test_a_second_writer_in_the_same_process_does_not_release_the_first(run, tgt, capsys):
+    w = manifest.open_folder(run, "approximate")
+    try:
+        assert approx(tgt, run, "--overwrite") == 2
+        assert err_line(capsys) == (f"error: {run} is already open for writing in this process; "
+                                    "choose another --out")
+        assert manifest.writer_for(run) is w and (run / manifest.LOCK).exists()
+    finally:
+        w.close()
+    assert not (run / manifest.LOCK).exists()
