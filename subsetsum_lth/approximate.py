@@ -6,7 +6,6 @@ import logging
 import math
 import platform
 import resource
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth import __version__
+from subsetsum_lth import manifest
 from subsetsum_lth import runfolder as rf
 from subsetsum_lth.certify import (CollapsedNet, certified_bound, check_soundness,
                                    empirical_bound_fast, layer_maps, pruned_module)
@@ -129,18 +129,21 @@ def _prepare_folder(out: Path, config: ApproximateConfig, fingerprint: dict,
                     need_bytes: int = 0) -> ResumeStore:
     out = Path(out)
     partial = out / "partial"
-    existing = [p for p in (out / rf.REPORT, out / rf.MASKS, partial) if p.exists()]
-    if existing and not (config.resume or config.overwrite):
-        raise RunFolderError(
-            f"{out} already holds a run ({', '.join(p.name for p in existing)}); "
-            "use --resume to continue it, --overwrite to replace it, or another --out")
-    if config.overwrite and not config.resume:
-        for p in (out / rf.REPORT, out / rf.MASKS, out / rf.RANDOM_NET, out / "run_config.json"):
-            if p.exists():
-                p.unlink()
-        if partial.exists():
-            shutil.rmtree(partial)
-    rf.check_writable(out, need_bytes)
+    # --out must be new, empty, or an approximate run folder written by the tool (manifest.json,
+    # files unchanged); it is locked until approximate() returns, and --overwrite removes only
+    # the files the manifest lists
+    writer = manifest.open_folder(out, "approximate", overwrite=config.overwrite and not config.resume,
+                                  need_bytes=need_bytes)
+    try:
+        existing = [p for p in (out / rf.REPORT, out / rf.MASKS, partial) if p.exists()]
+        if existing and not (config.resume or config.overwrite):
+            raise RunFolderError(
+                f"{out} already holds a run ({', '.join(p.name for p in existing)}); "
+                "use --resume to continue it, --overwrite to replace it, or another --out")
+        writer.make_store("partial")
+    except BaseException:
+        writer.close()
+        raise
     cfg_path = out / "run_config.json"
     if config.resume and cfg_path.exists():
         from subsetsum_lth.runcheck import read_json
@@ -158,6 +161,20 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
                 eval_data: dict | None = None,
                 empirical_data: np.ndarray | None = None,
                 executor=None) -> dict:
+    """Run the whole construction and write the run folder. Returns the report.
+
+    The folder is locked and recorded in its manifest while this runs; the tool's temporaries
+    are removed on every exit (see :mod:`subsetsum_lth.manifest`). Args, raises: see
+    :func:`_approximate`."""
+    with manifest.session(out):
+        return _approximate(target, config, out, progress, eval_data, empirical_data, executor)
+
+
+def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
+                 progress: Progress | None = None,
+                 eval_data: dict | None = None,
+                 empirical_data: np.ndarray | None = None,
+                 executor=None) -> dict:
     """Run the whole construction and write the run folder. Returns the report.
 
     Args:
@@ -186,6 +203,7 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
     done = _completed_run(out) if config.resume else None
     if done is not None:
         log.info("--resume: the run in %s is already complete (same settings); nothing to solve", out)
+        manifest.writer_for(out).remove_store(store.folder.name)
         return done
 
     t = time.perf_counter()
@@ -414,8 +432,9 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
     report["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rf.atomic_write_csv(out / rf.METRICS, metrics)
     rf.atomic_write_json(out / rf.REPORT, report)
-    if store.folder.exists():
-        shutil.rmtree(store.folder, ignore_errors=True)
+    writer = manifest.writer_for(out)
+    writer.remove_store(store.folder.name)     # only the store's own files, never a user's
+    writer.finish()
 
     failed = n_bad_total > 0 or (config.mode == "network" and certificate.bound > config.eps)
     if failed and not config.allow_infeasible:

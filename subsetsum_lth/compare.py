@@ -172,6 +172,16 @@ def _overlap_entry(layer, inter: int, union: int, na: int, nb: int) -> dict:
 def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | None = None,
                  data_dir=None, device: str = "auto", test_subset: int | None = None,
                  labels: list[str] | None = None, plots: bool = True, data: dict | None = None) -> dict:
+    """Compare the masks of ``runs`` and write ``out`` (locked and listed in its manifest while
+    this runs; see :mod:`subsetsum_lth.manifest`). See :func:`_compare_runs`."""
+    from subsetsum_lth import manifest
+    with manifest.session(out):
+        return _compare_runs(runs, out, target, data_dir, device, test_subset, labels, plots, data)
+
+
+def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | None = None,
+                  data_dir=None, device: str = "auto", test_subset: int | None = None,
+                  labels: list[str] | None = None, plots: bool = True, data: dict | None = None) -> dict:
     """Compare the masks of ``runs`` (same random network) and write comparison.json,
     comparison.csv and accuracy_vs_kept.png into ``out``. Returns the comparison.
 
@@ -193,7 +203,9 @@ def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | N
         if len(set(labels)) != len(labels):
             labels = [str(r) for r in runs]
     out = Path(out)
-    rf.check_writable(out)
+    from subsetsum_lth import manifest
+    # --out must be new, empty, or a compare folder written by the tool; refused before any work
+    writer = manifest.open_folder(out, "compare", need_bytes=1 << 20)
     dev = resolve_device(device)
 
     # --- one random network: check the content hash of every run's weights
@@ -331,6 +343,7 @@ def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | N
             log.warning("plot failed: %s", exc)
     comparison["wall_seconds"] = time.perf_counter() - t_start
     rf.atomic_write_json(out / JSON_FILE, comparison)
+    writer.finish()
     return comparison
 
 
@@ -359,7 +372,7 @@ def plot_accuracy_vs_kept(out: Path, entries: list[dict], target_accuracy: float
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(out) / PLOT_FILE
-    fig.savefig(path, dpi=110)
+    rf.atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path.name
 

@@ -57,6 +57,8 @@ def default_target(seed: int = 0, data_dir=None, synthetic: bool = False,
                                       "see --data-dir")
     folder = Path(cache_dir or targets_cache_dir()) / f"mnist-784-500-10-seed{seed}"
     if (folder / "target.safetensors").exists():
+        from subsetsum_lth.manifest import verify_file
+        verify_file(folder, "target.safetensors")     # the cache is checked, not believed
         target = load_target(folder)
         how = f"cached in {folder}"
     else:

@@ -870,21 +870,22 @@ def logit_temperature(model: EdgePopupNet, x: torch.Tensor, spec: float | str = 
 
 # ----------------------------------------------------------------------------- run folder
 
-def _prepare_out(out: Path, overwrite: bool, sources: list[Path]) -> None:
+def _prepare_out(out: Path, overwrite: bool, sources: list[Path], need_state: dict | None = None) -> None:
     out = Path(out)
     for s in sources:
         if s is not None and out.resolve() == Path(s).resolve().parent:
             raise RunFolderError(f"--out {out} is the folder the random network comes from; "
                                  "write the edge-popup run to another folder")
+    # --out must be new, empty, or an edge-popup run folder written by the tool (manifest.json);
+    # it is locked until run_edge_popup() returns; --overwrite removes only the listed files
+    from subsetsum_lth import manifest
+    need = 2 * sum(int(t.nbytes) for t in (need_state or {}).values()) + (1 << 20)
+    writer = manifest.open_folder(out, "edge-popup", overwrite=overwrite, need_bytes=need)
     existing = [p for p in (out / rf.REPORT, out / rf.MASKS) if p.exists()]
     if existing and not overwrite:
+        writer.close()
         raise RunFolderError(f"{out} already holds a run ({', '.join(p.name for p in existing)}); "
                              "use --overwrite to replace it, or another --out")
-    rf.check_writable(out)
-    if overwrite:
-        for name in (rf.REPORT, rf.MASKS, rf.RANDOM_NET, rf.TARGET, rf.METRICS, CURVE_PNG):
-            if (out / name).exists():
-                (out / name).unlink()
 
 
 def _versions() -> dict:
@@ -919,13 +920,22 @@ def plot_curve(out: Path, curve: list[dict], title: str) -> str:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(out) / CURVE_PNG
-    fig.savefig(path, dpi=110)
+    rf.atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path.name
 
 
 def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress | None = None,
                    data: dict | None = None) -> dict:
+    """Search masks on the random network by edge-popup and write a run folder (locked and listed
+    in its manifest while this runs; see :mod:`subsetsum_lth.manifest`). See :func:`_run_edge_popup`."""
+    from subsetsum_lth import manifest
+    with manifest.session(out):
+        return _run_edge_popup(config, out, progress, data)
+
+
+def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress | None = None,
+                    data: dict | None = None) -> dict:
     """Search masks on the random network by edge-popup and write a run folder. Returns the report.
 
     Args:
@@ -946,7 +956,7 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
     try:
         t = time.perf_counter()
         net = load_random_net(config)
-        _prepare_out(out, config.overwrite, [net.copy_from])
+        _prepare_out(out, config.overwrite, [net.copy_from], net.state)
         allowed = eligibility(net, config.structure, config.inner_relu)
         digest = weights_digest(net.state)
         timings["load"] = time.perf_counter() - t
@@ -1130,6 +1140,8 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
     metrics.append({"layer": "all", "metric": "wall_seconds", "value": report["wall_seconds"]})
     rf.atomic_write_csv(out / rf.METRICS, metrics)
     rf.atomic_write_json(out / rf.REPORT, report)
+    from subsetsum_lth import manifest
+    manifest.writer_for(out).finish()
     return report
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from subsetsum_lth.runfolder import atomic_savefig
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,7 @@ def weight_error_histograms(out: Path, layers, results, tau: float) -> str:
         ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(out) / "weight_error_hist.png"
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path.name
 
@@ -52,7 +54,7 @@ def kept_coefficients(out: Path, layers, results) -> str:
         ax.set_ylabel("instances")
     fig.tight_layout()
     path = Path(out) / "kept_coefficients.png"
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path.name
 
@@ -72,7 +74,7 @@ def accuracy_bars(out: Path, report: dict) -> str | None:
     ax.set_title(f"agreement {100 * report['prediction_agreement']:.2f}%")
     fig.tight_layout()
     path = Path(out) / "accuracy.png"
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path.name
 

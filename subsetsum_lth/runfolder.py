@@ -9,6 +9,7 @@ Layout::
     metrics.csv              tidy rows (run, layer, metric, value)
     *.png                    plots
     partial/                 finished solver batches (resume store), removed on success
+    manifest.json            what the tool wrote here, with sha256 (subsetsum_lth.manifest)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 crash never leaves a half-written file under a final name.
@@ -35,13 +36,31 @@ REPORT = "report.json"
 METRICS = "metrics.csv"
 
 
+def _file_mode() -> int:
+    """The mode a plainly created file gets (0666 less the umask), not mkstemp's 0600."""
+    global _MODE
+    if _MODE is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _MODE = 0o666 & ~mask
+    return _MODE
+
+
+_MODE: int | None = None
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write ``path`` through ``write(binary file)`` into a temporary file beside it, fsync, and
-    rename it into place: readers see the old file or the whole new one, never a partial one."""
+    rename it into place: readers see the old file or the whole new one, never a partial one.
+    In a folder opened by :func:`subsetsum_lth.manifest.open_folder` the file is listed in the
+    folder's manifest (and a file the tool did not write is never replaced)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from subsetsum_lth import manifest
+    manifest.before_write(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -53,6 +72,14 @@ def _atomic_write(path: Path, write) -> None:
         except OSError:
             pass
         raise
+    manifest.after_write(path)
+
+
+def atomic_savefig(fig, path, **kwargs) -> None:
+    """``fig.savefig`` as PNG, atomically (and listed in the folder's manifest)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **kwargs)
+    _atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:

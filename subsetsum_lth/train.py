@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,21 +127,13 @@ def evaluate(model_or_callable: nn.Module | Callable, x, y, batch: int = 2048) -
     return correct / n
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_target(model: nn.Sequential, path, sizes: Sequence[int]) -> None:
     """Write ``model``'s state_dict (float32) to ``path`` as safetensors, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    from subsetsum_lth.runfolder import _atomic_write_bytes
     path = Path(path)
     tensors = {k: v.detach().to(torch.float32).contiguous().clone()
                for k, v in model.state_dict().items()}
@@ -155,29 +145,38 @@ def save_target(model: nn.Sequential, path, sizes: Sequence[int]) -> None:
         "dataset": "mnist",
         "sizes": ",".join(str(int(s)) for s in sizes),
     }
-    _atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    _atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-    _atomic_write_bytes(path, write)
+    from subsetsum_lth.runfolder import _atomic_write_bytes
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
 def train_target(config: TrainConfig, out_dir, progress: bool = False) -> dict:
     """Train an MLP on MNIST per ``config``; write ``target.safetensors`` and ``target.json``
     into ``out_dir`` (created if needed); return the summary written to ``target.json`` plus
     ``target_path`` (absolute path of the weights file)."""
-    from subsetsum_lth.data.mnist import load_mnist, resolve_data_dir
-
     config.validate()
     out_dir = Path(out_dir)
+    from subsetsum_lth import manifest
+    # refuse a folder the tool did not write, or one it cannot write, before any training
+    writer = manifest.open_folder(out_dir, "target",
+                                  need_bytes=8 * _n_params(config.sizes, config.bias) + (1 << 20))
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from exc
+        summary = _train_target(config, out_dir, progress)
+        writer.finish()
+        return summary
+    finally:
+        writer.close()
+
+
+def _n_params(sizes: Sequence[int], bias: bool) -> int:
+    return sum(p * q + (q if bias else 0) for p, q in zip(sizes[:-1], sizes[1:]))
+
+
+def _train_target(config: TrainConfig, out_dir: Path, progress: bool) -> dict:
+    from subsetsum_lth.data.mnist import load_mnist, resolve_data_dir
 
     data_dir = resolve_data_dir(config.data_dir, download=True, progress=progress)
     x_train, y_train = load_mnist("train", data_dir)
