@@ -257,10 +257,14 @@ class DaskPool(Pool):
 def make_pool(kind: str = "process", workers: int | None = None, scheduler: str | None = None) -> Pool:
     """A pool of the given kind (nothing starts until the first batch is submitted)."""
     check_executor(kind, scheduler)
-    if kind == "process":
-        return ProcessPool(workers or os.cpu_count() or 1)
     if kind == "dask":
         return DaskPool(address=scheduler)
+    # local workers: never more processes than cores (the driver also keeps no more batches in
+    # flight than there are batches, so a small run starts few of them)
+    from subsetsum_lth.limits import cap_workers
+    workers = cap_workers(workers)
+    if kind == "process":
+        return ProcessPool(workers)
     return DaskPool(workers=workers)
 
 

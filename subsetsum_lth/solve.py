@@ -35,7 +35,7 @@ class SolveConfig:
     objective: str = "error"
     workers: int | None = None        #: None: all cores; 1: in this process
     batch_size: int | None = None     #: None: DEFAULT_BATCH[solver] or 512
-    time_limit: float | None = None   #: per instance, seconds (backends that support it)
+    time_limit: float | None = None   #: per instance, seconds (backends that support it); None: limits.DEFAULT_TIME_LIMIT
     executor: str = "process"         #: process | dask | dask-local (see subsetsum_lth.executors)
     scheduler: str | None = None      #: Dask scheduler address for executor "dask"
     batch_timeout: float | None = None  #: seconds a batch may run before it is retried
@@ -395,7 +395,9 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
                 log.info("resume: %d of %d batches already solved", len(todo) - len(left), len(todo))
             if not left:
                 return
-            options = {"time_limit": config.time_limit} if config.time_limit else {}
+            # every backend that takes a time limit gets one, so no instance runs for ever
+            from subsetsum_lth.limits import DEFAULT_TIME_LIMIT
+            options = {"time_limit": config.time_limit or DEFAULT_TIME_LIMIT}
             local = config.executor == "process" and not config.batch_timeout
             if pool is None and local and (workers == 1 or len(left) <= 1):
                 _run_in_process(left, solver, options, done)
