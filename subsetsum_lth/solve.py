@@ -241,7 +241,19 @@ def _run_in_process(todo, solver, options, done) -> None:
 
 def _run_in_pool(pool: Pool, todo, solver, options, config: SolveConfig, done) -> None:
     """Submit batches (at most ``pool.capacity`` in flight), retry a batch whose worker died or that
-    ran past ``config.batch_timeout`` (bounded by ``config.retries``), then report it as failed."""
+    ran past ``config.batch_timeout`` (bounded by ``config.retries``), then report it as failed.
+    SIGINT/SIGTERM are delivered between two waits, never inside one (see ``deferred_signals``)."""
+    from subsetsum_lth.executors import deferred_signals
+
+    with deferred_signals() as signals:
+        _drive_pool(pool, todo, solver, options, config, done, signals)
+
+
+#: seconds between two checks for a deferred signal while waiting on batches
+_POLL_SECONDS = 0.25
+
+
+def _drive_pool(pool: Pool, todo, solver, options, config: SolveConfig, done, signals: list) -> None:
     from collections import deque
 
     pending = deque(todo)
@@ -277,7 +289,7 @@ def _run_in_pool(pool: Pool, todo, solver, options, config: SolveConfig, done) -
                             "(e.g. run from a script file, not stdin), or use --workers 1")
         pool.recover()
 
-    while pending or inflight:
+    while (pending or inflight) and not signals:
         while pending and len(inflight) < pool.capacity:
             it = pending.popleft()
             try:
@@ -289,10 +301,10 @@ def _run_in_pool(pool: Pool, todo, solver, options, config: SolveConfig, done) -
             inflight[fut] = (it, time.monotonic())
         if not inflight:
             continue
-        wait_s = None
+        wait_s = _POLL_SECONDS
         if limit:
             oldest = min(t for _, t in inflight.values())
-            wait_s = max(0.05, oldest + limit - time.monotonic())
+            wait_s = min(wait_s, max(0.05, oldest + limit - time.monotonic()))
         finished, _ = cf.wait(list(inflight), timeout=wait_s, return_when=cf.FIRST_COMPLETED)
         pool_broke = None
         for fut in finished:
@@ -428,6 +440,11 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
                     key = int(batch.ids[i])
                     messages[key] = f"{first[key]}; then {messages.get(key, Status(int(status[i])).name)}"
                 log.warning("fallback %s: %d of %d instances recovered", fb, bad.size - still.size, bad.size)
+    except BaseException:
+        if own and pool is not None:   # interrupted or failed: stop the workers, do not wait for them
+            own = False
+            pool.abort()
+        raise
     finally:
         if own and pool is not None:
             pool.close()

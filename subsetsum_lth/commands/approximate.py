@@ -157,6 +157,11 @@ def run(args) -> int:
         report = read_report(args.out)
         _summary(report, args.out)
         raise exc
+    except BaseException:
+        if pool is not None:    # interrupted (Ctrl-C, SIGTERM) or failed: stop the workers now
+            pool, doomed = None, pool
+            doomed.abort()
+        raise
     finally:
         if pool is not None:
             pool.close()
