@@ -152,13 +152,18 @@ _puts = 0
 
 def _maybe_inject_fault() -> None:
     """Test-only fault injection: with $SUBSETSUM_LTH_FAULT_AFTER_BATCHES=N the process dies
-    abruptly (as under kill -9) right after the N-th finished batch was stored."""
+    abruptly (as under kill -9) right after the N-th finished batch was stored; with ``N:SIGNAME``
+    (e.g. ``3:SIGTERM``) it sends itself that signal once instead."""
     global _puts
-    limit = os.environ.get(FAULT_ENV)
-    if not limit:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
         return
+    limit, _, signame = spec.partition(":")
     _puts += 1
-    if _puts >= int(limit):
+    if signame and _puts == int(limit):
+        import signal
+        os.kill(os.getpid(), getattr(signal, signame))
+    elif not signame and _puts >= int(limit):
         log.error("fault injection: killing this process after %d stored batches", _puts)
         os._exit(137)
 

@@ -75,9 +75,10 @@ class Ctx:
         d.mkdir()
         names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-        for n in names:   # a header declaring 60000 28x28 images, then only a few bytes
+        for n in names:   # a header declaring MNIST's 60000 (10000) 28x28 images, then only a few bytes
+            count = 60000 if n.startswith("train") else 10000
             with gzip.open(d / n, "wb") as fh:
-                fh.write(bytes([0, 0, 8, 3 if "images" in n else 1]) + (60000).to_bytes(4, "big") +
+                fh.write(bytes([0, 0, 8, 3 if "images" in n else 1]) + count.to_bytes(4, "big") +
                          ((28).to_bytes(4, "big") * 2 if "images" in n else b"") + b"\x00" * 100)
         return str(d)
 
