@@ -105,6 +105,14 @@ def test_growth_never_passes_exact_search():
     assert allowed.tolist() == [True, True, True, False]
 
 
+def test_zero_ascent_steps_is_allowed(tiny, tmp_path):
+    """--steps 0: the empirical bound evaluates its points without gradient ascent."""
+    from subsetsum_lth.cli import main
+    assert main(["approximate", "--target", str(tiny), "--out", str(tmp_path / "run"), "--solver", "mitm",
+                 "--block-width", "12", "--weight-eps", "0.05", "--allow-infeasible", "--samples", "4",
+                 "--steps", "0", "--workers", "1", "--no-progress", "--no-plots"]) == 0
+
+
 # ------------------------------------------------------------------ bounded fallback
 
 def test_fallback_beyond_exact_search_is_time_limited():
