@@ -191,6 +191,15 @@ def _worker_init() -> None:
     _watch_parent()
 
 
+def dask_setup(worker=None) -> None:
+    """Dask preload hook: ``dask-local`` starts its workers with this module as ``preload``, so
+    each worker process ignores SIGINT/SIGTERM like a process-pool worker (only the parent
+    reacts to Ctrl-C and closes the cluster)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in _PARENT_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 class ProcessPool(Pool):
     """A local spawn-based ProcessPoolExecutor that can be rebuilt after a worker dies."""
 
@@ -298,6 +307,8 @@ class DaskPool(Pool):
     def _connect(self) -> None:
         from distributed import Client, LocalCluster
 
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:   # no INFO chatter at start-up
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         if self.address:
             if _plain_remote(self.address):
                 log.warning("the Dask scheduler %s is reached without TLS: anyone who can reach it can "
@@ -319,13 +330,12 @@ class DaskPool(Pool):
                 self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                              host="127.0.0.1", protocol="tls://", security=security,
                                              dashboard_address=None, silence_logs=logging.ERROR,
+                                             preload=[__name__],       # workers ignore Ctrl-C: dask_setup
                                              # the scheduler's HTTP server (health/metrics routes,
                                              # no dashboard): loopback, any free port
                                              scheduler_kwargs={"dashboard": False,
                                                                "dashboard_address": "127.0.0.1:0"})
             self._client = Client(self._cluster, security=security)
-        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-            logging.getLogger("distributed").setLevel(logging.WARNING)
         nthreads = sum(self._client.nthreads().values()) or 1
         self.capacity = int(nthreads)
         # pure=False: a resubmitted batch gets a new key instead of the old (cancelled) future

@@ -238,12 +238,16 @@ def test_sigterm_keeps_finished_batches_then_resume(sig_target, sig_reference, t
 
 
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups")
-def test_ctrl_c_to_the_process_group_prints_one_line(sig_target, tmp_path):
+@pytest.mark.parametrize("executor", ["process", "dask-local"])
+def test_ctrl_c_to_the_process_group_prints_one_line(sig_target, tmp_path, executor):
     """SIGINT to the whole group (what a terminal's Ctrl-C does) while 2 workers run: the workers
     ignore it, the parent stops them and prints one line, exit 130."""
+    if executor == "dask-local":
+        pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+        pytest.importorskip("cryptography", reason="dask-local's TLS needs the cryptography package")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "subsetsum_lth", "approximate", "--target", str(sig_target), "--out", str(out),
-           *SIG_ARGS, "--weight-eps", "0.002", "--batch-size", "4", "--workers", "2"]
+           *SIG_ARGS, "--weight-eps", "0.002", "--batch-size", "4", "--workers", "2", "--executor", executor]
     p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
