@@ -55,6 +55,7 @@ class ApproximateConfig:
     ascent_steps: int = 100
     max_rounds: int = 8
     plots: bool = True
+    max_hours: float = 24.0       #: refuse a run whose estimated solve time is longer (subsetsum_lth.limits)
 
     def __post_init__(self) -> None:
         if self.eps is not None and self.weight_eps is not None:
@@ -68,6 +69,12 @@ class ApproximateConfig:
             self.weight_eps = 0.01
         if not (math.isfinite(self.input_radius) and self.input_radius > 0):
             raise UserError(f"--input-radius must be a positive number, got {self.input_radius}")
+        if not (self.max_hours > 0):
+            raise UserError(f"--max-hours must be a positive number, got {self.max_hours}")
+        if self.empirical_samples < 1:
+            raise UserError(f"--samples must be >= 1, got {self.empirical_samples}")
+        if self.ascent_steps < 0:
+            raise UserError(f"--steps must be >= 0, got {self.ascent_steps}")
 
     @property
     def mode(self) -> str:
@@ -197,8 +204,14 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         "weight_eps": config.weight_eps, "input_radius": config.input_radius,
     }
     # refuse absurd widths (with the estimate) and a full disk before any file is written
+    from subsetsum_lth import limits
     from subsetsum_lth.construction import plan_layers
-    entries = sum(pl.hidden * (pl.p + pl.q + 1) + pl.q for pl in plan_layers(target, cc))
+    plans = plan_layers(target, cc)
+    entries = sum(pl.hidden * (pl.p + pl.q + 1) + pl.q for pl in plans)
+    cost = limits.estimate(plans, sc.solver, _estimate_workers(sc, executor), sc.time_limit)
+    log.info("estimated solve time %s, memory %.2g GB", cost.describe_time(), cost.memory_bytes / 1e9)
+    limits.check_reach(cost, config.max_hours, "--eps" if config.mode == "network" else "--weight-eps")
+    limits.check_growth(plans, cc.grow, cc.max_growth, cc.width, cost.reach)
     store = _prepare_folder(out, config, fingerprint, need_bytes=int(entries * 5 * 1.1))
     done = _completed_run(out) if config.resume else None
     if done is not None:
@@ -452,6 +465,14 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     return report
 
 
+def _estimate_workers(sc: SolveConfig, executor) -> int:
+    """Cores the solve will use, for the cost estimate (never more than this machine's)."""
+    from subsetsum_lth.limits import available_cores
+    if executor is not None:
+        return int(getattr(executor, "capacity", None) or getattr(executor, "_max_workers", None) or 1)
+    return min(sc.workers or available_cores(), available_cores())
+
+
 def _completed_run(out: Path) -> dict | None:
     """The report of a finished, successful run in ``out`` (masks and report written, nothing
     infeasible, ε met), else None. ``_prepare_folder`` has already checked the settings match."""
@@ -507,6 +528,9 @@ def _grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constr
         grow_mask = np.zeros(plan.n_blocks, dtype=bool)
         grow_mask[blocks[blocks < plan.n_blocks]] = True
         grow_mask &= plan.extensions < cc.max_growth    # max_growth steps per block over the whole run
+        # never grow a block beyond exact search's reach (its instances could only time out)
+        from subsetsum_lth.limits import _solver_reach, growth_allowed
+        grow_mask &= growth_allowed(plan.block_widths, plan.grow, _solver_reach(sc.solver))
         if not grow_mask.any():
             break
         plan.extensions = plan.extensions + grow_mask.astype(np.int64)

@@ -6,9 +6,12 @@ Each subcommand lives in ``subsetsum_lth/commands/<name>.py`` and exposes ``NAME
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from subsetsum_lth import __version__
 from subsetsum_lth.errors import CertificateViolation, IncompleteRun, UserError
@@ -51,6 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by a SIGTERM: handled like Ctrl-C (exit 128 + 15)."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs, SIGTERM unwinds like Ctrl-C: finished work is kept, workers stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -62,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args._run(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args._run(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -72,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except CertificateViolation as exc:
         print(f"BUG: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; finished work is kept in the run folder (use --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name}); finished work is kept in the run folder "
+              "(use --resume)", file=sys.stderr)
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":

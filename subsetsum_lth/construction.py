@@ -89,6 +89,8 @@ class ConstructionConfig:
             raise UserError(f"unknown distribution {self.distribution!r}; choose from {sorted(DISTRIBUTIONS)}")
         if self.width not in WIDTH_MODES:
             raise UserError(f"--width must be one of {WIDTH_MODES}, got {self.width!r}")
+        if not isinstance(self.max_growth, (int, np.integer)) or self.max_growth < 0:
+            raise UserError(f"--max-growth must be a non-negative integer, got {self.max_growth!r}")
         if self.grow is not None and self.grow < 1:
             raise UserError(f"--grow must be >= 1, got {self.grow}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:

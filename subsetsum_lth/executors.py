@@ -16,7 +16,16 @@ Kinds (``--executor``):
 * ``process`` — ``concurrent.futures.ProcessPoolExecutor`` (spawn), the default;
 * ``dask`` — an existing Dask distributed scheduler (``--scheduler tcp://host:8786``), through
   ``Client.get_executor()``;
-* ``dask-local`` — a ``LocalCluster`` of ``--workers`` single-threaded worker processes.
+* ``dask-local`` — a ``LocalCluster`` of ``--workers`` single-threaded worker processes, private
+  to this run: it listens on 127.0.0.1 only, with TLS and certificates made for this run
+  (``Security.temporary()``, which needs the ``cryptography`` package), and no dashboard, so no
+  other user of the machine can connect to it and run code in its workers.
+
+A remote scheduler (``--executor dask``) is reached with Dask's own security configuration: a
+``tls://`` address and the ``distributed.comm.tls.*`` settings (CA file, client certificate and
+key; in ``~/.config/dask/*.yaml`` or ``DASK_DISTRIBUTED__COMM__TLS__*`` environment variables),
+which ``Client`` reads by itself. A plain ``tcp://`` address to another host is used as given,
+with a warning.
 
 Dask is an optional extra: ``pip install 'subsetsum-lth[dask]'``. Solver objects are never
 shipped: each worker process creates its own backend (one Gurobi Env per process) on first use.
@@ -26,8 +35,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import importlib.util
 import logging
+import contextlib
 import multiprocessing as mp
 import os
+import signal
+import threading
 
 from subsetsum_lth.errors import UserError
 
@@ -58,6 +70,9 @@ def check_executor(kind: str, scheduler: str | None = None) -> None:
                         "use --executor dask-local to start a cluster on this machine")
     if scheduler and kind != "dask":
         raise UserError("--scheduler is only used with --executor dask")
+    if kind == "dask-local" and importlib.util.find_spec("cryptography") is None:
+        raise UserError("--executor dask-local secures its local cluster with TLS, which needs the "
+                        "'cryptography' package: pip install cryptography (or use --executor process)")
 
 
 class Pool:
@@ -90,6 +105,10 @@ class Pool:
     def close(self) -> None:
         pass
 
+    def abort(self) -> None:
+        """Stop as fast as possible (interrupted); by default the same as :meth:`close`."""
+        self.close()
+
     def __enter__(self):
         return self
 
@@ -113,6 +132,74 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="watch-parent").start()
 
 
+#: signals only the parent process reacts to: workers ignore them (the parent stops them)
+_PARENT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def parent_signals_blocked():
+    """Block SIGINT/SIGTERM in this thread while worker processes are started: a started process
+    inherits the blocked mask through fork and exec, so a Ctrl-C to the process group during its
+    start-up stays pending until its initializer ignores it (no worker traceback). A signal that
+    arrives meanwhile for this process is delivered when the block ends."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Hold SIGINT/SIGTERM back while the driver waits on its futures, and deliver them at a safe
+    point. Yields a list that receives the signal numbers; the caller polls it and leaves the
+    block; on leaving, the previous handlers are restored and the first signal is raised again,
+    so it takes its usual effect (KeyboardInterrupt, the CLI's SIGTERM handler, ...).
+
+    Why: an exception raised by a signal handler inside ``concurrent.futures.wait`` can leave a
+    future's lock held, and then the executor's manager thread, and interpreter exit, hang."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    pending: list = []
+
+    def note(signum, frame):
+        pending.append(signum)
+    old = {}
+    for sig in _PARENT_SIGNALS:
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+            old[sig] = signal.signal(sig, note)
+    try:
+        yield pending
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+def _worker_init() -> None:
+    """Process-pool worker initializer: ignore SIGINT/SIGTERM (only the parent reacts to Ctrl-C
+    or a termination request, and stops its workers), then watch the parent (:func:`_watch_parent`)."""
+    for sig in _PARENT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
+    _watch_parent()
+
+
+def dask_setup(worker=None) -> None:
+    """Dask preload hook: ``dask-local`` starts its workers with this module as ``preload``, so
+    each worker process ignores SIGINT/SIGTERM like a process-pool worker (only the parent
+    reacts to Ctrl-C and closes the cluster)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in _PARENT_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 class ProcessPool(Pool):
     """A local spawn-based ProcessPoolExecutor that can be rebuilt after a worker dies."""
 
@@ -128,8 +215,12 @@ class ProcessPool(Pool):
     def executor(self) -> cf.Executor:
         if self._executor is None:
             self._executor = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                                    initializer=_watch_parent)
+                                                    initializer=_worker_init)
         return self._executor
+
+    def submit(self, fn, *args) -> cf.Future:
+        with parent_signals_blocked():      # a submit may start a worker process
+            return self.executor.submit(fn, *args)
 
     def recover(self) -> None:
         old, self._executor = self._executor, None
@@ -148,6 +239,13 @@ class ProcessPool(Pool):
 
     def close(self) -> None:
         if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def abort(self) -> None:
+        """Stop now (interrupted): kill the workers instead of waiting for their batches."""
+        if self._executor is not None:
+            _kill_processes(self._executor)
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
@@ -209,7 +307,13 @@ class DaskPool(Pool):
     def _connect(self) -> None:
         from distributed import Client, LocalCluster
 
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:   # no INFO chatter at start-up
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         if self.address:
+            if _plain_remote(self.address):
+                log.warning("the Dask scheduler %s is reached without TLS: anyone who can reach it can "
+                            "run code on its workers; use a tls:// address and Dask's "
+                            "distributed.comm.tls settings on a shared network", self.address)
             try:
                 self._client = Client(self.address, timeout="20s")
             except Exception as exc:  # OSError / TimeoutError from the comm layer
@@ -217,12 +321,21 @@ class DaskPool(Pool):
                                 "start one with 'dask scheduler' and workers with "
                                 "'dask worker ADDRESS --nthreads 1'") from None
         else:
+            from distributed.security import Security
+
             n = self.workers or os.cpu_count() or 1
-            self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                         dashboard_address=":0", silence_logs=logging.ERROR)
-            self._client = Client(self._cluster)
-        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-            logging.getLogger("distributed").setLevel(logging.WARNING)
+            # private: loopback only, TLS with certificates made for this run, no dashboard
+            security = Security.temporary()
+            with parent_signals_blocked():     # workers and nannies inherit SIGINT/SIGTERM blocked
+                self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                             host="127.0.0.1", protocol="tls://", security=security,
+                                             dashboard_address=None, silence_logs=logging.ERROR,
+                                             preload=[__name__],       # workers ignore Ctrl-C: dask_setup
+                                             # the scheduler's HTTP server (health/metrics routes,
+                                             # no dashboard): loopback, any free port
+                                             scheduler_kwargs={"dashboard": False,
+                                                               "dashboard_address": "127.0.0.1:0"})
+            self._client = Client(self._cluster, security=security)
         nthreads = sum(self._client.nthreads().values()) or 1
         self.capacity = int(nthreads)
         # pure=False: a resubmitted batch gets a new key instead of the old (cancelled) future
@@ -254,13 +367,26 @@ class DaskPool(Pool):
             self._cluster = None
 
 
+def _plain_remote(address: str) -> bool:
+    """True for an unencrypted address (tcp://, or no scheme) to a host other than this one."""
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return False
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    return host not in ("127.0.0.1", "localhost", "::1")
+
+
 def make_pool(kind: str = "process", workers: int | None = None, scheduler: str | None = None) -> Pool:
     """A pool of the given kind (nothing starts until the first batch is submitted)."""
     check_executor(kind, scheduler)
-    if kind == "process":
-        return ProcessPool(workers or os.cpu_count() or 1)
     if kind == "dask":
         return DaskPool(address=scheduler)
+    # local workers: never more processes than cores (the driver also keeps no more batches in
+    # flight than there are batches, so a small run starts few of them)
+    from subsetsum_lth.limits import cap_workers
+    workers = cap_workers(workers)
+    if kind == "process":
+        return ProcessPool(workers)
     return DaskPool(workers=workers)
 
 

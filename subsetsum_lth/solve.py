@@ -35,7 +35,7 @@ class SolveConfig:
     objective: str = "error"
     workers: int | None = None        #: None: all cores; 1: in this process
     batch_size: int | None = None     #: None: DEFAULT_BATCH[solver] or 512
-    time_limit: float | None = None   #: per instance, seconds (backends that support it)
+    time_limit: float | None = None   #: per instance, seconds (backends that support it); None: limits.DEFAULT_TIME_LIMIT
     executor: str = "process"         #: process | dask | dask-local (see subsetsum_lth.executors)
     scheduler: str | None = None      #: Dask scheduler address for executor "dask"
     batch_timeout: float | None = None  #: seconds a batch may run before it is retried
@@ -209,13 +209,18 @@ _puts = 0
 
 def _maybe_inject_fault() -> None:
     """Test-only fault injection: with $SUBSETSUM_LTH_FAULT_AFTER_BATCHES=N the process dies
-    abruptly (as under kill -9) right after the N-th finished batch was stored."""
+    abruptly (as under kill -9) right after the N-th finished batch was stored; with ``N:SIGNAME``
+    (e.g. ``3:SIGTERM``) it sends itself that signal once instead."""
     global _puts
-    limit = os.environ.get(FAULT_ENV)
-    if not limit:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
         return
+    limit, _, signame = spec.partition(":")
     _puts += 1
-    if _puts >= int(limit):
+    if signame and _puts == int(limit):
+        import signal
+        os.kill(os.getpid(), getattr(signal, signame))
+    elif not signame and _puts >= int(limit):
         log.error("fault injection: killing this process after %d stored batches", _puts)
         os._exit(137)
 
@@ -298,7 +303,19 @@ def _run_in_process(todo, solver, options, done) -> None:
 
 def _run_in_pool(pool: Pool, todo, solver, options, config: SolveConfig, done) -> None:
     """Submit batches (at most ``pool.capacity`` in flight), retry a batch whose worker died or that
-    ran past ``config.batch_timeout`` (bounded by ``config.retries``), then report it as failed."""
+    ran past ``config.batch_timeout`` (bounded by ``config.retries``), then report it as failed.
+    SIGINT/SIGTERM are delivered between two waits, never inside one (see ``deferred_signals``)."""
+    from subsetsum_lth.executors import deferred_signals
+
+    with deferred_signals() as signals:
+        _drive_pool(pool, todo, solver, options, config, done, signals)
+
+
+#: seconds between two checks for a deferred signal while waiting on batches
+_POLL_SECONDS = 0.25
+
+
+def _drive_pool(pool: Pool, todo, solver, options, config: SolveConfig, done, signals: list) -> None:
     from collections import deque
 
     pending = deque(todo)
@@ -334,7 +351,7 @@ def _run_in_pool(pool: Pool, todo, solver, options, config: SolveConfig, done) -
                             "(e.g. run from a script file, not stdin), or use --workers 1")
         pool.recover()
 
-    while pending or inflight:
+    while (pending or inflight) and not signals:
         while pending and len(inflight) < pool.capacity:
             it = pending.popleft()
             try:
@@ -346,10 +363,10 @@ def _run_in_pool(pool: Pool, todo, solver, options, config: SolveConfig, done) -
             inflight[fut] = (it, time.monotonic())
         if not inflight:
             continue
-        wait_s = None
+        wait_s = _POLL_SECONDS
         if limit:
             oldest = min(t for _, t in inflight.values())
-            wait_s = max(0.05, oldest + limit - time.monotonic())
+            wait_s = min(wait_s, max(0.05, oldest + limit - time.monotonic()))
         finished, _ = cf.wait(list(inflight), timeout=wait_s, return_when=cf.FIRST_COMPLETED)
         pool_broke = None
         for fut in finished:
@@ -452,7 +469,9 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
                 log.info("resume: %d of %d batches already solved", len(todo) - len(left), len(todo))
             if not left:
                 return
-            options = {"time_limit": config.time_limit} if config.time_limit else {}
+            # every backend that takes a time limit gets one, so no instance runs for ever
+            from subsetsum_lth.limits import DEFAULT_TIME_LIMIT
+            options = {"time_limit": config.time_limit or DEFAULT_TIME_LIMIT}
             local = config.executor == "process" and not config.batch_timeout
             if pool is None and local and (workers == 1 or len(left) <= 1):
                 _run_in_process(left, solver, options, done)
@@ -483,6 +502,11 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
                     key = int(batch.ids[i])
                     messages[key] = f"{first[key]}; then {messages.get(key, Status(int(status[i])).name)}"
                 log.warning("fallback %s: %d of %d instances recovered", fb, bad.size - still.size, bad.size)
+    except BaseException:
+        if own and pool is not None:   # interrupted or failed: stop the workers, do not wait for them
+            own = False
+            pool.abort()
+        raise
     finally:
         if own and pool is not None:
             pool.close()

@@ -75,9 +75,10 @@ class Ctx:
         d.mkdir()
         names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-        for n in names:   # a header declaring 60000 28x28 images, then only a few bytes
+        for n in names:   # a header declaring MNIST's 60000 (10000) 28x28 images, then only a few bytes
+            count = 60000 if n.startswith("train") else 10000
             with gzip.open(d / n, "wb") as fh:
-                fh.write(bytes([0, 0, 8, 3 if "images" in n else 1]) + (60000).to_bytes(4, "big") +
+                fh.write(bytes([0, 0, 8, 3 if "images" in n else 1]) + count.to_bytes(4, "big") +
                          ((28).to_bytes(4, "big") * 2 if "images" in n else b"") + b"\x00" * 100)
         return str(d)
 
@@ -120,6 +121,17 @@ def _no_dask(c: Ctx):
     from subsetsum_lth import executors
     c.mp.setattr(executors, "dask_available",
                  lambda: (False, f"the Dask executor needs dask[distributed]: {executors.DASK_HINT}"))
+
+
+def _no_cryptography(c: Ctx):
+    import importlib.util
+
+    from subsetsum_lth import executors
+    if not executors.dask_available()[0]:
+        c.mp.setattr(executors, "dask_available", lambda: (True, None))
+    real = importlib.util.find_spec
+    c.mp.setattr(executors.importlib.util, "find_spec",
+                 lambda name, *a: None if name == "cryptography" else real(name, *a))
 
 
 def _disk_full(c: Ctx):
@@ -165,6 +177,15 @@ CASES = [
                                            "--solver", "mitm", "--block-width", "1000000000", "--no-progress"],
          ("gb", "--block-width")),
     Case("approx-negative-retries", _approx("--retries", "-1"), ("--retries",)),
+    Case("approx-samples-negative", _approx("--samples", "-5"), ("--samples", "must be a positive integer")),
+    Case("approx-samples-zero-steps-zero", _approx("--samples", "0", "--steps", "0"),
+         ("--samples", "must be a positive integer")),
+    Case("approx-steps-negative", _approx("--steps", "-5"), ("--steps", "must be a non-negative integer")),
+    Case("approx-max-growth-negative", _approx("--max-growth", "-5"),
+         ("--max-growth", "must be a non-negative integer")),
+    Case("approx-max-hours-zero", _approx("--max-hours", "0"), ("--max-hours", "must be a positive number")),
+    Case("approx-dask-local-no-cryptography", _approx("--executor", "dask-local"),
+         ("cryptography", "--executor process"), setup=lambda c: _no_cryptography(c)),
     Case("approx-bad-batch-timeout", _approx("--batch-timeout", "0"), ("positive",)),
     # ---- approximate: environment
     Case("approx-unwritable-out", lambda c: ["approximate", "--target", c.target(), "--out", c.file_as_dir(),

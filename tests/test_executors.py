@@ -77,6 +77,7 @@ def test_worker_killed_process_pool(target, reference, tmp_path, monkeypatch):
 
 def test_worker_killed_dask_local(target, reference, tmp_path, monkeypatch):
     pytest.importorskip("distributed")
+    pytest.importorskip("cryptography", reason="dask-local needs cryptography for its TLS certificates")
     marker = tmp_path / "fired"
     masks = _run(target, tmp_path / "run", "--executor", "dask-local", "--workers", "2",
                  env={WORKER_FAULT_ENV: f"kill:2:{marker}"}, monkeypatch=monkeypatch)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from subsetsum_lth.commands._common import positive_float, positive_int, print_json, tqdm_progress
+from subsetsum_lth.commands._common import (non_negative_int, positive_float, positive_int, print_json,
+                                            tqdm_progress)
 
 HELP = "prune a random network to approximate a target MLP, with a certified error"
 DESCRIPTION = (
@@ -47,7 +48,12 @@ def add_arguments(p) -> None:
                         "coefficients within τ; feasible: any subset within τ")
     p.add_argument("--workers", type=positive_int, default=None, help="solver processes (default: all cores)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="instances per solver batch")
-    p.add_argument("--time-limit", type=positive_float, default=None, help="per-instance solver time limit (s)")
+    p.add_argument("--time-limit", type=positive_float, default=None,
+                   help="per-instance solver time limit (s) of the backends that take one, and of the "
+                        "fallback for instances beyond exact search (default: 10)")
+    p.add_argument("--max-hours", type=positive_float, default=24.0,
+                   help="refuse (before any work) a run whose estimated solve time, ~2^(n/2) per instance "
+                        "of n live coefficients, is longer than this")
     x = p.add_argument_group("where the solver batches run")
     x.add_argument("--executor", choices=("process", "dask", "dask-local"), default="process",
                    help="process: a local process pool; dask: a Dask distributed cluster (--scheduler); "
@@ -58,7 +64,7 @@ def add_arguments(p) -> None:
     x.add_argument("--batch-timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="a batch not done in this time is cancelled (its worker replaced) and retried, "
                         "then its instances are reported as failed")
-    x.add_argument("--retries", type=int, default=2,
+    x.add_argument("--retries", type=non_negative_int, default=2,
                    help="extra attempts for a batch whose worker died or that timed out")
     x.add_argument("--no-fallback", dest="fallback", action="store_false",
                    help="do not re-solve TIMEOUT/ERROR instances with another exact backend")
@@ -70,7 +76,8 @@ def add_arguments(p) -> None:
                         "within τ; adaptive: like auto but starting from half the formula's width")
     p.add_argument("--grow", type=positive_int, default=None,
                    help="units appended to a block per growth step (default: max(4, m/4))")
-    p.add_argument("--max-growth", type=int, default=8, help="growth steps per block at most")
+    p.add_argument("--max-growth", type=non_negative_int, default=8,
+                   help="growth steps per block at most (0: no growth, as --width formula)")
     p.add_argument("--C", dest="C", type=positive_float, default=1.5,
                    help="constant C in m = ceil(C log2(p q l / min(ε, δ)))")
     p.add_argument("--delta", type=float, default=None, help="δ in the width formula (default: ε)")
@@ -80,8 +87,9 @@ def add_arguments(p) -> None:
                    help="exit 0 even if some instances are not within τ (closest subsets are kept)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--samples", type=int, default=512, help="random points for the empirical bound")
-    p.add_argument("--steps", type=int, default=100, help="gradient-ascent steps for the empirical bound")
+    p.add_argument("--samples", type=positive_int, default=512, help="random points for the empirical bound")
+    p.add_argument("--steps", type=non_negative_int, default=100,
+                   help="gradient-ascent steps for the empirical bound (0: evaluate the points only)")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print report.json to stdout")
@@ -131,6 +139,7 @@ def run(args) -> int:
         eps=args.eps, weight_eps=args.weight_eps, input_radius=radius,
         allow_infeasible=args.allow_infeasible, resume=args.resume, overwrite=args.overwrite,
         empirical_samples=args.samples, ascent_steps=args.steps, plots=not args.no_plots,
+        max_hours=args.max_hours,
     )
     progress = tqdm_progress(enabled=not args.no_progress)
     status = 0
@@ -148,6 +157,11 @@ def run(args) -> int:
         report = read_report(args.out)
         _summary(report, args.out)
         raise exc
+    except BaseException:
+        if pool is not None:    # interrupted (Ctrl-C, SIGTERM) or failed: stop the workers now
+            pool, doomed = None, pool
+            doomed.abort()
+        raise
     finally:
         if pool is not None:
             pool.close()

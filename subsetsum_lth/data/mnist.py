@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import os
 import struct
 import tempfile
@@ -84,60 +85,86 @@ _IDX_EXPECTED_NDIM = {1: "labels", 3: "images"}  # 0x00000801 labels, 0x00000803
 # IDX parsing
 # --------------------------------------------------------------------------------------------
 
-def _read_bytes(path: Path) -> bytes:
+#: largest IDX payload accepted (bytes); the MNIST training images are 47,040,000
+MAX_IDX_BYTES = 64 * 2**20
+
+
+def _open_idx(path: Path, fh):
+    """The decompressed stream of an open IDX file (gzip or raw); nothing is read ahead."""
+    head = fh.read(2)
+    fh.seek(0)
+    if head == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=fh)
+    if path.name.endswith(".gz"):
+        raise DataError(f"{path}: the name ends in .gz but the file is not gzip data "
+                        f"(first bytes {head!r}); delete it and download it again")
+    return fh
+
+
+def _read_idx(path: Path, expected_shape: tuple | None = None) -> tuple[tuple, bytes]:
+    """(dims, payload) of an IDX file, reading the header first and then at most the declared
+    payload + 1 byte, so a file whose header is absurd, not the expected one, or that holds more
+    data than declared (a decompression bomb) is refused before its data is read."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(2)
-            fh.seek(0)
-            if head == b"\x1f\x8b":
-                try:
-                    with gzip.GzipFile(fileobj=fh) as gz:
-                        return gz.read()
-                except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-                    raise DataError(
-                        f"{path}: corrupt or truncated gzip data ({exc or type(exc).__name__}); "
-                        f"delete the file and download it again") from exc
-            if path.name.endswith(".gz"):
-                raise DataError(f"{path}: the name ends in .gz but the file is not gzip data "
-                                f"(first bytes {head!r}); delete it and download it again")
-            return fh.read()
+            try:
+                stream = _open_idx(path, fh)
+                head = stream.read(4)
+                if len(head) < 4:
+                    raise DataError(f"{path}: only {len(head)} bytes, too short for an IDX header "
+                                    f"(truncated or not an IDX file)")
+                magic = struct.unpack(">I", head)[0]
+                zero, dtype_code, ndim = head[0:2], head[2], head[3]
+                if zero != b"\x00\x00" or dtype_code not in _IDX_DTYPES or ndim not in _IDX_EXPECTED_NDIM:
+                    raise DataError(f"{path}: bad IDX magic number 0x{magic:08x} (expected 0x00000801 "
+                                    f"for labels or 0x00000803 for images); not an MNIST IDX file")
+                raw_dims = stream.read(4 * ndim)
+                if len(raw_dims) < 4 * ndim:
+                    raise DataError(f"{path}: truncated IDX header ({4 + len(raw_dims)} bytes, "
+                                    f"{4 + 4 * ndim} needed)")
+                dims = struct.unpack(f">{ndim}I", raw_dims)
+                if any(d == 0 for d in dims):
+                    raise DataError(f"{path}: IDX header declares an empty dimension {dims}")
+                if expected_shape is not None and tuple(dims) != tuple(expected_shape):
+                    raise DataError(f"{path}: the IDX header declares shape {tuple(dims)}, expected "
+                                    f"{tuple(expected_shape)} for this MNIST file; delete it and "
+                                    f"download it again")
+                expected = math.prod(dims) * _IDX_DTYPES[dtype_code].itemsize
+                if expected > MAX_IDX_BYTES:
+                    raise DataError(f"{path}: the IDX header declares shape {tuple(dims)} "
+                                    f"({expected:,} data bytes), more than any MNIST file "
+                                    f"({MAX_IDX_BYTES:,} bytes at most); not an MNIST IDX file")
+                payload = stream.read(expected + 1)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                raise DataError(
+                    f"{path}: corrupt or truncated gzip data ({exc or type(exc).__name__}); "
+                    f"delete the file and download it again") from exc
     except DataError:
         raise
     except OSError as exc:
         raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+    if len(payload) != expected:
+        if len(payload) < expected:
+            raise DataError(f"{path}: file truncated: the header declares shape {tuple(dims)} "
+                            f"({expected} data bytes) but the file holds {len(payload)} data bytes")
+        raise DataError(f"{path}: file has trailing bytes: the header declares shape {tuple(dims)} "
+                        f"({expected} data bytes) but the file holds more; delete it and download "
+                        f"it again")
+    return dims, payload
 
 
-def parse_idx(path) -> np.ndarray:
+def parse_idx(path, expected_shape: tuple | None = None) -> np.ndarray:
     """Read one IDX file (gzipped or raw) into a uint8 array of the shape its header declares.
 
     Only the two MNIST kinds are accepted: magic ``0x00000801`` (1-d, uint8 labels) and
-    ``0x00000803`` (3-d, uint8 images). The payload must have exactly the declared size.
-    Anything else raises :class:`DataError` naming the file and what is wrong.
+    ``0x00000803`` (3-d, uint8 images). The payload must have exactly the declared size, at most
+    :data:`MAX_IDX_BYTES`, and the shape must be ``expected_shape`` when given; the header is
+    checked before the data is read, and no more than the declared size (+1 byte) is ever read
+    or decompressed. Anything else raises :class:`DataError` naming the file and what is wrong.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DataError(f"{path}: only {len(data)} bytes, too short for an IDX header "
-                        f"(truncated or not an IDX file)")
-    magic = struct.unpack(">I", data[:4])[0]
-    zero, dtype_code, ndim = data[0:2], data[2], data[3]
-    if zero != b"\x00\x00" or dtype_code not in _IDX_DTYPES or ndim not in _IDX_EXPECTED_NDIM:
-        raise DataError(f"{path}: bad IDX magic number 0x{magic:08x} (expected 0x00000801 for "
-                        f"labels or 0x00000803 for images); not an MNIST IDX file")
-    header_len = 4 + 4 * ndim
-    if len(data) < header_len:
-        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, {header_len} needed)")
-    dims = struct.unpack(f">{ndim}I", data[4:header_len])
-    if any(d == 0 for d in dims):
-        raise DataError(f"{path}: IDX header declares an empty dimension {dims}")
-    dtype = _IDX_DTYPES[dtype_code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    payload = len(data) - header_len
-    if payload != expected:
-        what = "truncated" if payload < expected else "has trailing bytes"
-        raise DataError(f"{path}: file {what}: the header declares shape {tuple(dims)} "
-                        f"({expected} data bytes) but the file holds {payload} data bytes")
-    arr = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
+    dims, payload = _read_idx(path, expected_shape)
+    arr = np.frombuffer(payload, dtype=np.uint8).reshape(dims)
     return arr.copy()  # own, writeable memory (frombuffer over bytes is read-only)
 
 
@@ -329,7 +356,8 @@ def _load_uint8(split: str, directory: Path) -> tuple[np.ndarray, np.ndarray]:
         hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    images, labels = parse_idx(img_path), parse_idx(lbl_path)
+    images = parse_idx(img_path, MNIST_FILES[img_name].shape)
+    labels = parse_idx(lbl_path, MNIST_FILES[lbl_name].shape)
     for path, arr, name in ((img_path, images, img_name), (lbl_path, labels, lbl_name)):
         want = MNIST_FILES[name].shape
         if arr.shape != want:

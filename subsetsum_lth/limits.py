@@ -1,0 +1,216 @@
+"""Refuse what cannot finish: a cost and memory estimate of a run before anything is allocated.
+
+Exact subset-sum search costs about ``2^{n/2}`` per instance (meet in the middle: the subset
+sums of both halves of the n live coefficients), so the solve time of a layer follows from the
+block width m alone: an instance's live count n is Binomial(m, 1/2) (a unit is live when its
+input weight, or its bias in the bias block, is positive in the instance's sign half).
+
+The rate is calibrated on the mitm backend (~30k instances/s per core at n = 21, i.e. ~9e7
+enumerated half-sums per second) and rounded *up* to :data:`SUMS_PER_SECOND`, so the estimate
+is on the fast side: a refusal means the run truly cannot finish in the budget. Instances
+beyond the exact backends' enumeration limit (:data:`EXACT_MAX_N`) are charged at least the
+per-instance time limit, which is what the time-limited fallback then spends on them.
+
+Memory: g's dense float32 parameters, its uint8 masks and the float64 copy used by the
+certificate, plus each layer's float64 coefficient table (instances x live coefficients).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+from subsetsum_lth.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: enumerated half-sums per second and core (measured ~9e7 for mitm at n = 21; rounded up)
+SUMS_PER_SECOND = 1e8
+#: largest live count any exact backend here enumerates (mitm's hard limit, also ortools' exact path)
+EXACT_MAX_N = 40
+#: default per-instance time limit (seconds) of the solvers that take one, and of the fallback
+DEFAULT_TIME_LIMIT = 10.0
+#: default budget of the estimated solve time (hours), ``--max-hours``
+DEFAULT_MAX_HOURS = 24.0
+#: bytes per parameter of g held at the peak: float32 weights, uint8 masks, float64 certificate copy
+_BYTES_PER_PARAM = 4 + 1 + 8
+#: bytes per coefficient-table entry: float64 table, a float64 batch copy, a bool selection
+_BYTES_PER_COEF = 8 + 8 + 1
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_workers(requested: int | None, what: str = "--workers") -> int:
+    """Worker processes to start: ``requested`` (default: all cores), at most the core count;
+    says so in the log when it caps."""
+    cores = available_cores()
+    if requested is None:
+        return cores
+    if requested > cores:
+        log.warning("%s %d capped to %d (the number of CPU cores here)", what, requested, cores)
+        return cores
+    return int(requested)
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _log2_binom_pmf(m: int, n: int) -> float:
+    return (math.lgamma(m + 1) - math.lgamma(n + 1) - math.lgamma(m - n + 1)) / math.log(2) - m
+
+
+def _log2_add(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    hi, lo = max(a, b), min(a, b)
+    return hi + math.log2(1.0 + 2.0 ** (lo - hi))
+
+
+def log2_instance_seconds(m: int, reach: int | None, time_limit: float) -> float:
+    """log2 of the expected seconds of one instance over n ~ Binomial(m, 1/2): exact search
+    ``(2^{floor(n/2)} + 2^{ceil(n/2)}) / SUMS_PER_SECOND``, and at least ``time_limit`` when n is
+    beyond ``reach``. Log scale: m may be in the millions."""
+    rate = math.log2(SUMS_PER_SECOND)
+    if m > 4000:   # the binomial is concentrated: use its mean (n = m/2) and the tail bound
+        n = m / 2
+        exact = n / 2 + 1 - rate
+        return max(exact, math.log2(time_limit)) if reach is not None and n > reach else exact
+    total = -math.inf
+    for n in range(m + 1):
+        exact = math.log2(2.0 ** (n // 2) + 2.0 ** (n - n // 2)) - rate
+        cost = max(exact, math.log2(time_limit)) if reach is not None and n > reach else exact
+        total = _log2_add(total, _log2_binom_pmf(m, n) + cost)
+    return total
+
+
+@dataclass
+class LayerEstimate:
+    layer: int
+    block_width: int
+    instances: int
+    typical_n: float          #: expected live coefficients per instance (m / 2)
+    log2_seconds: float       #: core-seconds of the layer, log2
+    memory_bytes: float       #: coefficient table of the layer
+
+
+@dataclass
+class CostEstimate:
+    layers: list[LayerEstimate]
+    workers: int
+    parameters: int           #: dense parameters of g
+    reach: int | None
+
+    @property
+    def log2_core_seconds(self) -> float:
+        total = -math.inf
+        for L in self.layers:
+            total = _log2_add(total, L.log2_seconds)
+        return total
+
+    @property
+    def hours(self) -> float:
+        """Wall hours with ``workers`` cores (inf when beyond float range)."""
+        x = self.log2_core_seconds - math.log2(self.workers * 3600.0)
+        return 2.0 ** x if x < 1000 else math.inf
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.parameters * _BYTES_PER_PARAM + max((L.memory_bytes for L in self.layers), default=0.0)
+
+    def describe_time(self) -> str:
+        return _human_hours(self.log2_core_seconds - math.log2(self.workers * 3600.0))
+
+
+def _human_hours(log2_hours: float) -> str:
+    if log2_hours < 20:
+        h = 2.0 ** log2_hours
+        if h < 1:
+            return f"{h * 60:.1f} minutes"
+        return f"{h:,.1f} hours"
+    return f"10^{log2_hours * math.log10(2):.0f} hours"
+
+
+def _solver_reach(solver: str) -> int | None:
+    """Exact enumeration limit of a backend family: mitm (and ortools, which routes large
+    instances to mitm) enumerate at most EXACT_MAX_N; MIP backends have none."""
+    return EXACT_MAX_N if solver in ("mitm", "ortools") else None
+
+
+def estimate(plans, solver: str, workers: int, time_limit: float | None) -> CostEstimate:
+    """Cost and memory estimate of solving every instance of ``plans`` (LayerPlans)."""
+    reach = _solver_reach(solver)
+    limit = time_limit or DEFAULT_TIME_LIMIT
+    layers = []
+    params = 0
+    for pl in plans:
+        halves = 2 if pl.signed_input else 1
+        instances = (pl.p * halves + (1 if pl.has_bias else 0)) * pl.q
+        m = int(pl.m)
+        n_max = m / 2 + 1.5 * math.sqrt(m) + 1        # a generous upper quantile of Binomial(m, 1/2)
+        layers.append(LayerEstimate(pl.index, m, instances, m / 2,
+                                    math.log2(max(instances, 1)) + log2_instance_seconds(m, reach, limit),
+                                    instances * n_max * _BYTES_PER_COEF))
+        params += pl.hidden * (pl.p + pl.q + 1) + pl.q
+    return CostEstimate(layers, max(1, int(workers)), params, reach)
+
+
+def check_reach(est: CostEstimate, max_hours: float, eps_flag: str) -> None:
+    """UserError (exit 2) with the estimate and the option to change when the run is beyond reach:
+    more than ``max_hours`` of solving, or more memory than this machine has."""
+    worst = max(est.layers, key=lambda L: L.log2_seconds)
+    fix = (f"lower the random network's width ({eps_flag} larger, or --C / --block-width smaller)")
+    if est.hours > max_hours:
+        beyond = (f"; exact search enumerates at most n = {est.reach}, larger instances only get the "
+                  f"time-limited fallback" if est.reach is not None and worst.typical_n > est.reach else "")
+        raise UserError(
+            f"this run would not finish: exact subset-sum search costs ~2^(n/2) per instance and layer "
+            f"{worst.layer + 1} has {worst.instances:,} instances of ~{worst.typical_n:,.0f} live "
+            f"coefficients (block width m = {worst.block_width:,}){beyond}; estimated solve time "
+            f"{est.describe_time()} on {est.workers} core(s), above --max-hours {max_hours:g}. "
+            f"To fix: {fix}, or raise --max-hours if the estimate is acceptable")
+    ram = physical_memory()
+    if ram is not None and est.memory_bytes > 0.9 * ram:
+        raise UserError(
+            f"this run would need about {est.memory_bytes / 1e9:,.1f} GB of memory (g has "
+            f"{est.parameters:,} parameters; the largest layer's instance table "
+            f"{max(L.memory_bytes for L in est.layers) / 1e9:,.1f} GB), more than this machine's "
+            f"{ram / 1e9:.1f} GB; to fix: {fix}")
+
+
+def check_growth(plans, grow: int | None, max_growth: int, width_mode: str, reach: int | None) -> None:
+    """Refuse an explicit ``--grow`` whose first step already puts a grown block's instances beyond
+    exact search (the default growth is only capped at run time: see :func:`growth_allowed`)."""
+    if grow is None or width_mode == "formula" or reach is None or max_growth <= 0:
+        return
+    for pl in plans:
+        if pl.grow and (pl.m + pl.grow) / 2 > reach:
+            most = max(1, 2 * reach - pl.m)
+            raise UserError(
+                f"--grow {pl.grow:,}: one growth step makes a block of layer {pl.index + 1} "
+                f"{pl.m + pl.grow:,} units wide (~{(pl.m + pl.grow) / 2:,.0f} live coefficients per "
+                f"instance), beyond exact search (at most n = {reach}); lower --grow (at most "
+                f"{most} here) or use --width formula")
+
+
+def growth_allowed(block_widths, grow: int, reach: int | None):
+    """Boolean mask of blocks that may still grow: the grown block's expected live count
+    (width / 2) stays within exact search's reach."""
+    import numpy as np
+    widths = np.asarray(block_widths)
+    if reach is None:
+        return np.ones(widths.shape, dtype=bool)
+    return (widths + grow) / 2 <= reach
