@@ -366,6 +366,7 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
         "target_sizes": target.sizes,
         "target_parameters": target.n_parameters,
         "target_source": target.source,
+        "preprocessing": _preprocessing_report(target),
         "certified_bound": certificate.bound,
         "empirical_bound": emp["empirical_bound"],
         "empirical": emp,
@@ -425,6 +426,11 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
                             f"width; everything computed is written to {out}. Widen the network "
                             "(--block-width, --C) or use --objective error.")
     return report
+
+
+def _preprocessing_report(target: Target) -> dict:
+    from subsetsum_lth.preprocess import report
+    return report(target)
 
 
 def _completed_run(out: Path) -> dict | None:

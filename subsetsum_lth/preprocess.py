@@ -213,3 +213,14 @@ def accuracy_warning(measured: float, declared: tuple[float, str] | None, target
             f"{100 * declared[0]:.2f}% of {declared[1]}: was it trained on other inputs? Declare them "
             "with --input-normalize MEAN,STD (e.g. 0.1307,0.3081 for torchvision's usual MNIST "
             "Normalize) and/or --input-scale (1 for raw 0..255 pixels)")
+
+
+def measure_accuracy(target, x, y, batch: int = 4096) -> float:
+    """Accuracy of the target (as loaded, float64) on inputs ``x`` with labels ``y``."""
+    import torch
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out = target.forward(torch.as_tensor(np.asarray(x[i:i + batch]), dtype=torch.float64))
+            correct += int((out.argmax(1).numpy() == np.asarray(y[i:i + batch])).sum())
+    return correct / max(len(x), 1)
