@@ -4,7 +4,8 @@ A model trained on ``x' = (s·255·x − μ) / σ`` (``x`` = pixels/255 in [0, 1
 pixel scale: ``1/255`` for pixels/255, ``1`` for raw 0..255 pixels; μ, σ per channel as in
 torchvision's ``Normalize(mean, std)``) computes ``W x' + b = (W diag(a)) x + (b + W c)`` with
 ``a = 255·s/σ``, ``c = −μ/σ``. Folding replaces the first layer by ``W' = W diag(a)``,
-``b' = b + W c`` (a bias is created when needed), so the network the engine approximates and
+``b' = b + W c`` (computed in float64, stored rounded to float32 like every target; a bias is
+created when needed), so the network the engine approximates and
 certifies takes raw [0, 1] pixels (a non-negative input domain). Channels are channel-major, as
 ``nn.Flatten`` lays out an ``N×C×H×W`` batch: channel k is the k-th of C equal slices of the input.
 
@@ -140,6 +141,10 @@ def fold(target, prep: Preprocessing):
         b = first.bias + shift
     else:
         b = shift if np.any(shift != 0) else None
+    # rounded to float32, the precision targets are stored in (run folders, certify): the target
+    # approximated and the one written are the same numbers
+    W = W.astype(np.float32).astype(np.float64)
+    b = None if b is None else b.astype(np.float32).astype(np.float64)
     if not np.all(np.isfinite(W)) or (b is not None and not np.all(np.isfinite(b))):
         raise TargetError("folding the declared input preprocessing into the first layer overflows; "
                           "check --input-normalize/--input-scale")
