@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,9 +56,16 @@ class RawCheckpoint:
 
 
 def _clean(text: str) -> str:
-    """First line of an exception message, without ANSI escapes."""
+    """First sentence of an exception message, without ANSI escapes."""
     text = _ANSI.sub("", str(text)).strip()
-    return text.splitlines()[0].strip() if text else ""
+    line = text.splitlines()[0].strip() if text else ""
+    return line.split(". ", 1)[0].rstrip(".")
+
+
+def _unpickler_reason(text: str) -> str:
+    """torch's 'WeightsUnpickler error: ...' reason, on one line."""
+    found = re.search(r"WeightsUnpickler error:(.*?)(?:Check the documentation|$)", _ANSI.sub("", text), re.S)
+    return " ".join(found.group(1).split()).rstrip(".") if found else ""
 
 
 def _pickle_top(path: Path) -> tuple[str, str | None, list[str]] | None:
@@ -117,8 +125,10 @@ def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
             "then pass that file:\n"
             f"    {load}\n"
             f"    torch.save(obj.state_dict() if isinstance(obj, torch.nn.Module) else obj['state_dict'], {stem!r})")
-    return TargetError(f"cannot read {path} with torch.load(weights_only=True): {_clean(exc)}; "
-                       "pass a state_dict saved with torch.save(model.state_dict(), path) or a .safetensors file")
+    reason = _unpickler_reason(str(exc)) or _clean(exc)
+    return TargetError(f"{path} holds pickled objects or code that torch.load(weights_only=True) refuses "
+                       f"({reason}) and is never unpickled here; pass a state_dict saved with "
+                       "torch.save(model.state_dict(), path) or a .safetensors file")
 
 
 def read_checkpoint(path: Path) -> RawCheckpoint:
@@ -140,7 +150,9 @@ def read_checkpoint(path: Path) -> RawCheckpoint:
         raise TargetError(f"unsupported target file type {suffix!r} for {path}: use a state_dict saved as "
                           ".pt/.pth/.ckpt/.bin, or a .safetensors file")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # torch warns about protocol-4 pickles it then refuses anyway
+            warnings.filterwarnings("ignore", message=".*pickle protocol")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc)
         if "weights_only" in text.lower() or "GLOBAL" in text or "Unpickl" in type(exc).__name__:
