@@ -228,7 +228,8 @@ def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | N
     # --- target
     tgt, tgt_src = None, None
     if target is not None:
-        tgt, tgt_src = load_target(target), str(target)
+        from subsetsum_lth.target import Target
+        tgt, tgt_src = (target, target.source) if isinstance(target, Target) else (load_target(target), str(target))
     else:
         for r in runs:
             if (r / rf.TARGET).exists():

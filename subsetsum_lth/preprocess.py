@@ -213,7 +213,7 @@ def accuracy_warning(measured: float, declared: tuple[float, str] | None, target
     if declared is None or measured >= declared[0] - ACCURACY_GAP:
         return None
     folded = str((target.metadata or {}).get("preprocessing_folded", "")).lower() == "true"
-    how = "with the declared preprocessing folded in" if folded else "on pixels/255 in [0, 1]"
+    how = "with the declared preprocessing folded in" if folded else "as pixels/255 in [0, 1]"
     return (f"the target scores {100 * measured:.2f}% on the test images {how}, far below the "
             f"{100 * declared[0]:.2f}% of {declared[1]}: was it trained on other inputs? Declare them "
             "with --input-normalize MEAN,STD (e.g. 0.1307,0.3081 for torchvision's usual MNIST "

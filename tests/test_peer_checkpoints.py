@@ -231,6 +231,9 @@ def test_cli_refusals_exit_2_and_touch_nothing(tmp_path, capsys):
     assert _files(tmp_path) == before
     assert main(["approximate", "--layers", "a,b", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip().endswith("--layers describe a --target file; pass --target or drop them")
+    assert main(["compare", str(tmp_path / "run"), "--input-normalize", "0.1,0.5", "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.strip().endswith("--input-normalize describe a --target file; pass --target "
+                                                    "or drop them")
     assert _files(tmp_path) == before
 
 
@@ -295,7 +298,7 @@ def test_accuracy_warning_before_the_run(capsys):
     assert capsys.readouterr().err == ""
     _check_accuracy(t, {"x": x, "y": (y + 1) % 2}, 0.9)           # 0% measured
     err = capsys.readouterr().err
-    assert err.startswith("warning: the target scores 0.00% on the test images on pixels/255 in [0, 1], "
+    assert err.startswith("warning: the target scores 0.00% on the test images as pixels/255 in [0, 1], "
                           "far below the 90.00% of --expected-accuracy") and "--input-normalize" in err
     t.metadata["test_accuracy"] = "0.95"
     _check_accuracy(t, {"x": x, "y": (y + 1) % 2}, None)

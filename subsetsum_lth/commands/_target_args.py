@@ -11,14 +11,16 @@ def add_layers_argument(p: argparse.ArgumentParser) -> None:
                         "(see 'subsetsum-lth inspect FILE')")
 
 
-def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = True) -> None:
+def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = True,
+                                training: bool = False) -> None:
+    what = "train the model on" if training else "the model was trained on"
     p.add_argument("--input-normalize", default=None, metavar="MEAN,STD",
-                   help="the model was trained on (x - MEAN) / STD per channel (torchvision's "
-                        "Normalize; e.g. 0.1307,0.3081 for MNIST; m1,m2,m3,s1,s2,s3 for 3 channels); "
-                        "folded exactly into the first layer, so the network approximated takes "
-                        "pixels/255 in [0, 1]")
+                   help=f"{what} (x - MEAN) / STD per channel (torchvision's Normalize; e.g. "
+                        "0.1307,0.3081 for MNIST; m1,m2,m3,s1,s2,s3 for 3 channels); stored in the "
+                        "target's metadata and folded exactly into the first layer when the target is "
+                        "loaded, so the network approximated takes pixels/255 in [0, 1]")
     p.add_argument("--input-scale", default=None, metavar="S",
-                   help="pixel scale the model was trained with before --input-normalize: 1/255 "
+                   help=f"pixel scale to apply before --input-normalize ({what}): 1/255 "
                         "(pixels/255 in [0, 1], as train-target and torchvision's ToTensor) or 1 (raw "
                         "0..255 pixels); unset: 1/255")
     if expected:

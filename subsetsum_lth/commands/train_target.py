@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (None: torch's own choice)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bars on stderr (None: only when stderr is a terminal)")
-    add_preprocessing_arguments(parser, expected=False)
+    add_preprocessing_arguments(parser, expected=False, training=True)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
