@@ -39,7 +39,8 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "mo
 #: prefixes that wrappers add to every key (stripped when all keys carry them)
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-_PARAM = re.compile(r"^(?P<module>.+?)\.(?P<kind>weight|bias)(?P<prune>_orig|_mask)?$")
+_PARAM = re.compile(r"^(?:(?P<module>.+)\.)?(?P<kind>weight|bias)(?P<prune>_orig|_mask)?$")
+ROOT = "(root)"   #: the name of a layer saved on its own (nn.Linear(...).state_dict(): 'weight', 'bias')
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _CHAIN_BUDGET = 200_000
@@ -256,8 +257,9 @@ def collect_layers(state: dict, where: str) -> tuple[list[LayerEntry], str]:
                 f"unsupported entry {key!r}{where}: only the weight and bias of Linear layers are read "
                 "(a plain ReLU MLP; keys like '0.weight', 'fc1.bias', 'layers.2.weight')")
         part = m.group("kind") + (m.group("prune") or "")
-        groups.setdefault(m.group("module"), {})[part] = value
-        keys.setdefault(m.group("module"), []).append(str(key))
+        module = m.group("module") or ROOT
+        groups.setdefault(module, {})[part] = value
+        keys.setdefault(module, []).append(str(key))
     prefix = _strip_prefix(list(groups))
     layers = []
     for module, parts in groups.items():

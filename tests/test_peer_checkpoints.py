@@ -165,6 +165,13 @@ def test_refusals_name_the_entry(tmp_path, case, message):
     assert str(ei.value) == message.format(p=path)
 
 
+def test_a_single_linear_layer(tmp_path):
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 3)
+    torch.save(lin.state_dict(), tmp_path / "lin.pt")            # keys 'weight', 'bias'
+    _same_function(load_target(tmp_path / "lin.pt"), lin.eval())
+
+
 def test_other_unsupported_entries(tmp_path):
     sd = pm.LeNet().state_dict()
     sd["temperature"] = torch.tensor(1.0)
@@ -228,6 +235,9 @@ def test_cli_refusals_exit_2_and_touch_nothing(tmp_path, capsys):
     assert main(["approximate", "--target", str(path), "--out", str(tmp_path / "run"), *QUICK]) == 2
     assert capsys.readouterr().err.strip() == "error: " + AMBIGUOUS.format(p=path)
     assert main(["inspect", str(path), "--layers", "inp,hid_a,hid_b,out"]) == 0
+    assert main(["inspect", str(path), "--expected-accuracy", "0.9"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --expected-accuracy is compared with the accuracy "
+                                               "measured on --data; add --data mnist or drop it")
     assert _files(tmp_path) == before
     assert main(["approximate", "--layers", "a,b", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip().endswith("--layers describe a --target file; pass --target or drop them")

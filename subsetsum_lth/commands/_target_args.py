@@ -24,7 +24,8 @@ def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = Tru
                         "(pixels/255 in [0, 1], as train-target and torchvision's ToTensor) or 1 (raw "
                         "0..255 pixels); unset: 1/255")
     if expected:
-        p.add_argument("--expected-accuracy", type=float, default=None, metavar="ACC",
+        from subsetsum_lth.commands._common import positive_float
+        p.add_argument("--expected-accuracy", type=positive_float, default=None, metavar="ACC",
                        help="test accuracy the model reaches on its own preprocessing (fraction or "
                             "percent); with --data, a far lower measured accuracy draws a warning "
                             "(unset: a figure stored in the checkpoint, e.g. 'test_accuracy')")
@@ -44,3 +45,14 @@ def target_flags_given(args) -> list[str]:
     return [flag for flag, attr in (("--layers", "layers"), ("--input-normalize", "input_normalize"),
                                     ("--input-scale", "input_scale"))
             if getattr(args, attr, None) is not None]
+
+
+def check_expected_accuracy(args) -> None:
+    """--expected-accuracy is compared with an accuracy measured on --data."""
+    from subsetsum_lth.errors import UserError
+    acc = getattr(args, "expected_accuracy", None)
+    if acc is not None and getattr(args, "data", None) is None:
+        raise UserError("--expected-accuracy is compared with the accuracy measured on --data; "
+                        "add --data mnist or drop it")
+    if acc is not None and acc > 100:
+        raise UserError(f"--expected-accuracy is a fraction or a percentage, got {acc:g}")

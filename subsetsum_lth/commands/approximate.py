@@ -125,6 +125,8 @@ def run(args) -> int:
         eval_data, emp_data, radius = evaluation_inputs(target.sizes[0], args.data_dir, args.seed, radius=radius)
         domain = domain or "nonnegative"
         _check_accuracy(target, eval_data, getattr(args, "expected_accuracy", None))
+    from subsetsum_lth.commands._target_args import check_expected_accuracy
+    check_expected_accuracy(args)
     radius = radius or 1.0
     domain = domain or "signed"
 

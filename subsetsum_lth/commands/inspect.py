@@ -71,7 +71,9 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
 
 def run(args: argparse.Namespace) -> int:
     from subsetsum_lth.commands._common import print_json
+    from subsetsum_lth.commands._target_args import check_expected_accuracy
     from subsetsum_lth.errors import TargetError
+    check_expected_accuracy(args)
     info = inspect_file(args.file, layers=args.layers, preprocessing=preprocessing_from_args(args),
                         data=args.data, data_dir=args.data_dir, expected_accuracy=args.expected_accuracy)
     if args.json:
