@@ -400,6 +400,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         "target_sizes": target.sizes,
         "target_parameters": target.n_parameters,
         "target_source": target.source,
+        "preprocessing": _preprocessing_report(target),
         "certified_bound": certificate.bound,
         "empirical_bound": emp["empirical_bound"],
         "empirical": emp,
@@ -471,6 +472,11 @@ def _estimate_workers(sc: SolveConfig, executor) -> int:
     if executor is not None:
         return int(getattr(executor, "capacity", None) or getattr(executor, "_max_workers", None) or 1)
     return min(sc.workers or available_cores(), available_cores())
+
+
+def _preprocessing_report(target: Target) -> dict:
+    from subsetsum_lth.preprocess import report
+    return report(target)
 
 
 def _completed_run(out: Path) -> dict | None:

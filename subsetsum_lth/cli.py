@@ -25,6 +25,7 @@ COMMANDS = {
     "edge-popup": "edge_popup",
     "compare": "compare",
     "bench": "bench",
+    "inspect": "inspect",
 }
 
 

@@ -232,7 +232,8 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
     # --- target
     tgt, tgt_src = None, None
     if target is not None:
-        tgt, tgt_src = load_target(target), str(target)
+        from subsetsum_lth.target import Target
+        tgt, tgt_src = (target, target.source) if isinstance(target, Target) else (load_target(target), str(target))
     else:
         for r, t in zip(runs, run_targets):
             if t is not None:

@@ -1,16 +1,18 @@
 """Load and validate a target ReLU MLP into a list of layers (W, b).
 
-Accepted: a ``.pt``/``.pth`` file holding the state_dict of an ``nn.Sequential`` of ``Linear``
-and ``ReLU`` modules (keys ``0.weight``, ``0.bias``, ``2.weight``, ...; biases optional), the
-same keys in a ``.safetensors`` file, a run/target folder written by ``train-target``
+Accepted: the state_dict of a ReLU MLP in a ``.pt``/``.pth``/``.ckpt``/``.bin`` or
+``.safetensors`` file — ``nn.Sequential`` keys (``0.weight``, ``0.bias``, ``2.weight``, ...;
+biases optional; Flatten/Dropout offsets allowed) or named modules (``fc1``, ``layers.0``, ...),
+bare or inside a checkpoint dict, with ``module.``/``model.`` prefixes (see
+:mod:`subsetsum_lth.checkpoint`) — a run/target folder written by ``train-target``
 (``target.safetensors`` inside), or, from Python, an ``nn.Sequential`` itself.
-Pickled modules are never unpickled: ``.pt`` files are read with ``weights_only=True``.
+Pickled modules are never unpickled: torch files are read with ``weights_only=True``.
+Declared input preprocessing is folded into the first layer (:mod:`subsetsum_lth.preprocess`).
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +24,6 @@ from subsetsum_lth.errors import TargetError
 
 log = logging.getLogger(__name__)
 
-_KEY = re.compile(r"^(\d+)\.(weight|bias)$")
 TARGET_FILENAME = "target.safetensors"
 
 
@@ -100,40 +101,37 @@ class Target:
         return {k: torch.as_tensor(a, dtype=dtype).contiguous() for k, a in arrays.items()}
 
 
-def from_state_dict(state: dict, source: str = "", metadata: dict | None = None) -> Target:
-    """Validate a Sequential(Linear, ReLU, ..., Linear) state_dict and return its layers."""
+def from_state_dict(state: dict, source: str = "", metadata: dict | None = None,
+                    layers: list[str] | None = None, order_known: bool = True,
+                    info: dict | None = None) -> Target:
+    """Validate the Linear layers of a ReLU MLP's state_dict and return them in forward order.
+
+    Keys may be those of an ``nn.Sequential`` (``0.weight``, ``2.weight``, ... with any
+    Flatten/Dropout/ReLU offsets) or named modules (``fc1``, ``layers.0``, ...); see
+    :mod:`subsetsum_lth.checkpoint` for the order rules. ``layers`` states the order explicitly
+    (``--layers``). ``info`` (optional) is filled with what the loader saw."""
+    from subsetsum_lth.checkpoint import collect_layers, order_layers
     where = f" in {source}" if source else ""
+    info = {} if info is None else info
     if not isinstance(state, dict) or not state:
         raise TargetError(f"the target{where} is not a non-empty state_dict "
                           "(save it with torch.save(model.state_dict(), path))")
     metadata = dict(metadata or {})
+    info["metadata"] = {k: v for k, v in metadata.items()}
     act = str(metadata.get("activation", "relu")).lower()
     if act != "relu":
         raise TargetError(f"the target{where} uses activation {act!r}; only ReLU MLPs are supported")
-    entries: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        m = _KEY.match(str(key))
-        if not m:
-            hint = ""
-            if str(key).endswith(("running_mean", "running_var", "num_batches_tracked")):
-                hint = " (batch normalisation is not supported)"
-            raise TargetError(
-                f"unsupported entry {key!r}{where}{hint}: expected only the keys of an "
-                "nn.Sequential of Linear and ReLU modules ('0.weight', '0.bias', '2.weight', ...)")
-        if not isinstance(value, torch.Tensor):
-            raise TargetError(f"entry {key!r}{where} is not a tensor")
-        entries.setdefault(int(m.group(1)), {})[m.group(2)] = value
-    indices = sorted(entries)
-    layers: list[Layer] = []
-    for n, idx in enumerate(indices):
-        e = entries[idx]
-        if "weight" not in e:
-            raise TargetError(f"layer {idx}{where} has a bias but no weight")
-        w = e["weight"]
-        if w.dim() != 2:
-            kind = "a convolutional layer" if w.dim() in (3, 4, 5) else f"a {w.dim()}-D weight"
-            raise TargetError(f"layer {idx}{where} is {kind} (weight shape {tuple(w.shape)}); "
-                              "only fully connected (Linear) layers are supported")
+    entries, prefix = collect_layers(state, where)
+    info["prefix_stripped"] = prefix or None
+    info["entries"] = [{"name": e.name, "keys": e.keys, "shape": list(e.weight.shape),
+                        "bias": e.bias is not None, "dtype": str(e.weight.dtype).replace("torch.", ""),
+                        "pruned": e.pruned} for e in entries]
+    ordered, how = order_layers(entries, where, order_known, layers, prefix)
+    info["order"] = [e.name for e in ordered]
+    info["order_from"] = how
+    out: list[Layer] = []
+    for e in ordered:
+        idx, w = e.name, e.weight
         if not (w.is_floating_point()):
             raise TargetError(f"layer {idx}{where} has a non-floating weight of dtype {w.dtype}")
         wn = w.detach().to(torch.float64).cpu().numpy()
@@ -141,30 +139,18 @@ def from_state_dict(state: dict, source: str = "", metadata: dict | None = None)
             bad = int((~np.isfinite(wn)).sum())
             raise TargetError(f"layer {idx}{where} has {bad} NaN/Inf weight(s); fix or retrain the target")
         bn = None
-        if "bias" in e:
-            b = e["bias"]
+        if e.bias is not None:
+            b = e.bias
             if b.dim() != 1 or b.shape[0] != w.shape[0]:
                 raise TargetError(f"layer {idx}{where}: bias shape {tuple(b.shape)} does not match "
                                   f"weight shape {tuple(w.shape)} (expected ({w.shape[0]},))")
             bn = b.detach().to(torch.float64).cpu().numpy()
             if not np.all(np.isfinite(bn)):
                 raise TargetError(f"layer {idx}{where} has NaN/Inf bias entries")
-        if n > 0:
-            prev_idx = indices[n - 1]
-            if idx != prev_idx + 2:
-                raise TargetError(
-                    f"layers {prev_idx} and {idx}{where} are not separated by exactly one ReLU "
-                    "(expected Linear layers at indices 0, 2, 4, ...); unsupported layers between them?")
-            q_prev = layers[-1].weight.shape[0]
-            if wn.shape[1] != q_prev:
-                raise TargetError(f"inconsistent shapes{where}: layer {prev_idx} outputs {q_prev} "
-                                  f"features but layer {idx} expects {wn.shape[1]}")
-        elif idx != 0:
-            raise TargetError(f"the first Linear layer{where} has index {idx}; expected 0")
         if 0 in wn.shape:
             raise TargetError(f"layer {idx}{where} has an empty weight of shape {wn.shape}")
-        layers.append(Layer(wn, bn))
-    return Target(layers, metadata, source)
+        out.append(Layer(wn, bn))
+    return Target(out, metadata, source)
 
 
 def from_module(module: nn.Module) -> Target:
@@ -183,8 +169,21 @@ def from_module(module: nn.Module) -> Target:
     return from_state_dict(module.state_dict(), source=type(module).__name__)
 
 
-def load_target(path: str | Path) -> Target:
-    """Load a target from a .pt/.pth/.safetensors file or a train-target folder."""
+def load_target(path: str | Path, layers: list[str] | str | None = None,
+                preprocessing=None, info: dict | None = None) -> Target:
+    """Load a target from a checkpoint file (see :mod:`subsetsum_lth.checkpoint`) or a
+    train-target folder.
+
+    ``layers``: the forward order of named layers (``--layers fc1,fc2,fc3``) where the file does
+    not determine it. ``preprocessing``: a :class:`subsetsum_lth.preprocess.Preprocessing` the
+    model was trained with (``--input-normalize``/``--input-scale``); it, or one stored in the
+    file's metadata, is folded into the first layer, so the returned target takes pixels/255.
+    ``info`` (optional) is filled with what the loader saw, also when it refuses."""
+    from subsetsum_lth import preprocess
+    from subsetsum_lth.checkpoint import parse_layers, read_checkpoint
+    info = {} if info is None else info
+    if isinstance(layers, str):
+        layers = parse_layers(layers)
     path = Path(path)
     if path.is_dir():
         candidate = path / TARGET_FILENAME
@@ -194,35 +193,13 @@ def load_target(path: str | Path) -> Target:
         path = candidate
     if not path.exists():
         raise TargetError(f"target file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = dict(fh.metadata() or {})
-                state = {k: fh.get_tensor(k) for k in fh.keys()}
-        except Exception as exc:
-            raise TargetError(f"cannot read {path} as safetensors: {exc}") from None
-        return from_state_dict(state, str(path), meta)
-    if suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TargetError(
-                f"cannot load {path} as a state_dict with weights_only=True ({first}). "
-                "Only tensors are read, never pickled code: save the target with "
-                "torch.save(model.state_dict(), path) or as .safetensors") from None
-        meta = {}
-        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            meta = {k: v for k, v in obj.items() if k != "state_dict" and isinstance(v, (str, int, float))}
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict):
-            raise TargetError(f"{path} holds a {type(obj).__name__}, not a state_dict; "
-                              "save model.state_dict() instead of the model")
-        return from_state_dict(obj, str(path), meta)
-    raise TargetError(f"unsupported target file type {suffix!r} for {path}: "
-                      "use .pt/.pth (a state_dict) or .safetensors")
+    raw = read_checkpoint(path)
+    info.update(raw.info)
+    target = from_state_dict(raw.state, str(path), raw.metadata, layers=layers,
+                             order_known=raw.order_known, info=info)
+    target = preprocess.apply(target, preprocessing)
+    info["preprocessing"] = preprocess.report(target)
+    return target
 
 
 def save_target(target: Target, path: str | Path, metadata: dict | None = None) -> None:

@@ -50,6 +50,8 @@ class TrainConfig:
     data_dir: str | None = None
     train_subset: int | None = None   #: use only the first N training images (tests, quick runs)
     threads: int | None = None        #: torch intra-op threads (None: torch's default)
+    input_normalize: str | None = None  #: "MEAN,STD" the model is trained on (see subsetsum_lth.preprocess)
+    input_scale: str | None = None      #: pixel scale before normalising ("1/255" when None)
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -127,10 +129,9 @@ def evaluate(model_or_callable: nn.Module | Callable, x, y, batch: int = 2048) -
     return correct / n
 
 
-
-
-def save_target(model: nn.Sequential, path, sizes: Sequence[int]) -> None:
-    """Write ``model``'s state_dict (float32) to ``path`` as safetensors, atomically."""
+def save_target(model: nn.Sequential, path, sizes: Sequence[int], extra: dict | None = None) -> None:
+    """Write ``model``'s state_dict (float32) to ``path`` as safetensors, atomically; ``extra``
+    adds metadata (the input preprocessing, the test accuracy)."""
     from safetensors.torch import save
 
     from subsetsum_lth.runfolder import _atomic_write_bytes
@@ -145,6 +146,7 @@ def save_target(model: nn.Sequential, path, sizes: Sequence[int]) -> None:
         "dataset": "mnist",
         "sizes": ",".join(str(int(s)) for s in sizes),
     }
+    metadata.update({k: str(v) for k, v in (extra or {}).items()})
     _atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
@@ -183,6 +185,12 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool) -> dict:
     x_test, y_test = load_mnist("test", data_dir)
     if config.train_subset is not None:
         x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]
+    from subsetsum_lth.preprocess import Preprocessing
+    prep = Preprocessing.parse(config.input_normalize, config.input_scale)
+    if not prep.identity:   # train (and measure) on the declared preprocessing
+        a, c = prep.affine(INPUT_DIM)
+        x_train = (x_train * a.astype(np.float32) + c.astype(np.float32)).astype(np.float32)
+        x_test = (x_test * a.astype(np.float32) + c.astype(np.float32)).astype(np.float32)
     x_train_t, y_train_t = torch.from_numpy(x_train), torch.from_numpy(y_train)
 
     old_threads = torch.get_num_threads()
@@ -202,7 +210,8 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool) -> dict:
     seconds = time.perf_counter() - t0
 
     target_path = out_dir / TARGET_FILE
-    save_target(model, target_path, config.sizes)
+    save_target(model, target_path, config.sizes,
+                {**prep.to_metadata(), "test_accuracy": repr(float(test_acc))})
     n_params = int(sum(p.numel() for p in model.parameters()))
     summary = {
         "format": TARGET_FORMAT,
@@ -226,7 +235,8 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool) -> dict:
         "threads": int(config.threads) if config.threads is not None else old_threads,
         "n_parameters": n_params,
         "input_domain": "nonnegative",
-        "input_scale": "1/255",
+        "input_scale": prep.scale,
+        "input_normalize": prep.to_metadata().get("input_normalize"),
         "data_dir": str(data_dir),
         "versions": {"torch": torch.__version__, "numpy": np.__version__,
                      "subsetsum_lth": _version()},

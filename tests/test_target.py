@@ -62,10 +62,14 @@ def test_refuses_batchnorm(tmp_path):
     _expect(tmp_path / "b.pt", "batch normalisation")
 
 
-def test_refuses_layer_gap(tmp_path):
+def test_sequential_index_gap_is_an_offset(tmp_path):
+    # Sequential(Linear, ReLU, Dropout, Linear): indices 0 and 3 (modules without weights between)
     sd = {"0.weight": torch.randn(4, 3), "3.weight": torch.randn(2, 4)}
     torch.save(sd, tmp_path / "g.pt")
-    _expect(tmp_path / "g.pt", "not separated by exactly one relu")
+    assert load_target(tmp_path / "g.pt").sizes == [3, 4, 2]
+    sd = {"0.weight": torch.randn(4, 3), "3.weight": torch.randn(2, 5)}
+    torch.save(sd, tmp_path / "g.pt")
+    _expect(tmp_path / "g.pt", "inconsistent shapes", "layer 0 outputs 4", "layer 3 expects 5")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -59,7 +59,7 @@ def test_tiny_run_files(tiny_runs):
     assert all(t.dtype == torch.float32 for t in tensors.values())
     assert meta == {"format": "subsetsum-lth-target", "activation": "relu",
                     "input_domain": "nonnegative", "input_scale": "1/255", "dataset": "mnist",
-                    "sizes": "784,16,10"}
+                    "sizes": "784,16,10", "test_accuracy": repr(summary["test_accuracy"])}
     written = json.loads((d / "target.json").read_text())
     for key in ("sizes", "bias", "epochs", "lr", "seed", "test_accuracy", "train_accuracy",
                 "seconds", "n_parameters", "data_dir"):

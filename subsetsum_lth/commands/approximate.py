@@ -6,6 +6,8 @@ from pathlib import Path
 
 from subsetsum_lth.commands._common import (non_negative_int, positive_float, positive_int, print_json,
                                             tqdm_progress)
+from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
+                                                 preprocessing_from_args, target_flags_given)
 
 HELP = "prune a random network to approximate a target MLP, with a certified error"
 DESCRIPTION = (
@@ -25,6 +27,8 @@ def add_arguments(p) -> None:
                         "default: a 784-500-10 MNIST target trained once and cached when MNIST is "
                         "found or can be downloaded (then evaluated on MNIST), else a seeded "
                         "synthetic 784-300-10 target inside Theorem 1's class")
+    add_layers_argument(p)
+    add_preprocessing_arguments(p)
     p.add_argument("--synthetic", action="store_true",
                    help="without --target: use the seeded synthetic 784-300-10 target even when MNIST is available")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
@@ -103,6 +107,10 @@ def run(args) -> int:
     from subsetsum_lth.solve import SolveConfig
     from subsetsum_lth.target import load_target
 
+    if args.target is None and target_flags_given(args):
+        from subsetsum_lth.errors import UserError
+        raise UserError(f"{', '.join(target_flags_given(args))} describe a --target file; pass --target "
+                        "or drop them")
     if args.target is None:
         from subsetsum_lth.default_target import default_target
         dt = default_target(seed=args.seed, data_dir=args.data_dir, synthetic=args.synthetic,
@@ -115,7 +123,7 @@ def run(args) -> int:
         if args.synthetic:
             from subsetsum_lth.errors import UserError
             raise UserError("--synthetic and --target exclude each other: drop one of them")
-        target = load_target(args.target)
+        target = load_target(args.target, layers=args.layers, preprocessing=preprocessing_from_args(args))
 
     eval_data = emp_data = None
     radius = args.input_radius
@@ -124,6 +132,9 @@ def run(args) -> int:
         from subsetsum_lth.data.mnist import evaluation_inputs
         eval_data, emp_data, radius = evaluation_inputs(target.sizes[0], args.data_dir, args.seed, radius=radius)
         domain = domain or "nonnegative"
+        _check_accuracy(target, eval_data, getattr(args, "expected_accuracy", None))
+    from subsetsum_lth.commands._target_args import check_expected_accuracy
+    check_expected_accuracy(args)
     radius = radius or 1.0
     domain = domain or "signed"
 
@@ -172,10 +183,24 @@ def run(args) -> int:
     return status
 
 
+def _check_accuracy(target, eval_data, expected) -> None:
+    """Warn (before the long run) when the target scores far below its declared accuracy."""
+    from subsetsum_lth.preprocess import accuracy_warning, declared_accuracy, measure_accuracy
+    declared = declared_accuracy(target.metadata or {}, expected)
+    if declared is None:
+        return
+    msg = accuracy_warning(measure_accuracy(target, eval_data["x"], eval_data["y"]), declared, target)
+    if msg:
+        print(f"warning: {msg}", file=sys.stderr)
+
+
 def _summary(r: dict, out: Path) -> None:
     sizes = "-".join(map(str, r["target_sizes"]))
     print(f"target {sizes} ({r['target_parameters']:,} parameters), input ball r={r['input_radius']:.4g} "
           f"({r['input_domain']})")
+    pp = r.get("preprocessing") or {}
+    if pp.get("folded"):
+        print(f"input preprocessing {pp['declared']} folded into layer 1: the target takes pixels/255 in [0, 1]")
     mode = f"ε={r['eps']:g} (network)" if r["mode"] == "network" else f"τ={r['weight_eps']:g} per weight"
     print(f"solver {r['solver']} / objective {r['objective']}, {mode}, seed {r['seed']}")
     for L in r["layers"]:

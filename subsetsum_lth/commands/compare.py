@@ -23,6 +23,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for comparison.json/.csv/.png")
     p.add_argument("--target", type=Path, default=None,
                    help="target file or folder (default: the first run's target.safetensors)")
+    from subsetsum_lth.commands._target_args import add_layers_argument, add_preprocessing_arguments
+    add_layers_argument(p)
+    add_preprocessing_arguments(p, expected=False)
     p.add_argument("--label", action="append", default=None, metavar="NAME",
                    help="a name per run, in order (repeat the option; default: folder names)")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the MNIST IDX files")
@@ -41,9 +44,18 @@ def _fmt(v, pct=False, digits=4) -> str:
 
 
 def run(args) -> int:
+    from subsetsum_lth.commands._target_args import preprocessing_from_args, target_flags_given
     from subsetsum_lth.compare import compare_runs
 
-    result = compare_runs(args.runs, args.out, target=args.target,
+    target = args.target
+    if target_flags_given(args):
+        from subsetsum_lth.errors import UserError
+        from subsetsum_lth.target import load_target
+        if target is None:
+            raise UserError(f"{', '.join(target_flags_given(args))} describe a --target file; pass --target "
+                            "or drop them")
+        target = load_target(target, layers=args.layers, preprocessing=preprocessing_from_args(args))
+    result = compare_runs(args.runs, args.out, target=target,
                           data_dir=None if args.data_dir is None else str(args.data_dir),
                           device=args.device, test_subset=args.test_subset, labels=args.label,
                           plots=not args.no_plots)

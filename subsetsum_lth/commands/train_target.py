@@ -6,6 +6,7 @@ import json
 import sys
 
 from subsetsum_lth.commands._common import positive_float, positive_int
+from subsetsum_lth.commands._target_args import add_preprocessing_arguments
 
 NAME = "train-target"
 HELP = "train a target ReLU MLP on MNIST (writes target.safetensors + target.json)"
@@ -55,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (None: torch's own choice)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bars on stderr (None: only when stderr is a terminal)")
+    add_preprocessing_arguments(parser, expected=False, training=True)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         hidden=tuple(args.hidden), bias=args.bias, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, seed=args.seed, data_dir=args.data_dir,
         train_subset=args.train_subset, threads=args.threads,
+        input_normalize=args.input_normalize, input_scale=args.input_scale,
     )
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     summary = train_target(config, args.out, progress=progress)

@@ -1,0 +1,434 @@
+"""Read the MLP checkpoints PyTorch users actually have, without unpickling code.
+
+What is accepted (``read_checkpoint`` + ``order_layers``):
+
+* files: ``.pt``/``.pth``/``.ckpt``/``.bin`` read with ``torch.load(weights_only=True)``,
+  ``.safetensors`` read with safetensors;
+* a plain state_dict, or a checkpoint dict holding one under ``state_dict``,
+  ``model_state_dict``, ``model``, ``net``, ``network`` or ``model_state`` (other entries such as
+  ``epoch`` or ``optimizer`` are ignored; scalar ones are kept as metadata);
+* ``module.`` (DataParallel), ``model.`` (Lightning) and ``_orig_mod.`` (torch.compile) prefixes;
+* Linear layers under any module names (``0``, ``fc1``, ``layers.0``, ``classifier.2``,
+  ``fc_layers.0``, ``net.0``, …), with Flatten/Identity/Dropout/ReLU offsets between the indices of
+  an ``nn.Sequential``; ``torch.nn.utils.prune``'s ``weight_orig``/``weight_mask`` pairs
+  (weight = orig × mask).
+
+Order: where every pair of layers is ordered by ``nn.Sequential`` indices (numerically) the order
+is those indices. Otherwise named layers are taken in state_dict insertion order (module
+registration order, the forward order of normal code) and must be the only order in which their
+shapes chain (out of layer i == in of layer i + 1); when several orders fit, or the registration
+order contradicts the shapes, the file is refused with the exact ``--layers a,b,c`` to pass.
+Between consecutive layers a ReLU is assumed: a state_dict does not record activations.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from subsetsum_lth.errors import TargetError
+
+log = logging.getLogger(__name__)
+
+#: keys of a checkpoint dict that hold the model's state_dict, in order of preference
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "model_state")
+#: prefixes that wrappers add to every key (stripped when all keys carry them)
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+_PARAM = re.compile(r"^(?:(?P<module>.+)\.)?(?P<kind>weight|bias)(?P<prune>_orig|_mask)?$")
+ROOT = "(root)"   #: the name of a layer saved on its own (nn.Linear(...).state_dict(): 'weight', 'bias')
+_BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_CHAIN_BUDGET = 200_000
+
+
+@dataclass
+class RawCheckpoint:
+    """What a file holds, before the layers are ordered."""
+
+    state: dict                     #: name -> tensor, in the file's order
+    metadata: dict = field(default_factory=dict)
+    order_known: bool = True        #: False for safetensors (keys come back sorted)
+    info: dict = field(default_factory=dict)
+
+
+def _clean(text: str) -> str:
+    """First sentence of an exception message, without ANSI escapes."""
+    text = _ANSI.sub("", str(text)).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    return line.split(". ", 1)[0].rstrip(".")
+
+
+def _unpickler_reason(text: str) -> str:
+    """torch's 'WeightsUnpickler error: ...' reason, on one line."""
+    found = re.search(r"WeightsUnpickler error:(.*?)(?:Check the documentation|$)", _ANSI.sub("", text), re.S)
+    return " ".join(found.group(1).split()).rstrip(".") if found else ""
+
+
+def _pickle_top(path: Path) -> tuple[str, str | None, list[str]] | None:
+    """Tokenise (never execute) the pickle inside a torch zip file: the kind of its top-level
+    object ("dict" or "object" with its class) and the strings it contains."""
+    import pickletools
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+            data = z.read(name)
+    except Exception:
+        return None
+    kind, cls, strings = None, None, []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+            if kind is None:
+                if op.name in ("EMPTY_DICT", "DICT"):
+                    kind = "dict"
+                elif op.name == "GLOBAL":
+                    kind, cls = "object", str(arg).replace(" ", ".")
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    kind, cls = "object", f"{strings[-2]}.{strings[-1]}"
+    except Exception:
+        pass
+    return (kind, cls, strings) if kind else None
+
+
+def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
+    found = re.search(r"GLOBAL ([\w.]+)", _ANSI.sub("", str(exc)))
+    glob = found.group(1) if found else None
+    top = _pickle_top(path)
+    stem = str(path.with_name(path.stem + "_state.pt"))
+    load = f"obj = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file"
+    if top and top[0] == "object":
+        return TargetError(
+            f"{path} holds a pickled {top[1]} (a whole model object, not a state_dict) and is not "
+            "unpickled here, since that can run arbitrary code (torch.load weights_only=True refused "
+            "it); if you trust the file, turn it into a state_dict once in Python, then pass that file:\n"
+            f"    model = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file\n"
+            f"    torch.save(model.state_dict(), {stem!r})")
+    if top and top[0] == "dict":
+        key = next((k for k in WRAPPER_KEYS if k in top[2]), "state_dict")
+        what = f"pickled objects ({glob})" if glob else "pickled objects"
+        return TargetError(
+            f"{path} is a checkpoint dict that also holds {what}, which are never unpickled here "
+            "(torch.load weights_only=True refused it); if you trust the file, keep only the weights "
+            "once in Python, then pass that file:\n"
+            f"    ckpt = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file\n"
+            f"    torch.save(ckpt[{key!r}], {stem!r})  # the entry that holds the model's state_dict")
+    if glob:
+        return TargetError(
+            f"{path} holds pickled objects ({glob}) and is not unpickled here (torch.load "
+            "weights_only=True refused it); if you trust the file, save its state_dict once in Python, "
+            "then pass that file:\n"
+            f"    {load}\n"
+            f"    torch.save(obj.state_dict() if isinstance(obj, torch.nn.Module) else obj['state_dict'], {stem!r})")
+    reason = _unpickler_reason(str(exc)) or _clean(exc)
+    return TargetError(f"{path} holds pickled objects or code that torch.load(weights_only=True) refuses "
+                       f"({reason}) and is never unpickled here; pass a state_dict saved with "
+                       "torch.save(model.state_dict(), path) or a .safetensors file")
+
+
+def read_checkpoint(path: Path) -> RawCheckpoint:
+    """Read ``path`` (a file) into an ordered name -> tensor dict plus metadata."""
+    suffix = path.suffix.lower()
+    info: dict = {"file": str(path)}
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = dict(fh.metadata() or {})
+                state = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:
+            raise TargetError(f"cannot read {path} as safetensors: {_clean(exc)}") from None
+        info["format"] = "safetensors"
+        info["container"] = "state_dict"
+        return RawCheckpoint(state, meta, order_known=False, info=info)
+    if suffix not in TORCH_SUFFIXES:
+        raise TargetError(f"unsupported target file type {suffix!r} for {path}: use a state_dict saved as "
+                          ".pt/.pth/.ckpt/.bin, or a .safetensors file")
+    try:
+        with warnings.catch_warnings():   # torch warns about protocol-4 pickles it then refuses anyway
+            warnings.filterwarnings("ignore", message=".*pickle protocol")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc)
+        if "weights_only" in text.lower() or "GLOBAL" in text or "Unpickl" in type(exc).__name__:
+            raise _pickled_refusal(path, exc) from None
+        raise TargetError(f"cannot read {path} with torch.load(weights_only=True): {_clean(exc)}; "
+                          "is the file complete?") from None
+    info["format"] = "torch"
+    state, meta = _unwrap(obj, path, info)
+    return RawCheckpoint(state, meta, order_known=True, info=info)
+
+
+def _is_tensor_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _scalars(d: dict) -> dict:
+    return {str(k): v for k, v in d.items() if isinstance(v, (str, int, float, bool))}
+
+
+def _unwrap(obj, path: Path, info: dict) -> tuple[dict, dict]:
+    if not isinstance(obj, dict):
+        raise TargetError(f"{path} holds a {type(obj).__name__}, not a state_dict; save the model's "
+                          "weights with torch.save(model.state_dict(), path)")
+    if _is_tensor_dict(obj):
+        info["container"] = "state_dict"
+        return obj, {}
+    for key in WRAPPER_KEYS:
+        inner = obj.get(key)
+        if _is_tensor_dict(inner):
+            info["container"] = "checkpoint dict"
+            info["weights_key"] = key
+            info["other_entries"] = [str(k) for k in obj if k != key]
+            return inner, _scalars(obj)
+    has_tensor = [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
+    if has_tensor:
+        other = next(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+        raise TargetError(
+            f"entry {other!r} in {path} is a {type(obj[other]).__name__}, not a tensor: expected a "
+            "state_dict (only tensors) or a checkpoint dict holding one under "
+            + ", ".join(repr(k) for k in WRAPPER_KEYS[:4]))
+    nested = [str(k) for k, v in obj.items() if _is_tensor_dict(v)]
+    keys = ", ".join(repr(str(k)) for k in list(obj)[:8]) or "none"
+    optim = [str(k) for k, v in obj.items()
+             if "optim" in str(k).lower() or (isinstance(v, dict) and {"state", "param_groups"} <= set(v))]
+    if nested:
+        raise TargetError(
+            f"{path} is a checkpoint dict without a 'state_dict'/'model_state_dict'/'model'/'net' entry; "
+            f"entries holding tensors: {', '.join(map(repr, nested))}; save the model's one as a file: "
+            f"torch.save(ckpt[{nested[0]!r}], 'model_state.pt')")
+    if optim:
+        raise TargetError(
+            f"{path} holds an optimizer state ({', '.join(map(repr, optim))}) but no model weights "
+            f"(entries: {keys}); an optimizer state is not a network: pass the file that holds the "
+            "model's state_dict (torch.save(model.state_dict(), path))")
+    raise TargetError(f"{path} is a dict without model weights (entries: {keys}); pass a state_dict saved "
+                      "with torch.save(model.state_dict(), path)")
+
+
+# --------------------------------------------------------------------------- layers and order
+
+@dataclass
+class LayerEntry:
+    name: str                       #: module name, wrapper prefix stripped ('fc1', '0', 'layers.2')
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    keys: list[str]                 #: the state_dict keys it came from
+    pruned: bool = False            #: weight = weight_orig * weight_mask
+
+
+def _strip_prefix(names: list[str]) -> str:
+    stripped = ""
+    while names:
+        for pre in WRAPPER_PREFIXES:
+            rest = [n[len(stripped):] for n in names]
+            if all(r.startswith(pre) for r in rest):
+                stripped += pre
+                break
+        else:
+            break
+    return stripped
+
+
+def collect_layers(state: dict, where: str) -> tuple[list[LayerEntry], str]:
+    """Group ``state`` into Linear layers (module name -> weight, bias) in the file's order;
+    refuse anything that is not a Linear weight/bias."""
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TargetError(f"entry {key!r}{where} is not a tensor")
+        if str(key).rsplit(".", 1)[-1] in _BN_STATS:
+            module = str(key).rsplit(".", 1)[0]
+            raise TargetError(
+                f"entry {key!r}{where} belongs to a batch normalisation layer ({module!r}), which is not "
+                "supported: only Linear layers with ReLU between them are; fold the BatchNorm into the "
+                "neighbouring Linear layer or retrain without it")
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    keys: dict[str, list[str]] = {}
+    for key, value in state.items():
+        m = _PARAM.match(str(key))
+        if not m:
+            raise TargetError(
+                f"unsupported entry {key!r}{where}: only the weight and bias of Linear layers are read "
+                "(a plain ReLU MLP; keys like '0.weight', 'fc1.bias', 'layers.2.weight')")
+        part = m.group("kind") + (m.group("prune") or "")
+        module = m.group("module") or ROOT
+        groups.setdefault(module, {})[part] = value
+        keys.setdefault(module, []).append(str(key))
+    prefix = _strip_prefix(list(groups))
+    layers = []
+    for module, parts in groups.items():
+        name = module[len(prefix):]
+        pruned = False
+        w = parts.get("weight")
+        if w is None and "weight_orig" in parts:
+            if "weight_mask" not in parts:
+                raise TargetError(f"layer {name!r}{where} has 'weight_orig' but no 'weight_mask'")
+            w, pruned = parts["weight_orig"] * parts["weight_mask"], True
+        b = parts.get("bias")
+        if b is None and "bias_orig" in parts:
+            b = parts["bias_orig"] * parts.get("bias_mask", torch.ones_like(parts["bias_orig"]))
+        if w is None:
+            raise TargetError(f"layer {name!r}{where} has a bias but no weight")
+        if w.dim() == 1:
+            raise TargetError(
+                f"layer {name!r}{where} has a 1-D weight of shape {tuple(w.shape)}: a normalisation layer "
+                "(BatchNorm/LayerNorm), which is not supported: only Linear layers with ReLU between them are")
+        layers.append(LayerEntry(name, w, b, keys[module], pruned))
+    return layers, prefix
+
+
+def _parts(name: str) -> list[str]:
+    return name.split(".")
+
+
+def _index_order(a: str, b: str) -> int:
+    """-1/1 when nn.Sequential indices order a before/after b, 0 when they do not decide."""
+    pa, pb = _parts(a), _parts(b)
+    for x, y in zip(pa, pb):
+        if x != y:
+            if x.isdigit() and y.isdigit():
+                return -1 if int(x) < int(y) else 1
+            return 0
+    return 0
+
+
+def _natural(name: str):
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in _parts(name)]
+
+
+def _chains(layers: list[LayerEntry], limit: int = 2):
+    """Orders of all layers consistent with Sequential indices in which shapes chain; at most
+    ``limit``; the bool is False when the search budget ran out (treat as ambiguous)."""
+    n = len(layers)
+    before = [[j for j in range(n) if _index_order(layers[j].name, layers[i].name) < 0] for i in range(n)]
+    found: list[list[int]] = []
+    budget = [_CHAIN_BUDGET]
+
+    def dfs(path: list[int], used: list[bool]) -> None:
+        if len(found) >= limit or budget[0] <= 0:
+            return
+        budget[0] -= 1
+        if len(path) == n:
+            found.append(list(path))
+            return
+        last = layers[path[-1]].weight.shape[0] if path else None
+        for j in range(n):
+            if used[j] or any(not used[k] for k in before[j]):
+                continue
+            if last is not None and layers[j].weight.shape[1] != last:
+                continue
+            used[j] = True
+            path.append(j)
+            dfs(path, used)
+            path.pop()
+            used[j] = False
+
+    dfs([], [False] * n)
+    return found, budget[0] > 0
+
+
+def _first_break(order: list[LayerEntry]) -> tuple[LayerEntry, LayerEntry] | None:
+    for a, b in zip(order, order[1:]):
+        if a.weight.shape[0] != b.weight.shape[1]:
+            return a, b
+    return None
+
+
+def _shape_error(a: LayerEntry, b: LayerEntry, where: str, how: str = "") -> TargetError:
+    return TargetError(f"inconsistent shapes{where}{how}: layer {a.name} outputs {a.weight.shape[0]} "
+                       f"features but layer {b.name} expects {b.weight.shape[1]}")
+
+
+def order_layers(layers: list[LayerEntry], where: str, order_known: bool,
+                 explicit: list[str] | None = None, prefix: str = "") -> tuple[list[LayerEntry], str]:
+    """The forward order of ``layers`` and how it was decided (see the module docstring)."""
+    for L in layers:
+        if L.weight.dim() != 2:
+            kind = "a convolutional layer" if L.weight.dim() in (3, 4, 5) else f"a {L.weight.dim()}-D weight"
+            raise TargetError(f"layer {L.name}{where} is {kind} (weight shape {tuple(L.weight.shape)}); "
+                              "only fully connected (Linear) layers are supported")
+    names = [L.name for L in layers]
+    if explicit is not None:
+        return _explicit_order(layers, explicit, where, prefix), "--layers"
+    if len(layers) == 1:
+        return layers, "single layer"
+    n = len(layers)
+    by_index = all(_index_order(layers[i].name, layers[j].name) != 0 for i in range(n) for j in range(i + 1, n))
+    if by_index:
+        order = sorted(layers, key=lambda L: _natural(L.name))
+        brk = _first_break(order)
+        if brk:
+            raise _shape_error(*brk, where)
+        return order, "nn.Sequential indices"
+    candidate = layers if order_known else sorted(layers, key=lambda L: _natural(L.name))
+    chains, complete = _chains(layers)
+    fits = [[layers[i] for i in c] for c in chains]
+    cand_ok = _first_break(candidate) is None and all(
+        _index_order(a.name, b.name) <= 0 for k, a in enumerate(candidate) for b in candidate[k + 1:])
+    listed = ",".join(L.name for L in candidate)
+    if len(fits) == 1 and complete and (cand_ok or not order_known):
+        how = "registration order, the only one the shapes allow" if order_known else \
+              "the only order the shapes allow (safetensors keeps no module order)"
+        return fits[0], how
+    if not fits and complete:
+        brk = _first_break(candidate) or _first_break(sorted(layers, key=lambda L: _natural(L.name)))
+        if brk:
+            raise _shape_error(*brk, where, f" (no order of the layers {', '.join(names)} chains)")
+        raise TargetError(f"no order of the layers{where} chains and respects their nn.Sequential indices; "
+                          f"state the forward order explicitly, e.g. --layers {listed}")
+    if len(fits) == 1 and complete:
+        a, b = _first_break(candidate) or (candidate[0], candidate[1])
+        only = ",".join(L.name for L in fits[0])
+        raise TargetError(
+            f"the layers{where} are registered in the order {listed}, but their shapes only chain as "
+            f"{only} (layer {a.name} outputs {a.weight.shape[0]} features, layer {b.name} expects "
+            f"{b.weight.shape[1]}); if {only} is the forward order, pass --layers {only}")
+    example = listed if cand_ok else ",".join(L.name for L in (fits[0] if fits else candidate))
+    several = " and ".join(",".join(L.name for L in f) for f in fits[:2])
+    why = f"several orders fit ({several})" if len(fits) > 1 else "too many orders to check"
+    raise TargetError(
+        f"cannot tell the forward order of the layers{where} from their shapes: {why}; pass the "
+        f"forward order explicitly, e.g. --layers {example}")
+
+
+def _explicit_order(layers: list[LayerEntry], explicit: list[str], where: str, prefix: str) -> list[LayerEntry]:
+    by_name = {L.name: L for L in layers}
+    order: list[LayerEntry] = []
+    available = ",".join(L.name for L in layers)
+    for raw in explicit:
+        name = raw.strip()
+        for suffix in (".weight", ".bias"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+        if name not in by_name and prefix and name.startswith(prefix):
+            name = name[len(prefix):]
+        if name not in by_name:
+            raise TargetError(f"--layers names {raw!r}, which is not a Linear layer{where}; "
+                              f"its layers are: {available}")
+        if by_name[name] in order:
+            raise TargetError(f"--layers names {raw!r} twice; list each layer once, e.g. --layers {available}")
+        order.append(by_name[name])
+    missing = [L.name for L in layers if L not in order]
+    if missing:
+        raise TargetError(f"--layers lists {len(order)} of the {len(layers)} Linear layers{where}; "
+                          f"also place {', '.join(missing)} (all of: {available})")
+    brk = _first_break(order)
+    if brk:
+        raise _shape_error(*brk, where, " in the --layers order")
+    return order
+
+
+def parse_layers(text: str | None) -> list[str] | None:
+    """``--layers fc1,fc2,fc3`` -> ['fc1', 'fc2', 'fc3'] (None stays None)."""
+    if text is None:
+        return None
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not names:
+        raise TargetError("--layers needs comma-separated layer names, e.g. --layers fc1,fc2,fc3")
+    return names

@@ -1,0 +1,58 @@
+"""Options that describe a target file: layer order and the input preprocessing it was trained on."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_layers_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", default=None, metavar="NAME,NAME,...",
+                   help="forward order of the target's Linear layers as module names (e.g. fc1,fc2,fc3), "
+                        "for a checkpoint whose order the loader cannot infer from its keys and shapes "
+                        "(see 'subsetsum-lth inspect FILE')")
+
+
+def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = True,
+                                training: bool = False) -> None:
+    what = "train the model on" if training else "the model was trained on"
+    p.add_argument("--input-normalize", default=None, metavar="MEAN,STD",
+                   help=f"{what} (x - MEAN) / STD per channel (torchvision's Normalize; e.g. "
+                        "0.1307,0.3081 for MNIST; m1,m2,m3,s1,s2,s3 for 3 channels); stored in the "
+                        "target's metadata and folded exactly into the first layer when the target is "
+                        "loaded, so the network approximated takes pixels/255 in [0, 1]")
+    p.add_argument("--input-scale", default=None, metavar="S",
+                   help=f"pixel scale to apply before --input-normalize ({what}): 1/255 "
+                        "(pixels/255 in [0, 1], as train-target and torchvision's ToTensor) or 1 (raw "
+                        "0..255 pixels); unset: 1/255")
+    if expected:
+        from subsetsum_lth.commands._common import positive_float
+        p.add_argument("--expected-accuracy", type=positive_float, default=None, metavar="ACC",
+                       help="test accuracy the model reaches on its own preprocessing (fraction or "
+                            "percent); with --data, a far lower measured accuracy draws a warning "
+                            "(unset: a figure stored in the checkpoint, e.g. 'test_accuracy')")
+
+
+def preprocessing_from_args(args):
+    """The Preprocessing declared by the flags, or None when none was given."""
+    normalize = getattr(args, "input_normalize", None)
+    scale = getattr(args, "input_scale", None)
+    if normalize is None and scale is None:
+        return None
+    from subsetsum_lth.preprocess import Preprocessing
+    return Preprocessing.parse(normalize, scale)
+
+
+def target_flags_given(args) -> list[str]:
+    return [flag for flag, attr in (("--layers", "layers"), ("--input-normalize", "input_normalize"),
+                                    ("--input-scale", "input_scale"))
+            if getattr(args, attr, None) is not None]
+
+
+def check_expected_accuracy(args) -> None:
+    """--expected-accuracy is compared with an accuracy measured on --data."""
+    from subsetsum_lth.errors import UserError
+    acc = getattr(args, "expected_accuracy", None)
+    if acc is not None and getattr(args, "data", None) is None:
+        raise UserError("--expected-accuracy is compared with the accuracy measured on --data; "
+                        "add --data mnist or drop it")
+    if acc is not None and acc > 100:
+        raise UserError(f"--expected-accuracy is a fraction or a percentage, got {acc:g}")

@@ -1,0 +1,126 @@
+"""``subsetsum-lth inspect FILE``: what the loader sees in a checkpoint, and what it refuses."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
+                                                 preprocessing_from_args)
+
+HELP = "show how a checkpoint loads as a target: layers, order, shapes, norms, accuracy, or why it is refused"
+DESCRIPTION = (
+    "Load FILE as approximate would and print what the loader sees: the container and the entry "
+    "holding the weights, any stripped prefix (module., model.), the Linear layers in forward order "
+    "(state_dict keys, shapes, biases, dtype, spectral norms) and how that order was decided, the "
+    "parameter count, metadata, the input preprocessing (declared or stored, folded into layer 1), "
+    "and with --data the test accuracy. A file the loader refuses is reported with the reason and "
+    "the fix (exit 2). ReLU is assumed between consecutive layers: a state_dict does not record "
+    "activations.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, metavar="FILE",
+                   help="checkpoint (.pt/.pth/.ckpt/.bin/.safetensors) or a train-target folder")
+    add_layers_argument(p)
+    add_preprocessing_arguments(p)
+    p.add_argument("--data", choices=("mnist",), default=None,
+                   help="also measure the test accuracy on this data set (inputs pixels/255)")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
+    p.add_argument("--json", action="store_true", help="print what the loader sees as JSON")
+
+
+def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None,
+                 expected_accuracy=None) -> dict:
+    """The loader's view of ``path`` as a dict; ``ok`` False with ``error`` when refused."""
+    from subsetsum_lth.certify import spectral_norm
+    from subsetsum_lth.errors import TargetError
+    from subsetsum_lth.target import load_target
+    info: dict = {"file": str(path)}
+    try:
+        target = load_target(path, layers=layers, preprocessing=preprocessing, info=info)
+    except TargetError as exc:
+        return {**info, "ok": False, "error": str(exc)}
+    by_name = {e["name"]: e for e in info.get("entries", [])}
+    rows = []
+    for i, (name, L) in enumerate(zip(info.get("order", []), target.layers)):
+        e = by_name.get(name, {})
+        rows.append({"layer": i + 1, "name": name, "keys": e.get("keys", []),
+                     "shape": list(L.weight.shape), "bias": L.bias is not None,
+                     "dtype": e.get("dtype"), "pruned": e.get("pruned", False),
+                     "spectral_norm": spectral_norm(L.weight),
+                     "relu_after": i < target.depth - 1})
+    out = {**info, "ok": True, "layers": rows, "sizes": target.sizes,
+           "n_parameters": target.n_parameters, "has_bias": target.has_bias,
+           "activation": "ReLU between layers (assumed: a state_dict does not record activations)"}
+    out.pop("entries", None)
+    if data == "mnist":
+        from subsetsum_lth.data.mnist import load_mnist
+        from subsetsum_lth.errors import UserError
+        from subsetsum_lth.preprocess import accuracy_warning, declared_accuracy, measure_accuracy
+        x, y = load_mnist("test", data_dir=data_dir)
+        if target.sizes[0] != x.shape[1]:
+            raise UserError(f"the target takes {target.sizes[0]} inputs but MNIST images have {x.shape[1]}")
+        acc = measure_accuracy(target, x, y)
+        out["accuracy"] = {"data": "mnist test", "inputs": "pixels/255 in [0, 1]", "value": acc}
+        warn = accuracy_warning(acc, declared_accuracy(target.metadata or {}, expected_accuracy), target)
+        if warn:
+            out["warning"] = warn
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from subsetsum_lth.commands._common import print_json
+    from subsetsum_lth.commands._target_args import check_expected_accuracy
+    from subsetsum_lth.errors import TargetError
+    check_expected_accuracy(args)
+    info = inspect_file(args.file, layers=args.layers, preprocessing=preprocessing_from_args(args),
+                        data=args.data, data_dir=args.data_dir, expected_accuracy=args.expected_accuracy)
+    if args.json:
+        print_json(info)
+    else:
+        _print(info)
+    if not info["ok"]:
+        raise TargetError(info["error"])
+    if info.get("warning"):
+        print(f"warning: {info['warning']}", file=sys.stderr)
+    return 0
+
+
+def _print(info: dict) -> None:
+    print(f"file: {info['file']}" + (f" ({info['format']})" if info.get("format") else ""))
+    if info.get("container"):
+        where = f", weights under {info['weights_key']!r}" if info.get("weights_key") else ""
+        other = f" (also: {', '.join(info['other_entries'])})" if info.get("other_entries") else ""
+        print(f"container: {info['container']}{where}{other}")
+    if info.get("prefix_stripped"):
+        print(f"prefix stripped: {info['prefix_stripped']!r}")
+    if not info["ok"]:
+        for e in info.get("entries", []):
+            print(f"  {e['name']}: weight {tuple(e['shape'])}{' + bias' if e['bias'] else ''} {e['dtype']}")
+        print("loads: no (refused, see the error below)")
+        return
+    print(f"layer order: {info['order_from']}")
+    for r in info["layers"]:
+        keys = ", ".join(r["keys"])
+        extra = " (weight_orig × weight_mask)" if r["pruned"] else ""
+        print(f"  {r['layer']}. {r['name']:<12} {r['shape'][0]}×{r['shape'][1]}"
+              f"{' + bias' if r['bias'] else ', no bias'}  {r['dtype']}  ‖W‖₂={r['spectral_norm']:.4g}"
+              f"{extra}  [{keys}]")
+    print(f"network: {'-'.join(map(str, info['sizes']))}, {info['n_parameters']:,} parameters, "
+          f"{info['activation']}")
+    pp = info.get("preprocessing") or {}
+    if pp.get("declared"):
+        state = ("folded into layer 1: the target takes pixels/255 in [0, 1]" if pp.get("folded")
+                 else "not folded")
+        print(f"input preprocessing: {pp['declared']}, {state}")
+    else:
+        print("input preprocessing: none declared (inputs used as given; see --input-normalize)")
+    meta = {k: v for k, v in (info.get("metadata") or {}).items()
+            if k not in ("input_normalize", "input_scale", "preprocessing_folded")}
+    if meta:
+        print("metadata: " + ", ".join(f"{k}={v}" for k, v in meta.items()))
+    if "accuracy" in info:
+        a = info["accuracy"]
+        print(f"accuracy ({a['data']}, {a['inputs']}): {100 * a['value']:.2f}%")
+    print("loads: yes")
