@@ -1,7 +1,7 @@
 """Naive baseline: one CP-SAT model per instance (Pensia et al.'s MIP, on scaled integers).
 
-Formulation (scale = 2^shift, the power of two with sum|c| + |t| < 2^40 / scale <= 2 (...),
-see :mod:`solvers._scaled`; C = round(c * scale), T = round(t * scale)):
+Formulation (scale: the power of two with 2^39 <= (sum|c| + |t|) * scale < 2^40, see
+:mod:`solvers._scaled`; C = round(c * scale), T = round(t * scale)):
 binary s, integer err >= |T - C.s|, err <= TAU.
 
 * error: minimise err. TAU is the *relaxed* bound ceil(tau * scale) + n + 1, which contains

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,7 +202,12 @@ def load_target(path: str | Path) -> Target:
         return from_state_dict(state, str(path), meta)
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch warns on any pickle protocol but 2 (pickle.dump, torch.save with
+                # pickle_protocol=4); the file is loaded or refused with a clear error anyway
+                warnings.filterwarnings("ignore", message="Detected pickle protocol",
+                                        category=UserWarning)
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TargetError(
