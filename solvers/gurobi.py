@@ -7,8 +7,12 @@ binary s, continuous err >= |t - c.s|, err <= tau:
 * cardinality: minimise sum(s); then, with sum(s) fixed, minimise err.
 
 Tolerances are tightened for exactness (MIPGap = MIPGapAbs = 0, FeasibilityTol =
-IntFeasTol = 1e-9, IntegralityFocus = 1); every reported error is recomputed in float64 from
-the rounded 0/1 solution. One ``gurobipy.Env`` per process (OutputFlag = 0, Threads = 1,
+IntFeasTol = 1e-9, IntegralityFocus = 1), and the instance is scaled by a power of two (exact)
+so that sum|c| + |t| lies in [2^9, 2^10): Gurobi's absolute tolerances (1e-9 at best) then
+cost ~1e-12 of the instance's magnitude instead of 1e-9 (unscaled, a min-error subset came back
+1e-9 worse than the optimum, and targets or coefficients below 1e-9 were invisible). Every
+reported error is recomputed in float64 from the rounded 0/1 solution, and a claim of "within
+tau" that the float64 error contradicts is settled exactly by mitm. One ``gurobipy.Env`` per process (OutputFlag = 0, Threads = 1,
 Seed = 0), created on first use. ``time_limit`` is Gurobi's TimeLimit per solve.
 gurobipy's pip wheel carries a size-limited licence (2000 variables / constraints), enough for
 one instance per model.
@@ -16,14 +20,20 @@ one instance per model.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import time
 
 import numpy as np
 
 from solvers.base import Capabilities, SolverBackend
-from subsetsum_lth.instances import BatchResult, InstanceBatch, Status, finalize
+from solvers._scaled import shift_for
+from solvers._settle import settle_with_mitm
+from subsetsum_lth.instances import (BatchResult, InstanceBatch, Status, finalize,
+                                     recompute_errors)
 
+#: the model's scale: sum|c| + |t| in [2^(bits-1), 2^bits)
+_SCALE_BITS = 10
 _ENV: dict[int, object] = {}          # pid -> gurobipy.Env (never shared across a fork)
 _AVAILABLE: tuple[bool, str | None] | None = None
 
@@ -91,25 +101,10 @@ def _settle_boundary(batch: InstanceBatch, selections: np.ndarray, status: np.nd
     """Rows that Gurobi called within tolerance but whose float64 error exceeds τ (its
     FeasibilityTol lets |t - c.s| overshoot τ by ~1e-9) are settled exactly by mitm; rows
     beyond mitm's reach become ERROR. A claim of 'within τ' is never left unchecked."""
-    live = batch.live_mask()
-    err = np.abs(batch.targets - np.where(selections & live, batch.coefficients, 0.0).sum(axis=1))
+    err = recompute_errors(batch, selections)
     claimed = (status == Status.OPTIMAL) | (status == Status.FEASIBLE)
-    bad = np.flatnonzero(claimed & (err > batch.tolerances))
-    if bad.size == 0:
-        return
-    from solvers import mitm
-
-    fits = bad[batch.counts[bad] <= mitm.HARD_MAX_N]
-    if fits.size:
-        sub = batch.take(fits)
-        sel, feasible = mitm.solve_arrays(sub.targets, sub.coefficients, sub.counts,
-                                          sub.tolerances, batch.objective)
-        selections[fits] = sel
-        good = Status.FEASIBLE if batch.objective == "feasible" else Status.OPTIMAL
-        status[fits] = np.where(feasible, int(good), int(Status.INFEASIBLE))
-    for i in np.setdiff1d(bad, fits):
-        status[i] = Status.ERROR
-        messages[int(batch.ids[i])] = "gurobi: solution outside τ by the feasibility tolerance"
+    settle_with_mitm(batch, np.flatnonzero(claimed & (err > batch.tolerances)), selections,
+                     status, messages, "gurobi")
 
 
 def _solve_one(env, t: float, c: np.ndarray, tau: float, objective: str,
@@ -130,17 +125,19 @@ def _solve_one(env, t: float, c: np.ndarray, tau: float, objective: str,
         p.IntegralityFocus = 1
         if time_limit:
             p.TimeLimit = float(time_limit)
+        total = float(np.abs(c).sum()) + abs(t)
+        shift = shift_for(total, _SCALE_BITS) if total > 0 else 0
+        ts = math.ldexp(t, shift)
+        with np.errstate(over="ignore"):
+            taus = float(np.ldexp(tau, shift))
         s = [model.addVar(vtype=GRB.BINARY, name=f"s{j}") for j in range(n)]
-        err = model.addVar(lb=0.0, ub=tau, name="err")
-        expr = gp.LinExpr([float(x) for x in c], s)   # (plain API: MVar @ needs scipy)
-        model.addConstr(t - expr <= err)
-        model.addConstr(expr - t <= err)
+        err = model.addVar(lb=0.0, ub=taus if math.isfinite(taus) else GRB.INFINITY, name="err")
+        expr = gp.LinExpr([float(x) for x in np.ldexp(c, shift)], s)   # (MVar @ needs scipy)
+        model.addConstr(ts - expr <= err)
+        model.addConstr(expr - ts <= err)
 
         def values():
             return np.array([v.X > 0.5 for v in s], dtype=bool)
-
-        def error(sel):
-            return abs(t - float(np.where(sel, c, 0.0).sum()))
 
         def min_error_unbounded():
             err.UB = GRB.INFINITY

@@ -48,7 +48,7 @@ import numpy as np
 
 from solvers._blas import single_thread_blas
 from solvers.base import Capabilities, SolverBackend
-from subsetsum_lth.instances import BatchResult, InstanceBatch, Status, finalize
+from subsetsum_lth.instances import BatchResult, InstanceBatch, Status, finalize, subset_errors
 
 #: Memory budget of the working arrays of one chunk of rows (bytes), and the number of
 #: enumerated sums per chunk that keeps the working set cache-friendly.
@@ -206,7 +206,13 @@ def _bits(index: np.ndarray, h: int) -> np.ndarray:
 
 
 def _row_errors(t: np.ndarray, coef: np.ndarray, sel: np.ndarray) -> np.ndarray:
-    return np.abs(t - np.where(sel, coef, 0.0).sum(axis=1))
+    return subset_errors(t, coef, sel)
+
+
+def _ulps(t: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """A bound on the float64 rounding of any subset's error, per row (8 n eps magnitude)."""
+    n = coef.shape[1]
+    return 8.0 * (n + 1) * np.finfo(np.float64).eps * (np.abs(t) + np.abs(coef).sum(axis=1))
 
 
 def _rows_per_chunk(n: int, rows: int, fast: bool = False, cardinality: bool = False) -> int:
@@ -452,16 +458,23 @@ def _cardinality_chunk(t: np.ndarray, coef: np.ndarray, tau: np.ndarray
             best = np.where(better, e, best)
             best_ia = np.where(better, ia + off_a[pa], best_ia)
             best_iq = np.where(better, iq + off_b[pb], best_iq)
-        ok = best <= tau
+        # |q - a| and the float64 error of subset_errors differ by a few ulps: take the pair
+        # by the former, decide "within tau" by the latter (the one every backend uses)
+        near = np.flatnonzero(best <= tau + _ulps(t, coef))
+        ok = np.zeros(base.size, dtype=bool)
+        if near.size:
+            s = np.concatenate([_bits(perm_a[best_ia[near]], h),
+                                _bits(perm_b[best_iq[near]], hb)], axis=1)
+            e = _row_errors(t[near], coef[near], s)
+            within = e <= tau[near]
+            ok[near[within]] = True
+            sel[base[near[within]]] = s[within]
+            err[base[near[within]]] = e[within]
+            feasible[base[near[within]]] = True
         if ok.any():
-            s = np.concatenate([_bits(perm_a[best_ia[ok]], h), _bits(perm_b[best_iq[ok]], hb)],
-                               axis=1)
-            sel[base[ok]] = s
-            err[base[ok]] = _row_errors(t[ok], coef[ok], s)
-            feasible[base[ok]] = True
             keep = ~ok
             a, q, t, tau, coef, base = a[keep], q[keep], t[keep], tau[keep], coef[keep], base[keep]
-    if base.size:  # unreachable (level n covers every subset), kept as a safety net
+    if base.size:  # level n covers every subset: reached only at ulp-level ties with tau
         s, e = _min_error_rows(t, coef)
         sel[base] = s
         err[base] = e
@@ -477,8 +490,42 @@ def _chunks(group: np.ndarray, n: int, fast: bool = False, cardinality: bool = F
 def min_error_selections(targets: np.ndarray, coefficients: np.ndarray, counts: np.ndarray
                          ) -> np.ndarray:
     """Exact min-error subsets of a padded batch: selections (k, width) bool."""
+    targets, coefficients, _ = _scale_tiny_rows(targets, coefficients)
     with single_thread_blas():      # thin matmuls: BLAS threads only spin and wait
         return _min_error_selections(targets, coefficients, counts)
+
+
+#: rows holding a nonzero value below this are scaled up first (see _scale_tiny_rows)
+_TINY = 2.0 ** -960
+
+
+def _scale_tiny_rows(targets, coefficients, tolerances=None):
+    """Scale rows that hold a nonzero value below 2^-960 by a power of two (exact: the
+    selections, and every comparison of an error with its scaled tolerance, are unchanged)
+    so that their magnitude is ~2^1000.
+
+    The set label of the sort keys moves each value by one ulp; for a sum that is subnormal
+    that is the value itself (t = 5e-324, c = [5e-324] read "no subset within tau = 0"). Sums
+    of values >= 2^-960 are multiples of 2^-1012 or zero, so after scaling no nonzero sum is
+    subnormal. Rows whose magnitude already is ~2^1000 are left as they are.
+    """
+    targets = np.asarray(targets, dtype=np.float64)
+    coefficients = np.asarray(coefficients, dtype=np.float64)
+    a = np.abs(coefficients)
+    at = np.abs(targets)
+    tiny = ((a > 0) & (a < _TINY)).any(axis=1) | ((at > 0) & (at < _TINY))
+    if not tiny.any():
+        return targets, coefficients, tolerances
+    rows = np.flatnonzero(tiny)
+    shift = np.maximum(1000 - np.frexp(at[rows] + a[rows].sum(axis=1))[1], 0)
+    targets, coefficients = targets.copy(), coefficients.copy()
+    targets[rows] = np.ldexp(targets[rows], shift)
+    coefficients[rows] = np.ldexp(coefficients[rows], shift[:, None])
+    if tolerances is not None:
+        tolerances = np.array(tolerances, dtype=np.float64, copy=True)
+        with np.errstate(over="ignore"):      # a tau beyond 2^1024 covers every subset anyway
+            tolerances[rows] = np.ldexp(tolerances[rows], shift)
+    return targets, coefficients, tolerances
 
 
 def _min_error_selections(targets: np.ndarray, coefficients: np.ndarray, counts: np.ndarray
@@ -511,6 +558,7 @@ def solve_arrays(targets: np.ndarray, coefficients: np.ndarray, counts: np.ndarr
     ``feasible`` tells whether the selection is within tolerance (for 'cardinality' it is then
     the lexicographic (cardinality, error) optimum; otherwise it is the min-error subset).
     """
+    targets, coefficients, tolerances = _scale_tiny_rows(targets, coefficients, tolerances)
     with single_thread_blas():      # thin matmuls: BLAS threads only spin and wait
         return _solve_arrays(targets, coefficients, counts, tolerances, objective)
 
@@ -521,8 +569,7 @@ def _solve_arrays(targets: np.ndarray, coefficients: np.ndarray, counts: np.ndar
     if objective != "cardinality":
         sel = min_error_selections(targets, coefficients, counts)
         live = np.arange(width)[None, :] < counts[:, None]
-        err = np.abs(targets - np.where(sel & live, coefficients, 0.0).sum(axis=1))
-        return sel, err <= tolerances
+        return sel, subset_errors(targets, coefficients, sel & live) <= tolerances
     sel = np.zeros((k, width), dtype=bool)
     feasible = np.zeros(k, dtype=bool)
     for n in np.unique(counts):

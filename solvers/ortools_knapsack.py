@@ -5,7 +5,9 @@ every weight becomes |c_i| >= 0 and the target becomes t' = t - sum_{c_i < 0} c_
 sum <= t' is one 0/1 knapsack (profits = weights = scaled |c|, capacity floor(scaled t')); the
 best sum >= t' is the complement knapsack (capacity W - ceil(scaled t')). The better of the two,
 by the error recomputed in float64, is the optimum up to the rounding of the integer scaling
-(<= n / scale, ~1e-10 with scale = 2^40 / sum|c|).
+(<= n / scale, ~1e-10 with scale the power of two with sum|c| * scale in [2^39, 2^40), see
+:mod:`solvers._scaled`). A row whose answer is outside tau by less than that rounding is
+settled exactly by mitm (:mod:`solvers._settle`), so the within-tau test is the float64 one.
 
 Measured on this project's distribution (c = v*u, t ~ N(0, 0.05), one core): at full
 precision the branch-and-bound has no useful bound (profit = weight), so proving optimality
@@ -23,8 +25,10 @@ then the exact path for the rows it did not settle.
 
 Cardinality: instances with more than ``cardinality_max_n`` live coefficients (default 12)
 go to mitm's exact cardinality search (vectorised; CP-SAT needs ~10 ms per instance at n = 21,
-mitm ~30 us). The others: CP-SAT, two phases per instance on the scaled integers with a *relaxed*
-tolerance (ceil(tau * scale) + n, so infeasibility proofs are sound): minimise sum(s), then
+mitm ~30 us). The others: CP-SAT (with the presolve workaround of :func:`solvers._scaled.
+cp_solver`: OR-Tools 9.15 certified wrong minimal cardinalities on 2^40-scaled rows), two
+phases per instance on the scaled integers with a *relaxed* tolerance (ceil(tau * scale) + n
++ 1, so infeasibility proofs are sound): minimise sum(s), then
 with sum(s) fixed minimise the error. The result is verified with the float64 error; the
 (measure-zero) rows where the relaxation let a slightly-out-of-tolerance subset through, and
 rows where CP-SAT's deterministic time limit is hit, go to the exact mitm backend.
@@ -38,8 +42,11 @@ import time
 
 import numpy as np
 
+from solvers._scaled import cp_solver, scaled_bound, scaled_ints, shift_for
+from solvers._settle import settle_with_mitm
 from solvers.base import Capabilities, SolverBackend
-from subsetsum_lth.instances import BatchResult, InstanceBatch, Status, finalize
+from subsetsum_lth.instances import (BatchResult, InstanceBatch, Status, finalize,
+                                     recompute_errors, subset_errors)
 
 #: Integer scale of the exact path: sum of scaled |c| = 2^40 (int64 headroom for CP-SAT sums).
 _FINE_BITS = 40
@@ -106,6 +113,7 @@ class OrToolsKnapsackSolver(SolverBackend):
         feasible_only = batch.objective == "feasible"
         mitm_max_n = _mitm().MeetInTheMiddleSolver.capabilities.max_n
         proven = np.zeros(len(batch), dtype=bool)   # selection is the exact min-error subset
+        band = np.zeros(len(batch))    # knapsack rows: the integer rounding, in real units
         # routing, vectorised (padding is zero, so it never counts as a live nonzero)
         if self.knapsack_max_n is None:
             small_rows = np.ones(len(batch), dtype=bool)
@@ -122,11 +130,12 @@ class OrToolsKnapsackSolver(SolverBackend):
             tau = float(batch.tolerances[i])
             small = bool(small_rows[i])
             total = float(np.abs(c).sum())
-            fine_scale = 2.0 ** _FINE_BITS / max(1.0, total)
+            fine_shift = shift_for(total, _FINE_BITS) if total > 0 else 0
             if coarse_rows[i]:
                 # coarse knapsack: fast at any n; any subset it returns within tolerance will do
-                coarse_scale = min(2.0 * (n + 2) / tau, fine_scale)
-                sel, _ = _knapsack_pair(solver, t, c, coarse_scale, self.knapsack_time_limit,
+                # (quantum <= tau / (2 (n + 2)))
+                coarse_shift = min(math.ceil(math.log2(2.0 * (n + 2) / tau)), fine_shift)
+                sel, _ = _knapsack_pair(solver, t, c, coarse_shift, self.knapsack_time_limit,
                                         first_within=tau)
                 if _error(t, c, sel) <= tau:
                     selections[i, :n] = sel
@@ -135,19 +144,26 @@ class OrToolsKnapsackSolver(SolverBackend):
             if not small:
                 exact_rows.append(i)
                 continue
-            sel, ok = _knapsack_pair(solver, t, c, fine_scale, self.knapsack_time_limit)
+            sel, ok = _knapsack_pair(solver, t, c, fine_shift, self.knapsack_time_limit)
             if ok:
                 selections[i, :n] = sel
                 proven[i] = True
+                if total > 0:
+                    band[i] = math.ldexp(2 * n + 4, -fine_shift)
             else:
                 exact_rows.append(i)
         self._exact_fallback(batch, np.sort(np.array(exact_rows, dtype=np.int64)), selections,
                              proven, status, messages)
         rows = np.flatnonzero(proven)
-        err = _batch_errors(batch, selections)
+        err = recompute_errors(batch, selections)
         good = Status.FEASIBLE if feasible_only else Status.OPTIMAL
         status[rows] = np.where(err[rows] <= batch.tolerances[rows], int(good),
                                 int(Status.INFEASIBLE))
+        # knapsack answers outside tau by less than their rounding: another subset may be
+        # within tau in float64 -> decide those rows exactly
+        undecided = np.flatnonzero(proven & (band > 0) & (err > batch.tolerances)
+                                   & (err <= batch.tolerances + band))
+        settle_with_mitm(batch, undecided, selections, status, messages, self.name)
 
     def _exact_fallback(self, batch, rows, selections, proven, status, messages) -> None:
         """Exact min-error subsets with mitm; rows beyond its reach keep a time-limited knapsack
@@ -172,8 +188,9 @@ class OrToolsKnapsackSolver(SolverBackend):
             for i in big:
                 n = int(batch.counts[i])
                 t, c = float(batch.targets[i]), batch.coefficients[i, :n]
+                total = float(np.abs(c).sum())
                 sel, ok = _knapsack_pair(solver, t, c,
-                                         2.0 ** _FINE_BITS / max(1.0, float(np.abs(c).sum())),
+                                         shift_for(total, _FINE_BITS) if total > 0 else 0,
                                          limit / 2)
                 selections[i, :n] = sel
                 if ok:
@@ -226,17 +243,13 @@ class OrToolsKnapsackSolver(SolverBackend):
 
 
 def _error(t: float, c: np.ndarray, sel: np.ndarray) -> float:
-    return abs(t - float(np.where(sel, c, 0.0).sum()))
+    return float(subset_errors(t, c, sel))
 
 
-def _batch_errors(batch: InstanceBatch, selections: np.ndarray) -> np.ndarray:
-    sel = selections & batch.live_mask()
-    return np.abs(batch.targets - np.where(sel, batch.coefficients, 0.0).sum(axis=1))
-
-
-def _knapsack_pair(solver, t: float, c: np.ndarray, scale: float, time_limit: float,
+def _knapsack_pair(solver, t: float, c: np.ndarray, shift: int, time_limit: float,
                    first_within: float | None = None) -> tuple[np.ndarray, bool]:
-    """Best subset by the two knapsacks (sum <= t' and sum >= t'). Returns (selection, proven).
+    """Best subset by the two knapsacks (sum <= t' and sum >= t'), on the integers
+    rint(x * 2^shift). Returns (selection, proven).
 
     ``proven``: both knapsacks proved optimal (or the case is trivial), so the selection is the
     min-error subset up to the integer rounding. With ``first_within`` the second knapsack is
@@ -246,7 +259,8 @@ def _knapsack_pair(solver, t: float, c: np.ndarray, scale: float, time_limit: fl
     neg = c < 0
     tp = t - float(c[neg].sum())          # target of the flipped problem
     weights_real = np.abs(c)
-    items = np.flatnonzero(np.rint(weights_real * scale) > 0)
+    scaled_w = np.rint(np.ldexp(weights_real, shift))
+    items = np.flatnonzero(scaled_w > 0)
     total_items = float(weights_real[items].sum())
     flipped = np.zeros(n, dtype=bool)
     if items.size == 0 or tp <= 0.0:
@@ -254,10 +268,10 @@ def _knapsack_pair(solver, t: float, c: np.ndarray, scale: float, time_limit: fl
     if tp >= total_items:
         flipped[items] = True             # every flipped sum is <= total <= t'
         return flipped ^ neg, True
-    w = np.rint(weights_real[items] * scale).astype(np.int64)
+    w = scaled_w[items].astype(np.int64)
     w_list = [int(x) for x in w]
     big_w = int(w.sum())
-    target = tp * scale
+    target = math.ldexp(tp, shift)
     caps = [(min(max(int(math.floor(target)), 0), big_w), False),
             (min(max(big_w - int(math.ceil(target)), 0), big_w), True)]
     best, best_err, proven = None, math.inf, True
@@ -290,10 +304,12 @@ def _cardinality_cpsat(t: float, c: np.ndarray, tau: float, det_time: float
         if abs(t) <= tau:
             return "optimal", np.zeros(n, dtype=bool)
         return "infeasible", None
-    scale = 2.0 ** _FINE_BITS / max(1.0, float(np.abs(c).sum()) + abs(t))
-    coef = [int(x) for x in np.rint(c * scale)]
-    target = int(round(t * scale))
-    slack = int(math.ceil(tau * scale)) + n + 1   # relaxation: contains every real solution
+    shift = shift_for(float(np.abs(c).sum()) + abs(t), _FINE_BITS)
+    coef = scaled_ints(c, shift)
+    target = scaled_ints([t], shift)[0]
+    cap = sum(abs(x) for x in coef) + abs(target) + 1      # > any subset's integer error
+    # relaxation: contains every subset within tau in float64 (rounding <= (n + 1) / 2)
+    slack = scaled_bound(tau, shift, n + 1, cap, up=True)
     model = cp_model.CpModel()
     s = [model.NewBoolVar(f"s{j}") for j in range(n)]
     total = cp_model.LinearExpr.WeightedSum(s, coef)
@@ -324,10 +340,4 @@ def _cardinality_cpsat(t: float, c: np.ndarray, tau: float, det_time: float
 
 
 def _cp_solver(det_time: float):
-    from ortools.sat.python import cp_model
-
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = 1
-    solver.parameters.random_seed = 0
-    solver.parameters.max_deterministic_time = det_time
-    return solver
+    return cp_solver(deterministic_time=det_time)

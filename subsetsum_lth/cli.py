@@ -14,6 +14,7 @@ import sys
 import threading
 
 from subsetsum_lth import __version__
+from subsetsum_lth.commands._help import HelpFormatter
 from subsetsum_lth.errors import CertificateViolation, IncompleteRun, UserError
 
 #: subcommand name -> module under subsetsum_lth.commands
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         mod = _load(module)
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[common])
+                           formatter_class=HelpFormatter, parents=[common])
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -137,11 +137,28 @@ class BatchResult:
         return int(self.ids.shape[0])
 
 
+def subset_errors(targets, coefficients, selections) -> np.ndarray:
+    """|t - c.s| in float64: the one definition of the error that every backend's
+    within-tolerance decision and the driver's report use.
+
+    The selected coefficients are subtracted from t one at a time, in column order, so the value
+    depends only on t and the selected coefficients: not on zero padding, on the batch width, or
+    on which backend chose the subset (numpy's pairwise ``sum`` groups terms by row length, so
+    the same subset could land one ulp either side of τ in two batches). Works on one row
+    (t scalar, c and s of shape (n,)) or on a batch (t (k,), c and s (k, n)).
+    """
+    c = np.asarray(coefficients, dtype=np.float64)
+    sel = np.asarray(selections, dtype=bool)
+    acc = np.array(targets, dtype=np.float64, copy=True)
+    for j in range(c.shape[-1]):
+        acc = acc - np.where(sel[..., j], c[..., j], 0.0)   # x - 0.0 == x exactly
+    return np.abs(acc)
+
+
 def recompute_errors(batch: InstanceBatch, selections: np.ndarray) -> np.ndarray:
     """|t - c.s| in float64 from the chosen subsets (never from a solver's objective)."""
     sel = np.asarray(selections, dtype=bool) & batch.live_mask()
-    sums = np.where(sel, batch.coefficients, 0.0).sum(axis=1)
-    return np.abs(batch.targets - sums)
+    return subset_errors(batch.targets, batch.coefficients, sel)
 
 
 def finalize(batch: InstanceBatch, selections: np.ndarray, status: np.ndarray, solver: str,

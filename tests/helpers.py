@@ -61,13 +61,14 @@ def ascend(f, g, x0: np.ndarray, radius: float, nonneg: bool, steps: int = 60) -
 
 
 def shared_mnist_dir() -> Path | None:
-    """The folder holding the four official MNIST files: $SUBSETSUM_LTH_DATA, else
-    ../shared/data/mnist beside the checkout; None when neither has them."""
+    """The folder holding the four official MNIST files: $SUBSETSUM_LTH_DATA, else the user
+    cache (``~/.cache/subsetsum-lth/mnist``, where the library downloads them); None when
+    neither has them. Never downloads."""
     import os
 
-    from subsetsum_lth.data.mnist import MNIST_FILES
+    from subsetsum_lth.data.mnist import MNIST_FILES, default_cache_dir
     env = os.environ.get("SUBSETSUM_LTH_DATA")
-    candidates = ([Path(env)] if env else []) + [Path(__file__).parents[2] / "shared" / "data" / "mnist"]
+    candidates = ([Path(env)] if env else []) + [default_cache_dir()]
     for d in candidates:
         if all((d / spec.filename).is_file() or (d / spec.raw_name).is_file()
                for spec in MNIST_FILES.values()):
@@ -75,5 +76,7 @@ def shared_mnist_dir() -> Path | None:
     return None
 
 
-NO_MNIST_REASON = ("MNIST IDX files not found: set SUBSETSUM_LTH_DATA to a folder holding the four "
-                   "official files (or put them in ../shared/data/mnist)")
+NO_MNIST_REASON = (
+    "MNIST IDX files not found in $SUBSETSUM_LTH_DATA or ~/.cache/subsetsum-lth/mnist: set "
+    "SUBSETSUM_LTH_DATA to a folder holding the four official files, or download them once "
+    "with: python -c 'from subsetsum_lth.data.mnist import resolve_data_dir; resolve_data_dir()'")

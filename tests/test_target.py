@@ -126,3 +126,23 @@ def test_refuses_other_activation_in_module_and_metadata(tmp_path):
 def test_random_target_in_theorem_class():
     t = random_target((20, 10, 3), seed=0, max_spectral_norm=1.0)
     assert all(np.linalg.norm(L.weight, 2) <= 1.0 for L in t.layers)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, pickle.HIGHEST_PROTOCOL])
+def test_pickle_protocols_load_or_refuse_without_warnings(tmp_path, protocol):
+    """torch's weights-only unpickler reads protocol 2 (torch.save's) and warns on, then
+    refuses, the others; the loader gives its one clear error and no torch warning."""
+    import warnings
+
+    sd = _mlp().state_dict()
+    torch.save(sd, tmp_path / "p.pt", pickle_protocol=protocol)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if protocol == 2:
+            t = load_target(tmp_path / "p.pt")
+            np.testing.assert_allclose(np.asarray(t.layers[0].weight, dtype=np.float64),
+                                       sd["0.weight"].double().numpy())
+        else:
+            with pytest.raises(TargetError, match="weights_only"):
+                load_target(tmp_path / "p.pt")
+    assert not caught, [str(w.message) for w in caught]

@@ -17,12 +17,12 @@ DESCRIPTION = (
 
 
 def add_arguments(p) -> None:
-    import argparse
+    from subsetsum_lth.commands._help import HelpFormatter
     sub = p.add_subparsers(dest="bench_command", metavar="WHAT")
     sub.required = True
 
     s = sub.add_parser("solvers", help="throughput of every solver backend on one core",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     s.add_argument("--n", type=non_negative_int, default=21, help="live coefficients per instance")
     s.add_argument("--eps", type=non_negative_float, default=0.01, help="tolerance τ of every instance")
     s.add_argument("--count", type=positive_int, default=20000, help="instances to draw")
@@ -45,7 +45,7 @@ def add_arguments(p) -> None:
     s.set_defaults(_bench=_run_solvers)
 
     a = sub.add_parser("approximate", help="time one approximate run, stage by stage",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     a.add_argument("--target", type=Path, default=None,
                    help="target file or train-target folder (default: seeded synthetic 784-300-10)")
     a.add_argument("--solver", default="ortools", help="solver backend")

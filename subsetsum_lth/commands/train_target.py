@@ -48,14 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the initialisation and the shuffling (same seed, same weights)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="folder holding the four MNIST IDX files (.gz or not); None: "
-                             "$SUBSETSUM_LTH_DATA, else the user cache")
+                        help="folder holding the four MNIST IDX files (.gz or not) (default: "
+                             "$SUBSETSUM_LTH_DATA, else the user cache)")
     parser.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
-                        help="train on the first N training images only (None: all 60000)")
+                        help="train on the first N training images only (default: all 60000)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                        help="torch CPU threads (None: torch's own choice)")
+                        help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bars on stderr (None: only when stderr is a terminal)")
+                        help="progress bars on stderr (default: only when stderr is a terminal)")
     add_preprocessing_arguments(parser, expected=False, training=True)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 

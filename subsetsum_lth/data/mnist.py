@@ -61,8 +61,8 @@ class MnistFile(NamedTuple):
         return self.filename[:-3] if self.filename.endswith(".gz") else self.filename
 
 
-#: name -> (filename, md5 of the .gz, expected shape). MD5s: the official list (see
-#: shared/data/mnist/SOURCES.md).
+#: name -> (filename, md5 of the .gz, expected shape). MD5s: the official list of the
+#: original distribution's files.
 MNIST_FILES: dict[str, MnistFile] = {
     "train-images": MnistFile("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873",
                               (60000, 28, 28)),
