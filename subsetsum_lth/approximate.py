@@ -147,18 +147,19 @@ def _prepare_folder(out: Path, config: ApproximateConfig, fingerprint: dict,
             raise RunFolderError(
                 f"{out} already holds a run ({', '.join(p.name for p in existing)}); "
                 "use --resume to continue it, --overwrite to replace it, or another --out")
+        # a resumed run's settings are checked before anything in the folder changes
+        cfg_path = out / "run_config.json"
+        if config.resume and cfg_path.exists():
+            from subsetsum_lth.runcheck import read_json
+            old = read_json(cfg_path, fix="use --overwrite to start the run again, or another --out")
+            if json.loads(json.dumps(fingerprint, default=rf._json_default)) != old:
+                diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+                raise RunFolderError(f"--resume: the run in {out} was started with different settings "
+                                     f"({', '.join(diff)}); use the same options or another --out")
         writer.make_store("partial")
     except BaseException:
         writer.close()
         raise
-    cfg_path = out / "run_config.json"
-    if config.resume and cfg_path.exists():
-        from subsetsum_lth.runcheck import read_json
-        old = read_json(cfg_path, fix="use --overwrite to start the run again, or another --out")
-        if json.loads(json.dumps(fingerprint, default=rf._json_default)) != old:
-            diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-            raise RunFolderError(f"--resume: the run in {out} was started with different settings "
-                                 f"({', '.join(diff)}); use the same options or another --out")
     rf.atomic_write_json(cfg_path, fingerprint)
     return ResumeStore(partial)
 

@@ -442,7 +442,10 @@ def open_folder(out, kind: str, *, overwrite: bool = False, need_bytes: int = 0)
         try:
             if overwrite:
                 w.remove_listed()
-            w.write_manifest()
+            if overwrite or m is None:
+                # an existing manifest is left as it is until the first write, so a run
+                # refused after this point (e.g. --resume with other settings) changes nothing
+                w.write_manifest()
         except BaseException:
             _ACTIVE.pop(_key(folder), None)
             raise

@@ -85,6 +85,16 @@ def _append_layers(d: Path) -> None:
         save_file(st, str(d / name))
 
 
+def _forge_manifest(d: Path, name: str) -> None:
+    """Rewrite manifest.json so that it lists ``name`` with its current hash: an attacker who edits
+    a file and its manifest entry, so that the content checks (not the manifest) must refuse it."""
+    from subsetsum_lth.manifest import MANIFEST, sha256_file
+    m = json.loads((d / MANIFEST).read_text())
+    h, size = sha256_file(d / name)
+    m["files"][name] = {**m["files"][name], "sha256": h, "size": size}
+    (d / MANIFEST).write_text(json.dumps(m, indent=2) + "\n")
+
+
 def _edit(d: Path, fn) -> None:
     r = json.loads((d / "report.json").read_text())
     fn(r)
@@ -268,6 +278,7 @@ def test_malformed_report_fields(base, tmp_path, capsys, mutate, words):
 def test_malformed_run_config_on_resume(base, tmp_path, capsys, data, words):
     d = _copy(base, tmp_path)
     (d / "run_config.json").write_bytes(data)
+    _forge_manifest(d, "run_config.json")
     before = _snap(d)
     capsys.readouterr()
     rc = cli.main(["approximate", "--target", str(base["target"]), "--out", str(d), "--input-radius", "1",
