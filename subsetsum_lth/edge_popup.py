@@ -769,7 +769,8 @@ def train_step(model: EdgePopupNet, opt: torch.optim.Optimizer, xb: torch.Tensor
 
 def train_scores(model: EdgePopupNet, x_train: torch.Tensor, y_train: torch.Tensor,
                  config: EdgePopupConfig, x_test: torch.Tensor | None = None,
-                 y_test: torch.Tensor | None = None, progress: Progress | None = None) -> dict:
+                 y_test: torch.Tensor | None = None, progress: Progress | None = None,
+                 on_epoch: Callable[[dict], None] | None = None) -> dict:
     """SGD on the scores; returns {'curve': [...], 'epoch_seconds': [...], ...}.
 
     Inside an epoch nothing is read back to the host except every ``sync_every`` steps
@@ -845,6 +846,8 @@ def train_scores(model: EdgePopupNet, x_train: torch.Tensor, y_train: torch.Tens
         if x_test is not None and (config.eval_every_epoch or epoch == int(config.epochs) - 1):
             last["test_accuracy"] = evaluate_on_device(model, x_test, y_test)
         curve.append(last)
+        if on_epoch is not None:
+            on_epoch({**last, "epochs": int(config.epochs)})
         log.info("epoch %d/%d: loss %.4f, train acc %.4f%s, %.1f s", epoch + 1, config.epochs, epoch_loss,
                  last["epoch_train_accuracy"],
                  f", test acc {last['test_accuracy']:.4f}" if "test_accuracy" in last else "",
@@ -927,12 +930,16 @@ def plot_curve(out: Path, curve: list[dict], title: str) -> str:
 
 
 def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress | None = None,
-                   data: dict | None = None) -> dict:
+                   data: dict | None = None, on_start: Callable[[dict], None] | None = None,
+                   on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Search masks on the random network by edge-popup and write a run folder. Returns the report.
 
     Args:
         progress: factory ``progress(total_steps, desc) -> tick`` with ``tick(n)``, optionally
             ``tick.set_postfix(**kw)`` and ``tick.close()``.
+        on_start: called once before the first training step with the run's header (network,
+            parameters, keep fraction, per-layer kept counts, steps, device, weight scales).
+        on_epoch: called after every epoch with that epoch's curve point (loss, accuracies, seconds).
         data: optional ``{"x_train", "y_train", "x_test", "y_test"}`` arrays (default: MNIST
             from ``config.data_dir``, pixels / 255).
     """
@@ -985,13 +992,15 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
                  "-".join(map(str, [model.shapes[0][1]] + [s[0] for s in model.shapes])),
                  f"{model.n_eligible:,}", config.keep, config.scope, config.structure, device)
 
+        if on_start is not None:
+            on_start(_header(model, net, config, device_name, int(xs[0].shape[0]), int(xs[1].shape[0])))
         t = time.perf_counter()
         with_target = net.target is not None and net.target.sizes[0] == in_f
         # with a target and no per-epoch evaluation, the final test accuracy comes from the same
         # pass as the agreement with the target (one forward pass over the test set, not two)
         eval_in_training = config.eval_every_epoch or not with_target
         trained = train_scores(model, xs[0], ys[0], config, xs[1] if eval_in_training else None,
-                               ys[1] if eval_in_training else None, progress)
+                               ys[1] if eval_in_training else None, progress, on_epoch)
         timings["train"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -1133,6 +1142,26 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
     rf.atomic_write_csv(out / rf.METRICS, metrics)
     rf.atomic_write_json(out / rf.REPORT, report)
     return report
+
+
+def _header(model: EdgePopupNet, net: RandomNet, config: EdgePopupConfig, device_name: str,
+            n_train: int, n_test: int) -> dict:
+    """What a run is about to do, for ``on_start``."""
+    layers = []
+    for j, (o, i) in enumerate(model.shapes):
+        tw, tb = model.tensors[2 * j], model.tensors[2 * j + 1]
+        layers.append({"layer": j, "shape": [o, i], "total_parameters": tw.numel + tb.numel,
+                       "eligible_parameters": tw.n_eligible + tb.n_eligible,
+                       "kept_parameters": (tw.n_keep if tw.score >= 0 else 0) + (tb.n_keep if tb.score >= 0 else 0)})
+    return {"sizes": [model.shapes[0][1]] + [s[0] for s in model.shapes], "source": net.source,
+            "total_parameters": sum(L["total_parameters"] for L in layers),
+            "eligible_parameters": model.n_eligible, "keep": float(config.keep), "scope": config.scope,
+            "structure": config.structure, "inner_relu": bool(config.inner_relu), "layers": layers,
+            "kept_parameters": (sum(L["kept_parameters"] for L in layers) if config.scope == "layer"
+                                else model.n_keep_global),
+            "epochs": int(config.epochs), "steps_per_epoch": math.ceil(n_train / int(config.batch_size)),
+            "train_examples": n_train, "test_examples": n_test, "lr": float(config.lr),
+            "batch_size": int(config.batch_size), "seed": int(config.seed), "device_name": device_name}
 
 
 @torch.no_grad()

@@ -1,7 +1,6 @@
 """`subsetsum-lth edge-popup`: search masks on a random network from data (the baseline)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from subsetsum_lth.commands._common import non_negative_int, positive_float, positive_int, print_json
@@ -108,25 +107,33 @@ def add_arguments(p) -> None:
     o.add_argument("--json", action="store_true", help="print report.json to stdout")
 
 
-def _progress(enabled: bool):
-    """Progress factory for the library: a tqdm bar per epoch with loss and accuracy."""
-    from tqdm import tqdm
+def _header_lines(h: dict) -> list[str]:
+    """The run's header: network, keep fraction, per-layer counts (printed before training)."""
+    src = h["source"]
+    where = src.get("path") or "wide MLP " + "-".join(map(str, src.get("sizes", [])))
+    relu = "" if h.get("inner_relu", True) else ", no ReLU after layers 2i-1"
+    lines = [f"edge-popup on {'-'.join(map(str, h['sizes']))} ({h['total_parameters']:,} parameters) from {where}",
+             f"keep {h['keep']:g} ({h['scope']}, {h['structure']}{relu}): {h['kept_parameters']:,} of "
+             f"{h['eligible_parameters']:,} prunable parameters kept"]
+    for L in h["layers"]:
+        lines.append(f"  layer {L['layer'] + 1} {L['shape'][0]}x{L['shape'][1]}: keeps "
+                     f"{L['kept_parameters']:,} of {L['total_parameters']:,} ({L['eligible_parameters']:,} prunable)"
+                     if h["scope"] == "layer" else
+                     f"  layer {L['layer'] + 1} {L['shape'][0]}x{L['shape'][1]}: {L['total_parameters']:,} "
+                     f"parameters ({L['eligible_parameters']:,} prunable)")
+    if h.get("weight_scales"):
+        lines.append("frozen weights used as (fixed per-layer scale) x (stored weight): "
+                     + ", ".join(f"{s:.3g}" for s in h["weight_scales"]))
+    lines.append(f"training: {h['epochs']} epoch(s) x {h['steps_per_epoch']:,} steps of {h['batch_size']} "
+                 f"({h['train_examples']:,} training images), lr {h['lr']:g}, seed {h['seed']}, "
+                 f"device {h['device_name']}; test on {h['test_examples']:,} images")
+    return lines
 
-    def factory(total: int, desc: str):
-        bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, file=sys.stderr,
-                   dynamic_ncols=True, leave=False)
 
-        class Tick:
-            def __call__(self, n: int) -> None:
-                bar.update(n)
-
-            def set_postfix(self, **kw) -> None:
-                bar.set_postfix(**kw)
-
-            def close(self) -> None:
-                bar.close()
-        return Tick()
-    return factory
+def _epoch_line(c: dict) -> str:
+    test = f", test acc {100 * c['test_accuracy']:.2f}%" if "test_accuracy" in c else ""
+    return (f"epoch {c['epoch']}/{c['epochs']}: train loss {c['epoch_train_loss']:.4f}, train acc "
+            f"{100 * c['epoch_train_accuracy']:.2f}%{test}, {c['epoch_seconds']:.1f} s")
 
 
 def run(args) -> int:
@@ -145,7 +152,18 @@ def run(args) -> int:
         plots=not args.no_plots,
         overwrite=args.overwrite,
     )
-    report = run_edge_popup(config, args.out, progress=_progress(not args.no_progress))
+    from subsetsum_lth.commands._progress import progress_factory, say
+
+    def on_start(header: dict) -> None:
+        for line in _header_lines(header):
+            say(line)
+
+    def on_epoch(point: dict) -> None:
+        say(_epoch_line(point))
+
+    # a bar on a terminal, else a plain line every ~10 s (loss, accuracy, time left) on stderr
+    report = run_edge_popup(config, args.out, progress=progress_factory(not args.no_progress),
+                            on_start=on_start, on_epoch=on_epoch)
     if args.json:
         print_json(report)
     else:
