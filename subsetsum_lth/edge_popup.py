@@ -19,7 +19,17 @@ weight.
   ``ceil(k * total_eligible)``. Ties in |score| (rare with float scores) are broken towards
   the lower flat index on CPU; on CUDA ``torch.topk`` picks among tied entries.
 * **Training.** SGD on the scores only (momentum 0.9, weight decay 5e-4 on the scores, lr
-  0.1, batch 128), a per-step cosine schedule, cross-entropy on MNIST pixels / 255. The
+  0.02, batch 128), a per-step cosine schedule, cross-entropy on MNIST pixels / 255. The
+  default budget is one epoch of ``CPU_TRAIN_SUBSET`` images on CPU (all of them on CUDA).
+  hidden-networks' lr 0.1 is too large here: g's hidden widths are in the tens of thousands,
+  so the kaiming-uniform scores of its wide layers start tiny (1/sqrt(fan_in)) while their
+  gradients do not shrink with the width; one step at 0.1 with momentum moves them by about
+  their own size, the top-k reshuffles and the network ends switched off (loss ln 10).
+* **No rescaling of the weights.** hidden-networks draws its weights with std
+  sqrt(2/fan_in) (÷ sqrt(k) with ``scale_fan``); here the masks must be masks of g's stored
+  weights, used as they are (``weight_scaling`` in the report). A ReLU network is positively
+  homogeneous: per-layer scales c_j (biases scaled along) multiply the logits by prod c_j,
+  which the temperature below absorbs. The
   weights are plain tensors outside the optimiser (``requires_grad=False``) and stay
   bit-for-bit what was loaded. The loss is taken on logits / T with T (``temperature='auto'``)
   the standard deviation of the initial masked network's logits: g's U[-1, 1] weights give
@@ -76,6 +86,10 @@ WIDE_INITS = ("uniform", "normal", "kaiming-uniform")
 SELECTIONS = ("auto", "partition", "topk")
 TEMPERATURES = ("batch", "auto")
 
+#: training images of the default budget on CPU (``train_subset='auto'``): 60 steps of 128, a few
+#: minutes for the 48M-entry random network of the 784-500-10 ticket on 2 cores
+CPU_TRAIN_SUBSET = 7680
+
 #: a weight tensor whose eligible entries are at most this fraction of it is computed by a
 #: gather/scatter over the eligible entries instead of a dense matrix product
 SPARSE_DENSITY = 0.05
@@ -112,8 +126,8 @@ class EdgePopupConfig:
     keep: float = 0.5
     scope: str = "layer"
     structure: str = "free"
-    epochs: int = 10
-    lr: float = 0.1
+    epochs: int = 1
+    lr: float = 0.02
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -121,7 +135,7 @@ class EdgePopupConfig:
     device: str = "auto"
     threads: int | None = None
     data_dir: str | None = None
-    train_subset: int | None = None
+    train_subset: int | str | None = "auto"   #: first N training images; "auto": CPU_TRAIN_SUBSET on CPU, all on CUDA
     test_subset: int | None = None
     sync_every: int | None = None      #: steps between reads of loss/accuracy (None: 50 on CUDA, 10 on CPU)
     eval_every_epoch: bool = True
@@ -174,7 +188,9 @@ class EdgePopupConfig:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
         for name in ("train_subset", "test_subset"):
             v = getattr(self, name)
-            if v is not None and int(v) < 1:
+            if name == "train_subset" and v == "auto":
+                continue
+            if v is not None and (isinstance(v, str) or int(v) < 1):
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
         if not self.inner_relu and self.wide is not None:
             raise UserError("--no-inner-relu drops the ReLU after the construction's layers 2i-1 and needs "
@@ -204,6 +220,13 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
+
+
+def resolve_train_subset(spec: int | str | None, device: torch.device) -> int | None:
+    """``'auto'`` → ``CPU_TRAIN_SUBSET`` images on CPU, all (None) on CUDA; else as given."""
+    if spec == "auto":
+        return CPU_TRAIN_SUBSET if device.type == "cpu" else None
+    return None if spec is None else int(spec)
 
 
 def device_description(device: torch.device) -> str:
@@ -967,8 +990,9 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
             x_te, y_te = load_mnist("test", config.data_dir)
         else:
             x_tr, y_tr, x_te, y_te = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-        if config.train_subset is not None:
-            x_tr, y_tr = x_tr[:config.train_subset], y_tr[:config.train_subset]
+        train_subset = resolve_train_subset(config.train_subset, device)
+        if train_subset is not None:
+            x_tr, y_tr = x_tr[:train_subset], y_tr[:train_subset]
         if config.test_subset is not None:
             x_te, y_te = x_te[:config.test_subset], y_te[:config.test_subset]
         in_f = int(net.state["0.weight"].shape[1])
@@ -1066,6 +1090,7 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
         "momentum": float(config.momentum),
         "weight_decay": float(config.weight_decay),
         "schedule": "cosine (per step, to 0)",
+        "weight_scaling": "none: the stored weights of g are used as they are (the temperature absorbs their scale)",
         "score_init": "kaiming-uniform (a=sqrt(5)): U[-1/sqrt(fan_in), 1/sqrt(fan_in)]",
         "seed": int(config.seed),
         "device": device.type,

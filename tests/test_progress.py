@@ -138,3 +138,19 @@ def test_approximate_wall_time_without_training(tmp_path, capsys):
     assert any(ln.startswith("wall time: ") and "s (approximation)" in ln for ln in out.splitlines()), out
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert "target_training_seconds" not in report
+
+
+def test_edge_popup_prints_its_header_before_training(mnist_dir, tmp_path, capsys):
+    from subsetsum_lth.cli import main
+
+    rc = main(["edge-popup", "--wide", "784,16,10", "--keep", "0.3", "--train-subset", "256", "--test-subset",
+               "256", "--device", "cpu", "--data-dir", str(mnist_dir), "--no-plots", "--out", str(tmp_path / "r")])
+    assert rc == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("edge-popup on 784-16-10 (12,730 parameters)"), err
+    assert err[1].startswith("keep 0.3 (layer, free): ")
+    from subsetsum_lth.edge_popup import kept_count
+    kept = kept_count(0.3, 784 * 16) + kept_count(0.3, 16)
+    assert err[2].startswith(f"  layer 1 16x784: keeps {kept:,} of 12,560") and err[3].startswith("  layer 2 10x16")
+    assert err[4].startswith("training: 1 epoch(s) x 2 steps of 128 (256 training images), lr 0.02")
+    assert any(ln.startswith("epoch 1/1: train loss ") and "test acc" in ln for ln in err[5:]), err

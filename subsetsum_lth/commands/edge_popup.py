@@ -17,7 +17,11 @@ DESCRIPTION = (
     "pre-pruning (top-k among those). The random network comes from a run folder (--from-run, "
     "copied byte for byte), a target (--from-target, allocated as 'approximate' would) or a plain "
     "wide MLP (--wide 784,H,10 --param-budget N). Writes a run folder in approximate's format "
-    "(random_net.safetensors, masks.safetensors, report.json, metrics.csv, training_curve.png).")
+    "(random_net.safetensors, masks.safetensors, report.json, metrics.csv, training_curve.png). "
+    "Defaults against hidden-networks (Ramanujan et al.'s code): the same kaiming-uniform scores, "
+    "per-layer top-k and SGD (momentum 0.9, weight decay 5e-4, cosine); g's weights used as stored "
+    "(no fan-in rescaling: the temperature absorbs their scale); loss on logits / T (auto); lr 0.02 "
+    "instead of 0.1 (g's very wide layers); a budget of one epoch of 7680 images on CPU, a few minutes.")
 
 
 def _fraction(text: str) -> float:
@@ -29,6 +33,12 @@ def _fraction(text: str) -> float:
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"the kept fraction must lie in (0, 1], got {text}")
     return v
+
+
+def _train_subset(text: str):
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    return positive_int(text)
 
 
 def _temperature(text: str):
@@ -71,8 +81,15 @@ def add_arguments(p) -> None:
     e.add_argument("--scope", choices=("layer", "global"), default="layer", help="where the top-k is taken")
     e.add_argument("--structure", choices=("free", "structured"), default="free",
                    help="structured: only edges of the construction's block-diagonal pre-pruning may be kept")
-    e.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set")
-    e.add_argument("--lr", type=positive_float, default=0.1, help="initial learning rate of the scores (cosine to 0)")
+    e.add_argument("--epochs", type=positive_int, default=1,
+                   help="passes over the (--train-subset) training images; 1 with the CPU subset is the "
+                        "default budget of a few minutes")
+    e.add_argument("--lr", type=positive_float, default=0.02,
+                   help="initial learning rate of the scores (cosine to 0). hidden-networks uses 0.1 on "
+                        "kaiming-scaled networks of moderate width; on g (U[-1, 1] weights, hidden widths "
+                        "in the tens of thousands, loss on logits / T) 0.1 moves the scores of the wide "
+                        "layers by about their own size per step, the top-k reshuffles and the network "
+                        "ends switched off (loss ln 10); 0.02 learns")
     e.add_argument("--batch-size", type=positive_int, default=128, help="mini-batch size")
     e.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     e.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay on the scores")
@@ -81,8 +98,9 @@ def add_arguments(p) -> None:
                    help="auto: CUDA when available, else CPU")
     e.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     e.add_argument("--data-dir", type=Path, default=None, help="folder with the MNIST IDX files")
-    e.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
-                   help="train on the first N training images only")
+    e.add_argument("--train-subset", type=_train_subset, default="auto", metavar="N",
+                   help="train on the first N training images only; auto: 7680 (60 steps of 128) on CPU, "
+                        "all 60000 on CUDA; all: every image")
     e.add_argument("--test-subset", type=positive_int, default=None, metavar="N",
                    help="evaluate on the first N test images only")
     e.add_argument("--sync-every", type=positive_int, default=None, metavar="STEPS",
@@ -121,9 +139,6 @@ def _header_lines(h: dict) -> list[str]:
                      if h["scope"] == "layer" else
                      f"  layer {L['layer'] + 1} {L['shape'][0]}x{L['shape'][1]}: {L['total_parameters']:,} "
                      f"parameters ({L['eligible_parameters']:,} prunable)")
-    if h.get("weight_scales"):
-        lines.append("frozen weights used as (fixed per-layer scale) x (stored weight): "
-                     + ", ".join(f"{s:.3g}" for s in h["weight_scales"]))
     lines.append(f"training: {h['epochs']} epoch(s) x {h['steps_per_epoch']:,} steps of {h['batch_size']} "
                  f"({h['train_examples']:,} training images), lr {h['lr']:g}, seed {h['seed']}, "
                  f"device {h['device_name']}; test on {h['test_examples']:,} images")
