@@ -202,4 +202,5 @@ def _summary(r: dict, out: Path) -> None:
                  f"{100 * r['prediction_agreement']:.2f}%)")
     print(line)
     print(f"kept parameters: {r['kept_parameters']:,} of {r['total_parameters']:,}")
-    print(f"time: {r['seconds_per_epoch']:.1f}s per epoch, {r['wall_seconds']:.1f}s wall   run folder: {out}")
+    print(f"time: {r['train_seconds']:.1f} s training ({r['seconds_per_epoch']:.1f} s per epoch), "
+          f"{r['wall_seconds']:.1f} s wall in all (loading, training, evaluation, writing)   run folder: {out}")
