@@ -202,5 +202,6 @@ def _summary(r: dict, out: Path) -> None:
                  f"{100 * r['prediction_agreement']:.2f}%)")
     print(line)
     print(f"kept parameters: {r['kept_parameters']:,} of {r['total_parameters']:,}")
-    print(f"time: {r['train_seconds']:.1f} s training ({r['seconds_per_epoch']:.1f} s per epoch), "
+    print(f"time: {r['train_seconds']:.1f} s training with the test evaluations "
+          f"({r['seconds_per_epoch']:.1f} s per epoch of steps), "
           f"{r['wall_seconds']:.1f} s wall in all (loading, training, evaluation, writing)   run folder: {out}")
