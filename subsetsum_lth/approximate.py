@@ -56,6 +56,8 @@ class ApproximateConfig:
     max_rounds: int = 8
     plots: bool = True
     max_hours: float = 24.0       #: refuse a run whose estimated solve time is longer (subsetsum_lth.limits)
+    #: facts about what the caller did before (e.g. ``target_training_seconds``), added to report.json
+    report_extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.eps is not None and self.weight_eps is not None:
@@ -444,6 +446,9 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
             log.warning("plots failed: %s", exc)
     timings["write"] = time.perf_counter() - t
     report["wall_seconds"] = time.perf_counter() - t_start
+    report["wall_seconds_covers"] = ("this approximation: construction, solve, certificate, evaluation, "
+                                     "writing (not the training of a target)")
+    report.update(config.report_extra)
     report["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rf.atomic_write_csv(out / rf.METRICS, metrics)
     rf.atomic_write_json(out / rf.REPORT, report)

@@ -9,8 +9,10 @@ told which one it got and why.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from subsetsum_lth.errors import DataError
 from subsetsum_lth.target import Target, load_target, random_target
@@ -27,6 +29,7 @@ class DefaultTarget:
     kind: str            #: "mnist" or "synthetic"
     description: str     #: one line for the user: what this target is and why it was chosen
     data_dir: Path | None = None
+    training_seconds: float | None = None   #: wall time spent training it now (None: cached or synthetic)
 
 
 def targets_cache_dir() -> Path:
@@ -44,8 +47,14 @@ def synthetic_target(seed: int = 0, reason: str = "") -> DefaultTarget:
 
 
 def default_target(seed: int = 0, data_dir=None, synthetic: bool = False,
-                   progress: bool = False, cache_dir: Path | None = None) -> DefaultTarget:
-    """The built-in default target (see the module docstring)."""
+                   progress: bool = False, cache_dir: Path | None = None,
+                   announce: Callable[[str], None] | None = None,
+                   heartbeat: Callable[[str], None] | None = None) -> DefaultTarget:
+    """The built-in default target (see the module docstring).
+
+    ``announce`` is called with one line before a training starts (what, why, an estimate of
+    the time, where it is cached); ``heartbeat`` gets the training's plain progress lines (see
+    ``train.train_target``)."""
     if synthetic:
         return synthetic_target(seed, "--synthetic asked for")
     from subsetsum_lth.data.mnist import resolve_data_dir
@@ -56,19 +65,28 @@ def default_target(seed: int = 0, data_dir=None, synthetic: bool = False,
         return synthetic_target(seed, "its files were not found and could not be downloaded; "
                                       "see --data-dir")
     folder = Path(cache_dir or targets_cache_dir()) / f"mnist-784-500-10-seed{seed}"
+    training_seconds = None
     if (folder / "target.safetensors").exists():
         from subsetsum_lth.manifest import verify_file
         verify_file(folder, "target.safetensors")     # the cache is checked, not believed
         target = load_target(folder)
         how = f"cached in {folder}"
     else:
-        from subsetsum_lth.train import TrainConfig, train_target
+        from subsetsum_lth.train import TrainConfig, estimate_training_seconds, train_target
+        config = TrainConfig(hidden=MNIST_HIDDEN, seed=seed, data_dir=str(found))
         log.info("training the default MNIST target into %s", folder)
-        summary = train_target(TrainConfig(hidden=MNIST_HIDDEN, seed=seed, data_dir=str(found)),
-                               folder, progress=progress)
+        if announce is not None:
+            est = estimate_training_seconds(config)
+            about = f"{est:.0f} s" if est < 90 else f"{est / 60:.1f} min"
+            announce(f"no --target given: training the default {'-'.join(map(str, config.sizes))} MNIST "
+                     f"target first ({config.epochs} epochs, about {about} on this machine; cached in "
+                     f"{folder}, so later runs with seed {seed} skip this; give --target to use your own)")
+        t0 = time.perf_counter()
+        summary = train_target(config, folder, progress=progress, heartbeat=heartbeat)
+        training_seconds = time.perf_counter() - t0
         target = load_target(folder)
         how = f"trained now ({summary['seconds']:.0f} s, test accuracy " \
               f"{100 * summary['test_accuracy']:.2f}%), cached in {folder}"
     return DefaultTarget(target, "mnist",
                          f"no --target given: using the default MNIST 784-500-10 target "
-                         f"(seed {seed}; {how}); MNIST from {found}", found)
+                         f"(seed {seed}; {how}); MNIST from {found}", found, training_seconds)

@@ -19,7 +19,17 @@ weight.
   ``ceil(k * total_eligible)``. Ties in |score| (rare with float scores) are broken towards
   the lower flat index on CPU; on CUDA ``torch.topk`` picks among tied entries.
 * **Training.** SGD on the scores only (momentum 0.9, weight decay 5e-4 on the scores, lr
-  0.1, batch 128), a per-step cosine schedule, cross-entropy on MNIST pixels / 255. The
+  0.02, batch 128), a per-step cosine schedule, cross-entropy on MNIST pixels / 255. The
+  default budget is one epoch of ``CPU_TRAIN_SUBSET`` images on CPU (all of them on CUDA).
+  hidden-networks' lr 0.1 is too large here: g's hidden widths are in the tens of thousands,
+  so the kaiming-uniform scores of its wide layers start tiny (1/sqrt(fan_in)) while their
+  gradients do not shrink with the width; one step at 0.1 with momentum moves them by about
+  their own size, the top-k reshuffles and the network ends switched off (loss ln 10).
+* **No rescaling of the weights.** hidden-networks draws its weights with std
+  sqrt(2/fan_in) (÷ sqrt(k) with ``scale_fan``); here the masks must be masks of g's stored
+  weights, used as they are (``weight_scaling`` in the report). A ReLU network is positively
+  homogeneous: per-layer scales c_j (biases scaled along) multiply the logits by prod c_j,
+  which the temperature below absorbs. The
   weights are plain tensors outside the optimiser (``requires_grad=False``) and stay
   bit-for-bit what was loaded. The loss is taken on logits / T with T (``temperature='auto'``)
   the standard deviation of the initial masked network's logits: g's U[-1, 1] weights give
@@ -76,6 +86,10 @@ WIDE_INITS = ("uniform", "normal", "kaiming-uniform")
 SELECTIONS = ("auto", "partition", "topk")
 TEMPERATURES = ("batch", "auto")
 
+#: training images of the default budget on CPU (``train_subset='auto'``): 60 steps of 128, a few
+#: minutes for the 48M-entry random network of the 784-500-10 ticket on 2 cores
+CPU_TRAIN_SUBSET = 7680
+
 #: a weight tensor whose eligible entries are at most this fraction of it is computed by a
 #: gather/scatter over the eligible entries instead of a dense matrix product
 SPARSE_DENSITY = 0.05
@@ -112,8 +126,8 @@ class EdgePopupConfig:
     keep: float = 0.5
     scope: str = "layer"
     structure: str = "free"
-    epochs: int = 10
-    lr: float = 0.1
+    epochs: int = 1
+    lr: float = 0.02
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -121,7 +135,7 @@ class EdgePopupConfig:
     device: str = "auto"
     threads: int | None = None
     data_dir: str | None = None
-    train_subset: int | None = None
+    train_subset: int | str | None = "auto"   #: first N training images; "auto": CPU_TRAIN_SUBSET on CPU, all on CUDA
     test_subset: int | None = None
     sync_every: int | None = None      #: steps between reads of loss/accuracy (None: 50 on CUDA, 10 on CPU)
     eval_every_epoch: bool = True
@@ -174,7 +188,9 @@ class EdgePopupConfig:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
         for name in ("train_subset", "test_subset"):
             v = getattr(self, name)
-            if v is not None and int(v) < 1:
+            if name == "train_subset" and v == "auto":
+                continue
+            if v is not None and (isinstance(v, str) or int(v) < 1):
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
         if not self.inner_relu and self.wide is not None:
             raise UserError("--no-inner-relu drops the ReLU after the construction's layers 2i-1 and needs "
@@ -204,6 +220,13 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
+
+
+def resolve_train_subset(spec: int | str | None, device: torch.device) -> int | None:
+    """``'auto'`` → ``CPU_TRAIN_SUBSET`` images on CPU, all (None) on CUDA; else as given."""
+    if spec == "auto":
+        return CPU_TRAIN_SUBSET if device.type == "cpu" else None
+    return None if spec is None else int(spec)
 
 
 def device_description(device: torch.device) -> str:
@@ -767,7 +790,8 @@ def train_step(model: EdgePopupNet, opt: torch.optim.Optimizer, xb: torch.Tensor
 
 def train_scores(model: EdgePopupNet, x_train: torch.Tensor, y_train: torch.Tensor,
                  config: EdgePopupConfig, x_test: torch.Tensor | None = None,
-                 y_test: torch.Tensor | None = None, progress: Progress | None = None) -> dict:
+                 y_test: torch.Tensor | None = None, progress: Progress | None = None,
+                 on_epoch: Callable[[dict], None] | None = None) -> dict:
     """SGD on the scores; returns {'curve': [...], 'epoch_seconds': [...], ...}.
 
     Inside an epoch nothing is read back to the host except every ``sync_every`` steps
@@ -843,6 +867,8 @@ def train_scores(model: EdgePopupNet, x_train: torch.Tensor, y_train: torch.Tens
         if x_test is not None and (config.eval_every_epoch or epoch == int(config.epochs) - 1):
             last["test_accuracy"] = evaluate_on_device(model, x_test, y_test)
         curve.append(last)
+        if on_epoch is not None:
+            on_epoch({**last, "epochs": int(config.epochs)})
         log.info("epoch %d/%d: loss %.4f, train acc %.4f%s, %.1f s", epoch + 1, config.epochs, epoch_loss,
                  last["epoch_train_accuracy"],
                  f", test acc {last['test_accuracy']:.4f}" if "test_accuracy" in last else "",
@@ -926,21 +952,26 @@ def plot_curve(out: Path, curve: list[dict], title: str) -> str:
 
 
 def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress | None = None,
-                   data: dict | None = None) -> dict:
+                   data: dict | None = None, on_start: Callable[[dict], None] | None = None,
+                   on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Search masks on the random network by edge-popup and write a run folder (locked and listed
     in its manifest while this runs; see :mod:`subsetsum_lth.manifest`). See :func:`_run_edge_popup`."""
     from subsetsum_lth import manifest
     with manifest.session(out):
-        return _run_edge_popup(config, out, progress, data)
+        return _run_edge_popup(config, out, progress, data, on_start, on_epoch)
 
 
 def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress | None = None,
-                    data: dict | None = None) -> dict:
+                    data: dict | None = None, on_start: Callable[[dict], None] | None = None,
+                    on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Search masks on the random network by edge-popup and write a run folder. Returns the report.
 
     Args:
         progress: factory ``progress(total_steps, desc) -> tick`` with ``tick(n)``, optionally
             ``tick.set_postfix(**kw)`` and ``tick.close()``.
+        on_start: called once before the first training step with the run's header (network,
+            parameters, keep fraction, per-layer kept counts, steps, device, weight scales).
+        on_epoch: called after every epoch with that epoch's curve point (loss, accuracies, seconds).
         data: optional ``{"x_train", "y_train", "x_test", "y_test"}`` arrays (default: MNIST
             from ``config.data_dir``, pixels / 255).
     """
@@ -968,8 +999,9 @@ def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress
             x_te, y_te = load_mnist("test", config.data_dir)
         else:
             x_tr, y_tr, x_te, y_te = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-        if config.train_subset is not None:
-            x_tr, y_tr = x_tr[:config.train_subset], y_tr[:config.train_subset]
+        train_subset = resolve_train_subset(config.train_subset, device)
+        if train_subset is not None:
+            x_tr, y_tr = x_tr[:train_subset], y_tr[:train_subset]
         if config.test_subset is not None:
             x_te, y_te = x_te[:config.test_subset], y_te[:config.test_subset]
         in_f = int(net.state["0.weight"].shape[1])
@@ -993,13 +1025,15 @@ def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress
                  "-".join(map(str, [model.shapes[0][1]] + [s[0] for s in model.shapes])),
                  f"{model.n_eligible:,}", config.keep, config.scope, config.structure, device)
 
+        if on_start is not None:
+            on_start(_header(model, net, config, device_name, int(xs[0].shape[0]), int(xs[1].shape[0])))
         t = time.perf_counter()
         with_target = net.target is not None and net.target.sizes[0] == in_f
         # with a target and no per-epoch evaluation, the final test accuracy comes from the same
         # pass as the agreement with the target (one forward pass over the test set, not two)
         eval_in_training = config.eval_every_epoch or not with_target
         trained = train_scores(model, xs[0], ys[0], config, xs[1] if eval_in_training else None,
-                               ys[1] if eval_in_training else None, progress)
+                               ys[1] if eval_in_training else None, progress, on_epoch)
         timings["train"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -1065,6 +1099,7 @@ def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress
         "momentum": float(config.momentum),
         "weight_decay": float(config.weight_decay),
         "schedule": "cosine (per step, to 0)",
+        "weight_scaling": "none: the stored weights of g are used as they are (the temperature absorbs their scale)",
         "score_init": "kaiming-uniform (a=sqrt(5)): U[-1/sqrt(fan_in), 1/sqrt(fan_in)]",
         "seed": int(config.seed),
         "device": device.type,
@@ -1143,6 +1178,26 @@ def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress
     from subsetsum_lth import manifest
     manifest.writer_for(out).finish()
     return report
+
+
+def _header(model: EdgePopupNet, net: RandomNet, config: EdgePopupConfig, device_name: str,
+            n_train: int, n_test: int) -> dict:
+    """What a run is about to do, for ``on_start``."""
+    layers = []
+    for j, (o, i) in enumerate(model.shapes):
+        tw, tb = model.tensors[2 * j], model.tensors[2 * j + 1]
+        layers.append({"layer": j, "shape": [o, i], "total_parameters": tw.numel + tb.numel,
+                       "eligible_parameters": tw.n_eligible + tb.n_eligible,
+                       "kept_parameters": (tw.n_keep if tw.score >= 0 else 0) + (tb.n_keep if tb.score >= 0 else 0)})
+    return {"sizes": [model.shapes[0][1]] + [s[0] for s in model.shapes], "source": net.source,
+            "total_parameters": sum(L["total_parameters"] for L in layers),
+            "eligible_parameters": model.n_eligible, "keep": float(config.keep), "scope": config.scope,
+            "structure": config.structure, "inner_relu": bool(config.inner_relu), "layers": layers,
+            "kept_parameters": (sum(L["kept_parameters"] for L in layers) if config.scope == "layer"
+                                else model.n_keep_global),
+            "epochs": int(config.epochs), "steps_per_epoch": math.ceil(n_train / int(config.batch_size)),
+            "train_examples": n_train, "test_examples": n_test, "lr": float(config.lr),
+            "batch_size": int(config.batch_size), "seed": int(config.seed), "device_name": device_name}
 
 
 @torch.no_grad()

@@ -155,10 +155,51 @@ def _write_json(path: Path, obj: dict) -> None:
     _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
-def train_target(config: TrainConfig, out_dir, progress: bool = False) -> dict:
+def estimate_training_seconds(config: TrainConfig, n_train: int = 60000, probe_steps: int = 8) -> float:
+    """About how long ``train_target`` will take here: a few timed SGD steps of a throwaway MLP
+    of ``config``'s sizes on random inputs (the caller's RNG state and the training's seeds are
+    untouched), extrapolated to every step plus the final evaluations. A rough guide for the
+    announcement, not a promise."""
+    config.validate()
+    n = int(min(n_train, config.train_subset or n_train))
+    bs = int(config.batch_size)
+    steps = math.ceil(n / bs) * int(config.epochs)
+    old_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(int(config.threads))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(12345)
+            model = build_mlp(config.sizes, config.bias)
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=config.momentum)
+            x = torch.rand(bs, INPUT_DIM)
+            y = torch.randint(0, N_CLASSES, (bs,))
+            loss_fn = nn.CrossEntropyLoss()
+            times = []
+            for _ in range(int(probe_steps) + 1):
+                t = time.perf_counter()
+                loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                times.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(old_threads)
+    per_step = float(np.median(times[1:]))       # the first step pays for allocations
+    # + the epoch bookkeeping, and the final train/test evaluations (forward only, ~1/3 step per batch)
+    return per_step * (1.1 * steps + (n + 10000) / bs / 3)
+
+
+def train_target(config: TrainConfig, out_dir, progress: bool = False,
+                 heartbeat: Callable[[str], None] | None = None,
+                 heartbeat_seconds: float = 10.0) -> dict:
     """Train an MLP on MNIST per ``config``; write ``target.safetensors`` and ``target.json``
     into ``out_dir`` (created if needed); return the summary written to ``target.json`` plus
-    ``target_path`` (absolute path of the weights file)."""
+    ``target_path`` (absolute path of the weights file).
+
+    ``progress``: tqdm bars on stderr. ``heartbeat``: called with one plain line of progress at
+    most every ``heartbeat_seconds`` inside an epoch and once at the end of every epoch (for
+    output that is not a terminal, where bars stay invisible)."""
     config.validate()
     out_dir = Path(out_dir)
     from subsetsum_lth import manifest
@@ -166,7 +207,7 @@ def train_target(config: TrainConfig, out_dir, progress: bool = False) -> dict:
     writer = manifest.open_folder(out_dir, "target",
                                   need_bytes=8 * _n_params(config.sizes, config.bias) + (1 << 20))
     try:
-        summary = _train_target(config, out_dir, progress)
+        summary = _train_target(config, out_dir, progress, heartbeat, heartbeat_seconds)
         writer.finish()
         return summary
     finally:
@@ -177,7 +218,8 @@ def _n_params(sizes: Sequence[int], bias: bool) -> int:
     return sum(p * q + (q if bias else 0) for p, q in zip(sizes[:-1], sizes[1:]))
 
 
-def _train_target(config: TrainConfig, out_dir: Path, progress: bool) -> dict:
+def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
+                  heartbeat: Callable[[str], None] | None, heartbeat_seconds: float) -> dict:
     from subsetsum_lth.data.mnist import load_mnist, resolve_data_dir
 
     data_dir = resolve_data_dir(config.data_dir, download=True, progress=progress)
@@ -201,7 +243,7 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool) -> dict:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = build_mlp(config.sizes, config.bias)
-            final_loss = _fit(model, x_train_t, y_train_t, config, progress)
+            final_loss = _fit(model, x_train_t, y_train_t, config, progress, heartbeat, heartbeat_seconds)
         seconds_train = time.perf_counter() - t0
         test_acc = evaluate(model, x_test, y_test)
         train_acc = evaluate(model, x_train_t, y_train_t)
@@ -253,7 +295,8 @@ def _version() -> str:
 
 
 def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
-         progress: bool) -> float:
+         progress: bool, heartbeat: Callable[[str], None] | None = None,
+         heartbeat_seconds: float = 10.0) -> float:
     """The training loop; returns the mean loss of the last epoch."""
     from tqdm.auto import tqdm
 
@@ -268,6 +311,7 @@ def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainCo
     gen = torch.Generator().manual_seed(int(config.seed))
     model.train()
     epoch_loss = float("nan")
+    t_fit = last_beat = time.perf_counter()
     for epoch in range(int(config.epochs)):
         perm = torch.randperm(n, generator=gen)
         loss_sum = torch.zeros((), dtype=torch.float64)
@@ -292,16 +336,28 @@ def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainCo
             if progress and (step % 50 == 0 or step == steps_per_epoch - 1):
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{correct / seen:.4f}",
                                 lr=f"{sched.get_last_lr()[0]:.4g}")
+            if heartbeat is not None and time.perf_counter() - last_beat >= heartbeat_seconds:
+                last_beat = time.perf_counter()
+                done = epoch * steps_per_epoch + step + 1
+                elapsed = last_beat - t_fit
+                heartbeat(f"training: epoch {epoch + 1}/{config.epochs}, step {step + 1}/{steps_per_epoch}, "
+                          f"loss {float(loss_sum) / seen:.4f}, train acc {correct / seen:.4f}, "
+                          f"{elapsed:.0f} s elapsed, about {elapsed * (total_steps - done) / done:.0f} s left")
         bar.close()
         epoch_loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(epoch_loss):
             raise UserError(f"training diverged (loss {epoch_loss}) in epoch {epoch + 1}; "
                             f"try a smaller learning rate than {config.lr}")
+        if heartbeat is not None:
+            last_beat = time.perf_counter()
+            heartbeat(f"training: epoch {epoch + 1}/{config.epochs} done: loss {epoch_loss:.4f}, "
+                      f"train acc (running) {correct / max(seen, 1):.4f}, "
+                      f"{last_beat - t_epoch:.1f} s this epoch, {last_beat - t_fit:.0f} s elapsed")
         log.info("epoch %d/%d: loss %.4f, train acc (running) %.4f, %.1f s",
                  epoch + 1, config.epochs, epoch_loss, correct / max(seen, 1),
                  time.perf_counter() - t_epoch)
     return epoch_loss
 
 
-__all__ = ["TrainConfig", "build_mlp", "evaluate", "save_target", "train_target",
+__all__ = ["TrainConfig", "build_mlp", "evaluate", "save_target", "train_target", "estimate_training_seconds",
            "TARGET_FILE", "SUMMARY_FILE", "TARGET_FORMAT"]

@@ -2,25 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
-
-from tqdm import tqdm
 
 
 def tqdm_progress(enabled: bool = True):
-    """A Progress factory for the library: returns a per-stage callable(n) with .close()."""
-    def factory(total: int, desc: str):
-        bar = tqdm(total=total, desc=desc, unit="inst", unit_scale=True, disable=not enabled,
-                   file=sys.stderr, dynamic_ncols=True, leave=False)
-
-        class Tick:
-            def __call__(self, n: int) -> None:
-                bar.update(n)
-
-            def close(self) -> None:
-                bar.close()
-        return Tick()
-    return factory
+    """A Progress factory for the library: returns a per-stage callable(n) with .close(): a tqdm
+    bar on a terminal, plain periodic lines on stderr otherwise (see ``_progress``)."""
+    from subsetsum_lth.commands._progress import progress_factory
+    return progress_factory(enabled, unit="inst")
 
 
 def print_json(obj) -> None:

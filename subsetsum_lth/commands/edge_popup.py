@@ -1,7 +1,6 @@
 """`subsetsum-lth edge-popup`: search masks on a random network from data (the baseline)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from subsetsum_lth.commands._common import non_negative_int, positive_float, positive_int, print_json
@@ -18,7 +17,11 @@ DESCRIPTION = (
     "pre-pruning (top-k among those). The random network comes from a run folder (--from-run, "
     "copied byte for byte), a target (--from-target, allocated as 'approximate' would) or a plain "
     "wide MLP (--wide 784,H,10 --param-budget N). Writes a run folder in approximate's format "
-    "(random_net.safetensors, masks.safetensors, report.json, metrics.csv, training_curve.png).")
+    "(random_net.safetensors, masks.safetensors, report.json, metrics.csv, training_curve.png). "
+    "Defaults against hidden-networks (Ramanujan et al.'s code): the same kaiming-uniform scores, "
+    "per-layer top-k and SGD (momentum 0.9, weight decay 5e-4, cosine); g's weights used as stored "
+    "(no fan-in rescaling: the temperature absorbs their scale); loss on logits / T (auto); lr 0.02 "
+    "instead of 0.1 (g's very wide layers); a budget of one epoch of 7680 images on CPU, a few minutes.")
 
 
 def _fraction(text: str) -> float:
@@ -30,6 +33,12 @@ def _fraction(text: str) -> float:
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"the kept fraction must lie in (0, 1], got {text}")
     return v
+
+
+def _train_subset(text: str):
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    return positive_int(text)
 
 
 def _temperature(text: str):
@@ -72,8 +81,15 @@ def add_arguments(p) -> None:
     e.add_argument("--scope", choices=("layer", "global"), default="layer", help="where the top-k is taken")
     e.add_argument("--structure", choices=("free", "structured"), default="free",
                    help="structured: only edges of the construction's block-diagonal pre-pruning may be kept")
-    e.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set")
-    e.add_argument("--lr", type=positive_float, default=0.1, help="initial learning rate of the scores (cosine to 0)")
+    e.add_argument("--epochs", type=positive_int, default=1,
+                   help="passes over the (--train-subset) training images; 1 with the CPU subset is the "
+                        "default budget of a few minutes")
+    e.add_argument("--lr", type=positive_float, default=0.02,
+                   help="initial learning rate of the scores (cosine to 0). hidden-networks uses 0.1 on "
+                        "kaiming-scaled networks of moderate width; on g (U[-1, 1] weights, hidden widths "
+                        "in the tens of thousands, loss on logits / T) 0.1 moves the scores of the wide "
+                        "layers by about their own size per step, the top-k reshuffles and the network "
+                        "ends switched off (loss ln 10); 0.02 learns")
     e.add_argument("--batch-size", type=positive_int, default=128, help="mini-batch size")
     e.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     e.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay on the scores")
@@ -82,8 +98,9 @@ def add_arguments(p) -> None:
                    help="auto: CUDA when available, else CPU")
     e.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     e.add_argument("--data-dir", type=Path, default=None, help="folder with the MNIST IDX files")
-    e.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
-                   help="train on the first N training images only")
+    e.add_argument("--train-subset", type=_train_subset, default="auto", metavar="N",
+                   help="train on the first N training images only; auto: 7680 (60 steps of 128) on CPU, "
+                        "all 60000 on CUDA; all: every image")
     e.add_argument("--test-subset", type=positive_int, default=None, metavar="N",
                    help="evaluate on the first N test images only")
     e.add_argument("--sync-every", type=positive_int, default=None, metavar="STEPS",
@@ -108,25 +125,30 @@ def add_arguments(p) -> None:
     o.add_argument("--json", action="store_true", help="print report.json to stdout")
 
 
-def _progress(enabled: bool):
-    """Progress factory for the library: a tqdm bar per epoch with loss and accuracy."""
-    from tqdm import tqdm
+def _header_lines(h: dict) -> list[str]:
+    """The run's header: network, keep fraction, per-layer counts (printed before training)."""
+    src = h["source"]
+    where = src.get("path") or "wide MLP " + "-".join(map(str, src.get("sizes", [])))
+    relu = "" if h.get("inner_relu", True) else ", no ReLU after layers 2i-1"
+    lines = [f"edge-popup on {'-'.join(map(str, h['sizes']))} ({h['total_parameters']:,} parameters) from {where}",
+             f"keep {h['keep']:g} ({h['scope']}, {h['structure']}{relu}): {h['kept_parameters']:,} of "
+             f"{h['eligible_parameters']:,} prunable parameters kept"]
+    for L in h["layers"]:
+        lines.append(f"  layer {L['layer'] + 1} {L['shape'][0]}x{L['shape'][1]}: keeps "
+                     f"{L['kept_parameters']:,} of {L['total_parameters']:,} ({L['eligible_parameters']:,} prunable)"
+                     if h["scope"] == "layer" else
+                     f"  layer {L['layer'] + 1} {L['shape'][0]}x{L['shape'][1]}: {L['total_parameters']:,} "
+                     f"parameters ({L['eligible_parameters']:,} prunable)")
+    lines.append(f"training: {h['epochs']} epoch(s) x {h['steps_per_epoch']:,} steps of {h['batch_size']} "
+                 f"({h['train_examples']:,} training images), lr {h['lr']:g}, seed {h['seed']}, "
+                 f"device {h['device_name']}; test on {h['test_examples']:,} images")
+    return lines
 
-    def factory(total: int, desc: str):
-        bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, file=sys.stderr,
-                   dynamic_ncols=True, leave=False)
 
-        class Tick:
-            def __call__(self, n: int) -> None:
-                bar.update(n)
-
-            def set_postfix(self, **kw) -> None:
-                bar.set_postfix(**kw)
-
-            def close(self) -> None:
-                bar.close()
-        return Tick()
-    return factory
+def _epoch_line(c: dict) -> str:
+    test = f", test acc {100 * c['test_accuracy']:.2f}%" if "test_accuracy" in c else ""
+    return (f"epoch {c['epoch']}/{c['epochs']}: train loss {c['epoch_train_loss']:.4f}, train acc "
+            f"{100 * c['epoch_train_accuracy']:.2f}%{test}, {c['epoch_seconds']:.1f} s")
 
 
 def run(args) -> int:
@@ -145,7 +167,18 @@ def run(args) -> int:
         plots=not args.no_plots,
         overwrite=args.overwrite,
     )
-    report = run_edge_popup(config, args.out, progress=_progress(not args.no_progress))
+    from subsetsum_lth.commands._progress import progress_factory, say
+
+    def on_start(header: dict) -> None:
+        for line in _header_lines(header):
+            say(line)
+
+    def on_epoch(point: dict) -> None:
+        say(_epoch_line(point))
+
+    # a bar on a terminal, else a plain line every ~10 s (loss, accuracy, time left) on stderr
+    report = run_edge_popup(config, args.out, progress=progress_factory(not args.no_progress),
+                            on_start=on_start, on_epoch=on_epoch)
     if args.json:
         print_json(report)
     else:
@@ -169,4 +202,6 @@ def _summary(r: dict, out: Path) -> None:
                  f"{100 * r['prediction_agreement']:.2f}%)")
     print(line)
     print(f"kept parameters: {r['kept_parameters']:,} of {r['total_parameters']:,}")
-    print(f"time: {r['seconds_per_epoch']:.1f}s per epoch, {r['wall_seconds']:.1f}s wall   run folder: {out}")
+    print(f"time: {r['train_seconds']:.1f} s training with the test evaluations "
+          f"({r['seconds_per_epoch']:.1f} s per epoch of steps), "
+          f"{r['wall_seconds']:.1f} s wall in all (loading, training, evaluation, writing)   run folder: {out}")

@@ -55,13 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bars on stderr (default: only when stderr is a terminal)")
+                        help="--progress: tqdm bars on stderr; --no-progress: no progress output; neither: "
+                             "bars when stderr is a terminal, else a plain line every ~10 s and per epoch")
     add_preprocessing_arguments(parser, expected=False, training=True)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from subsetsum_lth.train import TrainConfig, train_target
+    from subsetsum_lth.commands._progress import duration, say
+    from subsetsum_lth.train import TrainConfig, estimate_training_seconds, train_target
 
     config = TrainConfig(
         hidden=tuple(args.hidden), bias=args.bias, epochs=args.epochs, lr=args.lr,
@@ -69,14 +71,24 @@ def run(args: argparse.Namespace) -> int:
         train_subset=args.train_subset, threads=args.threads,
         input_normalize=args.input_normalize, input_scale=args.input_scale,
     )
-    progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    summary = train_target(config, args.out, progress=progress)
+    bars = args.progress if args.progress is not None else sys.stderr.isatty()
+    lines = args.progress is None and not bars
+    config.validate()
+    n_train = config.train_subset or 60000
+    steps = -(-n_train // config.batch_size)
+    say(f"training a {'-'.join(map(str, config.sizes))} ReLU MLP on {n_train:,} MNIST images: "
+        f"{config.epochs} epoch(s) of {steps:,} steps, about "
+        f"{duration(estimate_training_seconds(config, n_train))} on this machine (estimated from a few "
+        f"timed steps); writing {args.out}")
+    # output not a terminal: plain lines (every ~10 s and per epoch) instead of invisible bars
+    summary = train_target(config, args.out, progress=bars, heartbeat=say if lines else None)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         sizes = "-".join(str(s) for s in summary["sizes"])
         print(f"trained {sizes} ({'with' if summary['bias'] else 'no'} biases, "
-              f"{summary['n_parameters']} parameters) in {summary['seconds']:.1f} s")
+              f"{summary['n_parameters']} parameters) in {summary['seconds']:.1f} s "
+              f"({summary['seconds_training']:.1f} s training + the final train/test evaluation)")
         print(f"test accuracy  {100 * summary['test_accuracy']:.2f}%")
         print(f"train accuracy {100 * summary['train_accuracy']:.2f}%")
         print(f"wrote {summary['target_path']}")

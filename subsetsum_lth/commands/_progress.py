@@ -1,0 +1,103 @@
+"""Progress output of the CLI: tqdm bars on a terminal, plain periodic lines otherwise.
+
+With stderr going to a file or a pipe a tqdm bar writes carriage returns that nobody sees
+until the end, so long steps would look silent. There each stage prints one plain line at
+most every ``INTERVAL`` seconds (what, how far, elapsed, an estimate of what is left) and,
+if it printed anything, a last line when it ends.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+#: seconds between two plain progress lines of one stage
+INTERVAL = 10.0
+
+
+def is_terminal(stream=None) -> bool:
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def say(message: str) -> None:
+    """One line on stderr, flushed (announcements, progress lines)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '3.5 min', '1.2 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class PlainTick:
+    """A progress stage that prints plain lines (the tqdm-less twin of a bar)."""
+
+    def __init__(self, total: int, desc: str, unit: str = "step", interval: float = INTERVAL,
+                 write: Callable[[str], None] = say, clock: Callable[[], float] = time.monotonic):
+        self.total, self.desc, self.unit, self.interval = int(total), desc, unit, float(interval)
+        self.write, self.clock = write, clock
+        self.n = 0
+        self.postfix = ""
+        self.t0 = self.last = clock()
+        self.printed = False
+
+    def _line(self, final: bool = False) -> str:
+        elapsed = self.clock() - self.t0
+        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        left = ""
+        if not final and 0 < self.n < self.total:
+            left = f", about {duration(elapsed * (self.total - self.n) / self.n)} left"
+        post = f", {self.postfix}" if self.postfix else ""
+        head = f"{self.desc}: done, " if final else f"{self.desc}: "
+        return f"{head}{self.n:,}/{self.total:,} {self.unit}s{pct}{post}, {duration(elapsed)} elapsed{left}"
+
+    def __call__(self, n: int = 1) -> None:
+        self.n += int(n)
+        now = self.clock()
+        if now - self.last >= self.interval:
+            self.last = now
+            self.printed = True
+            self.write(self._line())
+
+    def set_postfix(self, **kw) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in kw.items())
+
+    def close(self) -> None:
+        if self.printed:
+            self.write(self._line(final=True))
+            self.printed = False
+
+
+def progress_factory(enabled: bool = True, unit: str = "step", interval: float = INTERVAL,
+                     terminal: bool | None = None):
+    """A Progress factory for the library, ``factory(total, desc) -> tick`` with ``tick(n)``,
+    ``tick.set_postfix(**kw)`` and ``tick.close()``: a tqdm bar when stderr is a terminal, else
+    plain lines every ``interval`` seconds; nothing when not ``enabled``."""
+    terminal = is_terminal() if terminal is None else terminal
+
+    def factory(total: int, desc: str):
+        if enabled and not terminal:
+            return PlainTick(total, desc, unit, interval)
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "inst", disable=not enabled,
+                   file=sys.stderr, dynamic_ncols=True, leave=False)
+
+        class Tick:
+            def __call__(self, n: int = 1) -> None:
+                bar.update(n)
+
+            def set_postfix(self, **kw) -> None:
+                bar.set_postfix(**kw)
+
+            def close(self) -> None:
+                bar.close()
+        return Tick()
+    return factory
