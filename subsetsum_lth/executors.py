@@ -33,9 +33,9 @@ shipped: each worker process creates its own backend (one Gurobi Env per process
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import importlib.util
 import logging
-import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -356,6 +356,12 @@ class DaskPool(Pool):
         log.warning("Dask: resubmitting batches after a worker failure")
 
     def close(self) -> None:
+        # tearing down our own LocalCluster (notably after Ctrl-C) makes distributed and tornado
+        # log closed-stream tracebacks, during the close and from its threads afterwards, that say
+        # nothing about the run: keep them off the terminal from here on
+        if self._cluster is not None:
+            for name in ("distributed", "tornado", "asyncio"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
         if self._client is not None:
             try:
                 self._client.close()
