@@ -3,7 +3,7 @@
 Backends that solve on scaled integers (CP-SAT, knapsack) or with a feasibility tolerance
 (Gurobi) see every subset's error only up to a small rounding. A row whose answer lies within
 that rounding of tau (the integer model admits it, the float64 error of
-:func:`subsetsum_lth.instances.subset_errors` does not, or the reverse) cannot be decided by
+:func:`subsetsum_lth.solvers.instances.subset_errors` does not, or the reverse) cannot be decided by
 the model; it is solved again here, exactly, on the float64 error, so that every backend
 applies the same tolerance test. Such rows are rare (a band ~1e-11 wide around tau) except in
 degenerate instances (targets or coefficients far below the rounding, tau = 0 on sums that
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from subsetsum_lth.instances import InstanceBatch, Status
+from .instances import InstanceBatch, Status
 
 
 def settle_with_mitm(batch: InstanceBatch, rows, selections: np.ndarray, status: np.ndarray,
@@ -21,7 +21,7 @@ def settle_with_mitm(batch: InstanceBatch, rows, selections: np.ndarray, status:
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
         return
-    from solvers import mitm
+    from . import mitm
 
     fits = rows[batch.counts[rows] <= mitm.HARD_MAX_N]
     if fits.size:

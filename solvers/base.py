@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from subsetsum_lth.instances import BatchResult, InstanceBatch, Status
+from .instances import BatchResult, InstanceBatch, Status
 
 
 class SolverUnavailable(RuntimeError):
@@ -28,7 +28,7 @@ class SolverBackend(abc.ABC):
 
     Subclasses set ``name`` and ``capabilities``, implement ``is_available`` without importing
     heavy packages at module import time, and implement ``solve`` over a whole batch.
-    Errors they report are recomputed in float64 by :func:`subsetsum_lth.instances.finalize`.
+    Errors they report are recomputed in float64 by :func:`subsetsum_lth.solvers.instances.finalize`.
     """
 
     name: ClassVar[str]

@@ -1,7 +1,7 @@
 """Naive baseline: one CP-SAT model per instance (Pensia et al.'s MIP, on scaled integers).
 
 Formulation (scale: the power of two with 2^39 <= (sum|c| + |t|) * scale < 2^40, see
-:mod:`solvers._scaled`; C = round(c * scale), T = round(t * scale)):
+:mod:`subsetsum_lth.solvers._scaled`; C = round(c * scale), T = round(t * scale)):
 binary s, integer err >= |T - C.s|, err <= TAU.
 
 * error: minimise err. TAU is the *relaxed* bound ceil(tau * scale) + n + 1, which contains
@@ -13,11 +13,11 @@ binary s, integer err >= |T - C.s|, err <= TAU.
   infeasible, the error model decides.
 * cardinality: minimise sum(s) under the relaxed bound, then, with sum(s) fixed, minimise err.
 
-Status from the error recomputed in float64 (:func:`subsetsum_lth.instances.subset_errors`;
+Status from the error recomputed in float64 (:func:`subsetsum_lth.solvers.instances.subset_errors`;
 OPTIMAL iff within tolerance for 'error'). A row whose integer optimum lies within the rounding
 of tau but whose float64 error does not (the relaxed bound admits it, the float64 test refuses
 it: e.g. t = 1e-103, c = [1], tau = 0, where the empty subset scales to error 0) cannot be
-decided by the integer model; it is settled exactly by :mod:`solvers._settle` (mitm).
+decided by the integer model; it is settled exactly by :mod:`subsetsum_lth.solvers._settle` (mitm).
 ``time_limit`` (seconds per solve, wall clock) gives FEASIBLE / TIMEOUT when hit; without it
 the solver is deterministic (one worker, fixed seed). Measured: ~0.5 s per instance for the
 error objective at n = 21 (proving optimality at full precision is hard for CP-SAT), ~10 ms
@@ -30,11 +30,10 @@ import time
 
 import numpy as np
 
-from solvers._scaled import cp_solver, scaled_bound, scaled_ints, shift_for
-from solvers._settle import settle_with_mitm
-from solvers.base import Capabilities, SolverBackend
-from subsetsum_lth.instances import (BatchResult, InstanceBatch, Status, finalize,
-                                     subset_errors)
+from ._scaled import cp_solver, scaled_bound, scaled_ints, shift_for
+from ._settle import settle_with_mitm
+from .base import Capabilities, SolverBackend
+from .instances import BatchResult, InstanceBatch, Status, finalize, subset_errors
 
 _SCALE_BITS = 40
 

@@ -26,11 +26,10 @@ import time
 
 import numpy as np
 
-from solvers.base import Capabilities, SolverBackend
-from solvers._scaled import shift_for
-from solvers._settle import settle_with_mitm
-from subsetsum_lth.instances import (BatchResult, InstanceBatch, Status, finalize,
-                                     recompute_errors)
+from .base import Capabilities, SolverBackend
+from ._scaled import shift_for
+from ._settle import settle_with_mitm
+from .instances import BatchResult, InstanceBatch, Status, finalize, recompute_errors
 
 #: the model's scale: sum|c| + |t| in [2^(bits-1), 2^bits)
 _SCALE_BITS = 10

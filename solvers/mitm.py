@@ -31,7 +31,7 @@ lexicographic (cardinality, error)). Rows with no subset within tolerance are de
 the plain error search first and return the min-error subset.
 
 Everything is deterministic: a fixed matmul/add order, sorting, first index of equal keys.
-Numpy's OpenBLAS is held to one thread while solving (:mod:`solvers._blas`): the matmuls are
+Numpy's OpenBLAS is held to one thread while solving (:mod:`subsetsum_lth.solvers._blas`): the matmuls are
 thin, and BLAS worker threads only spin (10x slower on a busy machine).
 Throughput on one core (n = 21, τ = 0.01, objective 'error', ``subsetsum-lth bench solvers``):
 ~20-29k instances/s depending on the load of the machine; the int32 sort is ~45% of it.
@@ -46,9 +46,9 @@ from math import comb
 
 import numpy as np
 
-from solvers._blas import single_thread_blas
-from solvers.base import Capabilities, SolverBackend
-from subsetsum_lth.instances import BatchResult, InstanceBatch, Status, finalize, subset_errors
+from ._blas import single_thread_blas
+from .base import Capabilities, SolverBackend
+from .instances import BatchResult, InstanceBatch, Status, finalize, subset_errors
 
 #: Memory budget of the working arrays of one chunk of rows (bytes), and the number of
 #: enumerated sums per chunk that keeps the working set cache-friendly.

@@ -6,15 +6,15 @@ sum <= t' is one 0/1 knapsack (profits = weights = scaled |c|, capacity floor(sc
 best sum >= t' is the complement knapsack (capacity W - ceil(scaled t')). The better of the two,
 by the error recomputed in float64, is the optimum up to the rounding of the integer scaling
 (<= n / scale, ~1e-10 with scale the power of two with sum|c| * scale in [2^39, 2^40), see
-:mod:`solvers._scaled`). A row whose answer is outside tau by less than that rounding is
-settled exactly by mitm (:mod:`solvers._settle`), so the within-tau test is the float64 one.
+:mod:`subsetsum_lth.solvers._scaled`). A row whose answer is outside tau by less than that rounding is
+settled exactly by mitm (:mod:`subsetsum_lth.solvers._settle`), so the within-tau test is the float64 one.
 
 Measured on this project's distribution (c = v*u, t ~ N(0, 0.05), one core): at full
 precision the branch-and-bound has no useful bound (profit = weight), so proving optimality
 costs ~2^n nodes: ~0.15 ms at n = 10, ~0.4 ms at n = 12, ~5 ms at n = 16, ~40 ms per knapsack
 at n = 21. (At ~12-bit precision it is ~0.1 ms at n = 21 but then ~1e-3 away from optimal.)
 So, deterministically by size, instances with more than ``knapsack_max_n`` live coefficients
-are solved by the exact meet-in-the-middle backend instead (``solvers.mitm``); a knapsack that
+are solved by the exact meet-in-the-middle backend instead (``subsetsum_lth.solvers.mitm``); a knapsack that
 hits its time limit also falls back to it, so answers stay exact. ``knapsack_max_n=None``
 sends everything through the knapsack (slow, for comparison).
 
@@ -25,7 +25,7 @@ then the exact path for the rows it did not settle.
 
 Cardinality: instances with more than ``cardinality_max_n`` live coefficients (default 12)
 go to mitm's exact cardinality search (vectorised; CP-SAT needs ~10 ms per instance at n = 21,
-mitm ~30 us). The others: CP-SAT (with the presolve workaround of :func:`solvers._scaled.
+mitm ~30 us). The others: CP-SAT (with the presolve workaround of :func:`subsetsum_lth.solvers._scaled.
 cp_solver`: OR-Tools 9.15 certified wrong minimal cardinalities on 2^40-scaled rows), two
 phases per instance on the scaled integers with a *relaxed* tolerance (ceil(tau * scale) + n
 + 1, so infeasibility proofs are sound): minimise sum(s), then
@@ -42,18 +42,18 @@ import time
 
 import numpy as np
 
-from solvers._scaled import cp_solver, scaled_bound, scaled_ints, shift_for
-from solvers._settle import settle_with_mitm
-from solvers.base import Capabilities, SolverBackend
-from subsetsum_lth.instances import (BatchResult, InstanceBatch, Status, finalize,
-                                     recompute_errors, subset_errors)
+from ._scaled import cp_solver, scaled_bound, scaled_ints, shift_for
+from ._settle import settle_with_mitm
+from .base import Capabilities, SolverBackend
+from .instances import (BatchResult, InstanceBatch, Status, finalize, recompute_errors,
+                        subset_errors)
 
 #: Integer scale of the exact path: sum of scaled |c| = 2^40 (int64 headroom for CP-SAT sums).
 _FINE_BITS = 40
 
 
 def _mitm():
-    from solvers import mitm
+    from . import mitm
     return mitm
 
 

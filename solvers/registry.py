@@ -1,22 +1,24 @@
-"""One registry of solver backends: built-ins plus entry-point discovery."""
+"""One registry of solver backends: the built-ins listed here (the only list of them) plus
+third-party backends discovered through the entry-point group ``subsetsum_lth.solvers``."""
 from __future__ import annotations
 
 import importlib
 import logging
 from importlib import metadata
 
-from solvers.base import SolverBackend, SolverUnavailable
+from .base import SolverBackend, SolverUnavailable
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "subsetsum_lth.solvers"
 
-#: name -> "module:Class"; imported lazily so that listing costs nothing.
+#: name -> "module:Class" of the built-in backends (module relative to this package); imported
+#: lazily so that listing costs nothing. setup.cfg lists no entry points for these.
 BUILTIN = {
-    "mitm": "solvers.mitm:MeetInTheMiddleSolver",
-    "ortools": "solvers.ortools_knapsack:OrToolsKnapsackSolver",
-    "cpsat": "solvers.cpsat:CpSatSolver",
-    "gurobi": "solvers.gurobi:GurobiSolver",
+    "mitm": ".mitm:MeetInTheMiddleSolver",
+    "ortools": ".ortools_knapsack:OrToolsKnapsackSolver",
+    "cpsat": ".cpsat:CpSatSolver",
+    "gurobi": ".gurobi:GurobiSolver",
 }
 
 DEFAULT_SOLVER = "ortools"
@@ -51,7 +53,7 @@ def _resolve(name: str) -> type[SolverBackend]:
     if isinstance(target, type):
         return target
     module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return getattr(importlib.import_module(module, __package__), attr)
 
 
 def get_backend_class(name: str) -> type[SolverBackend]:

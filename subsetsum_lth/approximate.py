@@ -23,7 +23,7 @@ from subsetsum_lth.construction import (ConstructionConfig, LayerInstances,
                                         build_construction, draw_layer_pair, layer_instances,
                                         masks_from_selections, masks_state_dict)
 from subsetsum_lth.errors import IncompleteRun, RunFolderError, UserError
-from subsetsum_lth.instances import Status
+from subsetsum_lth.solvers.instances import Status
 from subsetsum_lth.runcheck import WITNESS
 from subsetsum_lth.solve import ResumeStore, SolveConfig, check_solver, solve_all
 from subsetsum_lth.target import Target, save_target
@@ -569,7 +569,7 @@ def _grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constr
         errors[infeasible] = r2.errors
         status[infeasible] = r2.status
         messages = {**res.messages, **r2.messages}
-        from subsetsum_lth.instances import BatchResult
+        from subsetsum_lth.solvers.instances import BatchResult
         res = BatchResult(new_inst.ids, sel, errors, status, res.solver, res.seconds + r2.seconds, messages)
         inst = new_inst
     return inst, pair, res

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from subsetsum_lth.errors import UserError
-from subsetsum_lth.instances import OBJECTIVES, InstanceBatch, Status
+from subsetsum_lth.solvers.instances import OBJECTIVES, InstanceBatch, Status
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def _threads() -> list[int]:
 def one_core(enabled: bool = True):
     """Run on one core: every thread of this process pinned to one CPU (Linux), and numpy's
     BLAS held to one thread; both restored afterwards."""
-    from solvers._blas import single_thread_blas
+    from subsetsum_lth.solvers._blas import single_thread_blas
 
     if not (enabled and hasattr(os, "sched_getaffinity")):
         with single_thread_blas():
@@ -230,7 +230,7 @@ def _time_backend(name: str, batch: InstanceBatch, limit: int, config: SolverBen
 
 def bench_solvers(config: SolverBenchConfig) -> list[SolverBenchRow]:
     """Time every requested backend on the same instances; see the module docstring."""
-    from solvers.registry import backend_info, get_backend_class, list_backends
+    from subsetsum_lth.solvers.registry import backend_info, get_backend_class, list_backends
 
     known = list_backends()
     if config.solvers:

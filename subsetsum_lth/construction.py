@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from subsetsum_lth.errors import UserError
-from subsetsum_lth.instances import InstanceBatch
+from subsetsum_lth.solvers.instances import InstanceBatch
 from subsetsum_lth.target import Target
 
 INPUT_DOMAINS = ("nonnegative", "signed")

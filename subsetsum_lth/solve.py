@@ -21,7 +21,7 @@ import numpy as np
 
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.executors import Pool, _watch_parent, as_pool, make_pool  # noqa: F401
-from subsetsum_lth.instances import BatchResult, InstanceBatch, Status
+from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ class SolveConfig:
 
 def check_solver(config: SolveConfig) -> None:
     """Fail early, with the fix, if the solver is unknown, unavailable or lacks the objective."""
-    from solvers.base import SolverUnavailable
-    from solvers.registry import get_backend_class, list_backends
+    from subsetsum_lth.solvers.base import SolverUnavailable
+    from subsetsum_lth.solvers.registry import get_backend_class, list_backends
 
     try:
         cls = get_backend_class(config.solver)
@@ -84,7 +84,7 @@ _BACKENDS: dict = {}
 
 def solve_batch(solver: str, options: dict, batch: InstanceBatch) -> BatchResult:
     """Worker entry point: one backend object per process, reused across batches."""
-    from solvers.registry import get_backend
+    from subsetsum_lth.solvers.registry import get_backend
 
     _maybe_worker_fault()
     key = (solver, tuple(sorted(options.items())))
@@ -140,7 +140,7 @@ class ResumeStore:
 
     def get(self, key: str, batch: InstanceBatch, solver: str | None = None) -> BatchResult | None:
         import stat as _stat
-        from subsetsum_lth.instances import recompute_errors
+        from subsetsum_lth.solvers.instances import recompute_errors
         path = self._path(key)
         try:
             st = os.stat(path)
@@ -263,7 +263,7 @@ def _failed(sub: InstanceBatch, solver: str, reason: str) -> BatchResult:
 def fallback_solver(solver: str, objective: str, max_count: int) -> str | None:
     """Another exact backend for instances the first one could not finish (TIMEOUT/ERROR):
     mitm when every instance fits its max_n, else ortools; None if there is none."""
-    from solvers.registry import get_backend_class
+    from subsetsum_lth.solvers.registry import get_backend_class
 
     for name in ("mitm", "ortools"):
         if name == solver:

@@ -37,7 +37,7 @@ import numpy as np
 
 from subsetsum_lth.construction import DISTRIBUTIONS, LayerPlan, draw_layer_pair, formula_width, layer_instances
 from subsetsum_lth.errors import UserError
-from subsetsum_lth.instances import InstanceBatch, Status
+from subsetsum_lth.solvers.instances import InstanceBatch, Status
 from subsetsum_lth.solve import SolveConfig, check_solver, solve_all
 from subsetsum_lth.target import Target
 

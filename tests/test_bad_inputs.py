@@ -113,7 +113,7 @@ def _nonfinite(bad):
 
 
 def _no_mitm(c: Ctx):
-    from solvers.mitm import MeetInTheMiddleSolver
+    from subsetsum_lth.solvers.mitm import MeetInTheMiddleSolver
     c.mp.setattr(MeetInTheMiddleSolver, "is_available", classmethod(lambda cls: (False, "simulated: not installed")))
 
 
@@ -288,10 +288,10 @@ def test_bad_input(case: Case, good_run, tmp_path, monkeypatch, capsys):
 def test_gurobi_size_limited_licence_is_an_error_status():
     """A model beyond the pip wheel's size-limited licence (2000 variables) is an ERROR row with
     Gurobi's message, never a crash."""
-    from solvers.registry import backend_info, get_backend
+    from subsetsum_lth.solvers.registry import backend_info, get_backend
     if not backend_info("gurobi")["available"]:
         pytest.skip("gurobipy not available")
-    from subsetsum_lth.instances import InstanceBatch, Status
+    from subsetsum_lth.solvers.instances import InstanceBatch, Status
     from subsetsum_lth.solve import SolveConfig, solve_all
 
     rng = np.random.default_rng(0)

@@ -134,7 +134,7 @@ def test_refuses_existing_run_without_resume(small_target, tmp_path, capsys):
 
 
 def test_gurobi_missing_or_present_is_clear(small_target, tmp_path, capsys):
-    from solvers.registry import backend_info
+    from subsetsum_lth.solvers.registry import backend_info
     info = backend_info("gurobi")
     rc = main(["approximate", "--target", str(small_target), "--out", str(tmp_path / "g"), "--solver",
                "gurobi", "--block-width", "16", "--no-progress", "--workers", "1", "--allow-infeasible",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from subsetsum_lth.cli import main
-from subsetsum_lth.instances import BatchResult, InstanceBatch, Status
+from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
 from subsetsum_lth.solve import WORKER_FAULT_ENV, SolveConfig, solve_all
 from subsetsum_lth.target import random_target, save_target
 
@@ -130,7 +130,7 @@ class _Broken:
 
 
 def test_error_instances_fall_back_to_another_exact_backend(monkeypatch):
-    from solvers import registry
+    from subsetsum_lth.solvers import registry
     monkeypatch.setitem(registry._extra, "broken", _Broken)
     b = _batch()
     want = solve_all(b, SolveConfig(solver="mitm", workers=1))

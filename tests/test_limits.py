@@ -118,7 +118,7 @@ def test_zero_ascent_steps_is_allowed(tiny, tmp_path):
 def test_fallback_beyond_exact_search_is_time_limited():
     """mitm refuses n > 34; its fallback (ortools) gets the per-instance time limit for n > 40,
     so instances of 60 live coefficients end TIMEOUT in bounded time instead of running on."""
-    from subsetsum_lth.instances import InstanceBatch, Status
+    from subsetsum_lth.solvers.instances import InstanceBatch, Status
     from subsetsum_lth.solve import SolveConfig, solve_all
     rng = np.random.default_rng(0)
     b = InstanceBatch(np.arange(2), np.array([0.3, 0.1]), rng.uniform(-1, 1, (2, 60)) * 0.3, None, 1e-12)

@@ -446,7 +446,7 @@ def test_resume_discards_tampered_and_garbage_batches(base, tmp_path):
 
 
 def test_store_returns_recomputed_errors_not_stored_ones(tmp_path, caplog):
-    from subsetsum_lth.instances import InstanceBatch, recompute_errors
+    from subsetsum_lth.solvers.instances import InstanceBatch, recompute_errors
     from subsetsum_lth.solve import ResumeStore, SolveConfig, batch_key, solve_all
     rng = np.random.default_rng(0)
     b = InstanceBatch.from_lists(rng.uniform(-1, 1, 6), [rng.uniform(-1, 1, 12) for _ in range(6)], 0.05)

@@ -1,6 +1,6 @@
 """Shared solver conformance suite: every registered backend against brute force.
 
-Parametrised over ``solvers.registry.list_backends()``; a backend that cannot run here is
+Parametrised over ``subsetsum_lth.solvers.registry.list_backends()``; a backend that cannot run here is
 skipped with its own reason (never faked). Brute force enumerates all 2^n subsets (n <= 12).
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from solvers.registry import get_backend, get_backend_class, list_backends
-from subsetsum_lth.instances import InstanceBatch, Status
+from subsetsum_lth.solvers.registry import get_backend, get_backend_class, list_backends
+from subsetsum_lth.solvers.instances import InstanceBatch, Status
 
 BACKENDS = list_backends()
 #: slow backends (one model per instance) get fewer hypothesis examples
@@ -395,7 +395,7 @@ def test_exact_backends_agree_with_each_other():
 @pytest.mark.parametrize("n", [17, 21, 22, 24])
 def test_mitm_matches_float_path_at_construction_sizes(n):
     """mitm's 32-bit fast path and its float64 path find the same optimum at n = 17..24."""
-    from solvers import mitm
+    from subsetsum_lth.solvers import mitm
     targets, coef, counts = _seeded(n, 64, [n])
     sel_fast = mitm.min_error_selections(targets, coef, counts)
     sel_float = mitm._error_chunk_float(targets, coef)[0]
@@ -406,7 +406,7 @@ def test_mitm_matches_float_path_at_construction_sizes(n):
 
 def test_mitm_matches_brute_force_n20_handful():
     """A few n = 20 instances against full enumeration (2^20 subsets each)."""
-    from solvers import mitm
+    from subsetsum_lth.solvers import mitm
     targets, coef, counts = _seeded(3, 3, [20])
     sel = mitm.min_error_selections(targets, coef, counts)
     bits = _bits(20)
@@ -424,7 +424,7 @@ def test_mitm_cardinality_matches_brute_force_n12_many():
 
 
 def test_unsupported_objective_is_refused():
-    from solvers.base import Capabilities, SolverBackend
+    from subsetsum_lth.solvers.base import Capabilities, SolverBackend
 
     class Only(SolverBackend):
         name = "only-error"

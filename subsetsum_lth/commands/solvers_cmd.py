@@ -11,7 +11,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from solvers.registry import DEFAULT_SOLVER, backend_info, list_backends
+    from subsetsum_lth.solvers.registry import DEFAULT_SOLVER, backend_info, list_backends
     infos = [backend_info(n) for n in list_backends()]
     for info in infos:
         info["default"] = info["name"] == DEFAULT_SOLVER

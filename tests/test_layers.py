@@ -1,0 +1,101 @@
+"""Import contract of the layers (issue 12): the solver package is a leaf.
+
+``solvers/`` (installed as ``subsetsum_lth.solvers``) may import the standard library, numpy,
+threadpoolctl and, lazily, the optional backends' own packages, and its own modules through
+relative imports; nothing from the rest of ``subsetsum_lth`` and nothing by its folder name
+``solvers``. The rest of the code reaches it only as ``subsetsum_lth.solvers``. setup.cfg lists
+every package (it cannot use ``find:`` with the mapped folder) and no built-in backend twice.
+"""
+from __future__ import annotations
+
+import ast
+import configparser
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLVERS = ROOT / "solvers"
+#: third-party packages the solver layer may import (optional backends lazily, inside functions)
+ALLOWED_THIRD_PARTY = {"numpy", "threadpoolctl", "ortools", "gurobipy"}
+
+
+def imports(path: Path):
+    """(line, absolute module name or None, relative level) of every import in ``path``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, 0
+        elif isinstance(node, ast.ImportFrom):
+            yield node.lineno, node.module, node.level
+
+
+def solver_import_problems(path: Path, root: Path = ROOT) -> list[str]:
+    problems = []
+    for line, module, level in imports(path):
+        where = f"{path.relative_to(root)}:{line}"
+        if level > 1:
+            problems.append(f"{where}: relative import above the solver package (level {level})")
+        elif level == 0:
+            top = module.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in ALLOWED_THIRD_PARTY:
+                problems.append(f"{where}: imports {module!r} (the solver layer imports only the "
+                                f"standard library, {sorted(ALLOWED_THIRD_PARTY)} and itself, relatively)")
+    return problems
+
+
+def test_solver_package_is_a_leaf():
+    modules = sorted(SOLVERS.rglob("*.py"))
+    assert len(modules) >= 8, modules
+    problems = [p for m in modules for p in solver_import_problems(m)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_check_catches_a_forbidden_import(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import numpy\nfrom subsetsum_lth.errors import UserError\nfrom . import base\n"
+                     "def f():\n    from solvers.base import SolverBackend\n    from .. import api\n")
+    problems = solver_import_problems(probe, tmp_path)
+    assert [p.split(":")[1] for p in problems] == ["2", "5", "6"], problems
+
+
+def _python_files(*folders):
+    for folder in folders:
+        yield from sorted((ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", list(_python_files("subsetsum_lth", "tests", "experiments")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_solvers_are_reached_by_their_installed_name(path):
+    bad = [f"{path.relative_to(ROOT)}:{line}: {module}" for line, module, level in imports(path)
+           if level == 0 and module.split(".")[0] == "solvers"]
+    assert not bad, "import subsetsum_lth.solvers..., not solvers...: " + ", ".join(bad)
+
+
+def _setup_cfg() -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(ROOT / "setup.cfg")
+    return cfg
+
+
+def test_setup_cfg_lists_every_package_and_maps_solvers():
+    cfg = _setup_cfg()
+    listed = set(cfg["options"]["packages"].split())
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / "subsetsum_lth").rglob("__init__.py")}
+    found |= {"subsetsum_lth.solvers" + "".join("." + x for x in p.parent.relative_to(SOLVERS).parts)
+              for p in SOLVERS.rglob("__init__.py")}
+    assert listed == found
+    mapping = dict(line.split("=") for line in cfg["options"]["package_dir"].split("\n") if "=" in line)
+    assert {k.strip(): v.strip() for k, v in mapping.items()} == {"subsetsum_lth.solvers": "solvers"}
+
+
+def test_built_in_backends_are_listed_once():
+    from subsetsum_lth.solvers.registry import BUILTIN, ENTRY_POINT_GROUP
+    cfg = _setup_cfg()
+    eps = cfg["options.entry_points"] if cfg.has_section("options.entry_points") else {}
+    group = eps.get(ENTRY_POINT_GROUP, "")
+    named = {line.split("=")[0].strip() for line in group.splitlines() if "=" in line}
+    assert not named & set(BUILTIN), "built-in backends belong in registry.BUILTIN only"
