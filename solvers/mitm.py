@@ -31,8 +31,8 @@ lexicographic (cardinality, error)). Rows with no subset within tolerance are de
 the plain error search first and return the min-error subset.
 
 Everything is deterministic: a fixed matmul/add order, sorting, first index of equal keys.
-Numpy's OpenBLAS is held to one thread while solving (:mod:`subsetsum_lth.solvers._blas`): the matmuls are
-thin, and BLAS worker threads only spin (10x slower on a busy machine).
+Numpy's BLAS is held to one thread while solving (:func:`single_thread_blas`, threadpoolctl):
+the matmuls are thin, and BLAS worker threads only spin (10x slower on a busy machine).
 Throughput on one core (n = 21, τ = 0.01, objective 'error', ``subsetsum-lth bench solvers``):
 ~20-29k instances/s depending on the load of the machine; the int32 sort is ~45% of it.
 """
@@ -45,8 +45,8 @@ from functools import lru_cache
 from math import comb
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
-from ._blas import single_thread_blas
 from .base import Capabilities, SolverBackend
 from .instances import BatchResult, InstanceBatch, Status, finalize, subset_errors
 
@@ -485,6 +485,18 @@ def _chunks(group: np.ndarray, n: int, fast: bool = False, cardinality: bool = F
     step = _rows_per_chunk(n, group.size, fast, cardinality)
     for start in range(0, group.size, step):
         yield group[start:start + step]
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()           # inspecting the loaded libraries costs ~ms: once
+
+
+def single_thread_blas():
+    """Context: numpy's BLAS on one thread for the duration, the previous limit restored after
+    (threadpoolctl; with a process-wide OpenBLAS pool, only the thread that controls it changes
+    anything, as threadpoolctl documents). Without a BLAS threadpoolctl knows, it does nothing."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def min_error_selections(targets: np.ndarray, coefficients: np.ndarray, counts: np.ndarray

@@ -164,7 +164,7 @@ def _threads() -> list[int]:
 def one_core(enabled: bool = True):
     """Run on one core: every thread of this process pinned to one CPU (Linux), and numpy's
     BLAS held to one thread; both restored afterwards."""
-    from subsetsum_lth.solvers._blas import single_thread_blas
+    from subsetsum_lth.solvers.mitm import single_thread_blas
 
     if not (enabled and hasattr(os, "sched_getaffinity")):
         with single_thread_blas():

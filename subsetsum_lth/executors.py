@@ -183,7 +183,11 @@ def deferred_signals():
 
 def _worker_init() -> None:
     """Process-pool worker initializer: ignore SIGINT/SIGTERM (only the parent reacts to Ctrl-C
-    or a termination request, and stops its workers), then watch the parent (:func:`_watch_parent`)."""
+    or a termination request, and stops its workers), hold BLAS to one thread (a worker per core;
+    the solvers' matmuls are thin), then watch the parent (:func:`_watch_parent`)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, "blas")
     for sig in _PARENT_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
