@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -101,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     except CertificateViolation as exc:
         print(f"BUG: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:   # stdout closed early (`| head`): stop quietly, as other CLI tools do
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 128 + int(signal.SIGPIPE)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"interrupted ({signal.Signals(signum).name}); finished work is kept in the run folder "
