@@ -2,7 +2,7 @@
 
 What is accepted (``read_checkpoint`` + ``order_layers``):
 
-* files: ``.pt``/``.pth``/``.ckpt``/``.bin`` read with ``torch.load(weights_only=True)``,
+* files: ``.pt``/``.pth``/``.ckpt``/``.bin``/``.tar`` read with ``torch.load(weights_only=True)``,
   ``.safetensors`` read with safetensors;
 * a plain state_dict, or a checkpoint dict holding one under ``state_dict``,
   ``model_state_dict``, ``model``, ``net``, ``network`` or ``model_state`` (other entries such as
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "model_state")
 #: prefixes that wrappers add to every key (stripped when all keys carry them)
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
-TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")   # .tar: PyTorch examples' checkpoint.pth.tar
 _PARAM = re.compile(r"^(?:(?P<module>.+)\.)?(?P<kind>weight|bias)(?P<prune>_orig|_mask)?$")
 ROOT = "(root)"   #: the name of a layer saved on its own (nn.Linear(...).state_dict(): 'weight', 'bias')
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -107,7 +107,8 @@ def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
         return TargetError(
             f"{path} holds a pickled {top[1]} (a whole model object, not a state_dict) and is not "
             "unpickled here, since that can run arbitrary code (torch.load weights_only=True refused "
-            "it); if you trust the file, turn it into a state_dict once in Python, then pass that file:\n"
+            f"it); if you trust the file, turn it into a state_dict once in Python, where {top[1]} is "
+            "defined or importable (unpickling needs the class), then pass that file:\n"
             f"    model = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file\n"
             f"    torch.save(model.state_dict(), {stem!r})")
     if top and top[0] == "dict":
@@ -149,7 +150,7 @@ def read_checkpoint(path: Path) -> RawCheckpoint:
         return RawCheckpoint(state, meta, order_known=False, info=info)
     if suffix not in TORCH_SUFFIXES:
         raise TargetError(f"unsupported target file type {suffix!r} for {path}: use a state_dict saved as "
-                          ".pt/.pth/.ckpt/.bin, or a .safetensors file")
+                          ".pt/.pth/.ckpt/.bin/.tar, or a .safetensors file")
     try:
         with warnings.catch_warnings():   # torch warns about protocol-4 pickles it then refuses anyway
             warnings.filterwarnings("ignore", message=".*pickle protocol")
@@ -170,7 +171,15 @@ def _is_tensor_dict(obj) -> bool:
 
 
 def _scalars(d: dict) -> dict:
-    return {str(k): v for k, v in d.items() if isinstance(v, (str, int, float, bool))}
+    """Plain scalar entries of a checkpoint dict (epoch, accuracy, ...); a one-element tensor, as
+    pytorch/examples stores ``best_acc1``, counts as its number."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_complex():
+            v = v.item()
+        if isinstance(v, (str, int, float, bool)):
+            out[str(k)] = v
+    return out
 
 
 def _unwrap(obj, path: Path, info: dict) -> tuple[dict, dict]:

@@ -1,6 +1,6 @@
 """Load and validate a target ReLU MLP into a list of layers (W, b).
 
-Accepted: the state_dict of a ReLU MLP in a ``.pt``/``.pth``/``.ckpt``/``.bin`` or
+Accepted: the state_dict of a ReLU MLP in a ``.pt``/``.pth``/``.ckpt``/``.bin``/``.tar`` or
 ``.safetensors`` file — ``nn.Sequential`` keys (``0.weight``, ``0.bias``, ``2.weight``, ...;
 biases optional; Flatten/Dropout offsets allowed) or named modules (``fc1``, ``layers.0``, ...),
 bare or inside a checkpoint dict, with ``module.``/``model.`` prefixes (see

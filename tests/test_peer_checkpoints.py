@@ -53,6 +53,13 @@ def test_checkpoint_metadata_and_prefixes(tmp_path):
     assert info["order"] == ["1", "4"]
 
 
+def test_pth_tar_tensor_accuracy_is_metadata(tmp_path):
+    """pytorch/examples' checkpoint.pth.tar stores best_acc1 as a tensor: it is the stored figure."""
+    path, _ = pm.imagenet_example(tmp_path)
+    target = load_target(path)
+    assert target.metadata["best_acc1"] == pytest.approx(91.5) and target.metadata["epoch"] == 1
+
+
 def test_numeric_indices_sort_numerically(tmp_path):
     torch.manual_seed(0)
     mods = []
@@ -130,7 +137,8 @@ def test_pickled_module_one_clean_line_and_the_conversion_works(tmp_path):
     assert len(lines) == 3 and "\x1b" not in msg
     assert lines[0].startswith(f"{path} holds a pickled tests.peer_models.LeNet (a whole model object, "
                                "not a state_dict)")
-    assert lines[0].endswith("then pass that file:")
+    assert lines[0].endswith("once in Python, where tests.peer_models.LeNet is defined or importable "
+                             "(unpickling needs the class), then pass that file:")
     assert lines[1] == f"    model = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file"
     state = tmp_path / "whole_state.pt"
     assert lines[2] == f"    torch.save(model.state_dict(), {str(state)!r})"
@@ -309,7 +317,13 @@ def test_accuracy_warning_before_the_run(capsys):
     _check_accuracy(t, {"x": x, "y": (y + 1) % 2}, 0.9)           # 0% measured
     err = capsys.readouterr().err
     assert err.startswith("warning: the target scores 0.00% on the test images as pixels/255 in [0, 1], "
-                          "far below the 90.00% of --expected-accuracy") and "--input-normalize" in err
+                          "below the 90.00% of --expected-accuracy") and "--input-normalize" in err
+    wrong = y.copy()
+    wrong[:5] = (wrong[:5] + 1) % 2                                # 97.50% measured
+    _check_accuracy(t, {"x": x, "y": wrong}, 99.75)               # the issue's 2.25-point drop warns
+    assert capsys.readouterr().err.startswith("warning: the target scores 97.50% on the test images")
+    _check_accuracy(t, {"x": x, "y": wrong}, 98.0)                # within a point: no warning
+    assert capsys.readouterr().err == ""
     t.metadata["test_accuracy"] = "0.95"
     _check_accuracy(t, {"x": x, "y": (y + 1) % 2}, None)
     assert "95.00% of its checkpoint's 'test_accuracy'" in capsys.readouterr().err

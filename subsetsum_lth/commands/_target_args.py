@@ -27,7 +27,7 @@ def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = Tru
         from subsetsum_lth.commands._common import positive_float
         p.add_argument("--expected-accuracy", type=positive_float, default=None, metavar="ACC",
                        help="test accuracy the model reaches on its own preprocessing (fraction or "
-                            "percent); with --data, a far lower measured accuracy draws a warning "
+                            "percent); with --data, a measured accuracy more than 1 point lower draws a warning "
                             "(unset: a figure stored in the checkpoint, e.g. 'test_accuracy')")
 
 

@@ -193,7 +193,7 @@ def run(args) -> int:
 
 
 def _check_accuracy(target, eval_data, expected) -> None:
-    """Warn (before the long run) when the target scores far below its declared accuracy."""
+    """Warn (before the long run) when the target scores more than ACCURACY_GAP below its declared accuracy."""
     from subsetsum_lth.preprocess import accuracy_warning, declared_accuracy, measure_accuracy
     declared = declared_accuracy(target.metadata or {}, expected)
     if declared is None:
