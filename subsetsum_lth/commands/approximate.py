@@ -23,7 +23,8 @@ DESCRIPTION = (
 
 def add_arguments(p) -> None:
     p.add_argument("--target", type=Path, default=None,
-                   help="target file (.pt state_dict, .safetensors) or a train-target folder; "
+                   help="target checkpoint (a state_dict in .pt/.pth/.ckpt/.bin/.tar or .safetensors, bare or in "
+                        "a checkpoint dict; see 'subsetsum-lth inspect FILE') or a train-target folder; "
                         "default: a 784-500-10 MNIST target trained once and cached when MNIST is "
                         "found or can be downloaded (then evaluated on MNIST), else a seeded "
                         "synthetic 784-300-10 target inside Theorem 1's class")
@@ -51,7 +52,8 @@ def add_arguments(p) -> None:
                    help="error: minimise |w - ŵ| (the paper's MIP); cardinality: fewest kept "
                         "coefficients within τ; feasible: any subset within τ")
     p.add_argument("--workers", type=positive_int, default=None, help="solver processes (default: all cores)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="instances per solver batch")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="instances per solver batch (default: per backend, e.g. 1024 for ortools, 4096 for mitm)")
     p.add_argument("--time-limit", type=positive_float, default=None,
                    help="per-instance solver time limit (s) of the backends that take one, and of the "
                         "fallback for instances beyond exact search (default: 10)")
@@ -95,7 +97,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=non_negative_int, default=100,
                    help="gradient-ascent steps for the empirical bound (0: evaluate the points only)")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress output (bars on a terminal, else a line every ~10 s)")
     p.add_argument("--json", action="store_true", help="print report.json to stdout")
 
 
