@@ -173,6 +173,16 @@ def test_refusals_name_the_entry(tmp_path, case, message):
     assert str(ei.value) == message.format(p=path)
 
 
+def test_masks_file_as_target_names_the_file_to_pass(tmp_path):
+    save_file({"0.weight": torch.ones(4, 8, dtype=torch.uint8), "2.weight": torch.ones(3, 4, dtype=torch.uint8)},
+              str(tmp_path / "masks.safetensors"))
+    with pytest.raises(TargetError) as ei:
+        load_target(tmp_path / "masks.safetensors")
+    assert str(ei.value).startswith(f"layer 0 in {tmp_path / 'masks.safetensors'} has a non-floating weight "
+                                    "of dtype torch.uint8; pass the trained model's float weights (in a run "
+                                    "folder: the folder itself or its target.safetensors, not masks.safetensors")
+
+
 def test_a_single_linear_layer(tmp_path):
     torch.manual_seed(0)
     lin = nn.Linear(8, 3)
