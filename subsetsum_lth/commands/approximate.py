@@ -114,8 +114,11 @@ def run(args) -> int:
         from subsetsum_lth.errors import UserError
         raise UserError(f"{', '.join(target_flags_given(args))} describe a --target file; pass --target "
                         "or drop them")
+    from subsetsum_lth.executors import check_executor
+    check_executor(args.executor, args.scheduler)
     training_seconds = None
     if args.target is None:
+        _check_out_early(args)   # before minutes of training the default target, not after
         from subsetsum_lth.commands._progress import is_terminal, say
         from subsetsum_lth.default_target import default_target
         bars = not args.no_progress and is_terminal()
@@ -166,8 +169,7 @@ def run(args) -> int:
     )
     progress = tqdm_progress(enabled=not args.no_progress)
     status = 0
-    from subsetsum_lth.executors import check_executor, make_pool
-    check_executor(args.executor, args.scheduler)
+    from subsetsum_lth.executors import make_pool
     # one pool (process pool, Dask cluster or connection) for the whole run, started lazily on the
     # first batch; --workers 1 without --batch-timeout solves in this process
     in_process = args.executor == "process" and args.workers == 1 and not args.batch_timeout
@@ -193,6 +195,22 @@ def run(args) -> int:
     else:
         _summary(report, args.out)
     return status
+
+
+def _check_out_early(args) -> None:
+    """Refuse --out as approximate() will (read-only): a folder that is not the tool's, or that
+    already holds a run without --resume/--overwrite."""
+    from pathlib import Path
+
+    from subsetsum_lth import manifest
+    from subsetsum_lth import runfolder as rf
+    from subsetsum_lth.errors import RunFolderError
+    out = Path(args.out)
+    manifest.check_folder(out, "approximate")
+    existing = [p for p in (out / rf.REPORT, out / rf.MASKS, out / "partial") if p.exists()]
+    if existing and not (args.resume or args.overwrite):
+        raise RunFolderError(f"{out} already holds a run ({', '.join(p.name for p in existing)}); "
+                             "use --resume to continue it, --overwrite to replace it, or another --out")
 
 
 def _check_accuracy(target, eval_data, expected) -> None:
