@@ -186,3 +186,13 @@ def test_stdout_closed_early_is_quiet():
     finally:
         os.close(w)
     assert res.stderr == "" and res.returncode == 128 + signal.SIGPIPE
+
+
+def test_a_broken_pipe_that_is_not_our_output_is_not_hidden(monkeypatch):
+    from subsetsum_lth.commands import solvers_cmd
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")   # e.g. a worker's pipe, while stdout is fine
+    monkeypatch.setattr(solvers_cmd, "run", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["solvers"])
