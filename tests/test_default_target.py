@@ -38,7 +38,10 @@ def test_mnist_default_is_trained_once_and_cached(mnist_dir, tmp_path, monkeypat
 
 
 def test_synthetic_flag(tmp_path):
-    assert dt.default_target(seed=0, synthetic=True).kind == "synthetic"
+    got = dt.default_target(seed=0, synthetic=True)
+    assert got.kind == "synthetic"
+    assert got.description.startswith("no --target given, --synthetic: using a seeded synthetic 784-300-10")
+    assert "no MNIST" not in got.description          # MNIST may well be there: it was not asked for
 
 
 def test_synthetic_and_target_exclude_each_other(tmp_path, capsys):
