@@ -245,6 +245,10 @@ def _strip_prefix(names: list[str]) -> str:
     return stripped
 
 
+#: buffer names under which models keep their own input normalisation (a Normalize layer inside)
+_NORM_BUFFERS = {"mean", "std", "mu", "sigma", "pixel_mean", "pixel_std", "input_mean", "input_std"}
+
+
 def collect_layers(state: dict, where: str) -> tuple[list[LayerEntry], str]:
     """Group ``state`` into Linear layers (module name -> weight, bias) in the file's order;
     refuse anything that is not a Linear weight/bias."""
@@ -262,9 +266,15 @@ def collect_layers(state: dict, where: str) -> tuple[list[LayerEntry], str]:
     for key, value in state.items():
         m = _PARAM.match(str(key))
         if not m:
+            leaf = str(key).rsplit(".", 1)[-1].lower()
+            hint = ""
+            if leaf in _NORM_BUFFERS and value.numel() <= 4:   # a Normalize kept inside the model
+                vals = ",".join(f"{float(v):g}" for v in value.detach().flatten().tolist())
+                hint = (f"; if {key!r} ({vals}) is the input normalisation the model applies, remove it and "
+                        "its partner from the state_dict and declare them with --input-normalize MEAN,STD")
             raise TargetError(
                 f"unsupported entry {key!r}{where}: only the weight and bias of Linear layers are read "
-                "(a plain ReLU MLP; keys like '0.weight', 'fc1.bias', 'layers.2.weight')")
+                f"(a plain ReLU MLP; keys like '0.weight', 'fc1.bias', 'layers.2.weight'){hint}")
         part = m.group("kind") + (m.group("prune") or "")
         module = m.group("module") or ROOT
         groups.setdefault(module, {})[part] = value

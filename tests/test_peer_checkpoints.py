@@ -183,6 +183,20 @@ def test_masks_file_as_target_names_the_file_to_pass(tmp_path):
                                     "folder: the folder itself or its target.safetensors, not masks.safetensors")
 
 
+def test_normalisation_buffers_point_at_input_normalize(tmp_path):
+    """A model that normalises inside forward() with registered mean/std buffers."""
+    sd = pm.LeNet().state_dict()
+    sd = {"mean": torch.tensor([0.1307]), "std": torch.tensor([0.3081]), **sd}
+    torch.save(sd, tmp_path / "n.pt")
+    with pytest.raises(TargetError) as ei:
+        load_target(tmp_path / "n.pt")
+    assert str(ei.value) == (
+        f"unsupported entry 'mean' in {tmp_path / 'n.pt'}: only the weight and bias of Linear layers are "
+        "read (a plain ReLU MLP; keys like '0.weight', 'fc1.bias', 'layers.2.weight'); if 'mean' (0.1307) "
+        "is the input normalisation the model applies, remove it and its partner from the state_dict and "
+        "declare them with --input-normalize MEAN,STD")
+
+
 def test_a_single_linear_layer(tmp_path):
     torch.manual_seed(0)
     lin = nn.Linear(8, 3)
