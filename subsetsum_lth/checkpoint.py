@@ -119,7 +119,8 @@ def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
             "(torch.load weights_only=True refused it); if you trust the file, keep only the weights "
             "once in Python, then pass that file:\n"
             f"    ckpt = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file\n"
-            f"    torch.save(ckpt[{key!r}], {stem!r})  # the entry that holds the model's state_dict")
+            f"    w = ckpt[{key!r}]  # the entry that holds the model: its state_dict, or the module itself\n"
+            f"    torch.save(w.state_dict() if isinstance(w, torch.nn.Module) else w, {stem!r})")
     if glob:
         return TargetError(
             f"{path} holds pickled objects ({glob}) and is not unpickled here (torch.load "

@@ -154,8 +154,18 @@ def test_pickled_objects_inside_a_checkpoint_dict(tmp_path):
     with pytest.raises(TargetError) as ei:
         load_target(tmp_path / "c.pt")
     lines = str(ei.value).splitlines()
-    assert len(lines) == 3 and "argparse.Namespace" in lines[0] and "\x1b" not in str(ei.value)
-    assert lines[2].strip().startswith("torch.save(ckpt['state_dict'], ")
+    assert len(lines) == 4 and "argparse.Namespace" in lines[0] and "\x1b" not in str(ei.value)
+    assert lines[2].strip().startswith("w = ckpt['state_dict']  # ")
+    exec("\n".join(line.strip() for line in lines[1:]), {"torch": torch})   # our own, trusted file
+    _same_function(load_target(tmp_path / "c_state.pt"), m.eval())
+    # the whole module under 'model' (torch.save({'model': model, ...})): the same lines give its state_dict
+    torch.save({"model": m, "epoch": 1}, tmp_path / "d.pt")
+    with pytest.raises(TargetError) as ei:
+        load_target(tmp_path / "d.pt")
+    lines = str(ei.value).splitlines()
+    assert lines[2].strip().startswith("w = ckpt['model']  # ")
+    exec("\n".join(line.strip() for line in lines[1:]), {"torch": torch})
+    _same_function(load_target(tmp_path / "d_state.pt"), m.eval())
 
 
 @pytest.mark.parametrize("case, message", [
