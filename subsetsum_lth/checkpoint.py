@@ -97,6 +97,13 @@ def _pickle_top(path: Path) -> tuple[str, str | None, list[str]] | None:
     return (kind, cls, strings) if kind else None
 
 
+def _where_class(cls: str | None) -> str:
+    if cls and cls.startswith("__main__."):   # saved from a script: only that script defines it
+        return (f"in the script that defines {cls[len('__main__.'):]} (unpickling needs the class, and it "
+                "was saved from __main__)")
+    return f"where {cls} is defined or importable (unpickling needs the class)"
+
+
 def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
     found = re.search(r"GLOBAL ([\w.]+)", _ANSI.sub("", str(exc)))
     glob = found.group(1) if found else None
@@ -107,8 +114,8 @@ def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
         return TargetError(
             f"{path} holds a pickled {top[1]} (a whole model object, not a state_dict) and is not "
             "unpickled here, since that can run arbitrary code (torch.load weights_only=True refused "
-            f"it); if you trust the file, turn it into a state_dict once in Python, where {top[1]} is "
-            "defined or importable (unpickling needs the class), then pass that file:\n"
+            f"it); if you trust the file, turn it into a state_dict once in Python, {_where_class(top[1])}, "
+            "then pass that file:\n"
             f"    model = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file\n"
             f"    torch.save(model.state_dict(), {stem!r})")
     if top and top[0] == "dict":

@@ -388,3 +388,10 @@ def test_cli_normalisation_on_mnist(tmp_path, capsys, mnist_dir):
                  str(mnist_dir), "--json", "--input-normalize", "0.1307,0.3081"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["accuracy"]["value"] == info["accuracy"]["value"]
+
+
+def test_pickled_from_a_script_names_the_script():
+    from subsetsum_lth.checkpoint import _where_class
+    assert _where_class("__main__.LeNet300") == ("in the script that defines LeNet300 (unpickling needs the "
+                                                 "class, and it was saved from __main__)")
+    assert _where_class("mypkg.models.Net") == "where mypkg.models.Net is defined or importable (unpickling needs the class)"
