@@ -2,7 +2,7 @@
 
 What is accepted (``read_checkpoint`` + ``order_layers``):
 
-* files: ``.pt``/``.pth``/``.ckpt``/``.bin`` read with ``torch.load(weights_only=True)``,
+* files: ``.pt``/``.pth``/``.ckpt``/``.bin``/``.tar`` read with ``torch.load(weights_only=True)``,
   ``.safetensors`` read with safetensors;
 * a plain state_dict, or a checkpoint dict holding one under ``state_dict``,
   ``model_state_dict``, ``model``, ``net``, ``network`` or ``model_state`` (other entries such as
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "model_state")
 #: prefixes that wrappers add to every key (stripped when all keys carry them)
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
-TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")   # .tar: PyTorch examples' checkpoint.pth.tar
 _PARAM = re.compile(r"^(?:(?P<module>.+)\.)?(?P<kind>weight|bias)(?P<prune>_orig|_mask)?$")
 ROOT = "(root)"   #: the name of a layer saved on its own (nn.Linear(...).state_dict(): 'weight', 'bias')
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -97,6 +97,13 @@ def _pickle_top(path: Path) -> tuple[str, str | None, list[str]] | None:
     return (kind, cls, strings) if kind else None
 
 
+def _where_class(cls: str | None) -> str:
+    if cls and cls.startswith("__main__."):   # saved from a script: only that script defines it
+        return (f"in the script that defines {cls[len('__main__.'):]} (unpickling needs the class, and it "
+                "was saved from __main__)")
+    return f"where {cls} is defined or importable (unpickling needs the class)"
+
+
 def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
     found = re.search(r"GLOBAL ([\w.]+)", _ANSI.sub("", str(exc)))
     glob = found.group(1) if found else None
@@ -107,7 +114,8 @@ def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
         return TargetError(
             f"{path} holds a pickled {top[1]} (a whole model object, not a state_dict) and is not "
             "unpickled here, since that can run arbitrary code (torch.load weights_only=True refused "
-            "it); if you trust the file, turn it into a state_dict once in Python, then pass that file:\n"
+            f"it); if you trust the file, turn it into a state_dict once in Python, {_where_class(top[1])}, "
+            "then pass that file:\n"
             f"    model = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file\n"
             f"    torch.save(model.state_dict(), {stem!r})")
     if top and top[0] == "dict":
@@ -118,7 +126,8 @@ def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
             "(torch.load weights_only=True refused it); if you trust the file, keep only the weights "
             "once in Python, then pass that file:\n"
             f"    ckpt = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file\n"
-            f"    torch.save(ckpt[{key!r}], {stem!r})  # the entry that holds the model's state_dict")
+            f"    w = ckpt[{key!r}]  # the entry that holds the model: its state_dict, or the module itself\n"
+            f"    torch.save(w.state_dict() if isinstance(w, torch.nn.Module) else w, {stem!r})")
     if glob:
         return TargetError(
             f"{path} holds pickled objects ({glob}) and is not unpickled here (torch.load "
@@ -149,7 +158,7 @@ def read_checkpoint(path: Path) -> RawCheckpoint:
         return RawCheckpoint(state, meta, order_known=False, info=info)
     if suffix not in TORCH_SUFFIXES:
         raise TargetError(f"unsupported target file type {suffix!r} for {path}: use a state_dict saved as "
-                          ".pt/.pth/.ckpt/.bin, or a .safetensors file")
+                          ".pt/.pth/.ckpt/.bin/.tar, or a .safetensors file")
     try:
         with warnings.catch_warnings():   # torch warns about protocol-4 pickles it then refuses anyway
             warnings.filterwarnings("ignore", message=".*pickle protocol")
@@ -170,7 +179,15 @@ def _is_tensor_dict(obj) -> bool:
 
 
 def _scalars(d: dict) -> dict:
-    return {str(k): v for k, v in d.items() if isinstance(v, (str, int, float, bool))}
+    """Plain scalar entries of a checkpoint dict (epoch, accuracy, ...); a one-element tensor, as
+    pytorch/examples stores ``best_acc1``, counts as its number."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_complex():
+            v = v.item()
+        if isinstance(v, (str, int, float, bool)):
+            out[str(k)] = v
+    return out
 
 
 def _unwrap(obj, path: Path, info: dict) -> tuple[dict, dict]:
@@ -236,6 +253,10 @@ def _strip_prefix(names: list[str]) -> str:
     return stripped
 
 
+#: buffer names under which models keep their own input normalisation (a Normalize layer inside)
+_NORM_BUFFERS = {"mean", "std", "mu", "sigma", "pixel_mean", "pixel_std", "input_mean", "input_std"}
+
+
 def collect_layers(state: dict, where: str) -> tuple[list[LayerEntry], str]:
     """Group ``state`` into Linear layers (module name -> weight, bias) in the file's order;
     refuse anything that is not a Linear weight/bias."""
@@ -253,9 +274,15 @@ def collect_layers(state: dict, where: str) -> tuple[list[LayerEntry], str]:
     for key, value in state.items():
         m = _PARAM.match(str(key))
         if not m:
+            leaf = str(key).rsplit(".", 1)[-1].lower()
+            hint = ""
+            if leaf in _NORM_BUFFERS and value.numel() <= 4:   # a Normalize kept inside the model
+                vals = ",".join(f"{float(v):g}" for v in value.detach().flatten().tolist())
+                hint = (f"; if {key!r} ({vals}) is the input normalisation the model applies, remove it and "
+                        "its partner from the state_dict and declare them with --input-normalize MEAN,STD")
             raise TargetError(
                 f"unsupported entry {key!r}{where}: only the weight and bias of Linear layers are read "
-                "(a plain ReLU MLP; keys like '0.weight', 'fc1.bias', 'layers.2.weight')")
+                f"(a plain ReLU MLP; keys like '0.weight', 'fc1.bias', 'layers.2.weight'){hint}")
         part = m.group("kind") + (m.group("prune") or "")
         module = m.group("module") or ROOT
         groups.setdefault(module, {})[part] = value

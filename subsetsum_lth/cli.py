@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -79,6 +80,22 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
+def _output_closed() -> bool:
+    """Whether stdout or stderr is a pipe whose reader has gone (poll reports an error on it)."""
+    import select
+    if not hasattr(select, "poll"):
+        return False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            poller = select.poll()
+            poller.register(stream.fileno(), select.POLLOUT)
+            if any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0)):
+                return True
+        except (AttributeError, OSError, ValueError):
+            continue
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -101,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     except CertificateViolation as exc:
         print(f"BUG: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        if not _output_closed():  # some other pipe broke (a worker's, say): not ours to hide
+            raise
+        # the reader of our output went away (`| head`): stop quietly, as other CLI tools do
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 128 + int(signal.SIGPIPE)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"interrupted ({signal.Signals(signum).name}); finished work is kept in the run folder "

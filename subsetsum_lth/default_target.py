@@ -37,11 +37,12 @@ def targets_cache_dir() -> Path:
     return default_cache_dir().parent / "targets"
 
 
-def synthetic_target(seed: int = 0, reason: str = "") -> DefaultTarget:
+def synthetic_target(seed: int = 0, reason: str = "", asked: bool = False) -> DefaultTarget:
     target = random_target(SYNTHETIC_SIZES, bias=True, seed=seed, max_spectral_norm=1.0)
     why = f" ({reason})" if reason else ""
+    head = "no --target given, --synthetic" if asked else f"no --target given and no MNIST{why}"
     return DefaultTarget(target, "synthetic",
-                         f"no --target given and no MNIST{why}: using a seeded synthetic "
+                         f"{head}: using a seeded synthetic "
                          f"{'-'.join(map(str, SYNTHETIC_SIZES))} target with biases and spectral "
                          f"norms <= 1 (seed {seed}), inside Theorem 1's class")
 
@@ -56,7 +57,7 @@ def default_target(seed: int = 0, data_dir=None, synthetic: bool = False,
     the time, where it is cached); ``heartbeat`` gets the training's plain progress lines (see
     ``train.train_target``)."""
     if synthetic:
-        return synthetic_target(seed, "--synthetic asked for")
+        return synthetic_target(seed, asked=True)
     from subsetsum_lth.data.mnist import resolve_data_dir
     try:
         found = resolve_data_dir(data_dir, download=True, progress=progress)

@@ -848,7 +848,11 @@ def train_scores(model: EdgePopupNet, x_train: torch.Tensor, y_train: torch.Tens
                 curve.append(point)
                 if tick is not None:
                     if hasattr(tick, "set_postfix"):
-                        tick.set_postfix(loss=f"{point['train_loss']:.4f}", acc=f"{point['train_accuracy']:.4f}")
+                        # window means, read back every sync_every steps: say which steps
+                        tick.set_postfix(**{"loss": f"{point['train_loss']:.4f}",
+                                            "train acc": f"{point['train_accuracy']:.4f}",
+                                            "over steps": (f"{step + 2 - since}-{step + 1}" if since > 1
+                                                           else f"{step + 1}")})
                 win_loss.zero_()
                 win_correct.zero_()
                 win_seen = 0

@@ -510,5 +510,16 @@ def verify_file(folder, name: str) -> None:
                              "to have it written again")
 
 
-__all__ = ["MANIFEST", "LOCK", "KIND_FILES", "open_folder", "close_folder", "session", "read_manifest",
+def check_folder(out, kind: str) -> None:
+    """Read-only: refuse ``out`` (RunFolderError) as :func:`open_folder` would, creating and
+    locking nothing; for a command that does long work (training a target) before it opens
+    the folder, so that a bad --out is refused before that work, not after."""
+    folder = Path(out)
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise RunFolderError(f"--out {folder} exists and is not a folder; choose another --out")
+    if folder.is_dir():
+        _verify(folder, kind, read_manifest(folder), hashes=False)
+
+
+__all__ = ["MANIFEST", "LOCK", "KIND_FILES", "open_folder", "check_folder", "close_folder", "session", "read_manifest",
            "writer_for", "verify_file", "sha256_file", "FolderWriter"]

@@ -28,8 +28,10 @@ DEFAULT_SCALE = "1/255"
 #: metadata keys that checkpoints use for the accuracy the model reached (first found wins)
 ACCURACY_KEYS = ("test_accuracy", "accuracy", "test_acc", "best_acc1", "best_acc", "acc",
                  "val_accuracy", "val_acc")
-#: a measured accuracy this far (absolute, in [0, 1]) below the declared one draws a warning
-ACCURACY_GAP = 0.05
+#: a measured accuracy more than this (absolute, in [0, 1]) below the declared one draws a warning;
+#: a model fed the wrong preprocessing typically loses 2-5 points on MNIST (96.13% -> 93.88% for
+#: Normalize(0.1307, 0.3081) read as pixels/255), while its own inputs reproduce its figure to ~0.01
+ACCURACY_GAP = 0.01
 
 
 def _scale_value(text: str) -> float:
@@ -209,12 +211,12 @@ def declared_accuracy(meta: dict, expected: float | None = None) -> tuple[float,
 
 
 def accuracy_warning(measured: float, declared: tuple[float, str] | None, target) -> str | None:
-    """A warning when the accuracy measured on pixels/255 is far below the declared one."""
+    """A warning when the accuracy measured on pixels/255 is more than ACCURACY_GAP below the declared one."""
     if declared is None or measured >= declared[0] - ACCURACY_GAP:
         return None
     folded = str((target.metadata or {}).get("preprocessing_folded", "")).lower() == "true"
     how = "with the declared preprocessing folded in" if folded else "as pixels/255 in [0, 1]"
-    return (f"the target scores {100 * measured:.2f}% on the test images {how}, far below the "
+    return (f"the target scores {100 * measured:.2f}% on the test images {how}, below the "
             f"{100 * declared[0]:.2f}% of {declared[1]}: was it trained on other inputs? Declare them "
             "with --input-normalize MEAN,STD (e.g. 0.1307,0.3081 for torchvision's usual MNIST "
             "Normalize) and/or --input-scale (1 for raw 0..255 pixels)")

@@ -1,6 +1,6 @@
 """Load and validate a target ReLU MLP into a list of layers (W, b).
 
-Accepted: the state_dict of a ReLU MLP in a ``.pt``/``.pth``/``.ckpt``/``.bin`` or
+Accepted: the state_dict of a ReLU MLP in a ``.pt``/``.pth``/``.ckpt``/``.bin``/``.tar`` or
 ``.safetensors`` file — ``nn.Sequential`` keys (``0.weight``, ``0.bias``, ``2.weight``, ...;
 biases optional; Flatten/Dropout offsets allowed) or named modules (``fc1``, ``layers.0``, ...),
 bare or inside a checkpoint dict, with ``module.``/``model.`` prefixes (see
@@ -133,7 +133,9 @@ def from_state_dict(state: dict, source: str = "", metadata: dict | None = None,
     for e in ordered:
         idx, w = e.name, e.weight
         if not (w.is_floating_point()):
-            raise TargetError(f"layer {idx}{where} has a non-floating weight of dtype {w.dtype}")
+            raise TargetError(f"layer {idx}{where} has a non-floating weight of dtype {w.dtype}; pass the "
+                              "trained model's float weights (in a run folder: the folder itself or its "
+                              "target.safetensors, not masks.safetensors; a quantised model dequantised first)")
         wn = w.detach().to(torch.float64).cpu().numpy()
         if not np.all(np.isfinite(wn)):
             bad = int((~np.isfinite(wn)).sum())

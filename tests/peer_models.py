@@ -124,6 +124,16 @@ def checkpoint_dict(d: Path):
     return d / "checkpoint.pth", m.eval()
 
 
+def imagenet_example(d: Path):
+    """pytorch/examples imagenet/main.py: save_checkpoint(state, is_best, filename='checkpoint.pth.tar')."""
+    m = _seeded(LeNet)
+    opt = _trained_a_little(m)
+    state = {"epoch": 1, "arch": "lenet", "state_dict": m.state_dict(), "best_acc1": torch.tensor(91.5),
+             "optimizer": opt.state_dict(), "scheduler": {"last_epoch": 1}}
+    torch.save(state, d / "checkpoint.pth.tar")
+    return d / "checkpoint.pth.tar", m.eval()
+
+
 def open_lth(d: Path):
     """open_lth's checkpoint.pth: {'ep','it','model_state_dict','optimizer_state_dict','running_loss'}."""
     m = _seeded(OpenLthLeNet)
@@ -224,6 +234,7 @@ def optimizer_only(d: Path):
 LOADS = {
     "lenet-state_dict": lenet_state_dict,
     "checkpoint-dict": checkpoint_dict,
+    "imagenet-example-pth-tar": imagenet_example,
     "open_lth": open_lth,
     "dataparallel": data_parallel,
     "lightning-ckpt": lightning_ckpt,

@@ -172,3 +172,27 @@ def test_masked_model_and_export(small_target, tmp_path):
     with torch.no_grad():
         dev = (t.forward(xb.double()) - e.double()(xb.double())).norm(dim=1)
     assert float(dev.max()) <= r["certified_bound"] + 1e-6
+
+
+def test_stdout_closed_early_is_quiet():
+    """`subsetsum-lth solvers | head -1`: the reader goes away; no traceback, exit 128 + SIGPIPE."""
+    import os
+    import signal
+    r, w = os.pipe()
+    os.close(r)                                   # a reader that has already exited
+    try:
+        res = subprocess.run([sys.executable, "-m", "subsetsum_lth", "solvers"], stdout=w,
+                             stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert res.stderr == "" and res.returncode == 128 + signal.SIGPIPE
+
+
+def test_a_broken_pipe_that_is_not_our_output_is_not_hidden(monkeypatch):
+    from subsetsum_lth.commands import solvers_cmd
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")   # e.g. a worker's pipe, while stdout is fine
+    monkeypatch.setattr(solvers_cmd, "run", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["solvers"])

@@ -32,6 +32,9 @@ def test_help_shows_each_default_once(name):
     parser = PARSERS[name]
     formatter = parser._get_formatter()
     for action in parser._actions:
+        if action.help is None:       # argparse prints no help line, so no default either
+            assert not (action.option_strings and action.nargs != 0 and action.default is not None), \
+                f"{name} {'/'.join(action.option_strings)}: default {action.default!r} never shown"
         if action.help in (None, argparse.SUPPRESS):
             continue
         text = " ".join(formatter._expand_help(action).split())

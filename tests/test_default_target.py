@@ -38,7 +38,10 @@ def test_mnist_default_is_trained_once_and_cached(mnist_dir, tmp_path, monkeypat
 
 
 def test_synthetic_flag(tmp_path):
-    assert dt.default_target(seed=0, synthetic=True).kind == "synthetic"
+    got = dt.default_target(seed=0, synthetic=True)
+    assert got.kind == "synthetic"
+    assert got.description.startswith("no --target given, --synthetic: using a seeded synthetic 784-300-10")
+    assert "no MNIST" not in got.description          # MNIST may well be there: it was not asked for
 
 
 def test_synthetic_and_target_exclude_each_other(tmp_path, capsys):
@@ -47,3 +50,26 @@ def test_synthetic_and_target_exclude_each_other(tmp_path, capsys):
                "--out", str(tmp_path / "run")])
     assert rc == 2 and "--synthetic" in capsys.readouterr().err
     assert not (tmp_path / "run" / "report.json").exists()
+
+
+def test_bad_out_is_refused_before_the_default_target_is_trained(tmp_path, capsys, monkeypatch):
+    """A first run takes minutes to train the default target: a --out that approximate will refuse,
+    or an executor it cannot use, is refused before that, not after; nothing changes on disk."""
+    def no_training(*a, **k):
+        raise AssertionError("the default target was built before --out was checked")
+    monkeypatch.setattr("subsetsum_lth.default_target.default_target", no_training)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    assert main(["approximate", "--out", str(mine)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {mine} is not empty and has no manifest.json, so subsetsum-lth did not write it (or an "
+        "older version did): it holds notes.txt; nothing was changed. Choose a new or empty folder for --out\n")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    assert main(["approximate", "--out", str(tmp_path / "file")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert main(["approximate", "--out", str(tmp_path / "new"), "--executor", "dask"]) == 2
+    err = capsys.readouterr().err                  # no --scheduler (or no dask extra): the fix is named
+    assert err.startswith("error: --executor dask needs --scheduler") or "pip install" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine"]

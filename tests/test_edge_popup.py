@@ -268,6 +268,25 @@ def test_scores_learn_weights_stay_frozen():
         assert not w.requires_grad and w.grad is None
 
 
+def test_progress_lines_say_which_steps_the_loss_covers():
+    """The loss/accuracy shown is the mean over the last sync window: the line names its steps,
+    so a value repeated between two read-backs is not mistaken for a stalled run."""
+    from subsetsum_lth.commands._progress import PlainTick
+    from subsetsum_lth.edge_popup import train_scores
+    lines: list[str] = []
+    clock = iter(range(0, 10_000, 20))                   # every tick is 20 s later: a line each step
+
+    def progress(total, desc):
+        return PlainTick(total, desc, interval=10, write=lines.append, clock=lambda: next(clock))
+    net = EdgePopupNet(wide_network([16, 24, 4], seed=2), None, 0.5, "layer", seed=0)
+    x, y = torch.rand(40, 16), torch.randint(0, 4, (40,))
+    train_scores(net, x, y, EdgePopupConfig(wide="16,24,4", batch_size=8, sync_every=2), progress=progress)
+    assert "over steps" not in lines[0] + lines[1]       # steps 1-2: the line comes before the read-back
+    assert ", over steps 1-2," in lines[2] and ", over steps 1-2," in lines[3]   # repeated, and says so
+    assert ", over steps 3-4," in lines[4]
+    assert ", over steps 5," in lines[-1] and lines[-1].startswith("epoch 1/1: done, 5/5 steps")
+
+
 def test_batch_temperature_step():
     """temperature='batch': CE(logits / std(batch logits)); a scale of g changes nothing."""
     from subsetsum_lth.edge_popup import logit_temperature

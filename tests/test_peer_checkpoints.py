@@ -53,6 +53,13 @@ def test_checkpoint_metadata_and_prefixes(tmp_path):
     assert info["order"] == ["1", "4"]
 
 
+def test_pth_tar_tensor_accuracy_is_metadata(tmp_path):
+    """pytorch/examples' checkpoint.pth.tar stores best_acc1 as a tensor: it is the stored figure."""
+    path, _ = pm.imagenet_example(tmp_path)
+    target = load_target(path)
+    assert target.metadata["best_acc1"] == pytest.approx(91.5) and target.metadata["epoch"] == 1
+
+
 def test_numeric_indices_sort_numerically(tmp_path):
     torch.manual_seed(0)
     mods = []
@@ -130,7 +137,8 @@ def test_pickled_module_one_clean_line_and_the_conversion_works(tmp_path):
     assert len(lines) == 3 and "\x1b" not in msg
     assert lines[0].startswith(f"{path} holds a pickled tests.peer_models.LeNet (a whole model object, "
                                "not a state_dict)")
-    assert lines[0].endswith("then pass that file:")
+    assert lines[0].endswith("once in Python, where tests.peer_models.LeNet is defined or importable "
+                             "(unpickling needs the class), then pass that file:")
     assert lines[1] == f"    model = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file"
     state = tmp_path / "whole_state.pt"
     assert lines[2] == f"    torch.save(model.state_dict(), {str(state)!r})"
@@ -146,8 +154,18 @@ def test_pickled_objects_inside_a_checkpoint_dict(tmp_path):
     with pytest.raises(TargetError) as ei:
         load_target(tmp_path / "c.pt")
     lines = str(ei.value).splitlines()
-    assert len(lines) == 3 and "argparse.Namespace" in lines[0] and "\x1b" not in str(ei.value)
-    assert lines[2].strip().startswith("torch.save(ckpt['state_dict'], ")
+    assert len(lines) == 4 and "argparse.Namespace" in lines[0] and "\x1b" not in str(ei.value)
+    assert lines[2].strip().startswith("w = ckpt['state_dict']  # ")
+    exec("\n".join(line.strip() for line in lines[1:]), {"torch": torch})   # our own, trusted file
+    _same_function(load_target(tmp_path / "c_state.pt"), m.eval())
+    # the whole module under 'model' (torch.save({'model': model, ...})): the same lines give its state_dict
+    torch.save({"model": m, "epoch": 1}, tmp_path / "d.pt")
+    with pytest.raises(TargetError) as ei:
+        load_target(tmp_path / "d.pt")
+    lines = str(ei.value).splitlines()
+    assert lines[2].strip().startswith("w = ckpt['model']  # ")
+    exec("\n".join(line.strip() for line in lines[1:]), {"torch": torch})
+    _same_function(load_target(tmp_path / "d_state.pt"), m.eval())
 
 
 @pytest.mark.parametrize("case, message", [
@@ -163,6 +181,30 @@ def test_refusals_name_the_entry(tmp_path, case, message):
     with pytest.raises(TargetError) as ei:
         load_target(path)
     assert str(ei.value) == message.format(p=path)
+
+
+def test_masks_file_as_target_names_the_file_to_pass(tmp_path):
+    save_file({"0.weight": torch.ones(4, 8, dtype=torch.uint8), "2.weight": torch.ones(3, 4, dtype=torch.uint8)},
+              str(tmp_path / "masks.safetensors"))
+    with pytest.raises(TargetError) as ei:
+        load_target(tmp_path / "masks.safetensors")
+    assert str(ei.value).startswith(f"layer 0 in {tmp_path / 'masks.safetensors'} has a non-floating weight "
+                                    "of dtype torch.uint8; pass the trained model's float weights (in a run "
+                                    "folder: the folder itself or its target.safetensors, not masks.safetensors")
+
+
+def test_normalisation_buffers_point_at_input_normalize(tmp_path):
+    """A model that normalises inside forward() with registered mean/std buffers."""
+    sd = pm.LeNet().state_dict()
+    sd = {"mean": torch.tensor([0.1307]), "std": torch.tensor([0.3081]), **sd}
+    torch.save(sd, tmp_path / "n.pt")
+    with pytest.raises(TargetError) as ei:
+        load_target(tmp_path / "n.pt")
+    assert str(ei.value) == (
+        f"unsupported entry 'mean' in {tmp_path / 'n.pt'}: only the weight and bias of Linear layers are "
+        "read (a plain ReLU MLP; keys like '0.weight', 'fc1.bias', 'layers.2.weight'); if 'mean' (0.1307) "
+        "is the input normalisation the model applies, remove it and its partner from the state_dict and "
+        "declare them with --input-normalize MEAN,STD")
 
 
 def test_a_single_linear_layer(tmp_path):
@@ -309,7 +351,13 @@ def test_accuracy_warning_before_the_run(capsys):
     _check_accuracy(t, {"x": x, "y": (y + 1) % 2}, 0.9)           # 0% measured
     err = capsys.readouterr().err
     assert err.startswith("warning: the target scores 0.00% on the test images as pixels/255 in [0, 1], "
-                          "far below the 90.00% of --expected-accuracy") and "--input-normalize" in err
+                          "below the 90.00% of --expected-accuracy") and "--input-normalize" in err
+    wrong = y.copy()
+    wrong[:5] = (wrong[:5] + 1) % 2                                # 97.50% measured
+    _check_accuracy(t, {"x": x, "y": wrong}, 99.75)               # the issue's 2.25-point drop warns
+    assert capsys.readouterr().err.startswith("warning: the target scores 97.50% on the test images")
+    _check_accuracy(t, {"x": x, "y": wrong}, 98.0)                # within a point: no warning
+    assert capsys.readouterr().err == ""
     t.metadata["test_accuracy"] = "0.95"
     _check_accuracy(t, {"x": x, "y": (y + 1) % 2}, None)
     assert "95.00% of its checkpoint's 'test_accuracy'" in capsys.readouterr().err
@@ -340,3 +388,10 @@ def test_cli_normalisation_on_mnist(tmp_path, capsys, mnist_dir):
                  str(mnist_dir), "--json", "--input-normalize", "0.1307,0.3081"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["accuracy"]["value"] == info["accuracy"]["value"]
+
+
+def test_pickled_from_a_script_names_the_script():
+    from subsetsum_lth.checkpoint import _where_class
+    assert _where_class("__main__.LeNet300") == ("in the script that defines LeNet300 (unpickling needs the "
+                                                 "class, and it was saved from __main__)")
+    assert _where_class("mypkg.models.Net") == "where mypkg.models.Net is defined or importable (unpickling needs the class)"

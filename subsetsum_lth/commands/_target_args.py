@@ -14,11 +14,13 @@ def add_layers_argument(p: argparse.ArgumentParser) -> None:
 def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = True,
                                 training: bool = False) -> None:
     what = "train the model on" if training else "the model was trained on"
+    fate = ("stored in the target's metadata and folded exactly into the first layer when the target "
+            "is loaded, so the network approximated takes pixels/255 in [0, 1]") if training else (
+            "folded exactly into the first layer when the target is loaded, so the network used takes "
+            "pixels/255 in [0, 1] (approximate records it in the run's target.safetensors and report.json)")
     p.add_argument("--input-normalize", default=None, metavar="MEAN,STD",
                    help=f"{what} (x - MEAN) / STD per channel (torchvision's Normalize; e.g. "
-                        "0.1307,0.3081 for MNIST; m1,m2,m3,s1,s2,s3 for 3 channels); stored in the "
-                        "target's metadata and folded exactly into the first layer when the target is "
-                        "loaded, so the network approximated takes pixels/255 in [0, 1]")
+                        f"0.1307,0.3081 for MNIST; m1,m2,m3,s1,s2,s3 for 3 channels); {fate}")
     p.add_argument("--input-scale", default=None, metavar="S",
                    help=f"pixel scale to apply before --input-normalize ({what}): 1/255 "
                         "(pixels/255 in [0, 1], as train-target and torchvision's ToTensor) or 1 (raw "
@@ -27,7 +29,7 @@ def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = Tru
         from subsetsum_lth.commands._common import positive_float
         p.add_argument("--expected-accuracy", type=positive_float, default=None, metavar="ACC",
                        help="test accuracy the model reaches on its own preprocessing (fraction or "
-                            "percent); with --data, a far lower measured accuracy draws a warning "
+                            "percent); with --data, a measured accuracy more than 1 point lower draws a warning "
                             "(unset: a figure stored in the checkpoint, e.g. 'test_accuracy')")
 
 

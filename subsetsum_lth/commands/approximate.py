@@ -23,7 +23,8 @@ DESCRIPTION = (
 
 def add_arguments(p) -> None:
     p.add_argument("--target", type=Path, default=None,
-                   help="target file (.pt state_dict, .safetensors) or a train-target folder; "
+                   help="target checkpoint (a state_dict in .pt/.pth/.ckpt/.bin/.tar or .safetensors, bare or in "
+                        "a checkpoint dict; see 'subsetsum-lth inspect FILE') or a train-target folder; "
                         "default: a 784-500-10 MNIST target trained once and cached when MNIST is "
                         "found or can be downloaded (then evaluated on MNIST), else a seeded "
                         "synthetic 784-300-10 target inside Theorem 1's class")
@@ -51,7 +52,8 @@ def add_arguments(p) -> None:
                    help="error: minimise |w - ŵ| (the paper's MIP); cardinality: fewest kept "
                         "coefficients within τ; feasible: any subset within τ")
     p.add_argument("--workers", type=positive_int, default=None, help="solver processes (default: all cores)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="instances per solver batch")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="instances per solver batch (default: per backend, e.g. 1024 for ortools, 4096 for mitm)")
     p.add_argument("--time-limit", type=positive_float, default=None,
                    help="per-instance solver time limit (s) of the backends that take one, and of the "
                         "fallback for instances beyond exact search (default: 10)")
@@ -95,7 +97,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=non_negative_int, default=100,
                    help="gradient-ascent steps for the empirical bound (0: evaluate the points only)")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress output (bars on a terminal, else a line every ~10 s)")
     p.add_argument("--json", action="store_true", help="print report.json to stdout")
 
 
@@ -111,8 +114,11 @@ def run(args) -> int:
         from subsetsum_lth.errors import UserError
         raise UserError(f"{', '.join(target_flags_given(args))} describe a --target file; pass --target "
                         "or drop them")
+    from subsetsum_lth.executors import check_executor
+    check_executor(args.executor, args.scheduler)
     training_seconds = None
     if args.target is None:
+        _check_out_early(args)   # before minutes of training the default target, not after
         from subsetsum_lth.commands._progress import is_terminal, say
         from subsetsum_lth.default_target import default_target
         bars = not args.no_progress and is_terminal()
@@ -163,8 +169,7 @@ def run(args) -> int:
     )
     progress = tqdm_progress(enabled=not args.no_progress)
     status = 0
-    from subsetsum_lth.executors import check_executor, make_pool
-    check_executor(args.executor, args.scheduler)
+    from subsetsum_lth.executors import make_pool
     # one pool (process pool, Dask cluster or connection) for the whole run, started lazily on the
     # first batch; --workers 1 without --batch-timeout solves in this process
     in_process = args.executor == "process" and args.workers == 1 and not args.batch_timeout
@@ -192,8 +197,24 @@ def run(args) -> int:
     return status
 
 
+def _check_out_early(args) -> None:
+    """Refuse --out as approximate() will (read-only): a folder that is not the tool's, or that
+    already holds a run without --resume/--overwrite."""
+    from pathlib import Path
+
+    from subsetsum_lth import manifest
+    from subsetsum_lth import runfolder as rf
+    from subsetsum_lth.errors import RunFolderError
+    out = Path(args.out)
+    manifest.check_folder(out, "approximate")
+    existing = [p for p in (out / rf.REPORT, out / rf.MASKS, out / "partial") if p.exists()]
+    if existing and not (args.resume or args.overwrite):
+        raise RunFolderError(f"{out} already holds a run ({', '.join(p.name for p in existing)}); "
+                             "use --resume to continue it, --overwrite to replace it, or another --out")
+
+
 def _check_accuracy(target, eval_data, expected) -> None:
-    """Warn (before the long run) when the target scores far below its declared accuracy."""
+    """Warn (before the long run) when the target scores more than ACCURACY_GAP below its declared accuracy."""
     from subsetsum_lth.preprocess import accuracy_warning, declared_accuracy, measure_accuracy
     declared = declared_accuracy(target.metadata or {}, expected)
     if declared is None:

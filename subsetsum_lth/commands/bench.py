@@ -26,7 +26,8 @@ def add_arguments(p) -> None:
     s.add_argument("--n", type=non_negative_int, default=21, help="live coefficients per instance")
     s.add_argument("--eps", type=non_negative_float, default=0.01, help="tolerance τ of every instance")
     s.add_argument("--count", type=positive_int, default=20000, help="instances to draw")
-    s.add_argument("--objective", choices=("error", "cardinality", "feasible"), default="error")
+    s.add_argument("--objective", choices=("error", "cardinality", "feasible"), default="error",
+                   help="what every backend is asked for (as approximate's --objective)")
     s.add_argument("--targets", type=Path, default=None,
                    help="target file: sample targets from its first Linear weight "
                         "(default: N(0, 0.05) clipped to [-1, 1])")
@@ -36,7 +37,8 @@ def add_arguments(p) -> None:
                    help="instances at most for the naive baseline (cpsat), scaled by its rate")
     s.add_argument("--time-budget", type=positive_float, default=30.0,
                    help="seconds at most per backend; slow backends are timed on the prefix they finish")
-    s.add_argument("--batch-size", type=positive_int, default=None, help="instances per solve_batch call")
+    s.add_argument("--batch-size", type=positive_int, default=None,
+                   help="instances per solve_batch call (default: the backend's own)")
     s.add_argument("--seed", type=int, default=0, help="seed of the instance draw")
     s.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="time by elapsed wall clock, or by this process's CPU time (robust on a "
@@ -49,7 +51,8 @@ def add_arguments(p) -> None:
     a.add_argument("--target", type=Path, default=None,
                    help="target file or train-target folder (default: seeded synthetic 784-300-10)")
     a.add_argument("--solver", default="ortools", help="solver backend")
-    a.add_argument("--objective", choices=("error", "feasible", "cardinality"), default="error")
+    a.add_argument("--objective", choices=("error", "feasible", "cardinality"), default="error",
+                   help="subset-sum objective (as approximate's --objective)")
     a.add_argument("--weight-eps", type=positive_float, default=0.01, help="per-weight tolerance τ")
     a.add_argument("--data", choices=("mnist",), default=None, help="evaluate on this data set")
     a.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
@@ -58,7 +61,7 @@ def add_arguments(p) -> None:
     a.add_argument("--out", type=Path, default=None,
                    help="run folder to write (overwritten; default: a temporary folder, removed)")
     a.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
-    a.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a.add_argument("--no-progress", action="store_true", help="no progress output (bars or lines)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(_bench=_run_approximate)
 

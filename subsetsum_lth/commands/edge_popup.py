@@ -82,8 +82,8 @@ def add_arguments(p) -> None:
     e.add_argument("--structure", choices=("free", "structured"), default="free",
                    help="structured: only edges of the construction's block-diagonal pre-pruning may be kept")
     e.add_argument("--epochs", type=positive_int, default=1,
-                   help="passes over the (--train-subset) training images; 1 with the CPU subset is the "
-                        "default budget of a few minutes")
+                   help="passes over the (--train-subset) training images (default: 1; with the CPU "
+                        "subset, a budget of a few minutes)")
     e.add_argument("--lr", type=positive_float, default=0.02,
                    help="initial learning rate of the scores (cosine to 0). hidden-networks uses 0.1 on "
                         "kaiming-scaled networks of moderate width; on g (U[-1, 1] weights, hidden widths "
@@ -121,7 +121,8 @@ def add_arguments(p) -> None:
     o.add_argument("--out", type=Path, required=True, help="run folder to write")
     o.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     o.add_argument("--no-plots", action="store_true", help="do not write the training-curve PNG")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--no-progress", action="store_true",
+                   help="no progress output (a bar on a terminal, else a line every ~10 s)")
     o.add_argument("--json", action="store_true", help="print report.json to stdout")
 
 

@@ -21,7 +21,7 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path, metavar="FILE",
-                   help="checkpoint (.pt/.pth/.ckpt/.bin/.safetensors) or a train-target folder")
+                   help="checkpoint (.pt/.pth/.ckpt/.bin/.tar/.safetensors) or a train-target folder")
     add_layers_argument(p)
     add_preprocessing_arguments(p)
     p.add_argument("--data", choices=("mnist",), default=None,

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         sizes = "-".join(str(s) for s in summary["sizes"])
         print(f"trained {sizes} ({'with' if summary['bias'] else 'no'} biases, "
-              f"{summary['n_parameters']} parameters) in {summary['seconds']:.1f} s "
+              f"{summary['n_parameters']:,} parameters) in {summary['seconds']:.1f} s "
               f"({summary['seconds_training']:.1f} s training + the final train/test evaluation)")
         print(f"test accuracy  {100 * summary['test_accuracy']:.2f}%")
         print(f"train accuracy {100 * summary['train_accuracy']:.2f}%")
