@@ -562,3 +562,27 @@ def test_float32_target_still_stored_as_float32(tmp_path):
     t = random_target([3, 4, 2], seed=1)
     save_target(t, tmp_path / "t.safetensors")
     assert all(v.dtype == torch.float32 for v in load_file(str(tmp_path / "t.safetensors")).values())
+
+
+def test_witness_far_larger_than_p_values_is_refused_before_reading(tmp_path, base, capsys):
+    """A witness.safetensors whose header announces a 20 GB tensor (a sparse file) would make the
+    reader allocate it all: refused by size, before it is opened."""
+    import struct
+    d = _copy(base, tmp_path)
+    path = d / "witness.safetensors"
+    hdr = json.dumps({"x": {"dtype": "F64", "shape": [2_500_000_000],
+                            "data_offsets": [0, 20_000_000_000]}}).encode()
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(hdr)) + hdr)
+        fh.truncate(8 + len(hdr) + 20_000_000_000)
+    st = path.stat()
+    path.rename(tmp_path / "w.tmp")
+    before = _snap(d)                   # (without reading the 20 GB)
+    (tmp_path / "w.tmp").rename(path)
+    rc, err = _certify(d, capsys)
+    assert rc == 2
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    path.rename(tmp_path / "w.tmp")
+    assert _snap(d) == before
+    assert err == (f"error: {path} must hold one tensor 'x' of shape (3,), but it is 20,000,000,088 bytes; "
+                   "recreate the run (or restore the file the tool wrote)")
