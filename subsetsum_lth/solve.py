@@ -129,7 +129,8 @@ class ResumeStore:
     batch's inputs and a checksum of the stored result must match, every error is recomputed
     from the stored selections, and a batch whose status claims contradict the recomputed errors
     (within τ claimed but outside it, or INFEASIBLE claimed but within it) is discarded with a
-    warning and solved again. Unreadable or malformed files are discarded the same way."""
+    warning and solved again, and so is a batch with any instance stored as INFEASIBLE, TIMEOUT or
+    ERROR (claims that no stored selection can prove). Unreadable or malformed files are discarded the same way."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -178,6 +179,11 @@ class ResumeStore:
             if bad.any():
                 problem = (f"{int(bad.sum())} of its statuses contradict the errors recomputed from its "
                            f"selections (e.g. recomputed error {errors[bad][0]:.3g}, τ {batch.tolerances[bad][0]:.3g})")
+            elif not claimed_ok.all():
+                # "no subset is within τ" (or a timeout/error) cannot be checked from the stored
+                # selections: such a claim would decide the answer, so the batch is solved again
+                problem = (f"{int((~claimed_ok).sum())} of its instances are stored as infeasible, timed out "
+                           "or failed, which the stored selections cannot prove")
         if problem is not None:
             log.warning("discarding stored batch %s: %s; solving it again", path.name, problem)
             return None

@@ -445,6 +445,31 @@ def test_resume_discards_tampered_and_garbage_batches(base, tmp_path):
     assert rep["infeasible_count"] == 0 and _true_max_errors(out) <= rep["weight_eps"] * (1 + 1e-6)
 
 
+def test_resume_does_not_believe_forged_infeasible_claims(base, tmp_path):
+    """Three stored batches forged to claim every instance INFEASIBLE (empty selections, errors
+    outside τ, checksums recomputed): the claim cannot be checked from the selections, so the
+    batches are solved again and the masks are byte-identical to an uninterrupted run's."""
+    from subsetsum_lth.solve import _result_digest
+    out = tmp_path / "run"
+    args, parts = _killed_run(base, out)
+    forged = 0
+    for p in parts:
+        z = dict(np.load(p, allow_pickle=False))
+        z["selections"] = np.zeros_like(z["selections"])
+        z["status"] = np.full_like(z["status"], 2)                    # Status.INFEASIBLE
+        z["result_sha256"] = np.array(_result_digest(z["ids"], z["selections"], z["status"]))
+        np.savez(p, **z)
+    r = _sub(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    forged = r.stderr.count("which the stored selections cannot prove; solving it again")
+    contradict = r.stderr.count("contradict the errors recomputed")
+    assert forged >= 1 and forged + contradict == len(parts), r.stderr
+    clean = tmp_path / "clean"
+    assert _sub(*[clean if a == out else a for a in args]).returncode == 0
+    assert (out / "masks.safetensors").read_bytes() == (clean / "masks.safetensors").read_bytes()
+    assert json.loads((out / "report.json").read_text())["infeasible_count"] == 0
+
+
 def test_store_returns_recomputed_errors_not_stored_ones(tmp_path, caplog):
     from subsetsum_lth.instances import InstanceBatch, recompute_errors
     from subsetsum_lth.solve import ResumeStore, SolveConfig, batch_key, solve_all
