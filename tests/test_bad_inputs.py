@@ -305,3 +305,18 @@ def test_gurobi_size_limited_licence_is_an_error_status():
     out = solve_all(batch, SolveConfig(solver="gurobi", workers=1, fallback=False))
     assert out.status[0] == Status.ERROR and "licen" in out.messages[0].lower()
     # (with fallback on, the driver re-solves it with ortools: see tests/test_executors.py)
+
+
+@pytest.mark.parametrize("radius", ["1e13", "1e300"])
+def test_approximate_refuses_a_radius_its_own_readers_would_refuse(tmp_path, capsys, radius):
+    """--input-radius above runcheck.MAX_INPUT_RADIUS used to run to exit 0 and write a folder that
+    certify, compare and the API then refuse ('recreate the run'): refused before any work."""
+    torch.save(_mlp_sd(), tmp_path / "t.pt")
+    out = tmp_path / "out"
+    rc = main(["approximate", "--target", str(tmp_path / "t.pt"), "--out", str(out), *QUICK,
+               "--input-radius", radius])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.splitlines()[-1] == (f"error: --input-radius must be a positive number <= 1e+12, got {float(radius):g}; "
+                                    "rescale the inputs or choose a smaller radius")
+    assert not out.exists()
