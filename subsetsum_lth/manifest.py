@@ -80,7 +80,13 @@ def _key(folder: Path) -> str:
 def sha256_file(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
+    # O_NONBLOCK: a FIFO put in place of a listed file must not block the hash for ever
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunFolderError(f"{path} is not a regular file, so subsetsum-lth did not write it; move it out of "
+                             f"{Path(path).parent} or choose another folder")
+    with os.fdopen(fd, "rb") as fh:
         while True:
             chunk = fh.read(16 << 20)
             if not chunk:
