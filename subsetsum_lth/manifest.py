@@ -421,6 +421,11 @@ def _verify(folder: Path, kind: str, m: dict | None, hashes: bool = True) -> Non
             (d / STORE_MARKER).is_file() or all(_store_own(p.name) for p in d.iterdir()))
         if not ours:
             foreign.append(s + "/")
+        else:
+            # an entry with the name of a stored batch that is not a plain file (a folder, FIFO or
+            # symlink) was not written by the tool: replacing it would fail or remove it
+            foreign += [f"{s}/{e.name}" for e in os.scandir(d)
+                        if _store_own(e.name) and not e.is_file(follow_symlinks=False)]
     if foreign:
         raise RunFolderError(
             f"{folder} holds {_names(foreign)}, which subsetsum-lth did not write (not in {MANIFEST}); "

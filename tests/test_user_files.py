@@ -494,3 +494,29 @@ def test_a_lock_file_that_is_a_symlink_or_fifo_is_refused_not_written_through(tg
     assert err_line(capsys) == (f"error: {lock} is not the lock file subsetsum-lth makes (a symlink or not a "
                                 "regular file); nothing was changed. Remove it, or choose another --out")
     assert snapshot(out) == before and snapshot(home) == before_home
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink"])
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_a_store_entry_with_a_batch_name_that_is_not_a_file_is_refused(tgt, run, tmp_path, capsys, kind, flag):
+    """partial/<32 hex>.npz as the user's folder (or a FIFO, or a symlink): --resume crashed with
+    IsADirectoryError (exit 1, traceback) when it stored that batch; now refused before any work."""
+    w = manifest.open_folder(run, "approximate")
+    try:
+        w.make_store("partial")
+    finally:
+        w.close()
+    entry = run / "partial" / ("0123456789abcdef" * 2 + ".npz")
+    if kind == "folder":
+        user_files(entry, ["notes.txt"])
+    elif kind == "fifo":
+        os.mkfifo(entry)
+    else:
+        user_files(tmp_path / "home", ["thesis.tex"])
+        entry.symlink_to(tmp_path / "home" / "thesis.tex")
+    before = snapshot(run)
+    assert approx(tgt, run, flag) == 2
+    assert err_line(capsys) == (f"error: {run} holds partial/{entry.name}, which subsetsum-lth did not write (not "
+                                "in manifest.json); nothing was changed. Move it out of the folder, or choose "
+                                "another --out")
+    assert snapshot(run) == before
