@@ -195,8 +195,21 @@ class Run:
         return all(self.relu_after)
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _load_tensors(path: Path) -> dict:
     check_regular(path)
+    # a file (e.g. a sparse one whose header announces huge tensors) larger than this machine's
+    # memory would be read whole before any shape is checked: refuse it by its size first
+    size, mem = os.stat(path).st_size, _physical_memory()
+    if mem is not None and size > mem:
+        raise RunFolderError(f"{path} is {size / 1e9:,.1f} GB, more than this machine's memory "
+                             f"({mem / 1e9:,.1f} GB) can load; {RECREATE}")
     state, _ = rf.load_safetensors(path)
     return state
 

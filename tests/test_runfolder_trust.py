@@ -611,3 +611,28 @@ def test_witness_far_larger_than_p_values_is_refused_before_reading(tmp_path, ba
     assert _snap(d) == before
     assert err == (f"error: {path} must hold one tensor 'x' of shape (3,), but it is 20,000,000,088 bytes; "
                    "recreate the run (or restore the file the tool wrote)")
+
+
+def test_random_net_larger_than_memory_is_refused_before_reading(tmp_path, base, capsys, monkeypatch):
+    """A random_net.safetensors (here a sparse file whose header announces a 4 GB tensor) larger
+    than the machine's memory is refused by its size before it is read."""
+    import struct
+    from subsetsum_lth import runcheck
+    monkeypatch.setattr(runcheck, "_physical_memory", lambda: 1 << 30)     # a 1 GB machine
+    d = _copy(base, tmp_path)
+    path = d / "random_net.safetensors"
+    hdr = json.dumps({"0.weight": {"dtype": "F32", "shape": [1 << 30], "data_offsets": [0, 4 << 30]}}).encode()
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(hdr)) + hdr)
+        fh.truncate(8 + len(hdr) + (4 << 30))
+    st = path.stat()
+    path.rename(tmp_path / "rn.tmp")
+    before = _snap(d)                   # (without reading the 4 GB)
+    (tmp_path / "rn.tmp").rename(path)
+    rc, err = _certify(d, capsys)
+    assert rc == 2
+    assert err == (f"error: {path} is {st.st_size / 1e9:,.1f} GB, more than this machine's memory (1.1 GB) can "
+                   "load; recreate the run (or restore the file the tool wrote)")
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    path.rename(tmp_path / "rn.tmp")
+    assert _snap(d) == before
