@@ -447,8 +447,8 @@ def test_resume_discards_tampered_and_garbage_batches(base, tmp_path):
 
 def test_resume_does_not_believe_forged_infeasible_claims(base, tmp_path):
     """Three stored batches forged to claim every instance INFEASIBLE (empty selections, errors
-    outside τ, checksums recomputed): the claim cannot be checked from the selections, so the
-    batches are solved again and the masks are byte-identical to an uninterrupted run's."""
+    outside τ, checksums recomputed): the claim cannot be checked from the selections, so those
+    instances are solved again and the masks are byte-identical to an uninterrupted run's."""
     from subsetsum_lth.solve import _result_digest
     out = tmp_path / "run"
     args, parts = _killed_run(base, out)
@@ -461,9 +461,10 @@ def test_resume_does_not_believe_forged_infeasible_claims(base, tmp_path):
         np.savez(p, **z)
     r = _sub(*args, "--resume")
     assert r.returncode == 0, r.stderr
-    forged = r.stderr.count("which the stored selections cannot prove; solving it again")
     contradict = r.stderr.count("contradict the errors recomputed")
-    assert forged >= 1 and forged + contradict == len(parts), r.stderr
+    assert contradict < len(parts), r.stderr           # some forged batches pass the error checks ...
+    assert "stored instances claimed infeasible, timed out or failed are solved again (no stored " \
+           "selection proves such a claim)" in r.stderr, r.stderr       # ... but their claims are not believed
     clean = tmp_path / "clean"
     assert _sub(*[clean if a == out else a for a in args]).returncode == 0
     assert (out / "masks.safetensors").read_bytes() == (clean / "masks.safetensors").read_bytes()
