@@ -69,8 +69,11 @@ class ApproximateConfig:
                 raise UserError(f"{flag} must be a positive number, got {v}")
         if self.eps is None and self.weight_eps is None:
             self.weight_eps = 0.01
-        if not (math.isfinite(self.input_radius) and self.input_radius > 0):
-            raise UserError(f"--input-radius must be a positive number, got {self.input_radius}")
+        from subsetsum_lth.runcheck import MAX_INPUT_RADIUS
+        if not (math.isfinite(self.input_radius) and 0 < self.input_radius <= MAX_INPUT_RADIUS):
+            # beyond it certify, compare and the API refuse the run folder this would write
+            raise UserError(f"--input-radius must be a positive number <= {MAX_INPUT_RADIUS:g}, got "
+                            f"{self.input_radius:g}; rescale the inputs or choose a smaller radius")
         if not (self.max_hours > 0):
             raise UserError(f"--max-hours must be a positive number, got {self.max_hours}")
         if self.empirical_samples < 1:

@@ -23,6 +23,7 @@ Between consecutive layers a ReLU is assumed: a state_dict does not record activ
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -143,6 +144,17 @@ def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
 
 def read_checkpoint(path: Path) -> RawCheckpoint:
     """Read ``path`` (a file) into an ordered name -> tensor dict plus metadata."""
+    import stat
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise TargetError(f"cannot read target file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        # a FIFO would block the (uninterruptible) reader for ever, a device could be read for ever
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+            else "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise TargetError(f"target file {path} is {kind}, not a regular file; pass a checkpoint file "
+                          "(.safetensors, .pt/.pth/.ckpt/.bin) or a train-target folder")
     suffix = path.suffix.lower()
     info: dict = {"file": str(path)}
     if suffix == ".safetensors":

@@ -129,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + int(signal.SIGPIPE)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"interrupted ({signal.Signals(signum).name}); finished work is kept in the run folder "
-              "(use --resume)", file=sys.stderr)
+        if args.command == "approximate":
+            print(f"interrupted ({signal.Signals(signum).name}); finished work is kept in the run folder "
+                  "(use --resume)", file=sys.stderr)
+        else:           # only approximate can resume; the others keep nothing half-done
+            print(f"interrupted ({signal.Signals(signum).name}); the command did not complete: run it again",
+                  file=sys.stderr)
         return 128 + int(signum)
 
 

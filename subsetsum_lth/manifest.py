@@ -46,13 +46,14 @@ VERSION = 1
 STORE_MARKER = ".subsetsum-lth-store"
 MAX_MANIFEST_BYTES = 4 << 20
 
-#: the files each kind of folder may hold at its top level (the tool writes no others unless a
-#: write registers them in the manifest first)
+#: the files each kind of folder may hold at its top level: the tool writes no others, and a
+#: manifest listing any other name is refused (so a crafted manifest cannot make --overwrite
+#: delete a user's file)
 KIND_FILES = {
     "target": ("target.safetensors", "target.json"),
     "approximate": ("random_net.safetensors", "masks.safetensors", "target.safetensors", "report.json",
                     "metrics.csv", "run_config.json", "weight_error_hist.png", "kept_coefficients.png",
-                    "accuracy.png"),
+                    "accuracy.png", "witness.safetensors"),
     "edge-popup": ("random_net.safetensors", "masks.safetensors", "target.safetensors", "report.json",
                    "metrics.csv", "training_curve.png"),
     "compare": ("comparison.json", "comparison.csv", "accuracy_vs_kept.png"),
@@ -79,7 +80,13 @@ def _key(folder: Path) -> str:
 def sha256_file(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
+    # O_NONBLOCK: a FIFO put in place of a listed file must not block the hash for ever
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunFolderError(f"{path} is not a regular file, so subsetsum-lth did not write it; move it out of "
+                             f"{Path(path).parent} or choose another folder")
+    with os.fdopen(fd, "rb") as fh:
         while True:
             chunk = fh.read(16 << 20)
             if not chunk:
@@ -126,7 +133,7 @@ def read_manifest(folder: Path) -> dict | None:
     if not isinstance(files, dict) or not isinstance(stores, list):
         raise RunFolderError(f"{bad} (files){fix}")
     for name, e in files.items():
-        if not _plain_name(name) or name in (MANIFEST, LOCK) or not isinstance(e, dict):
+        if not _plain_name(name) or name not in KIND_FILES[m["kind"]] or not isinstance(e, dict):
             raise RunFolderError(f"{bad} (entry {name!r}){fix}")
         h, size = e.get("sha256"), e.get("size")
         if not (h is None or (isinstance(h, str) and _HEX64.match(h))) or \
@@ -172,10 +179,18 @@ class _Lock:
             return
         for _ in range(20):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+                # never through a symlink (it could point at a user's file, which the pid would replace)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+                             | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
             except OSError as exc:
+                if exc.errno == errno.ELOOP or os.path.islink(self.path) or (
+                        os.path.lexists(self.path) and not os.path.isfile(self.path)):
+                    raise self._not_ours() from None
                 raise RunFolderError(f"cannot write to the run folder {folder}: {exc.strerror or exc}; "
                                      "choose another --out") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise self._not_ours()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -200,6 +215,10 @@ class _Lock:
                 return
             os.close(fd)        # removed by its releaser between our open and our flock: retry
         raise RunFolderError(f"cannot lock the folder {folder}; try again or choose another --out")
+
+    def _not_ours(self) -> RunFolderError:
+        return RunFolderError(f"{self.path} is not the lock file subsetsum-lth makes (a symlink or not a regular "
+                              "file); nothing was changed. Remove it, or choose another --out")
 
     def release(self) -> None:
         if self.fd is None:
@@ -253,6 +272,8 @@ class FolderWriter:
                 raise RunFolderError(f"{path} exists and was not written by subsetsum-lth (it is not in "
                                      f"{MANIFEST}); it is left as it is: move it out of {self.folder} and "
                                      "run again (finished solver work is kept for --resume)")
+            if name not in KIND_FILES[self.kind]:
+                raise ValueError(f"{name} is not a file of {KIND_NAMES[self.kind]} (add it to manifest.KIND_FILES)")
             self.files[name] = {"sha256": None, "size": None}
             self.write_manifest()
 
@@ -400,6 +421,11 @@ def _verify(folder: Path, kind: str, m: dict | None, hashes: bool = True) -> Non
             (d / STORE_MARKER).is_file() or all(_store_own(p.name) for p in d.iterdir()))
         if not ours:
             foreign.append(s + "/")
+        else:
+            # an entry with the name of a stored batch that is not a plain file (a folder, FIFO or
+            # symlink) was not written by the tool: replacing it would fail or remove it
+            foreign += [f"{s}/{e.name}" for e in os.scandir(d)
+                        if _store_own(e.name) and not e.is_file(follow_symlinks=False)]
     if foreign:
         raise RunFolderError(
             f"{folder} holds {_names(foreign)}, which subsetsum-lth did not write (not in {MANIFEST}); "

@@ -195,8 +195,21 @@ class Run:
         return all(self.relu_after)
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _load_tensors(path: Path) -> dict:
     check_regular(path)
+    # a file (e.g. a sparse one whose header announces huge tensors) larger than this machine's
+    # memory would be read whole before any shape is checked: refuse it by its size first
+    size, mem = os.stat(path).st_size, _physical_memory()
+    if mem is not None and size > mem:
+        raise RunFolderError(f"{path} is {size / 1e9:,.1f} GB, more than this machine's memory "
+                             f"({mem / 1e9:,.1f} GB) can load; {RECREATE}")
     state, _ = rf.load_safetensors(path)
     return state
 
@@ -456,9 +469,15 @@ def read_witness(run: Run) -> tuple[np.ndarray, float] | None:
         return None
     w = run.report["witness"]
     path = run.path / WITNESS
+    p = int(run.random_state["0.weight"].shape[1])
+    check_regular(path)
+    # the tool's witness is p float64 values and one short metadata entry: refuse a file whose
+    # header could make the reader allocate gigabytes before its shape is checked
+    if os.stat(path).st_size > 8 * p + (1 << 20):
+        raise RunFolderError(f"{path} must hold one tensor 'x' of shape ({p},), but it is "
+                             f"{os.stat(path).st_size:,} bytes; {RECREATE}")
     tensors = _load_tensors(path)
     x = tensors.get("x")
-    p = int(run.random_state["0.weight"].shape[1])
     if set(tensors) != {"x"} or x is None or x.shape != (p,) or not np.issubdtype(x.dtype, np.floating):
         raise RunFolderError(f"{path} must hold one tensor 'x' of shape ({p},); {RECREATE}")
     return np.asarray(x, dtype=np.float64), float(w["error"])

@@ -129,7 +129,9 @@ class ResumeStore:
     batch's inputs and a checksum of the stored result must match, every error is recomputed
     from the stored selections, and a batch whose status claims contradict the recomputed errors
     (within τ claimed but outside it, or INFEASIBLE claimed but within it) is discarded with a
-    warning and solved again. Unreadable or malformed files are discarded the same way."""
+    warning and solved again. Instances stored as INFEASIBLE, TIMEOUT or ERROR (claims no stored
+    selection can prove) are solved again by :func:`solve_all`; only the instances within τ are
+    reused. Unreadable or malformed files are discarded."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -458,15 +460,37 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
                 if progress:
                     progress(len(it.rows))
 
-            left = []
+            left, reused, again = [], 0, []
             for it in todo:
                 cached = store.get(it.key, it.sub, solver) if store else None
-                if cached is not None:
-                    done(it, cached, False)
-                else:
+                if cached is None:
                     left.append(it)
-            if store and len(left) < len(todo):
-                log.info("resume: %d of %d batches already solved", len(todo) - len(left), len(todo))
+                    continue
+                reused += 1
+                # "no subset within τ", a timeout or an error cannot be checked from the stored
+                # selections: never believed, those instances are solved again
+                ok = (cached.status == Status.OPTIMAL) | (cached.status == Status.FEASIBLE)
+                if ok.all():
+                    done(it, cached, False)
+                    continue
+                if ok.any():
+                    done(_Item(it.rows[ok], it.sub.take(np.flatnonzero(ok)), None),
+                         BatchResult(cached.ids[ok], cached.selections[ok], cached.errors[ok], cached.status[ok],
+                                     cached.solver, cached.seconds), False)
+                again.append(it.rows[~ok])
+            if again:
+                rows = np.concatenate(again)
+                log.warning("resume: %d stored instances claimed infeasible, timed out or failed are solved "
+                            "again (no stored selection proves such a claim)", rows.size)
+                for start in range(0, len(rows), size):
+                    r = rows[start:start + size]
+                    sub = batch.take(r)
+                    width = int(sub.counts.max()) if len(sub) else 0
+                    sub = InstanceBatch(sub.ids, sub.targets, sub.coefficients[:, :width], sub.counts,
+                                        sub.tolerances, sub.objective)
+                    left.append(_Item(r, sub, batch_key(solver, sub)))
+            if store and reused:
+                log.info("resume: %d of %d batches already solved", reused, len(todo))
             if not left:
                 return
             # every backend that takes a time limit gets one, so no instance runs for ever

@@ -305,3 +305,77 @@ def test_gurobi_size_limited_licence_is_an_error_status():
     out = solve_all(batch, SolveConfig(solver="gurobi", workers=1, fallback=False))
     assert out.status[0] == Status.ERROR and "licen" in out.messages[0].lower()
     # (with fallback on, the driver re-solves it with ortools: see tests/test_executors.py)
+
+
+@pytest.mark.parametrize("radius", ["1e13", "1e300"])
+def test_approximate_refuses_a_radius_its_own_readers_would_refuse(tmp_path, capsys, radius):
+    """--input-radius above runcheck.MAX_INPUT_RADIUS used to run to exit 0 and write a folder that
+    certify, compare and the API then refuse ('recreate the run'): refused before any work."""
+    torch.save(_mlp_sd(), tmp_path / "t.pt")
+    out = tmp_path / "out"
+    rc = main(["approximate", "--target", str(tmp_path / "t.pt"), "--out", str(out), *QUICK,
+               "--input-radius", radius])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.splitlines()[-1] == (f"error: --input-radius must be a positive number <= 1e+12, got {float(radius):g}; "
+                                    "rescale the inputs or choose a smaller radius")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "folder", "device"])
+def test_a_fifo_or_device_target_is_refused_before_it_is_opened(tmp_path, where):
+    """--target naming a FIFO (or a train-target folder whose target.safetensors is one) blocked
+    the reader for ever, and SIGTERM could not stop it (the safetensors reader is native code)."""
+    import os
+    import subprocess
+    import sys
+    if where == "device":
+        path = shown = "/dev/zero"
+        target = Path("/dev/zero")
+    else:
+        folder = tmp_path / "tf"
+        folder.mkdir()
+        fifo = folder / "target.safetensors"
+        os.mkfifo(fifo)
+        target = folder if where == "folder" else fifo
+        shown = str(fifo)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.run([sys.executable, "-m", "subsetsum_lth", "approximate", "--target", str(target), "--out",
+                        str(out), *QUICK], capture_output=True, text=True, timeout=60, env=env)
+    kind = "a device" if where == "device" else "a FIFO"
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"error: target file {shown} is {kind}, not a regular file; pass a checkpoint file (.safetensors, "
+        ".pt/.pth/.ckpt/.bin) or a train-target folder")
+    assert not out.exists()
+
+
+def test_a_cached_default_target_that_is_a_fifo_is_refused(tmp_path):
+    """The default target's cache is checked, not believed: a FIFO there (listed in a manifest or
+    not) is refused instead of blocking the hash or the reader."""
+    import os
+    import signal
+    from subsetsum_lth.default_target import default_target
+    from subsetsum_lth.errors import RunFolderError, TargetError
+    from tests.helpers import shared_mnist_dir
+    data = shared_mnist_dir()
+    if data is None:
+        pytest.skip("no MNIST files")
+    f = tmp_path / "mnist-784-500-10-seed0"
+    f.mkdir()
+    os.mkfifo(f / "target.safetensors")
+    old = signal.signal(signal.SIGALRM, signal.SIG_DFL)     # a regression kills the run, never hangs it
+    signal.alarm(30)
+    try:
+        with pytest.raises(TargetError, match="is a FIFO, not a regular file"):
+            default_target(0, data_dir=str(data), cache_dir=tmp_path)
+        (f / "manifest.json").write_text(
+            '{"format": "subsetsum-lth-manifest", "version": 1, "kind": "target", "files": '
+            '{"target.safetensors": {"sha256": "' + "0" * 64 + '", "size": 5}}, "stores": []}')
+        with pytest.raises(RunFolderError, match="target.safetensors is not a regular file, so subsetsum-lth "
+                                                 "did not write it"):
+            default_target(0, data_dir=str(data), cache_dir=tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -309,3 +309,25 @@ def test_plain_remote_scheduler_is_recognised():
     from subsetsum_lth.executors import _plain_remote
     assert _plain_remote("tcp://10.0.0.1:8786") and _plain_remote("10.0.0.1:8786")
     assert not _plain_remote("tls://10.0.0.1:8786") and not _plain_remote("tcp://127.0.0.1:8786")
+
+
+@pytest.mark.parametrize("command", ["certify", "edge-popup", "train-target", "compare"])
+def test_sigterm_in_a_command_without_resume_does_not_point_at_resume(command, monkeypatch, capsys, tmp_path):
+    """Only approximate has --resume; an interrupted edge-popup/train-target/compare/certify said
+    'finished work is kept in the run folder (use --resume)', an option it does not have."""
+    import importlib
+
+    from subsetsum_lth import cli
+    mod = importlib.import_module("subsetsum_lth.commands." + command.replace("-", "_"))
+
+    def interrupted(args):
+        raise cli.Terminated()
+
+    monkeypatch.setattr(mod, "run", interrupted)
+    argv = {"certify": ["certify", str(tmp_path)], "edge-popup": ["edge-popup", "--wide", "4,8,2", "--out", str(tmp_path / "o")],
+            "train-target": ["train-target", "--out", str(tmp_path / "o")],
+            "compare": ["compare", str(tmp_path), "--out", str(tmp_path / "o")]}[command]
+    assert cli.main(argv) == 143
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "interrupted (SIGTERM); the command did not complete: run it again"]
+    assert sorted(os.listdir(tmp_path)) == []

@@ -445,6 +445,32 @@ def test_resume_discards_tampered_and_garbage_batches(base, tmp_path):
     assert rep["infeasible_count"] == 0 and _true_max_errors(out) <= rep["weight_eps"] * (1 + 1e-6)
 
 
+def test_resume_does_not_believe_forged_infeasible_claims(base, tmp_path):
+    """Three stored batches forged to claim every instance INFEASIBLE (empty selections, errors
+    outside τ, checksums recomputed): the claim cannot be checked from the selections, so those
+    instances are solved again and the masks are byte-identical to an uninterrupted run's."""
+    from subsetsum_lth.solve import _result_digest
+    out = tmp_path / "run"
+    args, parts = _killed_run(base, out)
+    forged = 0
+    for p in parts:
+        z = dict(np.load(p, allow_pickle=False))
+        z["selections"] = np.zeros_like(z["selections"])
+        z["status"] = np.full_like(z["status"], 2)                    # Status.INFEASIBLE
+        z["result_sha256"] = np.array(_result_digest(z["ids"], z["selections"], z["status"]))
+        np.savez(p, **z)
+    r = _sub(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    contradict = r.stderr.count("contradict the errors recomputed")
+    assert contradict < len(parts), r.stderr           # some forged batches pass the error checks ...
+    assert "stored instances claimed infeasible, timed out or failed are solved again (no stored " \
+           "selection proves such a claim)" in r.stderr, r.stderr       # ... but their claims are not believed
+    clean = tmp_path / "clean"
+    assert _sub(*[clean if a == out else a for a in args]).returncode == 0
+    assert (out / "masks.safetensors").read_bytes() == (clean / "masks.safetensors").read_bytes()
+    assert json.loads((out / "report.json").read_text())["infeasible_count"] == 0
+
+
 def test_store_returns_recomputed_errors_not_stored_ones(tmp_path, caplog):
     from subsetsum_lth.solvers.instances import InstanceBatch, recompute_errors
     from subsetsum_lth.solve import ResumeStore, SolveConfig, batch_key, solve_all
@@ -562,3 +588,52 @@ def test_float32_target_still_stored_as_float32(tmp_path):
     t = random_target([3, 4, 2], seed=1)
     save_target(t, tmp_path / "t.safetensors")
     assert all(v.dtype == torch.float32 for v in load_file(str(tmp_path / "t.safetensors")).values())
+
+
+def test_witness_far_larger_than_p_values_is_refused_before_reading(tmp_path, base, capsys):
+    """A witness.safetensors whose header announces a 20 GB tensor (a sparse file) would make the
+    reader allocate it all: refused by size, before it is opened."""
+    import struct
+    d = _copy(base, tmp_path)
+    path = d / "witness.safetensors"
+    hdr = json.dumps({"x": {"dtype": "F64", "shape": [2_500_000_000],
+                            "data_offsets": [0, 20_000_000_000]}}).encode()
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(hdr)) + hdr)
+        fh.truncate(8 + len(hdr) + 20_000_000_000)
+    st = path.stat()
+    path.rename(tmp_path / "w.tmp")
+    before = _snap(d)                   # (without reading the 20 GB)
+    (tmp_path / "w.tmp").rename(path)
+    rc, err = _certify(d, capsys)
+    assert rc == 2
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    path.rename(tmp_path / "w.tmp")
+    assert _snap(d) == before
+    assert err == (f"error: {path} must hold one tensor 'x' of shape (3,), but it is 20,000,000,088 bytes; "
+                   "recreate the run (or restore the file the tool wrote)")
+
+
+def test_random_net_larger_than_memory_is_refused_before_reading(tmp_path, base, capsys, monkeypatch):
+    """A random_net.safetensors (here a sparse file whose header announces a 4 GB tensor) larger
+    than the machine's memory is refused by its size before it is read."""
+    import struct
+    from subsetsum_lth import runcheck
+    monkeypatch.setattr(runcheck, "_physical_memory", lambda: 1 << 30)     # a 1 GB machine
+    d = _copy(base, tmp_path)
+    path = d / "random_net.safetensors"
+    hdr = json.dumps({"0.weight": {"dtype": "F32", "shape": [1 << 30], "data_offsets": [0, 4 << 30]}}).encode()
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(hdr)) + hdr)
+        fh.truncate(8 + len(hdr) + (4 << 30))
+    st = path.stat()
+    path.rename(tmp_path / "rn.tmp")
+    before = _snap(d)                   # (without reading the 4 GB)
+    (tmp_path / "rn.tmp").rename(path)
+    rc, err = _certify(d, capsys)
+    assert rc == 2
+    assert err == (f"error: {path} is {st.st_size / 1e9:,.1f} GB, more than this machine's memory (1.1 GB) can "
+                   "load; recreate the run (or restore the file the tool wrote)")
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    path.rename(tmp_path / "rn.tmp")
+    assert _snap(d) == before

@@ -448,3 +448,75 @@ def test_a_second_writer_in_the_same_process_does_not_release_the_first(run, tgt
     finally:
         w.close()
     assert not (run / manifest.LOCK).exists()
+
+
+# ----------------------------------------------------------------------------- hostile manifests and locks
+
+
+@pytest.mark.parametrize("digest", ["null", "match"])
+def test_a_manifest_listing_a_user_file_does_not_make_overwrite_delete_it(tgt, tmp_path, capsys, digest):
+    """The manifest is an input too: a name the tool never writes (thesis.tex) is refused, with a
+    null or a matching sha256, and nothing in the folder changes."""
+    out = tmp_path / "crafted"
+    user_files(out, ["thesis.tex"])
+    h, size = manifest.sha256_file(out / "thesis.tex")
+    entry = {"sha256": None, "size": None} if digest == "null" else {"sha256": h, "size": size}
+    (out / "manifest.json").write_text(json.dumps({"format": "subsetsum-lth-manifest", "version": 1,
+                                                   "kind": "approximate", "files": {"thesis.tex": entry},
+                                                   "stores": []}))
+    before = snapshot(out)
+    assert approx(tgt, out, "--overwrite") == 2
+    assert err_line(capsys) == (f"error: {out}/manifest.json is not a valid subsetsum-lth manifest (entry "
+                                "'thesis.tex'); the folder was not written by subsetsum-lth or was changed: "
+                                "choose another --out")
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_lock_file_that_is_a_symlink_or_fifo_is_refused_not_written_through(tgt, tmp_path, capsys, kind,
+                                                                               fresh, request):
+    """.subsetsum-lth.lock pointing at a user's file: the pid must not replace the file's contents."""
+    home = tmp_path / "home"
+    user_files(home, ["thesis.tex"])
+    if fresh:
+        out = tmp_path / "fresh"
+        out.mkdir()
+    else:
+        out = request.getfixturevalue("run")
+    lock = out / ".subsetsum-lth.lock"
+    if kind == "symlink":
+        lock.symlink_to(home / "thesis.tex")
+    else:
+        os.mkfifo(lock)
+    before, before_home = snapshot(out), snapshot(home)
+    assert approx(tgt, out, "--overwrite") == 2
+    assert err_line(capsys) == (f"error: {lock} is not the lock file subsetsum-lth makes (a symlink or not a "
+                                "regular file); nothing was changed. Remove it, or choose another --out")
+    assert snapshot(out) == before and snapshot(home) == before_home
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink"])
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_a_store_entry_with_a_batch_name_that_is_not_a_file_is_refused(tgt, run, tmp_path, capsys, kind, flag):
+    """partial/<32 hex>.npz as the user's folder (or a FIFO, or a symlink): --resume crashed with
+    IsADirectoryError (exit 1, traceback) when it stored that batch; now refused before any work."""
+    w = manifest.open_folder(run, "approximate")
+    try:
+        w.make_store("partial")
+    finally:
+        w.close()
+    entry = run / "partial" / ("0123456789abcdef" * 2 + ".npz")
+    if kind == "folder":
+        user_files(entry, ["notes.txt"])
+    elif kind == "fifo":
+        os.mkfifo(entry)
+    else:
+        user_files(tmp_path / "home", ["thesis.tex"])
+        entry.symlink_to(tmp_path / "home" / "thesis.tex")
+    before = snapshot(run)
+    assert approx(tgt, run, flag) == 2
+    assert err_line(capsys) == (f"error: {run} holds partial/{entry.name}, which subsetsum-lth did not write (not "
+                                "in manifest.json); nothing was changed. Move it out of the folder, or choose "
+                                "another --out")
+    assert snapshot(run) == before
