@@ -439,14 +439,19 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
             sub_all = batch if len(rows_all) == k else batch.take(rows_all)
             order = rows_all[np.argsort(sub_all.counts, kind="stable")]
             size = config.resolved_batch() if solver == config.solver else int(DEFAULT_BATCH.get(solver, 512))
-            todo = []
-            for start in range(0, len(order), size):
-                rows = order[start:start + size]
-                sub = batch.take(rows)
-                width = int(sub.counts.max()) if len(sub) else 0
-                sub = InstanceBatch(sub.ids, sub.targets, sub.coefficients[:, :width], sub.counts,
-                                    sub.tolerances, sub.objective)
-                todo.append(_Item(rows, sub, batch_key(solver, sub) if store else None))
+            def items(rows_in: np.ndarray) -> list[_Item]:
+                """``rows_in`` in batches of ``size``, each cut to its widest instance."""
+                out = []
+                for start in range(0, len(rows_in), size):
+                    rows = rows_in[start:start + size]
+                    sub = batch.take(rows)
+                    width = int(sub.counts.max()) if len(sub) else 0
+                    sub = InstanceBatch(sub.ids, sub.targets, sub.coefficients[:, :width], sub.counts,
+                                        sub.tolerances, sub.objective)
+                    out.append(_Item(rows, sub, batch_key(solver, sub) if store else None))
+                return out
+
+            todo = items(order)
 
             def done(it: _Item, res: BatchResult, solved: bool) -> None:
                 if solved and store:
@@ -482,13 +487,7 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
                 rows = np.concatenate(again)
                 log.warning("resume: %d stored instances claimed infeasible, timed out or failed are solved "
                             "again (no stored selection proves such a claim)", rows.size)
-                for start in range(0, len(rows), size):
-                    r = rows[start:start + size]
-                    sub = batch.take(r)
-                    width = int(sub.counts.max()) if len(sub) else 0
-                    sub = InstanceBatch(sub.ids, sub.targets, sub.coefficients[:, :width], sub.counts,
-                                        sub.tolerances, sub.objective)
-                    left.append(_Item(r, sub, batch_key(solver, sub)))
+                left.extend(items(rows))
             if store and reused:
                 log.info("resume: %d of %d batches already solved", reused, len(todo))
             if not left:

@@ -13,11 +13,17 @@ def rebuild_g(run: Path) -> torch.nn.Sequential:
     safetensors files alone (no subsetsum_lth code), in float64."""
     state = load_file(str(Path(run) / "random_net.safetensors"))
     masks = load_file(str(Path(run) / "masks.safetensors"))
+    return masked_sequential(state, masks)
+
+
+def masked_sequential(state: dict, masks: dict) -> torch.nn.Sequential:
+    """Sequential(Linear, ReLU, ..., Linear) in float64 with every tensor of ``state`` times its
+    mask (numpy arrays keyed '0.weight', '0.bias', '2.weight', ...; no subsetsum_lth code)."""
     n = len([k for k in state if k.endswith(".weight")])
     mods = []
     for k in range(n):
-        w = state[f"{2 * k}.weight"].astype(np.float64) * masks[f"{2 * k}.weight"]
-        b = state[f"{2 * k}.bias"].astype(np.float64) * masks[f"{2 * k}.bias"]
+        w = np.asarray(state[f"{2 * k}.weight"], np.float64) * masks[f"{2 * k}.weight"]
+        b = np.asarray(state[f"{2 * k}.bias"], np.float64) * masks[f"{2 * k}.bias"]
         lin = torch.nn.Linear(w.shape[1], w.shape[0]).double()
         with torch.no_grad():
             lin.weight.copy_(torch.from_numpy(w))

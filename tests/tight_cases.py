@@ -24,7 +24,7 @@ import torch
 
 from subsetsum_lth.certify import certified_bound, layer_maps
 from subsetsum_lth.target import Layer, Target
-from tests.helpers import ascend, probe_points
+from tests.helpers import ascend, masked_sequential, probe_points
 
 
 @dataclass
@@ -66,19 +66,7 @@ def realise(case: Case) -> tuple[dict, dict]:
 
 def sequential(state: dict, masks: dict) -> torch.nn.Sequential:
     """ĝ = Sequential(Linear, ReLU, …, Linear), every tensor times its mask (no package code)."""
-    n = len([k for k in state if k.endswith(".weight")])
-    mods = []
-    for k in range(n):
-        w = np.asarray(state[f"{2 * k}.weight"], np.float64) * masks[f"{2 * k}.weight"]
-        b = np.asarray(state[f"{2 * k}.bias"], np.float64) * masks[f"{2 * k}.bias"]
-        lin = torch.nn.Linear(w.shape[1], w.shape[0]).double()
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(w))
-            lin.bias.copy_(torch.from_numpy(b))
-        mods.append(lin)
-        if k < n - 1:
-            mods.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*mods)
+    return masked_sequential(state, masks)
 
 
 def f_numpy(target: Target, x: np.ndarray) -> np.ndarray:
