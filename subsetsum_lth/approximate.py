@@ -287,8 +287,9 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
             solve_seconds[li] += time.perf_counter() - t_layer
         if config.mode == "weight":
             break
-        masks = masks_state_dict([masks_from_selections(i, r.selections) for i, r in zip(layers, results)])
-        certificate = certified_bound(target, layer_maps(construction.state_dict(), masks, target.depth),
+        layout = construction.layout
+        masks = masks_state_dict([masks_from_selections(i, r.selections) for i, r in zip(layers, results)], layout)
+        certificate = certified_bound(target, layer_maps(construction.state_dict(), masks, layout),
                                       config.input_radius, cc.input_domain)
         n_out = sum(int((r.status == Status.INFEASIBLE).sum()) for r in results)
         rounds.append({"round": rnd, "weight_eps": tau, "certified_bound": certificate.bound,
@@ -305,11 +306,12 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     # --- masks and certificate, recomputed from the state dicts alone
     t = time.perf_counter()
     layer_masks = [masks_from_selections(i, r.selections) for i, r in zip(layers, results)]
-    masks = masks_state_dict(layer_masks)
+    layout = construction.layout
+    masks = masks_state_dict(layer_masks, layout)
     state = construction.state_dict()
-    maps = layer_maps(state, masks, target.depth)
+    maps = layer_maps(state, masks, layout)
     certificate = certified_bound(target, maps, config.input_radius, cc.input_domain)
-    g64 = pruned_module(state, masks, target.depth, torch.float64)
+    g64 = pruned_module(state, masks, layout, torch.float64)
     emp = empirical_bound_fast(target, maps, g64, config.input_radius, cc.input_domain,
                                data=empirical_data, samples=config.empirical_samples,
                                steps=config.ascent_steps, seed=cc.seed)
@@ -320,8 +322,8 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     evaluation = {}
     if eval_data is not None:
         t = time.perf_counter()
-        evaluation = evaluate_pair(target, CollapsedNet(maps), eval_data["x"], eval_data["y"])
-        evaluation.update(spot_check(CollapsedNet(maps), pruned_module(state, masks, target.depth, torch.float32),
+        evaluation = evaluate_pair(target, CollapsedNet(maps, target=target), eval_data["x"], eval_data["y"])
+        evaluation.update(spot_check(CollapsedNet(maps, target=target), pruned_module(state, masks, layout, torch.float32),
                                      eval_data["x"][:256]))
         timings["evaluate"] = time.perf_counter() - t
 
@@ -381,8 +383,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
             "kept_parameters": kept_params,
             "kept_parameters_first": int(mk["w1"].sum() + mk["b1"].sum()),
             "kept_parameters_second": int(mk["w2"].sum() + mk["b2"].sum()),
-            "total_parameters": int(sum(np.asarray(state[f"{4 * li + d}.{t}"]).size
-                                        for d in (0, 2) for t in ("weight", "bias"))),
+            "total_parameters": int(sum(np.asarray(state[k]).size for k in layout.pair_keys(li))),
             "seconds": solve_seconds[li],
             "certificate": certificate.layers[li],
         }
@@ -404,6 +405,8 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         "distribution": cc.distribution,
         "C": cc.C, "delta": cc.delta,
         "target_sizes": target.sizes,
+        **({} if target.is_mlp else {"target_arch": target.arch(), "input_shape": list(target.input_shape),
+                                      "g_arch": layout.ops()}),
         "target_parameters": target.n_parameters,
         "target_source": target.source,
         "preprocessing": _preprocessing_report(target),
@@ -435,8 +438,10 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
 
     t = time.perf_counter()
     # one metadata key: safetensors orders several keys at random, which would break byte-identity
-    meta = {"subsetsum_lth": json.dumps({"format": "run", "seed": cc.seed, "depth": target.depth},
-                                        sort_keys=True)}
+    meta_obj = {"format": "run", "seed": cc.seed, "depth": target.depth}
+    if not target.is_mlp:
+        meta_obj.update({"g_arch": layout.ops(), "input_shape": list(target.input_shape)})
+    meta = {"subsetsum_lth": json.dumps(meta_obj, sort_keys=True)}
     rf.atomic_save_safetensors(state, out / rf.RANDOM_NET, meta)
     rf.atomic_save_safetensors(masks, out / rf.MASKS, meta)
     save_target(target, out / rf.TARGET)
@@ -499,7 +504,7 @@ def _completed_run(out: Path) -> dict | None:
     try:
         run = read_run(out, need_target=True)
         report = run.report
-        cert = certified_bound(run.target, layer_maps(run.random_state, run.masks, run.target.depth),
+        cert = certified_bound(run.target, layer_maps(run.random_state, run.masks, run.layout),
                                run.input_radius, run.input_domain)
     except Exception as exc:
         log.warning("--resume: the finished run in %s does not check out (%s); solving again", out, exc)

@@ -31,32 +31,35 @@ class LayerMap:
     bias: np.ndarray
 
 
-def _pair(state, masks, i):
-    def get(key):
-        w = np.asarray(state[key], dtype=np.float64)
-        mk = np.asarray(masks[key])
-        if mk.shape != w.shape:
-            raise RunFolderError(f"mask {key} has shape {mk.shape}, random weight {w.shape}")
-        return w * (mk != 0)
-    return (get(f"{4 * i}.weight"), get(f"{4 * i}.bias"),
-            get(f"{4 * i + 2}.weight"), get(f"{4 * i + 2}.bias"))
+def _layout(state: dict, depth_or_layout):
+    from subsetsum_lth.gnet import GLayout, mlp_layout
+    if isinstance(depth_or_layout, GLayout):
+        return depth_or_layout
+    layout = mlp_layout(state)
+    if layout.depth != int(depth_or_layout):
+        raise RunFolderError(f"the random network has {layout.depth} layer pairs, expected {depth_or_layout}")
+    return layout
 
 
-def layer_maps(state: dict, masks: dict, depth: int) -> list[LayerMap]:
-    """Exact layer maps of ĝ, assuming the construction's form: every kept hidden unit has
-    at most one kept input edge, and no unit keeps both an input edge and a bias."""
+def layer_maps(state: dict, masks: dict, depth_or_layout) -> list[LayerMap]:
+    """Exact layer maps of ĝ (in each target layer's matrix view), assuming the construction's
+    form: every kept hidden unit has at most one kept input edge, and no unit keeps both an
+    input edge and a bias. ``depth_or_layout``: a :class:`subsetsum_lth.gnet.GLayout`, or the
+    depth of an MLP (the layout is then read off the state dict)."""
+    layout = _layout(state, depth_or_layout)
     maps = []
-    for i in range(depth):
-        A, a, B, c = _pair(state, masks, i)
+    for i in range(layout.depth):
+        A, a, B, c = layout.matrices(state, i, masks)
+        k1 = layout.pair_keys(i)[0]
         nnz = (A != 0).sum(axis=1)
         if np.any(nnz > 1):
             raise RunFolderError(
-                f"layer {4 * i}: {int((nnz > 1).sum())} hidden units keep more than one input edge; "
+                f"layer {k1.split('.')[0]}: {int((nnz > 1).sum())} hidden units keep more than one input edge; "
                 "these masks are not of the subset-sum construction's form, so no certificate applies")
         both = (nnz == 1) & (a != 0)
         if np.any(both):
-            raise RunFolderError(f"layer {4 * i}: {int(both.sum())} hidden units keep an input edge and a "
-                                 "bias; not the construction's form, no certificate applies")
+            raise RunFolderError(f"layer {k1.split('.')[0]}: {int(both.sum())} hidden units keep an input edge "
+                                 "and a bias; not the construction's form, no certificate applies")
         q, H = B.shape
         p = A.shape[1]
         col = np.argmax(A != 0, axis=1)
@@ -85,35 +88,29 @@ class Certificate:
                 "input_domain": self.input_domain, "layers": self.layers}
 
 
-def spectral_norm(M: np.ndarray) -> float:
-    """‖M‖₂ as sqrt(λ_max(G)) of the smaller Gram matrix G (float64; relative error ~1e-13,
-    far inside NUMERIC_SLACK) — much faster than a full SVD of a wide matrix."""
-    M = np.asarray(M, dtype=np.float64)
-    if M.size == 0:
-        return 0.0
-    G = M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M
-    lam = float(np.linalg.eigvalsh(G)[-1])
-    return float(np.sqrt(max(lam, 0.0)))
-
+from subsetsum_lth.layerkinds import spectral_norm  # noqa: E402  (re-exported)
 
 _spec = spectral_norm
 
 
-def compose(norms_W, norms_E, norms_eb, norms_b, r):
+def compose(norms_W, norms_E, norms_eb, norms_b, r, lips=None):
     """The recursion of DESIGN §2 on per-layer norms (a pure function, the one place it lives):
     R_1 = r, δ_1 = 0, η_i(ρ) = ρ·norms_E[i] + norms_eb[i],
-    δ_{i+1} = norms_W[i]·δ_i + η_i(R_i + δ_i),  R_{i+1} = norms_W[i]·R_i + norms_b[i].
+    δ_{i+1} = L_i·(norms_W[i]·δ_i + η_i(R_i + δ_i)),  R_{i+1} = L_i·(norms_W[i]·R_i + norms_b[i]),
+    where L_i (default 1) is the Lipschitz constant of the parameter-free layers (pooling) after
+    layer i's ReLU (ReLU itself is 1-Lipschitz and maps 0 to 0).
     Returns (radii_in, bounds_in, bounds_out), one entry per layer; the bound is bounds_out[-1]."""
     R, delta = float(r), 0.0
     radii, ins, outs = [], [], []
-    for nW, nE, neb, nb in zip(norms_W, norms_E, norms_eb, norms_b):
+    lips = [1.0] * len(norms_W) if lips is None else lips
+    for nW, nE, neb, nb, L in zip(norms_W, norms_E, norms_eb, norms_b, lips):
         eta = (R + delta) * nE + neb
-        new_delta = nW * delta + eta
+        new_delta = L * (nW * delta + eta)
         radii.append(R)
         ins.append(delta)
         outs.append(new_delta)
         delta = new_delta
-        R = nW * R + nb
+        R = L * (nW * R + nb)
     return radii, ins, outs
 
 
@@ -140,38 +137,47 @@ def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,
         signed = (i == 0 and input_domain == "signed")
         E = error_matrix(W, M, signed)
         e_b = b - M.bias
-        rows.append((_spec(W), _spec(E), float(np.linalg.norm(e_b)), float(np.linalg.norm(b)), E, e_b))
+        kind = L.kind
+        nW, how_W = kind.op_norm(W)
+        nE, how_E = kind.op_norm(E)
+        rep = math.sqrt(kind.bias_repeat)          # a conv bias is added at every output pixel
+        lip = 1.0
+        for op in target.ops_after(i):
+            lip *= op.lipschitz()
+        rows.append((nW, nE, rep * float(np.linalg.norm(e_b)), rep * float(np.linalg.norm(b)), E, e_b,
+                     lip, how_W, how_E))
     nWs, nEs, nebs, nbs = ([r[k] for r in rows] for k in range(4))
-    radii, ins, outs = compose(nWs, nEs, nebs, nbs, float(input_radius))
+    radii, ins, outs = compose(nWs, nEs, nebs, nbs, float(input_radius), [r[6] for r in rows])
     details = []
-    for i, (nW, nE, neb, _nb, E, e_b) in enumerate(rows):
-        details.append({
+    for i, (nW, nE, neb, _nb, E, e_b, lip, how_W, how_E) in enumerate(rows):
+        d = {
             "layer": i, "weight_spectral_norm": nW, "error_spectral_norm": nE,
             "bias_error_norm": neb, "radius_in": radii[i], "bound_in": ins[i], "bound_out": outs[i],
             "max_weight_error": float(np.abs(E).max(initial=0.0)),
             "max_bias_error": float(np.abs(e_b).max(initial=0.0)),
-        })
+        }
+        if target.layers[i].kind.name != "linear" or target.ops_after(i):
+            d.update({"kind": target.layers[i].kind.name, "weight_norm_bound": how_W,
+                      "error_norm_bound": how_E, "lipschitz_after": lip,
+                      "ops_after": [op.name for op in target.ops_after(i)]})
+        details.append(d)
     delta = outs[-1] if outs else 0.0
     bound = delta * (1 + NUMERIC_SLACK) + 1e-300
     return Certificate(bound, float(input_radius), input_domain, details)
 
 
-def pruned_module(state: dict, masks: dict, depth: int, dtype=torch.float64) -> nn.Sequential:
-    """ĝ as a plain nn.Sequential with masks baked in (from the two state dicts)."""
-    mods: list[nn.Module] = []
-    for k in range(2 * depth):
-        w = torch.as_tensor(np.asarray(state[f"{2 * k}.weight"]), dtype=dtype)
-        b = torch.as_tensor(np.asarray(state[f"{2 * k}.bias"]), dtype=dtype)
-        mw = torch.as_tensor(np.asarray(masks[f"{2 * k}.weight"]) != 0)
-        mb = torch.as_tensor(np.asarray(masks[f"{2 * k}.bias"]) != 0)
-        lin = nn.Linear(w.shape[1], w.shape[0]).to(dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w * mw)
-            lin.bias.copy_(b * mb)
-        mods.append(lin)
-        if k < 2 * depth - 1:
-            mods.append(nn.ReLU())
-    return nn.Sequential(*mods)
+def pruned_module(state: dict, masks: dict, depth_or_layout, dtype=torch.float64) -> nn.Sequential:
+    """ĝ as a plain nn.Sequential with masks baked in (from the two state dicts). For an image
+    network it takes N×C×H×W tensors; :func:`flat_input` wraps it for flat vectors."""
+    layout = _layout(state, depth_or_layout)
+    g = layout.module(state, masks, dtype)
+    return g if layout.input_shape is None else flat_input(g, layout.input_shape)
+
+
+def flat_input(module: nn.Module, input_shape) -> nn.Sequential:
+    """``module`` preceded by an nn.Unflatten, so it takes flat vectors of C·H·W values."""
+    return nn.Sequential(nn.Unflatten(1, tuple(input_shape)), *module) if isinstance(module, nn.Sequential) \
+        else nn.Sequential(nn.Unflatten(1, tuple(input_shape)), module)
 
 
 def _project(x: torch.Tensor, radius: float, nonneg: bool) -> torch.Tensor:
@@ -226,7 +232,7 @@ def empirical_bound(target: Target, g: nn.Module, input_radius: float, input_dom
     ``witness`` in the result: the best point x* (float64, shape (p,)) and its error."""
     nonneg = input_domain == "nonnegative"
     rng = np.random.default_rng(seed)
-    p = target.sizes[0]
+    p = target.input_dim
     pts = [candidate_points(p, input_radius, nonneg, samples, rng)]
     if data is not None and len(data):
         d = np.asarray(data, dtype=np.float64).reshape(len(data), -1)
@@ -276,27 +282,40 @@ def check_soundness(empirical: float, certified: float) -> None:
 
 
 class CollapsedNet(nn.Module):
-    """ĝ computed through its exact layer maps (Lemma 1): x ↦ Ŵ⁺x⁺ + Ŵ⁻x⁻ + b̂, ReLU between
-    layers. Equal to the pruned network in exact arithmetic and orders of magnitude cheaper
-    than the wide dense network; results taken from it are spot-checked against ĝ itself."""
+    """ĝ computed through its exact layer maps (Lemma 1): x ↦ Ŵ⁺x⁺ + Ŵ⁻x⁻ + b̂ (each applied
+    as its layer's kind: a matrix, or a convolution with the kernel of that shape), ReLU between
+    layers, the target's pooling/flatten unchanged. Equal to the pruned network in exact
+    arithmetic and orders of magnitude cheaper than the wide dense network; results taken from
+    it are spot-checked against ĝ itself. Takes flat inputs (N, input_dim)."""
 
-    def __init__(self, maps: list[LayerMap], dtype=torch.float64):
+    def __init__(self, maps: list[LayerMap], dtype=torch.float64, target: Target | None = None):
         super().__init__()
         self.wp = [torch.as_tensor(M.w_plus, dtype=dtype) for M in maps]
         self.wm = [torch.as_tensor(M.w_minus, dtype=dtype) for M in maps]
         self.b = [torch.as_tensor(M.bias, dtype=dtype) for M in maps]
         self.signed = [bool(np.any(M.w_minus)) for M in maps]
+        self.kinds = [None] * len(maps) if target is None else [L.kind for L in target.layers]
+        self.after = [[] for _ in maps] if target is None else [target.ops_after(i) for i in range(len(maps))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         n = len(self.wp)
         for i in range(n):
             dt = h.dtype
-            out = h.clamp_min(0) @ self.wp[i].to(dt).T + self.b[i].to(dt)
-            if self.signed[i]:
-                out = out + h.clamp_max(0) @ self.wm[i].to(dt).T
+            kind = self.kinds[i]
+            if kind is None or kind.name == "linear":
+                h = h.reshape(h.shape[0], -1)
+                out = h.clamp_min(0) @ self.wp[i].to(dt).T + self.b[i].to(dt)
+                if self.signed[i]:
+                    out = out + h.clamp_max(0) @ self.wm[i].to(dt).T
+            else:
+                out = kind.apply(h.clamp_min(0), self.wp[i].to(dt), self.b[i].to(dt))
+                if self.signed[i]:
+                    out = out + kind.apply(h.clamp_max(0), self.wm[i].to(dt), None)
             h = torch.relu(out) if i < n - 1 else out
-        return h
+            for op in self.after[i]:
+                h = op.apply(h)
+        return h.reshape(h.shape[0], -1)
 
 
 def empirical_bound_fast(target: Target, maps: list[LayerMap], g: nn.Module, input_radius: float,
@@ -304,7 +323,7 @@ def empirical_bound_fast(target: Target, maps: list[LayerMap], g: nn.Module, inp
                          recheck: int = 64) -> dict:
     """The empirical search run on the collapsed network, then the best points re-evaluated on
     ĝ itself (float64): the reported value is an error of the real pruned network."""
-    collapsed = CollapsedNet(maps)
+    collapsed = CollapsedNet(maps, target=target)
     res = empirical_bound(target, collapsed, input_radius, input_domain, data=data, samples=samples,
                           steps=steps, starts=starts, seed=seed, return_points=recheck)
     pts = res.pop("top_points")

@@ -114,6 +114,7 @@ class LayerPlan:
     signed_input: bool  #: True only for layer 0 with a signed input domain
     grow: int = 0       #: units appended to a block per growth step (adaptive widths)
     extensions: np.ndarray | None = None  #: growth steps taken per block (p blocks + bias block)
+    kind: object = None  #: the target layer's kind (layerkinds.Linear/Conv2d); None: Linear
 
     def __post_init__(self) -> None:
         if self.extensions is None:
@@ -155,7 +156,8 @@ def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
             m = max(4, (fm + 1) // 2)
         grow = 0 if config.width == "formula" else (config.grow or max(4, m // 4))
         plans.append(LayerPlan(i, p, q, m, fm, L.bias is not None,
-                               signed_input=(i == 0 and config.input_domain == "signed"), grow=grow))
+                               signed_input=(i == 0 and config.input_domain == "signed"), grow=grow,
+                               kind=L.kind))
     entries = sum((pl.hidden + pl.grow * config.max_growth) * (pl.p + pl.q) for pl in plans)
     if entries > MAX_RANDOM_ENTRIES:
         gb = entries * 4 / 1e9
@@ -324,19 +326,23 @@ class Construction:
     config: ConstructionConfig
     plans: list[LayerPlan]
     pairs: list[RandomLayerPair] = field(default_factory=list)
+    after: tuple = ()                 #: the target's parameter-free ops after each layer
+    input_shape: tuple | None = None  #: (C, H, W) for an image network
+
+    @property
+    def layout(self):
+        return layout_of(self.plans, self.after, self.input_shape)
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        layout = self.layout
         out = {}
         for i, pair in enumerate(self.pairs):
-            out[f"{4 * i}.weight"] = pair.w1
-            out[f"{4 * i}.bias"] = pair.b1
-            out[f"{4 * i + 2}.weight"] = pair.w2
-            out[f"{4 * i + 2}.bias"] = pair.b2
+            out.update(layout.to_stored(i, pair.w1, pair.b1, pair.w2, pair.b2))
         return out
 
     @property
     def total_parameters(self) -> int:
-        return sum(a.size for a in self.state_dict().values())
+        return sum(pair.w1.size + pair.b1.size + pair.w2.size + pair.b2.size for pair in self.pairs)
 
     @property
     def prepruned_parameters(self) -> int:
@@ -347,30 +353,44 @@ class Construction:
         return total
 
 
+def layout_of(plans: list[LayerPlan], after=(), input_shape=None):
+    """The :class:`subsetsum_lth.gnet.GLayout` of the g these plans describe."""
+    from subsetsum_lth.gnet import GLayout
+    from subsetsum_lth.layerkinds import Linear
+    kinds = tuple(pl.kind if pl.kind is not None else Linear(pl.p, pl.q, pl.has_bias) for pl in plans)
+    after = tuple(tuple(a) for a in after) if after else tuple(() for _ in plans)
+    return GLayout(kinds, tuple(pl.hidden for pl in plans), after,
+                   None if input_shape is None else tuple(input_shape))
+
+
 def build_construction(target: Target, config: ConstructionConfig) -> Construction:
     plans = plan_layers(target, config)
     pairs = [draw_layer_pair(pl, config.seed, config.distribution) for pl in plans]
-    return Construction(config, plans, pairs)
+    return Construction(config, plans, pairs, tuple(tuple(target.ops_after(i)) for i in range(target.depth)),
+                        target.input_shape)
 
 
-def masks_state_dict(layer_masks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def masks_state_dict(layer_masks: list[dict[str, np.ndarray]], layout=None) -> dict[str, np.ndarray]:
+    """The stored mask tensors of per-layer {w1, b1, w2, b2} masks (MLP keys without a layout)."""
+    if layout is None:
+        from subsetsum_lth.gnet import GLayout
+        from subsetsum_lth.layerkinds import Linear
+        layout = GLayout(tuple(Linear(m["w1"].shape[1], m["w2"].shape[0]) for m in layer_masks),
+                         tuple(m["w1"].shape[0] for m in layer_masks))
     out = {}
     for i, mk in enumerate(layer_masks):
-        out[f"{4 * i}.weight"] = mk["w1"]
-        out[f"{4 * i}.bias"] = mk["b1"]
-        out[f"{4 * i + 2}.weight"] = mk["w2"]
-        out[f"{4 * i + 2}.bias"] = mk["b2"]
+        out.update(layout.to_stored(i, mk["w1"], mk["b1"], mk["w2"], mk["b2"]))
     return out
 
 
-def prepruning_masks(plans: list[LayerPlan], random_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def prepruning_masks(plans: list[LayerPlan], random_state: dict[str, np.ndarray], layout=None) -> dict[str, np.ndarray]:
     """The structural masks of §1 before solving (block-diagonal first layers, bias block with
     positive biases, live sign halves): what edge-popup's *structured* variant may use."""
+    layout = layout or layout_of(plans)
     out = {}
     for i, pl in enumerate(plans):
         H, p, q = pl.hidden, pl.p, pl.q
-        w1 = np.asarray(random_state[f"{4 * i}.weight"])
-        b1 = np.asarray(random_state[f"{4 * i}.bias"])
+        w1, b1, _, _ = layout.matrices(random_state, i)
         mw1 = np.zeros((H, p), dtype=np.uint8)
         for j in range(p):
             sl = pl.block_slice(j)
@@ -382,8 +402,6 @@ def prepruning_masks(plans: list[LayerPlan], random_state: dict[str, np.ndarray]
             sl = pl.block_slice(p)
             mb1[sl] = (b1[sl] > 0).astype(np.uint8)
         live_units = (mw1.any(axis=1) | mb1.astype(bool)).astype(np.uint8)
-        out[f"{4 * i}.weight"] = mw1
-        out[f"{4 * i}.bias"] = mb1
-        out[f"{4 * i + 2}.weight"] = np.repeat(live_units[None, :], q, axis=0)
-        out[f"{4 * i + 2}.bias"] = np.zeros(q, dtype=np.uint8)
+        out.update(layout.to_stored(i, mw1, mb1, np.repeat(live_units[None, :], q, axis=0),
+                                    np.zeros(q, dtype=np.uint8)))
     return out

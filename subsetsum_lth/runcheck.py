@@ -181,6 +181,25 @@ class Run:
     input_domain: str | None = None
     input_radius: float | None = None
     seed: int | None = None
+    layout_: object | None = None   #: subsetsum_lth.gnet.GLayout for networks with conv/pooling layers
+
+    @property
+    def layout(self):
+        """Where each tensor of g lives (:class:`subsetsum_lth.gnet.GLayout`)."""
+        if self.layout_ is not None:
+            return self.layout_
+        if self.plans is not None:
+            from subsetsum_lth.construction import layout_of
+            return layout_of(self.plans)
+        from subsetsum_lth.gnet import mlp_layout
+        return mlp_layout(self.random_state)
+
+    @property
+    def input_dim(self) -> int:
+        lay = self.layout_
+        if lay is not None and lay.input_shape is not None:
+            return int(np.prod(lay.input_shape))
+        return int(self.random_state["0.weight"].shape[1])
 
     @property
     def n_linear(self) -> int:
@@ -364,6 +383,8 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
     # --- tensors
     state = _load_tensors(path / rf.RANDOM_NET)
     masks = _load_tensors(path / rf.MASKS)
+    if kind == "subset-sum" and "target_arch" in report:
+        return _read_image_run(path, report, f, state, masks, sizes, domain, radius, seed)
     n = _linear_count(state, rf.RANDOM_NET, path)
     n_m = _linear_count(masks, rf.MASKS, path)
     if n_m != n:
@@ -449,6 +470,77 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
     return Run(path, state, masks, report, kind, relu_after, plans, target, domain, radius, seed)
 
 
+def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes, domain, radius, seed) -> Run:
+    """A subset-sum run of a network with conv/pooling layers: report.json records the target's
+    architecture and input shape; g's layout is rebuilt from them and the block widths (never
+    taken from the stored ``g_arch``, which must equal the rebuilt one), then every tensor's key
+    and shape is checked against it."""
+    from subsetsum_lth.construction import layout_of, prepruning_masks
+    from subsetsum_lth.errors import TargetError
+    from subsetsum_lth.layerkinds import kinds_from_arch
+    where = str(path / rf.REPORT)
+    arch = report.get("target_arch")
+    shape = f.int_list("input_shape", minimum=1)
+    if not isinstance(arch, list) or not arch:
+        raise f.fail("target_arch", "a list of layer objects", arch)
+    try:
+        kinds, after = kinds_from_arch(arch, shape)
+    except (TargetError, KeyError, TypeError, ValueError) as exc:
+        raise RunFolderError(f"{where}: 'target_arch' is not a supported architecture ({exc}); {RECREATE}") from None
+    if [kinds[0].p] + [k.q for k in kinds] != sizes:
+        raise RunFolderError(f"{where}: 'target_sizes' {sizes} do not match 'target_arch'; {RECREATE}")
+    plans = _plans(report.get("layers"), sizes, domain, f"{where} 'layers'")
+    for pl, k in zip(plans, kinds):
+        pl.kind = k
+    layout = layout_of(plans, after, shape)
+    if report.get("g_arch") is not None and report["g_arch"] != layout.ops():
+        raise RunFolderError(f"{where}: 'g_arch' is not the construction's network for 'target_arch' and the "
+                             f"recorded block widths; {RECREATE}")
+    want = layout.shapes()
+    for fname, tensors in ((rf.RANDOM_NET, state), (rf.MASKS, masks)):
+        if set(tensors) != set(want):
+            extra, missing = sorted(set(tensors) - set(want))[:4], sorted(set(want) - set(tensors))[:4]
+            raise RunFolderError(f"{path / fname}: keys are not those of the construction for the recorded "
+                                 f"architecture (unexpected {extra}, missing {missing}); {RECREATE}")
+        for k, shp in want.items():
+            if tuple(tensors[k].shape) != tuple(shp):
+                raise RunFolderError(f"{path / fname}: {k} has shape {tuple(tensors[k].shape)}, the construction "
+                                     f"recorded in report.json needs {tuple(shp)}; {RECREATE}")
+    for k in state:
+        if not np.issubdtype(state[k].dtype, np.floating):
+            raise RunFolderError(f"{path / rf.RANDOM_NET}: {k} is not floating point ({state[k].dtype}); {RECREATE}")
+        if masks[k].dtype != np.uint8:
+            raise RunFolderError(f"{path / rf.MASKS}: mask {k} has dtype {masks[k].dtype}; masks are uint8 0/1; {RECREATE}")
+        if masks[k].size and int(masks[k].max()) > 1:
+            raise RunFolderError(f"{path / rf.MASKS}: mask {k} holds values other than 0 and 1; {RECREATE}")
+    for k, a in prepruning_masks(plans, state, layout).items():
+        bad = int(np.count_nonzero(masks[k] & (1 - a)))
+        if bad:
+            raise RunFolderError(f"{path / rf.MASKS}: mask {k} keeps {bad} entries outside the blocks the "
+                                 f"construction allows (pre-pruned entries); {RECREATE}")
+    target = None
+    tpath = path / rf.TARGET
+    if tpath.exists() or tpath.is_symlink():
+        target = _load_target(tpath)
+        if target.is_mlp or target.arch() != layout_arch(kinds, after) or list(target.input_shape) != shape:
+            raise RunFolderError(f"{tpath} is not the network report.json records ('target_arch', "
+                                 f"'input_shape'); {RECREATE}")
+        for pl, L in zip(plans, target.layers):
+            if pl.has_bias != (L.bias is not None):
+                raise RunFolderError(f"{tpath}: layer {pl.index} {'has no' if pl.has_bias else 'has a'} bias but "
+                                     f"report.json records the opposite; {RECREATE}")
+    n_in = int(np.prod(shape))
+    if "witness" in report:
+        _witness_entry(report, where, n_in)
+    relu_after = [True] * (2 * len(plans) - 1)
+    return Run(path, state, masks, report, "subset-sum", relu_after, plans, target, domain, radius, seed, layout)
+
+
+def layout_arch(kinds, after) -> list[dict]:
+    from subsetsum_lth.layerkinds import arch_of
+    return arch_of(kinds, after)
+
+
 # ----------------------------------------------------------------------------- witness
 
 def _witness_entry(report: dict, where: str, p: int) -> dict:
@@ -469,7 +561,7 @@ def read_witness(run: Run) -> tuple[np.ndarray, float] | None:
         return None
     w = run.report["witness"]
     path = run.path / WITNESS
-    p = int(run.random_state["0.weight"].shape[1])
+    p = run.input_dim
     check_regular(path)
     # the tool's witness is p float64 values and one short metadata entry: refuse a file whose
     # header could make the reader allocate gigabytes before its shape is checked

@@ -29,14 +29,29 @@ TARGET_FILENAME = "target.safetensors"
 
 @dataclass
 class Layer:
-    """One target layer x -> W x + b (ReLU after it unless it is the last)."""
+    """One parametric target layer, seen as the matrix W (q × p) of its kind (see
+    :mod:`subsetsum_lth.layerkinds`): x -> W x + b for a Linear layer, the kernel reshaped to
+    (c_out, c_in·k_h·k_w) for a Conv2d layer. ReLU after it unless it is the last."""
 
     weight: np.ndarray          #: float64 (q, p)
     bias: np.ndarray | None     #: float64 (q,) or None
+    kind_: object = None        #: a layerkinds kind; None means Linear of the weight's shape
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.weight.shape)  # (q, p)
+
+    @property
+    def kind(self):
+        if self.kind_ is None:
+            from subsetsum_lth.layerkinds import Linear
+            q, p = self.weight.shape
+            return Linear(p, q, self.bias is not None)
+        return self.kind_
+
+    def tensor(self) -> np.ndarray:
+        """The weight in its layer's own shape (a conv kernel is 4-d)."""
+        return self.weight.reshape(self.kind.weight_shape())
 
 
 @dataclass
@@ -44,6 +59,10 @@ class Target:
     layers: list[Layer]
     metadata: dict = field(default_factory=dict)
     source: str = ""
+    #: per layer, the parameter-free ops after its ReLU (pooling, flatten); None: none anywhere
+    after: list | None = None
+    #: the shape of one input (C, H, W) for convolutional targets; None: flat (p,)
+    input_shape: tuple | None = None
 
     @property
     def depth(self) -> int:
@@ -51,7 +70,27 @@ class Target:
 
     @property
     def sizes(self) -> list[int]:
+        """[p, q_1, ..., q_l] of the layers' matrix views (for an MLP its layer widths)."""
         return [self.layers[0].weight.shape[1]] + [L.weight.shape[0] for L in self.layers]
+
+    @property
+    def is_mlp(self) -> bool:
+        return self.input_shape is None and all(L.kind_ is None or L.kind.name == "linear" for L in self.layers) \
+            and not any(self.ops_after(i) for i in range(self.depth))
+
+    @property
+    def input_dim(self) -> int:
+        """The number of input values (C·H·W for an image network)."""
+        if self.input_shape is not None:
+            return int(np.prod(self.input_shape))
+        return self.layers[0].weight.shape[1]
+
+    def ops_after(self, i: int) -> list:
+        return [] if self.after is None else list(self.after[i])
+
+    def arch(self) -> list[dict]:
+        from subsetsum_lth.layerkinds import arch_of
+        return arch_of([L.kind for L in self.layers], [self.ops_after(i) for i in range(self.depth)])
 
     @property
     def has_bias(self) -> bool:
@@ -62,43 +101,69 @@ class Target:
         return sum(L.weight.size + (0 if L.bias is None else L.bias.size) for L in self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """f(x) in the dtype of x (use float64 for certificates)."""
+        """f(x) in the dtype of x (use float64 for certificates). ``x``: (N, input_dim) flat,
+        or (N, C, H, W) images; the output is (N, outputs) flat."""
         h = x
         for i, L in enumerate(self.layers):
             W = torch.as_tensor(L.weight, dtype=x.dtype, device=x.device)
-            h = h @ W.T
-            if L.bias is not None:
-                h = h + torch.as_tensor(L.bias, dtype=x.dtype, device=x.device)
+            b = None if L.bias is None else torch.as_tensor(L.bias, dtype=x.dtype, device=x.device)
+            h = L.kind.apply(h, W, b)
             if i < len(self.layers) - 1:
                 h = torch.relu(h)
-        return h
+            for op in self.ops_after(i):
+                h = op.apply(h)
+        return h.reshape(h.shape[0], -1)
 
     def to_module(self, dtype=torch.float32) -> nn.Sequential:
+        """f as an nn.Sequential (with an nn.Unflatten first for image networks, so it takes
+        flat vectors like the rest of the package; ``module[1:]`` takes N×C×H×W images)."""
         mods: list[nn.Module] = []
+        if self.input_shape is not None:
+            mods.append(nn.Unflatten(1, tuple(self.input_shape)))
         for i, L in enumerate(self.layers):
-            q, p = L.weight.shape
-            lin = nn.Linear(p, q, bias=L.bias is not None)
+            kind = L.kind
+            if kind.name == "linear":
+                q, p = L.weight.shape
+                mod = nn.Linear(p, q, bias=L.bias is not None)
+            else:
+                mod = nn.Conv2d(kind.in_channels, kind.out_channels, kind.kernel, kind.stride, kind.padding,
+                                bias=L.bias is not None)
             with torch.no_grad():
-                lin.weight.copy_(torch.as_tensor(L.weight))
+                mod.weight.copy_(torch.as_tensor(L.tensor()))
                 if L.bias is not None:
-                    lin.bias.copy_(torch.as_tensor(L.bias))
-            mods.append(lin)
+                    mod.bias.copy_(torch.as_tensor(L.bias))
+            mods.append(mod)
             if i < len(self.layers) - 1:
                 mods.append(nn.ReLU())
+            mods.extend(op.module() for op in self.ops_after(i))
+        if not self.is_mlp and self.layers[-1].kind.name != "linear":
+            mods.append(nn.Flatten())
         return nn.Sequential(*mods).to(dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """float32 tensors when every value is exactly a float32 (a float32 target), else float64:
         a saved target is the same function as the one in memory, so a certificate recomputed
-        from the file matches the one computed before saving."""
+        from the file matches the one computed before saving. MLP keys are those of
+        Sequential(Linear, ReLU, ...); a network with conv/pooling layers is keyed by the index
+        of each layer in its architecture list (:meth:`arch`), which is saved beside it."""
         arrays = {}
-        for i, L in enumerate(self.layers):
-            arrays[f"{2 * i}.weight"] = L.weight
-            if L.bias is not None:
-                arrays[f"{2 * i}.bias"] = L.bias
+        if self.is_mlp:
+            for i, L in enumerate(self.layers):
+                arrays[f"{2 * i}.weight"] = L.weight
+                if L.bias is not None:
+                    arrays[f"{2 * i}.bias"] = L.bias
+        else:
+            for idx, L in zip(self.arch_indices(), self.layers):
+                arrays[f"{idx}.weight"] = L.tensor()
+                if L.bias is not None:
+                    arrays[f"{idx}.bias"] = L.bias
         exact32 = all(np.array_equal(a.astype(np.float32).astype(np.float64), a) for a in arrays.values())
         dtype = torch.float32 if exact32 else torch.float64
         return {k: torch.as_tensor(a, dtype=dtype).contiguous() for k, a in arrays.items()}
+
+    def arch_indices(self) -> list[int]:
+        """The index in :meth:`arch` (= in ``module_from_arch``) of each parametric layer."""
+        return [i for i, op in enumerate(self.arch()) if op["op"] in ("linear", "conv2d")]
 
 
 def from_state_dict(state: dict, source: str = "", metadata: dict | None = None,
@@ -172,7 +237,8 @@ def from_module(module: nn.Module) -> Target:
 
 
 def load_target(path: str | Path, layers: list[str] | str | None = None,
-                preprocessing=None, info: dict | None = None) -> Target:
+                preprocessing=None, info: dict | None = None, arch=None,
+                input_shape=(1, 28, 28)) -> Target:
     """Load a target from a checkpoint file (see :mod:`subsetsum_lth.checkpoint`) or a
     train-target folder.
 
@@ -180,7 +246,10 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
     not determine it. ``preprocessing``: a :class:`subsetsum_lth.preprocess.Preprocessing` the
     model was trained with (``--input-normalize``/``--input-scale``); it, or one stored in the
     file's metadata, is folded into the first layer, so the returned target takes pixels/255.
-    ``info`` (optional) is filled with what the loader saw, also when it refuses."""
+    ``info`` (optional) is filled with what the loader saw, also when it refuses.
+    ``arch``: an architecture (``--arch lenet5`` or a SPEC, or a parsed list) for a plain
+    state_dict of a network with conv/pooling layers, whose keys cannot say where pooling and
+    flatten go; a file written by this tool carries its architecture in its metadata."""
     from subsetsum_lth import preprocess
     from subsetsum_lth.checkpoint import parse_layers, read_checkpoint
     info = {} if info is None else info
@@ -197,8 +266,25 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
         raise TargetError(f"target file {path} does not exist")
     raw = read_checkpoint(path)
     info.update(raw.info)
-    target = from_state_dict(raw.state, str(path), raw.metadata, layers=layers,
-                             order_known=raw.order_known, info=info)
+    stored_arch = raw.metadata.get("arch") if isinstance(raw.metadata, dict) else None
+    if arch is None and stored_arch:
+        try:
+            arch = json.loads(stored_arch)
+            input_shape = json.loads(raw.metadata.get("input_shape", "null"))
+        except (TypeError, ValueError) as exc:
+            raise TargetError(f"{path}: the architecture stored in its metadata is not valid JSON ({exc})")
+    elif arch is not None:
+        from subsetsum_lth import arch as arch_mod
+        if isinstance(arch, str):
+            arch = arch_mod.parse_arch(arch, input_shape)
+        raw_state = arch_mod.state_for_arch(raw.state, arch, input_shape, str(path))
+        raw = type(raw)(**{**raw.__dict__, "state": raw_state})
+    if arch is not None:
+        info["arch"] = arch
+        target = from_arch_state(raw.state, arch, input_shape, str(path), raw.metadata)
+    else:
+        target = from_state_dict(raw.state, str(path), raw.metadata, layers=layers,
+                                 order_known=raw.order_known, info=info)
     target = preprocess.apply(target, preprocessing)
     info["preprocessing"] = preprocess.report(target)
     return target
@@ -209,7 +295,62 @@ def save_target(target: Target, path: str | Path, metadata: dict | None = None) 
     meta = {"format": "subsetsum-lth-target", "activation": "relu"}
     meta.update({k: str(v) for k, v in (target.metadata or {}).items()})
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    if not target.is_mlp:
+        meta["arch"] = json.dumps(target.arch())
+        meta["input_shape"] = json.dumps(list(target.input_shape or [target.input_dim]))
     atomic_save_safetensors(target.state_dict(), path, meta)
+
+
+def from_arch_state(state: dict, arch: list[dict], input_shape, source: str = "",
+                    metadata: dict | None = None) -> Target:
+    """A target from an architecture list (:mod:`subsetsum_lth.arch`) and a state dict keyed
+    like ``module_from_arch(arch)`` (``{index}.weight``/``{index}.bias`` for each conv2d/linear
+    entry). Shapes, dtypes and finiteness are checked; every key must be used."""
+    from subsetsum_lth.layerkinds import kinds_from_arch
+    where = f" in {source}" if source else ""
+    if input_shape is None or len(input_shape) == 0:
+        raise TargetError(f"the target{where} has an architecture but no input shape")
+    kinds, after = kinds_from_arch(arch, input_shape)
+    idxs = [i for i, op in enumerate(arch) if str(op.get("op", "")).lower() in ("linear", "conv2d")]
+    used, layers = set(), []
+    for idx, kind in zip(idxs, kinds):
+        wkey, bkey = f"{idx}.weight", f"{idx}.bias"
+        if wkey not in state:
+            raise TargetError(f"the target{where} has no tensor {wkey!r} for layer {idx} ({kind.name}) of its "
+                              f"architecture; expected shape {list(kind.weight_shape())}")
+        w = torch.as_tensor(state[wkey])
+        if tuple(w.shape) != tuple(kind.weight_shape()):
+            raise TargetError(f"{wkey}{where} has shape {list(w.shape)}; layer {idx} ({kind.name}) of the "
+                              f"architecture needs {list(kind.weight_shape())}")
+        if not w.is_floating_point():
+            raise TargetError(f"{wkey}{where} has the non-floating dtype {w.dtype}")
+        wn = w.detach().to(torch.float64).cpu().numpy().reshape(kind.q, kind.p)
+        if not np.all(np.isfinite(wn)):
+            raise TargetError(f"{wkey}{where} has {int((~np.isfinite(wn)).sum())} NaN/Inf weight(s); "
+                              "fix or retrain the target")
+        used.add(wkey)
+        bn = None
+        if bkey in state:
+            b = torch.as_tensor(state[bkey])
+            if tuple(b.shape) != (kind.q,):
+                raise TargetError(f"{bkey}{where} has shape {list(b.shape)}; expected [{kind.q}]")
+            bn = b.detach().to(torch.float64).cpu().numpy()
+            if not np.all(np.isfinite(bn)):
+                raise TargetError(f"{bkey}{where} has NaN/Inf entries")
+            used.add(bkey)
+        elif kind.bias:
+            # the architecture says bias but the file has none: a bias-free layer
+            pass
+        layers.append(Layer(wn, bn, kind))
+    extra = sorted(set(state) - used)
+    if extra:
+        raise TargetError(f"the target{where} holds tensors its architecture does not use: "
+                          f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+    t = Target(layers, dict(metadata or {}), source, after=after, input_shape=tuple(int(v) for v in input_shape))
+    if t.is_mlp:
+        # a plain MLP stays an MLP (same keys, same behaviour as before)
+        t = Target([Layer(L.weight, L.bias) for L in layers], dict(metadata or {}), source)
+    return t
 
 
 def random_target(sizes, bias=True, seed=0, scale: float | None = None,

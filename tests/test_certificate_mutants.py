@@ -15,20 +15,21 @@ from subsetsum_lth.errors import CertificateViolation
 from tests.tight_cases import check_case, real_check_cases
 
 
-def _compose(norms_W, norms_E, norms_eb, norms_b, r, *, w_factor=True, eta_at_R_plus_delta=True,
-             bias_in_R=True, bias_error=True, scale=1.0):
+def _compose(norms_W, norms_E, norms_eb, norms_b, r, lips=None, *, w_factor=True, eta_at_R_plus_delta=True,
+             bias_in_R=True, bias_error=True, scale=1.0, lipschitz=True):
     """certify.compose with one term switchable off (a copy: the package's own is never edited)."""
     R, delta = float(r), 0.0
     radii, ins, outs = [], [], []
-    for nW, nE, neb, nb in zip(norms_W, norms_E, norms_eb, norms_b):
+    lips = [1.0] * len(norms_W) if lips is None or not lipschitz else lips
+    for nW, nE, neb, nb, L in zip(norms_W, norms_E, norms_eb, norms_b, lips):
         rho = (R + delta) if eta_at_R_plus_delta else R
         eta = rho * nE + (neb if bias_error else 0.0)
-        new_delta = (nW * delta if w_factor else delta) + eta
+        new_delta = L * ((nW * delta if w_factor else delta) + eta)
         radii.append(R)
         ins.append(delta)
         outs.append(new_delta)
         delta = new_delta
-        R = nW * R + (nb if bias_in_R else 0.0)
+        R = L * (nW * R + (nb if bias_in_R else 0.0))
     outs[-1] *= scale
     return radii, ins, outs
 

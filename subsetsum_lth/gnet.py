@@ -1,0 +1,210 @@
+"""The random network g and its masks: one layout that owns key naming, and one builder.
+
+g replaces target layer i by two layers (DESIGN §1): for a Linear layer ``Linear(p, H_i)``,
+ReLU, ``Linear(H_i, q)``; for a Conv2d layer ``Conv2d(c_in, H_i, k, stride, padding)``, ReLU,
+``Conv2d(H_i, q, 1)``; then the ReLU of the target layer (not after the last) and the
+target's parameter-free layers (pooling, flatten) unchanged. :class:`GLayout` says which
+``nn.Sequential`` index holds which tensor — an MLP's g has the keys ``4i`` and ``4i+2`` of
+DESIGN §5 — and :func:`module_from_ops` is the one place an ``nn.Sequential`` is built from
+an architecture list and state dicts (certify, the API, compare and edge-popup use it).
+:class:`Masks` is a validated mask set (0/1 values, keys and shapes those of the layout).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from subsetsum_lth.errors import RunFolderError
+
+PARAM_OPS = ("linear", "conv2d")
+
+
+def _first_op(kind, hidden: int) -> dict:
+    if kind.name == "linear":
+        return {"op": "linear", "in_features": kind.p, "out_features": int(hidden), "bias": True}
+    return {"op": "conv2d", "in_channels": kind.in_channels, "out_channels": int(hidden),
+            "kernel": list(kind.kernel), "stride": list(kind.stride), "padding": list(kind.padding),
+            "bias": True}
+
+
+def _second_op(kind, hidden: int) -> dict:
+    if kind.name == "linear":
+        return {"op": "linear", "in_features": int(hidden), "out_features": kind.q, "bias": True}
+    return {"op": "conv2d", "in_channels": int(hidden), "out_channels": kind.q, "kernel": [1, 1],
+            "stride": [1, 1], "padding": [0, 0], "bias": True}
+
+
+@dataclass(frozen=True)
+class GLayout:
+    """Where the tensors of g live: one entry per target layer (its kind, the hidden width of
+    its pair, the parameter-free ops after it)."""
+
+    kinds: tuple
+    hidden: tuple
+    after: tuple = ()
+    input_shape: tuple | None = None
+
+    @classmethod
+    def for_target(cls, target, hidden) -> "GLayout":
+        return cls(tuple(L.kind for L in target.layers), tuple(int(h) for h in hidden),
+                   tuple(tuple(target.ops_after(i)) for i in range(target.depth)),
+                   None if target.input_shape is None else tuple(target.input_shape))
+
+    @property
+    def depth(self) -> int:
+        return len(self.kinds)
+
+    def ops_after(self, i: int) -> tuple:
+        return tuple(self.after[i]) if self.after else ()
+
+    def ops(self) -> list[dict]:
+        """g as an architecture list (the order of its nn.Sequential)."""
+        out = []
+        for i, (kind, h) in enumerate(zip(self.kinds, self.hidden)):
+            out += [_first_op(kind, h), {"op": "relu"}, _second_op(kind, h)]
+            if i < self.depth - 1:
+                out.append({"op": "relu"})
+            out += [o.arch() for o in self.ops_after(i)]
+        return out
+
+    def param_indices(self) -> list[int]:
+        return [i for i, op in enumerate(self.ops()) if op["op"] in PARAM_OPS]
+
+    def pair_keys(self, i: int) -> tuple[str, str, str, str]:
+        """Keys (w1, b1, w2, b2) of target layer i's two random layers."""
+        idx = self.param_indices()
+        a, b = idx[2 * i], idx[2 * i + 1]
+        return f"{a}.weight", f"{a}.bias", f"{b}.weight", f"{b}.bias"
+
+    def shapes(self) -> dict[str, tuple]:
+        out = {}
+        for i, (kind, h) in enumerate(zip(self.kinds, self.hidden)):
+            s1, s2 = kind.g_shapes(h)
+            k1, kb1, k2, kb2 = self.pair_keys(i)
+            out.update({k1: tuple(s1), kb1: (h,), k2: tuple(s2), kb2: (kind.q,)})
+        return out
+
+    def matrices(self, state: dict, i: int, masks: dict | None = None):
+        """(w1 (H, p), b1, w2 (q, H), b2) of pair i as float64 matrices, masked if ``masks``."""
+        kind, h = self.kinds[i], self.hidden[i]
+        out = []
+        for key, shape in zip(self.pair_keys(i), ((h, kind.p), (h,), (kind.q, h), (kind.q,))):
+            a = np.asarray(state[key], dtype=np.float64)
+            if masks is not None:
+                mk = np.asarray(masks[key])
+                if mk.shape != a.shape:
+                    raise RunFolderError(f"mask {key} has shape {mk.shape}, random weight {a.shape}")
+                a = a * (mk != 0)
+            out.append(a.reshape(shape))
+        return tuple(out)
+
+    def to_stored(self, i: int, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> dict:
+        """Pair i's matrices under their keys, in their stored (module) shapes."""
+        kind, h = self.kinds[i], self.hidden[i]
+        s1, s2 = kind.g_shapes(h)
+        k1, kb1, k2, kb2 = self.pair_keys(i)
+        return {k1: w1.reshape(s1), kb1: b1, k2: w2.reshape(s2), kb2: b2}
+
+    def module(self, state: dict, masks: dict | None = None, dtype=torch.float64,
+               relu_after=None) -> nn.Sequential:
+        return module_from_ops(self.ops(), state, masks, dtype, relu_after)
+
+    def describe(self) -> dict:
+        return {"g_arch": self.ops(), "input_shape": None if self.input_shape is None else list(self.input_shape)}
+
+
+def module_from_ops(ops: list[dict], state: dict | None = None, masks: dict | None = None,
+                    dtype=torch.float32, relu_after=None) -> nn.Sequential:
+    """An nn.Sequential from an architecture list, its parametric layers loaded from ``state``
+    (keyed ``{index}.weight``/``{index}.bias``) and multiplied by ``masks`` when given.
+    ``relu_after`` (one bool per ReLU of ``ops``, in order): False puts ``nn.Identity`` in
+    that ReLU's place, so the keys stay the same (edge-popup's ``--no-inner-relu``)."""
+    from subsetsum_lth.layerkinds import Op
+    mods: list[nn.Module] = []
+    relus = [i for i, op in enumerate(ops) if op["op"] == "relu"]
+    if relu_after is not None and len(relu_after) != len(relus):
+        raise RunFolderError(f"relu_after has {len(relu_after)} entries for {len(relus)} ReLUs")
+    keep_relu = dict(zip(relus, [True] * len(relus) if relu_after is None else [bool(r) for r in relu_after]))
+    for idx, op in enumerate(ops):
+        name = op["op"]
+        if name == "linear":
+            mod = nn.Linear(int(op["in_features"]), int(op["out_features"]), bias=op.get("bias", True))
+        elif name == "conv2d":
+            mod = nn.Conv2d(int(op["in_channels"]), int(op["out_channels"]), tuple(op["kernel"]),
+                            tuple(op.get("stride", (1, 1))), tuple(op.get("padding", (0, 0))),
+                            bias=op.get("bias", True))
+        elif name == "relu":
+            mods.append(nn.ReLU() if keep_relu[idx] else nn.Identity())
+            continue
+        elif name in ("maxpool2d", "avgpool2d", "flatten"):
+            mods.append(Op(name, (), tuple(op.get("kernel", (1, 1))), tuple(op.get("stride", (1, 1)))).module())
+            continue
+        else:
+            raise RunFolderError(f"unsupported layer {idx} ({name}) in an architecture")
+        mod = mod.to(dtype)
+        if state is not None:
+            with torch.no_grad():
+                for t in ("weight", "bias"):
+                    key = f"{idx}.{t}"
+                    if getattr(mod, t) is None:
+                        continue
+                    v = torch.as_tensor(np.asarray(state[key]), dtype=dtype)
+                    if masks is not None:
+                        v = v * torch.as_tensor(np.asarray(masks[key]) != 0)
+                    getattr(mod, t).copy_(v.reshape(getattr(mod, t).shape))
+        mods.append(mod)
+    return nn.Sequential(*mods)
+
+
+def mlp_layout(state: dict) -> GLayout:
+    """The layout of an MLP g read off its state dict (keys 0, 2, 4, ... of Linear layers)."""
+    from subsetsum_lth.layerkinds import Linear
+    n = len([k for k in state if k.endswith(".weight")])
+    if n % 2:
+        raise RunFolderError(f"the random network has {n} Linear layers; a construction has an even number")
+    kinds, hidden = [], []
+    for i in range(n // 2):
+        w1 = np.asarray(state[f"{4 * i}.weight"])
+        w2 = np.asarray(state[f"{4 * i + 2}.weight"])
+        kinds.append(Linear(int(w1.shape[1]), int(w2.shape[0])))
+        hidden.append(int(w1.shape[0]))
+    return GLayout(tuple(kinds), tuple(hidden), tuple(() for _ in kinds))
+
+
+@dataclass
+class Masks:
+    """A validated mask set for a layout: uint8 0/1 tensors under the layout's keys, in the
+    stored shapes (``masks.safetensors``)."""
+
+    layout: GLayout
+    tensors: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shapes = self.layout.shapes()
+        missing = sorted(set(shapes) - set(self.tensors))
+        extra = sorted(set(self.tensors) - set(shapes))
+        if missing or extra:
+            raise RunFolderError(f"masks do not match the network: missing {missing[:4]}, unexpected {extra[:4]}")
+        for k, shape in shapes.items():
+            a = np.asarray(self.tensors[k])
+            if tuple(a.shape) != tuple(shape):
+                raise RunFolderError(f"mask {k} has shape {list(a.shape)}; the network needs {list(shape)}")
+            if a.size and not np.isin(a, (0, 1)).all():
+                raise RunFolderError(f"mask {k} holds values other than 0 and 1")
+
+    @classmethod
+    def from_pairs(cls, layout: GLayout, pairs: list[dict]) -> "Masks":
+        """From per-layer {w1, b1, w2, b2} matrices (the construction's output)."""
+        out = {}
+        for i, mk in enumerate(pairs):
+            out.update(layout.to_stored(i, mk["w1"], mk["b1"], mk["w2"], mk["b2"]))
+        return cls(layout, {k: np.ascontiguousarray(v, dtype=np.uint8) for k, v in out.items()})
+
+    def state_dict(self) -> dict:
+        return dict(self.tensors)
+
+    def kept(self) -> int:
+        return int(sum(int(np.asarray(a).sum()) for a in self.tensors.values()))

@@ -1,0 +1,328 @@
+"""Layer kinds: what differs between a Linear and a Conv2d target layer, in one object each.
+
+Every parametric target layer is seen by the construction, the solvers and the certificate as
+a matrix ``W`` of shape ``(q, p)``: for a Linear layer the weight itself, for a Conv2d layer
+the kernel ``K`` of shape ``(c_out, c_in, k_h, k_w)`` reshaped to ``(c_out, c_in·k_h·k_w)`` —
+the patch coordinate ``(c, a, b)`` plays the part of an input coordinate (da Cunha et al.
+2022; Burkholz 2022). A kind object knows the rest: how the layer acts on a tensor, the
+shapes of the two random layers of g that replace it (a Linear pair, or a k×k Conv2d with one
+kept entry per hidden channel followed by a 1×1 Conv2d), the proven operator-norm bound the
+certificate uses, and how many times a bias vector is repeated (once per output pixel).
+
+Parameter-free layers (max/average pooling, flatten) are :class:`Op` objects with a proven
+ℓ2 Lipschitz constant; ReLU is implied after every parametric layer but the last.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from subsetsum_lth.errors import TargetError
+
+#: kinds of parametric layers and of parameter-free ops, by their name in an architecture list
+PARAMETRIC = ("linear", "conv2d")
+PARAMETER_FREE = ("maxpool2d", "avgpool2d", "flatten")
+
+
+def spectral_norm(M: np.ndarray) -> float:
+    """‖M‖₂ as sqrt(λ_max) of the smaller Gram matrix (float64; relative error ~1e-13)."""
+    M = np.asarray(M, dtype=np.float64)
+    if M.size == 0:
+        return 0.0
+    G = M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M
+    lam = float(np.linalg.eigvalsh(G)[-1])
+    return float(np.sqrt(max(lam, 0.0)))
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            raise TargetError(f"expected two integers, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """x ↦ W x + b on flat vectors."""
+
+    in_features: int
+    out_features: int
+    bias: bool = True
+    name = "linear"
+
+    @property
+    def p(self) -> int:
+        return self.in_features
+
+    @property
+    def q(self) -> int:
+        return self.out_features
+
+    @property
+    def in_shape(self) -> tuple:
+        return (self.in_features,)
+
+    @property
+    def out_shape(self) -> tuple:
+        return (self.out_features,)
+
+    bias_repeat = 1
+
+    def weight_shape(self) -> tuple:
+        return (self.q, self.p)
+
+    def apply(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        out = x.reshape(x.shape[0], -1) @ W.T
+        return out if b is None else out + b
+
+    def g_shapes(self, hidden: int) -> tuple[tuple, tuple]:
+        """Stored shapes of the two random weights of g for this layer."""
+        return (hidden, self.p), (self.q, hidden)
+
+    def g_modules(self, hidden: int) -> tuple[nn.Module, nn.Module]:
+        return nn.Linear(self.p, hidden), nn.Linear(hidden, self.q)
+
+    def op_norm(self, M: np.ndarray) -> tuple[float, str]:
+        """A proven upper bound on the operator norm of x ↦ M x (here exact)."""
+        return spectral_norm(M), "spectral"
+
+    def arch(self) -> dict:
+        return {"op": "linear", "in_features": self.in_features, "out_features": self.out_features,
+                "bias": bool(self.bias)}
+
+
+@dataclass(frozen=True)
+class Conv2d:
+    """x ↦ conv(x, K) + b on (C, H, W) tensors, zero padding, no dilation or groups."""
+
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    in_hw: tuple[int, int]
+    bias: bool = True
+    name = "conv2d"
+
+    @property
+    def p(self) -> int:
+        return self.in_channels * self.kernel[0] * self.kernel[1]
+
+    @property
+    def q(self) -> int:
+        return self.out_channels
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return tuple((n + 2 * pd - k) // s + 1
+                     for n, k, s, pd in zip(self.in_hw, self.kernel, self.stride, self.padding))
+
+    @property
+    def in_shape(self) -> tuple:
+        return (self.in_channels, *self.in_hw)
+
+    @property
+    def out_shape(self) -> tuple:
+        return (self.out_channels, *self.out_hw)
+
+    @property
+    def bias_repeat(self) -> int:
+        """A bias vector is added at every output pixel: ‖b broadcast‖ = ‖b‖·sqrt(this)."""
+        return self.out_hw[0] * self.out_hw[1]
+
+    def weight_shape(self) -> tuple:
+        return (self.q, self.in_channels, *self.kernel)
+
+    def kernel_of(self, W: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+        return W.reshape(W.shape[0], channels or self.in_channels, *self.kernel)
+
+    def apply(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        x = x.reshape(x.shape[0], *self.in_shape)
+        return F.conv2d(x, self.kernel_of(W), b, stride=self.stride, padding=self.padding)
+
+    def g_shapes(self, hidden: int) -> tuple[tuple, tuple]:
+        return (hidden, self.in_channels, *self.kernel), (self.q, hidden, 1, 1)
+
+    def g_modules(self, hidden: int) -> tuple[nn.Module, nn.Module]:
+        return (nn.Conv2d(self.in_channels, hidden, self.kernel, self.stride, self.padding),
+                nn.Conv2d(hidden, self.q, 1))
+
+    def covering(self) -> int:
+        """The largest number of patches (output positions) that share one input pixel."""
+        return math.ceil(self.kernel[0] / self.stride[0]) * math.ceil(self.kernel[1] / self.stride[1])
+
+    def op_norm(self, M: np.ndarray) -> tuple[float, str]:
+        """A proven upper bound on ‖conv_M‖₂ for M of shape (c_out, c·k_h·k_w) (c may be 2·c_in:
+        the signed-input split [E⁺ E⁻] acts on (x⁺, x⁻), and ‖(x⁺, x⁻)‖ = ‖x‖).
+
+        The smaller of two bounds, both sound: (a) the patch bound sqrt(⌈k_h/s_h⌉⌈k_w/s_w⌉)·‖M‖₂
+        (each pixel lies in at most that many patches); (b) the exact norm of the circular
+        convolution on a torus large enough that no patch wraps (T ≥ H + 2p + k), which is
+        max over the torus frequencies of σ_max(K̂(ω)); zero padding is the torus operator
+        restricted to an embedded input and cropped, and a stride only subsamples its output,
+        neither of which increases a norm."""
+        M = np.asarray(M, dtype=np.float64)
+        patch = math.sqrt(self.covering()) * spectral_norm(M)
+        c = M.shape[1] // (self.kernel[0] * self.kernel[1])
+        K = M.reshape(M.shape[0], c, *self.kernel)
+        T = [n + 2 * pd + k for n, pd, k in zip(self.in_hw, self.padding, self.kernel)]
+        if K.size == 0 or not np.any(K):
+            return 0.0, "fft"
+        if (T[0] * T[1]) * K.shape[0] * K.shape[1] > 50_000_000:
+            return patch, "patch"
+        Kh = np.fft.fft2(K, s=T)                          # (c_out, c, T0, T1)
+        Kh = np.moveaxis(Kh, (0, 1), (-2, -1)).reshape(-1, K.shape[0], K.shape[1])
+        G = np.conj(np.swapaxes(Kh, 1, 2)) @ Kh if K.shape[0] >= K.shape[1] else Kh @ np.conj(np.swapaxes(Kh, 1, 2))
+        fft = float(np.sqrt(max(float(np.linalg.eigvalsh(G)[:, -1].max()), 0.0)))
+        return (fft, "fft") if fft <= patch else (patch, "patch")
+
+    def arch(self) -> dict:
+        return {"op": "conv2d", "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel": list(self.kernel), "stride": list(self.stride), "padding": list(self.padding),
+                "bias": bool(self.bias)}
+
+
+@dataclass(frozen=True)
+class Op:
+    """A parameter-free layer: ``maxpool2d``/``avgpool2d`` (kernel, stride) or ``flatten``."""
+
+    name: str
+    in_shape: tuple
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+
+    @property
+    def out_shape(self) -> tuple:
+        if self.name == "flatten":
+            return (int(np.prod(self.in_shape)),)
+        c, h, w = self.in_shape
+        return (c, (h - self.kernel[0]) // self.stride[0] + 1, (w - self.kernel[1]) // self.stride[1] + 1)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if self.name == "flatten":
+            return x.reshape(x.shape[0], -1)
+        x = x.reshape(x.shape[0], *self.in_shape)
+        if self.name == "maxpool2d":
+            return F.max_pool2d(x, self.kernel, self.stride)
+        return F.avg_pool2d(x, self.kernel, self.stride)
+
+    def module(self) -> nn.Module:
+        if self.name == "flatten":
+            return nn.Flatten()
+        cls = nn.MaxPool2d if self.name == "maxpool2d" else nn.AvgPool2d
+        return cls(self.kernel, self.stride)
+
+    def lipschitz(self) -> float:
+        """A proven ℓ2 Lipschitz constant (also bounds ‖op(x)‖/‖x‖, since op(0) = 0).
+        Max pooling: |max a − max b| ≤ ‖a − b‖ per window and a pixel lies in at most
+        N = ⌈k_h/s_h⌉⌈k_w/s_w⌉ windows, so sqrt(N) (1 for non-overlapping windows). Average
+        pooling over n = k_h·k_w pixels: (Σa/n)² ≤ Σa²/n per window, so sqrt(N/n) (1/k for
+        non-overlapping k×k windows). Flatten: an isometry."""
+        if self.name == "flatten":
+            return 1.0
+        n_cover = math.ceil(self.kernel[0] / self.stride[0]) * math.ceil(self.kernel[1] / self.stride[1])
+        if self.name == "maxpool2d":
+            return math.sqrt(n_cover)
+        return math.sqrt(n_cover / (self.kernel[0] * self.kernel[1]))
+
+    def arch(self) -> dict:
+        if self.name == "flatten":
+            return {"op": "flatten"}
+        return {"op": self.name, "kernel": list(self.kernel), "stride": list(self.stride)}
+
+
+def kinds_from_arch(arch: list[dict], input_shape) -> tuple[list, list[list[Op]]]:
+    """Parse an architecture list (see :mod:`subsetsum_lth.arch`) into parametric kinds and, per
+    parametric layer, the parameter-free ops that follow its ReLU (ops before the first
+    parametric layer are refused). Checks the class of Theorem 1: ReLU after every parametric
+    layer except the last, none after the last, nothing else."""
+    shape = tuple(int(s) for s in input_shape)
+    kinds: list = []
+    after: list[list[Op]] = []
+    relu_after: list[bool] = []
+    state = "start"          # start | relu? (just after a parametric layer) | ops
+    for idx, op in enumerate(arch):
+        if not isinstance(op, dict) or "op" not in op:
+            raise TargetError(f"architecture entry {idx} is not an object with an 'op' field: {op!r}")
+        name = str(op["op"]).lower()
+        where = f"layer {idx} ({name})"
+        if name == "relu":
+            if state != "relu?":
+                raise TargetError(f"{where}: a ReLU must follow a conv2d or linear layer directly")
+            relu_after[-1] = True
+            state = "ops"
+            continue
+        if name in PARAMETRIC and kinds and not relu_after[-1]:
+            raise TargetError(f"{where}: a ReLU must follow the previous {kinds[-1].name} layer "
+                              "(subset-sum tickets cover ReLU networks; only the last layer has no ReLU)")
+        if name == "linear":
+            n_in = int(np.prod(shape))
+            if int(op["in_features"]) != n_in:
+                raise TargetError(f"{where}: in_features={op['in_features']} but its input has {n_in} "
+                                  f"values (shape {list(shape)})")
+            kind = Linear(n_in, int(op["out_features"]), bool(op.get("bias", True)))
+        elif name == "conv2d":
+            if len(shape) != 3:
+                raise TargetError(f"{where}: a conv2d layer needs a (C, H, W) input, got shape {list(shape)}")
+            for bad in ("dilation", "groups"):
+                if op.get(bad, 1) not in (1, [1, 1], (1, 1)):
+                    raise TargetError(f"{where}: {bad}={op[bad]} is not supported (only dilation 1, groups 1)")
+            if op.get("padding_mode", "zeros") != "zeros":
+                raise TargetError(f"{where}: padding_mode={op['padding_mode']!r} is not supported (zeros only)")
+            if int(op["in_channels"]) != shape[0]:
+                raise TargetError(f"{where}: in_channels={op['in_channels']} but its input has {shape[0]} channels")
+            kind = Conv2d(shape[0], int(op["out_channels"]), _pair(op["kernel"]), _pair(op.get("stride", 1)),
+                          _pair(op.get("padding", 0)), (shape[1], shape[2]), bool(op.get("bias", True)))
+            if min(kind.out_hw) < 1 or min(kind.kernel) < 1 or min(kind.stride) < 1 or min(kind.padding) < 0:
+                raise TargetError(f"{where}: kernel {list(kind.kernel)}, stride {list(kind.stride)}, padding "
+                                  f"{list(kind.padding)} do not fit its input {list(shape)}")
+        elif name in PARAMETER_FREE:
+            if not kinds:
+                raise TargetError(f"{where}: parameter-free layers before the first conv2d/linear layer are "
+                                  "not supported; apply them to the data instead")
+            if name == "flatten":
+                o = Op("flatten", shape)
+            else:
+                if len(shape) != 3:
+                    raise TargetError(f"{where}: pooling needs a (C, H, W) input, got shape {list(shape)}")
+                if op.get("padding", 0) not in (0, [0, 0], (0, 0)) or op.get("ceil_mode", False):
+                    raise TargetError(f"{where}: pooling with padding or ceil_mode is not supported")
+                k = _pair(op["kernel"])
+                s = _pair(op.get("stride") or op["kernel"])
+                o = Op(name, shape, k, s)
+                if min(k) < 1 or min(s) < 1 or min(o.out_shape[1:]) < 1:
+                    raise TargetError(f"{where}: window {list(k)} stride {list(s)} does not fit its input {list(shape)}")
+            after[-1].append(o)
+            shape = o.out_shape
+            state = "ops"
+            continue
+        else:
+            raise TargetError(f"{where}: unsupported layer; subset-sum tickets cover conv2d, linear, relu, "
+                              "maxpool2d, avgpool2d and flatten")
+        kinds.append(kind)
+        after.append([])
+        relu_after.append(False)
+        shape = kind.out_shape
+        state = "relu?"
+    if not kinds:
+        raise TargetError("the architecture has no conv2d or linear layer")
+    if relu_after[-1]:
+        raise TargetError("the last conv2d/linear layer must not be followed by a ReLU (the output is linear)")
+    return kinds, after
+
+
+def arch_of(kinds: list, after: list[list[Op]]) -> list[dict]:
+    """The architecture list of a target (inverse of :func:`kinds_from_arch`)."""
+    out = []
+    for i, (k, ops) in enumerate(zip(kinds, after)):
+        out.append(k.arch())
+        if i < len(kinds) - 1:
+            out.append({"op": "relu"})
+        out.extend(o.arch() for o in ops)
+    return out
