@@ -24,57 +24,69 @@ def load_run(path: str | Path) -> Run:
     return runcheck.read_run(path)
 
 
-def random_module(state: dict, dtype=torch.float32, relu_after=None) -> nn.Sequential:
-    """The random network g (no masks) as nn.Sequential(Linear, ReLU, ..., Linear).
+def random_module(state: dict, dtype=torch.float32, relu_after=None, layout=None) -> nn.Sequential:
+    """The random network g (no masks) as an nn.Sequential — Linear, ReLU, ..., Linear for an
+    MLP; with a ``layout`` (``run.layout``) the construction's Conv2d pairs and the target's
+    pooling/flatten too, taking N×C×H×W images.
 
-    ``relu_after`` (one bool per hidden Linear layer; default all True, as every construction
-    run): False puts ``nn.Identity`` in that ReLU's place (edge-popup's ``--no-inner-relu``
-    runs), so the state_dict keys stay ``0.weight``, ``2.weight``, ..."""
-    depth2 = len([k for k in state if k.endswith(".weight")])
-    relu_after = [True] * (depth2 - 1) if relu_after is None else [bool(r) for r in relu_after]
-    if len(relu_after) != depth2 - 1:
-        raise RunFolderError(f"relu_after has {len(relu_after)} entries for {depth2} Linear layers")
-    mods: list[nn.Module] = []
-    for k in range(depth2):
-        w = torch.as_tensor(np.asarray(state[f"{2 * k}.weight"]))
-        lin = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            lin.bias.copy_(torch.as_tensor(np.asarray(state[f"{2 * k}.bias"])))
-        mods.append(lin)
-        if k < depth2 - 1:
-            mods.append(nn.ReLU() if relu_after[k] else nn.Identity())
-    return nn.Sequential(*mods).to(dtype)
+    ``relu_after`` (one bool per ReLU; default all True, as every construction run): False
+    puts ``nn.Identity`` in that ReLU's place (edge-popup's ``--no-inner-relu`` runs), so the
+    state_dict keys stay ``0.weight``, ``2.weight``, ..."""
+    from subsetsum_lth.gnet import module_from_ops, mlp_layout
+    if layout is None:
+        depth2 = len([k for k in state if k.endswith(".weight")])
+        ops = []
+        for k in range(depth2):
+            w = np.asarray(state[f"{2 * k}.weight"])
+            ops.append({"op": "linear", "in_features": int(w.shape[1]), "out_features": int(w.shape[0])})
+            if k < depth2 - 1:
+                ops.append({"op": "relu"})
+    else:
+        ops = layout.ops()
+    n_relu = sum(op["op"] == "relu" for op in ops)
+    if relu_after is not None and len(relu_after) != n_relu:
+        raise RunFolderError(f"relu_after has {len(relu_after)} entries for {n_relu + 1} Linear layers")
+    return module_from_ops(ops, state, None, dtype, relu_after)
 
 
 def masked_model(run: Run | str | Path, dtype=torch.float32) -> nn.Sequential:
     """g with its masks attached through ``torch.nn.utils.prune.custom_from_mask``
-    (weights stay in ``weight_orig``; ``weight = weight_orig * weight_mask``)."""
+    (weights stay in ``weight_orig``; ``weight = weight_orig * weight_mask``). An image
+    network's model takes N×C×H×W tensors."""
     run = run if isinstance(run, Run) else load_run(run)
-    model = random_module(run.random_state, dtype, run.relu_after)
+    layout = run.layout_ if run.layout_ is not None else None
+    model = random_module(run.random_state, dtype, run.relu_after, layout)
     for idx, mod in enumerate(model):
-        if isinstance(mod, nn.Linear):
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
             for name in ("weight", "bias"):
                 mask = torch.as_tensor(np.asarray(run.masks[f"{idx}.{name}"]).astype(bool))
                 prune.custom_from_mask(mod, name, mask)
     return model
 
 
+_PARAMETER_FREE = (nn.ReLU, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten)
+
+
 def export_pruned(run_or_model: Run | str | Path | nn.Sequential, dtype=torch.float32) -> nn.Sequential:
     """A plain nn.Sequential with the masks baked in (no pruning hooks, zeros where pruned).
     Accepts a run (folder) or a model masked with ``torch.nn.utils.prune``; never modifies it."""
+    import copy
     model = run_or_model if isinstance(run_or_model, nn.Module) else masked_model(run_or_model, dtype)
     mods: list[nn.Module] = []
     for mod in model:
         if isinstance(mod, nn.Linear):
-            lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
-            with torch.no_grad():
-                lin.weight.copy_(mod.weight.detach())       # weight_orig * weight_mask when pruned
-                if mod.bias is not None:
-                    lin.bias.copy_(mod.bias.detach())
-            mods.append(lin.to(mod.weight.dtype))
-        elif isinstance(mod, (nn.ReLU, nn.Identity)):
-            mods.append(type(mod)())
+            new = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+        elif isinstance(mod, nn.Conv2d):
+            new = nn.Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                            bias=mod.bias is not None)
+        elif isinstance(mod, _PARAMETER_FREE):
+            mods.append(copy.deepcopy(mod))
+            continue
         else:
             raise TypeError(f"unsupported module {type(mod).__name__} in export")
+        with torch.no_grad():
+            new.weight.copy_(mod.weight.detach())       # weight_orig * weight_mask when pruned
+            if mod.bias is not None:
+                new.bias.copy_(mod.bias.detach())
+        mods.append(new.to(mod.weight.dtype))
     return nn.Sequential(*mods)

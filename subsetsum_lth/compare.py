@@ -38,29 +38,26 @@ def _n_linear(state: dict) -> int:
     return len([k for k in state if k.endswith(".weight")])
 
 
+def _param_index(state: dict, layout=None) -> list[int]:
+    """The nn.Sequential index of each parametric layer of g."""
+    return layout.param_indices() if layout is not None else [2 * j for j in range(_n_linear(state))]
+
+
 def masked_sequential(state: dict, masks: dict, device="cpu", dtype=torch.float32,
-                      relu_after=None) -> nn.Sequential:
-    """ĝ = Sequential(Linear, ReLU, ..., Linear) with every tensor times its mask.
-    ``relu_after`` (one bool per hidden Linear layer, default all True): False puts an
-    ``nn.Identity`` where the ReLU would be (edge-popup's ``--no-inner-relu`` runs); the
-    module indices, hence the state_dict keys, stay those of the plain Sequential."""
-    n = _n_linear(state)
-    relu_after = [True] * (n - 1) if relu_after is None else [bool(r) for r in relu_after]
-    if len(relu_after) != n - 1:
-        raise RunFolderError(f"relu_after has {len(relu_after)} entries for {n} Linear layers")
-    mods: list[nn.Module] = []
-    for j in range(n):
-        w = torch.as_tensor(np.asarray(state[f"{2 * j}.weight"]), dtype=dtype)
-        b = torch.as_tensor(np.asarray(state[f"{2 * j}.bias"]), dtype=dtype)
-        mw = torch.as_tensor(np.asarray(masks[f"{2 * j}.weight"]) != 0)
-        mb = torch.as_tensor(np.asarray(masks[f"{2 * j}.bias"]) != 0)
-        lin = nn.Linear(w.shape[1], w.shape[0], device="meta")
-        lin.weight = nn.Parameter((w * mw).to(device), requires_grad=False)
-        lin.bias = nn.Parameter((b * mb).to(device), requires_grad=False)
-        mods.append(lin)
-        if j < n - 1:
-            mods.append(nn.ReLU() if relu_after[j] else nn.Identity())
-    return nn.Sequential(*mods)
+                      relu_after=None, layout=None) -> nn.Sequential:
+    """ĝ with every tensor times its mask, built by the one builder
+    (:func:`subsetsum_lth.gnet.module_from_ops`): Sequential(Linear, ReLU, ..., Linear) for an
+    MLP, the layout's network (taking flat vectors) for an image network. ``relu_after`` (one
+    bool per ReLU, default all True): False puts an ``nn.Identity`` where the ReLU would be
+    (edge-popup's ``--no-inner-relu`` runs); the state_dict keys stay the same."""
+    from subsetsum_lth.api import random_module
+    from subsetsum_lth.certify import flat_input
+    g = random_module({k: np.asarray(v) * (np.asarray(masks[k]) != 0) for k, v in state.items()},
+                      dtype, relu_after, layout)
+    g = g.to(device).requires_grad_(False)
+    if layout is not None and layout.input_shape is not None:
+        g = flat_input(g, layout.input_shape)
+    return g
 
 
 def _run_kind(report: dict) -> str:
@@ -108,7 +105,7 @@ def _evaluate(g: nn.Module, target, x: torch.Tensor, y: torch.Tensor, batch: int
     return out
 
 
-def _certificate(state: dict, masks: dict, target, report: dict, radius_fn, relu_after=None) -> dict:
+def _certificate(state: dict, masks: dict, target, report: dict, radius_fn, relu_after=None, layout=None) -> dict:
     """The certified bound if the masks have the construction's form, else n/a with the reason."""
     from subsetsum_lth.certify import certified_bound, layer_maps
     if target is None:
@@ -123,7 +120,7 @@ def _certificate(state: dict, masks: dict, target, report: dict, radius_fn, relu
                 "certified_reason": f"{n} Linear layers; the construction for a depth-{target.depth} "
                                     f"target has {2 * target.depth}"}
     try:
-        maps = layer_maps(state, masks, target.depth)
+        maps = layer_maps(state, masks, layout if layout is not None else target.depth)
         if any(m.w_plus.shape != L.weight.shape for m, L in zip(maps, target.layers)):
             return {"certified_bound": NA, "certified_reason": "layer shapes do not match the target"}
         radius = report.get("input_radius") or radius_fn()
@@ -135,24 +132,24 @@ def _certificate(state: dict, masks: dict, target, report: dict, radius_fn, relu
             "certified_input_domain": domain}
 
 
-def _kept_layers(state: dict, masks: dict) -> list[dict]:
+def _kept_layers(state: dict, masks: dict, layout=None) -> list[dict]:
     out = []
-    for j in range(_n_linear(state)):
-        mw, mb = np.asarray(masks[f"{2 * j}.weight"]), np.asarray(masks[f"{2 * j}.bias"])
+    for j, idx in enumerate(_param_index(state, layout)):
+        mw, mb = np.asarray(masks[f"{idx}.weight"]), np.asarray(masks[f"{idx}.bias"])
         kw, kb = int(np.count_nonzero(mw)), int(np.count_nonzero(mb))
         out.append({"layer": j, "shape": list(mw.shape), "weight_kept": kw, "bias_kept": kb,
                     "kept_parameters": kw + kb, "total_parameters": int(mw.size + mb.size)})
     return out
 
 
-def _overlap(ma: dict, mb: dict, n_linear: int) -> tuple[list[dict], dict]:
+def _overlap(ma: dict, mb: dict, index: list[int]) -> tuple[list[dict], dict]:
     layers = []
     tot = np.zeros(4, dtype=np.int64)  # inter, union, |A|, |B|
-    for j in range(n_linear):
+    for j, idx in enumerate(index):
         inter = union = na = nb = 0
         for t in ("weight", "bias"):
-            a = np.asarray(ma[f"{2 * j}.{t}"]) != 0
-            b = np.asarray(mb[f"{2 * j}.{t}"]) != 0
+            a = np.asarray(ma[f"{idx}.{t}"]) != 0
+            b = np.asarray(mb[f"{idx}.{t}"]) != 0
             inter += int(np.count_nonzero(a & b))
             union += int(np.count_nonzero(a | b))
             na += int(np.count_nonzero(a))
@@ -211,13 +208,14 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
     # --- one random network: check the content hash of every run's weights
     state = None
     digest = None
+    layout = None
     masks, reports, digests, relus, run_targets = [], [], [], [], []
     for r in runs:
         run = load_run(r)          # the one validated reader (runcheck): layout, fields, relu_after
         d = weights_digest(run.random_state)
         digests.append(d)
         if state is None:
-            state, digest = run.random_state, d
+            state, digest, layout = run.random_state, d, run.layout_
         masks.append(run.masks)
         reports.append(run.report)
         relus.append(run.relu_after)
@@ -255,11 +253,13 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
         x, y = data["x"], data["y"]
     if test_subset is not None:
         x, y = x[:test_subset], y[:test_subset]
-    in_f = int(np.asarray(state["0.weight"]).shape[1])
+    x = np.asarray(x).reshape(len(x), -1)
+    in_f = int(np.prod(layout.input_shape)) if layout is not None and layout.input_shape is not None \
+        else int(np.asarray(state["0.weight"]).shape[1])
     if x.shape[1] != in_f:
         raise UserError(f"the random network takes {in_f} inputs but the images have {x.shape[1]}")
-    if tgt is not None and tgt.sizes[0] != in_f:
-        raise UserError(f"the target takes {tgt.sizes[0]} inputs but the random network {in_f}")
+    if tgt is not None and tgt.input_dim != in_f:
+        raise UserError(f"the target takes {tgt.input_dim} inputs but the random network {in_f}")
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(dev)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.int64).to(dev)
 
@@ -281,11 +281,11 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
     n_linear = _n_linear(state)
     for lab, r, mk, rep, relu in zip(labels, runs, masks, reports, relus):
         t = time.perf_counter()
-        g = masked_sequential(state, mk, dev, relu_after=relu)
+        g = masked_sequential(state, mk, dev, relu_after=relu, layout=layout)
         ev = _evaluate(g, tgt, xt, yt)
         del g
-        cert = _certificate(state, mk, tgt, rep, radius_fn, relu)
-        layers = _kept_layers(state, mk)
+        cert = _certificate(state, mk, tgt, rep, radius_fn, relu, layout)
+        layers = _kept_layers(state, mk, layout)
         kept = sum(L["kept_parameters"] for L in layers)
         total = sum(L["total_parameters"] for L in layers)
         entries.append({
@@ -306,13 +306,13 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
 
     pairs = []
     for (ia, a), (ib, b) in combinations(enumerate(entries), 2):
-        layers, total = _overlap(masks[ia], masks[ib], n_linear)
+        layers, total = _overlap(masks[ia], masks[ib], _param_index(state, layout))
         pairs.append({"a": a["label"], "b": b["label"], "layers": layers, "total": total})
 
     comparison = {
         "weights_sha256": digest,
-        "random_network_sizes": [in_f] + [int(np.asarray(state[f"{2 * j}.weight"]).shape[0])
-                                          for j in range(n_linear)],
+        "random_network_sizes": [in_f] + [int(np.asarray(state[f"{j}.weight"]).shape[0])
+                                          for j in _param_index(state, layout)],
         "target": tgt_src, "target_accuracy": target_accuracy if target_accuracy is not None else NA,
         "test_examples": int(len(xt)),
         "device": dev.type,

@@ -326,3 +326,25 @@ def arch_of(kinds: list, after: list[list[Op]]) -> list[dict]:
             out.append({"op": "relu"})
         out.extend(o.arch() for o in ops)
     return out
+
+
+def describe_arch(arch: list[dict]) -> str:
+    """A short text of an architecture list, e.g. ``conv6k5p2-relu-maxpool2-...-linear10``."""
+    parts = []
+    for op in arch:
+        name = op.get("op")
+        if name == "conv2d":
+            k = op["kernel"][0] if isinstance(op["kernel"], list) else op["kernel"]
+            pad = op.get("padding", [0, 0])
+            pad = pad[0] if isinstance(pad, list) else pad
+            st = op.get("stride", [1, 1])
+            st = st[0] if isinstance(st, list) else st
+            parts.append(f"conv{op['out_channels']}k{k}" + (f"s{st}" if st != 1 else "") + (f"p{pad}" if pad else ""))
+        elif name == "linear":
+            parts.append(f"fc{op['out_features']}")
+        elif name in ("maxpool2d", "avgpool2d"):
+            k = op["kernel"][0] if isinstance(op["kernel"], list) else op["kernel"]
+            parts.append(("maxpool" if name == "maxpool2d" else "avgpool") + str(k))
+        elif name == "flatten":
+            parts.append("flatten")
+    return "-".join(parts)

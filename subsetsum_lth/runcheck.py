@@ -266,11 +266,13 @@ def _check_mlp_shapes(state: dict, n: int, where: Path) -> list[int]:
     return sizes
 
 
-def _plans(entries, sizes: list[int], domain: str, where: str):
-    """LayerPlans from report.json's per-layer block widths (validated)."""
+def _plans(entries, sizes: list[int], domain: str, where: str, shapes=None):
+    """LayerPlans from report.json's per-layer block widths (validated). ``shapes``: the
+    (q, p) of each layer's matrix view where they do not chain (conv layers)."""
     from subsetsum_lth.construction import LayerPlan
 
     depth = len(sizes) - 1
+    shapes = shapes or [(sizes[i + 1], sizes[i]) for i in range(depth)]
     if not isinstance(entries, list) or len(entries) != depth:
         raise RunFolderError(f"{where} must list {depth} layers (one per target layer), got "
                              f"{_short(entries) if not isinstance(entries, list) else f'{len(entries)} entries'}; {RECREATE}")
@@ -279,7 +281,7 @@ def _plans(entries, sizes: list[int], domain: str, where: str):
         if not isinstance(e, dict):
             raise RunFolderError(f"{where}[{i}] must be an object, got {_short(e)}; {RECREATE}")
         f = _Fields(e, f"{where}[{i}]")
-        p, q = sizes[i], sizes[i + 1]
+        q, p = shapes[i]
         shape = f.int_list("target_shape", length=2, minimum=1)
         if shape != [q, p]:
             raise RunFolderError(f"{where}[{i}]: target_shape {shape} but the target's layer {i} is {[q, p]}; {RECREATE}")
@@ -489,7 +491,7 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
         raise RunFolderError(f"{where}: 'target_arch' is not a supported architecture ({exc}); {RECREATE}") from None
     if [kinds[0].p] + [k.q for k in kinds] != sizes:
         raise RunFolderError(f"{where}: 'target_sizes' {sizes} do not match 'target_arch'; {RECREATE}")
-    plans = _plans(report.get("layers"), sizes, domain, f"{where} 'layers'")
+    plans = _plans(report.get("layers"), sizes, domain, f"{where} 'layers'", [(k.q, k.p) for k in kinds])
     for pl, k in zip(plans, kinds):
         pl.kind = k
     layout = layout_of(plans, after, shape)

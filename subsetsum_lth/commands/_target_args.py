@@ -11,6 +11,13 @@ def add_layers_argument(p: argparse.ArgumentParser) -> None:
                         "(see 'subsetsum-lth inspect FILE')")
 
 
+def add_arch_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default=None, metavar="SPEC",
+                   help="architecture of a plain state_dict of a network with conv/pooling layers, whose keys "
+                        "cannot say where pooling and flatten go: 'lenet5' or a SPEC (see 'train-target "
+                        "--help'); a target written by train-target carries its architecture")
+
+
 def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = True,
                                 training: bool = False) -> None:
     what = "train the model on" if training else "the model was trained on"
@@ -44,7 +51,8 @@ def preprocessing_from_args(args):
 
 
 def target_flags_given(args) -> list[str]:
-    return [flag for flag, attr in (("--layers", "layers"), ("--input-normalize", "input_normalize"),
+    return [flag for flag, attr in (("--layers", "layers"), ("--arch", "arch"),
+                                    ("--input-normalize", "input_normalize"),
                                     ("--input-scale", "input_scale"))
             if getattr(args, attr, None) is not None]
 

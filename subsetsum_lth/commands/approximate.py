@@ -29,6 +29,8 @@ def add_arguments(p) -> None:
                         "found or can be downloaded (then evaluated on MNIST), else a seeded "
                         "synthetic 784-300-10 target inside Theorem 1's class")
     add_layers_argument(p)
+    from subsetsum_lth.commands._target_args import add_arch_argument
+    add_arch_argument(p)
     add_preprocessing_arguments(p)
     p.add_argument("--synthetic", action="store_true",
                    help="without --target: use the seeded synthetic 784-300-10 target even when MNIST is available")
@@ -134,14 +136,15 @@ def run(args) -> int:
         if args.synthetic:
             from subsetsum_lth.errors import UserError
             raise UserError("--synthetic and --target exclude each other: drop one of them")
-        target = load_target(args.target, layers=args.layers, preprocessing=preprocessing_from_args(args))
+        target = load_target(args.target, layers=args.layers, preprocessing=preprocessing_from_args(args),
+                             arch=args.arch)
 
     eval_data = emp_data = None
     radius = args.input_radius
     domain = args.input_domain or target.metadata.get("input_domain")
     if args.data == "mnist":
         from subsetsum_lth.data.mnist import evaluation_inputs
-        eval_data, emp_data, radius = evaluation_inputs(target.sizes[0], args.data_dir, args.seed, radius=radius)
+        eval_data, emp_data, radius = evaluation_inputs(target.input_dim, args.data_dir, args.seed, radius=radius)
         domain = domain or "nonnegative"
         _check_accuracy(target, eval_data, getattr(args, "expected_accuracy", None))
     from subsetsum_lth.commands._target_args import check_expected_accuracy
@@ -226,6 +229,9 @@ def _check_accuracy(target, eval_data, expected) -> None:
 
 def _summary(r: dict, out: Path) -> None:
     sizes = "-".join(map(str, r["target_sizes"]))
+    if r.get("target_arch"):
+        from subsetsum_lth.layerkinds import describe_arch
+        sizes = f"{describe_arch(r['target_arch'])} on {'×'.join(map(str, r['input_shape']))} inputs"
     print(f"target {sizes} ({r['target_parameters']:,} parameters), input ball r={r['input_radius']:.4g} "
           f"({r['input_domain']})")
     pp = r.get("preprocessing") or {}

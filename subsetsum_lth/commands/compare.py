@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
                    help="target file or folder (default: the first run's target.safetensors)")
     from subsetsum_lth.commands._target_args import add_layers_argument, add_preprocessing_arguments
     add_layers_argument(p)
+    from subsetsum_lth.commands._target_args import add_arch_argument
+    add_arch_argument(p)
     add_preprocessing_arguments(p, expected=False)
     p.add_argument("--label", action="append", default=None, metavar="NAME",
                    help="a name per run, in order (repeat the option; default: folder names)")
@@ -54,7 +56,8 @@ def run(args) -> int:
         if target is None:
             raise UserError(f"{', '.join(target_flags_given(args))} describe a --target file; pass --target "
                             "or drop them")
-        target = load_target(target, layers=args.layers, preprocessing=preprocessing_from_args(args))
+        target = load_target(target, layers=args.layers, preprocessing=preprocessing_from_args(args),
+                             arch=args.arch)
     result = compare_runs(args.runs, args.out, target=target,
                           data_dir=None if args.data_dir is None else str(args.data_dir),
                           device=args.device, test_subset=args.test_subset, labels=args.label,

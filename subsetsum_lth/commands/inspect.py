@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path, metavar="FILE",
                    help="checkpoint (.pt/.pth/.ckpt/.bin/.tar/.safetensors) or a train-target folder")
     add_layers_argument(p)
+    from subsetsum_lth.commands._target_args import add_arch_argument
+    add_arch_argument(p)
     add_preprocessing_arguments(p)
     p.add_argument("--data", choices=("mnist",), default=None,
                    help="also measure the test accuracy on this data set (inputs pixels/255)")
@@ -31,14 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None,
-                 expected_accuracy=None) -> dict:
+                 expected_accuracy=None, arch=None) -> dict:
     """The loader's view of ``path`` as a dict; ``ok`` False with ``error`` when refused."""
     from subsetsum_lth.certify import spectral_norm
     from subsetsum_lth.errors import TargetError
     from subsetsum_lth.target import load_target
     info: dict = {"file": str(path)}
     try:
-        target = load_target(path, layers=layers, preprocessing=preprocessing, info=info)
+        target = load_target(path, layers=layers, preprocessing=preprocessing, info=info,
+                             arch=arch)
     except TargetError as exc:
         return {**info, "ok": False, "error": str(exc)}
     by_name = {e["name"]: e for e in info.get("entries", [])}
@@ -50,6 +53,13 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
                      "dtype": e.get("dtype"), "pruned": e.get("pruned", False),
                      "spectral_norm": spectral_norm(L.weight),
                      "relu_after": i < target.depth - 1})
+    if not target.is_mlp:
+        rows = [{"layer": i + 1, "name": str(idx), "kind": L.kind.name, "shape": list(L.tensor().shape),
+                 "bias": L.bias is not None, "operator_norm_bound": L.kind.op_norm(L.weight)[0],
+                 "relu_after": i < target.depth - 1, "then": [op.name for op in target.ops_after(i)]}
+                for i, (idx, L) in enumerate(zip(target.arch_indices(), target.layers))]
+        info["arch"] = target.arch()
+        info["input_shape"] = list(target.input_shape)
     out = {**info, "ok": True, "layers": rows, "sizes": target.sizes,
            "n_parameters": target.n_parameters, "has_bias": target.has_bias,
            "activation": "ReLU between layers (assumed: a state_dict does not record activations)"}
@@ -59,8 +69,8 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
         from subsetsum_lth.errors import UserError
         from subsetsum_lth.preprocess import accuracy_warning, declared_accuracy, measure_accuracy
         x, y = load_mnist("test", data_dir=data_dir)
-        if target.sizes[0] != x.shape[1]:
-            raise UserError(f"the target takes {target.sizes[0]} inputs but MNIST images have {x.shape[1]}")
+        if target.input_dim != x.shape[1]:
+            raise UserError(f"the target takes {target.input_dim} inputs but MNIST images have {x.shape[1]}")
         acc = measure_accuracy(target, x, y)
         out["accuracy"] = {"data": "mnist test", "inputs": "pixels/255 in [0, 1]", "value": acc}
         warn = accuracy_warning(acc, declared_accuracy(target.metadata or {}, expected_accuracy), target)
@@ -74,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from subsetsum_lth.commands._target_args import check_expected_accuracy
     from subsetsum_lth.errors import TargetError
     check_expected_accuracy(args)
-    info = inspect_file(args.file, layers=args.layers, preprocessing=preprocessing_from_args(args),
+    info = inspect_file(args.file, layers=args.layers, arch=args.arch, preprocessing=preprocessing_from_args(args),
                         data=args.data, data_dir=args.data_dir, expected_accuracy=args.expected_accuracy)
     if args.json:
         print_json(info)
@@ -100,15 +110,25 @@ def _print(info: dict) -> None:
             print(f"  {e['name']}: weight {tuple(e['shape'])}{' + bias' if e['bias'] else ''} {e['dtype']}")
         print("loads: no (refused, see the error below)")
         return
-    print(f"layer order: {info['order_from']}")
-    for r in info["layers"]:
+    if info.get("arch"):
+        print(f"architecture: input {'×'.join(map(str, info['input_shape']))} "
+              "(stored with the file or given by --arch)")
+        for r in info["layers"]:
+            print(f"  {r['layer']}. [{r['name']}] {r['kind']:<7} {'×'.join(map(str, r['shape']))}"
+                  f"{' + bias' if r['bias'] else ', no bias'}  ‖op‖₂≤{r['operator_norm_bound']:.4g}"
+                  f"{', ReLU' if r['relu_after'] else ''}{''.join(', ' + t for t in r['then'])}")
+        print(f"network: {info['n_parameters']:,} parameters")
+    else:
+        print(f"layer order: {info['order_from']}")
+    for r in ([] if info.get("arch") else info["layers"]):
         keys = ", ".join(r["keys"])
         extra = " (weight_orig × weight_mask)" if r["pruned"] else ""
         print(f"  {r['layer']}. {r['name']:<12} {r['shape'][0]}×{r['shape'][1]}"
               f"{' + bias' if r['bias'] else ', no bias'}  {r['dtype']}  ‖W‖₂={r['spectral_norm']:.4g}"
               f"{extra}  [{keys}]")
-    print(f"network: {'-'.join(map(str, info['sizes']))}, {info['n_parameters']:,} parameters, "
-          f"{info['activation']}")
+    if not info.get("arch"):
+        print(f"network: {'-'.join(map(str, info['sizes']))}, {info['n_parameters']:,} parameters, "
+              f"{info['activation']}")
     pp = info.get("preprocessing") or {}
     if pp.get("declared"):
         state = ("folded into layer 1: the target takes pixels/255 in [0, 1]" if pp.get("folded")
