@@ -170,7 +170,8 @@ def finalize(batch: InstanceBatch, selections: np.ndarray, status: np.ndarray, s
     errors = recompute_errors(batch, sel)
     status = np.asarray(status, dtype=np.int8).copy()
     claimed_ok = (status == Status.OPTIMAL) | (status == Status.FEASIBLE)
-    slack = 1e-9 * (1.0 + np.abs(batch.targets) + np.abs(batch.coefficients).sum(axis=1))
+    with np.errstate(over="ignore"):     # a row whose |t| + sum|c| overflows: infinite slack
+        slack = 1e-9 * (1.0 + np.abs(batch.targets) + np.abs(batch.coefficients).sum(axis=1))
     broken = claimed_ok & (errors > batch.tolerances + slack)
     messages = dict(messages or {})
     for i in np.flatnonzero(broken):

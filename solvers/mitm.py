@@ -33,8 +33,10 @@ the plain error search first and return the min-error subset.
 Everything is deterministic: a fixed matmul/add order, sorting, first index of equal keys.
 Numpy's BLAS is held to one thread while solving (:func:`single_thread_blas`, threadpoolctl):
 the matmuls are thin, and BLAS worker threads only spin (10x slower on a busy machine).
-Throughput on one core (n = 21, τ = 0.01, objective 'error', ``subsetsum-lth bench solvers``):
-~20-29k instances/s depending on the load of the machine; the int32 sort is ~45% of it.
+Throughput on one core (n = 21, τ = 0.01, objective 'error', ``subsetsum-lth bench solvers
+--clock cpu``): ~74-93k instances/s of CPU time on an AVX-512 machine, uniform or trained-like
+targets (~51k with numpy's AVX-512 kernels disabled, ``NPY_DISABLE_CPU_FEATURES``); the int32
+sort is ~45-50% of it. The wall clock on a shared, loaded machine gives far less (20-45k/s).
 """
 from __future__ import annotations
 

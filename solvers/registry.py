@@ -19,6 +19,7 @@ BUILTIN = {
     "ortools": ".ortools_knapsack:OrToolsKnapsackSolver",
     "cpsat": ".cpsat:CpSatSolver",
     "gurobi": ".gurobi:GurobiSolver",
+    "torch-mitm": ".torch_mitm:TorchMitmSolver",
 }
 
 DEFAULT_SOLVER = "ortools"

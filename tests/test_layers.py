@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SOLVERS = ROOT / "solvers"
 #: third-party packages the solver layer may import (optional backends lazily, inside functions)
-ALLOWED_THIRD_PARTY = {"numpy", "threadpoolctl", "ortools", "gurobipy"}
+ALLOWED_THIRD_PARTY = {"numpy", "threadpoolctl", "ortools", "gurobipy", "torch"}
 
 
 def imports(path: Path):

@@ -443,3 +443,93 @@ def test_brute_force_helper_itself():
     assert b["min_error"] == 0.0 and b["card_lo"] == b["card_hi"] == 2
     assert b["card_err_lo"] == 0.0
     assert brute(0.375, c, 0.0)["card_lo"] is None and brute(0.375, c, 0.0)["card_hi"] == 2
+
+
+# ----------------------------------------------------------------------------- torch-mitm
+
+def _torch_mitm(**options):
+    cls = get_backend_class("torch-mitm")
+    ok, reason = cls.is_available()
+    if not ok:
+        pytest.skip(f"solver 'torch-mitm' unavailable: {reason}")
+    return get_backend("torch-mitm", **options)
+
+
+@pytest.mark.parametrize("n", [13, 17, 21, 22])
+def test_torch_mitm_matches_mitm_at_construction_sizes(n):
+    """Same optimal error as mitm (to float64 rounding) beyond brute force, on CPU."""
+    from subsetsum_lth.solvers import mitm
+    backend = _torch_mitm(device="cpu")
+    targets, coef, counts = _seeded(100 + n, 48, [n])
+    got = backend.min_error_selections(targets, coef, counts)
+    ref = mitm.min_error_selections(targets, coef, counts)
+    np.testing.assert_allclose(_errors_of(targets, coef, got), _errors_of(targets, coef, ref),
+                               rtol=0, atol=1e-13)
+
+
+def test_torch_mitm_selections_do_not_depend_on_batching():
+    """The same row gets the same subset alone, in a chunk of one row, or in a mixed batch."""
+    targets, coef, counts = _seeded(5, 40, [0, 3, 9, 14, 15])
+    coef[:, :6] = np.round(coef[:, :6] * 8) / 8         # exact ties between subsets
+    whole = _torch_mitm(device="cpu").min_error_selections(targets, coef, counts)
+    tiny = _torch_mitm(device="cpu", memory_budget=1).min_error_selections(targets, coef, counts)
+    np.testing.assert_array_equal(whole, tiny)
+    order = np.random.default_rng(0).permutation(len(targets))
+    shuffled = _torch_mitm(device="cpu").min_error_selections(targets[order], coef[order],
+                                                              counts[order])
+    np.testing.assert_array_equal(shuffled, whole[order])
+    for i in (0, 7, 39):
+        one = _torch_mitm(device="cpu").min_error_selections(targets[i:i + 1], coef[i:i + 1],
+                                                             counts[i:i + 1])
+        np.testing.assert_array_equal(one[0], whole[i])
+
+
+def test_torch_mitm_restores_torch_threads():
+    import torch
+    before = torch.get_num_threads()
+    targets, coef, counts = _seeded(2, 4, [10])
+    _torch_mitm(device="cpu", threads=1).min_error_selections(targets, coef, counts)
+    assert torch.get_num_threads() == before
+
+
+def test_torch_mitm_bad_options_are_refused():
+    import torch
+    from subsetsum_lth.solvers.base import SolverUnavailable
+    _torch_mitm()
+    with pytest.raises(ValueError, match="unknown device"):
+        get_backend("torch-mitm", device="no-such-device")
+    with pytest.raises(ValueError, match="threads must be"):
+        get_backend("torch-mitm", device="cpu", threads=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(SolverUnavailable, match="no CUDA GPU"):
+            get_backend("torch-mitm", device="cuda")
+
+
+def test_torch_mitm_default_device():
+    import torch
+    backend = _torch_mitm()
+    assert backend.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_torch_mitm_overflowing_row_is_an_error_not_a_wrong_answer():
+    backend = _torch_mitm(device="cpu")
+    batch = InstanceBatch.from_lists([0.5, 0.3], [[1e308, 1e308, -1e308], [0.25, 0.05]], 0.01)
+    res = backend.solve(batch)
+    assert Status(int(res.status[0])) == Status.ERROR and "overflows" in res.messages[0]
+    assert Status(int(res.status[1])) == Status.OPTIMAL
+
+
+def test_torch_mitm_cuda_matches_cpu():
+    """On a GPU: the same selections as on the CPU (stable sort, first minimal gap)."""
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch here")
+    targets, coef, counts = _seeded(9, 300, [0, 5, 12, 17, 21])
+    coef[:, :6] = np.round(coef[:, :6] * 8) / 8
+    cpu = _torch_mitm(device="cpu").min_error_selections(targets, coef, counts)
+    gpu = _torch_mitm(device="cuda").min_error_selections(targets, coef, counts)
+    np.testing.assert_array_equal(gpu, cpu)
+    for objective in ("error", "feasible"):
+        batch = _make(targets, coef, counts, np.full(len(targets), 0.01), objective)
+        res = _torch_mitm(device="cuda").solve(batch)
+        check_common(batch, res)

@@ -18,10 +18,11 @@ def run(args) -> int:
     if args.json:
         print_json(infos)
         return 0
-    print(f"{'name':10} {'available':10} {'exact':6} objectives")
+    w = max([len(i["name"]) + 2 for i in infos] + [10])     # the name, its mark, a space
+    print(f"{'name':{w}} {'available':10} {'exact':6} objectives")
     for i in infos:
         mark = "*" if i["default"] else " "
-        line = f"{i['name'] + mark:10} {'yes' if i['available'] else 'no':10} {'yes' if i['exact'] else 'no':6} " \
+        line = f"{i['name'] + mark:{w}} {'yes' if i['available'] else 'no':10} {'yes' if i['exact'] else 'no':6} " \
                f"{', '.join(i['objectives'])}"
         if not i["available"]:
             line += f"   ({i.get('reason')})"
