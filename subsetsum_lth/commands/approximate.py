@@ -170,10 +170,10 @@ def run(args) -> int:
     progress = tqdm_progress(enabled=not args.no_progress)
     status = 0
     from subsetsum_lth.executors import make_pool
+    from subsetsum_lth.solve import in_process
     # one pool (process pool, Dask cluster or connection) for the whole run, started lazily on the
     # first batch; --workers 1 without --batch-timeout solves in this process
-    in_process = args.executor == "process" and args.workers == 1 and not args.batch_timeout
-    pool = None if in_process else make_pool(args.executor, args.workers, args.scheduler)
+    pool = None if in_process(config.solve) else make_pool(args.executor, args.workers, args.scheduler)
     try:
         report = approximate(target, config, args.out, progress=progress, eval_data=eval_data,
                              empirical_data=emp_data, executor=pool)
