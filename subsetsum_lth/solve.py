@@ -15,12 +15,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.executors import Pool, _watch_parent, as_pool, make_pool  # noqa: F401
+from subsetsum_lth.progress import Bar, advance
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
 
 log = logging.getLogger(__name__)
@@ -447,7 +447,7 @@ def _drive_pool(pool: Pool, todo, solver, options, config: SolveConfig, done, si
 
 
 def solve_all(batch: InstanceBatch, config: SolveConfig,
-              on_progress: Callable[[int], None] | None = None,
+              on_progress: Bar | None = None,
               store: ResumeStore | None = None,
               executor: cf.Executor | Pool | None = None) -> BatchResult:
     """Solve every instance of ``batch``; returns one BatchResult row-aligned with ``batch``.
@@ -457,7 +457,9 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
     ``config.fallback`` is on; whatever still fails keeps status ERROR/TIMEOUT and a message.
 
     Args:
-        on_progress: called with the number of instances just finished.
+        on_progress: a progress bar advanced by the number of instances finished: tqdm-like
+            (``update(n)``) or a callable ``on_progress(n)``; see :mod:`subsetsum_lth.progress`.
+            Not closed here.
         store: resume store; batches found there are not solved again.
         executor: any concurrent.futures.Executor, or a :class:`subsetsum_lth.executors.Pool`
             (overrides ``config.workers`` and ``config.executor``); not closed here.
@@ -502,8 +504,7 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
                 errors[it.rows] = res.errors
                 status[it.rows] = res.status
                 messages.update(res.messages)
-                if progress:
-                    progress(len(it.rows))
+                advance(progress, len(it.rows))
 
             left, reused, again = [], 0, []
             for it in todo:

@@ -15,11 +15,9 @@ from subsetsum_lth.edge_popup.config import CPU_TRAIN_SUBSET, EdgePopupConfig
 from subsetsum_lth.edge_popup.evaluate import _frozen_forward, evaluate_on_device
 from subsetsum_lth.edge_popup.network import EdgePopupNet
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.progress import Progress, advance, annotate, close
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, str], Callable[[int], None]]
-
 
 def resolve_device(name: str) -> torch.device:
     """'auto' → CUDA when available, else CPU; 'cuda' without a GPU is a UserError."""
@@ -126,7 +124,7 @@ def train_scores(model: EdgePopupNet, x_train: torch.Tensor, y_train: torch.Tens
         win_loss = torch.zeros((), dtype=torch.float64, device=device)
         win_correct = torch.zeros((), dtype=torch.int64, device=device)
         win_seen = 0
-        tick = progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") if progress else None
+        bar = progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") if progress else None
         since = 0
         for step in range(steps_per_epoch):
             idx = perm[step * bs:(step + 1) * bs]
@@ -143,27 +141,22 @@ def train_scores(model: EdgePopupNet, x_train: torch.Tensor, y_train: torch.Tens
                 seen += b
                 win_seen += b
             since += 1
-            if tick is not None:
-                tick(1)          # the bar's step count needs nothing from the device
+            advance(bar, 1)          # the bar's step count needs nothing from the device
             if since == sync_every or step == steps_per_epoch - 1:
                 # the only host synchronisation inside an epoch
                 wl, wc = float(win_loss), int(win_correct)
                 point = {"epoch": epoch + 1, "step": global_step, "lr": float(sched.get_last_lr()[0]),
                          "train_loss": wl / win_seen, "train_accuracy": wc / win_seen}
                 curve.append(point)
-                if tick is not None:
-                    if hasattr(tick, "set_postfix"):
-                        # window means, read back every sync_every steps: say which steps
-                        tick.set_postfix(**{"loss": f"{point['train_loss']:.4f}",
-                                            "train acc": f"{point['train_accuracy']:.4f}",
-                                            "over steps": (f"{step + 2 - since}-{step + 1}" if since > 1
-                                                           else f"{step + 1}")})
+                # window means, read back every sync_every steps: say which steps
+                annotate(bar, **{"loss": f"{point['train_loss']:.4f}",
+                                 "train acc": f"{point['train_accuracy']:.4f}",
+                                 "over steps": f"{step + 2 - since}-{step + 1}" if since > 1 else f"{step + 1}"})
                 win_loss.zero_()
                 win_correct.zero_()
                 win_seen = 0
                 since = 0
-        if tick is not None and hasattr(tick, "close"):
-            tick.close()
+        close(bar)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch_seconds.append(time.perf_counter() - t0)
