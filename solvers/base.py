@@ -29,11 +29,24 @@ class SolverBackend(abc.ABC):
     Subclasses set ``name`` and ``capabilities``, implement ``is_available`` without importing
     heavy packages at module import time, and implement ``solve`` over a whole batch.
     Errors they report are recomputed in float64 by :func:`subsetsum_lth.solvers.instances.finalize`.
+
+    What the solve driver (``subsetsum_lth.solve``) needs to know about a backend is said here,
+    as class attributes, and read from nowhere else: ``default_batch``, ``fallback_rank`` and
+    ``uses_pool``.
     """
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     description: ClassVar[str] = ""
+    #: instances per batch when no batch size is given: enough work per batch (>= ~100 ms) to
+    #: amortise sending it to a worker
+    default_batch: ClassVar[int] = 512
+    #: place in the fallback order (lowest first) of the exact backends that re-solve instances
+    #: another backend left TIMEOUT/ERROR; None: never used as a fallback
+    fallback_rank: ClassVar[int | None] = None
+    #: False: the backend's batches always run in the calling process, never in a pool of
+    #: worker processes or on a cluster (for a backend that parallelises itself or holds a device)
+    uses_pool: ClassVar[bool] = True
 
     def __init__(self, time_limit: float | None = None, **options):
         self.time_limit = time_limit

@@ -43,6 +43,7 @@ class CpSatSolver(SolverBackend):
     capabilities = Capabilities(exact=True, objectives=("error", "feasible", "cardinality"),
                                 float_coefficients=True, max_n=None)
     description = "one OR-Tools CP-SAT model per instance (naive baseline)"
+    default_batch = 32
 
     @classmethod
     def is_available(cls) -> tuple[bool, str | None]:

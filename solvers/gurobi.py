@@ -59,6 +59,7 @@ class GurobiSolver(SolverBackend):
     capabilities = Capabilities(exact=True, objectives=("error", "feasible", "cardinality"),
                                 float_coefficients=True, max_n=None)
     description = "one Gurobi MIP per instance (optional extra: subsetsum-lth[gurobi])"
+    default_batch = 16
 
     @classmethod
     def is_available(cls) -> tuple[bool, str | None]:

@@ -606,6 +606,8 @@ class MeetInTheMiddleSolver(SolverBackend):
     capabilities = Capabilities(exact=True, objectives=("error", "feasible", "cardinality"),
                                 float_coefficients=True, max_n=34)
     description = "meet-in-the-middle enumeration (numpy, exact, vectorised over the batch)"
+    default_batch = 4096
+    fallback_rank = 0               # tried first: exact and fast up to max_n
 
     def solve(self, batch: InstanceBatch) -> BatchResult:
         t0, selections, status, messages = self.start(batch)

@@ -74,6 +74,8 @@ class OrToolsKnapsackSolver(SolverBackend):
                                 float_coefficients=True, max_n=None)
     description = ("OR-Tools knapsack branch-and-bound (error/feasible) and CP-SAT "
                    "(cardinality); exact meet-in-the-middle where branch-and-bound is slow")
+    default_batch = 1024
+    fallback_rank = 1               # takes any n
 
     @classmethod
     def is_available(cls) -> tuple[bool, str | None]:

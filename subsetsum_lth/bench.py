@@ -55,8 +55,7 @@ class SolverBenchConfig:
         baseline_count: at most this many instances for the baseline.
         time_budget: seconds per backend at most (checked between batches; the first batch
             always runs); slow backends are timed on the prefix they finish.
-        batch_size: instances per solve_batch call (None: solve.DEFAULT_BATCH per backend, else
-            the backend class's ``default_batch``, else 512).
+        batch_size: instances per solve_batch call (None: the backend's default_batch).
         target_std: std of the normal target distribution (ignored with ``targets``).
         seed: seed of the instance draw.
         pin_cpu: pin the process to one CPU while timing (Linux).
@@ -195,13 +194,10 @@ def one_core(enabled: bool = True):
 def _time_backend(name: str, batch: InstanceBatch, limit: int, config: SolverBenchConfig):
     """Solve a prefix (<= limit instances, within the time budget) with solve_batch on one core.
     Returns (rows solved, selections, errors, status, wall seconds, cpu seconds)."""
-    from subsetsum_lth.solve import DEFAULT_BATCH, solve_batch
-    from subsetsum_lth.solvers.registry import get_backend_class
+    from subsetsum_lth.solve import default_batch, solve_batch
 
     k = min(limit, len(batch))
-    # the driver's table first, else the backend's own class attribute (torch-mitm), else 512
-    size = int(config.batch_size or DEFAULT_BATCH.get(name)
-               or getattr(get_backend_class(name), "default_batch", 512))
+    size = int(config.batch_size or default_batch(name))
     size = min(size, max(1, k))
     solve_batch(name, {}, batch.take(slice(0, min(2, k))))      # warm-up: imports, environments
     # batches grow from 8 instances (slow backends respect the budget) to the full size

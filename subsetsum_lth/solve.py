@@ -15,18 +15,34 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.executors import Pool, _watch_parent, as_pool, make_pool  # noqa: F401
+from subsetsum_lth.progress import Bar, advance
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
 
 log = logging.getLogger(__name__)
 
-#: Default instances per batch by backend: enough work per batch (≥ ~100 ms) to amortise IPC.
-DEFAULT_BATCH = {"mitm": 4096, "ortools": 1024, "cpsat": 32, "gurobi": 16}
+
+def backend_fact(solver: str, fact: str):
+    """A class attribute the driver reads from backend ``solver`` (``default_batch``,
+    ``fallback_rank``, ``uses_pool``): SolverBackend's default where the backend does not set it
+    (a plug-in that does not subclass SolverBackend) or cannot be loaded (an unknown or broken
+    solver fails elsewhere, with its own message)."""
+    from subsetsum_lth.solvers.base import SolverBackend
+    from subsetsum_lth.solvers.registry import get_backend_class
+    try:
+        cls = get_backend_class(solver)
+    except Exception:
+        cls = SolverBackend
+    return getattr(cls, fact, getattr(SolverBackend, fact))
+
+
+def default_batch(solver: str) -> int:
+    """Instances per batch for ``solver`` when no batch size is given (its ``default_batch``)."""
+    return int(backend_fact(solver, "default_batch"))
 
 
 @dataclass
@@ -34,7 +50,7 @@ class SolveConfig:
     solver: str = "ortools"
     objective: str = "error"
     workers: int | None = None        #: None: all cores; 1: in this process
-    batch_size: int | None = None     #: None: DEFAULT_BATCH[solver] or 512
+    batch_size: int | None = None     #: None: the backend's default_batch
     time_limit: float | None = None   #: per instance, seconds (backends that support it); None: limits.DEFAULT_TIME_LIMIT
     executor: str = "process"         #: process | dask | dask-local (see subsetsum_lth.executors)
     scheduler: str | None = None      #: Dask scheduler address for executor "dask"
@@ -49,7 +65,20 @@ class SolveConfig:
         return w
 
     def resolved_batch(self) -> int:
-        return int(self.batch_size or DEFAULT_BATCH.get(self.solver, 512))
+        return int(self.batch_size or default_batch(self.solver))
+
+
+def in_process(config: SolveConfig, solver: str | None = None, n_batches: int | None = None) -> bool:
+    """Whether the batches of ``solver`` (default ``config.solver``) run in this process instead of
+    a pool of workers: always for a backend with ``uses_pool = False``; else with the local
+    process executor, no batch timeout (only a worker process can be stopped) and one worker or
+    at most one batch (``n_batches``; None: not known yet). The one place this is decided: the
+    CLI asks it before starting a pool for a whole run, ``solve_all`` before each solve."""
+    if not backend_fact(solver or config.solver, "uses_pool"):
+        return True
+    if config.executor != "process" or config.batch_timeout:
+        return False
+    return config.resolved_workers() == 1 or (n_batches is not None and n_batches <= 1)
 
 
 def check_solver(config: SolveConfig) -> None:
@@ -262,18 +291,29 @@ def _failed(sub: InstanceBatch, solver: str, reason: str) -> BatchResult:
                        {int(i): f"{solver}: {reason}" for i in sub.ids})
 
 
+def fallback_order() -> list[str]:
+    """The backends that may re-solve failed instances, by their ``fallback_rank`` (lowest first;
+    ties by name); backends that cannot be loaded or have no rank are left out."""
+    from subsetsum_lth.solvers.registry import list_backends
+
+    ranked = []
+    for name in list_backends():
+        rank = backend_fact(name, "fallback_rank")
+        if rank is not None:
+            ranked.append((rank, name))
+    return [name for _, name in sorted(ranked)]
+
+
 def fallback_solver(solver: str, objective: str, max_count: int) -> str | None:
-    """Another exact backend for instances the first one could not finish (TIMEOUT/ERROR):
-    mitm when every instance fits its max_n, else ortools; None if there is none."""
+    """Another exact backend for instances the first one could not finish (TIMEOUT/ERROR): the
+    first of :func:`fallback_order` (mitm, then ortools) that is exact, takes the objective, fits
+    every instance (``max_n``) and is available; None if there is none."""
     from subsetsum_lth.solvers.registry import get_backend_class
 
-    for name in ("mitm", "ortools"):
+    for name in fallback_order():
         if name == solver:
             continue
-        try:
-            cls = get_backend_class(name)
-        except Exception:
-            continue
+        cls = get_backend_class(name)
         cap = cls.capabilities
         if not cap.exact or objective not in cap.objectives:
             continue
@@ -407,7 +447,7 @@ def _drive_pool(pool: Pool, todo, solver, options, config: SolveConfig, done, si
 
 
 def solve_all(batch: InstanceBatch, config: SolveConfig,
-              on_progress: Callable[[int], None] | None = None,
+              on_progress: Bar | None = None,
               store: ResumeStore | None = None,
               executor: cf.Executor | Pool | None = None) -> BatchResult:
     """Solve every instance of ``batch``; returns one BatchResult row-aligned with ``batch``.
@@ -417,7 +457,9 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
     ``config.fallback`` is on; whatever still fails keeps status ERROR/TIMEOUT and a message.
 
     Args:
-        on_progress: called with the number of instances just finished.
+        on_progress: a progress bar advanced by the number of instances finished: tqdm-like
+            (``update(n)``) or a callable ``on_progress(n)``; see :mod:`subsetsum_lth.progress`.
+            Not closed here.
         store: resume store; batches found there are not solved again.
         executor: any concurrent.futures.Executor, or a :class:`subsetsum_lth.executors.Pool`
             (overrides ``config.workers`` and ``config.executor``); not closed here.
@@ -438,7 +480,7 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
             nonlocal pool, own
             sub_all = batch if len(rows_all) == k else batch.take(rows_all)
             order = rows_all[np.argsort(sub_all.counts, kind="stable")]
-            size = config.resolved_batch() if solver == config.solver else int(DEFAULT_BATCH.get(solver, 512))
+            size = config.resolved_batch() if solver == config.solver else default_batch(solver)
             def items(rows_in: np.ndarray) -> list[_Item]:
                 """``rows_in`` in batches of ``size``, each cut to its widest instance."""
                 out = []
@@ -462,8 +504,7 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
                 errors[it.rows] = res.errors
                 status[it.rows] = res.status
                 messages.update(res.messages)
-                if progress:
-                    progress(len(it.rows))
+                advance(progress, len(it.rows))
 
             left, reused, again = [], 0, []
             for it in todo:
@@ -495,8 +536,9 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
             # every backend that takes a time limit gets one, so no instance runs for ever
             from subsetsum_lth.limits import DEFAULT_TIME_LIMIT
             options = {"time_limit": config.time_limit or DEFAULT_TIME_LIMIT}
-            local = config.executor == "process" and not config.batch_timeout
-            if pool is None and local and (workers == 1 or len(left) <= 1):
+            # a pool the caller gave is used, unless the backend never runs in one
+            given = pool is not None and backend_fact(solver, "uses_pool")
+            if not given and in_process(config, solver, len(left)):
                 _run_in_process(left, solver, options, done)
                 return
             if pool is None:

@@ -152,3 +152,71 @@ def test_truncated_partial_batch_is_recomputed(tmp_path):
     again = solve_all(b, SolveConfig(solver="mitm", workers=1, batch_size=20), store=store)
     assert np.array_equal(first.selections, again.selections)
     assert batch_key("mitm", b) != batch_key("ortools", b)
+
+
+# ----------------------------------------------------------------------------- backend facts
+
+def test_driver_reads_batch_size_and_fallback_order_from_the_backends(monkeypatch):
+    """Default batch sizes and the fallback order are class attributes of the backends; the driver
+    has no list of its own: a plug-in that ranks first is the fallback, one without the
+    attributes gets SolverBackend's defaults."""
+    from subsetsum_lth.solve import default_batch, fallback_order, fallback_solver
+    from subsetsum_lth.solvers import registry
+    from subsetsum_lth.solvers.base import SolverBackend
+    from subsetsum_lth.solvers.mitm import MeetInTheMiddleSolver
+
+    for name in registry.BUILTIN:
+        assert default_batch(name) == registry.get_backend_class(name).default_batch
+        assert SolveConfig(solver=name).resolved_batch() == default_batch(name)
+    assert SolveConfig(solver="mitm", batch_size=7).resolved_batch() == 7
+    assert fallback_order() == ["mitm", "ortools"]
+    assert fallback_solver("mitm", "error", 40) == "ortools"      # mitm tried first, unless it is the one that failed
+    assert fallback_solver("ortools", "error", 40) is None        # beyond mitm's max_n: nothing else ranks
+    assert fallback_solver("ortools", "error", 20) == "mitm"
+
+    class First(MeetInTheMiddleSolver):
+        name = "first"
+        fallback_rank = -1
+        default_batch = 3
+    monkeypatch.setitem(registry._extra, "first", First)
+    monkeypatch.setitem(registry._extra, "broken", _Broken)      # duck-typed: no attributes
+    assert fallback_order() == ["first", "mitm", "ortools"]
+    assert fallback_solver("broken", "error", 20) == "first"
+    assert default_batch("first") == 3 and default_batch("broken") == SolverBackend.default_batch
+    got = solve_all(_batch(), SolveConfig(solver="broken", workers=1))
+    assert all("then" not in m for m in got.messages.values()) and (got.status == Status.OPTIMAL).all()
+
+
+def test_pool_or_not_is_decided_in_one_place(monkeypatch):
+    """``in_process`` decides (CLI and driver alike); a backend with ``uses_pool = False`` runs in
+    this process whatever the workers, executor or a pool handed over say."""
+    import concurrent.futures as cf
+
+    from subsetsum_lth import solve
+    from subsetsum_lth.solvers import registry
+    from subsetsum_lth.solvers.mitm import MeetInTheMiddleSolver
+
+    ip = solve.in_process
+    assert ip(SolveConfig(solver="mitm", workers=1))
+    assert not ip(SolveConfig(solver="mitm", workers=2))
+    assert ip(SolveConfig(solver="mitm", workers=2), n_batches=1)
+    assert not ip(SolveConfig(solver="mitm", workers=1, batch_timeout=5.0))
+    assert not ip(SolveConfig(solver="mitm", workers=1, executor="dask-local"))
+
+    class Local(MeetInTheMiddleSolver):
+        name = "local"
+        uses_pool = False
+    monkeypatch.setitem(registry._extra, "local", Local)
+    assert ip(SolveConfig(solver="local", workers=4, batch_timeout=5.0, executor="dask-local"))
+
+    def no_pool(*a, **k):
+        raise AssertionError("a pool was used")
+    monkeypatch.setattr(solve, "_run_in_pool", no_pool)
+    monkeypatch.setattr(solve, "make_pool", no_pool)
+    b = _batch()
+    want = solve_all(b, SolveConfig(solver="mitm", workers=1, batch_size=10))
+    with cf.ThreadPoolExecutor(2) as given:
+        got = solve_all(b, SolveConfig(solver="local", workers=4, batch_size=10), executor=given)
+    assert np.array_equal(got.selections, want.selections) and np.array_equal(got.status, want.status)
+    with pytest.raises(AssertionError, match="a pool was used"):
+        solve_all(b, SolveConfig(solver="mitm", workers=4, batch_size=10))

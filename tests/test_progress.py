@@ -20,7 +20,7 @@ def test_plain_tick_prints_periodically_with_an_estimate():
                      clock=lambda: now[0])
     for _ in range(100):
         now[0] += 1.0          # one instance per second: a line every 10 s
-        tick(1)
+        tick.update(1)
         if tick.n == 40:
             tick.set_postfix(loss="0.5")
     tick.close()
@@ -32,7 +32,7 @@ def test_plain_tick_prints_periodically_with_an_estimate():
 def test_plain_tick_is_silent_for_short_stages():
     lines: list[str] = []
     tick = PlainTick(5, "growth", interval=10, write=lines.append, clock=lambda: 0.0)
-    tick(5)
+    tick.update(5)
     tick.close()
     assert lines == []
 

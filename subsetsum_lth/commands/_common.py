@@ -4,13 +4,6 @@ from __future__ import annotations
 import json
 
 
-def tqdm_progress(enabled: bool = True):
-    """A Progress factory for the library: returns a per-stage callable(n) with .close(): a tqdm
-    bar on a terminal, plain periodic lines on stderr otherwise (see ``_progress``)."""
-    from subsetsum_lth.commands._progress import progress_factory
-    return progress_factory(enabled, unit="inst")
-
-
 def print_json(obj) -> None:
     from subsetsum_lth.runfolder import _json_default
     print(json.dumps(obj, indent=2, default=_json_default))

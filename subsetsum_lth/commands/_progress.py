@@ -4,6 +4,10 @@ With stderr going to a file or a pipe a tqdm bar writes carriage returns that no
 until the end, so long steps would look silent. There each stage prints one plain line at
 most every ``INTERVAL`` seconds (what, how far, elapsed, an estimate of what is left) and,
 if it printed anything, a last line when it ends.
+
+:func:`progress_factory` is the one factory the subcommands hand to the library (the convention
+of :mod:`subsetsum_lth.progress`): its bars are tqdm's own, or :class:`PlainTick`, which has
+tqdm's ``update``/``set_postfix``/``close``.
 """
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ def duration(seconds: float) -> str:
 
 
 class PlainTick:
-    """A progress stage that prints plain lines (the tqdm-less twin of a bar)."""
+    """A progress stage that prints plain lines: the tqdm-less twin of a bar, with tqdm's
+    ``update(n)``, ``set_postfix(**kw)`` and ``close()``."""
 
     def __init__(self, total: int, desc: str, unit: str = "step", interval: float = INTERVAL,
                  write: Callable[[str], None] = say, clock: Callable[[], float] = time.monotonic):
@@ -59,7 +64,7 @@ class PlainTick:
         head = f"{self.desc}: done, " if final else f"{self.desc}: "
         return f"{head}{self.n:,}/{self.total:,} {self.unit}s{pct}{post}, {duration(elapsed)} elapsed{left}"
 
-    def __call__(self, n: int = 1) -> None:
+    def update(self, n: int = 1) -> None:
         self.n += int(n)
         now = self.clock()
         if now - self.last >= self.interval:
@@ -78,26 +83,16 @@ class PlainTick:
 
 def progress_factory(enabled: bool = True, unit: str = "step", interval: float = INTERVAL,
                      terminal: bool | None = None):
-    """A Progress factory for the library, ``factory(total, desc) -> tick`` with ``tick(n)``,
-    ``tick.set_postfix(**kw)`` and ``tick.close()``: a tqdm bar when stderr is a terminal, else
-    plain lines every ``interval`` seconds; nothing when not ``enabled``."""
+    """The Progress factory the subcommands give the library, ``factory(total, desc) -> bar``
+    (see :mod:`subsetsum_lth.progress`): the tqdm bar itself when stderr is a terminal, else a
+    :class:`PlainTick` printing plain lines every ``interval`` seconds; a disabled tqdm bar (no
+    output) when not ``enabled``. ``unit='inst'`` counts solver instances (1.2k, 3.4M)."""
     terminal = is_terminal() if terminal is None else terminal
 
     def factory(total: int, desc: str):
         if enabled and not terminal:
             return PlainTick(total, desc, unit, interval)
         from tqdm import tqdm
-        bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "inst", disable=not enabled,
-                   file=sys.stderr, dynamic_ncols=True, leave=False)
-
-        class Tick:
-            def __call__(self, n: int = 1) -> None:
-                bar.update(n)
-
-            def set_postfix(self, **kw) -> None:
-                bar.set_postfix(**kw)
-
-            def close(self) -> None:
-                bar.close()
-        return Tick()
+        return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "inst", disable=not enabled,
+                    file=sys.stderr, dynamic_ncols=True, leave=False)
     return factory

@@ -4,8 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from subsetsum_lth.commands._common import (non_negative_int, positive_float, positive_int, print_json,
-                                            tqdm_progress)
+from subsetsum_lth.commands._common import non_negative_int, positive_float, positive_int, print_json
+from subsetsum_lth.commands._progress import progress_factory
 from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
                                                  preprocessing_from_args, target_flags_given)
 
@@ -170,13 +170,13 @@ def run(args) -> int:
             "target_training_note": "the default target was trained by this command before the approximation; "
                                     "wall_seconds does not include it"},
     )
-    progress = tqdm_progress(enabled=not args.no_progress)
+    progress = progress_factory(not args.no_progress, unit="inst")
     status = 0
     from subsetsum_lth.executors import make_pool
+    from subsetsum_lth.solve import in_process
     # one pool (process pool, Dask cluster or connection) for the whole run, started lazily on the
     # first batch; --workers 1 without --batch-timeout solves in this process
-    in_process = args.executor == "process" and args.workers == 1 and not args.batch_timeout
-    pool = None if in_process else make_pool(args.executor, args.workers, args.scheduler)
+    pool = None if in_process(config.solve) else make_pool(args.executor, args.workers, args.scheduler)
     try:
         report = approximate(target, config, args.out, progress=progress, eval_data=eval_data,
                              empirical_data=emp_data, executor=pool)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from subsetsum_lth.commands._common import (non_negative_float, non_negative_int, positive_float, positive_int,
-                                            print_json, tqdm_progress)
+                                            print_json)
+from subsetsum_lth.commands._progress import progress_factory
 
 NAME = "bench"
 HELP = "benchmark the solver backends, or time a whole approximate run"
@@ -111,7 +112,8 @@ def _run_approximate(args) -> int:
                                  weight_eps=args.weight_eps, data=args.data, data_dir=args.data_dir,
                                  workers=args.workers, out=args.out, seed=args.seed,
                                  plots=not args.no_plots)
-    rep = bench_approximate(cfg, progress=tqdm_progress(enabled=not args.no_progress and not args.json))
+    progress = progress_factory(not args.no_progress and not args.json, unit="inst")
+    rep = bench_approximate(cfg, progress=progress)
     if args.json:
         print_json(rep)
         return 0
