@@ -56,6 +56,7 @@ class TorchMitmSolver(SolverBackend):
                    "CPU or CUDA, exact)")
     #: instances per solve call the driver should send (a GPU wants thousands at once)
     default_batch = 8192
+    uses_pool = False    #: one device (a GPU, or torch's own threads): batches run in this process
     #: the device when none is given: "cuda" when torch sees a GPU, else "cpu"
     default_device = None
     #: bytes of working tensors per chunk of rows, per device type

@@ -174,36 +174,19 @@ def build_report(config: EdgePopupConfig, net: RandomNet, model: EdgePopupNet, m
 
 def write_run(out: Path, config: EdgePopupConfig, net: RandomNet, masks: dict, report: dict,
               metrics: list[dict], digest: str, timings: dict, t_start: float) -> None:
-    """Write the run folder's files (the report last) and close its manifest."""
+    """Write the run folder's files through the one run writer (the report last) and close its
+    manifest."""
+    from subsetsum_lth.runwriter import write_run as write_folder
     curve = report["curve"]
-    t = time.perf_counter()
     meta = {"format": "subsetsum-lth-run", "method": METHOD, "seed": int(config.seed),
             "weights_sha256": digest}
-    if net.copy_from is not None:
-        rf.atomic_copy(net.copy_from, out / rf.RANDOM_NET)
-    else:
-        depth = sum(k.endswith(".weight") for k in net.state) // 2
-        rf.atomic_save_safetensors(net.state, out / rf.RANDOM_NET,
-                                   {"format": "subsetsum-lth-run", "method": METHOD, "depth": depth})
-    rf.atomic_save_safetensors(masks, out / rf.MASKS, meta)
-    if net.target_file is not None:
-        rf.atomic_copy(net.target_file, out / rf.TARGET)
-    elif net.target is not None:
-        from subsetsum_lth.target import save_target
-        save_target(net.target, out / rf.TARGET)
-    if config.plots:
-        try:
-            title = (f"edge-popup: keep {config.keep:g} ({config.scope}, {config.structure}"
-                     f"{'' if config.inner_relu else ', no inner ReLU'}), "
-                     f"test acc {100 * report['test_accuracy']:.2f}%")
-            report["plots"] = [plot_curve(out, curve, title)]
-        except Exception as exc:  # a plot must never cost the run
-            log.warning("training-curve plot failed: %s", exc)
-    timings["write"] = time.perf_counter() - t
-    report["wall_seconds"] = time.perf_counter() - t_start
-    report["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    metrics.append({"layer": "all", "metric": "wall_seconds", "value": report["wall_seconds"]})
-    rf.atomic_write_csv(out / rf.METRICS, metrics)
-    rf.atomic_write_json(out / rf.REPORT, report)
-    from subsetsum_lth import manifest
-    manifest.writer_for(out).finish()
+
+    def plots():
+        title = (f"edge-popup: keep {config.keep:g} ({config.scope}, {config.structure}"
+                 f"{'' if config.inner_relu else ', no inner ReLU'}), "
+                 f"test acc {100 * report['test_accuracy']:.2f}%")
+        return [plot_curve(out, curve, title)]
+    write_folder(out, masks=masks, meta=meta, report=report, metrics=metrics, t_start=t_start, timings=timings,
+                 random_state=net.state if net.copy_from is None else None, random_copy_from=net.copy_from,
+                 target=net.target if net.target_file is None else None, target_file=net.target_file,
+                 plots=plots if config.plots else None, wall_metric=True)

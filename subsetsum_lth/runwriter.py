@@ -1,0 +1,140 @@
+"""Run folders of both kinds of runs: preparing ``--out`` (manifest, lock, ``--resume``), telling a
+finished approximate run from an unfinished one, and writing the files — one writer for
+``approximate`` and ``edge-popup``: random_net, masks, target and extra tensors first, plots,
+metrics.csv, report.json last, then the manifest is closed."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Callable
+
+from subsetsum_lth import manifest
+from subsetsum_lth import runfolder as rf
+from subsetsum_lth.certify import certified_bound, layer_maps
+from subsetsum_lth.errors import RunFolderError
+from subsetsum_lth.solve import ResumeStore
+
+log = logging.getLogger(__name__)
+
+
+def tensor_metadata(meta: dict) -> dict:
+    """safetensors metadata as ONE key holding sorted JSON: safetensors writes several keys in
+    hash-map order, which would make two runs of the same seed differ in their bytes."""
+    return {"subsetsum_lth": json.dumps(meta, sort_keys=True)}
+
+
+def write_run(out: Path, *, masks: dict, meta: dict, report: dict, metrics: list[dict], t_start: float,
+              timings: dict, random_state: dict | None = None, random_copy_from: Path | None = None,
+              target=None, target_file: Path | None = None, extra: dict | None = None,
+              plots: Callable[[], list] | None = None, store_name: str | None = None,
+              extra_report: dict | None = None, wall_metric: bool = False) -> None:
+    """Write a run folder's files (report.json last) and close its manifest. ``extra``: file name
+    -> tensors (e.g. the witness); ``plots()`` returns the plot file names (a failed plot is
+    logged, never fatal); ``store_name``: a resume store to remove once the run is written;
+    ``extra_report``: entries added after ``wall_seconds``; ``wall_metric``: a metrics.csv row
+    for it too."""
+    out = Path(out)
+    t = time.perf_counter()
+    tmeta = tensor_metadata(meta)
+    if random_copy_from is not None:
+        rf.atomic_copy(random_copy_from, out / rf.RANDOM_NET)
+    else:
+        rf.atomic_save_safetensors(random_state, out / rf.RANDOM_NET, tmeta)
+    rf.atomic_save_safetensors(masks, out / rf.MASKS, tmeta)
+    if target_file is not None:
+        rf.atomic_copy(target_file, out / rf.TARGET)
+    elif target is not None:
+        from subsetsum_lth.target import save_target
+        save_target(target, out / rf.TARGET)
+    for name, tensors in (extra or {}).items():
+        rf.atomic_save_safetensors(tensors, out / name, tmeta)
+    if plots is not None:
+        try:
+            report["plots"] = plots()
+        except Exception as exc:  # a plot must never cost the run
+            log.warning("plots failed: %s", exc)
+    timings["write"] = time.perf_counter() - t
+    report["wall_seconds"] = time.perf_counter() - t_start
+    report.update(extra_report or {})
+    if wall_metric:
+        metrics.append({"layer": "all", "metric": "wall_seconds", "value": report["wall_seconds"]})
+    return _finish(out, report, metrics, store_name)
+
+
+def _finish(out: Path, report: dict, metrics: list[dict], store_name: str | None) -> None:
+    report["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rf.atomic_write_csv(out / rf.METRICS, metrics)
+    rf.atomic_write_json(out / rf.REPORT, report)
+    writer = manifest.writer_for(out)
+    if store_name is not None:
+        writer.remove_store(store_name)     # only the store's own files, never a user's
+    writer.finish()
+
+
+def prepare_folder(out: Path, config, fingerprint: dict,
+                    need_bytes: int = 0) -> ResumeStore:
+    out = Path(out)
+    partial = out / "partial"
+    # --out must be new, empty, or an approximate run folder written by the tool (manifest.json,
+    # files unchanged); it is locked until approximate() returns, and --overwrite removes only
+    # the files the manifest lists
+    writer = manifest.open_folder(out, "approximate", overwrite=config.overwrite and not config.resume,
+                                  need_bytes=need_bytes)
+    try:
+        existing = [p for p in (out / rf.REPORT, out / rf.MASKS, partial) if p.exists()]
+        if existing and not (config.resume or config.overwrite):
+            raise RunFolderError(
+                f"{out} already holds a run ({', '.join(p.name for p in existing)}); "
+                "use --resume to continue it, --overwrite to replace it, or another --out")
+        # a resumed run's settings are checked before anything in the folder changes
+        cfg_path = out / "run_config.json"
+        if config.resume and cfg_path.exists():
+            from subsetsum_lth.runcheck import read_json
+            old = read_json(cfg_path, fix="use --overwrite to start the run again, or another --out")
+            if json.loads(json.dumps(fingerprint, default=rf._json_default)) != old:
+                diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+                raise RunFolderError(f"--resume: the run in {out} was started with different settings "
+                                     f"({', '.join(diff)}); use the same options or another --out")
+        writer.make_store("partial")
+    except BaseException:
+        writer.close()
+        raise
+    rf.atomic_write_json(cfg_path, fingerprint)
+    return ResumeStore(partial)
+
+
+def completed_run(out: Path) -> dict | None:
+    """The report of a finished, successful run in ``out`` (masks and report written, nothing
+    infeasible, ε met), else None. ``_prepare_folder`` has already checked the settings match."""
+    if not ((out / rf.REPORT).exists() and (out / rf.MASKS).exists() and (out / rf.RANDOM_NET).exists()):
+        return None
+    # nothing stored is believed: the folder goes through the validated reader and its
+    # certificate and weight errors are recomputed from the files before it counts as done
+    from subsetsum_lth.runcheck import read_run
+    try:
+        run = read_run(out, need_target=True)
+        report = run.report
+        cert = certified_bound(run.target, layer_maps(run.random_state, run.masks, run.layout),
+                               run.input_radius, run.input_domain)
+    except Exception as exc:
+        log.warning("--resume: the finished run in %s does not check out (%s); solving again", out, exc)
+        return None
+    if report.get("infeasible_count", 1) != 0 or report.get("certified_ok") is False:
+        return None
+    stored = report.get("certified_bound")
+    tau = report.get("weight_eps")
+    ok = stored is not None and math.isclose(stored, cert.bound, rel_tol=1e-9, abs_tol=1e-15)
+    if report.get("mode") == "network":
+        ok = ok and report.get("eps") is not None and cert.bound <= report["eps"]
+    else:
+        ok = ok and isinstance(tau, (int, float)) and all(
+            max(L["max_weight_error"], L["max_bias_error"]) <= tau * (1 + 1e-6) + 1e-9 for L in cert.layers)
+    if not ok:
+        log.warning("--resume: the report in %s does not match its recomputed certificate or errors; "
+                    "solving again", out)
+        return None
+    return report
