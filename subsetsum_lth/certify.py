@@ -294,24 +294,22 @@ class CollapsedNet(nn.Module):
         self.wm = [torch.as_tensor(M.w_minus, dtype=dtype) for M in maps]
         self.b = [torch.as_tensor(M.bias, dtype=dtype) for M in maps]
         self.signed = [bool(np.any(M.w_minus)) for M in maps]
-        self.kinds = [None] * len(maps) if target is None else [L.kind for L in target.layers]
-        self.after = [[] for _ in maps] if target is None else [target.ops_after(i) for i in range(len(maps))]
+        if target is None:
+            from subsetsum_lth.layerkinds import Linear
+            self.kinds = [Linear(M.w_plus.shape[1], M.w_plus.shape[0]) for M in maps]
+            self.after = [[] for _ in maps]
+        else:
+            self.kinds = [L.kind for L in target.layers]
+            self.after = [target.ops_after(i) for i in range(len(maps))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         n = len(self.wp)
-        for i in range(n):
+        for i, kind in enumerate(self.kinds):
             dt = h.dtype
-            kind = self.kinds[i]
-            if kind is None or kind.name == "linear":
-                h = h.reshape(h.shape[0], -1)
-                out = h.clamp_min(0) @ self.wp[i].to(dt).T + self.b[i].to(dt)
-                if self.signed[i]:
-                    out = out + h.clamp_max(0) @ self.wm[i].to(dt).T
-            else:
-                out = kind.apply(h.clamp_min(0), self.wp[i].to(dt), self.b[i].to(dt))
-                if self.signed[i]:
-                    out = out + kind.apply(h.clamp_max(0), self.wm[i].to(dt), None)
+            out = kind.apply(h.clamp_min(0), self.wp[i].to(dt), self.b[i].to(dt))
+            if self.signed[i]:
+                out = out + kind.apply(h.clamp_max(0), self.wm[i].to(dt), None)
             h = torch.relu(out) if i < n - 1 else out
             for op in self.after[i]:
                 h = op.apply(h)

@@ -377,10 +377,8 @@ def masks_state_dict(layer_masks: list[dict[str, np.ndarray]], layout=None) -> d
         from subsetsum_lth.layerkinds import Linear
         layout = GLayout(tuple(Linear(m["w1"].shape[1], m["w2"].shape[0]) for m in layer_masks),
                          tuple(m["w1"].shape[0] for m in layer_masks))
-    out = {}
-    for i, mk in enumerate(layer_masks):
-        out.update(layout.to_stored(i, mk["w1"], mk["b1"], mk["w2"], mk["b2"]))
-    return out
+    from subsetsum_lth.gnet import Masks
+    return Masks.from_pairs(layout, layer_masks).state_dict()     # validated: keys, shapes, 0/1
 
 
 def prepruning_masks(plans: list[LayerPlan], random_state: dict[str, np.ndarray], layout=None) -> dict[str, np.ndarray]:

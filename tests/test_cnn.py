@@ -432,3 +432,16 @@ def test_normalisation_with_padding_is_refused():
     t = random_target(LENETISH, (1, 8, 8), np.random.default_rng(6))
     with pytest.raises(TargetError, match="padding"):
         fold(t, Preprocessing.parse("0.1307,0.3081", None))
+
+
+def test_cnn_network_mode_meets_eps(tmp_path):
+    """--eps on a CNN: τ is chosen from the conv-aware a-priori bound and tightened until the
+    certificate meets ε; the attack on ĝ rebuilt from the files stays under it."""
+    t = random_target(LENETISH, (1, 8, 8), np.random.default_rng(0))
+    cfg = ApproximateConfig(construction=ConstructionConfig(seed=1), solve=SolveConfig(solver="mitm", workers=1),
+                            eps=0.05, input_radius=1.0, plots=False, empirical_samples=64, ascent_steps=20)
+    report = approximate(t, cfg, tmp_path / "r")
+    assert report["mode"] == "network" and report["certified_bound"] <= 0.05
+    assert report["weight_eps"] < 0.05
+    g, _ = rebuild_image_g(tmp_path / "r")
+    assert attack(t.forward, g, t.input_dim, 1.0, True) <= report["certified_bound"]
