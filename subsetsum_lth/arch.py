@@ -86,8 +86,8 @@ PRESETS = {"lenet5": LENET5}
 SPEC_HELP = (
     "ARCH is a preset (lenet5: conv6k5p2-relu-maxpool2-conv16k5-relu-maxpool2-fc120-relu-fc84-"
     "relu-fc10) or a comma-separated SPEC of layers applied in order: cN = conv2d with N output "
-    "channels, followed by kK (kernel KxK, or kKHxKW; required), sS (stride, default 1), pP "
-    "(zero padding, default 0); fcN = linear with N outputs; mpK / apK = max / average pooling "
+    "channels, followed by kK (kernel KxK, or kKHxKW; required), sS (stride, 1 if absent), pP "
+    "(zero padding, 0 if absent); fcN = linear with N outputs; mpK / apK = max / average pooling "
     "with kernel K and stride K (mpKsS for stride S); flatten (optional: it is inserted before the "
     "first fc that follows a conv or pool); the suffix nb (c6k5nb, fc10nb) drops the bias. A ReLU "
     "follows every conv and fc except the last, which gives the logits. Examples: "
@@ -599,11 +599,16 @@ def arch_from_module(seq: nn.Module, input_shape) -> list[dict]:
     if not isinstance(seq, nn.Sequential):
         raise TargetError(f"expected an nn.Sequential, got {type(seq).__name__}; write the model as "
                           "an nn.Sequential or pass --arch")
+    names = [name for name, mod in _leaves(seq) if not isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    for name, mod in _leaves(seq):     # refuse what is not supported, naming the original layer
+        if not isinstance(mod, _SUPPORTED):
+            _refuse_module(name, mod)
+    folded = fold_batchnorm(seq)       # refuses a BatchNorm that cannot be folded, naming it
     arch: list[dict] = []
-    for name, mod in _leaves(seq):
+    for name, mod in zip(names, folded):
         where = f"layer {name} ({type(mod).__name__})"
-        if isinstance(mod, _SKIPPED) or isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            continue     # BatchNorm: folded into the layer before it (checked by fold_batchnorm)
+        if isinstance(mod, _SKIPPED):
+            continue
         if type(mod) is nn.Conv2d:
             arch.append(_conv_op(mod, where))
         elif type(mod) is nn.Linear:
@@ -618,13 +623,25 @@ def arch_from_module(seq: nn.Module, input_shape) -> list[dict]:
                 raise TargetError(f"{where}: only Flatten(start_dim=1, end_dim=-1) is supported")
             arch.append({"op": "flatten"})
         else:
-            what = ("activation" if type(mod).__name__.lower() in _OTHER_ACTIVATIONS else "module")
-            raise TargetError(f"{where}: {what} {type(mod).__name__} is not supported; the layers "
-                              "read are Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten, Linear (Dropout and "
-                              "Identity skipped, BatchNorm after a Conv2d/Linear folded)")
-    fold_batchnorm(seq)   # refuses a BatchNorm that cannot be folded, naming it
+            _refuse_module(name, mod)
     check_arch(arch, input_shape)
     return arch
+
+
+_SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.BatchNorm1d,
+              nn.BatchNorm2d, *_SKIPPED)
+
+
+def _refuse_module(name: str, mod: nn.Module):
+    if isinstance(mod, _SUPPORTED) and type(mod) not in _SUPPORTED:
+        kind = f"a subclass of {next(c.__name__ for c in _SUPPORTED if isinstance(mod, c))} (its forward may differ)"
+    elif type(mod).__name__.lower() in _OTHER_ACTIVATIONS:
+        kind = f"activation {type(mod).__name__}"
+    else:
+        kind = f"module {type(mod).__name__}"
+    raise TargetError(f"layer {name} ({type(mod).__name__}): {kind} is not supported; the layers read are "
+                      "Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten, Linear (Dropout and Identity skipped, "
+                      "BatchNorm right after a Conv2d/Linear folded)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -802,3 +819,58 @@ def _shape_order(modules: list[str], groups: dict, ops: list, where: str, short)
         pool.remove(hit)
         order.append(hit)
     return order
+
+
+# --------------------------------------------------------------------------------------------
+# reading a saved target
+# --------------------------------------------------------------------------------------------
+
+def arch_from_metadata(metadata: dict, source: str = "") -> tuple[list[dict], tuple[int, ...]] | None:
+    """(arch, input_shape) recorded in a target's safetensors metadata (keys ``arch`` and
+    ``input_shape``, both JSON), checked; None when the metadata records no architecture."""
+    where = f" in {source}" if source else ""
+    if "arch" not in metadata:
+        return None
+    try:
+        arch = json.loads(metadata["arch"])
+        input_shape = json.loads(metadata.get("input_shape", "null"))
+    except json.JSONDecodeError as exc:
+        raise TargetError(f"the 'arch'/'input_shape' metadata{where} is not valid JSON: {exc}") from None
+    if input_shape is None:
+        raise TargetError(f"the metadata{where} has an 'arch' but no 'input_shape'")
+    arch = canonical_arch(arch)
+    shape = _check_input_shape(input_shape)
+    check_arch(arch, shape)
+    return arch, shape
+
+
+def load_arch_target(path) -> tuple[nn.Sequential, list[dict], tuple[int, ...], dict]:
+    """``(module, arch, input_shape, metadata)`` of a ``target.safetensors`` written by
+    ``train-target --arch``: ``module = module_from_arch(arch)`` with the file's weights, in eval
+    mode. Raises :class:`TargetError` when the file records no architecture or its tensors are not
+    exactly those of the architecture."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise TargetError(f"cannot read {path} as safetensors: {exc}") from None
+    found = arch_from_metadata(metadata, str(path))
+    if found is None:
+        raise TargetError(f"{path} records no architecture (no 'arch' metadata); it is not a target "
+                          "written by train-target --arch")
+    arch, shape = found
+    module = module_from_arch(arch)
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if want != have:
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want))
+        wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+        raise TargetError(f"the tensors of {path} do not match its architecture: missing {missing}, "
+                          f"unexpected {extra}, wrong shape "
+                          f"{[(k, have[k], want[k]) for k in wrong]}")
+    module.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    module.eval()
+    return module, arch, shape, metadata
