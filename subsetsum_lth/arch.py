@@ -12,8 +12,8 @@ An architecture is a list of dicts, one per op, ReLU explicit, applied to inputs
     {"op": "linear", "in_features": 400, "out_features": 120, "bias": true}
 
 The class the construction handles: every conv2d/linear except the last is followed by a relu
-(pools and a flatten may come after that relu), the last conv2d/linear has no relu and nothing
-but a flatten after it. Convolutions: zero padding, no dilation, no groups; pools: no padding,
+(pools and a flatten may come after that relu, pools nowhere else), the last conv2d/linear has
+no relu and nothing but a flatten after it. Convolutions: zero padding, no dilation, no groups; pools: no padding,
 floor mode.
 
 * :func:`parse_arch` reads a preset (``lenet5``) or a compact SPEC (:data:`SPEC_HELP`);
@@ -286,7 +286,8 @@ def _op_shape(op: dict, shape: tuple, where: str, i: int = 0) -> tuple[int, ...]
 
 def _check_class(ops: list[dict]) -> None:
     """A ReLU right after every conv/linear but the last (pools/flatten may follow it), no ReLU
-    anywhere else, and nothing but a flatten after the last conv/linear."""
+    anywhere else, pools only after such a ReLU, and nothing but a flatten after the last
+    conv/linear."""
     param = [i for i, op in enumerate(ops) if op["op"] in PARAMETRIC]
     if not param:
         raise TargetError("the architecture has no conv2d or linear layer")
@@ -305,6 +306,14 @@ def _check_class(ops: list[dict]) -> None:
                 what = ("the last conv2d/linear gives the logits and has no relu after it"
                         if i > 0 and i - 1 == last else "a relu must come right after a conv2d/linear")
                 raise TargetError(f"{where} follows {prev}: {what}")
+        if kind in POOLS:
+            j = i - 1
+            while j >= 0 and ops[j]["op"] in POOLS:
+                j -= 1
+            if j < 0 or ops[j]["op"] != "relu":
+                prev = "the input" if j < 0 else f"layer {j} ({ops[j]['op']})"
+                raise TargetError(f"{where} follows {prev}: a pool must come after the relu of a "
+                                  "conv2d (conv2d, relu, pool)")
         if i > last and kind != "flatten":
             raise TargetError(f"{where} comes after the last conv2d/linear (layer {last}); the network must "
                               "end with that layer (a flatten after it is allowed)")
@@ -661,7 +670,8 @@ def state_for_arch(state_dict: dict, arch, source: str = "", order_known: bool =
     The conv/linear modules of the state_dict (``nn.Sequential`` indices, or named modules such
     as ``conv1``, ``fc1``, ``features.0``) are taken in order (Sequential indices when they order
     every pair, else the file's order; ``order_known=False``, as for safetensors whose keys come
-    back sorted: the order in which the weight shapes fit the architecture, when it is unique)
+    back sorted: the order in which the weight shapes fit the architecture, layers of equal
+    shapes in natural name order)
     and matched one to one with the architecture's conv2d/linear layers; each shape is checked.
     A BatchNorm's entries (``bn1.running_mean``, ...) right after a conv/linear are folded into
     it (a state_dict does not record a BatchNorm's eps: ``bn_eps``, torch's default 1e-5).

@@ -86,6 +86,7 @@ def test_json_arch_accepted():
     ("c0k5,fc10", "token 1 'c0k5'"),
     ("fc0", "token 1 'fc0'"),
     ("mp2,mp2", "no conv"),
+    ("mp2,c6k5,fc10", "follows the input: a pool must come after the relu"),
     ("lenet5,fc10", "token 1 'lenet5'"),
     ("", "--arch needs"),
 ])
@@ -140,6 +141,14 @@ def _with(i: int, **changes) -> list[dict]:
     ([{"op": "relu"}, {"op": "flatten"}, {"op": "linear", "in_features": 784, "out_features": 10}],
      "layer 0 (relu) follows the input"),
     ([{"op": "flatten"}], "no conv2d or linear"),
+    ([{"op": "maxpool2d", "kernel": 2}, {"op": "conv2d", "in_channels": 1, "out_channels": 2, "kernel": 3}],
+     "layer 0 (maxpool2d) follows the input: a pool must come after the relu"),
+    ([{"op": "conv2d", "in_channels": 1, "out_channels": 2, "kernel": 3}, {"op": "maxpool2d", "kernel": 2},
+      {"op": "relu"}, {"op": "conv2d", "in_channels": 2, "out_channels": 3, "kernel": 3}],
+     "layer 0 (conv2d) is followed by maxpool2d"),
+    ([{"op": "conv2d", "in_channels": 1, "out_channels": 2, "kernel": 3}, {"op": "relu"},
+      {"op": "conv2d", "in_channels": 2, "out_channels": 3, "kernel": 3}, {"op": "maxpool2d", "kernel": 2}],
+     "layer 3 (maxpool2d) follows layer 2 (conv2d)"),
 ])
 def test_check_arch_refusals_name_the_layer(arch, needle):
     with pytest.raises(TargetError) as info:
