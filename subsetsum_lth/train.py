@@ -1,4 +1,4 @@
-"""Train a target ReLU MLP on MNIST (the network that the construction will approximate).
+"""Train a target ReLU network on MNIST (the network that the construction will approximate).
 
 The result is a folder with ``target.safetensors`` (the ``state_dict`` of an
 ``nn.Sequential(Linear, ReLU, ..., Linear)``: keys ``0.weight``, ``0.bias``, ``2.weight``, ...,
@@ -9,6 +9,13 @@ Settings follow Pensia et al. and the edge-popup paper: SGD with momentum 0.9, w
 5e-4, batch 64, a cosine learning-rate schedule over all steps. Runs are reproducible: the
 initialisation and the shuffling come from ``seed`` only (the caller's global RNG state is
 left untouched).
+
+With ``arch`` (a preset such as ``lenet5`` or a SPEC, see :mod:`subsetsum_lth.arch`) the target is
+a CNN: ``target.safetensors`` holds ``module_from_arch(arch).state_dict()`` (float32; keys
+``0.weight``, ``0.bias``, ``3.weight``, ... for LeNet-5) and its metadata the architecture
+(``arch``: JSON list of ops, ``input_shape``: JSON ``[C, H, W]``, ``arch_spec``: the spec given).
+It is trained with Adam (lr 1e-3, no weight decay, batch 128, 10 epochs, the same cosine
+schedule) unless told otherwise. ``dataset`` "fashion-mnist" trains on Fashion-MNIST instead.
 """
 from __future__ import annotations
 
@@ -35,30 +42,56 @@ SUMMARY_FILE = "target.json"
 TARGET_FORMAT = "subsetsum-lth-target"
 
 
+#: the MLP recipe (SGD) and the CNN recipe (Adam, with ``arch``): fields left None take these
+MLP_DEFAULTS = {"epochs": 10, "lr": 0.05, "batch_size": 64, "weight_decay": 5e-4, "optimizer": "sgd"}
+ARCH_DEFAULTS = {"epochs": 10, "lr": 1e-3, "batch_size": 128, "weight_decay": 0.0, "optimizer": "adam"}
+OPTIMIZERS = ("sgd", "adam")
+
+
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of ``train-target``."""
+    """Hyper-parameters of ``train-target``. ``epochs``, ``lr``, ``batch_size``,
+    ``weight_decay`` and ``optimizer`` left None take :data:`MLP_DEFAULTS`, or
+    :data:`ARCH_DEFAULTS` when ``arch`` is given."""
 
     hidden: tuple[int, ...] = (500,)
     bias: bool = True
-    epochs: int = 10
-    lr: float = 0.05
-    batch_size: int = 64
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float | None = None
     seed: int = 0
     data_dir: str | None = None
     train_subset: int | None = None   #: use only the first N training images (tests, quick runs)
     threads: int | None = None        #: torch intra-op threads (None: torch's default)
     input_normalize: str | None = None  #: "MEAN,STD" the model is trained on (see subsetsum_lth.preprocess)
     input_scale: str | None = None      #: pixel scale before normalising ("1/255" when None)
+    arch: str | None = None             #: a CNN/MLP architecture (preset or SPEC; None: the --hidden MLP)
+    dataset: str = "mnist"              #: "mnist" or "fashion-mnist"
+    optimizer: str | None = None        #: "sgd" (momentum) or "adam"
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
+        for key, value in (ARCH_DEFAULTS if self.arch is not None else MLP_DEFAULTS).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
 
     @property
     def sizes(self) -> list[int]:
+        if self.arch is not None:
+            return arch_sizes(self.parsed_arch(), INPUT_SHAPE)
         return [INPUT_DIM, *self.hidden, N_CLASSES]
+
+    def parsed_arch(self) -> list[dict]:
+        """The architecture (list of ops) of ``arch`` for 1x28x28 inputs; UserError when bad."""
+        from subsetsum_lth.arch import parse_arch
+        arch = parse_arch(self.arch, INPUT_SHAPE)
+        out = arch_sizes(arch, INPUT_SHAPE)[-1]
+        if out != N_CLASSES:
+            raise UserError(f"--arch {self.arch}: the network outputs {out} values but the data set has "
+                            f"{N_CLASSES} classes; make the last layer fc{N_CLASSES}")
+        return arch
 
     def validate(self) -> None:
         if any(h < 1 for h in self.hidden):
@@ -77,6 +110,35 @@ class TrainConfig:
             raise UserError(f"train_subset must be in 1..60000, got {self.train_subset}")
         if self.threads is not None and int(self.threads) < 1:
             raise UserError(f"threads must be >= 1, got {self.threads}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        from subsetsum_lth.data.mnist import DATASETS
+        if self.dataset not in DATASETS:
+            raise UserError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.arch is not None:
+            arch = self.parsed_arch()
+            first = next(op for op in arch if op["op"] in ("conv2d", "linear"))
+            from subsetsum_lth.preprocess import Preprocessing
+            prep = Preprocessing.parse(self.input_normalize, self.input_scale)
+            if first["op"] == "conv2d" and any(first["padding"]) and any(m != 0 for m in prep.mean):
+                raise UserError(
+                    f"--input-normalize with a non-zero mean cannot be folded exactly into the first conv "
+                    f"of --arch {self.arch}, which zero-pads its input (padding {first['padding']}): in "
+                    "the normalised network the border sees (0 - mean) / std, in the folded one 0; train "
+                    "on pixels/255 (no --input-normalize) or use a first conv without padding")
+
+
+#: the image shape (C, H, W) of MNIST and Fashion-MNIST
+INPUT_SHAPE = (1, 28, 28)
+
+
+def arch_sizes(arch: list[dict], input_shape: Sequence[int]) -> list[int]:
+    """The input size followed by the output size (all channels and positions) of every
+    conv2d/linear of ``arch``: an MLP's layer sizes, the widths of a CNN."""
+    from subsetsum_lth.arch import PARAMETRIC, check_arch
+    shapes = check_arch(arch, input_shape)
+    return [math.prod(input_shape)] + [math.prod(sh) for op, sh in zip(arch, shapes)
+                                       if op["op"] in PARAMETRIC]
 
 
 def build_mlp(sizes: Sequence[int], bias: bool = True) -> nn.Sequential:
@@ -170,9 +232,15 @@ def estimate_training_seconds(config: TrainConfig, n_train: int = 60000, probe_s
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(12345)
-            model = build_mlp(config.sizes, config.bias)
-            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=config.momentum)
-            x = torch.rand(bs, INPUT_DIM)
+            if config.arch is not None:
+                from subsetsum_lth.arch import module_from_arch
+                model = module_from_arch(config.parsed_arch())
+                opt = _optimizer(model, config, lr=1e-3)
+                x = torch.rand(bs, *INPUT_SHAPE)
+            else:
+                model = build_mlp(config.sizes, config.bias)
+                opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=config.momentum)
+                x = torch.rand(bs, INPUT_DIM)
             y = torch.randint(0, N_CLASSES, (bs,))
             loss_fn = nn.CrossEntropyLoss()
             times = []
@@ -204,8 +272,9 @@ def train_target(config: TrainConfig, out_dir, progress: bool = False,
     out_dir = Path(out_dir)
     from subsetsum_lth import manifest
     # refuse a folder the tool did not write, or one it cannot write, before any training
-    writer = manifest.open_folder(out_dir, "target",
-                                  need_bytes=8 * _n_params(config.sizes, config.bias) + (1 << 20))
+    n_params = _n_params_arch(config.parsed_arch()) if config.arch is not None else \
+        _n_params(config.sizes, config.bias)
+    writer = manifest.open_folder(out_dir, "target", need_bytes=8 * n_params + (1 << 20))
     try:
         summary = _train_target(config, out_dir, progress, heartbeat, heartbeat_seconds)
         writer.finish()
@@ -218,13 +287,45 @@ def _n_params(sizes: Sequence[int], bias: bool) -> int:
     return sum(p * q + (q if bias else 0) for p, q in zip(sizes[:-1], sizes[1:]))
 
 
+def _n_params_arch(arch: list[dict]) -> int:
+    from subsetsum_lth.arch import expected_shapes, parametric_keys
+    return sum(math.prod(s) for _, op in parametric_keys(arch) for s in expected_shapes(op).values())
+
+
+def _optimizer(model: nn.Module, config: TrainConfig, lr: float | None = None):
+    lr = config.lr if lr is None else lr
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def save_arch_target(model: nn.Module, path, arch: list[dict], input_shape: Sequence[int],
+                     extra: dict | None = None) -> None:
+    """Write ``model``'s state_dict (float32; ``model`` built by ``module_from_arch(arch)``) to
+    ``path`` as safetensors, atomically, with the metadata of :func:`save_target` plus ``arch``
+    (the architecture as JSON), ``input_shape`` (JSON ``[C, H, W]``) and ``sizes`` (input size and
+    the output size of every conv2d/linear); ``extra`` adds metadata (``dataset``, ...)."""
+    import json as _json
+
+    from subsetsum_lth.arch import canonical_arch, module_from_arch
+    arch = canonical_arch(arch)
+    want = {k: tuple(v.shape) for k, v in module_from_arch(arch).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if want != have:
+        raise ValueError(f"the model's state_dict {have} is not that of the architecture {want}")
+    meta = {"arch": _json.dumps(arch, separators=(",", ":")),
+            "input_shape": _json.dumps([int(s) for s in input_shape])}
+    save_target(model, path, arch_sizes(arch, input_shape), {**meta, **(extra or {})})
+
+
 def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
                   heartbeat: Callable[[str], None] | None, heartbeat_seconds: float) -> dict:
     from subsetsum_lth.data.mnist import load_mnist, resolve_data_dir
 
-    data_dir = resolve_data_dir(config.data_dir, download=True, progress=progress)
-    x_train, y_train = load_mnist("train", data_dir)
-    x_test, y_test = load_mnist("test", data_dir)
+    data_dir = resolve_data_dir(config.data_dir, download=True, progress=progress, dataset=config.dataset)
+    x_train, y_train = load_mnist("train", data_dir, dataset=config.dataset)
+    x_test, y_test = load_mnist("test", data_dir, dataset=config.dataset)
     if config.train_subset is not None:
         x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]
     from subsetsum_lth.preprocess import Preprocessing
@@ -233,33 +334,51 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
         a, c = prep.affine(INPUT_DIM)
         x_train = (x_train * a.astype(np.float32) + c.astype(np.float32)).astype(np.float32)
         x_test = (x_test * a.astype(np.float32) + c.astype(np.float32)).astype(np.float32)
+    arch = config.parsed_arch() if config.arch is not None else None
+    if arch is not None:      # images N x 1 x 28 x 28 (pixel order unchanged)
+        x_train = x_train.reshape(-1, *INPUT_SHAPE)
+        x_test = x_test.reshape(-1, *INPUT_SHAPE)
     x_train_t, y_train_t = torch.from_numpy(x_train), torch.from_numpy(y_train)
 
     old_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(int(config.threads))
     t0 = time.perf_counter()
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            model = build_mlp(config.sizes, config.bias)
+            if arch is not None:
+                from subsetsum_lth.arch import module_from_arch
+                torch.use_deterministic_algorithms(True)   # the same seed gives the same weights
+                model = module_from_arch(arch)
+            else:
+                model = build_mlp(config.sizes, config.bias)
             final_loss = _fit(model, x_train_t, y_train_t, config, progress, heartbeat, heartbeat_seconds)
         seconds_train = time.perf_counter() - t0
         test_acc = evaluate(model, x_test, y_test)
         train_acc = evaluate(model, x_train_t, y_train_t)
     finally:
         torch.set_num_threads(old_threads)
+        if arch is not None:
+            torch.use_deterministic_algorithms(deterministic)
     seconds = time.perf_counter() - t0
 
     target_path = out_dir / TARGET_FILE
-    save_target(model, target_path, config.sizes,
-                {**prep.to_metadata(), "test_accuracy": repr(float(test_acc))})
+    extra = {**prep.to_metadata(), "test_accuracy": repr(float(test_acc))}
+    if config.dataset != "mnist":
+        extra["dataset"] = config.dataset
+    if arch is not None:
+        save_arch_target(model, target_path, arch, INPUT_SHAPE, {**extra, "arch_spec": config.arch})
+    else:
+        save_target(model, target_path, config.sizes, extra)
     n_params = int(sum(p.numel() for p in model.parameters()))
     summary = {
         "format": TARGET_FORMAT,
         "target_file": TARGET_FILE,
         "sizes": config.sizes,
-        "bias": bool(config.bias),
+        "bias": bool(config.bias) if arch is None else all(
+            op.get("bias", False) for op in arch if op["op"] in ("conv2d", "linear")),
         "epochs": int(config.epochs),
         "lr": float(config.lr),
         "batch_size": int(config.batch_size),
@@ -280,12 +399,15 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
         "input_scale": prep.scale,
         "input_normalize": prep.to_metadata().get("input_normalize"),
         "data_dir": str(data_dir),
+        **({"dataset": config.dataset} if config.dataset != "mnist" else {}),
+        **({"arch_spec": config.arch, "arch": arch, "input_shape": list(INPUT_SHAPE),
+            "optimizer": config.optimizer} if arch is not None else {}),
         "versions": {"torch": torch.__version__, "numpy": np.__version__,
                      "subsetsum_lth": _version()},
     }
     _write_json(out_dir / SUMMARY_FILE, summary)
     log.info("target %s: test accuracy %.4f, train accuracy %.4f, %.1f s; wrote %s",
-             "-".join(map(str, config.sizes)), test_acc, train_acc, seconds, target_path)
+             config.arch or "-".join(map(str, config.sizes)), test_acc, train_acc, seconds, target_path)
     return {**summary, "target_path": str(target_path.resolve())}
 
 
@@ -304,8 +426,7 @@ def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainCo
     bs = int(config.batch_size)
     steps_per_epoch = math.ceil(n / bs)
     total_steps = steps_per_epoch * int(config.epochs)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)
+    opt = _optimizer(model, config)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(int(config.seed))
@@ -359,5 +480,6 @@ def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainCo
     return epoch_loss
 
 
-__all__ = ["TrainConfig", "build_mlp", "evaluate", "save_target", "train_target", "estimate_training_seconds",
+__all__ = ["TrainConfig", "build_mlp", "evaluate", "save_target", "save_arch_target", "train_target",
+           "estimate_training_seconds", "arch_sizes", "INPUT_SHAPE",
            "TARGET_FILE", "SUMMARY_FILE", "TARGET_FORMAT"]

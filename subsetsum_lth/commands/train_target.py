@@ -1,4 +1,4 @@
-"""``subsetsum-lth train-target``: train a ReLU MLP on MNIST to serve as the target f."""
+"""``subsetsum-lth train-target``: train a ReLU MLP or CNN on MNIST to serve as the target f."""
 from __future__ import annotations
 
 import argparse
@@ -9,14 +9,38 @@ from subsetsum_lth.commands._common import positive_float, positive_int
 from subsetsum_lth.commands._target_args import add_preprocessing_arguments
 
 NAME = "train-target"
-HELP = "train a target ReLU MLP on MNIST (writes target.safetensors + target.json)"
+HELP = "train a target ReLU MLP or CNN on MNIST (writes target.safetensors + target.json)"
 DESCRIPTION = (
     "Train a ReLU MLP 784-H1-...-10 on MNIST (pixels / 255, a non-negative input domain) with "
     "SGD (momentum 0.9, weight decay 5e-4, cosine schedule) and write OUT/target.safetensors "
     "(an nn.Sequential state_dict: keys 0.weight, 0.bias, 2.weight, ...) and OUT/target.json. "
+    "With --arch (e.g. lenet5) the target is that CNN instead, trained on 1x28x28 images with Adam "
+    "(lr 1e-3, batch 128, 10 epochs, cosine schedule, no weight decay); its target.safetensors "
+    "also records the architecture. "
     "MNIST is read from --data-dir, else $SUBSETSUM_LTH_DATA, else the user cache "
-    "(downloaded there with MD5 checks when missing)."
+    "(downloaded there with MD5 checks when missing); Fashion-MNIST (--data fashion-mnist) from "
+    "--data-dir, else $SUBSETSUM_LTH_FASHION_DATA, else the user cache."
 )
+
+#: options whose default depends on --arch (the MLP's SGD recipe or the CNN's Adam recipe)
+_RECIPE = ("epochs", "lr", "batch_size")
+
+
+class _Recorded(argparse.Action):
+    """Stores the value and remembers that the option was given (its default depends on --arch)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = set(getattr(namespace, "_given", ()))
+        given.add(self.dest)
+        setattr(namespace, "_given", given)
+
+
+def _arch_spec(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a preset such as lenet5 or a SPEC such as "
+                                         "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10")
+    return text.strip()
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -36,20 +60,28 @@ def _hidden(text: str) -> tuple[int, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder (created if needed)")
-    parser.add_argument("--hidden", type=_hidden, default="500", metavar="H1,H2,...",
+    parser.add_argument("--hidden", type=_hidden, default="500", metavar="H1,H2,...", action=_Recorded,
                         help="hidden layer widths, comma-separated ('' for none)")
     parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True,
                         help="give every Linear layer a bias")
-    parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set")
-    parser.add_argument("--lr", type=positive_float, default=0.05,
-                        help="initial learning rate (cosine-annealed to 0 over all steps)")
-    parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
-                        help="mini-batch size")
+    from subsetsum_lth.arch import SPEC_HELP
+    parser.add_argument("--arch", type=_arch_spec, default=None, metavar="ARCH",
+                        help="train this CNN (or MLP) instead of the --hidden MLP. " + SPEC_HELP.replace("%", "%%"))
+    parser.add_argument("--data", choices=("mnist", "fashion-mnist"), default="mnist",
+                        help="the data set to train and test on")
+    parser.add_argument("--epochs", type=positive_int, default=10, action=_Recorded,
+                        help="passes over the training set")
+    parser.add_argument("--lr", type=positive_float, default=0.05, action=_Recorded,
+                        help="initial learning rate, cosine-annealed to 0 over all steps (default 0.05 "
+                             "with SGD; 0.001 with --arch, Adam)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N", action=_Recorded,
+                        help="mini-batch size (default 64; 128 with --arch)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the initialisation and the shuffling (same seed, same weights)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="folder holding the four MNIST IDX files (.gz or not) (default: "
-                             "$SUBSETSUM_LTH_DATA, else the user cache)")
+                        help="folder holding the four MNIST (or Fashion-MNIST) IDX files (.gz or not) "
+                             "(default: $SUBSETSUM_LTH_DATA, for Fashion-MNIST $SUBSETSUM_LTH_FASHION_DATA, "
+                             "else the user cache)")
     parser.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
                         help="train on the first N training images only (default: all 60000)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
@@ -63,20 +95,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from subsetsum_lth.commands._progress import duration, say
+    from subsetsum_lth.errors import UserError
     from subsetsum_lth.train import TrainConfig, estimate_training_seconds, train_target
 
+    arch = getattr(args, "arch", None)
+    given = set(getattr(args, "_given", ()))
+    recipe = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    if arch is not None:
+        if "hidden" in given:
+            raise UserError("--hidden and --arch both describe the network; give one of them "
+                            "(an MLP as a SPEC: --arch fc300,fc100,fc10)")
+        if not args.bias:
+            raise UserError("--no-bias applies to the --hidden MLP; with --arch drop the biases in the "
+                            "SPEC with the suffix nb (c6k5nb, fc10nb)")
+        recipe = {k: v for k, v in recipe.items() if k in given}   # the rest: the CNN recipe
     config = TrainConfig(
-        hidden=tuple(args.hidden), bias=args.bias, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, seed=args.seed, data_dir=args.data_dir,
+        hidden=tuple(args.hidden), bias=args.bias, seed=args.seed, data_dir=args.data_dir,
         train_subset=args.train_subset, threads=args.threads,
         input_normalize=args.input_normalize, input_scale=args.input_scale,
+        arch=arch, dataset=getattr(args, "data", "mnist"), **recipe,
     )
     bars = args.progress if args.progress is not None else sys.stderr.isatty()
     lines = args.progress is None and not bars
     config.validate()
     n_train = config.train_subset or 60000
     steps = -(-n_train // config.batch_size)
-    say(f"training a {'-'.join(map(str, config.sizes))} ReLU MLP on {n_train:,} MNIST images: "
+    what = (f"{config.arch} CNN" if config.arch is not None
+            else f"{'-'.join(map(str, config.sizes))} ReLU MLP")
+    data = "Fashion-MNIST" if config.dataset == "fashion-mnist" else "MNIST"
+    say(f"training a {what} on {n_train:,} {data} images: "
         f"{config.epochs} epoch(s) of {steps:,} steps, about "
         f"{duration(estimate_training_seconds(config, n_train))} on this machine (estimated from a few "
         f"timed steps); writing {args.out}")
@@ -85,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        sizes = "-".join(str(s) for s in summary["sizes"])
+        sizes = summary.get("arch_spec") or "-".join(str(s) for s in summary["sizes"])
         print(f"trained {sizes} ({'with' if summary['bias'] else 'no'} biases, "
               f"{summary['n_parameters']:,} parameters) in {summary['seconds']:.1f} s "
               f"({summary['seconds_training']:.1f} s training + the final train/test evaluation)")

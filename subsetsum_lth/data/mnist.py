@@ -1,19 +1,24 @@
-"""MNIST from the standard IDX files: parsing, locating, checked download, loading.
+"""MNIST and Fashion-MNIST from the standard IDX files: parsing, locating, checked download, loading.
 
-Where the files are looked for (the first source that applies is the only one used):
+Both data sets have the same four file names and sizes; ``dataset`` ("mnist", the default, or
+"fashion-mnist") selects which one. Where the files are looked for (the first source that
+applies is the only one used):
 
 1. an explicit ``data_dir`` (the CLI's ``--data-dir``),
-2. else the directory in ``$SUBSETSUM_LTH_DATA``,
-3. else the user cache ``$XDG_CACHE_HOME/subsetsum-lth/mnist`` (``~/.cache/...`` by default).
+2. else the directory in ``$SUBSETSUM_LTH_DATA`` (MNIST) or ``$SUBSETSUM_LTH_FASHION_DATA``
+   (Fashion-MNIST),
+3. else the user cache ``$XDG_CACHE_HOME/subsetsum-lth/mnist`` (``.../fashion-mnist``;
+   ``~/.cache/...`` by default).
 
 Inside that directory each file may be gzipped (``train-images-idx3-ubyte.gz``) or raw
-(``train-images-idx3-ubyte``), directly or in a ``mnist/`` subfolder. When files are missing
+(``train-images-idx3-ubyte``), directly or in a ``mnist/`` (``fashion-mnist/``) subfolder. When files are missing
 and downloading is allowed, the missing ones are fetched from :data:`MIRRORS` into that
 directory, written to a temporary file, checked against the official MD5 and only then
 renamed into place. Without network (or with ``download=False``) one :class:`DataError`
 says which files are missing and where to put them.
 
-Images are returned as float32 in [0, 1] (pixel / 255): a non-negative input domain.
+Images are returned as float32 in [0, 1] (pixel / 255): a non-negative input domain, flat
+``[N, 784]`` or, with ``as_images=True`` (for CNNs), ``[N, 1, 28, 28]``.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import threading
 import urllib.error
 import urllib.request
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -74,7 +80,52 @@ MNIST_FILES: dict[str, MnistFile] = {
                              (10000,)),
 }
 
+#: environment variable naming a directory that holds the four Fashion-MNIST files
+FASHION_ENV_VAR = "SUBSETSUM_LTH_FASHION_DATA"
+
+#: Fashion-MNIST download locations (Zalando Research's: the GitHub repository's data folder and
+#: the S3 bucket its README links), tried in order; the MD5 check guards both
+FASHION_MIRRORS = (
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+)
+
+#: Fashion-MNIST (Xiao, Rasul, Vollgraf 2017): the same file names and shapes as MNIST; MD5s of
+#: the upstream .gz files (zalandoresearch/fashion-mnist's README), checked on download
+FASHION_FILES: dict[str, MnistFile] = {
+    "train-images": MnistFile("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                              (60000, 28, 28)),
+    "train-labels": MnistFile("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe",
+                              (60000,)),
+    "test-images": MnistFile("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79",
+                             (10000, 28, 28)),
+    "test-labels": MnistFile("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310",
+                             (10000,)),
+}
+
+#: the data sets this module reads (the CLI's --data)
+DATASETS = ("mnist", "fashion-mnist")
+
 SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    name: str          #: "mnist" or "fashion-mnist" (also the cache and sub-folder name)
+    title: str         #: for messages
+    files: dict        #: name -> MnistFile
+    mirrors: tuple
+    env_var: str
+
+
+def _dataset(name: str = "mnist") -> _Dataset:
+    """The description of data set ``name``, read from the module globals at call time."""
+    if name == "mnist":
+        return _Dataset("mnist", "MNIST", MNIST_FILES, MIRRORS, ENV_VAR)
+    if name == "fashion-mnist":
+        return _Dataset("fashion-mnist", "Fashion-MNIST", FASHION_FILES, FASHION_MIRRORS, FASHION_ENV_VAR)
+    from subsetsum_lth.errors import UserError
+    raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
 
 # IDX: magic = 0x00 0x00 <dtype code> <ndim>, then ndim big-endian uint32 sizes, then data.
 _IDX_DTYPES = {0x08: np.dtype(np.uint8)}
@@ -172,19 +223,20 @@ def parse_idx(path, expected_shape: tuple | None = None) -> np.ndarray:
 # Locating and downloading
 # --------------------------------------------------------------------------------------------
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/subsetsum-lth/mnist``, ``~/.cache/subsetsum-lth/mnist`` by default."""
+def default_cache_dir(dataset: str = "mnist") -> Path:
+    """``$XDG_CACHE_HOME/subsetsum-lth/mnist``, ``~/.cache/subsetsum-lth/mnist`` by default
+    (``.../fashion-mnist`` for Fashion-MNIST)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "subsetsum-lth" / "mnist"
+    return Path(base) / "subsetsum-lth" / _dataset(dataset).name
 
 
-def _source_dir(data_dir) -> tuple[Path, str]:
+def _source_dir(data_dir, ds: _Dataset) -> tuple[Path, str]:
     if data_dir is not None and str(data_dir) != "":
         return Path(data_dir).expanduser(), "--data-dir"
-    env = os.environ.get(ENV_VAR)
+    env = os.environ.get(ds.env_var)
     if env:
-        return Path(env).expanduser(), f"${ENV_VAR}"
-    return default_cache_dir(), "user cache"
+        return Path(env).expanduser(), f"${ds.env_var}"
+    return default_cache_dir(ds.name), "user cache"
 
 
 def _find_file(directory: Path, spec: MnistFile) -> Path | None:
@@ -195,17 +247,18 @@ def _find_file(directory: Path, spec: MnistFile) -> Path | None:
     return None
 
 
-def find_file(directory, name: str) -> Path:
-    """Path of MNIST file ``name`` (a key of :data:`MNIST_FILES`) in ``directory``, .gz or raw."""
-    spec = MNIST_FILES[name]
+def find_file(directory, name: str, dataset: str = "mnist") -> Path:
+    """Path of MNIST (or ``dataset``) file ``name`` (a key of :data:`MNIST_FILES`) in
+    ``directory``, .gz or raw."""
+    spec = _dataset(dataset).files[name]
     p = _find_file(Path(directory), spec)
     if p is None:
         raise DataError(f"{spec.filename} (or {spec.raw_name}) not found in {directory}")
     return p
 
 
-def _missing(directory: Path) -> list[str]:
-    return [name for name, spec in MNIST_FILES.items() if _find_file(directory, spec) is None]
+def _missing(directory: Path, ds: _Dataset) -> list[str]:
+    return [name for name, spec in ds.files.items() if _find_file(directory, spec) is None]
 
 
 def _urlopen(url: str, timeout: float):
@@ -213,14 +266,14 @@ def _urlopen(url: str, timeout: float):
     return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (https mirrors only)
 
 
-def _download_one(spec: MnistFile, dest_dir: Path, progress: bool) -> Path:
-    """Fetch one file from the mirrors into ``dest_dir``; returns its path.
+def _download_one(spec: MnistFile, dest_dir: Path, progress: bool, mirrors: tuple | None = None) -> Path:
+    """Fetch one file from ``mirrors`` (default :data:`MIRRORS`) into ``dest_dir``; returns its path.
 
     Raises DataError when every mirror failed; an MD5 mismatch never leaves a file behind.
     """
     target = dest_dir / spec.filename
     failures = []
-    for mirror in MIRRORS:
+    for mirror in (MIRRORS if mirrors is None else mirrors):
         url = mirror + spec.filename
         fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=dest_dir)
         tmp = Path(tmp_name)
@@ -278,59 +331,64 @@ def _download_one(spec: MnistFile, dest_dir: Path, progress: bool) -> Path:
 
 
 def _missing_message(searched: list[Path], missing: list[str], source: str,
-                     download: bool, reasons: str = "") -> str:
-    files = ", ".join(MNIST_FILES[n].filename for n in missing)
+                     download: bool, reasons: str = "", ds: _Dataset | None = None) -> str:
+    ds = ds or _dataset("mnist")
+    files = ", ".join(ds.files[n].filename for n in missing)
     dirs = "\n".join(f"  {d}" for d in searched)
     why = ("downloading is disabled" if not download
            else "the download failed" + (f":\n{reasons}" if reasons else ""))
     return (
-        f"MNIST files missing: {files} (gzipped or not; {why}).\n"
+        f"{ds.title} files missing: {files} (gzipped or not; {why}).\n"
         f"Searched ({source}):\n{dirs}\n"
         f"Put the four official IDX files (train-images-idx3-ubyte.gz, "
         f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in one "
-        f"directory and pass it with --data-dir DIR or set {ENV_VAR}=DIR, or put them in "
-        f"{default_cache_dir()}; with network access they are downloaded there automatically."
+        f"directory and pass it with --data-dir DIR or set {ds.env_var}=DIR, or put them in "
+        f"{default_cache_dir(ds.name)}; with network access they are downloaded there automatically."
     )
 
 
-def resolve_data_dir(data_dir=None, download: bool = True, progress: bool = False) -> Path:
-    """Directory holding all four MNIST files, downloading the missing ones if allowed.
+def resolve_data_dir(data_dir=None, download: bool = True, progress: bool = False,
+                     dataset: str = "mnist") -> Path:
+    """Directory holding all four MNIST (or ``dataset``) files, downloading the missing ones if
+    allowed.
 
-    Order: explicit ``data_dir``, else ``$SUBSETSUM_LTH_DATA``, else the user cache; only the
-    first that applies is searched (itself and its ``mnist/`` subfolder). Missing files are
-    downloaded into it (MD5-checked, atomic). Raises one DataError when files stay missing.
+    Order: explicit ``data_dir``, else ``$SUBSETSUM_LTH_DATA`` (``$SUBSETSUM_LTH_FASHION_DATA``),
+    else the user cache; only the first that applies is searched (itself and its ``mnist/``
+    (``fashion-mnist/``) subfolder). Missing files are downloaded into it (MD5-checked, atomic).
+    Raises one DataError when files stay missing.
     """
-    base, source = _source_dir(data_dir)
-    candidates = [base, base / "mnist"]
+    ds = _dataset(dataset)
+    base, source = _source_dir(data_dir, ds)
+    candidates = [base, base / ds.name]
     missing_in = {}
     for d in candidates:
-        missing = _missing(d) if d.is_dir() else list(MNIST_FILES)
+        missing = _missing(d, ds) if d.is_dir() else list(ds.files)
         if not missing:
-            log.debug("MNIST files found in %s (%s)", d, source)
+            log.debug("%s files found in %s (%s)", ds.title, d, source)
             return d
         missing_in[d] = missing
     # the candidate with the most files present receives the downloads (ties: the base)
     dest = min(candidates, key=lambda d: len(missing_in[d]))
     missing = missing_in[dest]
     if not download:
-        raise DataError(_missing_message(candidates, missing, source, download))
+        raise DataError(_missing_message(candidates, missing, source, download, ds=ds))
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(_missing_message(candidates, missing, source, download,
-                                         f"  cannot create {dest}: {exc.strerror or exc}")) from exc
-    log.info("downloading MNIST (%s) into %s", ", ".join(missing), dest)
+                                         f"  cannot create {dest}: {exc.strerror or exc}", ds=ds)) from exc
+    log.info("downloading %s (%s) into %s", ds.title, ", ".join(missing), dest)
     for i, name in enumerate(missing):
         try:
-            _download_one(MNIST_FILES[name], dest, progress)
+            _download_one(ds.files[name], dest, progress, ds.mirrors)
         except DataError as exc:
             still = missing[i:]
             if "MD5 mismatch" in str(exc):
                 raise DataError(f"{exc}\nThe mirrors served a file that differs from the "
-                                f"official MNIST; place the official files in {dest} "
-                                f"(or pass --data-dir / set {ENV_VAR}).") from exc
+                                f"official {ds.title}; place the official files in {dest} "
+                                f"(or pass --data-dir / set {ds.env_var}).") from exc
             raise DataError(_missing_message(candidates, still, source, download,
-                                             "  " + str(exc).replace("\n", "\n  "))) from exc
+                                             "  " + str(exc).replace("\n", "\n  "), ds=ds)) from exc
     return dest
 
 
@@ -348,20 +406,21 @@ def _stat_key(p: Path) -> tuple:
     return (str(p.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _load_uint8(split: str, directory: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load_uint8(split: str, directory: Path, dataset: str = "mnist") -> tuple[np.ndarray, np.ndarray]:
+    ds = _dataset(dataset)
     img_name, lbl_name = f"{split}-images", f"{split}-labels"
-    img_path, lbl_path = find_file(directory, img_name), find_file(directory, lbl_name)
-    key = (split, _stat_key(img_path), _stat_key(lbl_path))
+    img_path, lbl_path = find_file(directory, img_name, ds.name), find_file(directory, lbl_name, ds.name)
+    key = (ds.name, split, _stat_key(img_path), _stat_key(lbl_path))
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    images = parse_idx(img_path, MNIST_FILES[img_name].shape)
-    labels = parse_idx(lbl_path, MNIST_FILES[lbl_name].shape)
+    images = parse_idx(img_path, ds.files[img_name].shape)
+    labels = parse_idx(lbl_path, ds.files[lbl_name].shape)
     for path, arr, name in ((img_path, images, img_name), (lbl_path, labels, lbl_name)):
-        want = MNIST_FILES[name].shape
+        want = ds.files[name].shape
         if arr.shape != want:
-            raise DataError(f"{path}: shape {arr.shape}, expected {want} for MNIST {name}")
+            raise DataError(f"{path}: shape {arr.shape}, expected {want} for {ds.title} {name}")
     if labels.max() > 9:
         raise DataError(f"{lbl_path}: label {int(labels.max())} out of range 0..9")
     images.flags.writeable = False
@@ -381,38 +440,47 @@ def clear_cache() -> None:
 
 
 def load_mnist(split: str = "train", data_dir=None, download: bool = True,
-               progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST ``split`` ("train" or "test") as ``(x, y)``.
+               progress: bool = False, *, dataset: str = "mnist",
+               as_images: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST (or ``dataset``: "fashion-mnist") ``split`` ("train" or "test") as ``(x, y)``.
 
-    ``x``: float32 ``[N, 784]``, pixel / 255 in [0, 1]; ``y``: int64 ``[N]``. Both are fresh
-    arrays owned by the caller (the parsed files are cached in-process, keyed by path, size
-    and mtime).
+    ``x``: float32 ``[N, 784]`` (``[N, 1, 28, 28]`` with ``as_images``, for CNNs), pixel / 255
+    in [0, 1]; ``y``: int64 ``[N]``. Both are fresh arrays owned by the caller (the parsed files
+    are cached in-process, keyed by path, size and mtime).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    directory = resolve_data_dir(data_dir, download=download, progress=progress)
-    images, labels = _load_uint8(split, directory)
-    x = images.reshape(images.shape[0], -1).astype(np.float32)
+    directory = resolve_data_dir(data_dir, download=download, progress=progress, dataset=dataset)
+    images, labels = _load_uint8(split, directory, dataset)
+    shape = (images.shape[0], 1, *images.shape[1:]) if as_images else (images.shape[0], -1)
+    x = images.reshape(shape).astype(np.float32)
     x /= np.float32(255.0)
     return x, labels.astype(np.int64)
+
+
+def load_dataset(dataset: str, split: str = "train", data_dir=None, download: bool = True,
+                 progress: bool = False, as_images: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_mnist` for data set ``dataset`` ("mnist" or "fashion-mnist")."""
+    return load_mnist(split, data_dir, download, progress, dataset=dataset, as_images=as_images)
 
 
 _RADIUS: dict[tuple, float] = {}
 
 
-def input_radius(data_dir=None, download: bool = True) -> float:
-    """Largest L2 norm of a scaled MNIST image (train and test), as fed to the networks.
+def input_radius(data_dir=None, download: bool = True, dataset: str = "mnist") -> float:
+    """Largest L2 norm of a scaled MNIST (or ``dataset``) image (train and test), as fed to the
+    networks.
 
     Computed in float64 from the exact float32 inputs, then rounded up by one ulp so that
     ``||x|| <= input_radius()`` holds for every image.
     """
-    directory = resolve_data_dir(data_dir, download=download)
-    key = tuple(_stat_key(find_file(directory, f"{split}-images")) for split in SPLITS)
+    directory = resolve_data_dir(data_dir, download=download, dataset=dataset)
+    key = tuple(_stat_key(find_file(directory, f"{split}-images", dataset)) for split in SPLITS)
     if key in _RADIUS:
         return _RADIUS[key]
     best = 0.0
     for split in SPLITS:
-        images, _ = _load_uint8(split, directory)
+        images, _ = _load_uint8(split, directory, dataset)
         flat = images.reshape(images.shape[0], -1)
         for start in range(0, flat.shape[0], 10000):
             x = flat[start:start + 10000].astype(np.float32) / np.float32(255.0)
@@ -433,14 +501,16 @@ class EvaluationInputs(NamedTuple):
 
 
 def evaluation_inputs(n_inputs: int, data_dir=None, seed: int = 0, samples: int = 2048,
-                      radius: float | None = None) -> EvaluationInputs:
+                      radius: float | None = None, dataset: str = "mnist") -> EvaluationInputs:
     """The test set, ``samples`` seeded test images for the empirical lower bound, and the input
     radius (``radius`` when given, else computed from the data); refuses a target whose input
-    size is not MNIST's."""
+    size is not MNIST's (``dataset``'s)."""
     from subsetsum_lth.errors import UserError
 
-    x, y = load_mnist("test", data_dir=data_dir)
+    x, y = load_mnist("test", data_dir=data_dir, dataset=dataset)
     if n_inputs != x.shape[1]:
-        raise UserError(f"the target takes {n_inputs} inputs but MNIST images have {x.shape[1]}")
+        raise UserError(f"the target takes {n_inputs} inputs but {_dataset(dataset).title} images "
+                        f"have {x.shape[1]}")
     pick = np.random.default_rng(seed).choice(len(x), size=min(samples, len(x)), replace=False)
-    return EvaluationInputs({"x": x, "y": y}, x[pick], radius if radius is not None else input_radius(data_dir))
+    return EvaluationInputs({"x": x, "y": y}, x[pick],
+                            radius if radius is not None else input_radius(data_dir, dataset=dataset))

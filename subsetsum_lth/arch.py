@@ -1,0 +1,886 @@
+"""Architectures of convolutional (and fully connected) ReLU targets: a JSON-able list of ops.
+
+An architecture is a list of dicts, one per op, ReLU explicit, applied to inputs of shape
+``input_shape`` = ``[C, H, W]`` (images) or ``[D]`` (vectors)::
+
+    {"op": "conv2d", "in_channels": 1, "out_channels": 6, "kernel": [5, 5], "stride": [1, 1],
+     "padding": [2, 2], "bias": true}
+    {"op": "relu"}
+    {"op": "maxpool2d", "kernel": [2, 2], "stride": [2, 2]}
+    {"op": "avgpool2d", "kernel": [2, 2], "stride": [2, 2]}
+    {"op": "flatten"}
+    {"op": "linear", "in_features": 400, "out_features": 120, "bias": true}
+
+The class the construction handles: every conv2d/linear except the last is followed by a relu
+(pools and a flatten may come after that relu, pools nowhere else), the last conv2d/linear has
+no relu and nothing but a flatten after it. Convolutions: zero padding, no dilation, no groups; pools: no padding,
+floor mode.
+
+* :func:`parse_arch` reads a preset (``lenet5``) or a compact SPEC (:data:`SPEC_HELP`);
+* :func:`check_arch` validates an architecture and returns the output shape of every op;
+* :func:`module_from_arch` / :func:`arch_from_module` convert to/from ``nn.Sequential``
+  (:func:`fold_batchnorm` folds eval-mode BatchNorm into the preceding conv/linear);
+* :func:`state_for_arch` maps a user's state_dict onto ``module_from_arch(arch)``'s keys.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import re
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from subsetsum_lth.errors import TargetError, UserError
+
+log = logging.getLogger(__name__)
+
+PARAMETRIC = ("conv2d", "linear")
+POOLS = ("maxpool2d", "avgpool2d")
+OPS = (*PARAMETRIC, "relu", *POOLS, "flatten")
+
+#: the keys each op may carry (besides "op"), with the values that are the only ones accepted
+#: for the keys the construction does not handle (a user's arch may state them explicitly)
+_KEYS = {
+    "conv2d": {"in_channels", "out_channels", "kernel", "stride", "padding", "bias"},
+    "linear": {"in_features", "out_features", "bias"},
+    "relu": set(),
+    "maxpool2d": {"kernel", "stride"},
+    "avgpool2d": {"kernel", "stride"},
+    "flatten": set(),
+}
+_NEUTRAL = {   # op -> key -> (accepted values, what to say)
+    "conv2d": {"dilation": ((1, [1, 1], (1, 1)), "dilation is not supported (only 1)"),
+               "groups": ((1,), "grouped/depthwise convolution is not supported (only groups=1)"),
+               "padding_mode": (("zeros",), "only zero padding (padding_mode 'zeros') is supported")},
+    "maxpool2d": {"padding": ((0, [0, 0], (0, 0)), "pool padding is not supported (only 0)"),
+                  "dilation": ((1, [1, 1], (1, 1)), "pool dilation is not supported (only 1)"),
+                  "ceil_mode": ((False,), "ceil_mode is not supported (only floor mode)")},
+    "avgpool2d": {"padding": ((0, [0, 0], (0, 0)), "pool padding is not supported (only 0)"),
+                  "ceil_mode": ((False,), "ceil_mode is not supported (only floor mode)"),
+                  "count_include_pad": ((True, False), ""),
+                  "divisor_override": ((None,), "divisor_override is not supported")},
+}
+_OTHER_ACTIVATIONS = {"tanh", "sigmoid", "gelu", "elu", "selu", "silu", "swish", "leakyrelu",
+                      "leaky_relu", "relu6", "softplus", "hardtanh", "prelu", "mish", "softmax",
+                      "log_softmax", "logsoftmax", "hardswish", "hardsigmoid", "celu", "rrelu"}
+_RESIDUAL = {"add", "residual", "skip", "concat", "cat", "shortcut"}
+
+#: LeNet-5 for 1x28x28 inputs (padding 2 in the first conv, max pooling, as in da Cunha et al.)
+LENET5: list[dict] = [
+    {"op": "conv2d", "in_channels": 1, "out_channels": 6, "kernel": [5, 5], "stride": [1, 1],
+     "padding": [2, 2], "bias": True},
+    {"op": "relu"}, {"op": "maxpool2d", "kernel": [2, 2], "stride": [2, 2]},
+    {"op": "conv2d", "in_channels": 6, "out_channels": 16, "kernel": [5, 5], "stride": [1, 1],
+     "padding": [0, 0], "bias": True},
+    {"op": "relu"}, {"op": "maxpool2d", "kernel": [2, 2], "stride": [2, 2]}, {"op": "flatten"},
+    {"op": "linear", "in_features": 400, "out_features": 120, "bias": True}, {"op": "relu"},
+    {"op": "linear", "in_features": 120, "out_features": 84, "bias": True}, {"op": "relu"},
+    {"op": "linear", "in_features": 84, "out_features": 10, "bias": True},
+]
+PRESETS = {"lenet5": LENET5}
+
+SPEC_HELP = (
+    "ARCH is a preset (lenet5: conv6k5p2-relu-maxpool2-conv16k5-relu-maxpool2-fc120-relu-fc84-"
+    "relu-fc10) or a comma-separated SPEC of layers applied in order: cN = conv2d with N output "
+    "channels, followed by kK (kernel KxK, or kKHxKW; required), sS (stride, 1 if absent), pP "
+    "(zero padding, 0 if absent); fcN = linear with N outputs; mpK / apK = max / average pooling "
+    "with kernel K and stride K (mpKsS for stride S); flatten (optional: it is inserted before the "
+    "first fc that follows a conv or pool); the suffix nb (c6k5nb, fc10nb) drops the bias. A ReLU "
+    "follows every conv and fc except the last, which gives the logits. Examples: "
+    "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10 (LeNet-5); c8k3s2,c16k3s2,fc10; fc300,fc100,fc10 (an MLP "
+    "on flattened images).")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def _pair(value, what: str) -> list[int]:
+    """[a, b] from an int or a 2-sequence of ints (bools refused)."""
+    if isinstance(value, bool):
+        raise TargetError(f"{what}: expected an integer or a pair of integers, got {value!r}")
+    if isinstance(value, int):
+        return [int(value), int(value)]
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return [int(value[0]), int(value[1])]
+    raise TargetError(f"{what}: expected an integer or a pair of integers, got {value!r}")
+
+
+def _int(value, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise TargetError(f"{what}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _describe(i: int, op: dict) -> str:
+    return f"layer {i} ({op.get('op', '?')})" if isinstance(op, dict) else f"layer {i}"
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _check_input_shape(input_shape) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError):
+        raise TargetError(f"input_shape must be [C, H, W] or [D] (positive integers), "
+                          f"got {input_shape!r}") from None
+    if len(shape) not in (1, 3) or any(s < 1 for s in shape) or any(
+            isinstance(s, bool) or (isinstance(s, float) and s != int(s)) for s in input_shape):
+        raise TargetError(f"input_shape must be [C, H, W] or [D] (positive integers), got {input_shape!r}")
+    return shape
+
+
+def canonical_op(op: dict, i: int = 0) -> dict:
+    """``op`` with every field in the fixed format: pairs as [a, b], defaults filled (conv stride 1,
+    padding 0, bias true; pool stride = kernel), the neutral keys (dilation 1, groups 1, ...)
+    dropped. Raises TargetError naming the layer for an op or a key the construction cannot
+    handle."""
+    where = _describe(i, op)
+    if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+        raise TargetError(f"{where}: each op must be a dict with a string 'op' (one of {', '.join(OPS)}), "
+                          f"got {op!r}")
+    kind = op["op"].lower()
+    if kind not in _KEYS:
+        if kind in _OTHER_ACTIVATIONS:
+            raise TargetError(f"{where}: activation {op['op']!r} is not supported; only ReLU networks are")
+        if kind in _RESIDUAL:
+            raise TargetError(f"{where}: residual/skip connections ({op['op']!r}) are not supported; "
+                              "only a plain chain of conv2d/linear/relu/pool/flatten ops is")
+        raise TargetError(f"{where}: unknown op {op['op']!r}; the ops are {', '.join(OPS)}")
+    neutral = _NEUTRAL.get(kind, {})
+    for key, value in op.items():
+        if key == "op" or key in _KEYS[kind]:
+            continue
+        if key in neutral:
+            accepted, why = neutral[key]
+            if not any(value == a and type(value) is type(a) or (isinstance(a, (list, tuple)) and
+                       isinstance(value, (list, tuple)) and list(value) == list(a)) for a in accepted):
+                raise TargetError(f"{where}: {key}={value!r}: {why}")
+            continue
+        allowed = ", ".join(sorted(_KEYS[kind] | set(neutral))) or "none"
+        raise TargetError(f"{where}: unknown key {key!r} (keys of {kind}: {allowed})")
+    out: dict = {"op": kind}
+    if kind == "conv2d":
+        for key in ("in_channels", "out_channels", "kernel"):
+            if key not in op:
+                raise TargetError(f"{where}: missing {key!r}")
+        out["in_channels"] = _int(op["in_channels"], f"{where} in_channels")
+        out["out_channels"] = _int(op["out_channels"], f"{where} out_channels")
+        out["kernel"] = _pair(op["kernel"], f"{where} kernel")
+        out["stride"] = _pair(op.get("stride", 1), f"{where} stride")
+        padding = op.get("padding", 0)
+        if isinstance(padding, str):
+            raise TargetError(f"{where}: padding {padding!r}: give the padding as numbers "
+                              "(e.g. [2, 2] for a 5x5 kernel 'same')")
+        out["padding"] = _pair(padding, f"{where} padding")
+        if min(out["kernel"]) < 1 or min(out["stride"]) < 1 or min(out["padding"]) < 0:
+            raise TargetError(f"{where}: kernel and stride must be >= 1 and padding >= 0, got kernel "
+                              f"{out['kernel']}, stride {out['stride']}, padding {out['padding']}")
+        out["bias"] = _bool(op.get("bias", True), f"{where} bias")
+    elif kind == "linear":
+        for key in ("in_features", "out_features"):
+            if key not in op:
+                raise TargetError(f"{where}: missing {key!r}")
+        out["in_features"] = _int(op["in_features"], f"{where} in_features")
+        out["out_features"] = _int(op["out_features"], f"{where} out_features")
+        out["bias"] = _bool(op.get("bias", True), f"{where} bias")
+    elif kind in POOLS:
+        if "kernel" not in op:
+            raise TargetError(f"{where}: missing 'kernel'")
+        out["kernel"] = _pair(op["kernel"], f"{where} kernel")
+        stride = op.get("stride")
+        out["stride"] = list(out["kernel"]) if stride is None else _pair(stride, f"{where} stride")
+        if min(out["kernel"]) < 1 or min(out["stride"]) < 1:
+            raise TargetError(f"{where}: kernel and stride must be >= 1, got kernel {out['kernel']}, "
+                              f"stride {out['stride']}")
+    return out
+
+
+def _bool(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TargetError(f"{what}: expected true or false, got {value!r}")
+    return value
+
+
+def canonical_arch(arch) -> list[dict]:
+    """Every op of ``arch`` in canonical form (see :func:`canonical_op`); a JSON string is parsed."""
+    if isinstance(arch, str):
+        try:
+            arch = json.loads(arch)
+        except json.JSONDecodeError as exc:
+            raise TargetError(f"the architecture is not valid JSON: {exc}") from None
+    if not isinstance(arch, (list, tuple)) or not arch:
+        raise TargetError(f"an architecture is a non-empty list of ops, got {type(arch).__name__}")
+    return [canonical_op(op, i) for i, op in enumerate(arch)]
+
+
+# --------------------------------------------------------------------------------------------
+# check_arch
+# --------------------------------------------------------------------------------------------
+
+def check_arch(arch, input_shape) -> list[tuple[int, ...]]:
+    """Output shape (without the batch dimension) of each op of ``arch`` on inputs of shape
+    ``input_shape``; raises :class:`TargetError` naming the layer for a shape mismatch, an op or
+    an option the construction cannot handle, or a network outside its class (a ReLU after every
+    conv/linear but the last, none after the last)."""
+    ops = canonical_arch(arch)
+    shape = _check_input_shape(input_shape)
+    shapes: list[tuple[int, ...]] = []
+    for i, op in enumerate(ops):
+        shape = _op_shape(op, shape, _describe(i, op), i)
+        shapes.append(shape)
+    _check_class(ops)
+    return shapes
+
+
+def _op_shape(op: dict, shape: tuple, where: str, i: int = 0) -> tuple[int, ...]:
+    """Output shape of the canonical ``op`` on an input of ``shape``; TargetError on a mismatch."""
+    kind = op["op"]
+    if kind == "conv2d":
+        if len(shape) != 3:
+            raise TargetError(f"{where} needs a CxHxW input but gets a vector of {shape[0]} features"
+                              + ("" if i == 0 else f" (the output of layer {i - 1})")
+                              + "; a conv2d cannot follow a flatten or a linear layer")
+        if op["in_channels"] != shape[0]:
+            raise TargetError(f"{where} has in_channels {op['in_channels']} but its input has "
+                              f"{shape[0]} channels ({_fmt_shape(shape)})")
+        hw = []
+        for n, k, s, p in zip(shape[1:], op["kernel"], op["stride"], op["padding"]):
+            if n + 2 * p < k:
+                raise TargetError(f"{where}: kernel {_fmt_shape(op['kernel'])} is larger than its "
+                                  f"padded input {_fmt_shape(shape)} (padding {op['padding']})")
+            if p >= k:
+                raise TargetError(f"{where}: padding {op['padding']} is not smaller than the kernel "
+                                  f"{_fmt_shape(op['kernel'])}: some outputs would see only padding")
+            hw.append((n + 2 * p - k) // s + 1)
+        return (op["out_channels"], *hw)
+    if kind in POOLS:
+        if len(shape) != 3:
+            raise TargetError(f"{where} needs a CxHxW input but gets a vector of {shape[0]} features")
+        hw = []
+        for n, k, s in zip(shape[1:], op["kernel"], op["stride"]):
+            if n < k:
+                raise TargetError(f"{where}: kernel {_fmt_shape(op['kernel'])} is larger than its "
+                                  f"input {_fmt_shape(shape)}")
+            hw.append((n - k) // s + 1)
+        return (shape[0], *hw)
+    if kind == "flatten":
+        return (math.prod(shape),)
+    if kind == "linear":
+        if len(shape) != 1:
+            raise TargetError(f"{where} gets a {_fmt_shape(shape)} input; put a flatten op before it "
+                              f"(in_features would be {math.prod(shape)})")
+        if op["in_features"] != shape[0]:
+            raise TargetError(f"{where} has in_features {op['in_features']} but its input has "
+                              f"{shape[0]} features")
+        return (op["out_features"],)
+    return tuple(shape)   # relu
+
+
+def _check_class(ops: list[dict]) -> None:
+    """A ReLU right after every conv/linear but the last (pools/flatten may follow it), no ReLU
+    anywhere else, pools only after such a ReLU, and nothing but a flatten after the last
+    conv/linear."""
+    param = [i for i, op in enumerate(ops) if op["op"] in PARAMETRIC]
+    if not param:
+        raise TargetError("the architecture has no conv2d or linear layer")
+    last = param[-1]
+    for i, op in enumerate(ops):
+        where = _describe(i, op)
+        kind = op["op"]
+        if kind in PARAMETRIC and i != last:
+            if i + 1 >= len(ops) or ops[i + 1]["op"] != "relu":
+                nxt = f"is followed by {ops[i + 1]['op']}" if i + 1 < len(ops) else "ends the network"
+                raise TargetError(f"{where} {nxt}; every conv2d/linear but the last must be followed "
+                                  "directly by a relu")
+        if kind == "relu":
+            if i == 0 or ops[i - 1]["op"] not in PARAMETRIC or i - 1 == last:
+                prev = "the input" if i == 0 else f"layer {i - 1} ({ops[i - 1]['op']})"
+                what = ("the last conv2d/linear gives the logits and has no relu after it"
+                        if i > 0 and i - 1 == last else "a relu must come right after a conv2d/linear")
+                raise TargetError(f"{where} follows {prev}: {what}")
+        if kind in POOLS:
+            j = i - 1
+            while j >= 0 and ops[j]["op"] in POOLS:
+                j -= 1
+            if j < 0 or ops[j]["op"] != "relu":
+                prev = "the input" if j < 0 else f"layer {j} ({ops[j]['op']})"
+                raise TargetError(f"{where} follows {prev}: a pool must come after the relu of a "
+                                  "conv2d (conv2d, relu, pool)")
+        if i > last and kind != "flatten":
+            raise TargetError(f"{where} comes after the last conv2d/linear (layer {last}); the network must "
+                              "end with that layer (a flatten after it is allowed)")
+
+
+# --------------------------------------------------------------------------------------------
+# parse_arch
+# --------------------------------------------------------------------------------------------
+
+_CONV = re.compile(r"^c(?P<n>\d+)(?P<rest>(?:[ksp]\d+(?:x\d+)?)*)(?P<nb>nb)?$")
+_CONV_PART = re.compile(r"([ksp])(\d+)(?:x(\d+))?")
+_FC = re.compile(r"^fc(?P<n>\d+)(?P<nb>nb)?$")
+_POOL = re.compile(r"^(?P<kind>mp|ap)(?P<k>\d+(?:x\d+)?)(?:s(?P<s>\d+(?:x\d+)?))?$")
+
+
+def _hw(text: str) -> list[int]:
+    parts = [int(t) for t in text.split("x")]
+    return parts * 2 if len(parts) == 1 else parts
+
+
+def parse_arch(spec: str, input_shape) -> list[dict]:
+    """The architecture named by ``spec`` (a preset such as ``lenet5``, a SPEC as in
+    :data:`SPEC_HELP`, or a JSON list of ops) for inputs of ``input_shape``, checked with
+    :func:`check_arch`. Raises :class:`UserError` naming the bad token."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"--arch needs a preset ({', '.join(PRESETS)}) or a SPEC such as "
+                        "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10")
+    text = spec.strip()
+    shape = _check_input_shape(input_shape)
+    if text.lower() in PRESETS:
+        arch = copy.deepcopy(PRESETS[text.lower()])
+        try:
+            check_arch(arch, shape)
+        except TargetError as exc:
+            raise UserError(f"preset {text!r} does not fit inputs of shape {_fmt_shape(shape)}: {exc}") from None
+        return arch
+    if text.startswith("["):
+        arch = canonical_arch(text)
+        check_arch(arch, shape)
+        return arch
+    tokens = [t.strip() for t in text.split(",")]
+    layers: list[dict] = []       # ops without relus, in order
+    cur = shape
+    for pos, tok in enumerate(tokens, 1):
+        where = f"--arch token {pos} {tok!r}"
+        low = tok.lower()
+        if not low:
+            raise UserError(f"--arch: empty token at position {pos} in {spec!r} (a doubled or trailing comma?)")
+        if low in ("relu",):
+            raise UserError(f"{where}: relu is implied after every conv and fc except the last; "
+                            "leave it out")
+        if low in _OTHER_ACTIVATIONS:
+            raise UserError(f"{where}: only ReLU networks are supported (relu is implied)")
+        if low in PRESETS:
+            raise UserError(f"{where}: the preset {low} is a whole architecture; pass it alone (--arch {low})")
+        if low == "flatten":
+            if len(cur) == 1:
+                raise UserError(f"{where}: the input of flatten is already a vector")
+            layers.append({"op": "flatten"})
+            cur = (math.prod(cur),)
+            continue
+        m = _CONV.match(low)
+        if m:
+            parts = {}
+            for p in _CONV_PART.finditer(m.group("rest")):
+                if p.group(1) in parts:
+                    raise UserError(f"{where}: {p.group(1)!r} given twice")
+                parts[p.group(1)] = [int(p.group(2)), int(p.group(3) or p.group(2))]
+            if "k" not in parts:
+                raise UserError(f"{where}: a conv needs a kernel size, e.g. c{m.group('n')}k5")
+            if len(cur) != 3:
+                raise UserError(f"{where}: a conv needs a CxHxW input, but its input is a vector of "
+                                f"{cur[0]} features (after a flatten or an fc)")
+            op = {"op": "conv2d", "in_channels": cur[0], "out_channels": int(m.group("n")),
+                  "kernel": parts["k"], "stride": parts.get("s", [1, 1]),
+                  "padding": parts.get("p", [0, 0]), "bias": m.group("nb") is None}
+        elif _FC.match(low):
+            m = _FC.match(low)
+            if len(cur) != 1:
+                layers.append({"op": "flatten"})
+                cur = (math.prod(cur),)
+            op = {"op": "linear", "in_features": cur[0], "out_features": int(m.group("n")),
+                  "bias": m.group("nb") is None}
+        elif _POOL.match(low):
+            m = _POOL.match(low)
+            k = _hw(m.group("k"))
+            op = {"op": "maxpool2d" if m.group("kind") == "mp" else "avgpool2d", "kernel": k,
+                  "stride": _hw(m.group("s")) if m.group("s") else list(k)}
+            if len(cur) != 3:
+                raise UserError(f"{where}: pooling needs a CxHxW input, but its input is a vector of "
+                                f"{cur[0]} features")
+        else:
+            raise UserError(f"{where} is not understood; tokens are cN + kK[sS][pP][nb] (conv), fcN[nb] "
+                            "(linear), mpK[sS] / apK[sS] (pools), flatten; e.g. "
+                            "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10")
+        try:
+            checked = canonical_op(op)
+            cur = _op_shape(checked, cur, checked["op"])
+        except TargetError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        layers.append(checked)
+    param = [i for i, op in enumerate(layers) if op["op"] in PARAMETRIC]
+    if not param:
+        raise UserError(f"--arch {spec!r} has no conv (cN...) or fc (fcN) layer")
+    last = param[-1]
+    if any(op["op"] != "flatten" for op in layers[last + 1:]):
+        extra = next(op["op"] for op in layers[last + 1:] if op["op"] != "flatten")
+        raise UserError(f"--arch {spec!r}: a {extra} comes after the last layer; the spec must end "
+                        "with the conv or fc that gives the logits")
+    arch: list[dict] = []
+    for i, op in enumerate(layers):
+        arch.append(op)
+        if op["op"] in PARAMETRIC and i != last:
+            arch.append({"op": "relu"})
+    try:
+        check_arch(arch, shape)
+    except TargetError as exc:
+        raise UserError(f"--arch {spec!r}: {exc}") from None
+    return arch
+
+
+# --------------------------------------------------------------------------------------------
+# nn.Sequential <-> architecture
+# --------------------------------------------------------------------------------------------
+
+def module_from_arch(arch) -> nn.Sequential:
+    """``nn.Sequential`` of Conv2d/ReLU/MaxPool2d/AvgPool2d/Flatten/Linear, one module per op in
+    order (state_dict keys ``0.weight``, ``0.bias``, ``3.weight``, ... for LeNet-5), float32,
+    torch's default initialisation (from the global RNG)."""
+    layers: list[nn.Module] = []
+    for op in canonical_arch(arch):
+        kind = op["op"]
+        if kind == "conv2d":
+            layers.append(nn.Conv2d(op["in_channels"], op["out_channels"], tuple(op["kernel"]),
+                                    stride=tuple(op["stride"]), padding=tuple(op["padding"]),
+                                    bias=op["bias"]))
+        elif kind == "linear":
+            layers.append(nn.Linear(op["in_features"], op["out_features"], bias=op["bias"]))
+        elif kind == "relu":
+            layers.append(nn.ReLU())
+        elif kind == "maxpool2d":
+            layers.append(nn.MaxPool2d(tuple(op["kernel"]), stride=tuple(op["stride"])))
+        elif kind == "avgpool2d":
+            layers.append(nn.AvgPool2d(tuple(op["kernel"]), stride=tuple(op["stride"])))
+        elif kind == "flatten":
+            layers.append(nn.Flatten())
+    return nn.Sequential(*layers)
+
+
+def parametric_keys(arch) -> list[tuple[int, dict]]:
+    """(index in ``module_from_arch(arch)``, op) of every conv2d/linear, in order."""
+    return [(i, op) for i, op in enumerate(canonical_arch(arch)) if op["op"] in PARAMETRIC]
+
+
+def expected_shapes(op: dict) -> dict[str, tuple[int, ...]]:
+    """{'weight': shape, 'bias': shape (when the op has one)} of a canonical conv2d/linear op."""
+    if op["op"] == "conv2d":
+        w = (op["out_channels"], op["in_channels"], *op["kernel"])
+        n = op["out_channels"]
+    else:
+        w = (op["out_features"], op["in_features"])
+        n = op["out_features"]
+    return {"weight": w, **({"bias": (n,)} if op["bias"] else {})}
+
+
+_SKIPPED = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+            nn.FeatureAlphaDropout, nn.Identity)
+
+
+def _leaves(module: nn.Module, prefix: str = ""):
+    """(dotted name, module) of the leaves of nested nn.Sequential containers, in forward order."""
+    for name, child in module.named_children():
+        full = f"{prefix}{name}"
+        if type(child) is nn.Sequential:
+            yield from _leaves(child, full + ".")
+        else:
+            yield full, child
+
+
+def _bn_fold(layer: nn.Module, bn: nn.Module, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``layer`` with the eval-mode ``bn`` folded in (computed in float64)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise TargetError(f"{where} keeps no running statistics (track_running_stats=False), so it "
+                          "cannot be folded; retrain with track_running_stats=True")
+    n = layer.weight.shape[0]
+    if bn.num_features != n:
+        raise TargetError(f"{where} normalises {bn.num_features} features but the layer before it "
+                          f"has {n} outputs")
+    return fold_bn_tensors(layer.weight, layer.bias, bn.running_mean, bn.running_var,
+                           bn.weight, bn.bias, bn.eps)
+
+
+def fold_bn_tensors(weight, bias, mean, var, gamma, beta, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``BN(layer(x))`` (BatchNorm in eval mode) as one layer: with
+    ``s = gamma / sqrt(var + eps)``, ``W' = s W`` (per output channel), ``b' = s (b - mean) + beta``.
+    Computed in float64, returned in ``weight``'s dtype. ``bias``/``gamma``/``beta`` may be None."""
+    dtype = weight.dtype
+    w = weight.detach().to(torch.float64)
+    n = w.shape[0]
+    b = torch.zeros(n, dtype=torch.float64) if bias is None else bias.detach().to(torch.float64)
+    g = torch.ones(n, dtype=torch.float64) if gamma is None else gamma.detach().to(torch.float64)
+    be = torch.zeros(n, dtype=torch.float64) if beta is None else beta.detach().to(torch.float64)
+    s = g / torch.sqrt(var.detach().to(torch.float64) + float(eps))
+    w2 = w * s.reshape(n, *([1] * (w.dim() - 1)))
+    b2 = (b - mean.detach().to(torch.float64)) * s + be
+    return w2.to(dtype), b2.to(dtype)
+
+
+def fold_batchnorm(seq: nn.Module) -> nn.Sequential:
+    """A copy of ``seq`` (an ``nn.Sequential``, nested ones flattened) in which every
+    BatchNorm1d/BatchNorm2d that comes right after a Linear/Conv2d (Dropout/Identity between
+    them are skipped) is folded into that layer with its running statistics, i.e. the network in
+    eval mode; the result equals ``seq.eval()``. A BatchNorm anywhere else is refused naming its
+    layer. ``seq`` itself is not modified."""
+    if not isinstance(seq, nn.Sequential):
+        raise TargetError(f"expected an nn.Sequential, got {type(seq).__name__}")
+    out: list[nn.Module] = []
+    last_param: int | None = None     # index in out of the latest Linear/Conv2d, while foldable
+    for name, mod in _leaves(seq):
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            where = f"layer {name} ({type(mod).__name__})"
+            want = nn.Conv2d if isinstance(mod, nn.BatchNorm2d) else nn.Linear
+            if last_param is None or not isinstance(out[last_param], want):
+                prev = type(out[-1]).__name__ if out else "the input"
+                raise TargetError(f"{where} follows {prev}, not a {want.__name__}: only a BatchNorm "
+                                  f"right after a {want.__name__} can be folded into it")
+            layer = out[last_param]
+            w, b = _bn_fold(layer, mod, where)
+            new = copy.deepcopy(layer)
+            with torch.no_grad():
+                new.weight.copy_(w)
+                if new.bias is None:
+                    new.bias = nn.Parameter(b.to(new.weight.dtype))
+                else:
+                    new.bias.copy_(b)
+            out[last_param] = new
+            last_param = None          # a second BatchNorm in a row is refused
+            continue
+        if isinstance(mod, _SKIPPED):
+            out.append(copy.deepcopy(mod))
+            continue
+        out.append(copy.deepcopy(mod))
+        last_param = len(out) - 1 if isinstance(mod, (nn.Linear, nn.Conv2d)) else None
+    return nn.Sequential(*out)
+
+
+def _pool_op(mod: nn.Module, where: str) -> dict:
+    kind = "maxpool2d" if isinstance(mod, nn.MaxPool2d) else "avgpool2d"
+    op = {"op": kind, "kernel": _pair(mod.kernel_size, f"{where} kernel"),
+          "stride": _pair(mod.stride if mod.stride is not None else mod.kernel_size, f"{where} stride")}
+    if _pair(mod.padding, f"{where} padding") != [0, 0]:
+        raise TargetError(f"{where}: pool padding {mod.padding} is not supported (only 0)")
+    if mod.ceil_mode:
+        raise TargetError(f"{where}: ceil_mode=True is not supported (only floor mode)")
+    if kind == "maxpool2d":
+        if _pair(mod.dilation, f"{where} dilation") != [1, 1]:
+            raise TargetError(f"{where}: pool dilation {mod.dilation} is not supported (only 1)")
+        if mod.return_indices:
+            raise TargetError(f"{where}: return_indices=True is not supported")
+    elif mod.divisor_override is not None:
+        raise TargetError(f"{where}: divisor_override={mod.divisor_override} is not supported")
+    return op
+
+
+def _conv_op(mod: nn.Conv2d, where: str) -> dict:
+    if tuple(mod.dilation) != (1, 1):
+        raise TargetError(f"{where}: dilation {tuple(mod.dilation)} is not supported (only 1)")
+    if mod.groups != 1:
+        raise TargetError(f"{where}: groups={mod.groups} (grouped/depthwise convolution) is not supported")
+    if mod.padding_mode != "zeros":
+        raise TargetError(f"{where}: padding_mode {mod.padding_mode!r} is not supported (only 'zeros')")
+    padding = mod.padding
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        else:   # 'same' (stride 1): symmetric only for odd kernels
+            if any(k % 2 == 0 for k in mod.kernel_size):
+                raise TargetError(f"{where}: padding='same' with an even kernel {tuple(mod.kernel_size)} "
+                                  "pads asymmetrically, which is not supported")
+            padding = tuple((k - 1) // 2 for k in mod.kernel_size)
+    return {"op": "conv2d", "in_channels": mod.in_channels, "out_channels": mod.out_channels,
+            "kernel": list(mod.kernel_size), "stride": list(mod.stride), "padding": list(padding),
+            "bias": mod.bias is not None}
+
+
+def arch_from_module(seq: nn.Module, input_shape) -> list[dict]:
+    """The architecture of ``seq`` (an ``nn.Sequential``, nested ones flattened), checked with
+    :func:`check_arch`. Dropout and Identity are skipped, BatchNorm right after a conv/linear is
+    folded (:func:`fold_batchnorm`: build the weights from ``fold_batchnorm(seq)`` too), anything
+    else that is not Conv2d/ReLU/MaxPool2d/AvgPool2d/Flatten/Linear is refused naming the layer
+    (``layer 4 (Tanh)``)."""
+    if not isinstance(seq, nn.Sequential):
+        raise TargetError(f"expected an nn.Sequential, got {type(seq).__name__}; write the model as "
+                          "an nn.Sequential or pass --arch")
+    names = [name for name, mod in _leaves(seq) if not isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    for name, mod in _leaves(seq):     # refuse what is not supported, naming the original layer
+        if not isinstance(mod, _SUPPORTED):
+            _refuse_module(name, mod)
+    folded = fold_batchnorm(seq)       # refuses a BatchNorm that cannot be folded, naming it
+    arch: list[dict] = []
+    for name, mod in zip(names, folded):
+        where = f"layer {name} ({type(mod).__name__})"
+        if isinstance(mod, _SKIPPED):
+            continue
+        if type(mod) is nn.Conv2d:
+            arch.append(_conv_op(mod, where))
+        elif type(mod) is nn.Linear:
+            arch.append({"op": "linear", "in_features": mod.in_features,
+                         "out_features": mod.out_features, "bias": mod.bias is not None})
+        elif type(mod) is nn.ReLU:
+            arch.append({"op": "relu"})
+        elif type(mod) in (nn.MaxPool2d, nn.AvgPool2d):
+            arch.append(_pool_op(mod, where))
+        elif type(mod) is nn.Flatten:
+            if mod.start_dim != 1 or mod.end_dim != -1:
+                raise TargetError(f"{where}: only Flatten(start_dim=1, end_dim=-1) is supported")
+            arch.append({"op": "flatten"})
+        else:
+            _refuse_module(name, mod)
+    check_arch(arch, input_shape)
+    return arch
+
+
+_SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.BatchNorm1d,
+              nn.BatchNorm2d, *_SKIPPED)
+
+
+def _refuse_module(name: str, mod: nn.Module):
+    if isinstance(mod, _SUPPORTED) and type(mod) not in _SUPPORTED:
+        kind = f"a subclass of {next(c.__name__ for c in _SUPPORTED if isinstance(mod, c))} (its forward may differ)"
+    elif type(mod).__name__.lower() in _OTHER_ACTIVATIONS:
+        kind = f"activation {type(mod).__name__}"
+    else:
+        kind = f"module {type(mod).__name__}"
+    raise TargetError(f"layer {name} ({type(mod).__name__}): {kind} is not supported; the layers read are "
+                      "Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten, Linear (Dropout and Identity skipped, "
+                      "BatchNorm right after a Conv2d/Linear folded)")
+
+
+# --------------------------------------------------------------------------------------------
+# a user's state_dict for a given architecture
+# --------------------------------------------------------------------------------------------
+
+_ENTRY = re.compile(r"^(?:(?P<module>.+)\.)?(?P<kind>weight|bias|weight_orig|weight_mask|bias_orig|"
+                    r"bias_mask|running_mean|running_var|num_batches_tracked)$")
+
+
+def state_for_arch(state_dict: dict, arch, source: str = "", order_known: bool = True,
+                   bn_eps: float = 1e-5) -> dict[str, torch.Tensor]:
+    """The weights of ``state_dict`` (a plain state_dict or a checkpoint dict holding one, keys
+    possibly prefixed with ``module.``/``model.``/``_orig_mod.``) for ``arch``, keyed as
+    ``module_from_arch(arch).state_dict()`` (``0.weight``, ``0.bias``, ``3.weight``, ...).
+
+    The conv/linear modules of the state_dict (``nn.Sequential`` indices, or named modules such
+    as ``conv1``, ``fc1``, ``features.0``) are taken in order (Sequential indices when they order
+    every pair, else the file's order; ``order_known=False``, as for safetensors whose keys come
+    back sorted: the order in which the weight shapes fit the architecture, layers of equal
+    shapes in natural name order)
+    and matched one to one with the architecture's conv2d/linear layers; each shape is checked.
+    A BatchNorm's entries (``bn1.running_mean``, ...) right after a conv/linear are folded into
+    it (a state_dict does not record a BatchNorm's eps: ``bn_eps``, torch's default 1e-5).
+    ``torch.nn.utils.prune``'s ``weight_orig``/``weight_mask`` pairs are multiplied out.
+    Raises :class:`TargetError` naming the key and the expected shape."""
+    from subsetsum_lth.checkpoint import _index_order, _natural, _strip_prefix, _unwrap
+
+    where = f" in {source}" if source else ""
+    ops = parametric_keys(arch)
+    state, _ = _unwrap(state_dict, source or "the state_dict", {})
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    keys: dict[str, dict[str, str]] = {}
+    for key, value in state.items():
+        m = _ENTRY.match(str(key))
+        if not m:
+            raise TargetError(f"unsupported entry {key!r}{where}: only the weights and biases of conv2d/"
+                              "linear layers and the statistics of BatchNorm layers after them are read")
+        module = m.group("module") or ""
+        groups.setdefault(module, {})[m.group("kind")] = value
+        keys.setdefault(module, {})[m.group("kind")] = str(key)
+    prefix = _strip_prefix([g for g in groups if g])
+    names = list(groups)
+
+    def short(module: str) -> str:
+        return module[len(prefix):] if module.startswith(prefix) else module
+
+    # the layers (weight-bearing modules that are not BatchNorm) and the BatchNorms
+    kinds: dict[str, str] = {}
+    for module, parts in groups.items():
+        label = short(module) or "(root)"
+        if "running_mean" in parts or "running_var" in parts or "num_batches_tracked" in parts:
+            for need in ("running_mean", "running_var"):
+                if need not in parts:
+                    raise TargetError(f"BatchNorm {label!r}{where} has no {need!r} entry")
+            kinds[module] = "bn"
+            continue
+        if "weight" not in parts and "weight_orig" not in parts:
+            raise TargetError(f"layer {label!r}{where} has {', '.join(sorted(keys[module].values()))} "
+                              "but no weight")
+        w = parts.get("weight", parts.get("weight_orig"))
+        if w.dim() == 1:
+            raise TargetError(f"layer {label!r}{where} has a 1-D weight {tuple(w.shape)} and no running "
+                              "statistics: a normalisation layer that cannot be folded (only BatchNorm "
+                              "with track_running_stats=True after a conv/linear can)")
+        if w.dim() not in (2, 4):
+            raise TargetError(f"layer {label!r}{where} has a {w.dim()}-D weight {tuple(w.shape)}; only "
+                              "conv2d (4-D) and linear (2-D) weights are read")
+        kinds[module] = "layer"
+
+    n = len(names)
+    by_index = n > 1 and all(_index_order(names[i], names[j]) != 0
+                             for i in range(n) for j in range(i + 1, n))
+    has_bn = any(k == "bn" for k in kinds.values())
+    if by_index:
+        order, how = sorted(names, key=_natural), "nn.Sequential indices"
+    elif order_known or n == 1:
+        order, how = names, "the file's order"
+    else:
+        if has_bn:
+            raise TargetError(f"the state_dict{where} holds BatchNorm layers but keeps no module order "
+                              "(safetensors sorts its keys) and its names carry no nn.Sequential indices, "
+                              "so which layer each BatchNorm follows is unknown; save it with "
+                              "torch.save(model.state_dict(), 'model.pt') instead")
+        order, how = _shape_order([m for m in names if kinds[m] == "layer"], groups, ops, where, short), \
+            "the only order the shapes fit"
+
+    # attach each BatchNorm to the layer right before it
+    layers: list[tuple[str, list[str]]] = []    # (module, [bn modules])
+    for module in order:
+        if kinds[module] == "bn":
+            if not layers or layers[-1][1]:
+                prev = "comes first" if not layers else f"follows BatchNorm {short(layers[-1][1][-1])!r}"
+                raise TargetError(f"BatchNorm {short(module)!r}{where} {prev} ({how}); only a BatchNorm "
+                                  "right after a conv/linear layer can be folded")
+            layers[-1][1].append(module)
+        else:
+            layers.append((module, []))
+
+    listing = ", ".join(short(m) or "(root)" for m, _ in layers)
+    if len(layers) != len(ops):
+        raise TargetError(f"the state_dict{where} has {len(layers)} conv/linear layer(s) ({listing}, in "
+                          f"{how}) but the architecture has {len(ops)}; pass the matching --arch")
+    out: dict[str, torch.Tensor] = {}
+    for (module, bns), (idx, op) in zip(layers, ops):
+        parts, label = groups[module], short(module) or "(root)"
+        wkey = keys[module].get("weight", keys[module].get("weight_orig"))
+        w = _weight(parts, "weight", label, where)
+        b = _weight(parts, "bias", label, where) if ("bias" in parts or "bias_orig" in parts) else None
+        want = expected_shapes(op)
+        what = f"layer {idx} ({op['op']}) of the architecture"
+        if tuple(w.shape) != want["weight"]:
+            raise TargetError(f"entry {wkey!r}{where} has shape {tuple(w.shape)} but {what} expects a weight "
+                              f"of shape {want['weight']} (layers matched in {how}: {listing})")
+        if not w.is_floating_point():
+            raise TargetError(f"entry {wkey!r}{where} has the non-floating dtype {w.dtype}")
+        if b is not None and tuple(b.shape) != (w.shape[0],):
+            raise TargetError(f"entry {keys[module].get('bias', keys[module].get('bias_orig'))!r}{where} "
+                              f"has shape {tuple(b.shape)}, expected ({w.shape[0]},)")
+        for bn in bns:
+            p = groups[bn]
+            for k in ("running_mean", "running_var", "weight", "bias"):
+                if k in p and tuple(p[k].shape) != (w.shape[0],):
+                    raise TargetError(f"entry {keys[bn][k]!r}{where} has shape {tuple(p[k].shape)}, expected "
+                                      f"({w.shape[0]},) (the outputs of {label!r})")
+            eps = float(bn_eps)
+            w, b = fold_bn_tensors(w, b, p["running_mean"], p["running_var"], p.get("weight"),
+                                   p.get("bias"), eps)
+            log.info("folded BatchNorm %s into %s (eps %g)", short(bn), label, eps)
+        if op["bias"] and b is None:
+            raise TargetError(f"layer {label!r}{where} has no bias but {what} expects one of shape "
+                              f"{want['bias']} (a missing '{label}.bias'); use an architecture without "
+                              "biases there (the SPEC suffix nb, e.g. fc10nb)")
+        if not op["bias"] and b is not None:
+            raise TargetError(f"layer {label!r}{where} has a bias ({'from its BatchNorm' if bns else 'entry ' + repr(keys[module].get('bias'))}) "
+                              f"but {what} has none; drop the nb suffix from the SPEC")
+        out[f"{idx}.weight"] = w.detach().clone()
+        if b is not None:
+            out[f"{idx}.bias"] = b.detach().clone()
+    return out
+
+
+def _weight(parts: dict, kind: str, label: str, where: str) -> torch.Tensor:
+    if kind in parts:
+        return parts[kind]
+    orig, mask = parts.get(f"{kind}_orig"), parts.get(f"{kind}_mask")
+    if orig is None:
+        raise TargetError(f"layer {label!r}{where} has no {kind}")
+    if mask is None:
+        raise TargetError(f"layer {label!r}{where} has '{kind}_orig' but no '{kind}_mask'")
+    return orig * mask
+
+
+def _shape_order(modules: list[str], groups: dict, ops: list, where: str, short) -> list[str]:
+    """The modules in the one order in which their weight shapes are the architecture's
+    (modules of equal shapes keep their natural name order); TargetError when none or when the
+    count differs."""
+    from subsetsum_lth.checkpoint import _natural
+
+    def shape(m):
+        p = groups[m]
+        return tuple(p.get("weight", p.get("weight_orig")).shape)
+    if len(modules) != len(ops):
+        raise TargetError(f"the state_dict{where} has {len(modules)} conv/linear layer(s) "
+                          f"({', '.join(short(m) for m in modules)}) but the architecture has {len(ops)}; "
+                          "pass the matching --arch")
+    pool = sorted(modules, key=_natural)
+    order = []
+    for idx, op in ops:
+        want = expected_shapes(op)["weight"]
+        hit = next((m for m in pool if shape(m) == want), None)
+        if hit is None:
+            have = ", ".join(f"{short(m)} {shape(m)}" for m in pool)
+            raise TargetError(f"no layer of the state_dict{where} has the weight shape {want} that layer "
+                              f"{idx} ({op['op']}) of the architecture expects (left: {have})")
+        pool.remove(hit)
+        order.append(hit)
+    return order
+
+
+# --------------------------------------------------------------------------------------------
+# reading a saved target
+# --------------------------------------------------------------------------------------------
+
+def arch_from_metadata(metadata: dict, source: str = "") -> tuple[list[dict], tuple[int, ...]] | None:
+    """(arch, input_shape) recorded in a target's safetensors metadata (keys ``arch`` and
+    ``input_shape``, both JSON), checked; None when the metadata records no architecture."""
+    where = f" in {source}" if source else ""
+    if "arch" not in metadata:
+        return None
+    try:
+        arch = json.loads(metadata["arch"])
+        input_shape = json.loads(metadata.get("input_shape", "null"))
+    except json.JSONDecodeError as exc:
+        raise TargetError(f"the 'arch'/'input_shape' metadata{where} is not valid JSON: {exc}") from None
+    if input_shape is None:
+        raise TargetError(f"the metadata{where} has an 'arch' but no 'input_shape'")
+    arch = canonical_arch(arch)
+    shape = _check_input_shape(input_shape)
+    check_arch(arch, shape)
+    return arch, shape
+
+
+def load_arch_target(path) -> tuple[nn.Sequential, list[dict], tuple[int, ...], dict]:
+    """``(module, arch, input_shape, metadata)`` of a ``target.safetensors`` written by
+    ``train-target --arch``: ``module = module_from_arch(arch)`` with the file's weights, in eval
+    mode. Raises :class:`TargetError` when the file records no architecture or its tensors are not
+    exactly those of the architecture."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise TargetError(f"cannot read {path} as safetensors: {exc}") from None
+    found = arch_from_metadata(metadata, str(path))
+    if found is None:
+        raise TargetError(f"{path} records no architecture (no 'arch' metadata); it is not a target "
+                          "written by train-target --arch")
+    arch, shape = found
+    module = module_from_arch(arch)
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if want != have:
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want))
+        wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+        raise TargetError(f"the tensors of {path} do not match its architecture: missing {missing}, "
+                          f"unexpected {extra}, wrong shape "
+                          f"{[(k, have[k], want[k]) for k in wrong]}")
+    module.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    module.eval()
+    return module, arch, shape, metadata
