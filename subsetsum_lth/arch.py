@@ -442,25 +442,10 @@ def parse_arch(spec: str, input_shape) -> list[dict]:
 def module_from_arch(arch) -> nn.Sequential:
     """``nn.Sequential`` of Conv2d/ReLU/MaxPool2d/AvgPool2d/Flatten/Linear, one module per op in
     order (state_dict keys ``0.weight``, ``0.bias``, ``3.weight``, ... for LeNet-5), float32,
-    torch's default initialisation (from the global RNG)."""
-    layers: list[nn.Module] = []
-    for op in canonical_arch(arch):
-        kind = op["op"]
-        if kind == "conv2d":
-            layers.append(nn.Conv2d(op["in_channels"], op["out_channels"], tuple(op["kernel"]),
-                                    stride=tuple(op["stride"]), padding=tuple(op["padding"]),
-                                    bias=op["bias"]))
-        elif kind == "linear":
-            layers.append(nn.Linear(op["in_features"], op["out_features"], bias=op["bias"]))
-        elif kind == "relu":
-            layers.append(nn.ReLU())
-        elif kind == "maxpool2d":
-            layers.append(nn.MaxPool2d(tuple(op["kernel"]), stride=tuple(op["stride"])))
-        elif kind == "avgpool2d":
-            layers.append(nn.AvgPool2d(tuple(op["kernel"]), stride=tuple(op["stride"])))
-        elif kind == "flatten":
-            layers.append(nn.Flatten())
-    return nn.Sequential(*layers)
+    torch's default initialisation (from the global RNG). Built by the package's one builder,
+    :func:`subsetsum_lth.gnet.module_from_ops`."""
+    from subsetsum_lth.gnet import module_from_ops
+    return module_from_ops(canonical_arch(arch), None, None, torch.float32)
 
 
 def parametric_keys(arch) -> list[tuple[int, dict]]:

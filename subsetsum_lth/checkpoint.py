@@ -390,8 +390,13 @@ def order_layers(layers: list[LayerEntry], where: str, order_known: bool,
     for L in layers:
         if L.weight.dim() != 2:
             kind = "a convolutional layer" if L.weight.dim() in (3, 4, 5) else f"a {L.weight.dim()}-D weight"
+            if L.weight.dim() == 4:
+                raise TargetError(f"layer {L.name}{where} is {kind} (weight shape {tuple(L.weight.shape)}); a "
+                                  "state_dict does not say where pooling and flatten go: pass the architecture "
+                                  "with --arch (e.g. --arch lenet5, or a SPEC such as "
+                                  "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10; see 'train-target --help')")
             raise TargetError(f"layer {L.name}{where} is {kind} (weight shape {tuple(L.weight.shape)}); "
-                              "only fully connected (Linear) layers are supported")
+                              "only Linear and Conv2d layers are supported")
     names = [L.name for L in layers]
     if explicit is not None:
         return _explicit_order(layers, explicit, where, prefix), "--layers"

@@ -238,82 +238,32 @@ class Op:
 
 
 def kinds_from_arch(arch: list[dict], input_shape) -> tuple[list, list[list[Op]]]:
-    """Parse an architecture list (see :mod:`subsetsum_lth.arch`) into parametric kinds and, per
-    parametric layer, the parameter-free ops that follow its ReLU (ops before the first
-    parametric layer are refused). Checks the class of Theorem 1: ReLU after every parametric
-    layer except the last, none after the last, nothing else."""
+    """Parse an architecture list (:mod:`subsetsum_lth.arch`, which validates it: shapes,
+    supported layers, the class of Theorem 1) into parametric kinds and, per parametric layer,
+    the parameter-free ops that follow its ReLU."""
+    from subsetsum_lth.arch import canonical_arch, check_arch
+    check_arch(arch, input_shape)
     shape = tuple(int(s) for s in input_shape)
     kinds: list = []
     after: list[list[Op]] = []
-    relu_after: list[bool] = []
-    state = "start"          # start | relu? (just after a parametric layer) | ops
-    for idx, op in enumerate(arch):
-        if not isinstance(op, dict) or "op" not in op:
-            raise TargetError(f"architecture entry {idx} is not an object with an 'op' field: {op!r}")
-        name = str(op["op"]).lower()
-        where = f"layer {idx} ({name})"
+    for op in canonical_arch(arch):
+        name = op["op"]
         if name == "relu":
-            if state != "relu?":
-                raise TargetError(f"{where}: a ReLU must follow a conv2d or linear layer directly")
-            relu_after[-1] = True
-            state = "ops"
             continue
-        if name in PARAMETRIC and kinds and not relu_after[-1]:
-            raise TargetError(f"{where}: a ReLU must follow the previous {kinds[-1].name} layer "
-                              "(subset-sum tickets cover ReLU networks; only the last layer has no ReLU)")
         if name == "linear":
-            n_in = int(np.prod(shape))
-            if int(op["in_features"]) != n_in:
-                raise TargetError(f"{where}: in_features={op['in_features']} but its input has {n_in} "
-                                  f"values (shape {list(shape)})")
-            kind = Linear(n_in, int(op["out_features"]), bool(op.get("bias", True)))
+            kind = Linear(int(np.prod(shape)), int(op["out_features"]), bool(op["bias"]))
         elif name == "conv2d":
-            if len(shape) != 3:
-                raise TargetError(f"{where}: a conv2d layer needs a (C, H, W) input, got shape {list(shape)}")
-            for bad in ("dilation", "groups"):
-                if op.get(bad, 1) not in (1, [1, 1], (1, 1)):
-                    raise TargetError(f"{where}: {bad}={op[bad]} is not supported (only dilation 1, groups 1)")
-            if op.get("padding_mode", "zeros") != "zeros":
-                raise TargetError(f"{where}: padding_mode={op['padding_mode']!r} is not supported (zeros only)")
-            if int(op["in_channels"]) != shape[0]:
-                raise TargetError(f"{where}: in_channels={op['in_channels']} but its input has {shape[0]} channels")
-            kind = Conv2d(shape[0], int(op["out_channels"]), _pair(op["kernel"]), _pair(op.get("stride", 1)),
-                          _pair(op.get("padding", 0)), (shape[1], shape[2]), bool(op.get("bias", True)))
-            if min(kind.out_hw) < 1 or min(kind.kernel) < 1 or min(kind.stride) < 1 or min(kind.padding) < 0:
-                raise TargetError(f"{where}: kernel {list(kind.kernel)}, stride {list(kind.stride)}, padding "
-                                  f"{list(kind.padding)} do not fit its input {list(shape)}")
-        elif name in PARAMETER_FREE:
-            if not kinds:
-                raise TargetError(f"{where}: parameter-free layers before the first conv2d/linear layer are "
-                                  "not supported; apply them to the data instead")
-            if name == "flatten":
-                o = Op("flatten", shape)
-            else:
-                if len(shape) != 3:
-                    raise TargetError(f"{where}: pooling needs a (C, H, W) input, got shape {list(shape)}")
-                if op.get("padding", 0) not in (0, [0, 0], (0, 0)) or op.get("ceil_mode", False):
-                    raise TargetError(f"{where}: pooling with padding or ceil_mode is not supported")
-                k = _pair(op["kernel"])
-                s = _pair(op.get("stride") or op["kernel"])
-                o = Op(name, shape, k, s)
-                if min(k) < 1 or min(s) < 1 or min(o.out_shape[1:]) < 1:
-                    raise TargetError(f"{where}: window {list(k)} stride {list(s)} does not fit its input {list(shape)}")
+            kind = Conv2d(shape[0], int(op["out_channels"]), _pair(op["kernel"]), _pair(op["stride"]),
+                          _pair(op["padding"]), (shape[1], shape[2]), bool(op["bias"]))
+        else:
+            o = Op("flatten", shape) if name == "flatten" else Op(name, shape, _pair(op["kernel"]),
+                                                                 _pair(op["stride"]))
             after[-1].append(o)
             shape = o.out_shape
-            state = "ops"
             continue
-        else:
-            raise TargetError(f"{where}: unsupported layer; subset-sum tickets cover conv2d, linear, relu, "
-                              "maxpool2d, avgpool2d and flatten")
         kinds.append(kind)
         after.append([])
-        relu_after.append(False)
         shape = kind.out_shape
-        state = "relu?"
-    if not kinds:
-        raise TargetError("the architecture has no conv2d or linear layer")
-    if relu_after[-1]:
-        raise TargetError("the last conv2d/linear layer must not be followed by a ReLU (the output is linear)")
     return kinds, after
 
 

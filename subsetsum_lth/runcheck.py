@@ -478,7 +478,7 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
     taken from the stored ``g_arch``, which must equal the rebuilt one), then every tensor's key
     and shape is checked against it."""
     from subsetsum_lth.construction import layout_of, prepruning_masks
-    from subsetsum_lth.errors import TargetError
+    from subsetsum_lth.errors import UserError
     from subsetsum_lth.layerkinds import kinds_from_arch
     where = str(path / rf.REPORT)
     arch = report.get("target_arch")
@@ -487,7 +487,7 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
         raise f.fail("target_arch", "a list of layer objects", arch)
     try:
         kinds, after = kinds_from_arch(arch, shape)
-    except (TargetError, KeyError, TypeError, ValueError) as exc:
+    except (UserError, KeyError, TypeError, ValueError) as exc:
         raise RunFolderError(f"{where}: 'target_arch' is not a supported architecture ({exc}); {RECREATE}") from None
     if [kinds[0].p] + [k.q for k in kinds] != sizes:
         raise RunFolderError(f"{where}: 'target_sizes' {sizes} do not match 'target_arch'; {RECREATE}")

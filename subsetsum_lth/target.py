@@ -266,18 +266,14 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
         raise TargetError(f"target file {path} does not exist")
     raw = read_checkpoint(path)
     info.update(raw.info)
-    stored_arch = raw.metadata.get("arch") if isinstance(raw.metadata, dict) else None
-    if arch is None and stored_arch:
-        try:
-            arch = json.loads(stored_arch)
-            input_shape = json.loads(raw.metadata.get("input_shape", "null"))
-        except (TypeError, ValueError) as exc:
-            raise TargetError(f"{path}: the architecture stored in its metadata is not valid JSON ({exc})")
+    from subsetsum_lth import arch as arch_mod
+    stored = arch_mod.arch_from_metadata(raw.metadata, str(path)) if arch is None else None
+    if stored is not None:
+        arch, input_shape = stored
     elif arch is not None:
-        from subsetsum_lth import arch as arch_mod
         if isinstance(arch, str):
             arch = arch_mod.parse_arch(arch, input_shape)
-        raw_state = arch_mod.state_for_arch(raw.state, arch, input_shape, str(path))
+        raw_state = arch_mod.state_for_arch(raw.state, arch, str(path), order_known=raw.order_known)
         raw = type(raw)(**{**raw.__dict__, "state": raw_state})
     if arch is not None:
         info["arch"] = arch

@@ -383,9 +383,9 @@ def test_cnn_run_through_the_api_and_export(tmp_path):
     ({"op": "conv2d", "in_channels": 1, "out_channels": 2, "kernel": [3, 3], "groups": 2}, "groups"),
     ({"op": "conv2d", "in_channels": 1, "out_channels": 2, "kernel": [3, 3], "padding_mode": "reflect"},
      "padding_mode"),
-    ({"op": "tanh"}, "unsupported layer"),
-    ({"op": "conv2d", "in_channels": 3, "out_channels": 2, "kernel": [3, 3]}, "in_channels=3"),
-    ({"op": "conv2d", "in_channels": 1, "out_channels": 2, "kernel": [30, 30]}, "do not fit"),
+    ({"op": "tanh"}, "not supported"),
+    ({"op": "conv2d", "in_channels": 3, "out_channels": 2, "kernel": [3, 3]}, "in_channels 3"),
+    ({"op": "conv2d", "in_channels": 1, "out_channels": 2, "kernel": [30, 30]}, "larger than"),
 ])
 def test_unsupported_layers_are_refused_by_name(bad, message):
     arch = [bad, {"op": "relu"}, {"op": "flatten"}, {"op": "linear", "in_features": 1, "out_features": 2}]
@@ -396,11 +396,11 @@ def test_unsupported_layers_are_refused_by_name(bad, message):
 def test_relu_placement_is_checked():
     conv = {"op": "conv2d", "in_channels": 1, "out_channels": 1, "kernel": [1, 1]}
     lin = {"op": "linear", "in_features": 64, "out_features": 2}
-    with pytest.raises(TargetError, match="ReLU must follow"):
+    with pytest.raises(TargetError, match="followed directly by a relu"):
         kinds_from_arch([conv, {"op": "flatten"}, lin], (1, 8, 8))
     with pytest.raises(TargetError, match="last conv2d/linear"):
         kinds_from_arch([conv, {"op": "relu"}, {"op": "flatten"}, lin, {"op": "relu"}], (1, 8, 8))
-    with pytest.raises(TargetError, match="in_features=64"):
+    with pytest.raises(TargetError, match="in_features 64"):
         kinds_from_arch([conv, {"op": "relu"}, {"op": "maxpool2d", "kernel": [2, 2]}, {"op": "flatten"}, lin],
                         (1, 8, 8))
 
