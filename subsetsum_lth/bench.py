@@ -33,6 +33,7 @@ import numpy as np
 
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.solvers.instances import OBJECTIVES, InstanceBatch, Status
+from subsetsum_lth.solvers.registry import DEFAULT_SOLVER
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +332,7 @@ class ApproximateBenchConfig:
     """What `bench approximate` runs (a subset of `approximate`'s options)."""
 
     target: Path | None = None          #: None: the seeded synthetic 784-300-10 target
-    solver: str = "ortools"
+    solver: str = DEFAULT_SOLVER
     objective: str = "error"
     weight_eps: float = 0.01
     data: str | None = None             #: 'mnist' or None

@@ -22,6 +22,7 @@ import numpy as np
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.executors import Pool, _watch_parent, as_pool, make_pool  # noqa: F401
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
+from subsetsum_lth.solvers.registry import DEFAULT_SOLVER
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ DEFAULT_BATCH = {"mitm": 4096, "ortools": 1024, "cpsat": 32, "gurobi": 16}
 
 @dataclass
 class SolveConfig:
-    solver: str = "ortools"
+    solver: str = DEFAULT_SOLVER      #: the one default backend (subsetsum_lth.solvers.registry)
     objective: str = "error"
     workers: int | None = None        #: None: all cores; 1: in this process
     batch_size: int | None = None     #: None: DEFAULT_BATCH[solver] or 512

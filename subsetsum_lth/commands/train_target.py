@@ -34,25 +34,28 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # every default is TrainConfig's (written once, in the dataclass; tests/test_cli_config.py)
+    from subsetsum_lth.train import TrainConfig as T
+
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder (created if needed)")
-    parser.add_argument("--hidden", type=_hidden, default="500", metavar="H1,H2,...",
+    parser.add_argument("--hidden", type=_hidden, default=",".join(map(str, T.hidden)), metavar="H1,H2,...",
                         help="hidden layer widths, comma-separated ('' for none)")
-    parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=T.bias,
                         help="give every Linear layer a bias")
-    parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set")
-    parser.add_argument("--lr", type=positive_float, default=0.05,
+    parser.add_argument("--epochs", type=positive_int, default=T.epochs, help="passes over the training set")
+    parser.add_argument("--lr", type=positive_float, default=T.lr,
                         help="initial learning rate (cosine-annealed to 0 over all steps)")
-    parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=T.batch_size, metavar="N",
                         help="mini-batch size")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=int, default=T.seed,
                         help="seeds the initialisation and the shuffling (same seed, same weights)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
+    parser.add_argument("--data-dir", default=T.data_dir, metavar="DIR",
                         help="folder holding the four MNIST IDX files (.gz or not) (default: "
                              "$SUBSETSUM_LTH_DATA, else the user cache)")
-    parser.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
+    parser.add_argument("--train-subset", type=positive_int, default=T.train_subset, metavar="N",
                         help="train on the first N training images only (default: all 60000)")
-    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+    parser.add_argument("--threads", type=positive_int, default=T.threads, metavar="N",
                         help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="--progress: tqdm bars on stderr; --no-progress: no progress output; neither: "
