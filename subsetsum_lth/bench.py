@@ -94,6 +94,8 @@ class SolverBenchConfig:
             raise UserError(f"--baseline-count must be >= 1, got {self.baseline_count}")
         if not self.time_budget > 0:
             raise UserError(f"--time-budget must be positive, got {self.time_budget}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"--batch-size must be a positive integer, got {self.batch_size}")
 
 
 @dataclass
@@ -343,6 +345,12 @@ class ApproximateBenchConfig:
     input_domain: str | None = None
     plots: bool = True
     extra: dict = field(default_factory=dict)   #: more ApproximateConfig fields
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight_eps) and self.weight_eps > 0):
+            raise UserError(f"--weight-eps must be a positive number, got {self.weight_eps}")
+        if self.workers is not None and self.workers < 1:
+            raise UserError(f"--workers must be a positive integer, got {self.workers}")
 
 
 STAGES = ("build", "solve", "certify", "evaluate", "write")

@@ -10,6 +10,7 @@ import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
 import hashlib
 import logging
+import math
 import multiprocessing as mp
 import os
 import time
@@ -43,6 +44,20 @@ class SolveConfig:
     retries: int = 2                  #: extra attempts for a batch whose worker died or timed out
     fallback: bool = True             #: re-solve TIMEOUT/ERROR instances with another exact backend
 
+    def __post_init__(self) -> None:
+        """The numbers, checked once here (the CLI only parses them); the solver's availability
+        and the executor are checked by :func:`check_solver`."""
+        for name, flag in (("workers", "--workers"), ("batch_size", "--batch-size")):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, np.integer)) and v >= 1):
+                raise UserError(f"{flag} must be a positive integer, got {v!r}")
+        for name, flag in (("time_limit", "--time-limit"), ("batch_timeout", "--batch-timeout")):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise UserError(f"{flag} must be a positive number of seconds, got {v!r}")
+        if not (isinstance(self.retries, (int, np.integer)) and self.retries >= 0):
+            raise UserError(f"--retries must be a non-negative integer, got {self.retries!r}")
+
     def resolved_workers(self) -> int:
         w = self.workers if self.workers is not None else (os.cpu_count() or 1)
         if w < 1:
@@ -73,10 +88,6 @@ def check_solver(config: SolveConfig) -> None:
                         f"it supports {', '.join(cls.capabilities.objectives)}")
     from subsetsum_lth.executors import check_executor
     check_executor(config.executor, config.scheduler)
-    if config.batch_timeout is not None and not config.batch_timeout > 0:
-        raise UserError(f"--batch-timeout must be a positive number of seconds, got {config.batch_timeout}")
-    if config.retries < 0:
-        raise UserError(f"--retries must be >= 0, got {config.retries}")
     _ = SolverUnavailable
 
 

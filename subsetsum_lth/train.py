@@ -55,6 +55,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.validate()      # the one check of the numbers (the CLI only parses them)
 
     @property
     def sizes(self) -> list[int]:
@@ -62,21 +63,21 @@ class TrainConfig:
 
     def validate(self) -> None:
         if any(h < 1 for h in self.hidden):
-            raise UserError(f"hidden layer widths must be positive integers, got {self.hidden}")
+            raise UserError(f"--hidden: layer widths must be positive integers, got {self.hidden}")
         if int(self.epochs) < 1:
-            raise UserError(f"epochs must be >= 1, got {self.epochs}")
+            raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"lr must be a positive number, got {self.lr}")
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
         if int(self.batch_size) < 1:
-            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise UserError(f"--batch-size must be a positive integer, got {self.batch_size}")
         if not 0 <= self.momentum < 1:
             raise UserError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.train_subset is not None and not 1 <= int(self.train_subset) <= 60000:
-            raise UserError(f"train_subset must be in 1..60000, got {self.train_subset}")
+            raise UserError(f"--train-subset must be in 1..60000, got {self.train_subset}")
         if self.threads is not None and int(self.threads) < 1:
-            raise UserError(f"threads must be >= 1, got {self.threads}")
+            raise UserError(f"--threads must be a positive integer, got {self.threads}")
 
 
 def build_mlp(sizes: Sequence[int], bias: bool = True) -> nn.Sequential:

@@ -213,3 +213,49 @@ def test_main_builds_only_the_named_subcommand_with_the_same_options():
     only = build_parser("solvers")
     assert {a.dest for a in next(a for a in only._actions if isinstance(
         a, argparse._SubParsersAction)).choices["approximate"]._actions} == {"help", "verbose"}
+
+
+RANGE_TYPES = ("positive_float", "positive_int", "non_negative_int", "non_negative_float")
+#: commands whose config dataclasses check every number (argparse only parses the type)
+DATACLASS_CHECKED = ("approximate", "train-target", "bench solvers", "bench approximate")
+
+
+@pytest.mark.parametrize("command", DATACLASS_CHECKED)
+def test_argparse_only_parses_the_numbers_the_dataclasses_check(command):
+    _, _, mapping = MAPS[command]
+    parser = _subparser(command)
+    ranged = sorted("/".join(a.option_strings) for a in parser._actions
+                    if a.dest in mapping and getattr(a.type, "__name__", "") in RANGE_TYPES)
+    assert not ranged, f"{command}: {ranged} are range-checked by argparse as well as by the dataclass"
+
+
+@pytest.mark.parametrize("flag,value", [("--samples", "0"), ("--steps", "-1"), ("--workers", "0"),
+                                        ("--batch-size", "0"), ("--time-limit", "-1"), ("--batch-timeout", "0"),
+                                        ("--retries", "-1"), ("--max-hours", "0"), ("--C", "inf"),
+                                        ("--block-width", "0"), ("--grow", "0"), ("--max-growth", "-1"),
+                                        ("--input-radius", "0"), ("--weight-eps", "nan")])
+def test_approximate_refuses_a_bad_number_before_any_work(flag, value, tmp_path, monkeypatch, capsys):
+    """Without --target the default target is trained first (minutes): a bad number is refused
+    by the config dataclasses before that, with one error naming the flag."""
+    import subsetsum_lth.default_target as dt
+    from subsetsum_lth.cli import main
+
+    def no_training(*a, **k):
+        raise AssertionError("the default target was built before the flags were checked")
+    monkeypatch.setattr(dt, "default_target", no_training)
+    rc = main(["approximate", "--out", str(tmp_path / "run"), flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    words = {"--weight-eps": "ε"}.get(flag, flag)
+    assert err.startswith("error:") and words in err and "must be" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--lr", "nan"), ("--batch-size", "0"),
+                                        ("--hidden", "0"), ("--threads", "0"), ("--train-subset", "0")])
+def test_train_target_refuses_a_bad_number_through_train_config(flag, value, tmp_path, capsys):
+    from subsetsum_lth.cli import main
+    rc = main(["train-target", "--out", str(tmp_path / "t"), flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and flag in err, err
+    assert not (tmp_path / "t").exists()

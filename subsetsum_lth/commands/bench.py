@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from subsetsum_lth.commands._common import (non_negative_float, non_negative_int, positive_float, positive_int,
-                                            print_json, tqdm_progress)
+from subsetsum_lth.commands._common import print_json, tqdm_progress
 
 NAME = "bench"
 HELP = "benchmark the solver backends, or time a whole approximate run"
@@ -25,9 +24,9 @@ def add_arguments(p) -> None:
 
     s = sub.add_parser("solvers", help="throughput of every solver backend on one core",
                        formatter_class=HelpFormatter)
-    s.add_argument("--n", type=non_negative_int, default=B.n, help="live coefficients per instance")
-    s.add_argument("--eps", type=non_negative_float, default=B.eps, help="tolerance τ of every instance")
-    s.add_argument("--count", type=positive_int, default=B.count, help="instances to draw")
+    s.add_argument("--n", type=int, default=B.n, help="live coefficients per instance")
+    s.add_argument("--eps", type=float, default=B.eps, help="tolerance τ of every instance")
+    s.add_argument("--count", type=int, default=B.count, help="instances to draw")
     s.add_argument("--objective", choices=("error", "cardinality", "feasible"), default=B.objective,
                    help="what every backend is asked for (as approximate's --objective)")
     s.add_argument("--targets", type=Path, default=B.targets,
@@ -35,11 +34,11 @@ def add_arguments(p) -> None:
                         "(default: N(0, 0.05) clipped to [-1, 1])")
     s.add_argument("--solvers", default=None,
                    help="comma-separated backends to time (default: every available one)")
-    s.add_argument("--baseline-count", type=positive_int, default=B.baseline_count,
+    s.add_argument("--baseline-count", type=int, default=B.baseline_count,
                    help="instances at most for the naive baseline (cpsat), scaled by its rate")
-    s.add_argument("--time-budget", type=positive_float, default=B.time_budget,
+    s.add_argument("--time-budget", type=float, default=B.time_budget,
                    help="seconds at most per backend; slow backends are timed on the prefix they finish")
-    s.add_argument("--batch-size", type=positive_int, default=B.batch_size,
+    s.add_argument("--batch-size", type=int, default=B.batch_size,
                    help="instances per solve_batch call (default: the backend's own)")
     s.add_argument("--seed", type=int, default=B.seed, help="seed of the instance draw")
     s.add_argument("--clock", choices=("wall", "cpu"), default=B.clock,
@@ -55,10 +54,10 @@ def add_arguments(p) -> None:
     a.add_argument("--solver", default=A.solver, help="solver backend")
     a.add_argument("--objective", choices=("error", "feasible", "cardinality"), default=A.objective,
                    help="subset-sum objective (as approximate's --objective)")
-    a.add_argument("--weight-eps", type=positive_float, default=A.weight_eps, help="per-weight tolerance τ")
+    a.add_argument("--weight-eps", type=float, default=A.weight_eps, help="per-weight tolerance τ")
     a.add_argument("--data", choices=("mnist",), default=A.data, help="evaluate on this data set")
     a.add_argument("--data-dir", type=Path, default=A.data_dir, help="folder with the data set files")
-    a.add_argument("--workers", type=positive_int, default=A.workers, help="solver processes (default: all cores)")
+    a.add_argument("--workers", type=int, default=A.workers, help="solver processes (default: all cores)")
     a.add_argument("--seed", type=int, default=A.seed, help="seed of the random network")
     a.add_argument("--out", type=Path, default=A.out,
                    help="run folder to write (overwritten; default: a temporary folder, removed)")

@@ -5,7 +5,6 @@ import argparse
 import json
 import sys
 
-from subsetsum_lth.commands._common import positive_float, positive_int
 from subsetsum_lth.commands._target_args import add_preprocessing_arguments
 
 NAME = "train-target"
@@ -28,9 +27,7 @@ def _hidden(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive integers such as 500 or 300,100, got {text!r}")
-    if any(w < 1 for w in widths):
-        raise argparse.ArgumentTypeError(f"hidden widths must be positive, got {text!r}")
-    return widths
+    return widths     # TrainConfig checks that they are positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,19 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hidden layer widths, comma-separated ('' for none)")
     parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=T.bias,
                         help="give every Linear layer a bias")
-    parser.add_argument("--epochs", type=positive_int, default=T.epochs, help="passes over the training set")
-    parser.add_argument("--lr", type=positive_float, default=T.lr,
+    parser.add_argument("--epochs", type=int, default=T.epochs, help="passes over the training set")
+    parser.add_argument("--lr", type=float, default=T.lr,
                         help="initial learning rate (cosine-annealed to 0 over all steps)")
-    parser.add_argument("--batch-size", type=positive_int, default=T.batch_size, metavar="N",
+    parser.add_argument("--batch-size", type=int, default=T.batch_size, metavar="N",
                         help="mini-batch size")
     parser.add_argument("--seed", type=int, default=T.seed,
                         help="seeds the initialisation and the shuffling (same seed, same weights)")
     parser.add_argument("--data-dir", default=T.data_dir, metavar="DIR",
                         help="folder holding the four MNIST IDX files (.gz or not) (default: "
                              "$SUBSETSUM_LTH_DATA, else the user cache)")
-    parser.add_argument("--train-subset", type=positive_int, default=T.train_subset, metavar="N",
+    parser.add_argument("--train-subset", type=int, default=T.train_subset, metavar="N",
                         help="train on the first N training images only (default: all 60000)")
-    parser.add_argument("--threads", type=positive_int, default=T.threads, metavar="N",
+    parser.add_argument("--threads", type=int, default=T.threads, metavar="N",
                         help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="--progress: tqdm bars on stderr; --no-progress: no progress output; neither: "
@@ -76,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
     )
     bars = args.progress if args.progress is not None else sys.stderr.isatty()
     lines = args.progress is None and not bars
-    config.validate()
     n_train = config.train_subset or 60000
     steps = -(-n_train // config.batch_size)
     say(f"training a {'-'.join(map(str, config.sizes))} ReLU MLP on {n_train:,} MNIST images: "
