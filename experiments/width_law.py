@@ -146,7 +146,8 @@ def main(argv=None) -> int:
             "C_formula": args.C, "fits": fits, "seconds": round(time.perf_counter() - t0, 2)}
     atomic_write_json(args.out / "fits.json", meta)
     png = plot(laws, fits, checks, args, synthetic)
-    print(f"wrote {args.out}/width_law.csv, probability.csv, formula_check.csv, fits.json, {png.name} "
+    print(f"wrote {args.out}/width_law.csv, probability.csv, {'formula_check.csv, ' if check_rows else ''}"
+          f"fits.json, {png.name} "
           f"({time.perf_counter() - t0:.1f}s)")
     return 0
 
