@@ -82,9 +82,9 @@ class ApproximateConfig:
         if not (self.max_hours > 0):
             raise UserError(f"--max-hours must be a positive number, got {self.max_hours}")
         if self.empirical_samples < 1:
-            raise UserError(f"--samples must be >= 1, got {self.empirical_samples}")
+            raise UserError(f"--samples must be a positive integer, got {self.empirical_samples}")
         if self.ascent_steps < 0:
-            raise UserError(f"--steps must be >= 0, got {self.ascent_steps}")
+            raise UserError(f"--steps must be a non-negative integer, got {self.ascent_steps}")
 
     @property
     def mode(self) -> str:

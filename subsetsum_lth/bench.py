@@ -33,6 +33,7 @@ import numpy as np
 
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.solvers.instances import OBJECTIVES, InstanceBatch, Status
+from subsetsum_lth.solvers.registry import DEFAULT_SOLVER
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class SolverBenchConfig:
             raise UserError(f"--baseline-count must be >= 1, got {self.baseline_count}")
         if not self.time_budget > 0:
             raise UserError(f"--time-budget must be positive, got {self.time_budget}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"--batch-size must be a positive integer, got {self.batch_size}")
 
 
 @dataclass
@@ -331,7 +334,7 @@ class ApproximateBenchConfig:
     """What `bench approximate` runs (a subset of `approximate`'s options)."""
 
     target: Path | None = None          #: None: the seeded synthetic 784-300-10 target
-    solver: str = "ortools"
+    solver: str = DEFAULT_SOLVER
     objective: str = "error"
     weight_eps: float = 0.01
     data: str | None = None             #: 'mnist' or None
@@ -342,6 +345,12 @@ class ApproximateBenchConfig:
     input_domain: str | None = None
     plots: bool = True
     extra: dict = field(default_factory=dict)   #: more ApproximateConfig fields
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight_eps) and self.weight_eps > 0):
+            raise UserError(f"--weight-eps must be a positive number, got {self.weight_eps}")
+        if self.workers is not None and self.workers < 1:
+            raise UserError(f"--workers must be a positive integer, got {self.workers}")
 
 
 STAGES = ("build", "solve", "certify", "evaluate", "write")

@@ -35,7 +35,9 @@ def _load(module: str):
     return importlib.import_module(f"subsetsum_lth.commands.{module}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command``, only that subcommand gets its options (the others'
+    ``add_arguments`` import the library modules their config defaults come from: torch)."""
     parser = argparse.ArgumentParser(
         prog="subsetsum-lth",
         description="Strong lottery tickets by subset sum: prune a random ReLU network so that "
@@ -52,9 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         mod = _load(module)
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=HelpFormatter, parents=[common])
-        mod.add_arguments(p)
+        if command is None or name == command:
+            mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def _command_of(argv: list[str]) -> str:
+    """The subcommand named on the command line ('' if none: only top-level options)."""
+    for token in argv:
+        if not token.startswith("-"):    # the top-level options take no value
+            return token
+    return ""
 
 
 class Terminated(KeyboardInterrupt):
@@ -97,7 +108,7 @@ def _output_closed() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command_of(sys.argv[1:] if argv is None else list(argv)))
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

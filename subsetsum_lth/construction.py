@@ -81,10 +81,10 @@ class ConstructionConfig:
             raise UserError(f"ε must be a positive finite number, got {self.eps}")
         if self.delta is not None and not (0 < self.delta < 1):
             raise UserError(f"--delta must lie in (0, 1), got {self.delta}")
-        if not (self.C > 0):
-            raise UserError(f"--C must be positive, got {self.C}")
+        if not (self.C > 0 and math.isfinite(self.C)):
+            raise UserError(f"--C must be a positive number, got {self.C}")
         if self.block_width is not None and self.block_width < 1:
-            raise UserError(f"--block-width must be >= 1, got {self.block_width}")
+            raise UserError(f"--block-width must be a positive integer, got {self.block_width}")
         if self.distribution not in DISTRIBUTIONS:
             raise UserError(f"unknown distribution {self.distribution!r}; choose from {sorted(DISTRIBUTIONS)}")
         if self.width not in WIDTH_MODES:
@@ -92,7 +92,7 @@ class ConstructionConfig:
         if not isinstance(self.max_growth, (int, np.integer)) or self.max_growth < 0:
             raise UserError(f"--max-growth must be a non-negative integer, got {self.max_growth!r}")
         if self.grow is not None and self.grow < 1:
-            raise UserError(f"--grow must be >= 1, got {self.grow}")
+            raise UserError(f"--grow must be a positive integer, got {self.grow}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise UserError(f"--seed must be a non-negative integer, got {self.seed!r}")
 

@@ -10,6 +10,7 @@ import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
 import hashlib
 import logging
+import math
 import multiprocessing as mp
 import os
 import time
@@ -22,6 +23,7 @@ from subsetsum_lth.errors import UserError
 from subsetsum_lth.executors import Pool, _watch_parent, as_pool, make_pool  # noqa: F401
 from subsetsum_lth.progress import Bar, advance
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
+from subsetsum_lth.solvers.registry import DEFAULT_SOLVER
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def default_batch(solver: str) -> int:
 
 @dataclass
 class SolveConfig:
-    solver: str = "ortools"
+    solver: str = DEFAULT_SOLVER      #: the one default backend (subsetsum_lth.solvers.registry)
     objective: str = "error"
     workers: int | None = None        #: None: all cores; 1: in this process
     batch_size: int | None = None     #: None: the backend's default_batch
@@ -57,6 +59,20 @@ class SolveConfig:
     batch_timeout: float | None = None  #: seconds a batch may run before it is retried
     retries: int = 2                  #: extra attempts for a batch whose worker died or timed out
     fallback: bool = True             #: re-solve TIMEOUT/ERROR instances with another exact backend
+
+    def __post_init__(self) -> None:
+        """The numbers, checked once here (the CLI only parses them); the solver's availability
+        and the executor are checked by :func:`check_solver`."""
+        for name, flag in (("workers", "--workers"), ("batch_size", "--batch-size")):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, np.integer)) and v >= 1):
+                raise UserError(f"{flag} must be a positive integer, got {v!r}")
+        for name, flag in (("time_limit", "--time-limit"), ("batch_timeout", "--batch-timeout")):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise UserError(f"{flag} must be a positive number of seconds, got {v!r}")
+        if not (isinstance(self.retries, (int, np.integer)) and self.retries >= 0):
+            raise UserError(f"--retries must be a non-negative integer, got {self.retries!r}")
 
     def resolved_workers(self) -> int:
         w = self.workers if self.workers is not None else (os.cpu_count() or 1)
@@ -101,10 +117,6 @@ def check_solver(config: SolveConfig) -> None:
                         f"it supports {', '.join(cls.capabilities.objectives)}")
     from subsetsum_lth.executors import check_executor
     check_executor(config.executor, config.scheduler)
-    if config.batch_timeout is not None and not config.batch_timeout > 0:
-        raise UserError(f"--batch-timeout must be a positive number of seconds, got {config.batch_timeout}")
-    if config.retries < 0:
-        raise UserError(f"--retries must be >= 0, got {config.retries}")
     _ = SolverUnavailable
 
 

@@ -76,6 +76,7 @@ class TrainConfig:
         for key, value in (ARCH_DEFAULTS if self.arch is not None else MLP_DEFAULTS).items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        self.validate()      # the one check of the numbers (the CLI only parses them)
 
     @property
     def sizes(self) -> list[int]:
@@ -95,21 +96,21 @@ class TrainConfig:
 
     def validate(self) -> None:
         if any(h < 1 for h in self.hidden):
-            raise UserError(f"hidden layer widths must be positive integers, got {self.hidden}")
+            raise UserError(f"--hidden: layer widths must be positive integers, got {self.hidden}")
         if int(self.epochs) < 1:
-            raise UserError(f"epochs must be >= 1, got {self.epochs}")
+            raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"lr must be a positive number, got {self.lr}")
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
         if int(self.batch_size) < 1:
-            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise UserError(f"--batch-size must be a positive integer, got {self.batch_size}")
         if not 0 <= self.momentum < 1:
             raise UserError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.train_subset is not None and not 1 <= int(self.train_subset) <= 60000:
-            raise UserError(f"train_subset must be in 1..60000, got {self.train_subset}")
+            raise UserError(f"--train-subset must be in 1..60000, got {self.train_subset}")
         if self.threads is not None and int(self.threads) < 1:
-            raise UserError(f"threads must be >= 1, got {self.threads}")
+            raise UserError(f"--threads must be a positive integer, got {self.threads}")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         from subsetsum_lth.data.mnist import DATASETS

@@ -21,11 +21,26 @@ the closest single coefficient instead of a subset sum (Malach et al. 2020).
 
 Reference curves (all in live coefficients per instance):
 
-* counting lower bound (behind Pensia et al.'s Theorem 2): ``2^n`` subset sums must
-  ε-cover targets in ``[-1, 1]``, so ``n >= log2(1/ε)``;
-* Theorem 1's formula, ``m = ceil(C log2(p q l / ε))`` units per block, of which about half
-  are live for non-negative inputs (positive ``u`` only);
-* Lueker's ``n = O(log 1/ε)``, with the constant fitted to the measurements.
+* the counting (covering) width ``log2(1/ε)`` (the argument behind Pensia et al.'s Theorem 2):
+  the ``2^n`` subset sums of a block's ``n`` coefficients ε-cover at most a length
+  ``2^n · 2ε`` of the target line, so they can serve *every* target in ``[-1, 1]`` only if
+  ``n >= log2(1/ε)``, and serve a target drawn uniformly from ``[-1, 1]`` with probability at
+  most ``2^n ε`` (:func:`counting_served_fraction`). It bounds how many targets a block can
+  serve, not what one instance needs: a trained weight near 0 is often within ε of a sum of
+  fewer coefficients (``|w| <= ε`` needs none), and the summary reports the fraction of
+  instances that need fewer (``below_counting_width``);
+* Theorem 1's formula, ``m = ceil(C log2(p q l / ε))`` units per block. For non-negative inputs
+  only units with ``u > 0`` are live, so a block's live count is ``Binomial(m, 1/2)``: its mean
+  ``m/2`` (:func:`theorem1_live_width`) is *not* what a layer gets, since the ``p`` blocks of a
+  layer must each hold their own instances. :func:`check_formula` draws the construction's
+  blocks at the formula width on the whole layer, counts every block's live units and solves
+  every instance with them; :func:`formula_cover_probability` is the probability, over the
+  draw of the signs, that every block has as many live units as its instances need;
+  :func:`min_live_below` is ``P(min over p blocks of Binomial(m, 1/2) < k)``;
+* Lueker's ``n = O(log 1/ε)``, with the constant fitted to the measurements. A slope fitted to
+  live widths against ``log2(1/ε)`` is *live coefficients per bit of 1/ε*; Theorem 1's ``C``
+  counts all units (live and not) against ``log2(p q l / ε)``, so the two are related through
+  the live fraction (1/2) and the ``log2(p q l)`` offset (:func:`theorem1_C`).
 """
 from __future__ import annotations
 
@@ -37,7 +52,7 @@ import numpy as np
 
 from subsetsum_lth.construction import DISTRIBUTIONS, LayerPlan, draw_layer_pair, formula_width, layer_instances
 from subsetsum_lth.errors import UserError
-from subsetsum_lth.solvers.instances import InstanceBatch, Status
+from subsetsum_lth.solvers.instances import InstanceBatch, Status, recompute_errors
 from subsetsum_lth.solve import SolveConfig, check_solver, solve_all
 from subsetsum_lth.target import Target
 
@@ -193,16 +208,146 @@ def smallest_feasible_widths(targets: np.ndarray, coefficients: np.ndarray, eps:
     return WidthLawResult(eps, widths, n_max, solve.solver, time.perf_counter() - t0, solved)
 
 
-def counting_lower_bound(eps: float) -> float:
-    """n >= log2(1/ε): 2^n subset sums must ε-cover [-1, 1] (Theorem 2's counting argument)."""
-    return math.log2(1.0 / eps)
+def counting_width(eps: float, spread: float = 1.0) -> float:
+    """``log2(spread/ε)``: the fewest coefficients whose ``2^n`` subset sums can ε-cover all of
+    ``[-spread, spread]`` (the counting argument behind Pensia et al.'s Theorem 2). A bound for a
+    block that must serve every target of the interval, not for one instance (see
+    :func:`counting_served_fraction`)."""
+    return math.log2(spread / eps)
+
+
+def counting_served_fraction(n: int | np.ndarray, eps: float, spread: float = 1.0) -> np.ndarray:
+    """The most a block of ``n`` coefficients can serve: its ``2^n`` subset sums lie within ε
+    of at most a length ``2^n · 2ε`` of ``[-spread, spread]``, so a target drawn uniformly from
+    that interval is feasible with probability at most ``min(1, 2^n ε / spread)``, whatever the
+    coefficients."""
+    n = np.asarray(n, dtype=float)
+    return np.minimum(1.0, np.exp2(n) * eps / spread)
 
 
 def theorem1_live_width(p: int, q: int, depth: int, eps: float, C: float = 1.5,
                         live_fraction: float = 0.5) -> float:
-    """Theorem 1's block width ``ceil(C log2(p q l / ε))`` (units), times the expected fraction
-    of live units (1/2 for non-negative inputs: only positive ``u``)."""
+    """The *mean* live count of a block of Theorem 1's width ``ceil(C log2(p q l / ε))`` units
+    (1/2 live for non-negative inputs: only positive ``u``). The live count of each block is
+    ``Binomial(m, live_fraction)``; a layer of ``p`` blocks is limited by its fewest (see
+    :func:`min_live_below`, :func:`check_formula`)."""
     return live_fraction * formula_width(p, q, depth, eps, None, C)
+
+
+def theorem1_C(live_width: float, p: int, q: int, depth: int, eps: float,
+               live_fraction: float = 0.5) -> float:
+    """The C of Theorem 1's formula whose block width has ``live_width`` live units *on average*:
+    ``live_width / (live_fraction · log2(p q l / ε))``. (A slope fitted to live widths against
+    ``log2(1/ε)`` is live coefficients per bit of 1/ε, another number.)"""
+    return live_width / (live_fraction * math.log2(max(2.0, p * q * depth / eps)))
+
+
+def binomial_below(m: int, k: int, f: float = 0.5) -> float:
+    """``P(Binomial(m, f) < k)`` (exact sum)."""
+    k = int(min(max(k, 0), m + 1))
+    return float(min(1.0, sum(math.comb(m, i) * f ** i * (1 - f) ** (m - i) for i in range(k))))
+
+
+def min_live_below(m: int, k: int, blocks: int, f: float = 0.5) -> float:
+    """``P(min over `blocks` independent blocks of Binomial(m, f) live units < k)``: the chance
+    that at least one block of a layer has fewer than ``k`` live units."""
+    below = binomial_below(m, k, f)
+    return float(-math.expm1(blocks * math.log1p(-below))) if below < 1 else 1.0
+
+
+def min_live_quantile(m: int, blocks: int, prob: float = 0.5, f: float = 0.5) -> int:
+    """The ``prob``-quantile of ``min over blocks of Binomial(m, f)``: the smallest k with
+    ``P(min <= k) >= prob``."""
+    for k in range(m + 1):
+        if min_live_below(m, k + 1, blocks, f) >= prob:
+            return k
+    return m
+
+
+def formula_cover_probability(m: int, needed: np.ndarray, f: float = 0.5) -> float:
+    """Probability, over the signs of the ``u`` drawn in a layer of blocks of ``m`` units, that
+    every block ``j`` has at least ``needed[j]`` live units: ``prod_j P(Binomial(m, f) >=
+    needed[j])``. Exact when ``needed[j]`` is the block's smallest feasible live width for all
+    its instances (the count of positive ``u`` among ``m`` units is independent of the values of
+    the live units, so of ``needed``)."""
+    logp = 0.0
+    for k, c in zip(*np.unique(np.asarray(needed, dtype=np.int64), return_counts=True)):
+        above = 1.0 - binomial_below(m, int(k), f)
+        if above <= 0:
+            return 0.0
+        logp += int(c) * math.log(above)
+    return float(math.exp(logp))
+
+
+def block_needed_widths(widths: np.ndarray, rows: int, n_max: int) -> np.ndarray:
+    """Per block, the live width all its ``rows`` instances need: the max of their smallest
+    feasible widths (block-major order); an instance infeasible up to ``n_max`` counts as
+    ``n_max + 1`` (a lower bound on its need)."""
+    w = np.where(np.asarray(widths) < 0, n_max + 1, widths).reshape(-1, rows)
+    return w.max(axis=1)
+
+
+def smallest_covering_units(needed: np.ndarray, prob: float = 0.5, f: float = 0.5,
+                            m_max: int = 4096) -> int | None:
+    """The fewest units per block with :func:`formula_cover_probability` >= ``prob``."""
+    lo = int(np.max(needed, initial=0))
+    for m in range(max(lo, 1), m_max + 1):
+        if formula_cover_probability(m, needed, f) >= prob:
+            return m
+    return None
+
+
+@dataclass
+class FormulaCheck:
+    """Theorem 1's formula against one whole layer, with the construction's own draw."""
+
+    eps: float
+    C: float
+    units: int                   #: formula block width m (units, live or not)
+    live: np.ndarray             #: int (p,) live (positive-u) units per block in this draw
+    infeasible: int              #: instances of the layer with no subset of their live coefficients within ε
+    short_blocks: np.ndarray     #: blocks holding at least one such instance
+    instances: int
+
+    @property
+    def min_live(self) -> int:
+        return int(self.live.min())
+
+    def row(self) -> dict:
+        p = self.live.size
+        return {"eps": self.eps, "C": self.C, "formula_units": self.units, "mean_live": self.units / 2,
+                "min_live_drawn": self.min_live,
+                "min_live_median": min_live_quantile(self.units, p, 0.5),
+                "min_live_q01": min_live_quantile(self.units, p, 0.01),
+                "instances": self.instances, "infeasible_at_formula": self.infeasible,
+                "short_blocks": int(self.short_blocks.size),
+                "short_block_live": " ".join(str(int(self.live[j])) for j in self.short_blocks[:20])}
+
+
+def check_formula(weight: np.ndarray, layer_index: int, depth: int, eps: float, C: float = 1.5,
+                  seed: int = 0, distribution: str = "uniform",
+                  solve: SolveConfig | None = None) -> FormulaCheck:
+    """Draw the construction of ``weight`` (the whole target layer, q x p, non-negative inputs,
+    weights only) at Theorem 1's width, exactly as ``approximate --width formula --seed SEED``
+    does for its weight blocks, and solve every instance over its block's live coefficients.
+
+    Errors are recomputed from the returned subsets, not taken from the solver."""
+    solve = solve or SolveConfig(solver="mitm", workers=1)
+    check_solver(solve)
+    W = np.asarray(weight, dtype=np.float64)
+    q, p = W.shape
+    m = formula_width(p, q, depth, eps, None, C)
+    plan = LayerPlan(index=layer_index, p=p, q=q, m=m, formula_m=m, has_bias=False, signed_input=False)
+    inst = layer_instances(draw_layer_pair(plan, seed, distribution), W, None)
+    batch = inst.batch(eps, "error")
+    res = solve_all(batch, solve)
+    bad = ~np.isin(res.status, (Status.OPTIMAL, Status.FEASIBLE, Status.INFEASIBLE))
+    if bad.any():
+        raise RuntimeError(f"solver {solve.solver} failed on {int(bad.sum())} instances")
+    miss = recompute_errors(batch, res.selections) > eps
+    live = inst.counts.reshape(p, q)[:, 0]
+    short = np.unique(np.flatnonzero(miss) // q)
+    return FormulaCheck(eps, C, m, live, int(miss.sum()), short, len(inst))
 
 
 @dataclass
@@ -266,20 +411,36 @@ class WidthLaw:
 
     def summary_rows(self, C_formula: float = 1.5) -> list[dict]:
         q, p = self.sample.layer_shape or (1, 1)
+        depth = self.sample.depth
         rows = []
         for r in self.results:
             allw = r.all_feasible_width
-            rows.append({
+            units = formula_width(p, q, depth, r.eps, None, C_formula)
+            row = {
                 "eps": r.eps, "log2_inv_eps": math.log2(1 / r.eps), "instances": int(r.widths.size),
+                "whole_layer": self.sample.whole_layer,
                 "all_feasible_width": allw if allw is not None else "",
                 "infeasible_at_n_max": int((r.widths < 0).sum()), "n_max": r.n_max,
                 "median_width": r.quantile(0.5), "q90_width": r.quantile(0.9), "q99_width": r.quantile(0.99),
                 "mean_width": float(np.where(r.widths < 0, np.nan, r.widths).mean()),
                 "empty_subset_fraction": float((r.widths == 0).mean()),
-                "counting_lower_bound": counting_lower_bound(r.eps),
-                "theorem1_live_width": theorem1_live_width(p, q, self.sample.depth, r.eps, C_formula),
+                "counting_width": counting_width(r.eps),
+                # instances that need fewer live coefficients than log2(1/ε): the covering
+                # argument bounds what a block can serve, not what one instance needs
+                "below_counting_width": float(((r.widths >= 0) & (r.widths < counting_width(r.eps))).mean()),
+                "theorem1_units": units,
+                "theorem1_mean_live": theorem1_live_width(p, q, depth, r.eps, C_formula),
+                "theorem1_min_live_median": min_live_quantile(units, p, 0.5),
+                "theorem1_cover_probability": "", "theorem1_C_cover_half": "",
                 "solver": r.solver, "seconds": round(r.seconds, 3), "solves": r.solved,
-            })
+            }
+            if self.sample.whole_layer:   # blocks are the layer's own columns: the real minimum
+                needed = block_needed_widths(r.widths, q, r.n_max)
+                row["theorem1_cover_probability"] = formula_cover_probability(units, needed)
+                m_half = smallest_covering_units(needed, 0.5)
+                if m_half is not None:
+                    row["theorem1_C_cover_half"] = m_half / math.log2(max(2.0, p * q * depth / r.eps))
+            rows.append(row)
         return rows
 
 

@@ -159,11 +159,17 @@ def test_command_human_output_and_defaults(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [["--hidden", "5,x"], ["--hidden", "0"], ["--epochs", "0"],
                                   ["--lr", "-0.1"], ["--lr", "nan"]])
-def test_command_rejects_bad_arguments(argv, capsys):
-    p, _ = _parser()
-    with pytest.raises(SystemExit) as info:
-        p.parse_args(["--out", "x", *argv])
-    assert info.value.code == 2
+def test_command_rejects_bad_arguments(argv, tmp_path, capsys):
+    """argparse refuses what does not parse (5,x); TrainConfig refuses the rest (UserError), both
+    with exit 2 and one error line, before anything is written."""
+    from subsetsum_lth import cli
+    try:
+        rc = cli.main(["train-target", "--out", str(tmp_path / "x"), *argv])
+    except SystemExit as exc:
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and argv[0] in err and "traceback" not in err.lower(), err
+    assert not (tmp_path / "x").exists()
 
 
 def test_through_cli_main(tmp_path, capsys, monkeypatch):

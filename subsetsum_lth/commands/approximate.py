@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from subsetsum_lth.commands._common import non_negative_int, positive_float, positive_int, print_json
+from subsetsum_lth.commands._common import print_json
 from subsetsum_lth.commands._progress import progress_factory
 from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
                                                  preprocessing_from_args, target_flags_given)
@@ -22,6 +22,13 @@ DESCRIPTION = (
 
 
 def add_arguments(p) -> None:
+    # every default of a flag that maps onto a config field is that field's default (written once,
+    # in the dataclass; tests/test_cli_config.py checks it)
+    from subsetsum_lth.approximate import ApproximateConfig
+    from subsetsum_lth.construction import ConstructionConfig
+    from subsetsum_lth.limits import DEFAULT_TIME_LIMIT
+    from subsetsum_lth.solve import SolveConfig
+
     p.add_argument("--target", type=Path, default=None,
                    help="target checkpoint (a state_dict in .pt/.pth/.ckpt/.bin/.tar or .safetensors, bare or in "
                         "a checkpoint dict; see 'subsetsum-lth inspect FILE') or a train-target folder; "
@@ -36,11 +43,12 @@ def add_arguments(p) -> None:
                    help="without --target: use the seeded synthetic 784-300-10 target even when MNIST is available")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--eps", type=positive_float, default=None,
+    g.add_argument("--eps", type=float, default=ApproximateConfig.eps,
                    help="network-level ε: pick the per-weight tolerance so that the certified bound is <= ε")
-    g.add_argument("--weight-eps", type=positive_float, default=None,
-                   help="per-weight tolerance τ (Pensia et al. Experiment 1 mode); default 0.01 if --eps is not given")
-    p.add_argument("--input-radius", type=positive_float, default=None,
+    g.add_argument("--weight-eps", type=float, default=ApproximateConfig.weight_eps,
+                   help="per-weight tolerance τ (Pensia et al. Experiment 1 mode); default "
+                        f"{ConstructionConfig.eps:g} if --eps is not given")
+    p.add_argument("--input-radius", type=float, default=None,
                    help="radius r of the input ball for the certificate (default: 1, or from --data)")
     p.add_argument("--input-domain", choices=("nonnegative", "signed"), default=None,
                    help="sign of the first layer's inputs (default: from the target's metadata or --data, "
@@ -48,55 +56,57 @@ def add_arguments(p) -> None:
     p.add_argument("--data", choices=("mnist",), default=None,
                    help="evaluate target and pruned network on this data set's test images")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random network")
-    p.add_argument("--solver", default="ortools", help="solver backend (see 'subsetsum-lth solvers')")
-    p.add_argument("--objective", choices=("error", "feasible", "cardinality"), default="error",
+    p.add_argument("--seed", type=int, default=ConstructionConfig.seed, help="seed of the random network")
+    p.add_argument("--solver", default=SolveConfig.solver, help="solver backend (see 'subsetsum-lth solvers')")
+    p.add_argument("--objective", choices=("error", "feasible", "cardinality"), default=SolveConfig.objective,
                    help="error: minimise |w - ŵ| (the paper's MIP); cardinality: fewest kept "
                         "coefficients within τ; feasible: any subset within τ")
-    p.add_argument("--workers", type=positive_int, default=None, help="solver processes (default: all cores)")
-    p.add_argument("--batch-size", type=positive_int, default=None,
+    p.add_argument("--workers", type=int, default=SolveConfig.workers,
+                   help="solver processes (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=SolveConfig.batch_size,
                    help="instances per solver batch (default: per backend, e.g. 1024 for ortools, 4096 for mitm)")
-    p.add_argument("--time-limit", type=positive_float, default=None,
+    p.add_argument("--time-limit", type=float, default=SolveConfig.time_limit,
                    help="per-instance solver time limit (s) of the backends that take one, and of the "
-                        "fallback for instances beyond exact search (default: 10)")
-    p.add_argument("--max-hours", type=positive_float, default=24.0,
+                        f"fallback for instances beyond exact search (default: {DEFAULT_TIME_LIMIT:g})")
+    p.add_argument("--max-hours", type=float, default=ApproximateConfig.max_hours,
                    help="refuse (before any work) a run whose estimated solve time, ~2^(n/2) per instance "
                         "of n live coefficients, is longer than this")
     x = p.add_argument_group("where the solver batches run")
-    x.add_argument("--executor", choices=("process", "dask", "dask-local"), default="process",
+    x.add_argument("--executor", choices=("process", "dask", "dask-local"), default=SolveConfig.executor,
                    help="process: a local process pool; dask: a Dask distributed cluster (--scheduler); "
                         "dask-local: start a Dask LocalCluster of --workers processes "
                         "(dask needs: pip install 'subsetsum-lth[dask]')")
-    x.add_argument("--scheduler", default=None, metavar="ADDRESS",
+    x.add_argument("--scheduler", default=SolveConfig.scheduler, metavar="ADDRESS",
                    help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.1:8786")
-    x.add_argument("--batch-timeout", type=positive_float, default=None, metavar="SECONDS",
+    x.add_argument("--batch-timeout", type=float, default=SolveConfig.batch_timeout, metavar="SECONDS",
                    help="a batch not done in this time is cancelled (its worker replaced) and retried, "
                         "then its instances are reported as failed")
-    x.add_argument("--retries", type=non_negative_int, default=2,
+    x.add_argument("--retries", type=int, default=SolveConfig.retries,
                    help="extra attempts for a batch whose worker died or that timed out")
-    x.add_argument("--no-fallback", dest="fallback", action="store_false",
+    x.add_argument("--no-fallback", dest="fallback", action="store_false", default=SolveConfig.fallback,
                    help="do not re-solve TIMEOUT/ERROR instances with another exact backend")
-    p.add_argument("--block-width", type=positive_int, default=None,
+    p.add_argument("--block-width", type=int, default=ConstructionConfig.block_width,
                    help="units per block m (overrides the Theorem 1 formula)")
-    p.add_argument("--width", choices=("formula", "auto", "adaptive"), default="auto",
+    p.add_argument("--width", choices=("formula", "auto", "adaptive"), default=ConstructionConfig.width,
                    help="formula: every block has the formula's (or --block-width) units; auto: the same, "
                         "then blocks with an infeasible instance grow by fresh seeded units until all are "
                         "within τ; adaptive: like auto but starting from half the formula's width")
-    p.add_argument("--grow", type=positive_int, default=None,
+    p.add_argument("--grow", type=int, default=ConstructionConfig.grow,
                    help="units appended to a block per growth step (default: max(4, m/4))")
-    p.add_argument("--max-growth", type=non_negative_int, default=8,
+    p.add_argument("--max-growth", type=int, default=ConstructionConfig.max_growth,
                    help="growth steps per block at most (0: no growth, as --width formula)")
-    p.add_argument("--C", dest="C", type=positive_float, default=1.5,
+    p.add_argument("--C", dest="C", type=float, default=ConstructionConfig.C,
                    help="constant C in m = ceil(C log2(p q l / min(ε, δ)))")
-    p.add_argument("--delta", type=float, default=None, help="δ in the width formula (default: ε)")
-    p.add_argument("--distribution", choices=("uniform", "normal"), default="uniform",
+    p.add_argument("--delta", type=float, default=ConstructionConfig.delta, help="δ in the width formula (default: ε)")
+    p.add_argument("--distribution", choices=("uniform", "normal"), default=ConstructionConfig.distribution,
                    help="distribution of g's weights (uniform = U[-1, 1])")
     p.add_argument("--allow-infeasible", action="store_true",
                    help="exit 0 even if some instances are not within τ (closest subsets are kept)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--samples", type=positive_int, default=512, help="random points for the empirical bound")
-    p.add_argument("--steps", type=non_negative_int, default=100,
+    p.add_argument("--samples", type=int, default=ApproximateConfig.empirical_samples,
+                   help="random points for the empirical bound")
+    p.add_argument("--steps", type=int, default=ApproximateConfig.ascent_steps,
                    help="gradient-ascent steps for the empirical bound (0: evaluate the points only)")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     p.add_argument("--no-progress", action="store_true",
@@ -109,13 +119,16 @@ def run(args) -> int:
     from subsetsum_lth.approximate import ApproximateConfig, approximate
     from subsetsum_lth.construction import ConstructionConfig
     from subsetsum_lth.errors import IncompleteRun
-    from subsetsum_lth.solve import SolveConfig
     from subsetsum_lth.target import load_target
 
     if args.target is None and target_flags_given(args):
         from subsetsum_lth.errors import UserError
         raise UserError(f"{', '.join(target_flags_given(args))} describe a --target file; pass --target "
                         "or drop them")
+    # every number is checked by the config dataclasses, before any work (training the default
+    # target takes minutes); input domain and radius are filled in later, from the target and --data
+    _config(args, args.input_domain or ConstructionConfig.input_domain,
+            ApproximateConfig.input_radius if args.input_radius is None else args.input_radius)
     from subsetsum_lth.executors import check_executor
     check_executor(args.executor, args.scheduler)
     training_seconds = None
@@ -149,27 +162,13 @@ def run(args) -> int:
         _check_accuracy(target, eval_data, getattr(args, "expected_accuracy", None))
     from subsetsum_lth.commands._target_args import check_expected_accuracy
     check_expected_accuracy(args)
-    radius = radius or 1.0
+    radius = ApproximateConfig.input_radius if radius is None else radius
     domain = domain or "signed"
 
-    config = ApproximateConfig(
-        construction=ConstructionConfig(input_domain=domain, seed=args.seed,
-                                        eps=args.eps or args.weight_eps or 0.01, delta=args.delta, C=args.C,
-                                        block_width=args.block_width, distribution=args.distribution,
-                                        width=args.width, grow=args.grow, max_growth=args.max_growth),
-        solve=SolveConfig(solver=args.solver, objective=args.objective, workers=args.workers,
-                          batch_size=args.batch_size, time_limit=args.time_limit,
-                          executor=args.executor, scheduler=args.scheduler,
-                          batch_timeout=args.batch_timeout, retries=args.retries, fallback=args.fallback),
-        eps=args.eps, weight_eps=args.weight_eps, input_radius=radius,
-        allow_infeasible=args.allow_infeasible, resume=args.resume, overwrite=args.overwrite,
-        empirical_samples=args.samples, ascent_steps=args.steps, plots=not args.no_plots,
-        max_hours=args.max_hours,
-        report_extra={} if training_seconds is None else {
-            "target_training_seconds": training_seconds,
-            "target_training_note": "the default target was trained by this command before the approximation; "
-                                    "wall_seconds does not include it"},
-    )
+    config = _config(args, domain, radius, {} if training_seconds is None else {
+        "target_training_seconds": training_seconds,
+        "target_training_note": "the default target was trained by this command before the approximation; "
+                                "wall_seconds does not include it"})
     progress = progress_factory(not args.no_progress, unit="inst")
     status = 0
     from subsetsum_lth.executors import make_pool
@@ -198,6 +197,27 @@ def run(args) -> int:
     else:
         _summary(report, args.out)
     return status
+
+
+def _config(args, domain: str, radius: float, report_extra: dict | None = None):
+    """The ApproximateConfig the flags describe (its dataclasses check every number)."""
+    from subsetsum_lth.approximate import ApproximateConfig
+    from subsetsum_lth.construction import ConstructionConfig
+    from subsetsum_lth.solve import SolveConfig
+    return ApproximateConfig(
+        construction=ConstructionConfig(input_domain=domain, seed=args.seed,
+                                        eps=args.eps or args.weight_eps or ConstructionConfig.eps,
+                                        delta=args.delta, C=args.C,
+                                        block_width=args.block_width, distribution=args.distribution,
+                                        width=args.width, grow=args.grow, max_growth=args.max_growth),
+        solve=SolveConfig(solver=args.solver, objective=args.objective, workers=args.workers,
+                          batch_size=args.batch_size, time_limit=args.time_limit,
+                          executor=args.executor, scheduler=args.scheduler,
+                          batch_timeout=args.batch_timeout, retries=args.retries, fallback=args.fallback),
+        eps=args.eps, weight_eps=args.weight_eps, input_radius=radius,
+        allow_infeasible=args.allow_infeasible, resume=args.resume, overwrite=args.overwrite,
+        empirical_samples=args.samples, ascent_steps=args.steps, plots=not args.no_plots,
+        max_hours=args.max_hours, report_extra=report_extra or {})
 
 
 def _check_out_early(args) -> None:

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from subsetsum_lth.commands._common import (non_negative_float, non_negative_int, positive_float, positive_int,
-                                            print_json)
+from subsetsum_lth.commands._common import print_json
 from subsetsum_lth.commands._progress import progress_factory
 
 NAME = "bench"
@@ -18,30 +17,32 @@ DESCRIPTION = (
 
 
 def add_arguments(p) -> None:
+    from subsetsum_lth.bench import ApproximateBenchConfig as A
+    from subsetsum_lth.bench import SolverBenchConfig as B
     from subsetsum_lth.commands._help import HelpFormatter
     sub = p.add_subparsers(dest="bench_command", metavar="WHAT")
     sub.required = True
 
     s = sub.add_parser("solvers", help="throughput of every solver backend on one core",
                        formatter_class=HelpFormatter)
-    s.add_argument("--n", type=non_negative_int, default=21, help="live coefficients per instance")
-    s.add_argument("--eps", type=non_negative_float, default=0.01, help="tolerance τ of every instance")
-    s.add_argument("--count", type=positive_int, default=20000, help="instances to draw")
-    s.add_argument("--objective", choices=("error", "cardinality", "feasible"), default="error",
+    s.add_argument("--n", type=int, default=B.n, help="live coefficients per instance")
+    s.add_argument("--eps", type=float, default=B.eps, help="tolerance τ of every instance")
+    s.add_argument("--count", type=int, default=B.count, help="instances to draw")
+    s.add_argument("--objective", choices=("error", "cardinality", "feasible"), default=B.objective,
                    help="what every backend is asked for (as approximate's --objective)")
-    s.add_argument("--targets", type=Path, default=None,
+    s.add_argument("--targets", type=Path, default=B.targets,
                    help="target file: sample targets from its first Linear weight "
                         "(default: N(0, 0.05) clipped to [-1, 1])")
     s.add_argument("--solvers", default=None,
                    help="comma-separated backends to time (default: every available one)")
-    s.add_argument("--baseline-count", type=positive_int, default=300,
+    s.add_argument("--baseline-count", type=int, default=B.baseline_count,
                    help="instances at most for the naive baseline (cpsat), scaled by its rate")
-    s.add_argument("--time-budget", type=positive_float, default=30.0,
+    s.add_argument("--time-budget", type=float, default=B.time_budget,
                    help="seconds at most per backend; slow backends are timed on the prefix they finish")
-    s.add_argument("--batch-size", type=positive_int, default=None,
+    s.add_argument("--batch-size", type=int, default=B.batch_size,
                    help="instances per solve_batch call (default: the backend's own)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the instance draw")
-    s.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+    s.add_argument("--seed", type=int, default=B.seed, help="seed of the instance draw")
+    s.add_argument("--clock", choices=("wall", "cpu"), default=B.clock,
                    help="time by elapsed wall clock, or by this process's CPU time (robust on a "
                         "busy machine)")
     s.add_argument("--json", action="store_true", help="print a JSON list, one object per backend")
@@ -49,17 +50,17 @@ def add_arguments(p) -> None:
 
     a = sub.add_parser("approximate", help="time one approximate run, stage by stage",
                        formatter_class=HelpFormatter)
-    a.add_argument("--target", type=Path, default=None,
+    a.add_argument("--target", type=Path, default=A.target,
                    help="target file or train-target folder (default: seeded synthetic 784-300-10)")
-    a.add_argument("--solver", default="ortools", help="solver backend")
-    a.add_argument("--objective", choices=("error", "feasible", "cardinality"), default="error",
+    a.add_argument("--solver", default=A.solver, help="solver backend")
+    a.add_argument("--objective", choices=("error", "feasible", "cardinality"), default=A.objective,
                    help="subset-sum objective (as approximate's --objective)")
-    a.add_argument("--weight-eps", type=positive_float, default=0.01, help="per-weight tolerance τ")
-    a.add_argument("--data", choices=("mnist",), default=None, help="evaluate on this data set")
-    a.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
-    a.add_argument("--workers", type=positive_int, default=None, help="solver processes (default: all cores)")
-    a.add_argument("--seed", type=int, default=0, help="seed of the random network")
-    a.add_argument("--out", type=Path, default=None,
+    a.add_argument("--weight-eps", type=float, default=A.weight_eps, help="per-weight tolerance τ")
+    a.add_argument("--data", choices=("mnist",), default=A.data, help="evaluate on this data set")
+    a.add_argument("--data-dir", type=Path, default=A.data_dir, help="folder with the data set files")
+    a.add_argument("--workers", type=int, default=A.workers, help="solver processes (default: all cores)")
+    a.add_argument("--seed", type=int, default=A.seed, help="seed of the random network")
+    a.add_argument("--out", type=Path, default=A.out,
                    help="run folder to write (overwritten; default: a temporary folder, removed)")
     a.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     a.add_argument("--no-progress", action="store_true", help="no progress output (bars or lines)")

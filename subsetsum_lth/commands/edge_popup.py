@@ -48,6 +48,9 @@ def _temperature(text: str):
 
 
 def add_arguments(p) -> None:
+    # every default is EdgePopupConfig's (written once, in the dataclass; tests/test_cli_config.py)
+    from subsetsum_lth.edge_popup import EdgePopupConfig as E
+
     src = p.add_argument_group("random network (exactly one)")
     g = src.add_mutually_exclusive_group(required=True)
     g.add_argument("--from-run", type=Path, metavar="RUN",
@@ -56,65 +59,65 @@ def add_arguments(p) -> None:
                    help="allocate the construction's random network for this target (as 'approximate')")
     g.add_argument("--wide", metavar="SIZES",
                    help="a plain random MLP, e.g. 784,1000,10, or 784,H,10 with --param-budget")
-    src.add_argument("--param-budget", type=positive_int, default=None, metavar="N",
+    src.add_argument("--param-budget", type=positive_int, default=E.param_budget, metavar="N",
                      help="--wide: H = the largest width with at most N parameters (biases counted)")
-    src.add_argument("--wide-init", choices=("uniform", "normal", "kaiming-uniform"), default="uniform",
+    src.add_argument("--wide-init", choices=("uniform", "normal", "kaiming-uniform"), default=E.wide_init,
                      help="--wide: weight distribution (uniform = U[-1, 1], g's distribution; "
                           "kaiming-uniform = U[±sqrt(6/fan_in)])")
-    src.add_argument("--no-bias", dest="wide_bias", action="store_false",
+    src.add_argument("--no-bias", dest="wide_bias", action="store_false", default=E.wide_bias,
                      help="--wide: zero biases (not scored)")
-    src.add_argument("--block-width", type=positive_int, default=None,
+    src.add_argument("--block-width", type=positive_int, default=E.block_width,
                      help="--from-target: units per block m (default: Theorem 1's formula)")
-    src.add_argument("--C", dest="C", type=positive_float, default=1.5,
+    src.add_argument("--C", dest="C", type=positive_float, default=E.C,
                      help="--from-target: constant C of the width formula")
-    src.add_argument("--eps", type=positive_float, default=0.01,
+    src.add_argument("--eps", type=positive_float, default=E.eps,
                      help="--from-target: ε in the width formula")
-    src.add_argument("--input-domain", choices=("nonnegative", "signed"), default=None,
+    src.add_argument("--input-domain", choices=("nonnegative", "signed"), default=E.input_domain,
                      help="first layer's input domain for the structured pre-pruning (default: the run's "
                           "or the target's, else nonnegative as MNIST pixels are)")
-    src.add_argument("--net-seed", type=non_negative_int, default=None,
+    src.add_argument("--net-seed", type=non_negative_int, default=E.net_seed,
                      help="seed of a freshly allocated random network (default: --seed)")
 
     e = p.add_argument_group("edge-popup")
-    e.add_argument("--keep", type=_fraction, default=0.5, metavar="K",
+    e.add_argument("--keep", type=_fraction, default=E.keep, metavar="K",
                    help="fraction of weights KEPT (exactly ceil(K*n) per tensor, or over all with --scope global)")
-    e.add_argument("--scope", choices=("layer", "global"), default="layer", help="where the top-k is taken")
-    e.add_argument("--structure", choices=("free", "structured"), default="free",
+    e.add_argument("--scope", choices=("layer", "global"), default=E.scope, help="where the top-k is taken")
+    e.add_argument("--structure", choices=("free", "structured"), default=E.structure,
                    help="structured: only edges of the construction's block-diagonal pre-pruning may be kept")
-    e.add_argument("--epochs", type=positive_int, default=1,
-                   help="passes over the (--train-subset) training images (default: 1; with the CPU "
+    e.add_argument("--epochs", type=positive_int, default=E.epochs,
+                   help=f"passes over the (--train-subset) training images (default: {E.epochs}; with the CPU "
                         "subset, a budget of a few minutes)")
-    e.add_argument("--lr", type=positive_float, default=0.02,
+    e.add_argument("--lr", type=positive_float, default=E.lr,
                    help="initial learning rate of the scores (cosine to 0). hidden-networks uses 0.1 on "
                         "kaiming-scaled networks of moderate width; on g (U[-1, 1] weights, hidden widths "
                         "in the tens of thousands, loss on logits / T) 0.1 moves the scores of the wide "
                         "layers by about their own size per step, the top-k reshuffles and the network "
                         "ends switched off (loss ln 10); 0.02 learns")
-    e.add_argument("--batch-size", type=positive_int, default=128, help="mini-batch size")
-    e.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    e.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay on the scores")
-    e.add_argument("--seed", type=non_negative_int, default=0, help="seeds score initialisation and shuffling")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    e.add_argument("--batch-size", type=positive_int, default=E.batch_size, help="mini-batch size")
+    e.add_argument("--momentum", type=float, default=E.momentum, help="SGD momentum")
+    e.add_argument("--weight-decay", type=float, default=E.weight_decay, help="weight decay on the scores")
+    e.add_argument("--seed", type=non_negative_int, default=E.seed, help="seeds score initialisation and shuffling")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default=E.device,
                    help="auto: CUDA when available, else CPU")
-    e.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
-    e.add_argument("--data-dir", type=Path, default=None, help="folder with the MNIST IDX files")
-    e.add_argument("--train-subset", type=_train_subset, default="auto", metavar="N",
+    e.add_argument("--threads", type=positive_int, default=E.threads, help="torch CPU threads (default: torch's)")
+    e.add_argument("--data-dir", type=Path, default=E.data_dir, help="folder with the MNIST IDX files")
+    e.add_argument("--train-subset", type=_train_subset, default=E.train_subset, metavar="N",
                    help="train on the first N training images only; auto: 7680 (60 steps of 128) on CPU, "
                         "all 60000 on CUDA; all: every image")
-    e.add_argument("--test-subset", type=positive_int, default=None, metavar="N",
+    e.add_argument("--test-subset", type=positive_int, default=E.test_subset, metavar="N",
                    help="evaluate on the first N test images only")
-    e.add_argument("--sync-every", type=positive_int, default=None, metavar="STEPS",
+    e.add_argument("--sync-every", type=positive_int, default=E.sync_every, metavar="STEPS",
                    help="read loss/accuracy back from the device every STEPS steps (progress bar; "
                         "default 50 on CUDA, 10 on CPU)")
-    e.add_argument("--no-inner-relu", dest="inner_relu", action="store_false",
+    e.add_argument("--no-inner-relu", dest="inner_relu", action="store_false", default=E.inner_relu,
                    help="use the construction's layers 2i-1 linearly (no ReLU after Linear layers 0, 2, 4, "
                         "...; Pensia et al.'s Fig. 1c structure without ReLU); needs an even number of "
                         "Linear layers; recorded in report.json ('inner_relu', 'modules')")
-    e.add_argument("--temperature", type=_temperature, default="auto", metavar="T",
+    e.add_argument("--temperature", type=_temperature, default=E.temperature, metavar="T",
                    help="train on CE(logits / T); auto: T = standard deviation of the initial masked "
                         "network's logits (U[-1, 1] networks have logits in the hundreds); batch: each "
                         "batch's own logit standard deviation; 1 = plain edge-popup")
-    e.add_argument("--no-epoch-eval", dest="eval_every_epoch", action="store_false",
+    e.add_argument("--no-epoch-eval", dest="eval_every_epoch", action="store_false", default=E.eval_every_epoch,
                    help="evaluate the test accuracy only after the last epoch")
 
     o = p.add_argument_group("output")

@@ -5,7 +5,6 @@ import argparse
 import json
 import sys
 
-from subsetsum_lth.commands._common import positive_float, positive_int
 from subsetsum_lth.commands._target_args import add_preprocessing_arguments
 
 NAME = "train-target"
@@ -21,10 +20,6 @@ DESCRIPTION = (
     "(downloaded there with MD5 checks when missing); Fashion-MNIST (--data fashion-mnist) from "
     "--data-dir, else $SUBSETSUM_LTH_FASHION_DATA, else the user cache."
 )
-
-#: options whose default depends on --arch (the MLP's SGD recipe or the CNN's Adam recipe)
-_RECIPE = ("epochs", "lr", "batch_size")
-
 
 class _Recorded(argparse.Action):
     """Stores the value and remembers that the option was given (its default depends on --arch)."""
@@ -52,39 +47,44 @@ def _hidden(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive integers such as 500 or 300,100, got {text!r}")
-    if any(w < 1 for w in widths):
-        raise argparse.ArgumentTypeError(f"hidden widths must be positive, got {text!r}")
-    return widths
+    return widths     # TrainConfig checks that they are positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # every default is TrainConfig's (written once, in the dataclass; tests/test_cli_config.py);
+    # epochs, lr and batch size default to None there: the MLP or the CNN recipe fills them
+    from subsetsum_lth.train import ARCH_DEFAULTS, MLP_DEFAULTS
+    from subsetsum_lth.train import TrainConfig as T
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder (created if needed)")
-    parser.add_argument("--hidden", type=_hidden, default="500", metavar="H1,H2,...", action=_Recorded,
+    parser.add_argument("--hidden", type=_hidden, default=",".join(map(str, T.hidden)), metavar="H1,H2,...",
+                        action=_Recorded,
                         help="hidden layer widths, comma-separated ('' for none)")
-    parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=T.bias,
                         help="give every Linear layer a bias")
     from subsetsum_lth.arch import SPEC_HELP
     parser.add_argument("--arch", type=_arch_spec, default=None, metavar="ARCH",
                         help="train this CNN (or MLP) instead of the --hidden MLP. " + SPEC_HELP.replace("%", "%%"))
-    parser.add_argument("--data", choices=("mnist", "fashion-mnist"), default="mnist",
+    parser.add_argument("--data", choices=("mnist", "fashion-mnist"), default=T.dataset,
                         help="the data set to train and test on")
-    parser.add_argument("--epochs", type=positive_int, default=10, action=_Recorded,
-                        help="passes over the training set")
-    parser.add_argument("--lr", type=positive_float, default=0.05, action=_Recorded,
-                        help="initial learning rate, cosine-annealed to 0 over all steps (default 0.05 "
-                             "with SGD; 0.001 with --arch, Adam)")
-    parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N", action=_Recorded,
-                        help="mini-batch size (default 64; 128 with --arch)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--epochs", type=int, default=T.epochs,
+                        help=f"passes over the training set (default {MLP_DEFAULTS['epochs']}; "
+                             f"{ARCH_DEFAULTS['epochs']} with --arch)")
+    parser.add_argument("--lr", type=float, default=T.lr,
+                        help=f"initial learning rate, cosine-annealed to 0 over all steps (default "
+                             f"{MLP_DEFAULTS['lr']:g} with SGD; {ARCH_DEFAULTS['lr']:g} with --arch, Adam)")
+    parser.add_argument("--batch-size", type=int, default=T.batch_size, metavar="N",
+                        help=f"mini-batch size (default {MLP_DEFAULTS['batch_size']}; "
+                             f"{ARCH_DEFAULTS['batch_size']} with --arch)")
+    parser.add_argument("--seed", type=int, default=T.seed,
                         help="seeds the initialisation and the shuffling (same seed, same weights)")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
+    parser.add_argument("--data-dir", default=T.data_dir, metavar="DIR",
                         help="folder holding the four MNIST (or Fashion-MNIST) IDX files (.gz or not) "
                              "(default: $SUBSETSUM_LTH_DATA, for Fashion-MNIST $SUBSETSUM_LTH_FASHION_DATA, "
                              "else the user cache)")
-    parser.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
+    parser.add_argument("--train-subset", type=int, default=T.train_subset, metavar="N",
                         help="train on the first N training images only (default: all 60000)")
-    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+    parser.add_argument("--threads", type=int, default=T.threads, metavar="N",
                         help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="--progress: tqdm bars on stderr; --no-progress: no progress output; neither: "
@@ -108,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
         if not args.bias:
             raise UserError("--no-bias applies to the --hidden MLP; with --arch drop the biases in the "
                             "SPEC with the suffix nb (c6k5nb, fc10nb)")
-        recipe = {k: v for k, v in recipe.items() if k in given}   # the rest: the CNN recipe
     config = TrainConfig(
         hidden=tuple(args.hidden), bias=args.bias, seed=args.seed, data_dir=args.data_dir,
         train_subset=args.train_subset, threads=args.threads,
@@ -117,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
     )
     bars = args.progress if args.progress is not None else sys.stderr.isatty()
     lines = args.progress is None and not bars
-    config.validate()
     n_train = config.train_subset or 60000
     steps = -(-n_train // config.batch_size)
     what = (f"{config.arch} CNN" if config.arch is not None
