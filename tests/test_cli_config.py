@@ -69,7 +69,8 @@ MAPS = {
     "train-target": (["--out", "x"], "train_target.py", {
         **{d: (TrainConfig, d, _same) for d in
            ("bias", "epochs", "lr", "batch_size", "seed", "data_dir", "train_subset", "threads",
-            "input_normalize", "input_scale")},
+            "input_normalize", "input_scale", "arch")},
+        "data": (TrainConfig, "dataset", _same),
         "hidden": (TrainConfig, "hidden", _hidden),
     }),
     "bench solvers": ([], "bench.py", {
@@ -89,6 +90,7 @@ CLI_ONLY = {
     "approximate": {
         "target": "the target file, loaded by run()",
         "layers": "target loading", "input_normalize": "target loading", "input_scale": "target loading",
+        "arch": "target loading",
         "expected_accuracy": "checked by run() against --data",
         "synthetic": "which default target run() builds",
         "out": "the run folder, an argument of approximate()",

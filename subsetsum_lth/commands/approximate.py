@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from subsetsum_lth.commands._common import print_json
+from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.commands._progress import progress_factory
 from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
                                                  preprocessing_from_args, target_flags_given)
@@ -53,7 +54,7 @@ def add_arguments(p) -> None:
     p.add_argument("--input-domain", choices=("nonnegative", "signed"), default=None,
                    help="sign of the first layer's inputs (default: from the target's metadata or --data, "
                         "else signed)")
-    p.add_argument("--data", choices=("mnist",), default=None,
+    p.add_argument("--data", choices=DATASETS, default=None,
                    help="evaluate target and pruned network on this data set's test images")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
     p.add_argument("--seed", type=int, default=ConstructionConfig.seed, help="seed of the random network")
@@ -155,9 +156,10 @@ def run(args) -> int:
     eval_data = emp_data = None
     radius = args.input_radius
     domain = args.input_domain or target.metadata.get("input_domain")
-    if args.data == "mnist":
+    if args.data is not None:
         from subsetsum_lth.data.mnist import evaluation_inputs
-        eval_data, emp_data, radius = evaluation_inputs(target.input_dim, args.data_dir, args.seed, radius=radius)
+        eval_data, emp_data, radius = evaluation_inputs(target.input_dim, args.data_dir, args.seed, radius=radius,
+                                                        dataset=args.data)
         domain = domain or "nonnegative"
         _check_accuracy(target, eval_data, getattr(args, "expected_accuracy", None))
     from subsetsum_lth.commands._target_args import check_expected_accuracy
@@ -165,10 +167,12 @@ def run(args) -> int:
     radius = ApproximateConfig.input_radius if radius is None else radius
     domain = domain or "signed"
 
-    config = _config(args, domain, radius, {} if training_seconds is None else {
-        "target_training_seconds": training_seconds,
-        "target_training_note": "the default target was trained by this command before the approximation; "
-                                "wall_seconds does not include it"})
+    extra = {} if args.data is None else {"data": args.data}
+    if training_seconds is not None:
+        extra.update({"target_training_seconds": training_seconds,
+                      "target_training_note": "the default target was trained by this command before the "
+                                              "approximation; wall_seconds does not include it"})
+    config = _config(args, domain, radius, extra)
     progress = progress_factory(not args.no_progress, unit="inst")
     status = 0
     from subsetsum_lth.executors import make_pool

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from subsetsum_lth.commands._target_args import add_arch_argument
     add_arch_argument(p)
     add_preprocessing_arguments(p)
-    p.add_argument("--data", choices=("mnist",), default=None,
+    p.add_argument("--data", choices=("mnist", "fashion-mnist"), default=None,
                    help="also measure the test accuracy on this data set (inputs pixels/255)")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
     p.add_argument("--json", action="store_true", help="print what the loader sees as JSON")
@@ -64,15 +64,15 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
            "n_parameters": target.n_parameters, "has_bias": target.has_bias,
            "activation": "ReLU between layers (assumed: a state_dict does not record activations)"}
     out.pop("entries", None)
-    if data == "mnist":
+    if data is not None:
         from subsetsum_lth.data.mnist import load_mnist
         from subsetsum_lth.errors import UserError
         from subsetsum_lth.preprocess import accuracy_warning, declared_accuracy, measure_accuracy
-        x, y = load_mnist("test", data_dir=data_dir)
+        x, y = load_mnist("test", data_dir=data_dir, dataset=data)
         if target.input_dim != x.shape[1]:
-            raise UserError(f"the target takes {target.input_dim} inputs but MNIST images have {x.shape[1]}")
+            raise UserError(f"the target takes {target.input_dim} inputs but {data} images have {x.shape[1]}")
         acc = measure_accuracy(target, x, y)
-        out["accuracy"] = {"data": "mnist test", "inputs": "pixels/255 in [0, 1]", "value": acc}
+        out["accuracy"] = {"data": f"{data} test", "inputs": "pixels/255 in [0, 1]", "value": acc}
         warn = accuracy_warning(acc, declared_accuracy(target.metadata or {}, expected_accuracy), target)
         if warn:
             out["warning"] = warn
