@@ -99,3 +99,77 @@ def test_built_in_backends_are_listed_once():
     group = eps.get(ENTRY_POINT_GROUP, "")
     named = {line.split("=")[0].strip() for line in group.splitlines() if "=" in line}
     assert not named & set(BUILTIN), "built-in backends belong in registry.BUILTIN only"
+
+
+# ----------------------------------------------------------------------------- the layers above the solvers
+
+#: the package's layers, bottom to top; a module may import (at module level or lazily) only from
+#: its own layer or the layers below. A new module must be placed here (an unplaced one fails).
+LAYERS = [
+    ("solvers", {"solvers"}),
+    ("foundation", {"__init__", "errors", "progress", "runfolder", "manifest", "netdigest"}),
+    ("network", {"layerkinds", "arch", "checkpoint", "preprocess", "target", "construction", "gnet", "data"}),
+    ("solve", {"solve", "executors", "limits", "growth"}),
+    ("certificate", {"certify", "tolerance", "certify_box"}),
+    ("pipelines and run folders", {"layer_solve", "approximate", "run_report", "runwriter", "evaluation",
+                                   "plots", "runcheck", "certify_run", "api", "train", "default_target",
+                                   "edge_popup"}),
+    ("analysis", {"compare", "bench", "width_law", "baselines"}),
+    ("interface", {"cli", "commands", "__main__"}),
+]
+
+
+def layer_of(module: str):
+    """The layer index of a ``subsetsum_lth...`` module name (None outside the package)."""
+    parts = module.split(".")
+    if parts[0] != "subsetsum_lth":
+        return None
+    name = parts[1] if len(parts) > 1 else "__init__"
+    if name == "__version__":
+        name = "__init__"
+    for i, (_, names) in enumerate(LAYERS):
+        if name in names:
+            return i
+    return f"unplaced module {name!r}"
+
+
+def upward_imports(root: Path = ROOT) -> list[str]:
+    problems = []
+    for path in sorted((root / "subsetsum_lth").rglob("*.py")):
+        here = layer_of(".".join(path.relative_to(root).with_suffix("").parts))
+        if isinstance(here, str):
+            problems.append(f"{path.relative_to(root)}: {here}: place it in tests/test_layers.py LAYERS")
+            continue
+        for line, module, level in imports(path):
+            if level or not module:
+                continue
+            targets = [module]
+            if module == "subsetsum_lth":      # from subsetsum_lth import x
+                tree_names = [a.name for n in ast.walk(ast.parse(path.read_text()))
+                              if isinstance(n, ast.ImportFrom) and n.lineno == line for a in n.names]
+                targets = [f"subsetsum_lth.{n}" for n in tree_names]
+            for t in targets:
+                there = layer_of(t)
+                if there is None:
+                    continue
+                if isinstance(there, str):
+                    problems.append(f"{path.relative_to(root)}:{line}: imports an {there}")
+                elif there > here:
+                    problems.append(f"{path.relative_to(root)}:{line}: {LAYERS[here][0]} imports {t} "
+                                    f"({LAYERS[there][0]}, a layer above)")
+    return problems
+
+
+def test_layers_import_only_downwards():
+    problems = upward_imports()
+    assert not problems, "\n".join(problems)
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path):
+    pkg = tmp_path / "subsetsum_lth"
+    pkg.mkdir()
+    (pkg / "target.py").write_text("def f():\n    from subsetsum_lth.approximate import approximate\n")
+    (pkg / "mystery.py").write_text("import numpy\n")
+    problems = upward_imports(tmp_path)
+    assert any("target.py:2: network imports subsetsum_lth.approximate" in p for p in problems), problems
+    assert any("unplaced module 'mystery'" in p for p in problems), problems
