@@ -73,7 +73,7 @@ def build_report(target, config, construction, solved, layer_masks, state, layou
             "hidden_units": plan.hidden,
             "growth_units": plan.grow,
             "block_extensions": plan.extensions.tolist(),
-            "random_shapes": [[plan.hidden, plan.p], [plan.q, plan.hidden]],
+            "random_shapes": [list(s) for s in layout.kinds[li].g_shapes(plan.hidden)],
             "instances": len(inst), "weight_instances": int((~is_bias).sum()),
             "bias_instances": int(is_bias.sum()),
             "live_coefficients_mean": float(inst.counts.mean()) if len(inst) else 0.0,
