@@ -19,6 +19,7 @@ from subsetsum_lth import manifest
 from subsetsum_lth import runfolder as rf
 from subsetsum_lth.certify import (CollapsedNet, certified_bound, check_soundness,
                                    empirical_bound_fast, layer_maps, pruned_module)
+from subsetsum_lth.certify_box import BOX_WITNESS, box_bound, box_report
 from subsetsum_lth.construction import (ConstructionConfig, LayerInstances,
                                         build_construction, draw_layer_pair, layer_instances,
                                         masks_from_selections, masks_state_dict)
@@ -58,6 +59,8 @@ class ApproximateConfig:
     max_hours: float = 24.0       #: refuse a run whose estimated solve time is longer (subsetsum_lth.limits)
     #: facts about what the caller did before (e.g. ``target_training_seconds``), added to report.json
     report_extra: dict = field(default_factory=dict)
+    #: the box domain (subsetsum_lth.certify_box.BoxConfig): a box certificate too, and --eps checked on it
+    box: object | None = None
 
     def __post_init__(self) -> None:
         if self.eps is not None and self.weight_eps is not None:
@@ -208,6 +211,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         "target_digest": _digest(target), "construction": asdict(cc),
         "solver": sc.solver, "objective": sc.objective, "eps": config.eps,
         "weight_eps": config.weight_eps, "input_radius": config.input_radius,
+        **({} if config.box is None else {"input_box": [config.box.lo, config.box.hi]}),
     }
     # refuse absurd widths (with the estimate) and a full disk before any file is written
     from subsetsum_lth import limits
@@ -288,18 +292,19 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         if config.mode == "weight":
             break
         masks = masks_state_dict([masks_from_selections(i, r.selections) for i, r in zip(layers, results)])
-        certificate = certified_bound(target, layer_maps(construction.state_dict(), masks, target.depth),
-                                      config.input_radius, cc.input_domain)
+        maps_r = layer_maps(construction.state_dict(), masks, target.depth)
+        certificate = certified_bound(target, maps_r, config.input_radius, cc.input_domain)
+        eps_bound = certificate.bound if config.box is None else box_bound(target, maps_r, config.box)
         n_out = sum(int((r.status == Status.INFEASIBLE).sum()) for r in results)
-        rounds.append({"round": rnd, "weight_eps": tau, "certified_bound": certificate.bound,
+        rounds.append({"round": rnd, "weight_eps": tau, "certified_bound": eps_bound,
                        "outside_tolerance": n_out})
         log.info("round %d: τ=%.3g certified=%.4g (ε=%.4g), %d instances outside τ",
-                 rnd, tau, certificate.bound, config.eps, n_out)
-        if certificate.bound <= config.eps:
+                 rnd, tau, eps_bound, config.eps, n_out)
+        if eps_bound <= config.eps:
             break
-        if len(rounds) > 1 and certificate.bound > 0.95 * rounds[-2]["certified_bound"]:
+        if len(rounds) > 1 and eps_bound > 0.95 * rounds[-2]["certified_bound"]:
             break  # no progress: the bound is held up by instances no τ can fix at this width
-        tau = tau * min(0.5, 0.9 * config.eps / certificate.bound)
+        tau = tau * min(0.5, 0.9 * config.eps / eps_bound)
     timings["solve"] = time.perf_counter() - t
 
     # --- masks and certificate, recomputed from the state dicts alone
@@ -316,6 +321,12 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     timings["certify"] = time.perf_counter() - t
     check_soundness(emp["empirical_bound"], certificate.bound)
     witness = emp.pop("witness")
+    box_rep, eps_bound = None, certificate.bound
+    if config.box is not None:   # the box certificate, its attack (checked), certified agreement
+        box_rep, box_x = box_report(target, maps, g64, config.box, data=empirical_data, seed=cc.seed,
+                                    eval_x=None if eval_data is None else eval_data["x"])
+        eps_bound = box_rep["bound"]
+        timings["certify_box"] = box_rep["seconds"] + box_rep["attack"]["seconds"]
 
     evaluation = {}
     if eval_data is not None:
@@ -333,7 +344,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     bad_list = []
     # network mode: the certificate is the goal; instances outside the internal τ only count
     # as failures when the certified bound misses ε. Weight mode: every instance must be within τ.
-    network_ok = config.mode == "network" and certificate.bound <= config.eps
+    network_ok = config.mode == "network" and eps_bound <= config.eps
     for li, (inst, res, mk) in enumerate(zip(layers, results, layer_masks)):
         plan = inst.plan
         is_bias = inst.group_half[inst.group_of_instance()] == 0
@@ -412,7 +423,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         "empirical": emp,
         # x* of the empirical bound, re-evaluated by `certify` from the files
         "witness": {"file": WITNESS, "error": float(witness["error"])},
-        "certified_ok": (certificate.bound <= config.eps) if config.eps is not None else None,
+        "certified_ok": (eps_bound <= config.eps) if config.eps is not None else None,
         "kept_parameters": kept_total,
         "total_parameters": construction.total_parameters,
         "prepruned_parameters": construction.prepruned_parameters,
@@ -426,6 +437,8 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         "timings": timings,
         "versions": _versions(),
     }
+    if box_rep is not None:
+        report["box_certificate"] = box_rep
     for key in ("certified_bound", "empirical_bound", "kept_parameters", "total_parameters",
                 "infeasible_count"):
         metrics.append({"layer": "all", "metric": key, "value": report[key]})
@@ -441,6 +454,8 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     rf.atomic_save_safetensors(masks, out / rf.MASKS, meta)
     save_target(target, out / rf.TARGET)
     rf.atomic_save_safetensors({"x": np.asarray(witness["x"], dtype=np.float64)}, out / WITNESS, meta)
+    if box_rep is not None:
+        rf.atomic_save_safetensors({"x": box_x}, out / BOX_WITNESS, meta)
     if config.plots:
         from subsetsum_lth import plots
         try:
@@ -459,7 +474,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     writer.remove_store(store.folder.name)     # only the store's own files, never a user's
     writer.finish()
 
-    failed = n_bad_total > 0 or (config.mode == "network" and certificate.bound > config.eps)
+    failed = n_bad_total > 0 or (config.mode == "network" and eps_bound > config.eps)
     if failed and not config.allow_infeasible:
         if n_bad_total:
             lines = [f"  layer {b['layer']} row {b['row']} col {b['column']}: {b['status']} "
@@ -469,7 +484,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
                 f"is written to {out}. First ones:\n" + "\n".join(lines) +
                 "\nWiden the random network (--block-width, --C), loosen --weight-eps/--eps, or pass "
                 "--allow-infeasible to accept the closest subsets.")
-        raise IncompleteRun(f"the certified bound {certificate.bound:.4g} exceeds ε={config.eps:g} at this "
+        raise IncompleteRun(f"the certified bound {eps_bound:.4g} exceeds ε={config.eps:g} at this "
                             f"width; everything computed is written to {out}. Widen the network "
                             "(--block-width, --C) or use --objective error.")
     return report

@@ -40,9 +40,15 @@ def add_arguments(p) -> None:
                    help="per-weight tolerance τ (Pensia et al. Experiment 1 mode); default 0.01 if --eps is not given")
     p.add_argument("--input-radius", type=positive_float, default=None,
                    help="radius r of the input ball for the certificate (default: 1, or from --data)")
-    p.add_argument("--input-domain", choices=("nonnegative", "signed"), default=None,
+    p.add_argument("--input-domain", choices=("nonnegative", "signed", "box"), default=None,
                    help="sign of the first layer's inputs (default: from the target's metadata or --data, "
-                        "else signed)")
+                        "else signed); box: every input coordinate lies in --input-box, and a box "
+                        "certificate (differential alpha-CROWN) is added; --eps is then checked on it")
+    p.add_argument("--input-box", default=None, metavar="LO,HI",
+                   help="bounds of every input coordinate for --input-domain box (default with --data mnist: 0,1)")
+    p.add_argument("--local-radius", type=positive_float, action="append", default=None, metavar="RHO",
+                   help="with --input-domain box and --data: certified agreement of f and the pruned network "
+                        "on l-inf balls of radius RHO around the test images (repeatable; default 0.01 and 0.05)")
     p.add_argument("--data", choices=("mnist",), default=None,
                    help="evaluate target and pruned network on this data set's test images")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
@@ -138,7 +144,8 @@ def run(args) -> int:
 
     eval_data = emp_data = None
     radius = args.input_radius
-    domain = args.input_domain or target.metadata.get("input_domain")
+    box = _box_args(args, target)   # --input-domain box: the box, and the construction's domain
+    domain = (box.domain if box is not None else args.input_domain) or target.metadata.get("input_domain")
     if args.data == "mnist":
         from subsetsum_lth.data.mnist import evaluation_inputs
         eval_data, emp_data, radius = evaluation_inputs(target.sizes[0], args.data_dir, args.seed, radius=radius)
@@ -146,7 +153,7 @@ def run(args) -> int:
         _check_accuracy(target, eval_data, getattr(args, "expected_accuracy", None))
     from subsetsum_lth.commands._target_args import check_expected_accuracy
     check_expected_accuracy(args)
-    radius = radius or 1.0
+    radius = radius or (1.0 if box is None else max(abs(box.lo), abs(box.hi)) * target.sizes[0] ** 0.5)
     domain = domain or "signed"
 
     config = ApproximateConfig(
@@ -161,7 +168,7 @@ def run(args) -> int:
         eps=args.eps, weight_eps=args.weight_eps, input_radius=radius,
         allow_infeasible=args.allow_infeasible, resume=args.resume, overwrite=args.overwrite,
         empirical_samples=args.samples, ascent_steps=args.steps, plots=not args.no_plots,
-        max_hours=args.max_hours,
+        max_hours=args.max_hours, box=box,
         report_extra={} if training_seconds is None else {
             "target_training_seconds": training_seconds,
             "target_training_note": "the default target was trained by this command before the approximation; "
@@ -195,6 +202,24 @@ def run(args) -> int:
     else:
         _summary(report, args.out)
     return status
+
+
+def _box_args(args, target):
+    """--input-domain box / --input-box / --local-radius -> a BoxConfig (or None), one clear error each."""
+    from subsetsum_lth.errors import UserError
+    if args.input_domain != "box":
+        if args.input_box is not None or args.local_radius:
+            raise UserError("--input-box and --local-radius need --input-domain box")
+        return None
+    from subsetsum_lth.certify_box import DEFAULT_LOCAL_RADII, BoxConfig, parse_box
+    if args.input_box is None and args.data is None:
+        raise UserError("--input-domain box needs --input-box LO,HI (e.g. --input-box 0,1), or --data mnist "
+                        "whose pixels lie in [0, 1]")
+    lo, hi = parse_box(args.input_box) if args.input_box is not None else (0.0, 1.0)
+    radii = tuple(args.local_radius) if args.local_radius else (DEFAULT_LOCAL_RADII if args.data else ())
+    if radii and args.data is None:
+        raise UserError("--local-radius needs test images: add --data mnist")
+    return BoxConfig(lo, hi, local_radii=radii)
 
 
 def _check_out_early(args) -> None:
@@ -243,6 +268,13 @@ def _summary(r: dict, out: Path) -> None:
         print(f"test accuracy: target {100 * r['target_accuracy']:.2f}%, pruned {100 * r['pruned_accuracy']:.2f}%, "
               f"agreement {100 * r['prediction_agreement']:.2f}%")
     print(f"certified bound: {r['certified_bound']:.4g}   empirical (lower) bound: {r['empirical_bound']:.4g}")
+    bc = r.get("box_certificate")
+    if bc:
+        print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]: certified {bc['bound']:.4g}   box attack "
+              f"{bc['empirical_bound']:.4g}   ratio {bc['ratio']:.3g}   ({bc['seconds']:.1f} s)")
+        for rho, frac in (bc.get("local_agreement") or {}).items():
+            print(f"  certified agreement at l-inf radius {rho}: {100 * frac:.2f}% of "
+                  f"{bc['local_agreement_examples']} test images")
     print(f"kept parameters: {r['kept_parameters']:,} of {r['total_parameters']:,} in g "
           f"({r['prepruned_parameters']:,} after block pre-pruning)")
     print(f"infeasible/failed instances: {r['infeasible_count']}")
