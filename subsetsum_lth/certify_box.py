@@ -20,8 +20,8 @@ Bounds are CROWN-style backward linear bounds (α-CROWN: slopes α and weights �
 optimised by projected Adam; every iterate is a sound bound, the best one per objective is kept).
 Intermediate layers get CROWN bounds with the default slopes; the first layer's are exact
 intervals. The ℓ2 bound is sqrt(Σ_k max(|lo_k|, |hi_k|)²) over the per-output intervals of
-f − ĝ. A first layer on signed inputs is linear in (x⁺, x⁻); the certificate relaxes the pair to
-the product box [lo⁺, hi⁺] × [lo⁻, hi⁻] (a superset: sound), exact when lo >= 0 or hi <= 0.
+f − ĝ. ĝ's first layer on signed inputs is linear in (x⁺, x⁻); every linear bound is minimised
+over x exactly, coordinate by coordinate at x_j ∈ {lo_j, 0, hi_j} (:func:`_concretize`).
 
 Everything is float64 on the CPU, batched; the bound is widened by :data:`NUMERIC_SLACK`.
 MLPs only (``Target.layers`` are Linear layers with ReLU between them).
@@ -223,18 +223,52 @@ def _backward(net: DiffNet, bounds: list[Bounds], k: int, lam_z, lam_d, Xlo, Xhi
     E0 = net.wf[0] - net.wg[0]
     const = const + lam_z @ net.bg[0] + lam_d @ (net.bf[0] - net.bg[0])
     cX = lam_z @ net.wg[0] + lam_d @ E0
-    val = const + (cX.clamp_min(0) * Xlo[:, None, :]).sum(-1) + (cX.clamp_max(0) * Xhi[:, None, :]).sum(-1)
-    return val, cX
+    return const + _concretize(cX, Xlo, Xhi, net.split), cX
+
+
+def _concretize(cX, Xlo, Xhi, split: str):
+    """min over the input set of cX·X, (B, m). For split 'both' X = (x⁺, x⁻) of x in [lo, hi]:
+    coordinate j contributes c⁺_j σ(x_j) + c⁻_j min(x_j, 0), piecewise linear in x_j with its
+    kink at 0, so its minimum is at x_j ∈ {lo_j, 0, hi_j} — exact, not the product box."""
+    if split != "both":
+        return (cX.clamp_min(0) * Xlo[:, None, :]).sum(-1) + (cX.clamp_max(0) * Xhi[:, None, :]).sum(-1)
+    p = cX.shape[-1] // 2
+    cp, cm = cX[..., :p], cX[..., p:]
+    lo = Xlo[:, None, :p] + Xlo[:, None, p:]          # x⁺ + x⁻ of the box's ends = lo, hi
+    hi = Xhi[:, None, :p] + Xhi[:, None, p:]
+    at_lo = cp * lo.clamp_min(0) + cm * lo.clamp_max(0)
+    at_hi = cp * hi.clamp_min(0) + cm * hi.clamp_max(0)
+    zero = torch.where((lo < 0) & (hi > 0), torch.zeros_like(at_lo), at_lo)
+    return torch.minimum(torch.minimum(at_lo, at_hi), zero).sum(-1)
+
+
+def _argmin_corner(cX, Xlo, Xhi, split: str, p: int):
+    """The x (m, p) attaining :func:`_concretize`'s minimum for each row of cX (B = 1)."""
+    if split != "both":
+        return torch.where(cX[0] > 0, Xlo[0], Xhi[0])
+    cp, cm = cX[0, :, :p], cX[0, :, p:]
+    lo, hi = Xlo[0, :p] + Xlo[0, p:], Xhi[0, :p] + Xhi[0, p:]
+    at_lo = cp * lo.clamp_min(0) + cm * lo.clamp_max(0)
+    at_hi = cp * hi.clamp_min(0) + cm * hi.clamp_max(0)
+    x = torch.where(at_lo <= at_hi, lo.expand_as(at_lo), hi.expand_as(at_hi))
+    best = torch.minimum(at_lo, at_hi)
+    inside = (lo < 0) & (hi > 0)
+    return torch.where(inside & (best > 0), torch.zeros_like(x), x)
 
 
 def _first_layer_bounds(net: DiffNet, Xlo, Xhi) -> Bounds:
-    """Exact intervals of the affine first layer: z' = W̃₀X + b̃₀, d = E₀X + e₀, z = W₀X + b₀."""
-    mid, rad = (Xlo + Xhi) / 2, (Xhi - Xlo) / 2
+    """Exact intervals of the first layer: z' = W̃₀X + b̃₀, d = E₀X + e₀, z = W₀X + b₀."""
+    if net.split == "both":
+        def iv(W, b):
+            Wb = W[None].expand(Xlo.shape[0], -1, -1)
+            return _concretize(Wb, Xlo, Xhi, "both") + b, -_concretize(-Wb, Xlo, Xhi, "both") + b
+    else:
+        mid, rad = (Xlo + Xhi) / 2, (Xhi - Xlo) / 2
 
-    def iv(W, b):
-        c = mid @ W.T + b
-        r = rad @ W.abs().T
-        return c - r, c + r
+        def iv(W, b):
+            c = mid @ W.T + b
+            r = rad @ W.abs().T
+            return c - r, c + r
     l, u = iv(net.wg[0], net.bg[0])
     dl, du = iv(net.wf[0] - net.wg[0], net.bf[0] - net.bg[0])
     lf, uf = iv(net.wf[0], net.bf[0])
@@ -272,7 +306,7 @@ def _optimise(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters: int, lr: float, dea
     best (largest) lower bound per objective over all iterates and its X coefficients."""
     with torch.no_grad():
         best, best_cX = _backward(net, bounds, k, lam_z, lam_d, Xlo, Xhi)
-    if iters <= 0:
+    if iters <= 0 or k == 0:      # nothing to optimise without a hidden layer
         return best, best_cX, 0
     m = lam_z.shape[1]
     params, leaves = [], []
@@ -333,11 +367,7 @@ def output_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 
     lam_z = torch.zeros_like(lam_d)
     val, cX, done = _optimise(net, bounds, net.depth - 1, lam_z, lam_d, Xlo, Xhi, iters, lr, deadline)
     lower, upper = val[0, :q], -val[0, q:]
-    corners_X = torch.where(cX[0] > 0, Xlo[0], Xhi[0])     # argmin of each objective's linear bound
-    if net.split == "both":
-        corners = corners_X[:, :p] + corners_X[:, p:]
-    else:
-        corners = corners_X
+    corners = _argmin_corner(cX, Xlo, Xhi, net.split, p)    # argmin of each objective's linear bound
     return lower.numpy(), upper.numpy(), corners.numpy(), {"iterations": done, "hidden_bounds": bounds}
 
 

@@ -45,7 +45,8 @@ def add_arguments(p) -> None:
                         "else signed); box: every input coordinate lies in --input-box, and a box "
                         "certificate (differential alpha-CROWN) is added; --eps is then checked on it")
     p.add_argument("--input-box", default=None, metavar="LO,HI",
-                   help="bounds of every input coordinate for --input-domain box (default with --data mnist: 0,1)")
+                   help="bounds of every input coordinate for --input-domain box (default with --data mnist: 0,1); "
+                        "a negative LO is written --input-box=-1,1")
     p.add_argument("--local-radius", type=positive_float, action="append", default=None, metavar="RHO",
                    help="with --input-domain box and --data: certified agreement of f and the pruned network "
                         "on l-inf balls of radius RHO around the test images (repeatable; default 0.01 and 0.05)")
