@@ -187,7 +187,8 @@ def _default_theta(b: Bounds):
 
 # ----------------------------------------------------------------------------- backward bounds
 
-def _backward(net: DiffNet, bounds: list[Bounds], k: int, lam_z, lam_d, Xlo, Xhi, params=None):
+def _backward(net: DiffNet, bounds: list[Bounds], k: int, lam_z, lam_d, Xlo, Xhi, params=None, record=None,
+              splits=(), beta=None):
     """Lower bound of Λz·z'_k + Λd·d_k over the box (layer k's pre-activations; Λ: (B, m, n_k)).
     ``params[i]``: None or a dict of per-objective α (``a``, ``f``, ``g``) and θ (``u``, ``l``),
     each (B, m, n_i), for hidden layer i. Returns (lower bound (B, m), coefficients on X)."""
@@ -217,13 +218,30 @@ def _backward(net: DiffNet, bounds: list[Bounds], k: int, lam_z, lam_d, Xlo, Xhi
         pz = torch.where(posD, dlo[0], dup[0])
         pd = torch.where(posD, dlo[1], dup[1])
         pc = torch.where(posD, dlo[2], dup[2])
+        if record is not None:      # branching scores: |coefficient| × relaxation gap, per unit
+            gap_a = torch.where((bb.l < 0) & (bb.u > 0), -bb.l * bb.u / (bb.u - bb.l).clamp_min(1e-300), 0 * bb.l)
+            gap_d = (dup[2] - dlo[2]).abs() + (dup[0] - dlo[0]).abs() * (bb.u - bb.l) + (dup[1] - dlo[1]).abs() * (bb.du - bb.dl)
+            record[i - 1] = (Ca.abs() * gap_a + CD.abs() * gap_d).detach()
         lam_z = new_z + CD * pz
         lam_d = CD * pd
         const = const + (CD * pc).sum(-1)
     E0 = net.wf[0] - net.wg[0]
     const = const + lam_z @ net.bg[0] + lam_d @ (net.bf[0] - net.bg[0])
     cX = lam_z @ net.wg[0] + lam_d @ E0
+    if splits and beta is not None:
+        cX, const = _beta_term(net, cX, const, splits, beta)
     return const + _concretize(cX, Xlo, Xhi, net.split), cX
+
+
+def _beta_term(net: DiffNet, cX, const, splits, beta):
+    """β-CROWN for first-layer splits s·pre_j >= 0 (pre_j = W[j]·X + b[j], linear in X): on the
+    sub-domain obj >= obj − β s pre_j for β >= 0, so the box minimum of the latter bounds it."""
+    for t, (j, sg, of_g) in enumerate(splits):
+        W, b = (net.wg[0], net.bg[0]) if of_g else (net.wf[0], net.bf[0])
+        bt = beta[..., t]
+        cX = cX - (sg * bt)[..., None] * W[j]
+        const = const - sg * bt * b[j]
+    return cX, const
 
 
 def _concretize(cX, Xlo, Xhi, split: str):
@@ -275,12 +293,18 @@ def _first_layer_bounds(net: DiffNet, Xlo, Xhi) -> Bounds:
     return Bounds(l, u, dl, du, lf, uf)
 
 
-def _hidden_bounds(net: DiffNet, Xlo, Xhi, twin: bool = False) -> list[Bounds]:
+def _hidden_bounds(net: DiffNet, Xlo, Xhi, twin: bool = False, given: list[Bounds] | None = None,
+                   keep: int = 1) -> list[Bounds]:
     """Bounds of every hidden layer's pre-activations: exact for layer 0, CROWN (default slopes)
-    for the later ones; z is also intersected with z' + d."""
-    bounds = [_first_layer_bounds(net, Xlo, Xhi)]
+    for the later ones; z is also intersected with z' + d. With ``given`` (bounds valid on the
+    domain, e.g. a branch's), its first ``keep`` layers are kept and the later ones recomputed
+    and intersected with it."""
+    bounds = [_first_layer_bounds(net, Xlo, Xhi)] if given is None else list(given[:1])
     B = Xlo.shape[0]
     for k in range(1, net.depth - 1):
+        if given is not None and k < keep:
+            bounds.append(given[k])
+            continue
         n = net.wf[k].shape[0]
         I = torch.eye(n, dtype=DT).expand(B, n, n)
         Z = torch.zeros_like(I)
@@ -297,11 +321,16 @@ def _hidden_bounds(net: DiffNet, Xlo, Xhi, twin: bool = False) -> list[Bounds]:
         u, du, uf = -u, -du, -uf
         lf = torch.maximum(lf, l + dl)
         uf = torch.minimum(uf, u + du)
+        if given is not None:
+            g = given[k]
+            l, dl, lf = torch.maximum(l, g.l), torch.maximum(dl, g.dl), torch.maximum(lf, g.lf)
+            u, du, uf = torch.minimum(u, g.u), torch.minimum(du, g.du), torch.minimum(uf, g.uf)
         bounds.append(Bounds(l, u, dl, du, lf, uf))
     return bounds
 
 
-def _optimise(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters: int, lr: float, deadline: float | None):
+def _optimise(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters: int, lr: float, deadline: float | None,
+              splits=()):
     """α-CROWN: Adam on the slopes/weights of every hidden layer, projected to [0, 1]; returns the
     best (largest) lower bound per objective over all iterates and its X coefficients."""
     with torch.no_grad():
@@ -318,12 +347,13 @@ def _optimise(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters: int, lr: float, dea
         p = {key: v.clone().requires_grad_(True) for key, v in p.items()}
         params.append(p)
         leaves += list(p.values())
-    opt = torch.optim.Adam(leaves, lr=lr)
+    beta = torch.zeros(lam_z.shape[:2] + (len(splits),), dtype=DT, requires_grad=True) if splits else None
+    opt = torch.optim.Adam(leaves + ([beta] if splits else []), lr=lr)
     done = 0
     for it in range(iters):
         if deadline is not None and time.perf_counter() > deadline:
             break
-        val, cX = _backward(net, bounds, k, lam_z, lam_d, Xlo, Xhi, params)
+        val, cX = _backward(net, bounds, k, lam_z, lam_d, Xlo, Xhi, params, splits=splits, beta=beta)
         with torch.no_grad():
             better = val > best
             best = torch.where(better, val, best)
@@ -334,8 +364,86 @@ def _optimise(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters: int, lr: float, dea
         with torch.no_grad():
             for v in leaves:
                 v.clamp_(0.0, 1.0)
+            if beta is not None:
+                beta.clamp_(min=0.0)
         done = it + 1
     return best.detach(), best_cX.detach(), done
+
+
+def _split(b: Bounds, j: int, active: bool, of_g: bool = True) -> Bounds:
+    """The bounds of a sub-domain where g's unit j (``of_g``; else f's) is active (pre-activation
+    >= 0) or inactive (<= 0); the other network's pre-activation (z = z' + d) is tightened with it."""
+    nb = Bounds(*(t.clone() for t in (b.l, b.u, b.dl, b.du, b.lf, b.uf)))
+    if of_g and active:
+        nb.l[..., j] = 0.0
+        nb.lf[..., j] = torch.maximum(nb.lf[..., j], nb.dl[..., j])
+    elif of_g:
+        nb.u[..., j] = 0.0
+        nb.uf[..., j] = torch.minimum(nb.uf[..., j], nb.du[..., j])
+    elif active:
+        nb.lf[..., j] = 0.0
+        nb.l[..., j] = torch.maximum(nb.l[..., j], -nb.du[..., j])
+    else:
+        nb.uf[..., j] = 0.0
+        nb.u[..., j] = torch.minimum(nb.u[..., j], -nb.dl[..., j])
+    return nb
+
+
+def branch_and_bound(net: DiffNet, bounds: list[Bounds], k: int, lam_z, lam_d, Xlo, Xhi, start,
+                     seconds: float, max_domains: int = 256, child_iters: int = 20):
+    """Refine the lower bound of each objective row (B = 1) by splitting unstable units on the
+    sign of their pre-activation (largest |coefficient| × gap first). Each sub-domain's bound is a bound over
+    the whole box of a linear function valid on the sub-domain, so min over the leaves is a sound
+    lower bound over the box; a row's result is max(start, that min). g's units are split first,
+    then f's (sign of z); later layers' bounds are recomputed on the sub-domain and intersected
+    with the parent's."""
+    import heapq
+    m = lam_z.shape[1]
+    out = start.clone()
+    deadline = time.perf_counter() + seconds
+    for r in range(m):
+        if time.perf_counter() > deadline:
+            break
+        lz, ld = lam_z[:, r:r + 1], lam_d[:, r:r + 1]
+        rec = [None] * len(bounds)
+        v, _ = _backward(net, bounds, k, lz, ld, Xlo, Xhi, record=rec)
+        heap = [(float(v), 0, bounds, rec, ())]
+        tie = 1
+        row_deadline = time.perf_counter() + (deadline - time.perf_counter()) / (m - r)
+        while heap and len(heap) < max_domains and time.perf_counter() < row_deadline:
+            val, _, bds, rc, spl = heapq.heappop(heap)
+            best = None
+            for i, sc in enumerate(rc[:k]):
+                if sc is None:
+                    continue
+                b = bds[i]
+                g_uns = (b.l < 0) & (b.u > 0)
+                sc = torch.where(g_uns | ((b.lf < 0) & (b.uf > 0)), sc[:, 0], torch.zeros_like(b.l))
+                j = int(torch.argmax(sc))
+                if float(sc[0, j]) > 0 and (best is None or float(sc[0, j]) > best[0]):
+                    best = (float(sc[0, j]), i, j, bool(g_uns[0, j]))
+            if best is None:             # nothing left to split: the domain's bound is final
+                heapq.heappush(heap, (val, tie, bds, [None] * len(bds), spl))
+                tie += 1
+                break
+            _, i, j, of_g = best
+            for active in (True, False):
+                nb = list(bds)
+                nb[i] = _split(bds[i], j, active, of_g)
+                if i + 1 < len(nb):          # later layers' bounds on the sub-domain, intersected
+                    nb = _hidden_bounds(net, Xlo, Xhi, given=nb, keep=i + 1)
+                spl2 = spl + ((j, 1.0 if active else -1.0, of_g),) if i == 0 else spl
+                rc2 = [None] * len(bounds)
+                v2, _ = _backward(net, nb, k, lz, ld, Xlo, Xhi, record=rc2)
+                if child_iters:              # α/β-CROWN steps on the sub-domain too
+                    with torch.enable_grad():
+                        v3, _, _ = _optimise(net, nb, k, lz, ld, Xlo, Xhi, child_iters, 0.1, None, splits=spl2)
+                    v2 = torch.maximum(v2, v3)
+                heapq.heappush(heap, (max(float(v2), val), tie, nb, rc2, spl2))
+                tie += 1
+        if heap:
+            out[:, r] = torch.maximum(out[:, r], torch.as_tensor(min(h[0] for h in heap), dtype=DT))
+    return out
 
 
 # ----------------------------------------------------------------------------- the certificate
@@ -351,7 +459,7 @@ def _box_arrays(lo, hi, p: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def output_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 60, lr: float = 0.1,
-                     time_budget: float | None = None):
+                     time_budget: float | None = None, bab_seconds: float = 0.0, bab_domains: int = 256):
     """Sound per-output intervals [lo_k, hi_k] of (f − ĝ)_k over the box, and the X-corner that
     minimises each objective's final linear bound (2q corners, good attack starts)."""
     p = target.sizes[0]
@@ -366,6 +474,10 @@ def output_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 
     lam_d = torch.cat([I, -I], 1)
     lam_z = torch.zeros_like(lam_d)
     val, cX, done = _optimise(net, bounds, net.depth - 1, lam_z, lam_d, Xlo, Xhi, iters, lr, deadline)
+    if bab_seconds > 0 and net.depth > 1:
+        with torch.no_grad():
+            val = branch_and_bound(net, bounds, net.depth - 1, lam_z, lam_d, Xlo, Xhi, val, bab_seconds,
+                                   max_domains=bab_domains)
     lower, upper = val[0, :q], -val[0, q:]
     corners = _argmin_corner(cX, Xlo, Xhi, net.split, p)    # argmin of each objective's linear bound
     return lower.numpy(), upper.numpy(), corners.numpy(), {"iterations": done, "hidden_bounds": bounds}
@@ -379,18 +491,20 @@ def l2_of_intervals(lower: np.ndarray, upper: np.ndarray) -> float:
 
 
 def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 60, lr: float = 0.1,
-                    time_budget: float | None = 50.0) -> dict:
+                    time_budget: float | None = 50.0, bab_seconds: float = 0.0, bab_domains: int = 256) -> dict:
     """sup over lo <= x <= hi of ‖f(x) − ĝ(x)‖₂ <= ``bound`` (see the module docstring).
     ``lo``, ``hi``: scalars or (p,) arrays. Returns a dict with ``bound``, per-output ``lower`` and
     ``upper``, the interval-only bound for comparison, ``seconds``, ``method`` and ``corners``."""
     t0, c0 = time.perf_counter(), time.process_time()
     lower, upper, corners, info = output_intervals(target, maps, lo, hi, iters=iters, lr=lr,
-                                                   time_budget=time_budget)
+                                                   time_budget=time_budget, bab_seconds=bab_seconds,
+                                                   bab_domains=bab_domains)
     bound = l2_of_intervals(lower, upper)
     if not math.isfinite(bound):
         raise UserError("the box certificate overflows: the box is too large for this target; use a smaller --input-box")
     return {"bound": bound, "lower": lower.tolist(), "upper": upper.tolist(),
-            "method": METHOD, "alpha_iterations": info["iterations"],
+            "method": METHOD + (f", branch and bound {bab_seconds:g} s" if bab_seconds > 0 else ""),
+            "alpha_iterations": info["iterations"],
             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "corners": corners}
 
 
@@ -549,6 +663,7 @@ class BoxConfig:
     local_radii: tuple = ()          #: ℓ∞ radii ρ of the per-image certified agreement
     iters: int = 60                  #: α-CROWN iterations
     time_budget: float = 50.0        #: seconds for the α optimisation at most
+    bab_seconds: float = 0.0         #: seconds of branch and bound on g's unstable units (0: none)
     attack_steps: int = 150
 
     def __post_init__(self) -> None:
@@ -580,7 +695,8 @@ def parse_box(text: str) -> tuple[float, float]:
 
 def box_bound(target: Target, maps: list[LayerMap], box: BoxConfig) -> float:
     """The box certificate's bound alone (what ``--eps`` is checked against in the box domain)."""
-    return box_certificate(target, maps, box.lo, box.hi, iters=box.iters, time_budget=box.time_budget)["bound"]
+    return box_certificate(target, maps, box.lo, box.hi, iters=box.iters, time_budget=box.time_budget,
+                           bab_seconds=box.bab_seconds)["bound"]
 
 
 def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, box: BoxConfig,
@@ -590,7 +706,8 @@ def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, 
     box attack (checked to stay under it), their ratio, and the certified agreement per ρ on
     ``eval_x`` when given."""
     from subsetsum_lth.certify import check_soundness
-    cert = box_certificate(target, maps, box.lo, box.hi, iters=box.iters, time_budget=box.time_budget)
+    cert = box_certificate(target, maps, box.lo, box.hi, iters=box.iters, time_budget=box.time_budget,
+                           bab_seconds=box.bab_seconds)
     t0 = time.perf_counter()
     att = box_attack(target, maps, box.lo, box.hi, data=data, starts=cert["corners"], g=g, seed=seed,
                      random_points=random_points, steps=box.attack_steps)
@@ -630,20 +747,26 @@ def box_from_report(report: dict, where: str) -> BoxConfig | None:
 
 def certify_run_box(run, target: Target, maps: list[LayerMap], g: torch.nn.Module, box: BoxConfig | bool | None):
     """``certify``'s box half: the box certificate and attack recomputed from the run's files (the
-    run's box unless ``box`` is given; True: the run's box, else [0, 1]), the stored witness x* re-evaluated on the pruned network,
-    never believed. None when the run has no box and none is asked for."""
+    run's box unless ``box`` is given; True: the run's box, else [0, 1]; a tuple (box, seconds):
+    with branch and bound), the stored witness x* re-evaluated on the pruned network, never
+    believed. None when the run has no box and none is asked for."""
     import os
 
     from subsetsum_lth.certify import check_soundness
     from subsetsum_lth.runcheck import RECREATE, check_regular, _load_tensors
     where = f"{run.path}/report.json"
     stored_box = box_from_report(run.report, where)
+    bab = 0.0
+    if isinstance(box, tuple):             # (box or True, branch-and-bound seconds) from the CLI
+        box, bab = box
     asked = box is not None and box is not True
     if box is True:                       # --input-domain box without --input-box
         box = stored_box or BoxConfig(0.0, 1.0)
     box = box or stored_box
     if box is None:
         return None
+    if bab:
+        box = BoxConfig(box.lo, box.hi, bab_seconds=bab)
     rep, _x = box_report(target, maps, g, box, seed=run.seed or 0)
     rep.pop("witness")
     stored = run.report.get("box_certificate") if stored_box is not None else None

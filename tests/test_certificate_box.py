@@ -467,3 +467,59 @@ def test_cli_box_refusals(small_target, tmp_path, capsys, args, match):
     rc = _approx(small_target, tmp_path / "o", *args)
     assert rc != 0
     assert match in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- branch and bound
+
+BAB_CASES = ["2 layers, [-1,1]", "3 layers, [0,1]", "2 layers, exact last layer"]
+
+
+def check_case_bab(name):
+    """Branch and bound stopped by its domain count (6 per objective), not by the clock."""
+    target, maps, lo, hi = CASES[name]
+    mx, mn, _ = exact_extremes(name)
+    cert = cb.box_certificate(target, maps, lo, hi, iters=10, bab_seconds=600, bab_domains=6)
+    up, low = np.array(cert["upper"]), np.array(cert["lower"])
+    assert np.all(up >= mx - 1e-9), f"{name}: exact max {mx} > certified upper {up} (branch and bound)"
+    assert np.all(low <= mn + 1e-9), f"{name}: exact min {mn} < certified lower {low} (branch and bound)"
+    return cert
+
+
+def test_branch_and_bound_is_sound_never_looser_and_tightens():
+    gains = []
+    for name in BAB_CASES:
+        target, maps, lo, hi = CASES[name]
+        plain = cb.box_certificate(target, maps, lo, hi, iters=10)
+        bab = check_case_bab(name)
+        assert bab["bound"] <= plain["bound"] + 1e-12
+        gains.append(plain["bound"] - bab["bound"])
+    assert max(gains) > 0.01, gains      # not vacuous: it does cut the bound somewhere
+
+
+def _mut_beta_sign(net, cX, const, splits, beta):
+    return cb_beta(net, cX, const, [(j, -s, g) for j, s, g in splits], beta)
+
+
+def _mut_split_side(b, j, active, of_g=True):
+    return cb_split(b, j, not active, of_g)   # the child gets the other side's bounds
+
+
+cb_beta, cb_split = cb._beta_term, cb._split
+BAB_MUTANTS = {"beta sign flipped": ("_beta_term", _mut_beta_sign),
+               "split bounds on the wrong side": ("_split", _mut_split_side)}
+
+
+@pytest.mark.parametrize("mutant", list(BAB_MUTANTS))
+def test_branch_and_bound_mutant_is_killed(monkeypatch, mutant):
+    for name in BAB_CASES:
+        exact_extremes(name)
+    attr, fn = BAB_MUTANTS[mutant]
+    monkeypatch.setattr(cb, attr, fn)
+    killed = []
+    for name in BAB_CASES:
+        try:
+            check_case_bab(name)
+        except AssertionError as exc:
+            assert "certified" in str(exc), exc
+            killed.append(name)
+    assert killed, f"mutant {mutant!r} survived"

@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from subsetsum_lth.commands._common import (non_negative_int, positive_float, positive_int, print_json,
+from subsetsum_lth.commands._common import (non_negative_float, non_negative_int, positive_float, positive_int,
+                                            print_json,
                                             tqdm_progress)
 from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
                                                  preprocessing_from_args, target_flags_given)
@@ -50,6 +51,9 @@ def add_arguments(p) -> None:
     p.add_argument("--local-radius", type=positive_float, action="append", default=None, metavar="RHO",
                    help="with --input-domain box and --data: certified agreement of f and the pruned network "
                         "on l-inf balls of radius RHO around the test images (repeatable; default 0.01 and 0.05)")
+    p.add_argument("--bab-seconds", type=non_negative_float, default=0.0, metavar="S",
+                   help="with --input-domain box: refine the box certificate by branch and bound on unstable "
+                        "units for S seconds (default 0: none)")
     p.add_argument("--data", choices=("mnist",), default=None,
                    help="evaluate target and pruned network on this data set's test images")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
@@ -209,8 +213,8 @@ def _box_args(args, target):
     """--input-domain box / --input-box / --local-radius -> a BoxConfig (or None), one clear error each."""
     from subsetsum_lth.errors import UserError
     if args.input_domain != "box":
-        if args.input_box is not None or args.local_radius:
-            raise UserError("--input-box and --local-radius need --input-domain box")
+        if args.input_box is not None or args.local_radius or args.bab_seconds:
+            raise UserError("--input-box, --local-radius and --bab-seconds need --input-domain box")
         return None
     from subsetsum_lth.certify_box import DEFAULT_LOCAL_RADII, BoxConfig, parse_box
     if args.input_box is None and args.data is None:
@@ -220,7 +224,7 @@ def _box_args(args, target):
     radii = tuple(args.local_radius) if args.local_radius else (DEFAULT_LOCAL_RADII if args.data else ())
     if radii and args.data is None:
         raise UserError("--local-radius needs test images: add --data mnist")
-    return BoxConfig(lo, hi, local_radii=radii)
+    return BoxConfig(lo, hi, local_radii=radii, bab_seconds=args.bab_seconds)
 
 
 def _check_out_early(args) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from subsetsum_lth.commands._common import positive_float, print_json
+from subsetsum_lth.commands._common import non_negative_float, positive_float, print_json
 
 HELP = "recompute the certified and empirical bounds of a run folder from its files"
 
@@ -17,6 +17,8 @@ def add_arguments(p) -> None:
                         "--input-box too (a run made with --input-domain box is always certified on its box)")
     p.add_argument("--input-box", default=None, metavar="LO,HI",
                    help="bounds of every input coordinate for --input-domain box (default: the run's box, else 0,1)")
+    p.add_argument("--bab-seconds", type=non_negative_float, default=0.0, metavar="S",
+                   help="box certificate: branch and bound on unstable units for S seconds (default 0: none)")
     p.add_argument("--samples", type=int, default=512, help="random points for the empirical bound")
     p.add_argument("--steps", type=int, default=100, help="gradient-ascent steps for the empirical bound")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -31,6 +33,8 @@ def run(args) -> int:
         if args.input_domain != "box":
             raise UserError("--input-box needs --input-domain box")
         box = BoxConfig(*parse_box(args.input_box)) if args.input_box is not None else True
+    if args.bab_seconds:          # the run's box (or the asked one), refined by branch and bound
+        box = (box, args.bab_seconds)
     res = certify_run(args.run, input_radius=args.input_radius,
                       input_domain=None if args.input_domain == "box" else args.input_domain,
                       samples=args.samples, steps=args.steps, box=box)
