@@ -443,9 +443,11 @@ def test_cli_box_run_and_certify_recompute(small_target, tmp_path, capsys):
     assert rb["matches_report"] is True
     assert rb["witness"]["matches_report"] is True and rb["witness"]["error"] <= rb["bound"]
     # another box on request; the stored witness is not for it
-    assert main(["certify", str(out), "--json", "--input-domain", "box", "--input-box", "0,1"]) == 0
+    assert main(["certify", str(out), "--json", "--input-domain", "box", "--input-box", "0,1",
+                 "--bab-seconds", "1"]) == 0
     rb2 = json.loads(capsys.readouterr().out)["box_certificate"]
     assert rb2["box"] == [0.0, 1.0] and "witness" not in rb2 and rb2["bound"] <= rb["bound"] + 1e-12
+    assert "branch and bound 1 s" in rb2["method"]
 
 
 def test_cli_eps_mode_is_checked_on_the_box(small_target, tmp_path):
@@ -459,6 +461,7 @@ def test_cli_eps_mode_is_checked_on_the_box(small_target, tmp_path):
 
 @pytest.mark.parametrize("args,match", [
     (["--input-box", "0,1"], "need --input-domain box"),
+    (["--bab-seconds", "5"], "need --input-domain box"),
     (["--input-domain", "box"], "needs --input-box"),
     (["--input-domain", "box", "--input-box", "1,0"], "LO < HI"),
     (["--input-domain", "box", "--input-box", "0,1", "--local-radius", "0.1"], "needs test images"),
