@@ -19,7 +19,7 @@ from subsetsum_lth import manifest
 from subsetsum_lth import runfolder as rf
 from subsetsum_lth.certify import (CollapsedNet, certified_bound, check_soundness,
                                    empirical_bound_fast, layer_maps, pruned_module)
-from subsetsum_lth.certify_box import BOX_WITNESS, box_bound, box_report
+from subsetsum_lth.certify_box import BOX_WITNESS, box_bound, box_from_report, box_report
 from subsetsum_lth.construction import (ConstructionConfig, LayerInstances,
                                         build_construction, draw_layer_pair, layer_instances,
                                         masks_from_selections, masks_state_dict)
@@ -246,6 +246,8 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         # start from 4x the random-matrix estimate (achieved errors sit well below τ), then
         # tighten only if the certificate asks for it
         tau = min(config.eps, 4 * choose_tolerance(target, config.eps, config.input_radius, cc.input_domain))
+        if config.box is not None:   # the box: no a-priori bound; τ = ε, tightened by the box certificate
+            tau = config.eps
     results = [None] * len(layers)
     solve_seconds = [0.0] * len(layers)
     rounds = []
@@ -514,8 +516,10 @@ def _completed_run(out: Path) -> dict | None:
     try:
         run = read_run(out, need_target=True)
         report = run.report
-        cert = certified_bound(run.target, layer_maps(run.random_state, run.masks, run.target.depth),
-                               run.input_radius, run.input_domain)
+        maps = layer_maps(run.random_state, run.masks, run.target.depth)
+        cert = certified_bound(run.target, maps, run.input_radius, run.input_domain)
+        box = box_from_report(report, str(out))      # a box run's --eps was checked on its box bound
+        eps_bound = cert.bound if box is None else box_bound(run.target, maps, box)
     except Exception as exc:
         log.warning("--resume: the finished run in %s does not check out (%s); solving again", out, exc)
         return None
@@ -525,7 +529,7 @@ def _completed_run(out: Path) -> dict | None:
     tau = report.get("weight_eps")
     ok = stored is not None and math.isclose(stored, cert.bound, rel_tol=1e-9, abs_tol=1e-15)
     if report.get("mode") == "network":
-        ok = ok and report.get("eps") is not None and cert.bound <= report["eps"]
+        ok = ok and report.get("eps") is not None and eps_bound <= report["eps"]
     else:
         ok = ok and isinstance(tau, (int, float)) and all(
             max(L["max_weight_error"], L["max_bias_error"]) <= tau * (1 + 1e-6) + 1e-9 for L in cert.layers)

@@ -452,11 +452,17 @@ def test_cli_box_run_and_certify_recompute(small_target, tmp_path, capsys):
 
 def test_cli_eps_mode_is_checked_on_the_box(small_target, tmp_path):
     out = tmp_path / "run"
-    assert _approx(small_target, out, "--eps", "0.05", "--input-domain", "box", "--input-box", "0,1") == 0
+    assert _approx(small_target, out, "--eps", "0.05", "--input-domain", "box", "--input-box", "0,1",
+                   "--input-radius", "1000") == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["certified_ok"] is True
+    assert rep["certified_bound"] > 0.05          # the ball's bound (radius 1000) is not what --eps checks
     assert rep["box_certificate"]["bound"] <= 0.05
     assert rep["rounds"][-1]["certified_bound"] == pytest.approx(rep["box_certificate"]["bound"], rel=1e-6)
+    # --resume of the finished run: recognised as complete (its box bound recomputed), nothing redone
+    assert _approx(small_target, out, "--eps", "0.05", "--input-domain", "box", "--input-box", "0,1",
+                   "--input-radius", "1000", "--resume") == 0
+    assert json.loads((out / "report.json").read_text())["wall_seconds"] == rep["wall_seconds"]
 
 
 @pytest.mark.parametrize("args,match", [
