@@ -19,6 +19,7 @@ import torch
 from subsetsum_lth import manifest
 from subsetsum_lth.certify import (CollapsedNet, certified_bound, check_soundness, empirical_bound_fast,
                                    layer_maps, pruned_module)
+from subsetsum_lth.certify_box import BOX_WITNESS, box_report
 from subsetsum_lth.construction import ConstructionConfig, build_construction, masks_state_dict
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.evaluation import evaluate_pair, spot_check  # noqa: F401  (public here too)
@@ -57,6 +58,8 @@ class ApproximateConfig:
     max_hours: float = 24.0       #: refuse a run whose estimated solve time is longer (subsetsum_lth.limits)
     #: facts about what the caller did before (e.g. ``target_training_seconds``), added to report.json
     report_extra: dict = field(default_factory=dict)
+    #: the box domain (subsetsum_lth.certify_box.BoxConfig): a box certificate too, and --eps checked on it
+    box: object | None = None
 
     def __post_init__(self) -> None:
         if self.eps is not None and self.weight_eps is not None:
@@ -153,6 +156,13 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     timings["certify"] = time.perf_counter() - t
     check_soundness(emp["empirical_bound"], certificate.bound)
     witness = emp.pop("witness")
+    box_rep, eps_bound, extra_files = None, certificate.bound, {}
+    if config.box is not None:   # the box certificate, its attack (checked), certified agreement
+        box_rep, box_x = box_report(target, maps, g64, config.box, data=empirical_data, seed=cc.seed,
+                                    eval_x=None if eval_data is None else eval_data["x"])
+        eps_bound = box_rep["bound"]
+        timings["certify_box"] = box_rep["seconds"] + box_rep["attack"]["seconds"]
+        extra_files[BOX_WITNESS] = {"x": box_x}
 
     evaluation = {}
     if eval_data is not None:
@@ -164,7 +174,8 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         timings["evaluate"] = time.perf_counter() - t
 
     report, metrics, bad_list, n_bad = build_report(target, config, construction, solved, layer_masks, state,
-                                                    layout, certificate, emp, witness, evaluation, timings, executor)
+                                                    layout, certificate, emp, witness, evaluation, timings, executor,
+                                                    eps_bound=eps_bound, box_rep=box_rep)
     meta = {"format": "run", "seed": cc.seed, "depth": target.depth}
     if not target.is_mlp:
         meta.update({"g_arch": layout.ops(), "input_shape": list(target.input_shape)})
@@ -174,12 +185,12 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         plots = lambda: plot_mod.run_plots(out, solved.layers, solved.results, report)  # noqa: E731
     write_run(out, masks=masks, meta=meta, report=report, metrics=metrics, t_start=t_start, timings=timings,
               random_state=state, target=target,
-              extra={WITNESS: {"x": np.asarray(witness["x"], dtype=np.float64)}}, plots=plots,
+              extra={WITNESS: {"x": np.asarray(witness["x"], dtype=np.float64)}, **extra_files}, plots=plots,
               store_name=store.folder.name,
               extra_report={"wall_seconds_covers": "this approximation: construction, solve, certificate, "
                                                    "evaluation, writing (not the training of a target)",
                             **config.report_extra})
-    raise_if_failed(report, bad_list, n_bad, config, out)
+    raise_if_failed(report, bad_list, n_bad, config, out, eps_bound)
     return report
 
 
@@ -194,6 +205,7 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
         "target_digest": _digest(target), "construction": asdict(cc),
         "solver": sc.solver, "objective": sc.objective, "eps": config.eps,
         "weight_eps": config.weight_eps, "input_radius": config.input_radius,
+        **({} if config.box is None else {"input_box": [config.box.lo, config.box.hi]}),
     }
     # refuse absurd widths (with the estimate) and a full disk before any file is written
     from subsetsum_lth import limits

@@ -13,7 +13,8 @@ from subsetsum_lth.errors import RunFolderError
 from subsetsum_lth.runcheck import MAX_INPUT_RADIUS, RECREATE, WITNESS, read_run, read_witness
 
 
-def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=100) -> dict:
+def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=100, box=None) -> dict:
+    """``box``: a certify_box.BoxConfig to certify the box domain too (default: the run's box, if any)."""
     path = Path(path)
     run = read_run(path, need_target=True)
     if not run.all_relu:
@@ -61,6 +62,10 @@ def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=1
     check_soundness(out["empirical_bound"], cert.bound)
     if stored is not None and "error" in out["witness"]:
         out["witness"]["within_certified"] = True
+    from subsetsum_lth.certify_box import certify_run_box
+    box_out = certify_run_box(run, target, maps, g64, box)
+    if box_out is not None:
+        out["box_certificate"] = box_out
     stored_bound = run.report.get("certified_bound")
     if stored_bound is not None and input_radius is None and input_domain is None:
         out["matches_report"] = math.isclose(stored_bound, cert.bound, rel_tol=1e-9, abs_tol=1e-15)

@@ -47,6 +47,8 @@ def build_instances(target: Target, construction: Construction) -> list[LayerIns
 def initial_tau(target: Target, config) -> float:
     if config.mode == "weight":
         return float(config.weight_eps)
+    if getattr(config, "box", None) is not None:  # the box: no a-priori bound; τ = ε, tightened by it
+        return float(config.eps)
     # start from 4x the random-matrix estimate (achieved errors sit well below τ), then
     # tighten only if the certificate asks for it
     return min(config.eps, 4 * choose_tolerance(target, config.eps, config.input_radius,
@@ -108,16 +110,19 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
             break
         layout = construction.layout
         masks = masks_state_dict(solved.layer_masks(), layout)
-        certificate = certified_bound(target, layer_maps(construction.state_dict(), masks, layout),
-                                      config.input_radius, cc.input_domain)
+        maps = layer_maps(construction.state_dict(), masks, layout)
+        bound = certified_bound(target, maps, config.input_radius, cc.input_domain).bound
+        if getattr(config, "box", None) is not None:     # --eps is checked on the box certificate
+            from subsetsum_lth.certify_box import box_bound
+            bound = box_bound(target, maps, config.box)
         n_out = sum(int((r.status == Status.INFEASIBLE).sum()) for r in results)
-        solved.rounds.append({"round": rnd, "weight_eps": tau, "certified_bound": certificate.bound,
+        solved.rounds.append({"round": rnd, "weight_eps": tau, "certified_bound": bound,
                               "outside_tolerance": n_out})
         log.info("round %d: τ=%.3g certified=%.4g (ε=%.4g), %d instances outside τ",
-                 rnd, tau, certificate.bound, config.eps, n_out)
-        if certificate.bound <= config.eps:
+                 rnd, tau, bound, config.eps, n_out)
+        if bound <= config.eps:
             break
-        if len(solved.rounds) > 1 and certificate.bound > 0.95 * solved.rounds[-2]["certified_bound"]:
+        if len(solved.rounds) > 1 and bound > 0.95 * solved.rounds[-2]["certified_bound"]:
             break  # no progress: the bound is held up by instances no τ can fix at this width
-        tau = tau * min(0.5, 0.9 * config.eps / certificate.bound)
+        tau = tau * min(0.5, 0.9 * config.eps / bound)
     return solved

@@ -53,7 +53,7 @@ KIND_FILES = {
     "target": ("target.safetensors", "target.json"),
     "approximate": ("random_net.safetensors", "masks.safetensors", "target.safetensors", "report.json",
                     "metrics.csv", "run_config.json", "weight_error_hist.png", "kept_coefficients.png",
-                    "accuracy.png", "witness.safetensors"),
+                    "accuracy.png", "witness.safetensors", "box_witness.safetensors"),
     "edge-popup": ("random_net.safetensors", "masks.safetensors", "target.safetensors", "report.json",
                    "metrics.csv", "training_curve.png"),
     "compare": ("comparison.json", "comparison.csv", "accuracy_vs_kept.png"),
