@@ -138,7 +138,8 @@ def run(args) -> int:
                         "or drop them")
     # every number is checked by the config dataclasses, before any work (training the default
     # target takes minutes); input domain and radius are filled in later, from the target and --data
-    _config(args, args.input_domain or ConstructionConfig.input_domain,
+    early_domain = args.input_domain if args.input_domain in ("nonnegative", "signed") else None
+    _config(args, early_domain or ConstructionConfig.input_domain,
             ApproximateConfig.input_radius if args.input_radius is None else args.input_radius)
     from subsetsum_lth.executors import check_executor
     check_executor(args.executor, args.scheduler)
