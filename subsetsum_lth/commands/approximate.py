@@ -84,8 +84,10 @@ def add_arguments(p) -> None:
                         "within τ; adaptive: like auto but starting from half the formula's width")
     p.add_argument("--grow", type=positive_int, default=None,
                    help="units appended to a block per growth step (default: max(4, m/4))")
-    p.add_argument("--max-growth", type=non_negative_int, default=8,
-                   help="growth steps per block at most (0: no growth, as --width formula)")
+    p.add_argument("--max-growth", type=non_negative_int, default=None,
+                   help="growth steps per block at most (0: no growth, as --width formula); default: no "
+                        "step cap, a block grows while it has an instance outside τ, its live units stay "
+                        "within exact search's reach and the estimated time stays within --max-hours")
     p.add_argument("--C", dest="C", type=positive_float, default=1.5,
                    help="constant C in m = ceil(C log2(p q l / min(ε, δ)))")
     p.add_argument("--delta", type=float, default=None, help="δ in the width formula (default: ε)")
