@@ -70,7 +70,9 @@ class ConstructionConfig:
     C: float = 1.5
     block_width: int | None = None
     distribution: str = "uniform"
-    width: str = "auto"          #: 'formula' (fixed), 'auto' (formula, grow blocks that fail), 'adaptive' (start at half, grow)
+    #: 'adaptive' (start at :func:`adaptive_width`, from τ and the weights; grow blocks that fail),
+    #: 'auto' (start at the formula's width, grow), 'formula' (fixed)
+    width: str = "adaptive"
     grow: int | None = None      #: units appended per growth step (default: max(4, m // 4))
     #: growth steps per block at most; None: no step cap — a block grows while it has an instance
     #: outside τ, its live units stay within exact search's reach and the cost budget allows
@@ -98,6 +100,14 @@ class ConstructionConfig:
             raise UserError(f"--grow must be >= 1, got {self.grow}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise UserError(f"--seed must be a non-negative integer, got {self.seed!r}")
+
+
+def adaptive_width(weight_max: float, tau: float) -> int:
+    """``--width adaptive``'s starting block width ``ceil(2 log2(max(1, max|w|) / τ) + 6)``: from τ
+    and the layer's weights only, not from p·q, so the instance size of a layer (n ≈ m/2 live
+    coefficients; the width law measures ~log2(1/τ) for the median instance) does not grow with
+    the network. Blocks whose instances need more grow (:mod:`subsetsum_lth.growth`)."""
+    return max(4, int(math.ceil(2.0 * math.log2(max(1.0, float(weight_max)) / float(tau)) + 6.0)))
 
 
 def formula_width(p: int, q: int, depth: int, eps: float, delta: float | None, C: float) -> int:
@@ -156,7 +166,7 @@ def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
         fm = formula_width(p, q, l, config.eps, config.delta, config.C)
         m = config.block_width or fm
         if config.width == "adaptive" and not config.block_width:
-            m = max(4, (fm + 1) // 2)
+            m = adaptive_width(float(np.abs(L.weight).max(initial=0.0)), config.eps)
         grow = 0 if config.width == "formula" else (config.grow or max(4, m // 4))
         plans.append(LayerPlan(i, p, q, m, fm, L.bias is not None,
                                signed_input=(i == 0 and config.input_domain == "signed"), grow=grow,
@@ -201,17 +211,6 @@ def _draw_chunk(plan: LayerPlan, seed: int, sample, j: int, e: int, start: int, 
         b1[rows] = bias
     w2[:, rows] = sample(rng, (plan.q, size))
     return start + size
-
-
-def chunk_inputs(plan: LayerPlan, seed: int, distribution: str, j: int, e: int) -> np.ndarray:
-    """The values that decide which units of chunk e ≥ 1 of block j are live: their input weights
-    from input j (``w1[rows, j]``), or their biases in the bias block (j = p) — as
-    :func:`draw_layer_pair` draws them."""
-    sample = DISTRIBUTIONS[distribution]
-    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(plan.index, j, e)))
-    w1 = sample(rng, (plan.grow, plan.p))
-    bias = sample(rng, (plan.grow,))
-    return bias if j == plan.p else w1[:, j]
 
 
 def draw_layer_pair(plan: LayerPlan, seed: int, distribution: str = "uniform") -> RandomLayerPair:

@@ -16,12 +16,12 @@ import logging
 
 import numpy as np
 
-from subsetsum_lth.construction import (ConstructionConfig, LayerInstances, chunk_inputs, extend_instances,
-                                        extend_layer_pair)
+from subsetsum_lth.construction import (DISTRIBUTIONS, ConstructionConfig, LayerInstances, _draw_chunk,
+                                        extend_instances, extend_layer_pair)
 from subsetsum_lth.limits import GrowthBudget, _solver_reach, growth_within_reach, instance_seconds
 from subsetsum_lth.progress import close
 from subsetsum_lth.solve import SolveConfig, solve_all
-from subsetsum_lth.solvers.instances import BatchResult, Status
+from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
 from subsetsum_lth.target import Target
 
 log = logging.getLogger(__name__)
@@ -33,17 +33,83 @@ STOP_REACH = ("growth stopped: one more step gives {n} live coefficients, beyond
 STOP_BUDGET = "growth stopped: {why}"
 
 
-def _live_after(inst: LayerInstances, plan, cc: ConstructionConfig, groups: np.ndarray) -> dict[int, int]:
-    """Live count of each group in ``groups`` after its block's next growth chunk."""
-    out, drawn = {}, {}
-    for g in groups:
-        g = int(g)
-        j = int(inst.group_block[g]) if inst.group_block[g] >= 0 else plan.p
-        if j not in drawn:
-            drawn[j] = chunk_inputs(plan, cc.seed, cc.distribution, j, int(plan.extensions[j]) + 1)
-        v, h = drawn[j], int(inst.group_half[g])
-        out[g] = len(inst.group_units[g]) + int((v < 0).sum() if h < 0 else (v > 0).sum())
-    return out
+class _Growing:
+    """One layer's blocks while they grow: live counts and the coefficients appended to each
+    group, from the new seeded chunks alone. The full pair and instance table are rebuilt once,
+    at the end (:func:`extend_layer_pair`, :func:`extend_instances`), so a growth step costs
+    O(blocks that grow + instances re-solved), not O(layer)."""
+
+    def __init__(self, inst: LayerInstances, cc: ConstructionConfig):
+        self.inst, self.cc, self.plan = inst, cc, inst.plan
+        self.ext = np.asarray(self.plan.extensions, dtype=np.int64).copy()
+        self.block_of_group = np.where(inst.group_block >= 0, inst.group_block, self.plan.p)
+        self.groups_of_block: dict[int, list[int]] = {}
+        for g, j in enumerate(self.block_of_group):
+            self.groups_of_block.setdefault(int(j), []).append(g)
+        self.base = np.array([len(u) for u in inst.group_units], dtype=np.int64)
+        self.count = self.base.copy()
+        self.extra: dict[int, list[np.ndarray]] = {}     # group -> appended (q, k) coefficient blocks
+        self._chunks: dict[tuple[int, int], tuple] = {}
+
+    def chunk(self, j: int, e: int):
+        key = (j, e)
+        if key not in self._chunks:
+            pl, g = self.plan, self.plan.grow
+            w1, b1, w2 = (np.empty((g, pl.p), np.float32), np.zeros(g, np.float32), np.empty((pl.q, g), np.float32))
+            _draw_chunk(pl, self.cc.seed, DISTRIBUTIONS[self.cc.distribution], j, e, 0, w1, b1, w2)
+            self._chunks[key] = (b1 if j == pl.p else w1[:, j].copy(), w2)
+        return self._chunks[key]
+
+    def live(self, g: int, v: np.ndarray) -> np.ndarray:
+        h = int(self.inst.group_half[g])
+        return np.flatnonzero(v < 0) if h < 0 else np.flatnonzero(v > 0)
+
+    def live_after(self, groups) -> dict[int, int]:
+        """Live count of each group after its block's next growth chunk."""
+        out = {}
+        for g in groups:
+            g = int(g)
+            j = int(self.block_of_group[g])
+            v, _ = self.chunk(j, int(self.ext[j]) + 1)
+            out[g] = int(self.count[g]) + len(self.live(g, v))
+        return out
+
+    def grow(self, blocks) -> np.ndarray:
+        """Append the next chunk to ``blocks``; returns the groups whose live count rose."""
+        changed = []
+        for j in blocks:
+            j = int(j)
+            self.ext[j] += 1
+            v, w2 = self.chunk(j, int(self.ext[j]))
+            del self._chunks[(j, int(self.ext[j]))]
+            for g in self.groups_of_block[j]:
+                ks = self.live(g, v)
+                if ks.size:
+                    # as layer_instances: float64(w2) * float64(u) over the live units, in unit order
+                    c = w2[:, ks].astype(np.float64) * v[ks].astype(np.float64)[None, :]
+                    self.extra.setdefault(g, []).append(c)
+                    self.count[g] += ks.size
+                    changed.append(g)
+        return np.array(changed, dtype=np.int64)
+
+    def batch(self, rows: np.ndarray, tau, objective: str) -> InstanceBatch:
+        inst, q = self.inst, self.plan.q
+        groups = rows // q
+        counts = self.count[groups]
+        coef = np.zeros((rows.size, int(counts.max(initial=0))), dtype=np.float64)
+        for k, (i, g) in enumerate(zip(rows, groups)):
+            b = int(self.base[g])
+            coef[k, :b] = inst.coefficients[i, :b]
+            col = b
+            for c in self.extra.get(int(g), ()):
+                coef[k, col:col + c.shape[1]] = c[i - g * q]
+                col += c.shape[1]
+        tol = np.broadcast_to(np.asarray(tau, dtype=np.float64), (len(inst),))[rows]
+        return InstanceBatch(inst.ids[rows], inst.targets[rows], coef, counts, tol, objective)
+
+    def grown_plan(self):
+        from dataclasses import replace
+        return replace(self.plan, extensions=self.ext.copy())
 
 
 def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: ConstructionConfig,
@@ -52,39 +118,44 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
     and re-solve only those instances, until all are within τ or no such block may grow (see the
     module docstring). Feasible instances of a grown block keep their subset (their units still
     exist); their status becomes FEASIBLE since optimality over the grown block is not proved.
+    An instance whose group gained no live unit is unchanged, so it is not solved again.
     ``budget`` is spent in place (shared by all layers and rounds of a run); None: unlimited."""
     plan = pair.plan
     L = target.layers[plan.index]
     reach = _solver_reach(sc.solver)
     limit = sc.time_limit or 10.0
+    q = plan.q
+    st = _Growing(inst, cc)
+    g_of = inst.group_of_instance()
+    block_of_row = st.block_of_group[g_of]
+    status, errors, messages, seconds = res.status.copy(), res.errors.copy(), dict(res.messages), res.seconds
+    new_sel: dict[int, np.ndarray] = {}
     step = 0
     stopped: dict[int, str] = {}     # block -> why it may not grow
     while True:
-        infeasible = np.flatnonzero(res.status == Status.INFEASIBLE)
+        infeasible = np.flatnonzero(status == Status.INFEASIBLE)
         if infeasible.size == 0:
             break
-        g_of = inst.group_of_instance()
-        block_of_group = np.where(inst.group_block >= 0, inst.group_block, plan.p)
         groups = np.unique(g_of[infeasible])
-        want = np.unique(block_of_group[groups])
+        want = np.unique(st.block_of_group[groups])
         if cc.max_growth is not None:
-            capped = want[plan.extensions[want] >= cc.max_growth]
+            capped = want[st.ext[want] >= cc.max_growth]
             for j in capped:
                 stopped[int(j)] = STOP_CAP.format(cap=cc.max_growth)
             want = np.setdiff1d(want, capped)
-        live_after = _live_after(inst, plan, cc, groups[np.isin(block_of_group[groups], want)])
+        live_after = st.live_after(groups[np.isin(st.block_of_group[groups], want)])
         over = {}
         for g, n in live_after.items():
-            j = int(block_of_group[g])
             if not growth_within_reach(n, reach):
+                j = int(st.block_of_group[g])
                 over[j] = max(over.get(j, 0), n)
         for j, n in over.items():
             stopped[j] = STOP_REACH.format(n=n, reach=reach)
         want = np.setdiff1d(want, np.fromiter(over, dtype=np.int64, count=len(over)))
         if want.size and budget is not None:
-            redo = infeasible[np.isin(block_of_group[g_of[infeasible]], want)]
-            seconds = sum(instance_seconds(live_after[int(g)], reach, limit) for g in g_of[redo])
-            why = budget.charge(seconds, int(want.size) * plan.grow * (plan.p + plan.q))
+            redo = infeasible[np.isin(block_of_row[infeasible], want)]
+            cost = sum(instance_seconds(live_after[int(g)], reach, limit) for g in g_of[redo])
+            why = budget.charge(cost, int(want.size) * plan.grow * (plan.p + plan.q))
             if why is not None:
                 for j in want:
                     stopped[int(j)] = STOP_BUDGET.format(why=why)
@@ -92,47 +163,45 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
         if want.size == 0:
             break
         step += 1
+        log.info("layer %d growth step %d: %d blocks grow by %d units, %d instances outside τ",
+                 plan.index, step, int(want.size), plan.grow, infeasible.size)
+        changed = st.grow(want)
         grow_mask = np.zeros(plan.n_blocks, dtype=bool)
         grow_mask[want] = True
-        new_plan = _grown_plan(plan, grow_mask)
-        log.info("layer %d growth step %d: %d blocks grow by %d units, %d instances to re-solve",
-                 plan.index, step, int(want.size), plan.grow, infeasible.size)
-        pair = extend_layer_pair(pair, new_plan, cc.seed, cc.distribution)
-        new_inst = extend_instances(inst, pair, L.weight, L.bias)
-        plan = new_plan
-        n_new = new_inst.coefficients.shape[1]
-        sel = np.zeros((len(new_inst), n_new), dtype=bool)
-        sel[:, :res.selections.shape[1]] = res.selections   # unit lists only grow at their end
-        status = res.status.copy()
-        grown_rows = grow_mask[block_of_group][g_of]
-        status[grown_rows & (status == Status.OPTIMAL)] = Status.FEASIBLE
-        # re-solve the instances of grown blocks; those of blocks that stopped stay as they are
-        redo = infeasible[grown_rows[infeasible]]
-        sub = new_inst.batch(tau, sc.objective).take(redo)
+        status[grow_mask[block_of_row] & (status == Status.OPTIMAL)] = Status.FEASIBLE
+        redo = infeasible[np.isin(g_of[infeasible], changed)]
+        if redo.size == 0:
+            continue
+        sub = st.batch(redo, tau, sc.objective)
         bar = progress(len(sub), f"layer {plan.index + 1}: growth {step}") if progress else None
         r2 = solve_all(sub, sc, on_progress=bar, store=store, executor=executor)
         close(bar)
-        sel[redo] = False
-        sel[redo, :r2.selections.shape[1]] = r2.selections
-        errors = res.errors.copy()
+        for k, i in enumerate(redo):
+            new_sel[int(i)] = r2.selections[k, :int(sub.counts[k])].copy()
         errors[redo] = r2.errors
         status[redo] = r2.status
-        messages = {**res.messages, **r2.messages}
-        res = BatchResult(new_inst.ids, sel, errors, status, res.solver, res.seconds + r2.seconds, messages)
-        inst = new_inst
+        messages.update(r2.messages)
+        seconds += r2.seconds
+    if step:
+        # the grown pair and instance table, built once (byte-identical to drawing the grown plan)
+        pair = extend_layer_pair(pair, st.grown_plan(), cc.seed, cc.distribution)
+        inst = extend_instances(inst, pair, L.weight, L.bias)
+        if not np.array_equal(inst.counts[::q], st.count):
+            raise AssertionError("adaptive growth: live counts disagree with the grown construction")
+        plan = pair.plan
+    sel = np.zeros((len(inst), inst.coefficients.shape[1]), dtype=bool)
+    sel[:, :res.selections.shape[1]] = res.selections      # unit lists only grow at their end
+    for i, s in new_sel.items():
+        sel[i] = False
+        sel[i, :s.size] = s
+    res = BatchResult(inst.ids, sel, errors, status, res.solver, seconds, messages)
     # what is left outside τ says why its block stopped
     left = np.flatnonzero(res.status == Status.INFEASIBLE)
     if left.size:
-        block_of_group = np.where(inst.group_block >= 0, inst.group_block, plan.p)
-        blocks = block_of_group[inst.group_of_instance()[left]]
+        blocks = block_of_row[left]
         for i, j in zip(inst.ids[left], blocks):
             if int(j) in stopped:
                 res.messages[int(i)] = stopped[int(j)]
         log.warning("layer %d: %d instances outside τ after growth (%s)", plan.index, left.size,
                     "; ".join(sorted({stopped[int(j)] for j in blocks if int(j) in stopped})) or "no growth")
     return inst, pair, res
-
-
-def _grown_plan(plan, grow_mask: np.ndarray):
-    from dataclasses import replace
-    return replace(plan, extensions=plan.extensions + grow_mask.astype(np.int64))

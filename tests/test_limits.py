@@ -51,7 +51,7 @@ REFUSED = [
     ("eps-1e-300", ["--eps", "1e-300"], ("would not finish", "--eps", "--max-hours", "10^")),
     ("block-width-10000", ["--block-width", "10000"], ("would not finish", "--block-width", "m = 10,000")),
     ("grow-1000000", ["--grow", "1000000"], ("--grow 1,000,000", "beyond exact search", "lower --grow")),
-    ("C-1e6", ["--C", "1e6"], ("would not finish", "--c", "--max-hours")),
+    ("C-1e6", ["--C", "1e6", "--width", "auto"], ("would not finish", "--c", "--max-hours")),
     ("max-hours-tiny", ["--weight-eps", "0.01", "--max-hours", "1e-9"], ("would not finish", "--max-hours 1e-09")),
 ]
 

@@ -78,10 +78,12 @@ def add_arguments(p) -> None:
                    help="do not re-solve TIMEOUT/ERROR instances with another exact backend")
     p.add_argument("--block-width", type=positive_int, default=None,
                    help="units per block m (overrides the Theorem 1 formula)")
-    p.add_argument("--width", choices=("formula", "auto", "adaptive"), default="auto",
-                   help="formula: every block has the formula's (or --block-width) units; auto: the same, "
-                        "then blocks with an infeasible instance grow by fresh seeded units until all are "
-                        "within τ; adaptive: like auto but starting from half the formula's width")
+    p.add_argument("--width", choices=("formula", "auto", "adaptive"), default="adaptive",
+                   help="adaptive (default): blocks start at ceil(2 log2(max(1, max|w|)/τ) + 6) units "
+                        "(from τ and the weights, not the layer size; --block-width sets it) and blocks "
+                        "with an instance outside τ grow by fresh seeded units until all are within τ; "
+                        "auto: the same growth from the Theorem 1 formula's width; formula: every block "
+                        "has the formula's (or --block-width) units, no growth")
     p.add_argument("--grow", type=positive_int, default=None,
                    help="units appended to a block per growth step (default: max(4, m/4))")
     p.add_argument("--max-growth", type=non_negative_int, default=None,
@@ -89,8 +91,9 @@ def add_arguments(p) -> None:
                         "step cap, a block grows while it has an instance outside τ, its live units stay "
                         "within exact search's reach and the estimated time stays within --max-hours")
     p.add_argument("--C", dest="C", type=positive_float, default=1.5,
-                   help="constant C in m = ceil(C log2(p q l / min(ε, δ)))")
-    p.add_argument("--delta", type=float, default=None, help="δ in the width formula (default: ε)")
+                   help="constant C in m = ceil(C log2(p q l / min(ε, δ))), the starting width of "
+                        "--width auto and formula")
+    p.add_argument("--delta", type=float, default=None, help="δ in the width formula of --width auto and formula (default: ε)")
     p.add_argument("--distribution", choices=("uniform", "normal"), default="uniform",
                    help="distribution of g's weights (uniform = U[-1, 1])")
     p.add_argument("--allow-infeasible", action="store_true",
