@@ -91,8 +91,7 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
     budget = None
     if cc.width != "formula":      # one growth budget for every layer and round of the run
         from subsetsum_lth import limits
-        budget = limits.growth_budget(construction.plans, sc.solver, limits.solve_workers(sc, executor),
-                                      sc.time_limit, getattr(config, "max_hours", limits.DEFAULT_MAX_HOURS))
+        budget = limits.growth_budget(construction.plans, getattr(config, "max_hours", limits.DEFAULT_MAX_HOURS))
     for rnd in range(config.max_rounds if config.mode == "network" else 1):
         for li, inst in enumerate(layers):
             t_layer = time.perf_counter()

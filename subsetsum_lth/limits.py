@@ -223,9 +223,9 @@ def solve_workers(sc, executor=None) -> int:
 
 @dataclass
 class GrowthBudget:
-    """What adaptive growth may still spend over a whole run: core-seconds of re-solving (the
-    ``--max-hours`` budget less the first solve's estimate) and float32 entries of g (the
-    construction's allocation cap). :meth:`charge` spends only when both suffice."""
+    """What adaptive growth may still spend over a whole run: estimated core-seconds of re-solving
+    and float32 entries of g (the construction's allocation cap). :meth:`charge` spends only
+    when both suffice."""
 
     core_seconds: float
     entries: int
@@ -243,13 +243,14 @@ class GrowthBudget:
         return None
 
 
-def growth_budget(plans, solver: str, workers: int, time_limit: float | None, max_hours: float) -> GrowthBudget:
-    """The :class:`GrowthBudget` of a run of ``plans`` (before any growth)."""
+def growth_budget(plans, max_hours: float) -> GrowthBudget:
+    """The :class:`GrowthBudget` of a run of ``plans`` (before any growth): ``max_hours`` of
+    estimated single-core re-solving — not scaled by the worker count, so that where growth stops
+    (and so the masks of a seed) never depends on ``--workers`` — and the entries g may still
+    add before the construction's allocation cap."""
     from subsetsum_lth.construction import MAX_RANDOM_ENTRIES
-    est = estimate(plans, solver, workers, time_limit)
-    first = 2.0 ** est.log2_core_seconds if est.log2_core_seconds < 1000 else math.inf
     entries = sum(pl.hidden * (pl.p + pl.q) for pl in plans)
-    return GrowthBudget(max_hours * 3600.0 * max(1, int(workers)) - first, MAX_RANDOM_ENTRIES - entries)
+    return GrowthBudget(max_hours * 3600.0, MAX_RANDOM_ENTRIES - entries)
 
 
 def growth_within_reach(live_after, reach: int | None):

@@ -61,7 +61,8 @@ def add_arguments(p) -> None:
                         "fallback for instances beyond exact search (default: 10)")
     p.add_argument("--max-hours", type=positive_float, default=24.0,
                    help="refuse (before any work) a run whose estimated solve time, ~2^(n/2) per instance "
-                        "of n live coefficients, is longer than this")
+                        "of n live coefficients, is longer than this; adaptive growth stops before its "
+                        "re-solves pass this many hours of estimated single-core time")
     x = p.add_argument_group("where the solver batches run")
     x.add_argument("--executor", choices=("process", "dask", "dask-local"), default="process",
                    help="process: a local process pool; dask: a Dask distributed cluster (--scheduler); "
@@ -89,7 +90,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-growth", type=non_negative_int, default=None,
                    help="growth steps per block at most (0: no growth, as --width formula); default: no "
                         "step cap, a block grows while it has an instance outside τ, its live units stay "
-                        "within exact search's reach and the estimated time stays within --max-hours")
+                        "within exact search's reach and its estimated re-solve time within --max-hours")
     p.add_argument("--C", dest="C", type=positive_float, default=1.5,
                    help="constant C in m = ceil(C log2(p q l / min(ε, δ))), the starting width of "
                         "--width auto and formula")
