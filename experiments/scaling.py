@@ -339,7 +339,9 @@ def plot(sizes, by_n, by_tau, args) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.0))
+    only_a = not by_n and not by_tau           # --skip b,c without their CSVs: panel (a) alone
+    fig, axes = plt.subplots(1, 1 if only_a else 3, figsize=(8, 5.2) if only_a else (17, 5.0))
+    axes = [axes] if only_a else axes
     colors = {"mitm": "C0", "ortools": "C1", "cpsat": "C2", "gurobi": "C3"}
 
     # (a) seconds per weight vs number of weights
@@ -382,9 +384,16 @@ def plot(sizes, by_n, by_tau, args) -> Path:
         ax.set_xlim(lo / 1.6, hi * 1.6)
     ax.set_xlabel("target parameters = instances (weights + biases)")
     ax.set_ylabel("solve seconds per weight (1 core)")
-    ax.set_title(f"(a) end-to-end approximate, τ={args.weight_eps:g}, workers={args.workers}", fontsize=10)
+    ax.set_title(f"(a) end-to-end approximate, τ={args.weight_eps:g}, --width "
+                 f"{getattr(args, 'width', 'auto')}, workers={args.workers}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left")
+    if only_a:
+        fig.tight_layout()
+        out = args.out / "scaling.png"
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        return out
 
     # (b) rate vs n
     labels = {"mitm": "mitm (meet in the middle)",

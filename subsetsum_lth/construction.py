@@ -70,9 +70,9 @@ class ConstructionConfig:
     C: float = 1.5
     block_width: int | None = None
     distribution: str = "uniform"
-    #: 'adaptive' (start at :func:`adaptive_width`, from τ and the weights; grow blocks that fail),
-    #: 'auto' (start at the formula's width, grow), 'formula' (fixed)
-    width: str = "adaptive"
+    #: 'auto' (start at the formula's width, grow blocks that fail), 'adaptive' (start at
+    #: :func:`adaptive_width`, from τ and the weights, and grow), 'formula' (fixed)
+    width: str = "auto"
     grow: int | None = None      #: units appended per growth step (default: max(4, m // 4))
     #: growth steps per block at most; None: no step cap — a block grows while it has an instance
     #: outside τ, its live units stay within exact search's reach and the cost budget allows
@@ -195,7 +195,7 @@ def block_seed(seed: int, layer: int, block: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(int(seed), spawn_key=(int(layer), int(block)))
 
 
-def _draw_chunk(plan: LayerPlan, seed: int, sample, j: int, e: int, start: int, w1, b1, w2) -> int:
+def draw_chunk(plan: LayerPlan, seed: int, sample, j: int, e: int, start: int, w1, b1, w2) -> int:
     """Draw chunk e of block j (e = 0: its first m units from SeedSequence(seed, (i, j)); e ≥ 1:
     growth step e's ``grow`` units from SeedSequence(seed, (i, j, e))) into rows ``start...``;
     returns the row after it."""
@@ -227,7 +227,7 @@ def draw_layer_pair(plan: LayerPlan, seed: int, distribution: str = "uniform") -
     for j in range(plan.n_blocks):
         start = int(offsets[j])
         for e in range(int(plan.extensions[j]) + 1):
-            start = _draw_chunk(plan, seed, sample, j, e, start, w1, b1, w2)
+            start = draw_chunk(plan, seed, sample, j, e, start, w1, b1, w2)
     if plan.has_bias:
         b2 = sample(np.random.default_rng(block_seed(seed, plan.index, p + 1)), (q,))
     else:
@@ -272,7 +272,7 @@ def extend_layer_pair(pair: RandomLayerPair, plan: LayerPlan, seed: int,
             w2[:, d:d + b - a] = pair.w2[:, a:b]
             start = d + b - a
             for e in range(int(old_ext[j]) + 1, int(new_ext[j]) + 1):
-                start = _draw_chunk(plan, seed, sample, j, e, start, w1, b1, w2)
+                start = draw_chunk(plan, seed, sample, j, e, start, w1, b1, w2)
         run_start = j + 1
     return RandomLayerPair(plan, w1, b1, w2, pair.b2.copy())
 

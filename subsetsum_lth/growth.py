@@ -9,14 +9,20 @@ run's :class:`limits.GrowthBudget` (the ``--max-hours`` budget of estimated solv
 construction's allocation cap) pays for the step, and (c) an explicit ``--max-growth`` allows it.
 Every decision depends only on the instances' statuses and the seeded draws, never on batching
 or the number of workers, so a seed gives the same masks everywhere. A block that has to stop
-says why in its instances' messages (report.json ``infeasible_examples``, exit 3)."""
+says why in its instances' messages (report.json ``infeasible_examples``, exit 3).
+
+Why the solves, not a counting bound, decide which block grows: 2^n subset sums cover a range
+A at spacing 2τ only if n ≥ log2(A/τ), but that is necessary, not sufficient. The block that
+stopped at the old cap (784-500-10, |w| ≤ 0.15, τ = 0.01: 60 units) held 14 live units, far
+above log2(0.15/0.01) ≈ 3.9, yet 13 of its 14 coefficients were positive and its target was
+−0.138. Only the exact solve shows that; the live count decides how far the block may grow."""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 
-from subsetsum_lth.construction import (DISTRIBUTIONS, ConstructionConfig, LayerInstances, _draw_chunk,
+from subsetsum_lth.construction import (DISTRIBUTIONS, ConstructionConfig, LayerInstances, draw_chunk,
                                         extend_instances, extend_layer_pair)
 from subsetsum_lth.limits import GrowthBudget, _solver_reach, growth_within_reach, instance_seconds
 from subsetsum_lth.progress import close
@@ -56,7 +62,7 @@ class _Growing:
         if key not in self._chunks:
             pl, g = self.plan, self.plan.grow
             w1, b1, w2 = (np.empty((g, pl.p), np.float32), np.zeros(g, np.float32), np.empty((pl.q, g), np.float32))
-            _draw_chunk(pl, self.cc.seed, DISTRIBUTIONS[self.cc.distribution], j, e, 0, w1, b1, w2)
+            draw_chunk(pl, self.cc.seed, DISTRIBUTIONS[self.cc.distribution], j, e, 0, w1, b1, w2)
             self._chunks[key] = (b1 if j == pl.p else w1[:, j].copy(), w2)
         return self._chunks[key]
 

@@ -239,14 +239,13 @@ def test_extending_a_pair_equals_drawing_it(before, more, domain, bias):
 
 
 def test_adaptive_width_follows_tau_and_weights_not_layer_size():
-    """--width adaptive (the default) starts every layer at ceil(2 log2(max(1, max|w|)/τ) + 6)
+    """--width adaptive starts every layer at ceil(2 log2(max(1, max|w|)/τ) + 6)
     units, whatever p·q: the formula's width grows with log2(p·q·l), the adaptive one does not."""
     from subsetsum_lth.construction import adaptive_width, plan_layers
     from subsetsum_lth.target import Layer, Target
     small = Target([Layer(np.full((10, 20), 0.5), None)])
     wide = Target([Layer(np.full((2000, 2000), 0.5), None), Layer(np.full((10, 2000), 0.5), None)])
-    cfg = ConstructionConfig(eps=0.01)
-    assert cfg.width == "adaptive"
+    cfg = ConstructionConfig(eps=0.01, width="adaptive")
     ms = {pl.m for t in (small, wide) for pl in plan_layers(t, cfg)}
     assert ms == {adaptive_width(0.5, 0.01)} == {20}               # ceil(2·log2(100) + 6)
     formula = [pl.formula_m for t in (small, wide) for pl in plan_layers(t, cfg)]

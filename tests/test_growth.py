@@ -67,3 +67,47 @@ def test_growth_stops_at_the_time_budget(tmp_path):
     with the reason."""
     with pytest.raises(IncompleteRun, match=r"--max-hours budget"):
         approximate(TARGET, _cfg(max_hours=2e-9), tmp_path)
+
+
+def _issue_block(extensions: int):
+    """Layer 0, column 556 of the issue's case: a random 784-500-10 target, |w| <= 0.15, τ = 0.01,
+    non-negative inputs, seed 1; adaptive blocks of 20 units growing by 5."""
+    from dataclasses import replace
+
+    from subsetsum_lth.construction import draw_layer_pair, layer_instances, plan_layers
+    from subsetsum_lth.target import random_target
+    t = random_target((784, 500, 10), bias=True, seed=1, scale=0.15)
+    plan = plan_layers(t, ConstructionConfig(input_domain="nonnegative", seed=1, width="adaptive", eps=0.01))[0]
+    assert (plan.m, plan.grow) == (20, 5)
+    ext = np.zeros(plan.n_blocks, dtype=np.int64)
+    ext[556] = extensions
+    plan = replace(plan, extensions=ext)
+    pair = draw_layer_pair(plan, 1)
+    inst = layer_instances(pair, t.layers[0].weight, t.layers[0].bias)
+    row = 556 * plan.q + 35                       # group 556 (non-negative inputs: one half), row 35
+    return inst.batch(0.01, "error").take(np.array([row]))
+
+
+def test_the_issue_block_needs_more_than_the_old_cap():
+    """At the old cap (8 steps, 60 units) the block has 14 live units, 13 of them positive, and
+    its target is −0.138: out of reach. A few more steps (within exact search) reach τ."""
+    from subsetsum_lth.solve import solve_batch
+    b = _issue_block(8)
+    assert b.counts[0] == 14 and (b.coefficients[0, :14] < 0).sum() == 1 and b.targets[0] < -0.13
+    assert solve_batch("mitm", {}, b).errors[0] > 0.1
+    steps = next(e for e in range(9, 20) if solve_batch("mitm", {}, _issue_block(e)).errors[0] <= 0.01)
+    assert _issue_block(steps).counts[0] <= 40
+
+
+@pytest.mark.slow
+def test_the_issue_case_completes(tmp_path):
+    """The issue's run (784-500-10, |w| <= 0.15, τ = 0.01, adaptive, seed 1) used to exit 3 with
+    one instance at the 60-unit cap; now every instance is within τ."""
+    from subsetsum_lth.target import random_target
+    t = random_target((784, 500, 10), bias=True, seed=1, scale=0.15)
+    rep = approximate(t, ApproximateConfig(
+        construction=ConstructionConfig(input_domain="nonnegative", seed=1, width="adaptive"),
+        solve=SolveConfig(solver="mitm"), weight_eps=0.01, plots=False, empirical_samples=16,
+        ascent_steps=2), tmp_path)
+    assert rep["infeasible_count"] == 0
+    assert rep["layers"][0]["block_extensions"][556] > 8 and rep["layers"][0]["max_weight_error"] <= 0.01

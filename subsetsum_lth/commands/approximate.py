@@ -79,12 +79,13 @@ def add_arguments(p) -> None:
                    help="do not re-solve TIMEOUT/ERROR instances with another exact backend")
     p.add_argument("--block-width", type=positive_int, default=None,
                    help="units per block m (overrides the Theorem 1 formula)")
-    p.add_argument("--width", choices=("formula", "auto", "adaptive"), default="adaptive",
-                   help="adaptive (default): blocks start at ceil(2 log2(max(1, max|w|)/τ) + 6) units "
-                        "(from τ and the weights, not the layer size; --block-width sets it) and blocks "
-                        "with an instance outside τ grow by fresh seeded units until all are within τ; "
-                        "auto: the same growth from the Theorem 1 formula's width; formula: every block "
-                        "has the formula's (or --block-width) units, no growth")
+    p.add_argument("--width", choices=("formula", "auto", "adaptive"), default="auto",
+                   help="auto (default): blocks start at the Theorem 1 formula's width (or --block-width) "
+                        "and blocks with an instance outside τ grow by fresh seeded units until all are "
+                        "within τ; adaptive: the same growth from ceil(2 log2(max(1, max|w|)/τ) + 6) units "
+                        "(from τ and the weights, not the layer size): the smallest g and, with --solver "
+                        "mitm, the fastest run, at a looser certified bound; formula: every block has the "
+                        "formula's (or --block-width) units, no growth")
     p.add_argument("--grow", type=positive_int, default=None,
                    help="units appended to a block per growth step (default: max(4, m/4))")
     p.add_argument("--max-growth", type=non_negative_int, default=None,
