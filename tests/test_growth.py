@@ -19,11 +19,11 @@ from subsetsum_lth.target import Layer, Target
 TARGET = Target([Layer(np.array([[0.6, -0.45, 0.3]]), None)])
 
 
-def _cfg(tau=1e-3, max_growth=None, max_hours=24.0, batch_size=None, seed=0):
+def _cfg(tau=1e-3, max_growth=None, max_hours=24.0, batch_size=None, seed=0, workers=1):
     return ApproximateConfig(
         construction=ConstructionConfig(input_domain="nonnegative", seed=seed, block_width=2, grow=1,
                                         width="auto", max_growth=max_growth),
-        solve=SolveConfig(solver="mitm", workers=1, batch_size=batch_size), weight_eps=tau,
+        solve=SolveConfig(solver="mitm", workers=workers, batch_size=batch_size), weight_eps=tau,
         overwrite=True, plots=False, empirical_samples=8, ascent_steps=2, max_hours=max_hours)
 
 
@@ -38,10 +38,12 @@ def test_growth_goes_past_the_old_cap(tmp_path):
     assert rep["infeasible_count"] == 0 and L["max_weight_error"] <= 1e-3
     assert max(L["block_extensions"]) > 8                      # the old cap would have stopped here
     assert L["block_width_final_max"] == 2 + max(L["block_extensions"])
-    # same seed, batches of one instance: the same growth and byte-identical masks
-    rep1 = approximate(TARGET, _cfg(batch_size=1), tmp_path / "b")
-    assert rep1["layers"][0]["block_extensions"] == L["block_extensions"]
-    assert _masks(tmp_path / "a") == _masks(tmp_path / "b")
+    # same seed, batches of one instance, in-process or on two worker processes: the same
+    # growth and byte-identical masks
+    for name, kw in (("b", {"batch_size": 1}), ("c", {"batch_size": 1, "workers": 2})):
+        rep1 = approximate(TARGET, _cfg(**kw), tmp_path / name)
+        assert rep1["layers"][0]["block_extensions"] == L["block_extensions"]
+        assert _masks(tmp_path / "a") == _masks(tmp_path / name)
 
 
 def test_explicit_max_growth_still_caps_and_says_so(tmp_path):
