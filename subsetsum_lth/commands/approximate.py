@@ -61,7 +61,7 @@ def add_arguments(p) -> None:
                         "fallback for instances beyond exact search (default: 10)")
     p.add_argument("--max-hours", type=positive_float, default=24.0,
                    help="refuse (before any work) a run whose estimated solve time, ~2^(n/2) per instance "
-                        "of n live coefficients, is longer than this; adaptive growth stops before its "
+                        "of n live coefficients, is longer than this; block growth (--width auto, adaptive) stops before its "
                         "re-solves pass this many hours of estimated single-core time")
     x = p.add_argument_group("where the solver batches run")
     x.add_argument("--executor", choices=("process", "dask", "dask-local"), default="process",
