@@ -61,8 +61,9 @@ def add_arguments(p) -> None:
                         "fallback for instances beyond exact search (default: 10)")
     p.add_argument("--max-hours", type=positive_float, default=24.0,
                    help="refuse (before any work) a run whose estimated solve time, ~2^(n/2) per instance "
-                        "of n live coefficients, is longer than this; block growth (--width auto, adaptive) stops before its "
-                        "re-solves pass this many hours of estimated single-core time")
+                        "of n live coefficients, is longer than this; block growth (--width auto, "
+                        "adaptive) stops before its re-solves pass this many hours of estimated "
+                        "single-core time")
     x = p.add_argument_group("where the solver batches run")
     x.add_argument("--executor", choices=("process", "dask", "dask-local"), default="process",
                    help="process: a local process pool; dask: a Dask distributed cluster (--scheduler); "
@@ -95,7 +96,8 @@ def add_arguments(p) -> None:
     p.add_argument("--C", dest="C", type=positive_float, default=1.5,
                    help="constant C in m = ceil(C log2(p q l / min(ε, δ))), the starting width of "
                         "--width auto and formula")
-    p.add_argument("--delta", type=float, default=None, help="δ in the width formula of --width auto and formula (default: ε)")
+    p.add_argument("--delta", type=float, default=None,
+                   help="δ in the width formula of --width auto and formula (default: ε)")
     p.add_argument("--distribution", choices=("uniform", "normal"), default="uniform",
                    help="distribution of g's weights (uniform = U[-1, 1])")
     p.add_argument("--allow-infeasible", action="store_true",
