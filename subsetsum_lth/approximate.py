@@ -227,10 +227,8 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
 
 def _estimate_workers(sc: SolveConfig, executor) -> int:
     """Cores the solve will use, for the cost estimate (never more than this machine's)."""
-    from subsetsum_lth.limits import available_cores
-    if executor is not None:
-        return int(getattr(executor, "capacity", None) or getattr(executor, "_max_workers", None) or 1)
-    return min(sc.workers or available_cores(), available_cores())
+    from subsetsum_lth.limits import solve_workers
+    return solve_workers(sc, executor)
 
 
 def _digest(target: Target) -> str:

@@ -90,6 +90,10 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
     tau = initial_tau(target, config)
     results = [None] * len(layers)
     solved = Solved(layers, results, tau, [0.0] * len(layers))
+    budget = None
+    if cc.width != "formula":      # one growth budget for every layer and round of the run
+        from subsetsum_lth import limits
+        budget = limits.growth_budget(construction.plans, getattr(config, "max_hours", limits.DEFAULT_MAX_HOURS))
     for rnd in range(config.max_rounds if config.mode == "network" else 1):
         for li, inst in enumerate(layers):
             t_layer = time.perf_counter()
@@ -103,7 +107,8 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
             if cc.width != "formula":
                 layers[li], construction.pairs[li], results[li] = grow_layer(
                     target, construction.pairs[li], layers[li], results[li], tau, cc, sc, store,
-                    executor, progress)
+                    executor, progress, budget)
+                construction.plans[li] = construction.pairs[li].plan
             solved.seconds[li] += time.perf_counter() - t_layer
         solved.tau = tau
         if config.mode == "weight":

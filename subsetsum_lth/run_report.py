@@ -159,7 +159,8 @@ def raise_if_failed(report: dict, bad_list: list[dict], n_bad: int, config, out,
         return
     if n_bad:
         lines = [f"  layer {b['layer']} row {b['row']} col {b['column']}: {b['status']} "
-                 f"(target {b['target']:.4g}, best error {b['error']:.3g})" for b in bad_list[:10]]
+                 f"(target {b['target']:.4g}, best error {b['error']:.3g})"
+                 + (f": {b['message']}" if b.get("message") else "") for b in bad_list[:10]]
         raise IncompleteRun(
             f"{n_bad} of {report['instances']} instances are not within τ={report['weight_eps']:.3g}; everything "
             f"computed is written to {out}. First ones:\n" + "\n".join(lines) +

@@ -81,7 +81,9 @@ def add_arguments(p) -> None:
                         f"fallback for instances beyond exact search (default: {DEFAULT_TIME_LIMIT:g})")
     p.add_argument("--max-hours", type=float, default=ApproximateConfig.max_hours,
                    help="refuse (before any work) a run whose estimated solve time, ~2^(n/2) per instance "
-                        "of n live coefficients, is longer than this")
+                        "of n live coefficients, is longer than this; block growth (--width auto, "
+                        "adaptive) stops before its re-solves pass this many hours of estimated "
+                        "single-core time")
     x = p.add_argument_group("where the solver batches run")
     x.add_argument("--executor", choices=("process", "dask", "dask-local"), default=SolveConfig.executor,
                    help="process: a local process pool; dask: a Dask distributed cluster (--scheduler); "
@@ -99,16 +101,23 @@ def add_arguments(p) -> None:
     p.add_argument("--block-width", type=int, default=ConstructionConfig.block_width,
                    help="units per block m (overrides the Theorem 1 formula)")
     p.add_argument("--width", choices=("formula", "auto", "adaptive"), default=ConstructionConfig.width,
-                   help="formula: every block has the formula's (or --block-width) units; auto: the same, "
-                        "then blocks with an infeasible instance grow by fresh seeded units until all are "
-                        "within τ; adaptive: like auto but starting from half the formula's width")
+                   help="auto (default): blocks start at the Theorem 1 formula's width (or --block-width) "
+                        "and blocks with an instance outside τ grow by fresh seeded units until all are "
+                        "within τ; adaptive: the same growth from ceil(2 log2(max(1, max|w|)/τ) + 6) units "
+                        "(from τ and the weights, not the layer size): the smallest g and, with --solver "
+                        "mitm, the fastest run, at a looser certified bound; formula: every block has the "
+                        "formula's (or --block-width) units, no growth")
     p.add_argument("--grow", type=int, default=ConstructionConfig.grow,
                    help="units appended to a block per growth step (default: max(4, m/4))")
     p.add_argument("--max-growth", type=int, default=ConstructionConfig.max_growth,
-                   help="growth steps per block at most (0: no growth, as --width formula)")
+                   help="growth steps per block at most (0: no growth, as --width formula); default: no "
+                        "step cap, a block grows while it has an instance outside τ, its live units stay "
+                        "within exact search's reach and its estimated re-solve time within --max-hours")
     p.add_argument("--C", dest="C", type=float, default=ConstructionConfig.C,
-                   help="constant C in m = ceil(C log2(p q l / min(ε, δ)))")
-    p.add_argument("--delta", type=float, default=ConstructionConfig.delta, help="δ in the width formula (default: ε)")
+                   help="constant C in m = ceil(C log2(p q l / min(ε, δ))), the starting width of "
+                        "--width auto and formula")
+    p.add_argument("--delta", type=float, default=ConstructionConfig.delta,
+                   help="δ in the width formula of --width auto and formula (default: ε)")
     p.add_argument("--distribution", choices=("uniform", "normal"), default=ConstructionConfig.distribution,
                    help="distribution of g's weights (uniform = U[-1, 1])")
     p.add_argument("--allow-infeasible", action="store_true",
