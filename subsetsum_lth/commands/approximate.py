@@ -26,6 +26,7 @@ def add_arguments(p) -> None:
     # every default of a flag that maps onto a config field is that field's default (written once,
     # in the dataclass; tests/test_cli_config.py checks it)
     from subsetsum_lth.approximate import ApproximateConfig
+    from subsetsum_lth.certify_box import BoxConfig
     from subsetsum_lth.construction import ConstructionConfig
     from subsetsum_lth.limits import DEFAULT_TIME_LIMIT
     from subsetsum_lth.solve import SolveConfig
@@ -61,7 +62,7 @@ def add_arguments(p) -> None:
     p.add_argument("--local-radius", type=float, action="append", default=None, metavar="RHO",
                    help="with --input-domain box and --data: certified agreement of f and the pruned network "
                         "on l-inf balls of radius RHO around the test images (repeatable; default 0.01 and 0.05)")
-    p.add_argument("--bab-seconds", type=float, default=0.0, metavar="S",
+    p.add_argument("--bab-seconds", type=float, default=BoxConfig.bab_seconds, metavar="S",
                    help="with --input-domain box: refine the box certificate by branch and bound on unstable "
                         "units for S seconds (default 0: none)")
     p.add_argument("--data", choices=DATASETS, default=None,
