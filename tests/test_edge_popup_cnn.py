@@ -242,3 +242,46 @@ def test_fixed_tensors_are_used_whole_and_never_scored():
         masks["4.bias"])
     with torch.no_grad():
         assert torch.allclose(net(x), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1)])
+def test_sparse_conv_path_matches_the_dense_one(monkeypatch, stride, padding):
+    """A conv kernel with few eligible entries (the construction's k×k layers keep one entry per
+    hidden channel) is computed over the unfolded patches: same outputs and score gradients as
+    the dense F.conv2d on the scattered kernel."""
+    from subsetsum_lth.edge_popup import network
+    rng = np.random.default_rng(stride)
+    ops = [{"op": "conv2d", "in_channels": 3, "out_channels": 60, "kernel": [3, 3], "stride": [stride, stride],
+            "padding": [padding, padding]}, {"op": "relu"}, {"op": "avgpool2d", "kernel": [2, 2], "stride": [2, 2]},
+           {"op": "conv2d", "in_channels": 60, "out_channels": 4, "kernel": [1, 1], "stride": [1, 1],
+            "padding": [0, 0]}]
+    state = {"0.weight": rng.uniform(-1, 1, (60, 3, 3, 3)), "0.bias": rng.uniform(-1, 1, 60),
+             "3.weight": rng.uniform(-1, 1, (4, 60, 1, 1)), "3.bias": np.zeros(4)}
+    state = {k: torch.from_numpy(v.astype(np.float32)) for k, v in state.items()}
+    allowed = {k: np.ones(tuple(v.shape), np.uint8) for k, v in state.items()}
+    allowed["0.weight"] = np.zeros((60, 27), np.uint8)
+    allowed["0.weight"][np.arange(60), rng.integers(0, 27, 60)] = 1      # one entry per channel: 3.7%
+    allowed["0.weight"] = allowed["0.weight"].reshape(60, 3, 3, 3)
+    x = torch.from_numpy(rng.uniform(0, 1, (5, 3, 9, 9)).astype(np.float32))
+
+    def run():
+        net = EdgePopupNet(state, allowed, 0.5, "layer", seed=4, ops=ops, input_shape=(3, 9, 9))
+        out = net(x)
+        out.square().sum().backward()
+        return net, out.detach(), [p.grad.clone() for p in net.scores]
+
+    sparse_net, sparse_out, sparse_grad = run()
+    assert sparse_net.tensors[0].sparse
+    monkeypatch.setattr(network, "SPARSE_DENSITY", 0.0)
+    dense_net, dense_out, dense_grad = run()
+    assert not dense_net.tensors[0].sparse
+    assert torch.allclose(sparse_out, dense_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(sparse_grad, dense_grad):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    # and both are the masked network written with plain torch
+    m = sparse_net.final_masks()
+    w0 = state["0.weight"] * torch.from_numpy(m["0.weight"])
+    h = torch.nn.functional.conv2d(x, w0, state["0.bias"] * torch.from_numpy(m["0.bias"]), stride, padding).relu()
+    h = torch.nn.functional.avg_pool2d(h, 2)
+    ref = torch.nn.functional.conv2d(h, state["3.weight"] * torch.from_numpy(m["3.weight"])).reshape(5, -1)
+    assert torch.allclose(sparse_out, ref, rtol=1e-5, atol=1e-5)

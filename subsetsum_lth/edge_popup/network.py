@@ -155,12 +155,16 @@ class EdgePopupNet(nn.Module):
                 if n_el > 0:
                     ts.score = len(self.scores)
                     self.scores.append(nn.Parameter(init.to(device)))
-                if kind == "weight" and t.dim() != 2:
-                    pass                    # conv kernels: dense F.conv2d on the scattered kernel
-                elif kind == "weight" and index is not None and 0 < n_el <= SPARSE_DENSITY * t.numel():
+                row = int(np.prod(tuple(t.shape[1:]))) if t.dim() > 1 else 1
+                if kind == "weight" and index is not None and 0 < n_el <= SPARSE_DENSITY * t.numel():
+                    # a Linear layer: gather/scatter over the eligible entries; a conv kernel
+                    # (the construction's block-diagonal k×k layers: one entry per hidden
+                    # channel): the same over the unfolded input patches
                     ts.sparse = True
-                    ts.rows = torch.div(index, t.shape[1], rounding_mode="floor")
-                    ts.cols = index - ts.rows * t.shape[1]
+                    ts.rows = torch.div(index, row, rounding_mode="floor")
+                    ts.cols = index - ts.rows * row
+                elif kind == "weight" and t.dim() != 2:
+                    pass                    # conv kernels: dense F.conv2d on the scattered kernel
                 elif kind == "weight" and index is not None and n_el > 0:
                     # eligible entries = the same columns in every row (the construction's second
                     # layers: the live hidden units): a dense product over those columns only;
@@ -170,6 +174,7 @@ class EdgePopupNet(nn.Module):
                     if int(cols.sum()) * t.shape[0] == n_el and bool(grid[:, cols].all()):
                         ts.col_subset = torch.nonzero(cols).flatten().to(device)
                 self.tensors.append(ts)
+        self._activation = _largest_activation(ops, self.input_shape)
         self.n_eligible = sum(t.n_eligible for t in self.tensors)
         self.n_keep_global = kept_count(self.keep, self.n_eligible)
         if self.n_eligible == 0:
@@ -251,6 +256,25 @@ class EdgePopupNet(nn.Module):
             return vals.reshape(t.shape)
         return t.full.new_zeros(t.numel).scatter(0, t.index, vals).reshape(t.shape)
 
+    def eval_batch(self, budget: int = 1 << 25) -> int:
+        """Images per evaluation batch: 4096 for an MLP; for an image network as many as keep
+        the largest activation tensor within ``budget`` values (a construction's conv layers have
+        thousands of channels: 4096 images would need gigabytes per activation)."""
+        if self.input_shape is None:
+            return 4096
+        return int(max(16, min(4096, budget // max(1, self._activation))))
+
+    def _conv(self, t: _Tensor, vals: torch.Tensor | None, h: torch.Tensor, op: dict) -> torch.Tensor:
+        stride, padding = tuple(op.get("stride", (1, 1))), tuple(op.get("padding", (0, 0)))
+        if t.sparse and vals is not None:
+            k = tuple(t.shape[2:])
+            out_hw = [(n + 2 * p - kk) // s + 1 for n, p, kk, s in zip(h.shape[2:], padding, k, stride)]
+            patches = F.unfold(h, k, padding=padding, stride=stride)          # (N, c*k*k, L)
+            contrib = patches.index_select(1, t.cols) * vals[None, :, None]
+            out = patches.new_zeros(h.shape[0], t.shape[0], patches.shape[2]).index_add(1, t.rows, contrib)
+            return out.reshape(h.shape[0], t.shape[0], *out_hw)
+        return F.conv2d(h, self._kernel(t, vals), None, stride, padding)
+
     @property
     def fixed_count(self) -> int:
         """Entries used whole without a score (``fixed``)."""
@@ -270,8 +294,7 @@ class EdgePopupNet(nn.Module):
                     if b is not None:
                         h = h + b
                 else:
-                    h = F.conv2d(h, self._kernel(tw, values[2 * j]), None, tuple(op.get("stride", (1, 1))),
-                                 tuple(op.get("padding", (0, 0))))
+                    h = self._conv(tw, values[2 * j], h, op)
                     b = self._bias(tb, values[2 * j + 1])
                     if b is not None:
                         h = h + b.reshape(1, -1, 1, 1)
@@ -292,6 +315,30 @@ class EdgePopupNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply_values(x, self.effective_values())
+
+
+def _largest_activation(ops: list[dict], input_shape) -> int:
+    """Values per image of the largest tensor the network computes (image networks)."""
+    if input_shape is None:
+        return 0
+    shape = tuple(int(v) for v in input_shape)
+    best = int(np.prod(shape))
+    for op in ops:
+        name = op["op"]
+        if name == "conv2d":
+            k, s, p = (tuple(op.get(a, d)) for a, d in (("kernel", None), ("stride", (1, 1)), ("padding", (0, 0))))
+            shape = (int(op["out_channels"]),
+                     *((n + 2 * pp - kk) // ss + 1 for n, pp, kk, ss in zip(shape[1:], p, k, s)))
+        elif name in ("maxpool2d", "avgpool2d"):
+            k = tuple(op["kernel"])
+            s = tuple(op.get("stride") or k)
+            shape = (shape[0], *((n - kk) // ss + 1 for n, kk, ss in zip(shape[1:], k, s)))
+        elif name == "flatten":
+            shape = (int(np.prod(shape)),)
+        elif name == "linear":
+            shape = (int(op["out_features"]),)
+        best = max(best, int(np.prod(shape)))
+    return best
 
 
 def relu_layout(n_linear: int, inner_relu: bool = True) -> list[bool]:
