@@ -256,9 +256,9 @@ class EdgePopupNet(nn.Module):
             return vals.reshape(t.shape)
         return t.full.new_zeros(t.numel).scatter(0, t.index, vals).reshape(t.shape)
 
-    def eval_batch(self, budget: int = 1 << 25) -> int:
+    def eval_batch(self, budget: int = 1 << 22) -> int:
         """Images per evaluation batch: 4096 for an MLP; for an image network as many as keep
-        the largest activation tensor within ``budget`` values (a construction's conv layers have
+        the largest activation tensor within ``budget`` values, 16 MB in float32 (a construction's conv layers have
         thousands of channels: 4096 images would need gigabytes per activation)."""
         if self.input_shape is None:
             return 4096
