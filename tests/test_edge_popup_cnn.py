@@ -285,3 +285,14 @@ def test_sparse_conv_path_matches_the_dense_one(monkeypatch, stride, padding):
     h = torch.nn.functional.avg_pool2d(h, 2)
     ref = torch.nn.functional.conv2d(h, state["3.weight"] * torch.from_numpy(m["3.weight"])).reshape(5, -1)
     assert torch.allclose(sparse_out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_on_a_cnn_run_names_the_image_shape(cnn_run, mnist_dir, tmp_path, capsys):
+    """`edge-popup --from-run` through the CLI: MNIST's 28×28 images on an 8×8 CNN are refused
+    with one line naming both shapes (exit 2)."""
+    from subsetsum_lth import cli
+    rc = cli.main(["edge-popup", "--from-run", str(cnn_run / "ss"), "--out", str(tmp_path / "ep"),
+                   "--data-dir", str(mnist_dir), "--device", "cpu", "--train-subset", "32", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "1x8x8 images (64 values)" in err and "784 values" in err

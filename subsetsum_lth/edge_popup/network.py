@@ -258,8 +258,9 @@ class EdgePopupNet(nn.Module):
 
     def eval_batch(self, budget: int = 1 << 22) -> int:
         """Images per evaluation batch: 4096 for an MLP; for an image network as many as keep
-        the largest activation tensor within ``budget`` values, 16 MB in float32 (a construction's conv layers have
-        thousands of channels: 4096 images would need gigabytes per activation)."""
+        the largest activation tensor within ``budget`` values (16 MB in float32, below the
+        allocator's mmap threshold; a construction's conv layers have hundreds of channels at
+        full resolution: 4096 images would need gigabytes per activation)."""
         if self.input_shape is None:
             return 4096
         return int(max(16, min(4096, budget // max(1, self._activation))))
