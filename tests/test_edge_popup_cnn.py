@@ -37,6 +37,20 @@ def synthetic_images(n: int = 120, classes: int = 3, seed: int = 2013) -> dict:
     return {"x_train": x[:k], "y_train": y[:k], "x_test": x[k:], "y_test": y[k:]}
 
 
+def blob_images(n: int = 600, seed: int = 5) -> dict:
+    """8×8 noise images with one bright 2×2 blob whose column third is the class (3 classes):
+    a task a conv-pool network can learn, unlike the linear teacher above."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 0.3, (n, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, n)
+    for i in range(n):
+        r, c = rng.integers(0, 7), min(6, int(rng.integers(0, 2)) + 3 * int(y[i]))
+        x[i, r:r + 2, c:c + 2] = 1.0
+    x = x.reshape(n, 64)
+    k = (3 * n) // 4
+    return {"x_train": x[:k], "y_train": y[:k], "x_test": x[k:], "y_test": y[k:]}
+
+
 @pytest.fixture(scope="module")
 def cnn_run(tmp_path_factory):
     """A subset-sum run of a LeNet-like CNN (conv, pool, conv, flatten, fc, fc) on 8×8 images."""
@@ -94,6 +108,17 @@ def test_from_cnn_run(cnn_run, structure):
     assert conv_layers and all(len(L["weight_shape"]) == 4 for L in conv_layers)
     # the reported accuracy is that of ĝ rebuilt from the files by plain torch code
     assert math.isclose(rep["test_accuracy"], _rebuilt_accuracy(out, synthetic_images()), abs_tol=1e-9)
+
+
+def test_structured_search_on_a_cnn_learns(cnn_run, tmp_path):
+    """Scores on conv kernels train: on the blob task the structured search on the construction's
+    CNN goes from chance to far above the majority class (measured: 62% after 1 epoch, 98% after
+    5; majority 37%)."""
+    data = blob_images()
+    majority = np.bincount(data["y_test"]).max() / len(data["y_test"])
+    rep = run_edge_popup(EdgePopupConfig(**dict(COMMON, epochs=5, batch_size=30), from_run=str(cnn_run / "ss"),
+                                         structure="structured", keep=0.5, seed=0), tmp_path / "ep", data=data)
+    assert majority < 0.45 and rep["test_accuracy"] >= 0.8 and rep["train_accuracy"] >= 0.7
 
 
 def test_network_matches_the_plain_rebuild(cnn_run):
