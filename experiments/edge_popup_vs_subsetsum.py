@@ -486,7 +486,7 @@ def plot(out: Path, rows: list[dict], meta: dict) -> Path:
     archs = [a for a in meta["archs"] if any(r["arch"] == a for r in rows)]
     lenet = any(r["arch"] == "lenet5" for r in rows)
     n_ax = len(archs) + lenet
-    fig, axes = plt.subplots(1, max(1, n_ax), figsize=(6.2 * max(1, n_ax), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, n_ax), figsize=(6.2 * max(1, n_ax), 6.4 if lenet else 4.6), squeeze=False)
     if lenet:
         _plot_lenet(axes[0][len(archs)], [r for r in rows if r["arch"] == "lenet5"], meta.get("lenet", {}))
     for ax, arch in zip(axes[0], archs):
@@ -519,8 +519,8 @@ def plot(out: Path, rows: list[dict], meta: dict) -> Path:
                      f"{meta['structure_parameters'][arch]['linear']:,} prunable", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"edge-popup ({meta['epochs']} epoch(s) on {meta['train_examples']} images) vs subset-sum; "
-                 "all weights random U[-1, 1], masks only", fontsize=10)
+    fig.suptitle(f"edge-popup ({meta['epochs']} epoch(s) on {meta['train_examples']} images) vs subset-sum;"
+                 + ("\n" if n_ax < 2 else " ") + "all weights random U[-1, 1], masks only", fontsize=10)
     fig.tight_layout()
     path = out / "accuracy_vs_kept.png"
     fig.savefig(path, dpi=120)
@@ -555,7 +555,7 @@ def _plot_lenet(ax, rs: list[dict], lm: dict) -> None:
     ax.set_title(f"LeNet-5: frozen random convs{f' ({fixed:,} parameters)' if fixed else ''}, FC searched; "
                  f"m={lm.get('block_width')}, lr {lm.get('lr')}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6.5, loc="lower right")
+    ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.13))
 
 
 FIELDS = ["arch", "method", "variant", "keep", "kept_parameters", "eligible_parameters", "total_parameters",
