@@ -15,7 +15,13 @@ can never disagree about which network a folder holds. It refuses, with a
   ``construction_plan``); masks that are not uint8 0/1, or that keep an entry the construction's
   block-diagonal pre-pruning removes (subset-sum runs);
 * a ``relu_after`` entry in a subset-sum run (the construction always has every ReLU); in an
-  edge-popup run it must be a list of booleans, one per hidden Linear layer.
+  edge-popup run it must be a list of booleans, one per hidden Linear layer;
+* for an image network (``target_arch``/``input_shape``/``g_arch`` in report.json, subset-sum
+  or edge-popup): g's layout rebuilt from the architecture and the block widths (``layers``,
+  or an edge-popup run's ``construction_plan``) must give every key and shape and equal the
+  stored ``g_arch``; an edge-popup run's ``relu_after`` has one boolean per ReLU of g, drops
+  only ReLUs inside a pair and agrees with ``inner_relu``; structured masks stay inside the
+  pre-pruning.
 """
 from __future__ import annotations
 
