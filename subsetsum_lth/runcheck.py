@@ -448,12 +448,7 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
         net = RandomNet({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, {}, plans,
                         domain or "nonnegative")
         allowed = eligibility(net, "structured", f.boolean("inner_relu", optional=True, default=True))
-    if allowed is not None:
-        for k, a in allowed.items():
-            bad = int(np.count_nonzero(masks[k] & (1 - a)))
-            if bad:
-                raise RunFolderError(f"{path / rf.MASKS}: mask {k} keeps {bad} entries outside the blocks the "
-                                     f"construction allows (pre-pruned entries); {RECREATE}")
+    _check_allowed(path, masks, allowed)
 
     # --- the target, when the folder holds one
     target = None
@@ -476,6 +471,16 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
     if "witness" in report:
         _witness_entry(report, where, net_sizes[0])
     return Run(path, state, masks, report, kind, relu_after, plans, target, domain, radius, seed)
+
+
+def _check_allowed(path: Path, masks: dict, allowed: dict | None) -> None:
+    """Refuse masks that keep an entry the construction's pre-pruning (or a structured
+    search's eligibility) removed."""
+    for k, a in (allowed or {}).items():
+        bad = int(np.count_nonzero(masks[k] & (1 - a)))
+        if bad:
+            raise RunFolderError(f"{path / rf.MASKS}: mask {k} keeps {bad} entries outside the blocks the "
+                                 f"construction allows (pre-pruned entries); {RECREATE}")
 
 
 def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes, domain, radius, seed,
@@ -554,11 +559,7 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
                                  f"positions); edge-popup only drops the inner ReLUs; {RECREATE}")
         if f.boolean("inner_relu", optional=True, default=True) != all(relu_after[0::2]):
             raise RunFolderError(f"{where}: 'inner_relu' and 'relu_after' disagree; {RECREATE}")
-    for k, a in (allowed or {}).items():
-        bad = int(np.count_nonzero(masks[k] & (1 - a)))
-        if bad:
-            raise RunFolderError(f"{path / rf.MASKS}: mask {k} keeps {bad} entries outside the blocks the "
-                                 f"construction allows (pre-pruned entries); {RECREATE}")
+    _check_allowed(path, masks, allowed)
     target = None
     tpath = path / rf.TARGET
     if tpath.exists() or tpath.is_symlink():
