@@ -42,7 +42,7 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
                  plan.index, step + 1, int(grow_mask.sum()), plan.grow, infeasible.size)
         pair = draw_layer_pair(plan, cc.seed, cc.distribution)
         new_inst = layer_instances(pair, L.weight, L.bias, inst.offset)
-        n_new = new_inst.coefficients.shape[1]
+        n_new = new_inst.width
         sel = np.zeros((len(new_inst), n_new), dtype=bool)
         sel[:, :res.selections.shape[1]] = res.selections   # unit lists only grow at their end
         status = res.status.copy()

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from subsetsum_lth.certify import certified_bound, layer_maps
-from subsetsum_lth.construction import (Construction, LayerInstances, layer_instances, masks_from_selections,
-                                        masks_state_dict)
+from subsetsum_lth.certify import certified_bound
+from subsetsum_lth.construction import (Construction, LayerInstances, compact_masks_from_selections, dense_masks,
+                                        layer_instances)
 from subsetsum_lth.growth import grow_layer
 from subsetsum_lth.progress import close
 from subsetsum_lth.solve import solve_all
@@ -31,8 +31,14 @@ class Solved:
     seconds: list[float]                          #: solve wall seconds per layer
     rounds: list[dict] = field(default_factory=list)   #: network mode: τ and certificate per round
 
+    def compact_masks(self) -> list[dict]:
+        """Per layer pair, the masks in the support's form ({u, b1, w2, b2}, see
+        :func:`subsetsum_lth.construction.compact_masks_from_selections`)."""
+        return [compact_masks_from_selections(i, r.selections) for i, r in zip(self.layers, self.results)]
+
     def layer_masks(self) -> list[dict]:
-        return [masks_from_selections(i, r.selections) for i, r in zip(self.layers, self.results)]
+        """Per layer pair, dense {w1 (H, p), b1, w2, b2} masks (for small networks and tests)."""
+        return [dense_masks(i.plan, m) for i, m in zip(self.layers, self.compact_masks())]
 
 
 def build_instances(target: Target, construction: Construction) -> list[LayerInstances]:
@@ -102,13 +108,13 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
                 layers[li], construction.pairs[li], results[li] = grow_layer(
                     target, construction.pairs[li], layers[li], results[li], tau, cc, sc, store,
                     executor, progress)
+            layers[li].release()    # the coefficient matrix is recomputed if a later round needs it
             solved.seconds[li] += time.perf_counter() - t_layer
         solved.tau = tau
         if config.mode == "weight":
             break
-        layout = construction.layout
-        masks = masks_state_dict(solved.layer_masks(), layout)
-        certificate = certified_bound(target, layer_maps(construction.state_dict(), masks, layout),
+        from subsetsum_lth.gstore import support_layer_maps
+        certificate = certified_bound(target, support_layer_maps(construction.pairs, solved.compact_masks()),
                                       config.input_radius, cc.input_domain)
         n_out = sum(int((r.status == Status.INFEASIBLE).sum()) for r in results)
         solved.rounds.append({"round": rnd, "weight_eps": tau, "certified_bound": certificate.bound,
