@@ -319,6 +319,22 @@ class LayerInstances:
     def batch(self, tolerance, objective: str) -> InstanceBatch:
         return InstanceBatch(self.ids, self.targets, self.coefficients, self.counts, tolerance, objective)
 
+    def batch_of(self, rows: np.ndarray, tolerance, objective: str) -> InstanceBatch:
+        """``batch(...).take(rows)`` without the whole layer's coefficient matrix: only the
+        given instances' rows are computed (the same values and width n_max)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._coefficients is not None or self.pair is None:
+            coef = self.coefficients[rows]
+        else:
+            coef = np.zeros((len(rows), self.width), dtype=np.float64)
+            groups, r = np.divmod(rows, self.q)
+            for g in np.unique(groups):
+                at = np.flatnonzero(groups == g)
+                units = self.group_units[g]
+                scale = (self.pair.u[units] if self.group_block[g] >= 0 else self.pair.b1[units]).astype(np.float64)
+                coef[at, :len(units)] = self.pair.w2[np.ix_(r[at], units)].astype(np.float64) * scale[None, :]
+        return InstanceBatch(self.offset + rows, self.targets[rows], coef, self.counts[rows], tolerance, objective)
+
     def rows(self) -> np.ndarray:
         return np.tile(np.arange(self.q), len(self.group_units))
 

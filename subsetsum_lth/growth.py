@@ -50,7 +50,7 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
                              [g for g in range(len(new_inst.group_units))
                               if grow_mask[new_inst.group_block[g] if new_inst.group_block[g] >= 0 else plan.p]])
         status[grown_rows & (status == Status.OPTIMAL)] = Status.FEASIBLE
-        sub = new_inst.batch(tau, sc.objective).take(infeasible)
+        sub = new_inst.batch_of(infeasible, tau, sc.objective)
         bar = progress(len(sub), f"layer {plan.index + 1}: growth {step + 1}") if progress else None
         r2 = solve_all(sub, sc, on_progress=bar, store=store, executor=executor)
         close(bar)

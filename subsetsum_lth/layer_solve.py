@@ -14,7 +14,7 @@ from subsetsum_lth.construction import (Construction, LayerInstances, compact_ma
 from subsetsum_lth.growth import grow_layer
 from subsetsum_lth.progress import close
 from subsetsum_lth.solve import solve_all
-from subsetsum_lth.solvers.instances import Status
+from subsetsum_lth.solvers.instances import BatchResult, Status
 from subsetsum_lth.target import Target
 from subsetsum_lth.tolerance import choose_tolerance
 
@@ -50,6 +50,38 @@ def build_instances(target: Target, construction: Construction) -> list[LayerIns
     return layers
 
 
+#: a layer whose coefficient matrix (float64) is larger than this is solved in slices of
+#: instances, so that only one slice's coefficients are held at a time (issue 15)
+SLICE_BYTES = 128 << 20
+
+
+def solve_layer(inst: LayerInstances, tau: float, sc, bar=None, store=None, executor=None):
+    """All instances of one layer at τ: one ``solve_all`` call, or — when the coefficient
+    matrix would exceed :data:`SLICE_BYTES` — one per slice of whole groups, the results put
+    together in instance order (each instance's result does not depend on the others)."""
+    k, width = len(inst), inst.width
+    if k * max(width, 1) * 8 <= SLICE_BYTES:
+        return solve_all(inst.batch(tau, sc.objective), sc, on_progress=bar, store=store, executor=executor)
+    step = max(inst.q, SLICE_BYTES // (8 * width) // inst.q * inst.q)
+    selections = np.zeros((k, width), dtype=bool)
+    errors = np.empty(k)
+    status = np.empty(k, dtype=np.int8)
+    messages: dict = {}
+    seconds = 0.0
+    solver = sc.solver
+    for start in range(0, k, step):
+        rows = np.arange(start, min(k, start + step))
+        res = solve_all(inst.batch_of(rows, tau, sc.objective), sc, on_progress=bar, store=store, executor=executor)
+        selections[rows, :res.selections.shape[1]] = res.selections
+        errors[rows] = res.errors
+        status[rows] = res.status
+        messages.update(res.messages)
+        seconds += res.seconds
+        solver = res.solver
+        del res
+    return BatchResult(inst.ids, selections, errors, status, solver, seconds, messages)
+
+
 def initial_tau(target: Target, config) -> float:
     if config.mode == "weight":
         return float(config.weight_eps)
@@ -72,7 +104,7 @@ def _tighten(inst: LayerInstances, r0, tau, sc, store, executor, progress, li: i
     redo = np.flatnonzero(above & (r0.status != Status.INFEASIBLE))
     r0.status[above & (r0.status == Status.INFEASIBLE)] = Status.INFEASIBLE
     if redo.size:
-        sub = inst.batch(tau, sc.objective).take(redo)
+        sub = inst.batch_of(redo, tau, sc.objective)
         bar = progress(len(sub), f"layer {li + 1}: τ={tau:.2g}") if progress else None
         res = solve_all(sub, sc, on_progress=bar, store=store, executor=executor)
         close(bar)
@@ -98,9 +130,8 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
         for li, inst in enumerate(layers):
             t_layer = time.perf_counter()
             if results[li] is None:
-                sub = inst.batch(tau, sc.objective)
-                bar = progress(len(sub), f"layer {li + 1}/{len(layers)} ({sc.solver})") if progress else None
-                results[li] = solve_all(sub, sc, on_progress=bar, store=store, executor=executor)
+                bar = progress(len(inst), f"layer {li + 1}/{len(layers)} ({sc.solver})") if progress else None
+                results[li] = solve_layer(inst, tau, sc, bar, store, executor)
                 close(bar)
             elif not _tighten(inst, results[li], tau, sc, store, executor, progress, li):
                 continue

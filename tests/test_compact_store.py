@@ -390,3 +390,32 @@ def test_compare_and_edge_popup_take_a_compact_run(tmp_path, mnist_dir, capsys):
     d, c, e = res["runs"]
     assert d["test_accuracy"] == c["test_accuracy"] and d["certified_bound"] == c["certified_bound"]
     assert d["kept_parameters"] == c["kept_parameters"]
+
+
+def test_batch_of_equals_the_whole_batch_taken():
+    t = random_target((6, 5), bias=True, seed=2)
+    c = build_construction(t, ConstructionConfig(seed=3, block_width=9, input_domain="signed"))
+    inst = layer_instances(c.pairs[0], t.layers[0].weight, t.layers[0].bias)
+    rows = np.array([0, 7, 3, len(inst) - 1, 12, 12])
+    lean = inst.batch_of(rows, 0.01, "error")
+    assert inst._coefficients is None                       # never built the whole matrix
+    whole = inst.batch(0.01, "error").take(rows)
+    for a in ("ids", "targets", "coefficients", "counts", "tolerances"):
+        assert np.array_equal(getattr(lean, a), getattr(whole, a)), a
+
+
+def test_a_layer_solved_in_slices_gives_the_same_result(monkeypatch):
+    from subsetsum_lth import layer_solve
+    from subsetsum_lth.solve import SolveConfig
+    t = random_target((9, 7), bias=True, seed=4)
+    c = build_construction(t, ConstructionConfig(seed=6, block_width=12))
+    inst = layer_instances(c.pairs[0], t.layers[0].weight, t.layers[0].bias)
+    sc = SolveConfig(solver="mitm", objective="error", workers=1)
+    whole = layer_solve.solve_layer(inst, 0.01, sc)
+    inst.release()
+    monkeypatch.setattr(layer_solve, "SLICE_BYTES", 3 * 7 * inst.width * 8)     # 3 groups per slice
+    ticks = []
+    sliced = layer_solve.solve_layer(inst, 0.01, sc, bar=ticks.append)
+    assert inst._coefficients is None and sum(ticks) == len(inst)
+    for a in ("ids", "selections", "errors", "status"):
+        assert np.array_equal(getattr(whole, a), getattr(sliced, a)), a
