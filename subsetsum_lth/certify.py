@@ -76,24 +76,6 @@ def layer_maps(state: dict, masks: dict, depth_or_layout) -> list[LayerMap]:
     return maps
 
 
-def run_layer_maps(run) -> list[LayerMap]:
-    """The layer maps of a validated run (:class:`subsetsum_lth.runcheck.Run`): from the support
-    for a compact run (never the dense g), from the dense files otherwise."""
-    if getattr(run, "compact", None) is not None:
-        from subsetsum_lth.gstore import support_layer_maps
-        return support_layer_maps(run.compact.pairs, run.compact.cmasks)
-    return layer_maps(run.random_state, run.masks, run.layout)
-
-
-def run_pruned_module(run, dtype=torch.float64) -> nn.Module:
-    """ĝ of a validated run as a module on flat inputs: :class:`subsetsum_lth.gstore.SupportNet`
-    for a compact run, the dense masked nn.Sequential otherwise."""
-    if getattr(run, "compact", None) is not None:
-        from subsetsum_lth.gstore import SupportNet
-        return SupportNet(run.compact.pairs, run.compact.cmasks, dtype)
-    return pruned_module(run.random_state, run.masks, run.layout, dtype)
-
-
 @dataclass
 class Certificate:
     bound: float

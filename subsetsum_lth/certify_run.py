@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from subsetsum_lth.certify import (certified_bound, check_soundness, empirical_bound_fast, run_layer_maps,
-                                   run_pruned_module)
+from subsetsum_lth.certify import certified_bound, check_soundness, empirical_bound_fast
+from subsetsum_lth.gstore import run_layer_maps, run_pruned_module
 from subsetsum_lth.errors import RunFolderError
 from subsetsum_lth.runcheck import MAX_INPUT_RADIUS, RECREATE, WITNESS, read_run, read_witness
 

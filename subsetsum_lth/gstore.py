@@ -184,6 +184,24 @@ class SupportNet(nn.Module):
         return torch.cat([self._forward(x[s:s + self.rows]) for s in range(0, x.shape[0], self.rows)])
 
 
+def run_layer_maps(run) -> list:
+    """The layer maps of a validated run (:class:`subsetsum_lth.runcheck.Run`): from the support
+    for a compact run (never the dense g), from the dense files otherwise."""
+    from subsetsum_lth.certify import layer_maps
+    if getattr(run, "compact", None) is not None:
+        return support_layer_maps(run.compact.pairs, run.compact.cmasks)
+    return layer_maps(run.random_state, run.masks, run.layout)
+
+
+def run_pruned_module(run, dtype=torch.float64) -> nn.Module:
+    """ĝ of a validated run as a module on flat inputs: :class:`subsetsum_lth.gstore.SupportNet`
+    for a compact run, the dense masked nn.Sequential otherwise."""
+    from subsetsum_lth.certify import pruned_module
+    if getattr(run, "compact", None) is not None:
+        return SupportNet(run.compact.pairs, run.compact.cmasks, dtype)
+    return pruned_module(run.random_state, run.masks, run.layout, dtype)
+
+
 # ----------------------------------------------------------------------------- dense views
 
 class DenseState(Mapping):

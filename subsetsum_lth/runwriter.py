@@ -15,7 +15,7 @@ from typing import Callable
 
 from subsetsum_lth import manifest
 from subsetsum_lth import runfolder as rf
-from subsetsum_lth.certify import certified_bound, run_layer_maps
+from subsetsum_lth.certify import certified_bound
 from subsetsum_lth.errors import RunFolderError
 from subsetsum_lth.solve import ResumeStore
 
@@ -144,6 +144,7 @@ def completed_run(out: Path) -> dict | None:
     try:
         run = read_run(out, need_target=True)
         report = run.report
+        from subsetsum_lth.gstore import run_layer_maps
         cert = certified_bound(run.target, run_layer_maps(run), run.input_radius, run.input_domain)
     except Exception as exc:
         log.warning("--resume: the finished run in %s does not check out (%s); solving again", out, exc)
