@@ -111,15 +111,20 @@ def _pair_arrays(pair, mk):
     return u, a, c
 
 
-def support_layer_maps(pairs, cmasks, chunk: int = 4096) -> list:
+def support_layer_maps(pairs, cmasks) -> list:
     """The exact layer maps of ĝ (as :func:`subsetsum_lth.certify.layer_maps` computes them from
-    the dense files, bit for bit) from the support and the support-form masks: w2 is turned into
-    float64 ``chunk`` units at a time."""
+    the dense files, bit for bit) from the support and the support-form masks.
+
+    Column j of Ŵ⁺ is the sum, in unit order, of ``B[:, h]·u_h`` over the kept units h of block j
+    with u_h > 0 (Ŵ⁻ likewise with u_h < 0): it is accumulated rank by rank — the k-th such unit
+    of every block at once — so each column sees the same additions in the same order as
+    ``np.add.at`` over the dense matrices, and only q × p float64 values of w2 are converted at
+    a time."""
     from subsetsum_lth.certify import LayerMap
     maps = []
     for pair, mk in zip(pairs, cmasks):
         pl = pair.drawn_plan
-        q, p, H = pl.q, pl.p, pl.hidden
+        q, p = pl.q, pl.p
         u, a, c = _pair_arrays(pair, mk)
         cols = pair.columns
         nz = u != 0
@@ -130,13 +135,15 @@ def support_layer_maps(pairs, cmasks, chunk: int = 4096) -> list:
         mw2 = np.asarray(mk["w2"])
         Wp = np.zeros((q, p))
         Wm = np.zeros((q, p))
-        for s in range(0, H, chunk):
-            sl = slice(s, min(H, s + chunk))
-            B = pair.w2[:, sl].astype(np.float64) * (mw2[:, sl] != 0)
-            uu, cc = u[sl], cols[sl]
-            pos, neg = nz[sl] & (uu > 0), nz[sl] & (uu < 0)
-            np.add.at(Wp.T, cc[pos], (B[:, pos] * uu[pos]).T)
-            np.add.at(Wm.T, cc[neg], (B[:, neg] * uu[neg]).T)
+        for units, W in ((np.flatnonzero(nz & (u > 0)), Wp), (np.flatnonzero(nz & (u < 0)), Wm)):
+            if not units.size:
+                continue
+            cu = cols[units]                       # non-decreasing: a block's units are contiguous
+            starts = np.r_[0, np.flatnonzero(np.diff(cu)) + 1]
+            rank = np.arange(units.size) - np.repeat(starts, np.diff(np.r_[starts, units.size]))
+            for k in range(int(rank.max()) + 1):
+                h = units[rank == k]               # at most one unit per column
+                W[:, cols[h]] += (pair.w2[:, h].astype(np.float64) * (mw2[:, h] != 0)) * u[h]
         const = np.flatnonzero(~nz & (a > 0))            # relu(bias) = bias for positive kept biases
         B = pair.w2[:, const].astype(np.float64) * (mw2[:, const] != 0)
         maps.append(LayerMap(Wp, Wm, c + B @ a[const]))

@@ -76,9 +76,14 @@ def _random_masks(construction, rng, p_keep=0.5):
 
 
 @pytest.mark.parametrize("domain", ["nonnegative", "signed"])
-def test_support_layer_maps_and_supportnet_equal_the_dense_network(domain):
+@pytest.mark.parametrize("grown", [False, True])
+def test_support_layer_maps_and_supportnet_equal_the_dense_network(domain, grown):
     t = random_target((7, 5, 4, 3), bias=True, seed=3)
-    c = build_construction(t, ConstructionConfig(seed=9, block_width=8, input_domain=domain))
+    c = build_construction(t, ConstructionConfig(seed=9, block_width=8, input_domain=domain, width="auto", grow=3))
+    if grown:
+        for pl in c.plans:
+            pl.extensions = np.arange(pl.n_blocks) % 3
+        c.pairs = [draw_layer_pair(pl, 9) for pl in c.plans]
     cm = _random_masks(c, np.random.default_rng(0))
     layout = c.layout
     state = c.state_dict()
@@ -88,7 +93,7 @@ def test_support_layer_maps_and_supportnet_equal_the_dense_network(domain):
     lazy_state = gstore.DenseState(c.pairs, layout)
     assert set(lazy_state) == set(state) and all(np.array_equal(lazy_state[k], state[k]) for k in state)
     dense_maps = layer_maps(state, masks, layout)
-    lean_maps = gstore.support_layer_maps(c.pairs, cm, chunk=7)    # several chunks
+    lean_maps = gstore.support_layer_maps(c.pairs, cm)
     for a, b in zip(dense_maps, lean_maps):
         for x, y in ((a.w_plus, b.w_plus), (a.w_minus, b.w_minus), (a.bias, b.bias)):
             assert np.array_equal(x, y)                             # bit for bit
