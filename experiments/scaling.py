@@ -48,6 +48,15 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, nargs="+", default=None,
                    help=f"hidden widths H of the synthetic 784-H-10 targets (default {DEFAULT_HIDDEN}; "
                         f"--full: {FULL_HIDDEN})")
+    p.add_argument("--arch", nargs="+", default=[],
+                   help="further synthetic targets of panel (a) as layer sizes, e.g. 784-1000-1000-10 "
+                        "784-2000-2000-10 (deeper than 784-H-10)")
+    p.add_argument("--width", choices=("formula", "auto", "adaptive"), default="adaptive",
+                   help="--width of panel (a)'s approximate runs (adaptive: the block width follows τ, "
+                        "not p·q, so the time per weight should not grow with the network)")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="BLAS/OpenMP threads of panel (a)'s runs (1: CPU time is the work done, "
+                        "unaffected by threads spinning on a shared machine)")
     p.add_argument("--target", type=Path, default=DEFAULT_TARGET,
                    help="trained target added as an extra point of panel (a) (skipped if missing; "
                         "'none' to skip)")
@@ -103,8 +112,9 @@ def _solve_one(spec: dict) -> dict:
     from subsetsum_lth.target import load_target, random_target
 
     if spec["target"] is None:
-        target = random_target((784, spec["hidden"], 10), bias=True, seed=spec["seed"])
-        source = f"synthetic random_target(784-{spec['hidden']}-10), N(0, 1/fan_in)"
+        sizes = tuple(spec["sizes"])
+        target = random_target(sizes, bias=True, seed=spec["seed"])
+        source = f"synthetic random_target({'-'.join(map(str, sizes))}), N(0, 1/fan_in)"
     else:
         target = load_target(spec["target"])
         source = f"trained {spec['target']}"
@@ -123,7 +133,7 @@ def _solve_one(spec: dict) -> dict:
 
     cfg = ApproximateConfig(
         construction=ConstructionConfig(input_domain="nonnegative", seed=spec["seed"],
-                                        eps=spec["weight_eps"]),
+                                        eps=spec["weight_eps"], width=spec["width"]),
         solve=SolveConfig(solver=spec["solver"], workers=spec["workers"]),
         weight_eps=spec["weight_eps"], allow_infeasible=True, overwrite=True, plots=False,
         empirical_samples=64, ascent_steps=10)
@@ -154,6 +164,10 @@ def _solve_one(spec: dict) -> dict:
         "build_s": float(report["timings"].get("build", 0.0)),
         "certify_s": float(report["timings"].get("certify", 0.0)),
         "total_wall_s": wall, "total_cpu_s": cpu,
+        "total_wall_us_per_instance": 1e6 * wall / inst, "total_cpu_us_per_instance": 1e6 * cpu / inst,
+        "width": spec.get("width", "auto"),
+        "block_widths_final_mean": "/".join(f"{L['block_width_final_mean']:.1f}" for L in layers),
+        "write_s": float(report["timings"].get("write", 0.0)),
         "peak_memory_mb": float(report["peak_memory_mb"]), "rss_before_mb": rss_before,
         "max_weight_error": max(L["max_weight_error"] for L in layers),
         "g_parameters": sum(L["total_parameters"] for L in layers),
@@ -161,22 +175,28 @@ def _solve_one(spec: dict) -> dict:
 
 
 def panel_sizes(args) -> list[dict]:
-    specs = [{"target": None, "hidden": h} for h in sorted(args.hidden)]
+    specs = [{"target": None, "sizes": (784, h, 10)} for h in sorted(args.hidden)]
+    specs += [{"target": None, "sizes": tuple(int(v) for v in a.split("-"))} for a in args.arch]
     if args.target is not None:
         if args.target.exists():
-            specs.append({"target": str(args.target), "hidden": None})
+            specs.append({"target": str(args.target), "sizes": None})
         else:
             print(f"(a) {args.target} not found: no trained point (train it with "
                   "'subsetsum-lth train-target --out runs/target')", file=sys.stderr)
     rows = []
     ctx = mp.get_context("spawn")
-    print("(a) end-to-end approximate, τ=%g per weight, workers %d" % (args.weight_eps, args.workers))
+    print("(a) end-to-end approximate, τ=%g per weight, --width %s, workers %d, BLAS threads %d"
+          % (args.weight_eps, args.width, args.workers, args.blas_threads))
+    import os
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.blas_threads)        # the spawned runs import numpy/torch afresh
     print(f"    {'target':22} {'solver':7} {'instances':>10} {'live n':>6} {'solve s':>8} {'cpu s':>8} "
-          f"{'µs/weight':>9} {'cpu µs/w':>8} {'inst/s':>8} {'peak MB':>8} {'total s':>8}")
+          f"{'µs/weight':>9} {'cpu µs/w':>8} {'inst/s':>8} {'peak MB':>8} {'total s':>8} "
+          f"{'tot cpu µs/w':>12} {'×first':>6}  m start → final mean")
     for solver in args.solvers:
         for spec in specs:
             spec = {**spec, "solver": solver, "seed": args.seed, "weight_eps": args.weight_eps,
-                    "workers": args.workers}
+                    "workers": args.workers, "width": args.width}
             with ctx.Pool(1) as pool:
                 r = pool.apply(_solve_one, (spec,))
             rows.append(r)
@@ -184,7 +204,9 @@ def panel_sizes(args) -> list[dict]:
             print(f"    {name:22} {solver:7} {r['instances']:10,d} {r['live_mean']:6.1f} "
                   f"{r['solve_wall_s']:8.1f} {r['solve_cpu_s']:8.1f} {r['solve_wall_us_per_instance']:9.1f} "
                   f"{r['solve_cpu_us_per_instance']:8.1f} {r['instances_per_s_cpu']:8,.0f} "
-                  f"{r['peak_memory_mb']:8.0f} {r['total_wall_s']:8.1f}", flush=True)
+                  f"{r['peak_memory_mb']:8.0f} {r['total_wall_s']:8.1f} {r['total_cpu_us_per_instance']:12.2f} "
+                  f"{r['total_cpu_us_per_instance'] / rows[0]['total_cpu_us_per_instance']:6.2f}  "
+                  f"{r['block_widths']} → {r['block_widths_final_mean']}", flush=True)
     return rows
 
 
@@ -317,7 +339,9 @@ def plot(sizes, by_n, by_tau, args) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.0))
+    only_a = not by_n and not by_tau           # --skip b,c without their CSVs: panel (a) alone
+    fig, axes = plt.subplots(1, 1 if only_a else 3, figsize=(8, 5.2) if only_a else (17, 5.0))
+    axes = [axes] if only_a else axes
     colors = {"mitm": "C0", "ortools": "C1", "cpsat": "C2", "gurobi": "C3"}
 
     # (a) seconds per weight vs number of weights
@@ -332,6 +356,9 @@ def plot(sizes, by_n, by_tau, args) -> Path:
                     label=f"{solver}: solve CPU s / weight")
             ax.plot(x, [r["solve_wall_us_per_instance"] * 1e-6 for r in syn], "o--", color=c, mfc="none",
                     alpha=0.6, label=f"{solver}: solve wall s / weight")
+            if all("total_cpu_us_per_instance" in r for r in syn):
+                ax.plot(x, [r["total_cpu_us_per_instance"] * 1e-6 for r in syn], "s-.", color=c, ms=4,
+                        label=f"{solver}: whole run CPU s / weight (build, solve, certify, write)")
             info = "\n".join(f"{r['sizes']}: m={r['block_widths']}, n̄={r['live_mean']:.1f}, "
                              f"{r['instances_per_s_cpu']:,.0f} inst/s, peak {r['peak_memory_mb']:,.0f} MB"
                              for r in syn)
@@ -357,9 +384,16 @@ def plot(sizes, by_n, by_tau, args) -> Path:
         ax.set_xlim(lo / 1.6, hi * 1.6)
     ax.set_xlabel("target parameters = instances (weights + biases)")
     ax.set_ylabel("solve seconds per weight (1 core)")
-    ax.set_title(f"(a) end-to-end approximate, τ={args.weight_eps:g}, workers={args.workers}", fontsize=10)
+    ax.set_title(f"(a) end-to-end approximate, τ={args.weight_eps:g}, --width "
+                 f"{getattr(args, 'width', 'auto')}, workers={args.workers}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left")
+    if only_a:
+        fig.tight_layout()
+        out = args.out / "scaling.png"
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        return out
 
     # (b) rate vs n
     labels = {"mitm": "mitm (meet in the middle)",

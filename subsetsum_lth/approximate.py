@@ -18,6 +18,7 @@ import torch
 
 from subsetsum_lth import manifest
 from subsetsum_lth.certify import CollapsedNet, certified_bound, check_soundness, empirical_bound_fast, pruned_module
+from subsetsum_lth.certify_box import BOX_WITNESS, box_report
 from subsetsum_lth.construction import ConstructionConfig, build_construction
 from subsetsum_lth.gstore import (STORES, DenseMasks, DenseState, SupportNet, choose_store, generator_spec,
                                   support_layer_maps)
@@ -62,6 +63,8 @@ class ApproximateConfig:
     store: str = "auto"
     #: facts about what the caller did before (e.g. ``target_training_seconds``), added to report.json
     report_extra: dict = field(default_factory=dict)
+    #: the box domain (subsetsum_lth.certify_box.BoxConfig): a box certificate too, and --eps checked on it
+    box: object | None = None
 
     def __post_init__(self) -> None:
         if self.eps is not None and self.weight_eps is not None:
@@ -166,6 +169,13 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     timings["certify"] = time.perf_counter() - t
     check_soundness(emp["empirical_bound"], certificate.bound)
     witness = emp.pop("witness")
+    box_rep, eps_bound, extra_files = None, certificate.bound, {}
+    if config.box is not None:   # the box certificate, its attack (checked), certified agreement
+        box_rep, box_x = box_report(target, maps, g64, config.box, data=empirical_data, seed=cc.seed,
+                                    eval_x=None if eval_data is None else eval_data["x"])
+        eps_bound = box_rep["bound"]
+        timings["certify_box"] = box_rep["seconds"] + box_rep["attack"]["seconds"]
+        extra_files[BOX_WITNESS] = {"x": box_x}
     del g64
 
     evaluation = {}
@@ -181,7 +191,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
 
     report, metrics, bad_list, n_bad = build_report(target, config, construction, solved, layer_masks, layout,
                                                     certificate, emp, witness, evaluation, timings, executor,
-                                                    store=store_kind)
+                                                    eps_bound=eps_bound, box_rep=box_rep, store=store_kind)
     meta = {"format": "run", "seed": cc.seed, "depth": target.depth}
     if not target.is_mlp:
         meta.update({"g_arch": layout.ops(), "input_shape": list(target.input_shape)})
@@ -193,12 +203,12 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
               g=GWrite(store_kind, construction.pairs, construction.plans, layer_masks, layout,
                        generator_spec(cc.seed, cc.distribution, construction.plans)),
               target=target,
-              extra={WITNESS: {"x": np.asarray(witness["x"], dtype=np.float64)}}, plots=plots,
+              extra={WITNESS: {"x": np.asarray(witness["x"], dtype=np.float64)}, **extra_files}, plots=plots,
               store_name=store.folder.name,
               extra_report={"wall_seconds_covers": "this approximation: construction, solve, certificate, "
                                                    "evaluation, writing (not the training of a target)",
                             **config.report_extra})
-    raise_if_failed(report, bad_list, n_bad, config, out)
+    raise_if_failed(report, bad_list, n_bad, config, out, eps_bound)
     return report
 
 
@@ -213,6 +223,7 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
         "target_digest": _digest(target), "construction": asdict(cc),
         "solver": sc.solver, "objective": sc.objective, "eps": config.eps,
         "weight_eps": config.weight_eps, "input_radius": config.input_radius, "store": config.store,
+        **({} if config.box is None else {"input_box": [config.box.lo, config.box.hi]}),
     }
     # refuse absurd widths (with the estimate) and a full disk before any file is written
     from subsetsum_lth import limits
@@ -234,10 +245,8 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
 
 def _estimate_workers(sc: SolveConfig, executor) -> int:
     """Cores the solve will use, for the cost estimate (never more than this machine's)."""
-    from subsetsum_lth.limits import available_cores
-    if executor is not None:
-        return int(getattr(executor, "capacity", None) or getattr(executor, "_max_workers", None) or 1)
-    return min(sc.workers or available_cores(), available_cores())
+    from subsetsum_lth.limits import solve_workers
+    return solve_workers(sc, executor)
 
 
 def _digest(target: Target) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from itertools import combinations
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -176,21 +177,22 @@ def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | N
         return _compare_runs(runs, out, target, data_dir, device, test_subset, labels, plots, data)
 
 
-def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | None = None,
-                  data_dir=None, device: str = "auto", test_subset: int | None = None,
-                  labels: list[str] | None = None, plots: bool = True, data: dict | None = None) -> dict:
-    """Compare the masks of ``runs`` (same random network) and write comparison.json,
-    comparison.csv and accuracy_vs_kept.png into ``out``. Returns the comparison.
+@dataclass
+class _Runs:
+    """The runs to compare, read by the one validated reader, on one random network."""
 
-    Raises UserError when the runs' random networks differ (by content hash of the weights).
-    ``data``: optional {"x": float32 (N, p), "y": int64 (N,)} instead of the MNIST test set.
-    """
-    from subsetsum_lth.api import load_run
-    from subsetsum_lth.edge_popup import resolve_device
-    from subsetsum_lth.target import load_target
+    paths: list[Path]
+    labels: list[str]
+    state: dict
+    digest: str
+    layout: object
+    masks: list = field(default_factory=list)
+    reports: list = field(default_factory=list)
+    relus: list = field(default_factory=list)
+    targets: list = field(default_factory=list)
 
-    t_start = time.perf_counter()
-    runs = [Path(r) for r in runs]
+
+def _labels(runs: list[Path], labels: list[str] | None) -> list[str]:
     if not runs:
         raise UserError("compare needs at least one run folder")
     if labels is not None and len(labels) != len(runs):
@@ -199,129 +201,106 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
         labels = [r.name or str(r) for r in runs]
         if len(set(labels)) != len(labels):
             labels = [str(r) for r in runs]
-    out = Path(out)
-    from subsetsum_lth import manifest
-    # --out must be new, empty, or a compare folder written by the tool; refused before any work
-    writer = manifest.open_folder(out, "compare", need_bytes=1 << 20)
-    dev = resolve_device(device)
+    return labels
 
-    # --- one random network: check the content hash of every run's weights
-    state = None
-    digest = None
-    layout = None
-    masks, reports, digests, relus, run_targets = [], [], [], [], []
-    for r in runs:
+
+def _read_runs(paths: list[Path], labels: list[str]) -> _Runs:
+    """Every run through runcheck; refused unless all hold the same random weights (content hash)."""
+    from subsetsum_lth.api import load_run
+    runs, digests = None, []
+    for r in paths:
         run = load_run(r)          # the one validated reader (runcheck): layout, fields, relu_after
         d = weights_digest(run.random_state)
         digests.append(d)
-        if state is None:
-            state, digest, layout = run.random_state, d, run.layout_
-        masks.append(run.masks)
-        reports.append(run.report)
-        relus.append(run.relu_after)
-        run_targets.append(run.target)
+        if runs is None:
+            runs = _Runs(paths, labels, run.random_state, d, run.layout_)
+        runs.masks.append(run.masks)
+        runs.reports.append(run.report)
+        runs.relus.append(run.relu_after)
+        runs.targets.append(run.target)
         del run
     if len(set(digests)) > 1:
-        lines = "\n".join(f"  {lab} ({r}): weights sha256 {short(d)}…" for lab, r, d in zip(labels, runs, digests))
+        lines = "\n".join(f"  {lab} ({r}): weights sha256 {short(d)}…" for lab, r, d in zip(labels, paths, digests))
         raise UserError("these runs hold masks for different random networks, so their masks cannot be "
                         "compared:\n" + lines + "\nCompare only runs made on the same random_net.safetensors "
                         "(e.g. 'edge-popup --from-run RUN')")
+    return runs
 
-    # --- target
-    tgt, tgt_src = None, None
+
+def _choose_target(target, runs: _Runs):
+    """(target, where it came from, warnings): the given one, else the first run's."""
+    from subsetsum_lth.target import Target, load_target
     if target is not None:
-        from subsetsum_lth.target import Target
-        tgt, tgt_src = (target, target.source) if isinstance(target, Target) else (load_target(target), str(target))
+        tgt, src = (target, target.source) if isinstance(target, Target) else (load_target(target), str(target))
+        return tgt, src, []
+    for r, t in zip(runs.paths, runs.targets):
+        if t is not None:
+            tgt, src = t, str(r / rf.TARGET)
+            break
     else:
-        for r, t in zip(runs, run_targets):
-            if t is not None:
-                tgt, tgt_src = t, str(r / rf.TARGET)
-                break
-    warnings = []
-    if tgt is not None and target is None:
-        ref = weights_digest(tgt.state_dict())
-        for r, t in zip(runs, run_targets):
-            if t is not None and str(r / rf.TARGET) != tgt_src:
-                if weights_digest(t.state_dict()) != ref:
-                    warnings.append(f"{r / rf.TARGET} differs from {tgt_src}; {tgt_src} is used")
+        return None, None, []
+    ref = weights_digest(tgt.state_dict())
+    warnings = [f"{r / rf.TARGET} differs from {src}; {src} is used" for r, t in zip(runs.paths, runs.targets)
+                if t is not None and str(r / rf.TARGET) != src and weights_digest(t.state_dict()) != ref]
+    return tgt, src, warnings
 
-    # --- data
+
+def _dataset(runs: _Runs) -> str:
+    """The data set the runs were evaluated on (report.json 'data'), MNIST by default."""
+    for rep in runs.reports:
+        if rep.get("data") in ("mnist", "fashion-mnist"):
+            return rep["data"]
+    return "mnist"
+
+
+def _test_data(data, data_dir, test_subset, runs: _Runs, tgt):
     if data is None:
         from subsetsum_lth.data.mnist import load_mnist
-        x, y = load_mnist("test", data_dir)
+        x, y = load_mnist("test", data_dir, dataset=_dataset(runs))
     else:
         x, y = data["x"], data["y"]
     if test_subset is not None:
         x, y = x[:test_subset], y[:test_subset]
     x = np.asarray(x).reshape(len(x), -1)
+    layout = runs.layout
     in_f = int(np.prod(layout.input_shape)) if layout is not None and layout.input_shape is not None \
-        else int(np.asarray(state["0.weight"]).shape[1])
+        else int(np.asarray(runs.state["0.weight"]).shape[1])
     if x.shape[1] != in_f:
         raise UserError(f"the random network takes {in_f} inputs but the images have {x.shape[1]}")
     if tgt is not None and tgt.input_dim != in_f:
         raise UserError(f"the target takes {tgt.input_dim} inputs but the random network {in_f}")
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(dev)
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.int64).to(dev)
+    return x, y, in_f
 
-    radius_cache: list[float] = []
 
-    def radius_fn() -> float:
-        if not radius_cache:
-            from subsetsum_lth.data.mnist import input_radius
-            radius_cache.append(input_radius(data_dir))
-        return radius_cache[0]
-
-    target_accuracy = None
-    if tgt is not None:
-        with torch.no_grad():
-            target_accuracy = sum(int((tgt.forward(xt[i:i + 4096].double()).argmax(1) == yt[i:i + 4096]).sum())
-                                  for i in range(0, len(xt), 4096)) / max(1, len(xt))
-
-    entries = []
-    n_linear = _n_linear(state)
-    for lab, r, mk, rep, relu in zip(labels, runs, masks, reports, relus):
-        t = time.perf_counter()
-        g = masked_sequential(state, mk, dev, relu_after=relu, layout=layout)
-        ev = _evaluate(g, tgt, xt, yt)
-        del g
-        cert = _certificate(state, mk, tgt, rep, radius_fn, relu, layout)
-        layers = _kept_layers(state, mk, layout)
-        kept = sum(L["kept_parameters"] for L in layers)
-        total = sum(L["total_parameters"] for L in layers)
-        entries.append({
-            "label": lab, "path": str(r.resolve()), "method": _run_kind(rep), "description": _describe(rep),
-            **ev, **cert,
-            "kept_parameters": kept, "total_parameters": total, "kept_fraction": kept / max(1, total),
-            "layers": layers, "inner_relu": all(relu),
-            "wall_seconds": rep.get("wall_seconds", NA),
-            "device": rep.get("device_name") or rep.get("device") or ("cpu" if "solver" in rep else NA),
-            "reported_test_accuracy": rep.get("test_accuracy", rep.get("pruned_accuracy", NA)),
-            **({"keep": rep.get("keep"), "scope": rep.get("scope"), "structure": rep.get("structure"),
-                "epochs": rep.get("epochs")} if _run_kind(rep) == "edge-popup" else {}),
-            **({"solver": rep.get("solver"), "weight_eps": rep.get("weight_eps"),
-                "reported_certified_bound": rep.get("certified_bound")} if _run_kind(rep) == "subset-sum" else {}),
-            "evaluation_seconds": time.perf_counter() - t,
-        })
-        log.info("%s: accuracy %.4f, kept %s of %s", lab, ev["test_accuracy"], f"{kept:,}", f"{total:,}")
-
-    pairs = []
-    for (ia, a), (ib, b) in combinations(enumerate(entries), 2):
-        layers, total = _overlap(masks[ia], masks[ib], _param_index(state, layout))
-        pairs.append({"a": a["label"], "b": b["label"], "layers": layers, "total": total})
-
-    comparison = {
-        "weights_sha256": digest,
-        "random_network_sizes": [in_f] + [int(np.asarray(state[f"{j}.weight"]).shape[0])
-                                          for j in _param_index(state, layout)],
-        "target": tgt_src, "target_accuracy": target_accuracy if target_accuracy is not None else NA,
-        "test_examples": int(len(xt)),
-        "device": dev.type,
-        "deviation_note": "‖f(x) − ĝ(x)‖₂ over the test images; ĝ in float32, f in float64",
-        "runs": entries,
-        "pairs": pairs,
-        "warnings": warnings,
+def _entry(label, path: Path, mk, rep, relu, runs: _Runs, tgt, xt, yt, dev, radius_fn) -> dict:
+    """Accuracy, agreement, deviation, certificate and kept parameters of one run's masks."""
+    t = time.perf_counter()
+    g = masked_sequential(runs.state, mk, dev, relu_after=relu, layout=runs.layout)
+    ev = _evaluate(g, tgt, xt, yt)
+    del g
+    cert = _certificate(runs.state, mk, tgt, rep, radius_fn, relu, runs.layout)
+    layers = _kept_layers(runs.state, mk, runs.layout)
+    kept = sum(L["kept_parameters"] for L in layers)
+    total = sum(L["total_parameters"] for L in layers)
+    kind = _run_kind(rep)
+    log.info("%s: accuracy %.4f, kept %s of %s", label, ev["test_accuracy"], f"{kept:,}", f"{total:,}")
+    return {
+        "label": label, "path": str(path.resolve()), "method": kind, "description": _describe(rep),
+        **ev, **cert,
+        "kept_parameters": kept, "total_parameters": total, "kept_fraction": kept / max(1, total),
+        "layers": layers, "inner_relu": all(relu),
+        "wall_seconds": rep.get("wall_seconds", NA),
+        "device": rep.get("device_name") or rep.get("device") or ("cpu" if "solver" in rep else NA),
+        "reported_test_accuracy": rep.get("test_accuracy", rep.get("pruned_accuracy", NA)),
+        **({"keep": rep.get("keep"), "scope": rep.get("scope"), "structure": rep.get("structure"),
+            "epochs": rep.get("epochs")} if kind == "edge-popup" else {}),
+        **({"solver": rep.get("solver"), "weight_eps": rep.get("weight_eps"),
+            "reported_certified_bound": rep.get("certified_bound")} if kind == "subset-sum" else {}),
+        "evaluation_seconds": time.perf_counter() - t,
     }
 
+
+def _csv_rows(entries: list[dict], pairs: list[dict]) -> list[dict]:
     rows = []
     for e in entries:
         for key in ("test_accuracy", "prediction_agreement", "max_output_deviation", "mean_output_deviation",
@@ -335,8 +314,66 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
         for L in p["layers"] + [p["total"]]:
             for key in ("jaccard", "a_kept_by_b", "b_kept_by_a", "intersection", "union"):
                 rows.append({"run": p["a"], "other": p["b"], "layer": L["layer"], "metric": key, "value": L[key]})
+    return rows
 
-    rf.atomic_write_csv(out / CSV_FILE, rows)
+
+def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | None = None,
+                  data_dir=None, device: str = "auto", test_subset: int | None = None,
+                  labels: list[str] | None = None, plots: bool = True, data: dict | None = None) -> dict:
+    """Compare the masks of ``runs`` (same random network) and write comparison.json,
+    comparison.csv and accuracy_vs_kept.png into ``out``. Returns the comparison.
+
+    Raises UserError when the runs' random networks differ (by content hash of the weights).
+    ``data``: optional {"x": float32 (N, p), "y": int64 (N,)} instead of the test set of the data
+    set the runs record (MNIST or Fashion-MNIST).
+    """
+    from subsetsum_lth import manifest
+    from subsetsum_lth.edge_popup import resolve_device
+
+    t_start = time.perf_counter()
+    paths = [Path(r) for r in runs]
+    labels = _labels(paths, labels)
+    out = Path(out)
+    # --out must be new, empty, or a compare folder written by the tool; refused before any work
+    writer = manifest.open_folder(out, "compare", need_bytes=1 << 20)
+    dev = resolve_device(device)
+    rs = _read_runs(paths, labels)
+    tgt, tgt_src, warnings = _choose_target(target, rs)
+    x, y, in_f = _test_data(data, data_dir, test_subset, rs, tgt)
+    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(dev)
+    yt = torch.as_tensor(np.asarray(y), dtype=torch.int64).to(dev)
+    radius_cache: list[float] = []
+
+    def radius_fn() -> float:
+        if not radius_cache:
+            from subsetsum_lth.data.mnist import input_radius
+            radius_cache.append(input_radius(data_dir, dataset=_dataset(rs)))
+        return radius_cache[0]
+
+    target_accuracy = None
+    if tgt is not None:
+        with torch.no_grad():
+            target_accuracy = sum(int((tgt.forward(xt[i:i + 4096].double()).argmax(1) == yt[i:i + 4096]).sum())
+                                  for i in range(0, len(xt), 4096)) / max(1, len(xt))
+    entries = [_entry(lab, r, mk, rep, relu, rs, tgt, xt, yt, dev, radius_fn)
+               for lab, r, mk, rep, relu in zip(labels, paths, rs.masks, rs.reports, rs.relus)]
+    pairs = []
+    for (ia, a), (ib, b) in combinations(enumerate(entries), 2):
+        layers, total = _overlap(rs.masks[ia], rs.masks[ib], _param_index(rs.state, rs.layout))
+        pairs.append({"a": a["label"], "b": b["label"], "layers": layers, "total": total})
+    comparison = {
+        "weights_sha256": rs.digest,
+        "random_network_sizes": [in_f] + [int(np.asarray(rs.state[f"{j}.weight"]).shape[0])
+                                          for j in _param_index(rs.state, rs.layout)],
+        "target": tgt_src, "target_accuracy": target_accuracy if target_accuracy is not None else NA,
+        "test_examples": int(len(xt)),
+        "device": dev.type,
+        "deviation_note": "‖f(x) − ĝ(x)‖₂ over the test images; ĝ in float32, f in float64",
+        "runs": entries,
+        "pairs": pairs,
+        "warnings": warnings,
+    }
+    rf.atomic_write_csv(out / CSV_FILE, _csv_rows(entries, pairs))
     if plots:
         try:
             comparison["plots"] = [plot_accuracy_vs_kept(out, entries, target_accuracy)]

@@ -70,9 +70,13 @@ class ConstructionConfig:
     C: float = 1.5
     block_width: int | None = None
     distribution: str = "uniform"
-    width: str = "auto"          #: 'formula' (fixed), 'auto' (formula, grow blocks that fail), 'adaptive' (start at half, grow)
+    #: 'auto' (start at the formula's width, grow blocks that fail), 'adaptive' (start at
+    #: :func:`adaptive_width`, from τ and the weights, and grow), 'formula' (fixed)
+    width: str = "auto"
     grow: int | None = None      #: units appended per growth step (default: max(4, m // 4))
-    max_growth: int = 8          #: growth steps per block at most
+    #: growth steps per block at most; None: no step cap — a block grows while it has an instance
+    #: outside τ, its live units stay within exact search's reach and the cost budget allows
+    max_growth: int | None = None
 
     def __post_init__(self) -> None:
         if self.input_domain not in INPUT_DOMAINS:
@@ -89,12 +93,21 @@ class ConstructionConfig:
             raise UserError(f"unknown distribution {self.distribution!r}; choose from {sorted(DISTRIBUTIONS)}")
         if self.width not in WIDTH_MODES:
             raise UserError(f"--width must be one of {WIDTH_MODES}, got {self.width!r}")
-        if not isinstance(self.max_growth, (int, np.integer)) or self.max_growth < 0:
+        if self.max_growth is not None and (not isinstance(self.max_growth, (int, np.integer))
+                                            or self.max_growth < 0):
             raise UserError(f"--max-growth must be a non-negative integer, got {self.max_growth!r}")
         if self.grow is not None and self.grow < 1:
             raise UserError(f"--grow must be a positive integer, got {self.grow}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise UserError(f"--seed must be a non-negative integer, got {self.seed!r}")
+
+
+def adaptive_width(weight_max: float, tau: float) -> int:
+    """``--width adaptive``'s starting block width ``ceil(2 log2(max(1, max|w|) / τ) + 6)``: from τ
+    and the layer's weights only, not from p·q, so the instance size of a layer (n ≈ m/2 live
+    coefficients; the width law measures ~log2(1/τ) for the median instance) does not grow with
+    the network. Blocks whose instances need more grow (:mod:`subsetsum_lth.growth`)."""
+    return max(4, int(math.ceil(2.0 * math.log2(max(1.0, float(weight_max)) / float(tau)) + 6.0)))
 
 
 def formula_width(p: int, q: int, depth: int, eps: float, delta: float | None, C: float) -> int:
@@ -153,12 +166,12 @@ def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
         fm = formula_width(p, q, l, config.eps, config.delta, config.C)
         m = config.block_width or fm
         if config.width == "adaptive" and not config.block_width:
-            m = max(4, (fm + 1) // 2)
+            m = adaptive_width(float(np.abs(L.weight).max(initial=0.0)), config.eps)
         grow = 0 if config.width == "formula" else (config.grow or max(4, m // 4))
         plans.append(LayerPlan(i, p, q, m, fm, L.bias is not None,
                                signed_input=(i == 0 and config.input_domain == "signed"), grow=grow,
                                kind=L.kind))
-    entries = sum((pl.hidden + pl.grow * config.max_growth) * (pl.p + pl.q) for pl in plans)
+    entries = sum((pl.hidden + pl.grow * (config.max_growth or 0)) * (pl.p + pl.q) for pl in plans)
     if entries > MAX_RANDOM_ENTRIES:
         gb = entries * 4 / 1e9
         raise UserError(
@@ -226,6 +239,29 @@ def block_seed(seed: int, layer: int, block: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(int(seed), spawn_key=(int(layer), int(block)))
 
 
+def draw_chunk(plan: LayerPlan, seed: int, sample, j: int, e: int, start: int, w1, b1, w2, u=None) -> int:
+    """Draw chunk e of block j (e = 0: its first m units from SeedSequence(seed, (i, j)); e ≥ 1:
+    growth step e's ``grow`` units from SeedSequence(seed, (i, j, e))) into rows ``start...``;
+    returns the row after it. ``w1`` may be None (the rows are drawn, in the stream's order, but
+    not kept); ``u`` (H,), when given, receives each unit's own-edge value w1[h, j] (j < p)."""
+    if e == 0:
+        size, ss = plan.m, block_seed(seed, plan.index, j)
+    else:
+        size, ss = plan.grow, np.random.SeedSequence(int(seed), spawn_key=(plan.index, j, e))
+    rng = np.random.default_rng(ss)
+    rows = slice(start, start + size)
+    block = sample(rng, (size, plan.p))
+    if w1 is not None:
+        w1[rows] = block
+    if u is not None and j < plan.p:
+        u[rows] = block[:, j]
+    bias = sample(rng, (size,))
+    if plan.has_bias:
+        b1[rows] = bias
+    w2[:, rows] = sample(rng, (plan.q, size))
+    return start + size
+
+
 def draw_layer_pair(plan: LayerPlan, seed: int, distribution: str = "uniform",
                     dense: bool = False) -> RandomLayerPair:
     """Draw the random weights of layers 2i-1, 2i block by block from per-block seeds.
@@ -243,28 +279,62 @@ def draw_layer_pair(plan: LayerPlan, seed: int, distribution: str = "uniform",
     offsets = plan.offsets
     for j in range(plan.n_blocks):
         start = int(offsets[j])
-        chunks = [(plan.m, block_seed(seed, plan.index, j))]
-        chunks += [(plan.grow, np.random.SeedSequence(int(seed), spawn_key=(plan.index, j, e)))
-                   for e in range(1, int(plan.extensions[j]) + 1)]
-        for size, ss in chunks:
-            rng = np.random.default_rng(ss)
-            rows = slice(start, start + size)
-            block = sample(rng, (size, p))
-            if dense:
-                w1[rows] = block
-            if j < p:
-                u[rows] = block[:, j]
-            bias = sample(rng, (size,))
-            if plan.has_bias:
-                b1[rows] = bias
-            w2[:, rows] = sample(rng, (q, size))
-            start += size
+        for e in range(int(plan.extensions[j]) + 1):
+            start = draw_chunk(plan, seed, sample, j, e, start, w1, b1, w2, u)
     if plan.has_bias:
         b2 = sample(np.random.default_rng(block_seed(seed, plan.index, p + 1)), (q,))
     else:
         b2 = np.zeros(q, dtype=np.float32)
     return RandomLayerPair(plan, u, b1, w2, b2, int(seed), distribution, w1,
                            np.asarray(plan.extensions, dtype=np.int64).copy())
+
+
+def extend_layer_pair(pair: RandomLayerPair, plan: LayerPlan, seed: int,
+                      distribution: str = "uniform") -> RandomLayerPair:
+    """The pair ``draw_layer_pair(plan, seed, distribution)`` gives, for a ``plan`` whose blocks
+    have at least ``pair.plan``'s extensions: kept blocks are copied, only the new growth chunks
+    are drawn (byte-identical to drawing everything: every chunk has its own seed). Like
+    draw_layer_pair it holds the support (u, b1, w2, b2), and the dense w1 only if ``pair`` does."""
+    old = pair.drawn_plan
+    old_ext = np.asarray(old.extensions, dtype=np.int64)
+    new_ext = np.asarray(plan.extensions, dtype=np.int64)
+    if (old.index, old.p, old.q, old.m, old.grow, old.has_bias) != (plan.index, plan.p, plan.q, plan.m,
+                                                                     plan.grow, plan.has_bias) \
+            or (new_ext < old_ext).any():
+        raise ValueError("extend_layer_pair: the new plan must be the old one with more growth steps")
+    sample = DISTRIBUTIONS[distribution]
+    H = plan.hidden
+    dense = pair.dense_w1 is not None
+    w1 = np.empty((H, plan.p), dtype=np.float32) if dense else None
+    u = np.zeros(H, dtype=np.float32)
+    b1 = np.zeros(H, dtype=np.float32)
+    w2 = np.empty((plan.q, H), dtype=np.float32)
+    o_old, o_new = old.offsets, plan.offsets
+
+    def copy(a, b, d):
+        if dense:
+            w1[d:d + b - a] = pair.dense_w1[a:b]
+        u[d:d + b - a] = pair.u[a:b]
+        b1[d:d + b - a] = pair.b1[a:b]
+        w2[:, d:d + b - a] = pair.w2[:, a:b]
+
+    # runs of blocks between grown ones keep their relative layout: one copy per run
+    grown = np.flatnonzero(new_ext > old_ext)
+    run_start = 0
+    for j in list(grown) + [plan.n_blocks]:
+        j = int(j)
+        a, b = int(o_old[run_start]), int(o_old[j])
+        if b > a:
+            copy(a, b, int(o_new[run_start]))
+        if j < plan.n_blocks:     # block j: its old units, then its new chunks
+            a, b = int(o_old[j]), int(o_old[j + 1])
+            d = int(o_new[j])
+            copy(a, b, d)
+            start = d + b - a
+            for e in range(int(old_ext[j]) + 1, int(new_ext[j]) + 1):
+                start = draw_chunk(plan, seed, sample, j, e, start, w1, b1, w2, u)
+        run_start = j + 1
+    return RandomLayerPair(plan, u, b1, w2, pair.b2.copy(), int(seed), distribution, w1, new_ext.copy())
 
 
 @dataclass
@@ -380,6 +450,33 @@ def layer_instances(pair: RandomLayerPair, target_weight: np.ndarray,
         counts[rows] = len(units)
     return LayerInstances(plan, group_units, np.array(group_block), np.array(group_half, dtype=np.int8),
                           targets, counts, offset, pair)
+
+
+def extend_instances(inst: LayerInstances, pair: RandomLayerPair, target_weight: np.ndarray,
+                     target_bias: np.ndarray | None) -> LayerInstances:
+    """``layer_instances(pair, ...)`` for a pair that :func:`extend_layer_pair` grew from
+    ``inst.plan``: groups of blocks that did not grow keep their units (shifted), only the grown
+    blocks' groups are rebuilt; the coefficients are computed from the pair when asked for
+    (bit-identical to layer_instances')."""
+    old, plan = inst.plan, pair.plan
+    grown_block = np.asarray(plan.extensions) != np.asarray(old.extensions)
+    shift = plan.offsets[:-1] - old.offsets[:-1]
+    blocks = np.where(inst.group_block >= 0, inst.group_block, plan.p)
+    q = plan.q
+    group_units = []
+    for g, units in enumerate(inst.group_units):
+        j = int(blocks[g])
+        if not grown_block[j]:
+            group_units.append(units + shift[j])
+            continue
+        sl = plan.block_slice(j)
+        h = int(inst.group_half[g])
+        v = pair.u[sl] if h != 0 else pair.b1[sl]
+        ks = np.flatnonzero(v < 0) if h < 0 else np.flatnonzero(v > 0)
+        group_units.append(sl.start + ks)
+    counts_g = np.array([len(u) for u in group_units], dtype=np.int64)
+    return LayerInstances(plan, group_units, inst.group_block.copy(), inst.group_half.copy(),
+                          inst.targets.copy(), np.repeat(counts_g, q), inst.offset, pair)
 
 
 def compact_masks_from_selections(inst: LayerInstances, selections: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,65 +1,214 @@
 """Adaptive width (``--width auto|adaptive``): blocks with an instance outside τ grow by fresh
-seeded units and only those instances are solved again."""
+seeded units and only those instances are solved again.
+
+Growth is driven by the evidence of the solves and by live units, not by a step cap: a block
+grows while one of its instances is outside τ, as long as (a) the live count of every such
+instance's group after the step stays within exact search's reach (:func:`limits.growth_within_reach`;
+a 60-unit block may hold 14 live units in a sign half, so the block width says little), (b) the
+run's :class:`limits.GrowthBudget` (the ``--max-hours`` budget of estimated solve time, the
+construction's allocation cap) pays for the step, and (c) an explicit ``--max-growth`` allows it.
+Every decision depends only on the instances' statuses and the seeded draws, never on batching
+or the number of workers, so a seed gives the same masks everywhere. A block that has to stop
+says why in its instances' messages (report.json ``infeasible_examples``, exit 3).
+
+Why the solves, not a counting bound, decide which block grows: 2^n subset sums cover a range
+A at spacing 2τ only if n ≥ log2(A/τ), but that is necessary, not sufficient. The block that
+stopped at the old cap (784-500-10, |w| ≤ 0.15, τ = 0.01: 60 units) held 14 live units, far
+above log2(0.15/0.01) ≈ 3.9, yet 13 of its 14 coefficients were positive and its target was
+−0.138. Only the exact solve shows that; the live count decides how far the block may grow."""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 
-from subsetsum_lth.construction import ConstructionConfig, LayerInstances, draw_layer_pair, layer_instances
-from subsetsum_lth.limits import _solver_reach, growth_allowed
+from subsetsum_lth.construction import (DISTRIBUTIONS, ConstructionConfig, LayerInstances, draw_chunk,
+                                        extend_instances, extend_layer_pair)
+from subsetsum_lth.limits import GrowthBudget, _solver_reach, growth_within_reach, instance_seconds
 from subsetsum_lth.progress import close
 from subsetsum_lth.solve import SolveConfig, solve_all
-from subsetsum_lth.solvers.instances import BatchResult, Status
+from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
 from subsetsum_lth.target import Target
 
 log = logging.getLogger(__name__)
 
+#: reasons a block stops growing (the instance messages of what is left outside τ)
+STOP_CAP = "growth stopped at --max-growth {cap} steps"
+STOP_REACH = ("growth stopped: one more step gives {n} live coefficients, beyond exact search (at most "
+              "n = {reach}); loosen τ or use a MIP solver")
+STOP_BUDGET = "growth stopped: {why}"
+
+
+class _Growing:
+    """One layer's blocks while they grow: live counts and the coefficients appended to each
+    group, from the new seeded chunks alone. The full pair and instance table are rebuilt once,
+    at the end (:func:`extend_layer_pair`, :func:`extend_instances`), so a growth step costs
+    O(blocks that grow + instances re-solved), not O(layer)."""
+
+    def __init__(self, inst: LayerInstances, cc: ConstructionConfig):
+        self.inst, self.cc, self.plan = inst, cc, inst.plan
+        self.ext = np.asarray(self.plan.extensions, dtype=np.int64).copy()
+        self.block_of_group = np.where(inst.group_block >= 0, inst.group_block, self.plan.p)
+        self.groups_of_block: dict[int, list[int]] = {}
+        for g, j in enumerate(self.block_of_group):
+            self.groups_of_block.setdefault(int(j), []).append(g)
+        self.base = np.array([len(u) for u in inst.group_units], dtype=np.int64)
+        self.count = self.base.copy()
+        self.extra: dict[int, list[np.ndarray]] = {}     # group -> appended (q, k) coefficient blocks
+        self._chunks: dict[tuple[int, int], tuple] = {}
+
+    def chunk(self, j: int, e: int):
+        key = (j, e)
+        if key not in self._chunks:
+            pl, g = self.plan, self.plan.grow
+            w1, b1, w2 = (np.empty((g, pl.p), np.float32), np.zeros(g, np.float32), np.empty((pl.q, g), np.float32))
+            draw_chunk(pl, self.cc.seed, DISTRIBUTIONS[self.cc.distribution], j, e, 0, w1, b1, w2)
+            self._chunks[key] = (b1 if j == pl.p else w1[:, j].copy(), w2)
+        return self._chunks[key]
+
+    def live(self, g: int, v: np.ndarray) -> np.ndarray:
+        h = int(self.inst.group_half[g])
+        return np.flatnonzero(v < 0) if h < 0 else np.flatnonzero(v > 0)
+
+    def live_after(self, groups) -> dict[int, int]:
+        """Live count of each group after its block's next growth chunk."""
+        out = {}
+        for g in groups:
+            g = int(g)
+            j = int(self.block_of_group[g])
+            v, _ = self.chunk(j, int(self.ext[j]) + 1)
+            out[g] = int(self.count[g]) + len(self.live(g, v))
+        return out
+
+    def grow(self, blocks) -> np.ndarray:
+        """Append the next chunk to ``blocks``; returns the groups whose live count rose."""
+        changed = []
+        for j in blocks:
+            j = int(j)
+            self.ext[j] += 1
+            v, w2 = self.chunk(j, int(self.ext[j]))
+            del self._chunks[(j, int(self.ext[j]))]
+            for g in self.groups_of_block[j]:
+                ks = self.live(g, v)
+                if ks.size:
+                    # as layer_instances: float64(w2) * float64(u) over the live units, in unit order
+                    c = w2[:, ks].astype(np.float64) * v[ks].astype(np.float64)[None, :]
+                    self.extra.setdefault(g, []).append(c)
+                    self.count[g] += ks.size
+                    changed.append(g)
+        return np.array(changed, dtype=np.int64)
+
+    def batch(self, rows: np.ndarray, tau, objective: str) -> InstanceBatch:
+        inst, q = self.inst, self.plan.q
+        groups = rows // q
+        counts = self.count[groups]
+        coef = np.zeros((rows.size, int(counts.max(initial=0))), dtype=np.float64)
+        base = inst.batch_of(rows, tau, objective).coefficients    # these rows only, never the layer's
+        for k, (i, g) in enumerate(zip(rows, groups)):
+            b = int(self.base[g])
+            coef[k, :b] = base[k, :b]
+            col = b
+            for c in self.extra.get(int(g), ()):
+                coef[k, col:col + c.shape[1]] = c[i - g * q]
+                col += c.shape[1]
+        tol = np.broadcast_to(np.asarray(tau, dtype=np.float64), (len(inst),))[rows]
+        return InstanceBatch(inst.ids[rows], inst.targets[rows], coef, counts, tol, objective)
+
+    def grown_plan(self):
+        from dataclasses import replace
+        return replace(self.plan, extensions=self.ext.copy())
+
 
 def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: ConstructionConfig,
-                sc: SolveConfig, store, executor, progress):
-    """Adaptive width: append fresh seeded units to every block that has an infeasible instance
-    and re-solve only those instances, until all are within τ or ``max_growth`` steps are taken.
-    Feasible instances of a grown block keep their subset (their units still exist); their status
-    becomes FEASIBLE since optimality over the grown block is not proved."""
+               sc: SolveConfig, store, executor, progress, budget: GrowthBudget | None = None):
+    """Adaptive width: append fresh seeded units to every block that has an instance outside τ
+    and re-solve only those instances, until all are within τ or no such block may grow (see the
+    module docstring). Feasible instances of a grown block keep their subset (their units still
+    exist); their status becomes FEASIBLE since optimality over the grown block is not proved.
+    An instance whose group gained no live unit is unchanged, so it is not solved again.
+    ``budget`` is spent in place (shared by all layers and rounds of a run); None: unlimited."""
     plan = pair.plan
     L = target.layers[plan.index]
-    for step in range(cc.max_growth):
-        infeasible = np.flatnonzero(res.status == Status.INFEASIBLE)
+    reach = _solver_reach(sc.solver)
+    limit = sc.time_limit or 10.0
+    q = plan.q
+    st = _Growing(inst, cc)
+    g_of = inst.group_of_instance()
+    block_of_row = st.block_of_group[g_of]
+    status, errors, messages, seconds = res.status.copy(), res.errors.copy(), dict(res.messages), res.seconds
+    new_sel: dict[int, np.ndarray] = {}
+    step = 0
+    stopped: dict[int, str] = {}     # block -> why it may not grow
+    while True:
+        infeasible = np.flatnonzero(status == Status.INFEASIBLE)
         if infeasible.size == 0:
             break
-        groups = np.unique(inst.group_of_instance()[infeasible])
-        blocks = np.unique(np.where(inst.group_block[groups] >= 0, inst.group_block[groups], plan.p))
-        grow_mask = np.zeros(plan.n_blocks, dtype=bool)
-        grow_mask[blocks[blocks < plan.n_blocks]] = True
-        grow_mask &= plan.extensions < cc.max_growth    # max_growth steps per block over the whole run
-        # never grow a block beyond exact search's reach (its instances could only time out)
-        grow_mask &= growth_allowed(plan.block_widths, plan.grow, _solver_reach(sc.solver))
-        if not grow_mask.any():
+        groups = np.unique(g_of[infeasible])
+        want = np.unique(st.block_of_group[groups])
+        if cc.max_growth is not None:
+            capped = want[st.ext[want] >= cc.max_growth]
+            for j in capped:
+                stopped[int(j)] = STOP_CAP.format(cap=cc.max_growth)
+            want = np.setdiff1d(want, capped)
+        live_after = st.live_after(groups[np.isin(st.block_of_group[groups], want)])
+        over = {}
+        for g, n in live_after.items():
+            if not growth_within_reach(n, reach):
+                j = int(st.block_of_group[g])
+                over[j] = max(over.get(j, 0), n)
+        for j, n in over.items():
+            stopped[j] = STOP_REACH.format(n=n, reach=reach)
+        want = np.setdiff1d(want, np.fromiter(over, dtype=np.int64, count=len(over)))
+        if want.size and budget is not None:
+            redo = infeasible[np.isin(block_of_row[infeasible], want)]
+            cost = sum(instance_seconds(live_after[int(g)], reach, limit) for g in g_of[redo])
+            why = budget.charge(cost, int(want.size) * plan.grow * (plan.p + plan.q))
+            if why is not None:
+                for j in want:
+                    stopped[int(j)] = STOP_BUDGET.format(why=why)
+                want = want[:0]
+        if want.size == 0:
             break
-        plan.extensions = plan.extensions + grow_mask.astype(np.int64)
-        log.info("layer %d growth step %d: %d blocks grow by %d units, %d instances to re-solve",
-                 plan.index, step + 1, int(grow_mask.sum()), plan.grow, infeasible.size)
-        pair = draw_layer_pair(plan, cc.seed, cc.distribution)
-        new_inst = layer_instances(pair, L.weight, L.bias, inst.offset)
-        n_new = new_inst.width
-        sel = np.zeros((len(new_inst), n_new), dtype=bool)
-        sel[:, :res.selections.shape[1]] = res.selections   # unit lists only grow at their end
-        status = res.status.copy()
-        grown_rows = np.isin(new_inst.group_of_instance(),
-                             [g for g in range(len(new_inst.group_units))
-                              if grow_mask[new_inst.group_block[g] if new_inst.group_block[g] >= 0 else plan.p]])
-        status[grown_rows & (status == Status.OPTIMAL)] = Status.FEASIBLE
-        sub = new_inst.batch_of(infeasible, tau, sc.objective)
-        bar = progress(len(sub), f"layer {plan.index + 1}: growth {step + 1}") if progress else None
+        step += 1
+        log.info("layer %d growth step %d: %d blocks grow by %d units, %d instances outside τ",
+                 plan.index, step, int(want.size), plan.grow, infeasible.size)
+        changed = st.grow(want)
+        grow_mask = np.zeros(plan.n_blocks, dtype=bool)
+        grow_mask[want] = True
+        status[grow_mask[block_of_row] & (status == Status.OPTIMAL)] = Status.FEASIBLE
+        redo = infeasible[np.isin(g_of[infeasible], changed)]
+        if redo.size == 0:
+            continue
+        sub = st.batch(redo, tau, sc.objective)
+        bar = progress(len(sub), f"layer {plan.index + 1}: growth {step}") if progress else None
         r2 = solve_all(sub, sc, on_progress=bar, store=store, executor=executor)
         close(bar)
-        sel[infeasible] = False
-        sel[infeasible, :r2.selections.shape[1]] = r2.selections
-        errors = res.errors.copy()
-        errors[infeasible] = r2.errors
-        status[infeasible] = r2.status
-        messages = {**res.messages, **r2.messages}
-        res = BatchResult(new_inst.ids, sel, errors, status, res.solver, res.seconds + r2.seconds, messages)
-        inst = new_inst
+        for k, i in enumerate(redo):
+            new_sel[int(i)] = r2.selections[k, :int(sub.counts[k])].copy()
+        errors[redo] = r2.errors
+        status[redo] = r2.status
+        messages.update(r2.messages)
+        seconds += r2.seconds
+    if step:
+        # the grown pair and instance table, built once (byte-identical to drawing the grown plan)
+        pair = extend_layer_pair(pair, st.grown_plan(), cc.seed, cc.distribution)
+        inst = extend_instances(inst, pair, L.weight, L.bias)
+        if not np.array_equal(inst.counts[::q], st.count):
+            raise AssertionError("adaptive growth: live counts disagree with the grown construction")
+        plan = pair.plan
+    sel = np.zeros((len(inst), inst.width), dtype=bool)
+    sel[:, :res.selections.shape[1]] = res.selections      # unit lists only grow at their end
+    for i, s in new_sel.items():
+        sel[i] = False
+        sel[i, :s.size] = s
+    res = BatchResult(inst.ids, sel, errors, status, res.solver, seconds, messages)
+    # what is left outside τ says why its block stopped
+    left = np.flatnonzero(res.status == Status.INFEASIBLE)
+    if left.size:
+        blocks = block_of_row[left]
+        for i, j in zip(inst.ids[left], blocks):
+            if int(j) in stopped:
+                res.messages[int(i)] = stopped[int(j)]
+        log.warning("layer %d: %d instances outside τ after growth (%s)", plan.index, left.size,
+                    "; ".join(sorted({stopped[int(j)] for j in blocks if int(j) in stopped})) or "no growth")
     return inst, pair, res

@@ -85,6 +85,8 @@ def solve_layer(inst: LayerInstances, tau: float, sc, bar=None, store=None, exec
 def initial_tau(target: Target, config) -> float:
     if config.mode == "weight":
         return float(config.weight_eps)
+    if getattr(config, "box", None) is not None:  # the box: no a-priori bound; τ = ε, tightened by it
+        return float(config.eps)
     # start from 4x the random-matrix estimate (achieved errors sit well below τ), then
     # tighten only if the certificate asks for it
     return min(config.eps, 4 * choose_tolerance(target, config.eps, config.input_radius,
@@ -126,6 +128,10 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
     tau = initial_tau(target, config)
     results = [None] * len(layers)
     solved = Solved(layers, results, tau, [0.0] * len(layers))
+    budget = None
+    if cc.width != "formula":      # one growth budget for every layer and round of the run
+        from subsetsum_lth import limits
+        budget = limits.growth_budget(construction.plans, getattr(config, "max_hours", limits.DEFAULT_MAX_HOURS))
     for rnd in range(config.max_rounds if config.mode == "network" else 1):
         for li, inst in enumerate(layers):
             t_layer = time.perf_counter()
@@ -138,23 +144,27 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
             if cc.width != "formula":
                 layers[li], construction.pairs[li], results[li] = grow_layer(
                     target, construction.pairs[li], layers[li], results[li], tau, cc, sc, store,
-                    executor, progress)
+                    executor, progress, budget)
+                construction.plans[li] = construction.pairs[li].plan
             layers[li].release()    # the coefficient matrix is recomputed if a later round needs it
             solved.seconds[li] += time.perf_counter() - t_layer
         solved.tau = tau
         if config.mode == "weight":
             break
         from subsetsum_lth.gstore import support_layer_maps
-        certificate = certified_bound(target, support_layer_maps(construction.pairs, solved.compact_masks()),
-                                      config.input_radius, cc.input_domain)
+        maps = support_layer_maps(construction.pairs, solved.compact_masks())
+        bound = certified_bound(target, maps, config.input_radius, cc.input_domain).bound
+        if getattr(config, "box", None) is not None:     # --eps is checked on the box certificate
+            from subsetsum_lth.certify_box import box_bound
+            bound = box_bound(target, maps, config.box)
         n_out = sum(int((r.status == Status.INFEASIBLE).sum()) for r in results)
-        solved.rounds.append({"round": rnd, "weight_eps": tau, "certified_bound": certificate.bound,
+        solved.rounds.append({"round": rnd, "weight_eps": tau, "certified_bound": bound,
                               "outside_tolerance": n_out})
         log.info("round %d: τ=%.3g certified=%.4g (ε=%.4g), %d instances outside τ",
-                 rnd, tau, certificate.bound, config.eps, n_out)
-        if certificate.bound <= config.eps:
+                 rnd, tau, bound, config.eps, n_out)
+        if bound <= config.eps:
             break
-        if len(solved.rounds) > 1 and certificate.bound > 0.95 * solved.rounds[-2]["certified_bound"]:
+        if len(solved.rounds) > 1 and bound > 0.95 * solved.rounds[-2]["certified_bound"]:
             break  # no progress: the bound is held up by instances no τ can fix at this width
-        tau = tau * min(0.5, 0.9 * config.eps / certificate.bound)
+        tau = tau * min(0.5, 0.9 * config.eps / bound)
     return solved

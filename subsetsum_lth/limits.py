@@ -191,10 +191,10 @@ def check_reach(est: CostEstimate, max_hours: float, eps_flag: str) -> None:
             f"{ram / 1e9:.1f} GB; to fix: {fix}")
 
 
-def check_growth(plans, grow: int | None, max_growth: int, width_mode: str, reach: int | None) -> None:
+def check_growth(plans, grow: int | None, max_growth: int | None, width_mode: str, reach: int | None) -> None:
     """Refuse an explicit ``--grow`` whose first step already puts a grown block's instances beyond
-    exact search (the default growth is only capped at run time: see :func:`growth_allowed`)."""
-    if grow is None or width_mode == "formula" or reach is None or max_growth <= 0:
+    exact search (the default growth is only capped at run time: see :func:`growth_within_reach`)."""
+    if grow is None or width_mode == "formula" or reach is None or max_growth == 0:
         return
     for pl in plans:
         if pl.grow and (pl.m + pl.grow) / 2 > reach:
@@ -206,11 +206,59 @@ def check_growth(plans, grow: int | None, max_growth: int, width_mode: str, reac
                 f"{most} here) or use --width formula")
 
 
-def growth_allowed(block_widths, grow: int, reach: int | None):
-    """Boolean mask of blocks that may still grow: the grown block's expected live count
-    (width / 2) stays within exact search's reach."""
+def instance_seconds(n: int, reach: int | None, time_limit: float) -> float:
+    """Estimated seconds of one instance of ``n`` live coefficients: exact search
+    ``(2^{floor(n/2)} + 2^{ceil(n/2)}) / SUMS_PER_SECOND``, at least ``time_limit`` beyond ``reach``."""
+    n = int(n)
+    exact = (2.0 ** (n // 2) + 2.0 ** (n - n // 2)) / SUMS_PER_SECOND
+    return max(exact, time_limit) if reach is not None and n > reach else exact
+
+
+def solve_workers(sc, executor=None) -> int:
+    """Cores a solve will use, for the cost estimate (never more than this machine's)."""
+    if executor is not None:
+        return int(getattr(executor, "capacity", None) or getattr(executor, "_max_workers", None) or 1)
+    return min(sc.workers or available_cores(), available_cores())
+
+
+@dataclass
+class GrowthBudget:
+    """What adaptive growth may still spend over a whole run: estimated core-seconds of re-solving
+    and float32 entries of g (the construction's allocation cap). :meth:`charge` spends only
+    when both suffice."""
+
+    core_seconds: float
+    entries: int
+
+    def charge(self, core_seconds: float, entries: int) -> str | None:
+        """Spend, or return why not (and spend nothing)."""
+        if entries > self.entries:
+            from subsetsum_lth.construction import MAX_RANDOM_ENTRIES
+            return f"g would exceed the {MAX_RANDOM_ENTRIES:,} float32 weights this tool allocates"
+        if core_seconds > self.core_seconds:
+            return ("the re-solves would pass the --max-hours budget of the estimated solve time "
+                    f"(~{core_seconds:,.0f} core-seconds asked, {max(self.core_seconds, 0):,.0f} left)")
+        self.core_seconds -= core_seconds
+        self.entries -= int(entries)
+        return None
+
+
+def growth_budget(plans, max_hours: float) -> GrowthBudget:
+    """The :class:`GrowthBudget` of a run of ``plans`` (before any growth): ``max_hours`` of
+    estimated single-core re-solving — not scaled by the worker count, so that where growth stops
+    (and so the masks of a seed) never depends on ``--workers`` — and the entries g may still
+    add before the construction's allocation cap."""
+    from subsetsum_lth.construction import MAX_RANDOM_ENTRIES
+    entries = sum(pl.hidden * (pl.p + pl.q) for pl in plans)
+    return GrowthBudget(max_hours * 3600.0, MAX_RANDOM_ENTRIES - entries)
+
+
+def growth_within_reach(live_after, reach: int | None):
+    """Boolean mask: a grown group's live count (its instances' n) stays within exact search's
+    reach. Growth is driven by the live units of the groups that still have an instance outside
+    τ, not by the block width: a block of 60 units may hold only 14 live ones in a sign half."""
     import numpy as np
-    widths = np.asarray(block_widths)
+    live = np.asarray(live_after)
     if reach is None:
-        return np.ones(widths.shape, dtype=bool)
-    return (widths + grow) / 2 <= reach
+        return np.ones(live.shape, dtype=bool)
+    return live <= reach

@@ -31,13 +31,14 @@ def preprocess_report(target) -> dict:
 
 
 def build_report(target, config, construction, solved, layer_masks, layout, certificate, emp,
-                 witness, evaluation, timings, executor=None, store: str = "dense",
-                 ) -> tuple[dict, list[dict], list[dict], int]:
+                 witness, evaluation, timings, executor=None, eps_bound=None,
+                 box_rep=None, store: str = "dense") -> tuple[dict, list[dict], list[dict], int]:
     """(report, metrics rows, first failures, number of failed instances). ``layer_masks``: per
     pair the support-form masks {u, b1, w2, b2}; ``store``: 'dense' or 'compact'. Network mode: the
     certificate is the goal, and instances outside the internal τ only count as failures when
     the certified bound misses ε; weight mode: every instance must be within τ."""
     cc, sc = config.construction, config.solve
+    eps_bound = certificate.bound if eps_bound is None else eps_bound    # the box's, in the box domain
     layer_reports, metrics = [], []
     kept_total = 0
     n_bad_total = 0
@@ -45,7 +46,7 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
     bad_list = []
     # network mode: the certificate is the goal; instances outside the internal τ only count
     # as failures when the certified bound misses ε. Weight mode: every instance must be within τ.
-    network_ok = config.mode == "network" and certificate.bound <= config.eps
+    network_ok = config.mode == "network" and eps_bound <= config.eps
     for li, (inst, res, mk) in enumerate(zip(solved.layers, solved.results, layer_masks)):
         plan = inst.plan
         is_bias = inst.group_half[inst.group_of_instance()] == 0
@@ -76,7 +77,7 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
             "hidden_units": plan.hidden,
             "growth_units": plan.grow,
             "block_extensions": plan.extensions.tolist(),
-            "random_shapes": [[plan.hidden, plan.p], [plan.q, plan.hidden]],
+            "random_shapes": [list(s) for s in layout.kinds[li].g_shapes(plan.hidden)],
             "instances": len(inst), "weight_instances": int((~is_bias).sum()),
             "bias_instances": int(is_bias.sum()),
             "live_coefficients_mean": float(inst.counts.mean()) if len(inst) else 0.0,
@@ -125,7 +126,7 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
         "empirical": emp,
         # x* of the empirical bound, re-evaluated by `certify` from the files
         "witness": {"file": WITNESS, "error": float(witness["error"])},
-        "certified_ok": (certificate.bound <= config.eps) if config.eps is not None else None,
+        "certified_ok": (eps_bound <= config.eps) if config.eps is not None else None,
         "kept_parameters": kept_total,
         "total_parameters": construction.total_parameters,
         "store": store,
@@ -141,6 +142,8 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
         "timings": timings,
         "versions": versions(),
     }
+    if box_rep is not None:
+        report["box_certificate"] = box_rep
     for key in ("certified_bound", "empirical_bound", "kept_parameters", "total_parameters",
                 "infeasible_count"):
         metrics.append({"layer": "all", "metric": key, "value": report[key]})
@@ -151,15 +154,17 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
     return report, metrics, bad_list, n_bad_total
 
 
-def raise_if_failed(report: dict, bad_list: list[dict], n_bad: int, config, out) -> None:
-    """IncompleteRun (after everything is written) unless the user tolerates failures."""
-    certified = report["certified_bound"]
+def raise_if_failed(report: dict, bad_list: list[dict], n_bad: int, config, out, eps_bound=None) -> None:
+    """IncompleteRun (after everything is written) unless the user tolerates failures.
+    ``eps_bound``: the bound ε is checked on (the box certificate's in the box domain)."""
+    certified = report["certified_bound"] if eps_bound is None else eps_bound
     failed = n_bad > 0 or (config.mode == "network" and certified > config.eps)
     if not failed or config.allow_infeasible:
         return
     if n_bad:
         lines = [f"  layer {b['layer']} row {b['row']} col {b['column']}: {b['status']} "
-                 f"(target {b['target']:.4g}, best error {b['error']:.3g})" for b in bad_list[:10]]
+                 f"(target {b['target']:.4g}, best error {b['error']:.3g})"
+                 + (f": {b['message']}" if b.get("message") else "") for b in bad_list[:10]]
         raise IncompleteRun(
             f"{n_bad} of {report['instances']} instances are not within τ={report['weight_eps']:.3g}; everything "
             f"computed is written to {out}. First ones:\n" + "\n".join(lines) +

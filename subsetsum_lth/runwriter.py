@@ -145,7 +145,11 @@ def completed_run(out: Path) -> dict | None:
         run = read_run(out, need_target=True)
         report = run.report
         from subsetsum_lth.gstore import run_layer_maps
-        cert = certified_bound(run.target, run_layer_maps(run), run.input_radius, run.input_domain)
+        maps = run_layer_maps(run)
+        cert = certified_bound(run.target, maps, run.input_radius, run.input_domain)
+        from subsetsum_lth.certify_box import box_bound, box_from_report
+        box = box_from_report(report, str(out))      # a box run's --eps was checked on its box bound
+        eps_bound = cert.bound if box is None else box_bound(run.target, maps, box)
     except Exception as exc:
         log.warning("--resume: the finished run in %s does not check out (%s); solving again", out, exc)
         return None
@@ -155,7 +159,7 @@ def completed_run(out: Path) -> dict | None:
     tau = report.get("weight_eps")
     ok = stored is not None and math.isclose(stored, cert.bound, rel_tol=1e-9, abs_tol=1e-15)
     if report.get("mode") == "network":
-        ok = ok and report.get("eps") is not None and cert.bound <= report["eps"]
+        ok = ok and report.get("eps") is not None and eps_bound <= report["eps"]
     else:
         ok = ok and isinstance(tau, (int, float)) and all(
             max(L["max_weight_error"], L["max_bias_error"]) <= tau * (1 + 1e-6) + 1e-9 for L in cert.layers)

@@ -267,7 +267,10 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
     raw = read_checkpoint(path)
     info.update(raw.info)
     from subsetsum_lth import arch as arch_mod
-    stored = arch_mod.arch_from_metadata(raw.metadata, str(path)) if arch is None else None
+    # a file written by this tool (or one with both keys) records its architecture; an 'arch'
+    # alone is another program's metadata (e.g. torchvision's ImageNet example: 'resnet18')
+    ours = raw.metadata.get("format") == "subsetsum-lth-target" or "input_shape" in raw.metadata
+    stored = arch_mod.arch_from_metadata(raw.metadata, str(path)) if arch is None and ours else None
     if stored is not None:
         arch, input_shape = stored
     elif arch is not None:
@@ -291,6 +294,9 @@ def save_target(target: Target, path: str | Path, metadata: dict | None = None) 
     meta = {"format": "subsetsum-lth-target", "activation": "relu"}
     meta.update({k: str(v) for k, v in (target.metadata or {}).items()})
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    for key in ("arch", "input_shape"):   # these keys are the tool's own: another program's move aside
+        if key in meta and target.is_mlp:
+            meta[f"checkpoint_{key}"] = meta.pop(key)
     if not target.is_mlp:
         meta["arch"] = json.dumps(target.arch())
         meta["input_shape"] = json.dumps(list(target.input_shape or [target.input_dim]))

@@ -70,7 +70,7 @@ def test_infeasible_exits_nonzero_lists_and_writes(small_target, tmp_path, capsy
     out = tmp_path / "run"
     rc = main(["approximate", "--target", str(small_target), "--out", str(out), "--solver", "mitm",
                "--block-width", "3", "--weight-eps", "1e-6", "--no-progress", "--workers", "1",
-               "--steps", "5", "--samples", "16"])
+               "--steps", "5", "--samples", "16", "--width", "formula"])
     err = capsys.readouterr().err
     assert rc == 3
     assert "instances are not within" in err and "layer 0 row" in err
@@ -80,7 +80,8 @@ def test_infeasible_exits_nonzero_lists_and_writes(small_target, tmp_path, capsy
     # the same with --allow-infeasible exits 0
     assert main(["approximate", "--target", str(small_target), "--out", str(out), "--overwrite",
                  "--solver", "mitm", "--block-width", "3", "--weight-eps", "1e-6", "--no-progress",
-                 "--workers", "1", "--allow-infeasible", "--steps", "5", "--samples", "16"]) == 0
+                 "--workers", "1", "--allow-infeasible", "--steps", "5", "--samples", "16",
+                 "--width", "formula"]) == 0
 
 
 def test_solvers_json(capsys):

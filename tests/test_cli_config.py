@@ -21,6 +21,7 @@ from subsetsum_lth.bench import ApproximateBenchConfig, SolverBenchConfig
 from subsetsum_lth.cli import build_parser
 from subsetsum_lth.construction import ConstructionConfig
 from subsetsum_lth.edge_popup import EdgePopupConfig
+from subsetsum_lth.certify_box import BoxConfig
 from subsetsum_lth.solve import SolveConfig
 from subsetsum_lth.solvers.registry import DEFAULT_SOLVER
 from subsetsum_lth.train import TrainConfig
@@ -58,6 +59,7 @@ MAPS = {
         "no_plots": (ApproximateConfig, "plots", _not),
         "max_hours": (ApproximateConfig, "max_hours", _same),
         "store": (ApproximateConfig, "store", _same),
+        "bab_seconds": (BoxConfig, "bab_seconds", _same),
     }),
     "edge-popup": (["--wide", "4,3,2", "--out", "x"], "edge_popup.py", {
         **{d: (EdgePopupConfig, d, _same) for d in
@@ -92,6 +94,8 @@ CLI_ONLY = {
         "target": "the target file, loaded by run()",
         "layers": "target loading", "input_normalize": "target loading", "input_scale": "target loading",
         "arch": "target loading",
+        "input_box": "parsed by run() into BoxConfig.lo/hi (default 0,1 with --data)",
+        "local_radius": "BoxConfig.local_radii, defaulted by run() from --data",
         "expected_accuracy": "checked by run() against --data",
         "synthetic": "which default target run() builds",
         "out": "the run folder, an argument of approximate()",

@@ -205,3 +205,49 @@ def test_auto_width_repairs_infeasible_blocks(tmp_path):
     assert rep["infeasible_count"] == 0 and L["grown_blocks"] > 0 and L["block_width_final_max"] > 10
     assert L["max_weight_error"] <= 0.01
     assert rep["empirical_bound"] <= rep["certified_bound"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=5, max_size=5), st.lists(st.integers(0, 2), min_size=5, max_size=5),
+       st.sampled_from(["nonnegative", "signed"]), st.booleans())
+def test_extending_a_pair_equals_drawing_it(before, more, domain, bias):
+    """Growth draws only the new chunks: the extended pair and its instances are byte-identical
+    to drawing the grown plan from scratch (every chunk has its own seed)."""
+    from dataclasses import replace
+
+    from subsetsum_lth.construction import (draw_layer_pair, extend_instances, extend_layer_pair,
+                                            layer_instances, plan_layers)
+    t = random_target((4, 3), bias=bias, seed=2)
+    plan = plan_layers(t, ConstructionConfig(seed=7, block_width=5, width="auto", grow=3, input_domain=domain))[0]
+    n = plan.n_blocks
+    plan = replace(plan, extensions=np.array(before[:n], dtype=np.int64))
+    grown = replace(plan, extensions=plan.extensions + np.array(more[:n], dtype=np.int64))
+    pair = draw_layer_pair(plan, 7)
+    L = t.layers[0]
+    ext = extend_layer_pair(pair, grown, 7)
+    ref = draw_layer_pair(grown, 7)
+    for a, b in ((ext.w1, ref.w1), (ext.b1, ref.b1), (ext.w2, ref.w2), (ext.b2, ref.b2)):
+        assert a.tobytes() == b.tobytes()
+    inst = extend_instances(layer_instances(pair, L.weight, L.bias, 5), ext, L.weight, L.bias)
+    want = layer_instances(ref, L.weight, L.bias, 5)
+    assert [u.tolist() for u in inst.group_units] == [u.tolist() for u in want.group_units]
+    assert inst.coefficients.tobytes() == want.coefficients.tobytes()
+    assert np.array_equal(inst.counts, want.counts) and np.array_equal(inst.ids, want.ids)
+    if any(more[:n]):
+        with pytest.raises(ValueError):
+            extend_layer_pair(ext, plan, 7)      # a plan with fewer steps is not an extension
+
+
+def test_adaptive_width_follows_tau_and_weights_not_layer_size():
+    """--width adaptive starts every layer at ceil(2 log2(max(1, max|w|)/τ) + 6)
+    units, whatever p·q: the formula's width grows with log2(p·q·l), the adaptive one does not."""
+    from subsetsum_lth.construction import adaptive_width, plan_layers
+    from subsetsum_lth.target import Layer, Target
+    small = Target([Layer(np.full((10, 20), 0.5), None)])
+    wide = Target([Layer(np.full((2000, 2000), 0.5), None), Layer(np.full((10, 2000), 0.5), None)])
+    cfg = ConstructionConfig(eps=0.01, width="adaptive")
+    ms = {pl.m for t in (small, wide) for pl in plan_layers(t, cfg)}
+    assert ms == {adaptive_width(0.5, 0.01)} == {20}               # ceil(2·log2(100) + 6)
+    formula = [pl.formula_m for t in (small, wide) for pl in plan_layers(t, cfg)]
+    assert formula[0] < min(formula[1:])
+    assert adaptive_width(0.5, 1e-4) == 33 and adaptive_width(4.0, 0.01) == 24 and adaptive_width(0.1, 10.0) == 4

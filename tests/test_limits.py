@@ -51,7 +51,7 @@ REFUSED = [
     ("eps-1e-300", ["--eps", "1e-300"], ("would not finish", "--eps", "--max-hours", "10^")),
     ("block-width-10000", ["--block-width", "10000"], ("would not finish", "--block-width", "m = 10,000")),
     ("grow-1000000", ["--grow", "1000000"], ("--grow 1,000,000", "beyond exact search", "lower --grow")),
-    ("C-1e6", ["--C", "1e6"], ("would not finish", "--c", "--max-hours")),
+    ("C-1e6", ["--C", "1e6", "--width", "auto"], ("would not finish", "--c", "--max-hours")),
     ("max-hours-tiny", ["--weight-eps", "0.01", "--max-hours", "1e-9"], ("would not finish", "--max-hours 1e-09")),
 ]
 
@@ -101,8 +101,23 @@ def test_instance_cost_is_the_binomial_expectation():
 
 
 def test_growth_never_passes_exact_search():
-    allowed = limits.growth_allowed(np.array([40, 70, 76, 80]), 4, 40)
+    """The reach test is on live counts (an instance's n), not block widths."""
+    allowed = limits.growth_within_reach(np.array([14, 39, 40, 41]), 40)
     assert allowed.tolist() == [True, True, True, False]
+    assert limits.growth_within_reach(np.array([10**6]), None).tolist() == [True]
+
+
+def test_growth_budget_spends_only_what_it_has():
+    """A charge past the core-seconds or the entries left is refused with the reason, and
+    spends nothing; one within both is spent."""
+    b = limits.GrowthBudget(core_seconds=10.0, entries=1000)
+    assert b.charge(4.0, 100) is None
+    assert (b.core_seconds, b.entries) == (6.0, 900)
+    why = b.charge(7.0, 10)
+    assert "--max-hours" in why and (b.core_seconds, b.entries) == (6.0, 900)
+    assert "float32 weights" in b.charge(1.0, 901) and (b.core_seconds, b.entries) == (6.0, 900)
+    assert limits.instance_seconds(20, 40, 10.0) == 2 * 2.0 ** 10 / limits.SUMS_PER_SECOND
+    assert limits.instance_seconds(41, 40, 10.0) == 10.0
 
 
 def test_zero_ascent_steps_is_allowed(tiny, tmp_path):

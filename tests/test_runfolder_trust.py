@@ -47,7 +47,9 @@ def base(tmp_path_factory):
     tgt = d / "t342.safetensors"
     save_target(random_target([3, 4, 2], seed=1), tgt)
     run = d / "run"
-    assert cli.main(["approximate", "--target", str(tgt), "--out", str(run), "--input-radius", "1", *FAST]) == 0
+    # --width auto: the expected messages below quote this run's widths (hidden_units 92)
+    assert cli.main(["approximate", "--target", str(tgt), "--out", str(run), "--input-radius", "1", *FAST,
+                     "--width", "auto"]) == 0
     return {"target": tgt, "run": run}
 
 

@@ -149,12 +149,17 @@ def test_command_human_output_and_defaults(tmp_path, capsys):
     p, cmd = _parser()
     args = p.parse_args(["--out", str(tmp_path), "--hidden", "8", "--epochs", "1",
                          "--train-subset", "300", "--data-dir", str(DATA)])
-    assert args.bias is True and args.lr == 0.05 and args.batch_size == 64
+    # lr and batch size are left to the recipe: the MLP's SGD one (or the CNN's Adam one with --arch)
+    assert args.bias is True and args.lr is None and args.batch_size is None
+    from subsetsum_lth.train import TrainConfig
+    assert (TrainConfig().lr, TrainConfig().batch_size) == (0.05, 64)
+    assert (TrainConfig(arch="lenet5").lr, TrainConfig(arch="lenet5").batch_size) == (1e-3, 128)
     assert cmd.run(args) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and str(tmp_path / "target.safetensors") in out
     defaults = p.parse_args(["--out", "x"])
-    assert defaults.hidden == (500,) and defaults.epochs == 10 and defaults.seed == 0
+    assert defaults.hidden == (500,) and defaults.epochs is None and defaults.seed == 0
+    assert TrainConfig().epochs == 10
 
 
 @pytest.mark.parametrize("argv", [["--hidden", "5,x"], ["--hidden", "0"], ["--epochs", "0"],

@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 from subsetsum_lth.commands._common import print_json
-from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.commands._progress import progress_factory
+from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
                                                  preprocessing_from_args, target_flags_given)
 
@@ -26,6 +26,7 @@ def add_arguments(p) -> None:
     # every default of a flag that maps onto a config field is that field's default (written once,
     # in the dataclass; tests/test_cli_config.py checks it)
     from subsetsum_lth.approximate import ApproximateConfig
+    from subsetsum_lth.certify_box import BoxConfig
     from subsetsum_lth.construction import ConstructionConfig
     from subsetsum_lth.limits import DEFAULT_TIME_LIMIT
     from subsetsum_lth.solve import SolveConfig
@@ -51,9 +52,19 @@ def add_arguments(p) -> None:
                         f"{ConstructionConfig.eps:g} if --eps is not given")
     p.add_argument("--input-radius", type=float, default=None,
                    help="radius r of the input ball for the certificate (default: 1, or from --data)")
-    p.add_argument("--input-domain", choices=("nonnegative", "signed"), default=None,
+    p.add_argument("--input-domain", choices=("nonnegative", "signed", "box"), default=None,
                    help="sign of the first layer's inputs (default: from the target's metadata or --data, "
-                        "else signed)")
+                        "else signed); box: every input coordinate lies in --input-box, and a box "
+                        "certificate (differential alpha-CROWN) is added; --eps is then checked on it")
+    p.add_argument("--input-box", default=None, metavar="LO,HI",
+                   help="bounds of every input coordinate for --input-domain box (default with --data mnist: 0,1); "
+                        "a negative LO is written --input-box=-1,1")
+    p.add_argument("--local-radius", type=float, action="append", default=None, metavar="RHO",
+                   help="with --input-domain box and --data: certified agreement of f and the pruned network "
+                        "on l-inf balls of radius RHO around the test images (repeatable; default 0.01 and 0.05)")
+    p.add_argument("--bab-seconds", type=float, default=BoxConfig.bab_seconds, metavar="S",
+                   help="with --input-domain box: refine the box certificate by branch and bound on unstable "
+                        "units for S seconds (default 0: none)")
     p.add_argument("--data", choices=DATASETS, default=None,
                    help="evaluate target and pruned network on this data set's test images")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
@@ -71,7 +82,9 @@ def add_arguments(p) -> None:
                         f"fallback for instances beyond exact search (default: {DEFAULT_TIME_LIMIT:g})")
     p.add_argument("--max-hours", type=float, default=ApproximateConfig.max_hours,
                    help="refuse (before any work) a run whose estimated solve time, ~2^(n/2) per instance "
-                        "of n live coefficients, is longer than this")
+                        "of n live coefficients, is longer than this; block growth (--width auto, "
+                        "adaptive) stops before its re-solves pass this many hours of estimated "
+                        "single-core time")
     x = p.add_argument_group("where the solver batches run")
     x.add_argument("--executor", choices=("process", "dask", "dask-local"), default=SolveConfig.executor,
                    help="process: a local process pool; dask: a Dask distributed cluster (--scheduler); "
@@ -89,16 +102,23 @@ def add_arguments(p) -> None:
     p.add_argument("--block-width", type=int, default=ConstructionConfig.block_width,
                    help="units per block m (overrides the Theorem 1 formula)")
     p.add_argument("--width", choices=("formula", "auto", "adaptive"), default=ConstructionConfig.width,
-                   help="formula: every block has the formula's (or --block-width) units; auto: the same, "
-                        "then blocks with an infeasible instance grow by fresh seeded units until all are "
-                        "within τ; adaptive: like auto but starting from half the formula's width")
+                   help="auto (default): blocks start at the Theorem 1 formula's width (or --block-width) "
+                        "and blocks with an instance outside τ grow by fresh seeded units until all are "
+                        "within τ; adaptive: the same growth from ceil(2 log2(max(1, max|w|)/τ) + 6) units "
+                        "(from τ and the weights, not the layer size): the smallest g and, with --solver "
+                        "mitm, the fastest run, at a looser certified bound; formula: every block has the "
+                        "formula's (or --block-width) units, no growth")
     p.add_argument("--grow", type=int, default=ConstructionConfig.grow,
                    help="units appended to a block per growth step (default: max(4, m/4))")
     p.add_argument("--max-growth", type=int, default=ConstructionConfig.max_growth,
-                   help="growth steps per block at most (0: no growth, as --width formula)")
+                   help="growth steps per block at most (0: no growth, as --width formula); default: no "
+                        "step cap, a block grows while it has an instance outside τ, its live units stay "
+                        "within exact search's reach and its estimated re-solve time within --max-hours")
     p.add_argument("--C", dest="C", type=float, default=ConstructionConfig.C,
-                   help="constant C in m = ceil(C log2(p q l / min(ε, δ)))")
-    p.add_argument("--delta", type=float, default=ConstructionConfig.delta, help="δ in the width formula (default: ε)")
+                   help="constant C in m = ceil(C log2(p q l / min(ε, δ))), the starting width of "
+                        "--width auto and formula")
+    p.add_argument("--delta", type=float, default=ConstructionConfig.delta,
+                   help="δ in the width formula of --width auto and formula (default: ε)")
     p.add_argument("--distribution", choices=("uniform", "normal"), default=ConstructionConfig.distribution,
                    help="distribution of g's weights (uniform = U[-1, 1])")
     p.add_argument("--allow-infeasible", action="store_true",
@@ -132,7 +152,8 @@ def run(args) -> int:
                         "or drop them")
     # every number is checked by the config dataclasses, before any work (training the default
     # target takes minutes); input domain and radius are filled in later, from the target and --data
-    _config(args, args.input_domain or ConstructionConfig.input_domain,
+    early_domain = args.input_domain if args.input_domain in ("nonnegative", "signed") else None
+    _config(args, early_domain or ConstructionConfig.input_domain,
             ApproximateConfig.input_radius if args.input_radius is None else args.input_radius)
     from subsetsum_lth.executors import check_executor
     check_executor(args.executor, args.scheduler)
@@ -159,7 +180,8 @@ def run(args) -> int:
 
     eval_data = emp_data = None
     radius = args.input_radius
-    domain = args.input_domain or target.metadata.get("input_domain")
+    box = _box_args(args, target)   # --input-domain box: the box, and the construction's domain
+    domain = (box.domain if box is not None else args.input_domain) or target.metadata.get("input_domain")
     if args.data is not None:
         from subsetsum_lth.data.mnist import evaluation_inputs
         eval_data, emp_data, radius = evaluation_inputs(target.input_dim, args.data_dir, args.seed, radius=radius,
@@ -168,7 +190,9 @@ def run(args) -> int:
         _check_accuracy(target, eval_data, getattr(args, "expected_accuracy", None))
     from subsetsum_lth.commands._target_args import check_expected_accuracy
     check_expected_accuracy(args)
-    radius = ApproximateConfig.input_radius if radius is None else radius
+    if radius is None:   # the ball around the box, else the config default
+        radius = (ApproximateConfig.input_radius if box is None
+                  else max(abs(box.lo), abs(box.hi)) * target.input_dim ** 0.5)
     domain = domain or "signed"
 
     extra = {} if args.data is None else {"data": args.data}
@@ -176,7 +200,7 @@ def run(args) -> int:
         extra.update({"target_training_seconds": training_seconds,
                       "target_training_note": "the default target was trained by this command before the "
                                               "approximation; wall_seconds does not include it"})
-    config = _config(args, domain, radius, extra)
+    config = _config(args, domain, radius, extra, box)
     progress = progress_factory(not args.no_progress, unit="inst")
     status = 0
     from subsetsum_lth.executors import make_pool
@@ -207,7 +231,7 @@ def run(args) -> int:
     return status
 
 
-def _config(args, domain: str, radius: float, report_extra: dict | None = None):
+def _config(args, domain: str, radius: float, report_extra: dict | None = None, box=None):
     """The ApproximateConfig the flags describe (its dataclasses check every number)."""
     from subsetsum_lth.approximate import ApproximateConfig
     from subsetsum_lth.construction import ConstructionConfig
@@ -225,7 +249,28 @@ def _config(args, domain: str, radius: float, report_extra: dict | None = None):
         eps=args.eps, weight_eps=args.weight_eps, input_radius=radius,
         allow_infeasible=args.allow_infeasible, resume=args.resume, overwrite=args.overwrite,
         empirical_samples=args.samples, ascent_steps=args.steps, plots=not args.no_plots,
-        max_hours=args.max_hours, store=args.store, report_extra=report_extra or {})
+        max_hours=args.max_hours, store=args.store, report_extra=report_extra or {}, box=box)
+
+
+def _box_args(args, target):
+    """--input-domain box / --input-box / --local-radius -> a BoxConfig (or None), one clear error each."""
+    from subsetsum_lth.errors import UserError
+    if args.input_domain != "box":
+        if args.input_box is not None or args.local_radius or args.bab_seconds:
+            raise UserError("--input-box, --local-radius and --bab-seconds need --input-domain box")
+        return None
+    from subsetsum_lth.certify_box import DEFAULT_LOCAL_RADII, BoxConfig, parse_box
+    if not target.is_mlp:
+        raise UserError("--input-domain box is implemented for fully connected targets; for a network with "
+                        "conv/pooling layers use --input-domain nonnegative (or signed) and its ball certificate")
+    if args.input_box is None and args.data is None:
+        raise UserError("--input-domain box needs --input-box LO,HI (e.g. --input-box 0,1), or --data mnist "
+                        "whose pixels lie in [0, 1]")
+    lo, hi = parse_box(args.input_box) if args.input_box is not None else (0.0, 1.0)
+    radii = tuple(args.local_radius) if args.local_radius else (DEFAULT_LOCAL_RADII if args.data else ())
+    if radii and args.data is None:
+        raise UserError("--local-radius needs test images: add --data mnist")
+    return BoxConfig(lo, hi, local_radii=radii, bab_seconds=args.bab_seconds)
 
 
 def _check_out_early(args) -> None:
@@ -277,6 +322,13 @@ def _summary(r: dict, out: Path) -> None:
         print(f"test accuracy: target {100 * r['target_accuracy']:.2f}%, pruned {100 * r['pruned_accuracy']:.2f}%, "
               f"agreement {100 * r['prediction_agreement']:.2f}%")
     print(f"certified bound: {r['certified_bound']:.4g}   empirical (lower) bound: {r['empirical_bound']:.4g}")
+    bc = r.get("box_certificate")
+    if bc:
+        print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]: certified {bc['bound']:.4g}   box attack "
+              f"{bc['empirical_bound']:.4g}   ratio {bc['ratio']:.3g}   ({bc['seconds']:.1f} s)")
+        for rho, frac in (bc.get("local_agreement") or {}).items():
+            print(f"  certified agreement at l-inf radius {rho}: {100 * frac:.2f}% of "
+                  f"{bc['local_agreement_examples']} test images")
     print(f"kept parameters: {r['kept_parameters']:,} of {r['total_parameters']:,} in g "
           f"({r['prepruned_parameters']:,} after block pre-pruning)")
     print(f"infeasible/failed instances: {r['infeasible_count']}")

@@ -1,0 +1,534 @@
+"""The box-domain differential certificate (subsetsum_lth.certify_box) against exact maxima.
+
+On small random pairs (f, ĝ) — 1 to 3 layers, a few inputs, ĝ given by LayerMaps with errors far
+larger than a real ticket's, so the relaxations matter — the exact per-output extremes of f − ĝ
+over the box are computed by a MILP (OR-Tools SCIP, big-M from interval bounds computed here,
+the optimum re-evaluated on the networks, never taken from the solver's objective alone). The
+certificate's per-output intervals must contain them, its ℓ2 bound must exceed the norm at every
+MILP optimum and every attack point. Mutants (a term dropped, a slope wrong, the bound cut) are
+patched into the module and must be caught by the same check.
+"""
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from subsetsum_lth import certify_box as cb
+from subsetsum_lth.certify import CollapsedNet, LayerMap
+from subsetsum_lth.errors import UserError
+from subsetsum_lth.target import Layer, Target
+
+pywraplp = pytest.importorskip("ortools.linear_solver.pywraplp")
+
+
+# ----------------------------------------------------------------------------- cases
+
+def make_case(seed: int, sizes, tau: float, lo: float, hi: float, exact_last: bool = False):
+    rng = np.random.default_rng(seed)
+    layers, maps = [], []
+    for i, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
+        W = rng.standard_normal((q, p)) / np.sqrt(p)
+        b = 0.5 * rng.standard_normal(q)
+        layers.append(Layer(W, b))
+        e = (lambda *s: 0 * rng.random(s)) if (exact_last and i == len(sizes) - 2) else (
+            lambda *s: tau * (2 * rng.random(s) - 1))
+        maps.append(LayerMap(W - e(q, p), W - e(q, p), b - e(q)))
+    return Target(layers), maps, lo, hi
+
+
+CASES = {
+    "2 layers, [0,1]": make_case(0, [3, 4, 2], 0.2, 0.0, 1.0),
+    "2 layers, [-1,1]": make_case(1, [3, 5, 2], 0.2, -1.0, 1.0),
+    "3 layers, [0,1]": make_case(2, [3, 4, 4, 2], 0.15, 0.0, 1.0),
+    "3 layers, [-0.5,2]": make_case(3, [2, 4, 3, 3], 0.15, -0.5, 2.0),
+    "2 layers, [-2,-0.5]": make_case(4, [3, 4, 2], 0.2, -2.0, -0.5),
+    "2 layers, exact last layer": make_case(5, [4, 6, 3], 0.3, 0.0, 1.0, exact_last=True),
+    "2 layers, wide": make_case(6, [4, 8, 1], 0.1, 0.0, 1.0),
+    "1 layer, one output (tight)": make_case(7, [4, 1], 0.3, -1.0, 1.0),
+    "1 layer, [0,1]": make_case(8, [3, 2], 0.3, 0.0, 1.0),
+    "3 layers, small errors": make_case(9, [3, 5, 5, 2], 0.02, 0.0, 1.0),
+}
+
+
+# ----------------------------------------------------------------------------- the MILP
+
+def _ibp(Ws, bs, lo, hi):
+    """Interval bounds of every pre-activation (written here, independent of the package)."""
+    out = []
+    l, u = lo, hi
+    for i, (W, b) in enumerate(zip(Ws, bs)):
+        Wp, Wn = np.clip(W, 0, None), np.clip(W, None, 0)
+        zl, zu = Wp @ l + Wn @ u + b, Wp @ u + Wn @ l + b
+        out.append((zl, zu))
+        l, u = np.maximum(zl, 0), np.maximum(zu, 0)
+    return out
+
+
+def _relu_var(s, z, l, u, name):
+    if u <= 0:
+        return 0
+    if l >= 0:
+        return z
+    a = s.NumVar(0, float(u), name)
+    dlt = s.BoolVar(name + "_on")
+    s.Add(a >= z)
+    s.Add(a <= z - float(l) * (1 - dlt))
+    s.Add(a <= float(u) * dlt)
+    return a
+
+
+def _net_exprs(s, target_layers, maps, xs, lo, hi, tag):
+    """Linear expressions of f's and ĝ's outputs on the MILP's input variables."""
+    p = len(xs)
+    # x = x⁺ + x⁻ exactly (x⁺ = relu(x)) for ĝ's first layer
+    xp = [_relu_var(s, xs[j], lo[j], hi[j], f"{tag}xp{j}") for j in range(p)]
+    xm = [xs[j] - xp[j] for j in range(p)]
+    outs = []
+    for which in ("f", "g"):
+        h = None
+        Ws = [L.weight for L in target_layers] if which == "f" else [M.w_plus for M in maps]
+        bs = [L.bias for L in target_layers] if which == "f" else [M.bias for M in maps]
+        if which == "f":
+            bnd = _ibp(Ws, bs, lo, hi)
+        else:   # ĝ's first layer on (x⁺, x⁻): bounds of its pre-activation from the pair
+            W0 = np.hstack([maps[0].w_plus, maps[0].w_minus])
+            l2 = np.concatenate([np.maximum(lo, 0), np.minimum(lo, 0)])
+            h2 = np.concatenate([np.maximum(hi, 0), np.minimum(hi, 0)])
+            bnd = _ibp([W0] + Ws[1:], bs, l2, h2)
+        for i, (W, b) in enumerate(zip(Ws, bs)):
+            q = W.shape[0]
+            z = []
+            for r in range(q):
+                if i == 0 and which == "g":
+                    e = sum(float(maps[0].w_plus[r, j]) * xp[j] + float(maps[0].w_minus[r, j]) * xm[j]
+                            for j in range(p)) + float(b[r])
+                elif i == 0:
+                    e = sum(float(W[r, j]) * xs[j] for j in range(p)) + float(b[r])
+                else:
+                    e = sum(float(W[r, j]) * h[j] for j in range(W.shape[1])) + float(b[r])
+                z.append(e)
+            if i < len(Ws) - 1:
+                zl, zu = bnd[i]
+                h = [_relu_var(s, z[r], zl[r], zu[r], f"{tag}{which}{i}_{r}") for r in range(q)]
+            else:
+                outs.append(z)
+    return outs
+
+
+def _forward_pair(target, maps, x):
+    xt = torch.as_tensor(np.atleast_2d(x), dtype=torch.float64)
+    with torch.no_grad():
+        return target.forward(xt).numpy(), CollapsedNet(maps)(xt).numpy()
+
+
+def milp_extreme(target, maps, lo, hi, coef_f, coef_g):
+    """max over the box of coef_f·f(x) + coef_g·ĝ(x): (value re-evaluated at the optimum, x*)."""
+    s = pywraplp.Solver.CreateSolver("SCIP")
+    p = target.sizes[0]
+    lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (p,))
+    hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (p,))
+    xs = [s.NumVar(float(lo[j]), float(hi[j]), f"x{j}") for j in range(p)]
+    fo, go = _net_exprs(s, target.layers, maps, xs, lo, hi, "n")
+    s.Maximize(sum(float(c) * e for c, e in zip(coef_f, fo)) + sum(float(c) * e for c, e in zip(coef_g, go)))
+    assert s.Solve() == pywraplp.Solver.OPTIMAL
+    x = np.array([v.solution_value() for v in xs])
+    f, g = _forward_pair(target, maps, x)
+    val = float(np.dot(coef_f, f[0]) + np.dot(coef_g, g[0]))
+    # the solver's claim, recomputed: the optimum it reports is the value at its point
+    assert abs(val - s.Objective().Value()) <= 1e-6 * (1 + abs(val)), (val, s.Objective().Value())
+    return val, x
+
+
+@functools.lru_cache(maxsize=None)
+def exact_extremes(name):
+    """Per output k: exact max and min of (f − ĝ)_k over the box, and the optimal points."""
+    target, maps, lo, hi = CASES[name]
+    q = target.sizes[-1]
+    mx, mn, pts = [], [], []
+    for k in range(q):
+        e = np.eye(q)[k]
+        v, x = milp_extreme(target, maps, lo, hi, e, -e)
+        mx.append(v)
+        pts.append(x)
+        v, x = milp_extreme(target, maps, lo, hi, -e, e)
+        mn.append(-v)
+        pts.append(x)
+    return np.array(mx), np.array(mn), np.array(pts)
+
+
+def norm_at(target, maps, x):
+    f, g = _forward_pair(target, maps, x)
+    return np.linalg.norm(f - g, axis=1)
+
+
+def check_case(name, iters=20):
+    """Raises AssertionError('... > certified ...') when the certificate misses an exact value."""
+    target, maps, lo, hi = CASES[name]
+    mx, mn, pts = exact_extremes(name)
+    cert = cb.box_certificate(target, maps, lo, hi, iters=iters)
+    upper, lower = np.array(cert["upper"]), np.array(cert["lower"])
+    tol = 1e-9
+    assert np.all(upper >= mx - tol), f"{name}: exact max {mx} > certified upper {upper}"
+    assert np.all(lower <= mn + tol), f"{name}: exact min {mn} < certified lower {lower}"
+    exact_norm = float(norm_at(target, maps, pts).max())
+    assert exact_norm <= cert["bound"] + tol, f"{name}: norm {exact_norm} > certified {cert['bound']}"
+    return cert, mx, mn
+
+
+# ----------------------------------------------------------------------------- soundness
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_certificate_contains_exact_per_output_extremes(name):
+    cert, mx, mn = check_case(name)
+    assert np.isfinite(cert["bound"])
+    # per-output intervals from an ℓ2 bound: the bound is exactly the ℓ2 of their maxima
+    m = np.maximum(np.abs(cert["lower"]), np.abs(cert["upper"]))
+    assert cert["bound"] >= np.sqrt((m ** 2).sum())
+
+
+def test_one_layer_one_output_is_exact():
+    """f − ĝ = E x + e is linear: the per-output interval is exact, so the bound is attained."""
+    name = "1 layer, one output (tight)"
+    cert, mx, mn = check_case(name)
+    assert cert["upper"][0] == pytest.approx(mx[0], rel=1e-9, abs=1e-12)
+    assert cert["lower"][0] == pytest.approx(mn[0], rel=1e-9, abs=1e-12)
+    assert cert["bound"] == pytest.approx(max(abs(mx[0]), abs(mn[0])), rel=1e-8)
+
+
+def test_relaxation_is_much_tighter_than_intervals_on_small_errors():
+    """Non-vacuous: with small errors the differential bound is far below the difference of
+    separate interval bounds of f and ĝ (what bounding each network alone gives)."""
+    name = "3 layers, small errors"
+    target, maps, lo, hi = CASES[name]
+    cert, mx, mn = check_case(name)
+    Ws = [L.weight for L in target.layers]
+    bs = [L.bias for L in target.layers]
+    fl, fu = _ibp(Ws, bs, np.zeros(3), np.ones(3))[-1]
+    gl, gu = _ibp([M.w_plus for M in maps], [M.bias for M in maps], np.zeros(3), np.ones(3))[-1]
+    naive = np.sqrt((np.maximum(np.abs(fu - gl), np.abs(fl - gu)) ** 2).sum())
+    assert cert["bound"] < 0.2 * naive
+    exact = np.sqrt((np.maximum(np.abs(mx), np.abs(mn)) ** 2).sum())
+    assert cert["bound"] < 3 * exact
+
+
+def test_alpha_optimisation_never_loosens():
+    for name in ("2 layers, [0,1]", "3 layers, [-0.5,2]"):
+        target, maps, lo, hi = CASES[name]
+        b0 = cb.box_certificate(target, maps, lo, hi, iters=0)
+        b1 = cb.box_certificate(target, maps, lo, hi, iters=40)
+        assert np.all(np.array(b1["upper"]) <= np.array(b0["upper"]) + 1e-12)
+        assert np.all(np.array(b1["lower"]) >= np.array(b0["lower"]) - 1e-12)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_attack_stays_under_certificate_and_finds_the_exact_extremes(name):
+    target, maps, lo, hi = CASES[name]
+    cert = cb.box_certificate(target, maps, lo, hi, iters=20)
+    att = cb.box_attack(target, maps, lo, hi, starts=cert["corners"], random_points=64, steps=60)
+    assert att["empirical_bound"] <= cert["bound"]
+    x = att["witness"]["x"]
+    assert np.all(x >= lo) and np.all(x <= hi)
+    assert norm_at(target, maps, x)[0] == pytest.approx(att["witness"]["error"], rel=1e-12)
+    # the attack is strong on these tiny cases: it reaches the best MILP point's norm closely
+    mx, mn, pts = exact_extremes(name)
+    assert att["empirical_bound"] >= 0.9 * float(norm_at(target, maps, pts).max())
+
+
+@settings(max_examples=25)
+@given(st.integers(0, 10 ** 6), st.integers(1, 3), st.sampled_from([(0.0, 1.0), (-1.0, 1.0), (-0.3, 0.7)]))
+def test_sampled_points_stay_under_certificate(seed, depth, box):
+    sizes = [3] + [4] * (depth - 1) + [2]
+    target, maps, lo, hi = make_case(seed, sizes, 0.2, *box)
+    cert = cb.box_certificate(target, maps, lo, hi, iters=10)
+    rng = np.random.default_rng(seed)
+    X = np.vstack([lo + (hi - lo) * rng.random((512, 3)),
+                   np.where(rng.random((512, 3)) < 0.5, lo, hi)])
+    f, g = _forward_pair(target, maps, X)
+    d = f - g
+    assert np.all(d <= np.array(cert["upper"]) + 1e-9)
+    assert np.all(d >= np.array(cert["lower"]) - 1e-9)
+    assert np.linalg.norm(d, axis=1).max() <= cert["bound"]
+
+
+# ----------------------------------------------------------------------------- local agreement
+
+def _margin_min(net_layers, x0, rho, lo, hi, c, k):
+    """min over the ℓ∞ ball ∩ box of out_c − out_k for one network (MILP)."""
+    from subsetsum_lth.certify import LayerMap as LM
+    t = Target([Layer(W, b) for W, b in net_layers])
+    maps = [LM(W, W, b) for W, b in net_layers]
+    q = t.sizes[-1]
+    e = np.eye(q)
+    blo, bhi = np.maximum(x0 - rho, lo), np.minimum(x0 + rho, hi)
+    v, _ = milp_extreme(t, maps, blo, bhi, -(e[c] - e[k]), np.zeros(q))
+    return -v
+
+
+def test_local_agreement_is_sound_and_not_vacuous():
+    target, maps, lo, hi = make_case(11, [4, 6, 3], 0.1, 0.0, 1.0)
+    rng = np.random.default_rng(0)
+    x = rng.random((30, 4))
+    fl = [(L.weight, L.bias) for L in target.layers]
+    gl = [(M.w_plus, M.bias) for M in maps]
+    for rho in (0.02, 0.1):
+        frac, mask = cb.local_agreement(target, maps, x, rho, lo, hi, return_mask=True)
+        assert frac == pytest.approx(mask.mean())
+        f, _ = _forward_pair(target, maps, x)
+        for i in np.flatnonzero(mask):
+            c = int(f[i].argmax())
+            for k in range(3):
+                if k != c:
+                    assert _margin_min(fl, x[i], rho, lo, hi, c, k) > 0
+                    assert _margin_min(gl, x[i], rho, lo, hi, c, k) > 0
+    tiny = cb.local_agreement(target, maps, x, 1e-7, lo, hi)
+    f, g = _forward_pair(target, maps, x)
+    top2 = np.sort(f, 1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0] > 1e-3) & (f.argmax(1) == g.argmax(1))
+    assert tiny >= clear.mean() - 1e-12 and clear.mean() > 0.3
+
+
+def test_local_agreement_refuses_bad_radius():
+    target, maps, lo, hi = CASES["2 layers, [0,1]"]
+    with pytest.raises(UserError, match="--local-radius"):
+        cb.local_agreement(target, maps, np.zeros((1, 3)), float("nan"))
+
+
+# ----------------------------------------------------------------------------- mutants
+
+def _mut_l2(lower, upper):
+    return 0.9 * cb_l2(lower, upper)
+
+
+def _mut_clip(dl, du):
+    ls, lb, us, ub = cb_clip(dl, du)
+    return ls, lb, us * 0.5, ub          # upper chord of max(d, 0) with the wrong slope
+
+
+def _mut_clip_lower_bias(dl, du):
+    ls, lb, us, ub = cb_clip(dl, du)
+    return ls, torch.zeros_like(lb), us, ub
+
+
+def _mut_relu_chord(l, u, alpha):
+    ls, s, sb = cb_relu(l, u, alpha)
+    return ls, s, torch.zeros_like(sb)   # chord bias −s·l dropped
+
+
+def _mut_relu_alpha(l, u, alpha):
+    ls, s, sb = cb_relu(l, u, alpha)
+    uns = (l < 0) & (u > 0)
+    return torch.where(uns, 1.5 * torch.ones_like(ls), ls), s, sb   # lower slope outside [0, 1]
+
+
+def _mut_no_d(b, af, ag, th_u, th_l):
+    z = torch.zeros_like(b.l)
+    return (z, z, z), (z, z, z)          # the W·D term dropped
+
+
+def _mut_first_layer(net, Xlo, Xhi):
+    b = cb_first(net, Xlo, Xhi)
+    ends = [(b.l, b.u), (b.dl, b.du), (b.lf, b.uf)]
+    half = [((3 * lo + hi) / 4, (lo + 3 * hi) / 4) for lo, hi in ends]   # every interval's radius halved
+    return cb.Bounds(*half[0], *half[1], *half[2])
+
+
+def _mut_diff_net(target, maps, split="plus"):
+    net = cb_diff(target, maps, split)
+    net.wg[-1], net.bg[-1] = net.wf[-1], net.bf[-1]                  # last layer's E, e dropped
+    return net
+
+
+def _mut_sep_planes(b, af, ag, th_u, th_l):
+    lo, up = cb_dplanes(b, af, ag, th_u, th_l)
+    return lo, (up[0], up[1], up[2] - 0.5 * th_u * cb_relu(b.lf, b.uf, af)[2])   # part of U_f's bias dropped
+
+
+cb_l2, cb_clip, cb_relu, cb_first, cb_diff, cb_dplanes = (cb.l2_of_intervals, cb._clip_planes, cb._relu,
+                                                          cb._first_layer_bounds, cb.diff_net, cb._d_planes)
+
+MUTANTS = {
+    "bound x 0.9": ("l2_of_intervals", _mut_l2),
+    "clip upper chord slope halved": ("_clip_planes", _mut_clip),
+    "clip lower bias dropped": ("_clip_planes", _mut_clip_lower_bias),
+    "relu upper chord bias dropped": ("_relu", _mut_relu_chord),
+    "relu lower slope 1.5": ("_relu", _mut_relu_alpha),
+    "D term dropped": ("_d_planes", _mut_no_d),
+    "first-layer interval radius halved": ("_first_layer_bounds", _mut_first_layer),
+    "last layer's error dropped": ("diff_net", _mut_diff_net),
+    "separate plane bias cut": ("_d_planes", _mut_sep_planes),
+}
+
+
+@pytest.mark.parametrize("mutant", list(MUTANTS))
+def test_mutant_is_killed(monkeypatch, mutant):
+    for name in CASES:          # the exact values are computed before any patching
+        exact_extremes(name)
+    attr, fn = MUTANTS[mutant]
+    monkeypatch.setattr(cb, attr, fn)
+    killed = []
+    for name in CASES:
+        for iters in (0, 20):
+            try:
+                check_case(name, iters=iters)
+            except AssertionError as exc:
+                assert "certified" in str(exc), exc
+                killed.append(name)
+    assert killed, f"mutant {mutant!r} survived every exact check"
+
+
+def test_identity_patch_kills_nothing(monkeypatch):
+    monkeypatch.setattr(cb, "_clip_planes", lambda dl, du: cb_clip(dl, du))
+    monkeypatch.setattr(cb, "_relu", lambda l, u, a: cb_relu(l, u, a))
+    for name in CASES:
+        check_case(name, iters=0)
+        check_case(name, iters=20)
+
+
+# ----------------------------------------------------------------------------- inputs and the CLI
+
+@pytest.mark.parametrize("text", ["1,0", "0", "a,b", "0,inf", "nan,1", "0,1,2"])
+def test_parse_box_refuses(text):
+    with pytest.raises(UserError, match="--input-box"):
+        cb.parse_box(text)
+
+
+def test_parse_box_accepts():
+    assert cb.parse_box("-0.5,2") == (-0.5, 2.0)
+
+
+def test_box_config_refuses_local_radius_on_signed_box():
+    with pytest.raises(UserError, match="--local-radius"):
+        cb.BoxConfig(-1.0, 1.0, local_radii=(0.01,))
+
+
+@pytest.fixture
+def small_target(tmp_path):
+    from torch import nn
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    path = tmp_path / "target.pt"
+    torch.save(m.state_dict(), path)
+    return path
+
+
+def _approx(target, out, *extra):
+    from subsetsum_lth.cli import main
+    return main(["approximate", "--target", str(target), "--out", str(out), "--solver", "mitm",
+                 "--block-width", "30", "--no-progress", "--no-plots", "--samples", "64", "--steps", "20",
+                 "--workers", "1", *extra])
+
+
+def test_cli_box_run_and_certify_recompute(small_target, tmp_path, capsys):
+    from subsetsum_lth.cli import main
+    out = tmp_path / "run"
+    assert _approx(small_target, out, "--weight-eps", "0.02", "--input-domain", "box",
+                   "--input-box=-0.5,1") == 0
+    assert "box [-0.5, 1]: certified" in capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())
+    bc = rep["box_certificate"]
+    assert bc["box"] == [-0.5, 1.0] and bc["empirical_bound"] <= bc["bound"]
+    assert bc["ratio"] == pytest.approx(bc["bound"] / bc["empirical_bound"])
+    assert rep["input_domain"] == "signed" and "certified_bound" in rep   # the ball keys stay
+    assert (out / cb.BOX_WITNESS).exists()
+    assert cb.BOX_WITNESS in json.loads((out / "manifest.json").read_text())["files"]
+    assert main(["certify", str(out), "--json", "--samples", "32", "--steps", "5"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    rb = res["box_certificate"]
+    assert rb["matches_report"] is True
+    assert rb["witness"]["matches_report"] is True and rb["witness"]["error"] <= rb["bound"]
+    # another box on request; the stored witness is not for it
+    assert main(["certify", str(out), "--json", "--input-domain", "box", "--input-box", "0,1",
+                 "--bab-seconds", "1"]) == 0
+    rb2 = json.loads(capsys.readouterr().out)["box_certificate"]
+    assert rb2["box"] == [0.0, 1.0] and "witness" not in rb2 and rb2["bound"] <= rb["bound"] + 1e-12
+    assert "branch and bound 1 s" in rb2["method"]
+
+
+def test_cli_eps_mode_is_checked_on_the_box(small_target, tmp_path):
+    out = tmp_path / "run"
+    assert _approx(small_target, out, "--eps", "0.05", "--input-domain", "box", "--input-box", "0,1",
+                   "--input-radius", "1000") == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["certified_ok"] is True
+    assert rep["certified_bound"] > 0.05          # the ball's bound (radius 1000) is not what --eps checks
+    assert rep["box_certificate"]["bound"] <= 0.05
+    assert rep["rounds"][-1]["certified_bound"] == pytest.approx(rep["box_certificate"]["bound"], rel=1e-6)
+    # --resume of the finished run: recognised as complete (its box bound recomputed), nothing redone
+    assert _approx(small_target, out, "--eps", "0.05", "--input-domain", "box", "--input-box", "0,1",
+                   "--input-radius", "1000", "--resume") == 0
+    assert json.loads((out / "report.json").read_text())["wall_seconds"] == rep["wall_seconds"]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--input-box", "0,1"], "need --input-domain box"),
+    (["--bab-seconds", "5"], "need --input-domain box"),
+    (["--input-domain", "box"], "needs --input-box"),
+    (["--input-domain", "box", "--input-box", "1,0"], "LO < HI"),
+    (["--input-domain", "box", "--input-box", "0,1", "--local-radius", "0.1"], "needs test images"),
+])
+def test_cli_box_refusals(small_target, tmp_path, capsys, args, match):
+    rc = _approx(small_target, tmp_path / "o", *args)
+    assert rc != 0
+    assert match in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- branch and bound
+
+BAB_CASES = ["2 layers, [-1,1]", "3 layers, [0,1]", "2 layers, exact last layer"]
+
+
+def check_case_bab(name):
+    """Branch and bound stopped by its domain count (6 per objective), not by the clock."""
+    target, maps, lo, hi = CASES[name]
+    mx, mn, _ = exact_extremes(name)
+    cert = cb.box_certificate(target, maps, lo, hi, iters=10, bab_seconds=600, bab_domains=6)
+    up, low = np.array(cert["upper"]), np.array(cert["lower"])
+    assert np.all(up >= mx - 1e-9), f"{name}: exact max {mx} > certified upper {up} (branch and bound)"
+    assert np.all(low <= mn + 1e-9), f"{name}: exact min {mn} < certified lower {low} (branch and bound)"
+    return cert
+
+
+def test_branch_and_bound_is_sound_never_looser_and_tightens():
+    gains = []
+    for name in BAB_CASES:
+        target, maps, lo, hi = CASES[name]
+        plain = cb.box_certificate(target, maps, lo, hi, iters=10)
+        bab = check_case_bab(name)
+        assert bab["bound"] <= plain["bound"] + 1e-12
+        gains.append(plain["bound"] - bab["bound"])
+    assert max(gains) > 0.01, gains      # not vacuous: it does cut the bound somewhere
+
+
+def _mut_beta_sign(net, cX, const, splits, beta):
+    return cb_beta(net, cX, const, [(j, -s, g) for j, s, g in splits], beta)
+
+
+def _mut_split_side(b, j, active, of_g=True):
+    return cb_split(b, j, not active, of_g)   # the child gets the other side's bounds
+
+
+cb_beta, cb_split = cb._beta_term, cb._split
+BAB_MUTANTS = {"beta sign flipped": ("_beta_term", _mut_beta_sign),
+               "split bounds on the wrong side": ("_split", _mut_split_side)}
+
+
+@pytest.mark.parametrize("mutant", list(BAB_MUTANTS))
+def test_branch_and_bound_mutant_is_killed(monkeypatch, mutant):
+    for name in BAB_CASES:
+        exact_extremes(name)
+    attr, fn = BAB_MUTANTS[mutant]
+    monkeypatch.setattr(cb, attr, fn)
+    killed = []
+    for name in BAB_CASES:
+        try:
+            check_case_bab(name)
+        except AssertionError as exc:
+            assert "certified" in str(exc), exc
+            killed.append(name)
+    assert killed, f"mutant {mutant!r} survived"
