@@ -18,7 +18,13 @@ can never disagree about which network a folder holds. It refuses, with a
   specification differs between report.json and its files, or whose stored support values are
   not what that specification regenerates (bit for bit), or whose masks keep a pre-pruned entry;
 * a ``relu_after`` entry in a subset-sum run (the construction always has every ReLU); in an
-  edge-popup run it must be a list of booleans, one per hidden Linear layer.
+  edge-popup run it must be a list of booleans, one per hidden Linear layer;
+* for an image network (``target_arch``/``input_shape``/``g_arch`` in report.json, subset-sum
+  or edge-popup): g's layout rebuilt from the architecture and the block widths (``layers``,
+  or an edge-popup run's ``construction_plan``) must give every key and shape and equal the
+  stored ``g_arch``; an edge-popup run's ``relu_after`` has one boolean per ReLU of g, drops
+  only ReLUs inside a pair and agrees with ``inner_relu``; structured masks stay inside the
+  pre-pruning.
 """
 from __future__ import annotations
 
@@ -396,8 +402,8 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
     # --- tensors
     state = _load_tensors(path / rf.RANDOM_NET)
     masks = _load_tensors(path / rf.MASKS)
-    if kind == "subset-sum" and "target_arch" in report:
-        return _read_image_run(path, report, f, state, masks, sizes, domain, radius, seed)
+    if "target_arch" in report or "input_shape" in report or "g_arch" in report:
+        return _read_image_run(path, report, f, state, masks, sizes, domain, radius, seed, kind)
     n = _linear_count(state, rf.RANDOM_NET, path)
     n_m = _linear_count(masks, rf.MASKS, path)
     if n_m != n:
@@ -521,11 +527,15 @@ def _read_compact_run(path: Path, report: dict, f, sizes, domain, radius, seed, 
                "subset-sum", relu_after, plans, target, domain, radius, seed, None, compact)
 
 
-def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes, domain, radius, seed) -> Run:
-    """A subset-sum run of a network with conv/pooling layers: report.json records the target's
-    architecture and input shape; g's layout is rebuilt from them and the block widths (never
-    taken from the stored ``g_arch``, which must equal the rebuilt one), then every tensor's key
-    and shape is checked against it."""
+def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes, domain, radius, seed,
+                    kind: str = "subset-sum") -> Run:
+    """A run of a network with conv/pooling layers: report.json records the target's
+    architecture and input shape; g's layout is rebuilt from them and the block widths
+    (``layers`` of a subset-sum run, ``construction_plan`` of an edge-popup run; never taken
+    from the stored ``g_arch``, which must equal the rebuilt one), then every tensor's key and
+    shape is checked against it. Subset-sum masks and structured edge-popup masks keep nothing
+    the construction's pre-pruning removes; an edge-popup run's ``relu_after`` has one boolean
+    per ReLU of g."""
     from subsetsum_lth.construction import layout_of, prepruning_masks
     from subsetsum_lth.errors import UserError
     from subsetsum_lth.layerkinds import kinds_from_arch
@@ -536,11 +546,20 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
         raise f.fail("target_arch", "a list of layer objects", arch)
     try:
         kinds, after = kinds_from_arch(arch, shape)
-    except (UserError, KeyError, TypeError, ValueError) as exc:
+    except (UserError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RunFolderError(f"{where}: 'target_arch' is not a supported architecture ({exc}); {RECREATE}") from None
-    if [kinds[0].p] + [k.q for k in kinds] != sizes:
-        raise RunFolderError(f"{where}: 'target_sizes' {sizes} do not match 'target_arch'; {RECREATE}")
-    plans = _plans(report.get("layers"), sizes, domain, f"{where} 'layers'", [(k.q, k.p) for k in kinds])
+    arch_sizes = [kinds[0].p] + [k.q for k in kinds]
+    if kind == "subset-sum":
+        if arch_sizes != sizes:
+            raise RunFolderError(f"{where}: 'target_sizes' {sizes} do not match 'target_arch'; {RECREATE}")
+        entries, entries_name = report.get("layers"), "layers"
+    else:
+        if "construction_plan" not in report:
+            raise RunFolderError(f"{where} lacks 'construction_plan' (the block widths of the construction's "
+                                 f"network, which an edge-popup run of an image network records); {RECREATE}")
+        entries, entries_name = report["construction_plan"], "construction_plan"
+        sizes = arch_sizes
+    plans = _plans(entries, sizes, domain or "nonnegative", f"{where} '{entries_name}'", [(k.q, k.p) for k in kinds])
     for pl, k in zip(plans, kinds):
         pl.kind = k
     layout = layout_of(plans, after, shape)
@@ -564,7 +583,27 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
             raise RunFolderError(f"{path / rf.MASKS}: mask {k} has dtype {masks[k].dtype}; masks are uint8 0/1; {RECREATE}")
         if masks[k].size and int(masks[k].max()) > 1:
             raise RunFolderError(f"{path / rf.MASKS}: mask {k} holds values other than 0 and 1; {RECREATE}")
-    for k, a in prepruning_masks(plans, state, layout).items():
+    n_param = len(layout.param_indices())
+    relu_after = _relu_after(report, kind, n_param, path)
+    allowed = None
+    if kind == "subset-sum":
+        allowed = prepruning_masks(plans, state, layout)
+    elif f.choice("structure", ("free", "structured"), optional=True) == "structured":
+        # a structured edge-popup run keeps only the entries its search was allowed to score
+        import torch
+        from subsetsum_lth.edge_popup import RandomNet, eligibility
+        net = RandomNet({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, {}, plans,
+                        domain or "nonnegative", layout=layout)
+        allowed = eligibility(net, "structured", f.boolean("inner_relu", optional=True, default=True))
+    if kind == "edge-popup":
+        # ReLUs alternate: after the first layer of pair i (even positions; dropped only by
+        # --no-inner-relu), then the target's own ReLU between pairs (odd positions; always there)
+        if not all(relu_after[1::2]):
+            raise RunFolderError(f"{where}: 'relu_after' drops a ReLU between two target layers (odd "
+                                 f"positions); edge-popup only drops the inner ReLUs; {RECREATE}")
+        if f.boolean("inner_relu", optional=True, default=True) != all(relu_after[0::2]):
+            raise RunFolderError(f"{where}: 'inner_relu' and 'relu_after' disagree; {RECREATE}")
+    for k, a in (allowed or {}).items():
         bad = int(np.count_nonzero(masks[k] & (1 - a)))
         if bad:
             raise RunFolderError(f"{path / rf.MASKS}: mask {k} keeps {bad} entries outside the blocks the "
@@ -583,8 +622,7 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
     n_in = int(np.prod(shape))
     if "witness" in report:
         _witness_entry(report, where, n_in)
-    relu_after = [True] * (2 * len(plans) - 1)
-    return Run(path, state, masks, report, "subset-sum", relu_after, plans, target, domain, radius, seed, layout)
+    return Run(path, state, masks, report, kind, relu_after, plans, target, domain, radius, seed, layout)
 
 
 def layout_arch(kinds, after) -> list[dict]:

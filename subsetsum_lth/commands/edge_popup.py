@@ -16,7 +16,9 @@ DESCRIPTION = (
     "them. --structure structured allows only the edges of the construction's block-diagonal "
     "pre-pruning (top-k among those). The random network comes from a run folder (--from-run, "
     "copied byte for byte), a target (--from-target, allocated as 'approximate' would) or a plain "
-    "wide MLP (--wide 784,H,10 --param-budget N). Writes a run folder in approximate's format "
+    "wide MLP (--wide 784,H,10 --param-budget N); a run or target with convolutions (CNN) gets scores on "
+    "its conv kernels and linear weights alike, on images shaped by its input_shape. Writes a run "
+    "folder in approximate's format "
     "(random_net.safetensors, masks.safetensors, report.json, metrics.csv, training_curve.png). "
     "Defaults against hidden-networks (Ramanujan et al.'s code): the same kaiming-uniform scores, "
     "per-layer top-k and SGD (momentum 0.9, weight decay 5e-4, cosine); g's weights used as stored "
@@ -112,7 +114,8 @@ def add_arguments(p) -> None:
     e.add_argument("--no-inner-relu", dest="inner_relu", action="store_false", default=E.inner_relu,
                    help="use the construction's layers 2i-1 linearly (no ReLU after Linear layers 0, 2, 4, "
                         "...; Pensia et al.'s Fig. 1c structure without ReLU); needs an even number of "
-                        "Linear layers; recorded in report.json ('inner_relu', 'modules')")
+                        "Linear layers; for a CNN run the first (k×k) Conv2d of each pair is used linearly; "
+                        "recorded in report.json ('inner_relu', 'modules')")
     e.add_argument("--temperature", type=_temperature, default=E.temperature, metavar="T",
                    help="train on CE(logits / T); auto: T = standard deviation of the initial masked "
                         "network's logits (U[-1, 1] networks have logits in the hundreds); batch: each "

@@ -52,6 +52,17 @@ weight.
   computed by a gather/scatter instead of a dense product, layers whose eligible entries are
   whole columns (the structured second layers) by a dense product over those columns.
 
+* **Image networks (CNN targets).** For a run or target with convolutions, g is the
+  construction's network of :class:`subsetsum_lth.gnet.GLayout` (k×k Conv2d and 1×1 Conv2d
+  pairs, the target's pooling/flatten copied); every conv kernel and linear weight is a scored
+  tensor (per-layer top-k per tensor, or one global top-k), ``structure='structured'`` uses
+  ``construction.prepruning_masks`` on that layout, ``inner_relu=False`` drops the ReLU after
+  the first layer of every pair. The flat MNIST images are reshaped to N×C×H×W by the layout's
+  ``input_shape``; a kernel with few eligible entries (the structured k×k layers: one per hidden
+  channel) is computed over the unfolded patches. report.json then also records
+  ``target_arch``, ``input_shape`` and ``g_arch`` (checked by ``read_run`` against the
+  construction rebuilt from ``construction_plan``) and, from a run, its ``input_radius``.
+
 The run folder has the same format as ``approximate``'s (DESIGN §5): ``random_net.safetensors``
 (the same random weights; a byte-identical copy for ``from_run``), ``masks.safetensors``,
 ``report.json``, ``metrics.csv``, ``training_curve.png`` and, when the target is known,

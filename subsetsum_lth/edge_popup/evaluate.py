@@ -17,6 +17,7 @@ def evaluate_on_device(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     masks_model = isinstance(model, EdgePopupNet)
     if masks_model:
+        batch = min(batch, model.eval_batch())
         # the masks do not change during evaluation: compute them once
         frozen = _frozen_forward(model)
         for i in range(0, len(x), batch):
@@ -38,6 +39,7 @@ def _frozen_forward(model: EdgePopupNet) -> Callable[[torch.Tensor], torch.Tenso
 def agreement(target, model: EdgePopupNet, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> dict:
     """Target accuracy and prediction agreement with the target (on the test data)."""
     f = _frozen_forward(model)
+    batch = min(batch, model.eval_batch())
     agree = torch.zeros((), dtype=torch.int64, device=x.device)
     t_ok = torch.zeros((), dtype=torch.int64, device=x.device)
     g_ok = torch.zeros((), dtype=torch.int64, device=x.device)

@@ -48,6 +48,33 @@ def _versions() -> dict:
             "torch": torch.__version__}
 
 
+def network_sizes(model: EdgePopupNet) -> list[int]:
+    """[inputs, outputs of each parametric layer] (channels for a conv layer)."""
+    return [model_input_dim(model)] + [s[0] for s in model.shapes]
+
+
+def model_input_dim(model: EdgePopupNet) -> int:
+    if model.input_shape is not None:
+        return int(np.prod(model.input_shape))
+    return model.shapes[0][1]
+
+
+def image_fields(net: RandomNet) -> dict:
+    """report.json's description of an image network (what ``read_run`` validates): the target's
+    architecture and input shape and g's architecture; {} for an MLP."""
+    if not net.is_image:
+        return {}
+    from subsetsum_lth.layerkinds import arch_of
+    lay = net.layout
+    out = {"target_arch": arch_of(list(lay.kinds), [list(a) for a in lay.after]),
+           "input_shape": list(lay.input_shape), "g_arch": lay.ops()}
+    if net.input_radius is not None:
+        # the source run's radius: compare certifies structured masks on the same input ball
+        # (the MNIST radius would be wrong for images of another size)
+        out["input_radius"] = float(net.input_radius)
+    return out
+
+
 def header(model: EdgePopupNet, net: RandomNet, config: EdgePopupConfig, device_name: str,
             n_train: int, n_test: int) -> dict:
     """What a run is about to do, for ``on_start``."""
@@ -57,7 +84,7 @@ def header(model: EdgePopupNet, net: RandomNet, config: EdgePopupConfig, device_
         layers.append({"layer": j, "shape": [o, i], "total_parameters": tw.numel + tb.numel,
                        "eligible_parameters": tw.n_eligible + tb.n_eligible,
                        "kept_parameters": (tw.n_keep if tw.score >= 0 else 0) + (tb.n_keep if tb.score >= 0 else 0)})
-    return {"sizes": [model.shapes[0][1]] + [s[0] for s in model.shapes], "source": net.source,
+    return {"sizes": network_sizes(model), "source": net.source,
             "total_parameters": sum(L["total_parameters"] for L in layers),
             "eligible_parameters": model.n_eligible, "keep": float(config.keep), "scope": config.scope,
             "structure": config.structure, "inner_relu": bool(config.inner_relu), "layers": layers,
@@ -77,7 +104,7 @@ def _layer_entries(model: EdgePopupNet, masks: dict) -> tuple[list[dict], list[d
         tw, tb = model.tensors[2 * j], model.tensors[2 * j + 1]
         kw, kb = int(masks[tw.key].sum()), int(masks[tb.key].sum())
         entry = {
-            "layer": j, "module_index": 2 * j, "shape": [o, i],
+            "layer": j, "module_index": model.param_index[j], "shape": [o, i],
             "weight_parameters": tw.numel, "weight_eligible": tw.n_eligible, "weight_kept": kw,
             "bias_parameters": tb.numel, "bias_eligible": tb.n_eligible, "bias_kept": kb,
             "kept_parameters": kw + kb, "total_parameters": tw.numel + tb.numel,
@@ -86,6 +113,8 @@ def _layer_entries(model: EdgePopupNet, masks: dict) -> tuple[list[dict], list[d
             "kept_fraction_of_eligible": (kw + kb) / max(1, tw.n_eligible + tb.n_eligible),
             "compute": ("gather" if tw.sparse else "columns" if tw.col_subset is not None else "dense"),
         }
+        if model.input_shape is not None:
+            entry.update({"op": model.kinds[j], "weight_shape": list(tw.shape)})
         layers.append(entry)
         kept_total += kw + kb
         total += tw.numel + tb.numel
@@ -135,13 +164,16 @@ def build_report(config: EdgePopupConfig, net: RandomNet, model: EdgePopupNet, m
         "source": net.source,
         "inner_relu": bool(config.inner_relu),
         "relu_after": relu_after,
-        "modules": module_names(relu_after),
+        "modules": module_names(relu_after, net.ops()),
         **({} if config.inner_relu else {"architecture_note": (
             "no ReLU after the construction's layers 2i-1 (Linear layers 0, 2, 4, ... of the "
             "Sequential): rebuild g-hat as the Sequential in 'modules' (Identity where a ReLU would be), "
-            "not as Sequential(Linear, ReLU, ..., Linear)")}),
+            "not as Sequential(Linear, ReLU, ..., Linear)") if not net.is_image else (
+            "no ReLU after the first layer of each of the construction's pairs (the k×k Conv2d or first "
+            "Linear of each pair): rebuild g-hat from 'g_arch' with Identity where 'relu_after' is false")}),
+        **image_fields(net),
         "weights_sha256": digest,
-        "sizes": [model.shapes[0][1]] + [s[0] for s in model.shapes],
+        "sizes": network_sizes(model),
         "input_domain": net.input_domain,
         "test_accuracy": float(test_acc),
         "train_accuracy": float(trained["final"]["epoch_train_accuracy"]),
@@ -180,6 +212,8 @@ def write_run(out: Path, config: EdgePopupConfig, net: RandomNet, masks: dict, r
     curve = report["curve"]
     meta = {"format": "subsetsum-lth-run", "method": METHOD, "seed": int(config.seed),
             "weights_sha256": digest}
+    if net.is_image:     # as approximate's files: ĝ can be rebuilt from the two safetensors files
+        meta.update({"g_arch": net.layout.ops(), "input_shape": list(net.layout.input_shape)})
 
     def plots():
         title = (f"edge-popup: keep {config.keep:g} ({config.scope}, {config.structure}"

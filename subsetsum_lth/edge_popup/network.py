@@ -1,5 +1,13 @@
-"""The network edge-popup trains: ``EdgePopupNet``, g = Sequential(Linear, ReLU, ..., Linear) with
-frozen random weights and one score per eligible entry, plus the ReLU layout helpers."""
+"""The network edge-popup trains: ``EdgePopupNet``, g with frozen random weights and one score per
+eligible entry, plus the ReLU layout helpers.
+
+g is Sequential(Linear, ReLU, ..., Linear) for an MLP, or any architecture list of
+:mod:`subsetsum_lth.gnet` (``GLayout.ops()``: the construction's Conv2d pairs, 1×1 convolutions,
+pooling and flatten of a CNN target), given as ``ops`` with the ``input_shape`` (C, H, W). A
+Conv2d layer is computed by ``F.conv2d`` with its masked kernel; the scores, ``GetSubnet`` and
+``MaskedValues`` are the same for every kind of layer (a conv kernel is one scored tensor).
+``fixed`` keys are used whole and never scored (the frozen random convolutions of the LeNet
+panel of ``experiments/edge_popup_vs_subsetsum.py``)."""
 from __future__ import annotations
 
 import math
@@ -22,7 +30,7 @@ SPARSE_DENSITY = 0.05
 @dataclass
 class _Tensor:
     key: str                        #: '2.weight', '2.bias', ...
-    layer: int                      #: index of the Linear layer (0, 1, 2, ...)
+    layer: int                      #: index of the parametric layer (0, 1, 2, ...)
     kind: str                       #: 'weight' | 'bias'
     shape: tuple
     full: torch.Tensor              #: frozen random values (device)
@@ -35,6 +43,7 @@ class _Tensor:
     rows: torch.Tensor | None = None
     cols: torch.Tensor | None = None
     col_subset: torch.Tensor | None = None   #: eligible = whole columns: dense product on them
+    fixed: bool = False             #: used whole, never scored (mask 1 everywhere)
 
     @property
     def numel(self) -> int:
@@ -42,47 +51,85 @@ class _Tensor:
 
 
 class EdgePopupNet(nn.Module):
-    """g = Sequential(Linear, ReLU, ..., Linear) with frozen random weights and one score per
-    eligible entry; ``forward`` uses the straight-through top-k masks."""
+    """g with frozen random weights and one score per eligible entry; ``forward`` uses the
+    straight-through top-k masks. Without ``ops``: Sequential(Linear, ReLU, ..., Linear) read
+    off the state dict; with ``ops`` (an architecture list, e.g. ``GLayout.ops()``) any network
+    of Linear/Conv2d/ReLU/pooling/flatten layers, taking flat or (N, C, H, W) inputs when
+    ``input_shape`` is given. ``relu_after``: one bool per ReLU of the network, in order."""
 
     def __init__(self, state: dict, eligible: dict | None, keep: float, scope: str = "layer",
                  seed: int = 0, device: torch.device | str = "cpu", selection: str = "auto",
-                 relu_after: Sequence[bool] | None = None):
+                 relu_after: Sequence[bool] | None = None, ops: list[dict] | None = None,
+                 input_shape: Sequence[int] | None = None, fixed: Sequence[str] = ()):
         super().__init__()
         device = torch.device(device)
         self.keep, self.scope = float(keep), scope
         self.selection = ("partition" if device.type == "cpu" else "topk") if selection == "auto" else selection
-        n_linear = len([k for k in state if k.endswith(".weight")])
-        expected = {f"{2 * j}.{t}" for j in range(n_linear) for t in ("weight", "bias")}
-        if set(state) != expected:
-            raise RunFolderError("the random network is not the state_dict of Sequential(Linear, ReLU, ..., "
-                                 f"Linear) with a bias per layer: keys {sorted(state)}")
-        #: per hidden Linear layer j (0 .. n_linear-2): is a ReLU applied after it
-        self.relu_after = [True] * (n_linear - 1) if relu_after is None else [bool(r) for r in relu_after]
-        if len(self.relu_after) != n_linear - 1:
-            raise UserError(f"relu_after needs {n_linear - 1} entries (one per hidden Linear layer), "
+        if ops is None:
+            n_linear = len([k for k in state if k.endswith(".weight")])
+            expected = {f"{2 * j}.{t}" for j in range(n_linear) for t in ("weight", "bias")}
+            if set(state) != expected:
+                raise RunFolderError("the random network is not the state_dict of Sequential(Linear, ReLU, ..., "
+                                     f"Linear) with a bias per layer: keys {sorted(state)}")
+            ops = []
+            for j in range(n_linear):
+                w = state[f"{2 * j}.weight"]
+                ops.append({"op": "linear", "in_features": int(w.shape[-1]) if len(w.shape) else 0,
+                            "out_features": int(w.shape[0]) if len(w.shape) else 0})
+                if j < n_linear - 1:
+                    ops.append({"op": "relu"})
+        else:
+            ops = [dict(op) for op in ops]
+            param = [i for i, op in enumerate(ops) if op.get("op") in ("linear", "conv2d")]
+            expected = {f"{i}.{t}" for i in param for t in ("weight", "bias")}
+            if set(state) != expected:
+                raise RunFolderError(f"the random network's keys {sorted(state)[:6]} are not those of its "
+                                     f"architecture (a weight and a bias for each of layers {param})")
+            n_linear = len(param)
+        self.ops = ops
+        self.input_shape = None if input_shape is None else tuple(int(v) for v in input_shape)
+        self.param_index = [i for i, op in enumerate(ops) if op["op"] in ("linear", "conv2d")]
+        n_relu = sum(op["op"] == "relu" for op in ops)
+        fixed = set(fixed)
+        if fixed - set(state):
+            raise UserError(f"fixed tensors {sorted(fixed - set(state))} are not in the random network")
+        #: per ReLU of the network (for an MLP: per hidden Linear layer j): is it applied
+        self.relu_after = [True] * n_relu if relu_after is None else [bool(r) for r in relu_after]
+        if len(self.relu_after) != n_relu:
+            raise UserError(f"relu_after needs {n_relu} entries (one per hidden Linear layer), "
                             f"got {len(self.relu_after)}")
         gen = torch.Generator().manual_seed(int(seed))
         self.tensors: list[_Tensor] = []
         self.scores = nn.ParameterList()
         self.shapes: list[tuple[int, int]] = []
-        for j in range(n_linear):
-            w = _to_tensor(state[f"{2 * j}.weight"])
-            b = _to_tensor(state[f"{2 * j}.bias"])
-            if w.dim() != 2 or b.shape != (w.shape[0],):
-                raise RunFolderError(f"layer {2 * j}: weight {tuple(w.shape)} and bias {tuple(b.shape)} "
-                                     "are not those of a Linear layer")
-            if j and w.shape[1] != self.shapes[-1][0]:
-                raise RunFolderError(f"layer {2 * j} takes {w.shape[1]} inputs but the previous layer "
+        #: per parametric layer: its matrix view (q, p) (a conv kernel as (c_out, c_in*k*k))
+        self.kinds: list[str] = []
+        for j, idx in enumerate(self.param_index):
+            op = ops[idx]
+            w = _to_tensor(state[f"{idx}.weight"])
+            b = _to_tensor(state[f"{idx}.bias"])
+            want_dim = 2 if op["op"] == "linear" else 4
+            if w.dim() != want_dim or b.shape != (w.shape[0],):
+                raise RunFolderError(f"layer {idx}: weight {tuple(w.shape)} and bias {tuple(b.shape)} "
+                                     f"are not those of a {'Linear' if want_dim == 2 else 'Conv2d'} layer")
+            if op["op"] == "linear" and j and self.kinds[-1] == "linear" and w.shape[1] != self.shapes[-1][0]:
+                raise RunFolderError(f"layer {idx} takes {w.shape[1]} inputs but the previous layer "
                                      f"gives {self.shapes[-1][0]}")
-            self.shapes.append((int(w.shape[0]), int(w.shape[1])))
-            fan_in = int(w.shape[1])
+            self.kinds.append(op["op"])
+            self.shapes.append((int(w.shape[0]), int(np.prod(tuple(w.shape[1:])))))
+            fan_in = int(np.prod(tuple(w.shape[1:])))
             bound = 1.0 / math.sqrt(fan_in)
             for kind, t in (("weight", w), ("bias", b)):
-                key = f"{2 * j}.{kind}"
+                key = f"{idx}.{kind}"
                 # scores for the full tensor first, so that free and structured runs with the
                 # same seed start from the same scores on the entries they share
                 init = torch.empty(tuple(t.shape)).uniform_(-bound, bound, generator=gen).reshape(-1)
+                if key in fixed:
+                    full = t.to(device)
+                    full.requires_grad_(False)
+                    self.tensors.append(_Tensor(key, j, kind, tuple(t.shape), full, None, full.reshape(-1),
+                                                0, 0, fixed=True))
+                    continue
                 if eligible is not None:
                     allowed = torch.as_tensor(np.asarray(eligible[key]) != 0).reshape(-1)
                     if allowed.numel() != t.numel():
@@ -108,10 +155,16 @@ class EdgePopupNet(nn.Module):
                 if n_el > 0:
                     ts.score = len(self.scores)
                     self.scores.append(nn.Parameter(init.to(device)))
+                row = int(np.prod(tuple(t.shape[1:]))) if t.dim() > 1 else 1
                 if kind == "weight" and index is not None and 0 < n_el <= SPARSE_DENSITY * t.numel():
+                    # a Linear layer: gather/scatter over the eligible entries; a conv kernel
+                    # (the construction's block-diagonal k×k layers: one entry per hidden
+                    # channel): the same over the unfolded input patches
                     ts.sparse = True
-                    ts.rows = torch.div(index, t.shape[1], rounding_mode="floor")
-                    ts.cols = index - ts.rows * t.shape[1]
+                    ts.rows = torch.div(index, row, rounding_mode="floor")
+                    ts.cols = index - ts.rows * row
+                elif kind == "weight" and t.dim() != 2:
+                    pass                    # conv kernels: dense F.conv2d on the scattered kernel
                 elif kind == "weight" and index is not None and n_el > 0:
                     # eligible entries = the same columns in every row (the construction's second
                     # layers: the live hidden units): a dense product over those columns only;
@@ -121,6 +174,7 @@ class EdgePopupNet(nn.Module):
                     if int(cols.sum()) * t.shape[0] == n_el and bool(grid[:, cols].all()):
                         ts.col_subset = torch.nonzero(cols).flatten().to(device)
                 self.tensors.append(ts)
+        self._activation = _largest_activation(ops, self.input_shape)
         self.n_eligible = sum(t.n_eligible for t in self.tensors)
         self.n_keep_global = kept_count(self.keep, self.n_eligible)
         if self.n_eligible == 0:
@@ -145,10 +199,11 @@ class EdgePopupNet(nn.Module):
     def effective_values(self) -> list[torch.Tensor | None]:
         """Per tensor: its eligible values times the straight-through mask (None if unscored)."""
         if self.scope == "layer":
-            return [None if t.score < 0 else
+            return [t.values if t.fixed else None if t.score < 0 else
                     MaskedValues.apply(self.scores[t.score], t.values, t.n_keep, self.selection)
                     for t in self.tensors]
-        return [None if m is None else t.values * m for t, m in zip(self.tensors, self.eligible_masks())]
+        return [t.values if t.fixed else None if m is None else t.values * m
+                for t, m in zip(self.tensors, self.eligible_masks())]
 
     @torch.no_grad()
     def final_masks(self) -> dict[str, np.ndarray]:
@@ -156,7 +211,9 @@ class EdgePopupNet(nn.Module):
         masks = {}
         for t, m in zip(self.tensors, self.eligible_masks()):
             full = torch.zeros(t.numel, dtype=torch.uint8, device=t.full.device)
-            if m is not None:
+            if t.fixed:
+                full = torch.ones(t.numel, dtype=torch.uint8, device=t.full.device)
+            elif m is not None:
                 mb = m.to(torch.uint8)
                 if t.index is None:
                     full = mb
@@ -192,22 +249,97 @@ class EdgePopupNet(nn.Module):
             return vals
         return t.full.new_zeros(t.numel).scatter(0, t.index, vals)
 
+    def _kernel(self, t: _Tensor, vals: torch.Tensor | None) -> torch.Tensor:
+        if vals is None:
+            return t.full.new_zeros(t.shape)
+        if t.index is None:
+            return vals.reshape(t.shape)
+        return t.full.new_zeros(t.numel).scatter(0, t.index, vals).reshape(t.shape)
+
+    def eval_batch(self, budget: int = 1 << 22) -> int:
+        """Images per evaluation batch: 4096 for an MLP; for an image network as many as keep
+        the largest activation tensor within ``budget`` values (16 MB in float32, below the
+        allocator's mmap threshold; a construction's conv layers have hundreds of channels at
+        full resolution: 4096 images would need gigabytes per activation)."""
+        if self.input_shape is None:
+            return 4096
+        return int(max(16, min(4096, budget // max(1, self._activation))))
+
+    def _conv(self, t: _Tensor, vals: torch.Tensor | None, h: torch.Tensor, op: dict) -> torch.Tensor:
+        stride, padding = tuple(op.get("stride", (1, 1))), tuple(op.get("padding", (0, 0)))
+        if t.sparse and vals is not None:
+            k = tuple(t.shape[2:])
+            out_hw = [(n + 2 * p - kk) // s + 1 for n, p, kk, s in zip(h.shape[2:], padding, k, stride)]
+            patches = F.unfold(h, k, padding=padding, stride=stride)          # (N, c*k*k, L)
+            contrib = patches.index_select(1, t.cols) * vals[None, :, None]
+            out = patches.new_zeros(h.shape[0], t.shape[0], patches.shape[2]).index_add(1, t.rows, contrib)
+            return out.reshape(h.shape[0], t.shape[0], *out_hw)
+        return F.conv2d(h, self._kernel(t, vals), None, stride, padding)
+
+    @property
+    def fixed_count(self) -> int:
+        """Entries used whole without a score (``fixed``)."""
+        return sum(t.numel for t in self.tensors if t.fixed)
+
     def apply_values(self, x: torch.Tensor, values: list) -> torch.Tensor:
         """g(x) with the given effective eligible values (see ``effective_values``)."""
-        h = x
-        n_linear = len(self.shapes)
-        for j in range(n_linear):
-            tw, tb = self.tensors[2 * j], self.tensors[2 * j + 1]
-            h = self._weight_product(tw, values[2 * j], h)
-            b = self._bias(tb, values[2 * j + 1])
-            if b is not None:
-                h = h + b
-            if j < n_linear - 1 and self.relu_after[j]:
-                h = torch.relu(h)
-        return h
+        h = x if self.input_shape is None or self.kinds[0] == "linear" else x.reshape(x.shape[0], *self.input_shape)
+        j = r = 0
+        for op in self.ops:
+            name = op["op"]
+            if name in ("linear", "conv2d"):
+                tw, tb = self.tensors[2 * j], self.tensors[2 * j + 1]
+                if name == "linear":
+                    h = self._weight_product(tw, values[2 * j], h.reshape(h.shape[0], -1) if h.dim() != 2 else h)
+                    b = self._bias(tb, values[2 * j + 1])
+                    if b is not None:
+                        h = h + b
+                else:
+                    h = self._conv(tw, values[2 * j], h, op)
+                    b = self._bias(tb, values[2 * j + 1])
+                    if b is not None:
+                        h = h + b.reshape(1, -1, 1, 1)
+                j += 1
+            elif name == "relu":
+                if self.relu_after[r]:
+                    h = torch.relu(h)
+                r += 1
+            elif name == "maxpool2d":
+                h = F.max_pool2d(h, tuple(op["kernel"]), tuple(op.get("stride") or op["kernel"]))
+            elif name == "avgpool2d":
+                h = F.avg_pool2d(h, tuple(op["kernel"]), tuple(op.get("stride") or op["kernel"]))
+            elif name == "flatten":
+                h = h.reshape(h.shape[0], -1)
+            else:
+                raise RunFolderError(f"unsupported layer {name!r} in the random network")
+        return h.reshape(h.shape[0], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply_values(x, self.effective_values())
+
+
+def _largest_activation(ops: list[dict], input_shape) -> int:
+    """Values per image of the largest tensor the network computes (image networks)."""
+    if input_shape is None:
+        return 0
+    shape = tuple(int(v) for v in input_shape)
+    best = int(np.prod(shape))
+    for op in ops:
+        name = op["op"]
+        if name == "conv2d":
+            k, s, p = (tuple(op.get(a, d)) for a, d in (("kernel", None), ("stride", (1, 1)), ("padding", (0, 0))))
+            shape = (int(op["out_channels"]),
+                     *((n + 2 * pp - kk) // ss + 1 for n, pp, kk, ss in zip(shape[1:], p, k, s)))
+        elif name in ("maxpool2d", "avgpool2d"):
+            k = tuple(op["kernel"])
+            s = tuple(op.get("stride") or k)
+            shape = (shape[0], *((n - kk) // ss + 1 for n, kk, ss in zip(shape[1:], k, s)))
+        elif name == "flatten":
+            shape = (int(np.prod(shape)),)
+        elif name == "linear":
+            shape = (int(op["out_features"]),)
+        best = max(best, int(np.prod(shape)))
+    return best
 
 
 def relu_layout(n_linear: int, inner_relu: bool = True) -> list[bool]:
@@ -222,8 +354,14 @@ def relu_layout(n_linear: int, inner_relu: bool = True) -> list[bool]:
     return [j % 2 == 1 for j in range(n_linear - 1)]
 
 
-def module_names(relu_after: Sequence[bool]) -> list[str]:
-    """The Sequential's modules, e.g. ['Linear', 'Identity', 'Linear', 'ReLU', 'Linear', ...]."""
+def module_names(relu_after: Sequence[bool], ops: list[dict] | None = None) -> list[str]:
+    """The Sequential's modules, e.g. ['Linear', 'Identity', 'Linear', 'ReLU', 'Linear', ...]
+    (with ``ops``, those of that architecture list: 'Conv2d', 'MaxPool2d', 'Flatten', ...)."""
+    if ops is not None:
+        names = {"linear": "Linear", "conv2d": "Conv2d", "maxpool2d": "MaxPool2d", "avgpool2d": "AvgPool2d",
+                 "flatten": "Flatten"}
+        relus = iter(relu_after)
+        return [("ReLU" if next(relus) else "Identity") if op["op"] == "relu" else names[op["op"]] for op in ops]
     out = []
     for r in relu_after:
         out += ["Linear", "ReLU" if r else "Identity"]

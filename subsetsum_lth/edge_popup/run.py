@@ -11,7 +11,8 @@ import torch
 
 from subsetsum_lth.edge_popup.config import EdgePopupConfig
 from subsetsum_lth.edge_popup.evaluate import final_test_accuracy
-from subsetsum_lth.edge_popup.folder import build_report, header, prepare_out, write_run
+from subsetsum_lth.edge_popup.folder import (build_report, header, model_input_dim, network_sizes, prepare_out,
+                                             write_run)
 from subsetsum_lth.edge_popup.network import EdgePopupNet, relu_layout
 from subsetsum_lth.edge_popup.sources import eligibility, load_random_net
 from subsetsum_lth.edge_popup.train import (Progress, device_description, load_data, resolve_device,
@@ -62,23 +63,23 @@ def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress
         timings["load"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        xs, ys = load_data(config, net.state, device, data)
+        xs, ys = load_data(config, net.state, device, data, net.layout)
         timings["data"] = time.perf_counter() - t
 
         relu_after = relu_layout(len([k for k in net.state if k.endswith(".weight")]), config.inner_relu)
         t = time.perf_counter()
         model = EdgePopupNet(net.state, allowed, config.keep, config.scope, config.seed, device,
-                             config.selection, relu_after)
+                             config.selection, relu_after, ops=net.ops(), input_shape=net.input_shape)
         timings["setup"] = time.perf_counter() - t
         log.info("edge-popup on %s: %s scored entries, keep %.4g (%s, %s), device %s",
-                 "-".join(map(str, [model.shapes[0][1]] + [s[0] for s in model.shapes])),
+                 "-".join(map(str, network_sizes(model))),
                  f"{model.n_eligible:,}", config.keep, config.scope, config.structure, device)
 
         n_train, n_test = int(xs[0].shape[0]), int(xs[1].shape[0])
         if on_start is not None:
             on_start(header(model, net, config, device_name, n_train, n_test))
         t = time.perf_counter()
-        with_target = net.target is not None and net.target.sizes[0] == model.shapes[0][1]
+        with_target = net.target is not None and net.target.input_dim == model_input_dim(model)
         # with a target and no per-epoch evaluation, the final test accuracy comes from the same
         # pass as the agreement with the target (one forward pass over the test set, not two)
         eval_in_training = config.eval_every_epoch or not with_target

@@ -27,6 +27,21 @@ class RandomNet:
     copy_from: Path | None = None       #: random_net.safetensors to copy byte for byte
     target: object | None = None        #: subsetsum_lth.target.Target when known
     target_file: Path | None = None     #: target.safetensors to copy byte for byte
+    layout: object | None = None        #: gnet.GLayout of an image network (conv/pooling); None: an MLP
+    input_radius: float | None = None   #: the source run's certified input radius (image networks)
+
+    @property
+    def is_image(self) -> bool:
+        """g has conv/pooling layers (its architecture is ``layout.ops()``, not Linear-ReLU-...)."""
+        return self.layout is not None
+
+    def ops(self) -> list[dict] | None:
+        """g's architecture list for an image network, None for an MLP."""
+        return None if self.layout is None else self.layout.ops()
+
+    @property
+    def input_shape(self) -> tuple | None:
+        return None if self.layout is None else tuple(self.layout.input_shape)
 
 
 def parse_sizes(spec: str | Sequence) -> list:
@@ -186,7 +201,8 @@ def load_random_net(config: EdgePopupConfig) -> RandomNet:
         target_file = run / rf.TARGET if target is not None else None
         src = {"kind": "run", "path": str(run.resolve()),
                "run_method": report.get("method", "subset-sum" if "solver" in report else None)}
-        return RandomNet(state, src, plans, domain, path, target, target_file)
+        return RandomNet(state, src, plans, domain, path, target, target_file, checked.layout_,
+                         checked.input_radius if checked.layout_ is not None else None)
     if config.from_target is not None:
         target = load_target(config.from_target)
         domain = config.input_domain or target.metadata.get("input_domain") or "nonnegative"
@@ -197,7 +213,8 @@ def load_random_net(config: EdgePopupConfig) -> RandomNet:
         state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in construction.state_dict().items()}
         src = {"kind": "target", "path": str(Path(config.from_target).resolve()), "net_seed": int(net_seed),
                "construction": asdict(cc), "target_sizes": target.sizes}
-        return RandomNet(state, src, construction.plans, domain, None, target, None)
+        layout = None if target.is_mlp else construction.layout
+        return RandomNet(state, src, construction.plans, domain, None, target, None, layout)
     sizes = wide_sizes(config.wide, config.param_budget, config.wide_bias)
     net_seed = config.seed if config.net_seed is None else config.net_seed
     state = wide_network(sizes, int(net_seed), config.wide_init, config.wide_bias)
@@ -221,18 +238,20 @@ def eligibility(net: RandomNet, structure: str, inner_relu: bool = True) -> dict
                         "do not fit H = p*m (+ m)); use --structure free")
     from dataclasses import replace
 
-    from subsetsum_lth.construction import prepruning_masks
+    from subsetsum_lth.construction import layout_of, prepruning_masks
     numpy_state = {k: v.numpy() for k, v in net.state.items()}
     plans = net.plans if inner_relu else [replace(pl, signed_input=True) for pl in net.plans]
-    allowed = prepruning_masks(plans, numpy_state)
+    layout = net.layout if net.layout is not None else layout_of(plans)
+    allowed = prepruning_masks(plans, numpy_state, layout)
     if not inner_relu:
         for i, pl in enumerate(plans):
-            b1 = numpy_state[f"{4 * i}.bias"]
+            kw1, kb1, kw2, _ = layout.pair_keys(i)
+            b1 = numpy_state[kb1]
             if pl.has_bias:
                 sl = pl.block_slice(pl.p)
-                allowed[f"{4 * i}.bias"][sl] = (b1[sl] != 0).astype(np.uint8)
-            live = allowed[f"{4 * i}.weight"].any(axis=1) | allowed[f"{4 * i}.bias"].astype(bool)
-            allowed[f"{4 * i + 2}.weight"] = np.repeat(live[None, :].astype(np.uint8), pl.q, axis=0)
+                allowed[kb1][sl] = (b1[sl] != 0).astype(np.uint8)
+            live = allowed[kw1].reshape(pl.hidden, -1).any(axis=1) | allowed[kb1].astype(bool)
+            allowed[kw2] = np.repeat(live[None, :].astype(np.uint8), pl.q, axis=0).reshape(allowed[kw2].shape)
     if set(allowed) != set(net.state):
         raise UserError("the construction's block plan does not cover every tensor of the random network")
     return allowed

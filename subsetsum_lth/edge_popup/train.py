@@ -45,10 +45,11 @@ def device_description(device: torch.device) -> str:
 
 
 def load_data(config: EdgePopupConfig, state: dict, device: torch.device,
-              data: dict | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+              data: dict | None = None, layout=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """([x_train, x_test], [y_train, y_test]) on ``device``: ``data`` or MNIST from
     ``config.data_dir``, cut to the configured subsets and checked against the network's
-    input and output sizes."""
+    input and output sizes. With the ``layout`` of an image network (``GLayout`` with an
+    ``input_shape`` (C, H, W)) the flat images are reshaped to N×C×H×W."""
     if data is None:
         from subsetsum_lth.data.mnist import load_mnist
         x_tr, y_tr = load_mnist("train", config.data_dir)
@@ -60,11 +61,21 @@ def load_data(config: EdgePopupConfig, state: dict, device: torch.device,
         x_tr, y_tr = x_tr[:train_subset], y_tr[:train_subset]
     if config.test_subset is not None:
         x_te, y_te = x_te[:config.test_subset], y_te[:config.test_subset]
-    in_f = int(state["0.weight"].shape[1])
-    n_linear = len([k for k in state if k.endswith(".weight")])
-    out_f = int(state[f"{2 * (n_linear - 1)}.weight"].shape[0])
-    if x_tr.shape[1] != in_f:
-        raise UserError(f"the random network takes {in_f} inputs but the images have {x_tr.shape[1]}")
+    if layout is not None and layout.input_shape is not None:
+        shape = tuple(int(v) for v in layout.input_shape)
+        in_f, out_f = int(np.prod(shape)), int(layout.kinds[-1].q)
+        for name, a in (("training", x_tr), ("test", x_te)):
+            n_pix = int(np.prod(np.asarray(a).shape[1:]))
+            if n_pix != in_f:
+                raise UserError(f"the random network takes {'x'.join(map(str, shape))} images ({in_f} values) "
+                                f"but the {name} images have {n_pix} values each")
+        x_tr, x_te = (np.asarray(a).reshape(len(a), *shape) for a in (x_tr, x_te))
+    else:
+        in_f = int(state["0.weight"].shape[1])
+        n_linear = len([k for k in state if k.endswith(".weight")])
+        out_f = int(state[f"{2 * (n_linear - 1)}.weight"].shape[0])
+        if x_tr.shape[1] != in_f:
+            raise UserError(f"the random network takes {in_f} inputs but the images have {x_tr.shape[1]}")
     n_classes = int(max(np.max(y_tr), np.max(y_te))) + 1
     if out_f < n_classes:
         raise UserError(f"the random network has {out_f} outputs but the data has {n_classes} classes")
