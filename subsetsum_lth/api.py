@@ -90,3 +90,13 @@ def export_pruned(run_or_model: Run | str | Path | nn.Sequential, dtype=torch.fl
                 new.bias.copy_(mod.bias.detach())
         mods.append(new.to(mod.weight.dtype))
     return nn.Sequential(*mods)
+
+
+def export_dense(run: str | Path) -> list[Path]:
+    """Write ``random_net.safetensors`` and ``masks.safetensors`` of a run stored with
+    ``--store compact`` (checked first: every stored support value must be what its generator
+    specification regenerates), byte-identical to what a dense run of the same seed writes.
+    Returns the two paths. :func:`load_run`, :func:`masked_model` and :func:`export_pruned` read
+    compact runs directly (the dense tensors are generated when needed)."""
+    from subsetsum_lth.gstore import export_dense as _export
+    return _export(run)

@@ -17,17 +17,18 @@ import numpy as np
 import torch
 
 from subsetsum_lth import manifest
-from subsetsum_lth.certify import (CollapsedNet, certified_bound, check_soundness, empirical_bound_fast,
-                                   layer_maps, pruned_module)
+from subsetsum_lth.certify import CollapsedNet, certified_bound, check_soundness, empirical_bound_fast, pruned_module
 from subsetsum_lth.certify_box import BOX_WITNESS, box_report
-from subsetsum_lth.construction import ConstructionConfig, build_construction, masks_state_dict
+from subsetsum_lth.construction import ConstructionConfig, build_construction
+from subsetsum_lth.gstore import (STORES, DenseMasks, DenseState, SupportNet, choose_store, generator_spec,
+                                  support_layer_maps)
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.evaluation import evaluate_pair, spot_check  # noqa: F401  (public here too)
 from subsetsum_lth.layer_solve import build_instances, solve_layers
 from subsetsum_lth.progress import Progress
 from subsetsum_lth.run_report import build_report, raise_if_failed
 from subsetsum_lth.runcheck import WITNESS
-from subsetsum_lth.runwriter import completed_run, prepare_folder, write_run
+from subsetsum_lth.runwriter import GWrite, completed_run, prepare_folder, write_run
 from subsetsum_lth.solve import SolveConfig, check_solver
 from subsetsum_lth.target import Target
 from subsetsum_lth.tolerance import apriori_bound, choose_tolerance  # noqa: F401  (public here too)
@@ -56,6 +57,10 @@ class ApproximateConfig:
     max_rounds: int = 8
     plots: bool = True
     max_hours: float = 24.0       #: refuse a run whose estimated solve time is longer (subsetsum_lth.limits)
+    #: how the run folder stores g: 'dense' (random_net/masks.safetensors), 'compact' (the block
+    #: support + generator spec; ``export-dense`` writes the dense files), 'auto' (dense up to
+    #: gstore.DENSE_MAX_ENTRIES entries)
+    store: str = "auto"
     #: facts about what the caller did before (e.g. ``target_training_seconds``), added to report.json
     report_extra: dict = field(default_factory=dict)
     #: the box domain (subsetsum_lth.certify_box.BoxConfig): a box certificate too, and --eps checked on it
@@ -82,6 +87,8 @@ class ApproximateConfig:
             # beyond it certify, compare and the API refuse the run folder this would write
             raise UserError(f"--input-radius must be a positive number <= {MAX_INPUT_RADIUS:g}, got "
                             f"{self.input_radius:g}; rescale the inputs or choose a smaller radius")
+        if self.store not in STORES:
+            raise UserError(f"--store must be one of {STORES}, got {self.store!r}")
         if not (self.max_hours > 0):
             raise UserError(f"--max-hours must be a positive number, got {self.max_hours}")
         if self.empirical_samples < 1:
@@ -141,15 +148,21 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     solved = solve_layers(target, construction, layers, config, store, executor, progress)
     timings["solve"] = time.perf_counter() - t
 
-    # --- masks and certificate, recomputed from the state dicts alone
+    # --- masks and certificate, recomputed from the stored tensors (the support) alone; the
+    # dense g of a pair is never held in float64 (gstore: support layer maps, SupportNet)
     t = time.perf_counter()
-    layer_masks = solved.layer_masks()
+    layer_masks = solved.compact_masks()
     layout = construction.layout
-    masks = masks_state_dict(layer_masks, layout)
-    state = construction.state_dict()
-    maps = layer_maps(state, masks, layout)
+    image = not target.is_mlp
+    store_kind = choose_store(config.store, construction.plans, image)
+    maps = support_layer_maps(construction.pairs, layer_masks)
     certificate = certified_bound(target, maps, config.input_radius, cc.input_domain)
-    g64 = pruned_module(state, masks, layout, torch.float64)
+    if image:   # conv pairs: the dense module (image g's are small; the compact store is MLP-only)
+        state = DenseState(construction.pairs, layout)
+        dmasks = DenseMasks(construction.plans, layer_masks, layout)
+        g64 = pruned_module(state, dmasks, layout, torch.float64)
+    else:
+        g64 = SupportNet(construction.pairs, layer_masks, torch.float64)
     emp = empirical_bound_fast(target, maps, g64, config.input_radius, cc.input_domain,
                                data=empirical_data, samples=config.empirical_samples,
                                steps=config.ascent_steps, seed=cc.seed)
@@ -163,19 +176,22 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         eps_bound = box_rep["bound"]
         timings["certify_box"] = box_rep["seconds"] + box_rep["attack"]["seconds"]
         extra_files[BOX_WITNESS] = {"x": box_x}
+    del g64
 
     evaluation = {}
     if eval_data is not None:
         t = time.perf_counter()
         collapsed = CollapsedNet(maps, target=target)
         evaluation = evaluate_pair(target, collapsed, eval_data["x"], eval_data["y"])
-        evaluation.update(spot_check(collapsed, pruned_module(state, masks, layout, torch.float32),
-                                     eval_data["x"][:256]))
+        g32 = (pruned_module(state, dmasks, layout, torch.float32) if image
+               else SupportNet(construction.pairs, layer_masks, torch.float32))
+        evaluation.update(spot_check(collapsed, g32, eval_data["x"][:256]))
+        del g32
         timings["evaluate"] = time.perf_counter() - t
 
-    report, metrics, bad_list, n_bad = build_report(target, config, construction, solved, layer_masks, state,
-                                                    layout, certificate, emp, witness, evaluation, timings, executor,
-                                                    eps_bound=eps_bound, box_rep=box_rep)
+    report, metrics, bad_list, n_bad = build_report(target, config, construction, solved, layer_masks, layout,
+                                                    certificate, emp, witness, evaluation, timings, executor,
+                                                    eps_bound=eps_bound, box_rep=box_rep, store=store_kind)
     meta = {"format": "run", "seed": cc.seed, "depth": target.depth}
     if not target.is_mlp:
         meta.update({"g_arch": layout.ops(), "input_shape": list(target.input_shape)})
@@ -183,8 +199,10 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     if config.plots:
         from subsetsum_lth import plots as plot_mod
         plots = lambda: plot_mod.run_plots(out, solved.layers, solved.results, report)  # noqa: E731
-    write_run(out, masks=masks, meta=meta, report=report, metrics=metrics, t_start=t_start, timings=timings,
-              random_state=state, target=target,
+    write_run(out, masks=None, meta=meta, report=report, metrics=metrics, t_start=t_start, timings=timings,
+              g=GWrite(store_kind, construction.pairs, construction.plans, layer_masks, layout,
+                       generator_spec(cc.seed, cc.distribution, construction.plans)),
+              target=target,
               extra={WITNESS: {"x": np.asarray(witness["x"], dtype=np.float64)}, **extra_files}, plots=plots,
               store_name=store.folder.name,
               extra_report={"wall_seconds_covers": "this approximation: construction, solve, certificate, "
@@ -204,7 +222,7 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
         "target_sizes": target.sizes, "target_bias": target.has_bias,
         "target_digest": _digest(target), "construction": asdict(cc),
         "solver": sc.solver, "objective": sc.objective, "eps": config.eps,
-        "weight_eps": config.weight_eps, "input_radius": config.input_radius,
+        "weight_eps": config.weight_eps, "input_radius": config.input_radius, "store": config.store,
         **({} if config.box is None else {"input_box": [config.box.lo, config.box.hi]}),
     }
     # refuse absurd widths (with the estimate) and a full disk before any file is written

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from subsetsum_lth.certify import (certified_bound, check_soundness, empirical_bound_fast, layer_maps,
-                                   pruned_module)
+from subsetsum_lth.certify import certified_bound, check_soundness, empirical_bound_fast
 from subsetsum_lth.certify_box import BOX_WITNESS, DT, BoxConfig, box_from_report, box_report
+from subsetsum_lth.gstore import run_layer_maps, run_pruned_module
 from subsetsum_lth.errors import RunFolderError
 from subsetsum_lth.runcheck import MAX_INPUT_RADIUS, RECREATE, WITNESS, read_run, read_witness
 
@@ -33,12 +33,12 @@ def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=1
     r = float(r)
     if not (math.isfinite(r) and 0 < r <= MAX_INPUT_RADIUS):
         raise RunFolderError(f"--input-radius must be a positive number <= {MAX_INPUT_RADIUS:g}, got {r:g}")
-    maps = layer_maps(run.random_state, run.masks, run.layout)
+    maps = run_layer_maps(run)
     cert = certified_bound(target, maps, r, dom)
     if not math.isfinite(cert.bound):
         raise RunFolderError(f"the certified bound overflows at input radius {r:g} ({path}); use a smaller "
                              "--input-radius")
-    g64 = pruned_module(run.random_state, run.masks, run.layout, torch.float64)
+    g64 = run_pruned_module(run, torch.float64)
     emp = empirical_bound_fast(target, maps, g64, r, dom, samples=samples, steps=steps,
                                seed=run.seed or 0)
     emp.pop("witness", None)

@@ -28,6 +28,7 @@ COMMANDS = {
     "compare": "compare",
     "bench": "bench",
     "inspect": "inspect",
+    "export-dense": "export_dense",
 }
 
 

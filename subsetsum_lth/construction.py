@@ -182,30 +182,79 @@ def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
 
 @dataclass
 class RandomLayerPair:
-    """The two random layers of g that replace one target layer (float32, as stored)."""
+    """The two random layers of g that replace one target layer (float32, as stored).
+
+    Only the block support is held: ``u`` (H,) is w1 at each hidden unit's own input edge
+    (``w1[h, block(h)]``; 0 for the bias block, which keeps no input edge), and ``b1``, ``w2``,
+    ``b2`` whole (every hidden unit's bias and out-edges can be kept). The dense w1 (H, p) —
+    masked out everywhere else — is generated on demand from the seed (:attr:`w1`)."""
 
     plan: LayerPlan
-    w1: np.ndarray      #: (H, p)
+    u: np.ndarray       #: (H,) w1 at each unit's own input edge
     b1: np.ndarray      #: (H,)
     w2: np.ndarray      #: (q, H)
     b2: np.ndarray      #: (q,)
+    seed: int = 0
+    distribution: str = "uniform"
+    dense_w1: np.ndarray | None = field(default=None, repr=False)   #: kept when drawn with dense=True
+    #: the plan's growth steps when drawn (the plan object is shared, and growth changes it)
+    extensions: np.ndarray | None = None
+
+    @property
+    def drawn_plan(self) -> LayerPlan:
+        """The plan as it was when this pair was drawn."""
+        if self.extensions is None or np.array_equal(self.extensions, self.plan.extensions):
+            return self.plan
+        from dataclasses import replace
+        return replace(self.plan, extensions=self.extensions.copy())
+
+    @property
+    def w1(self) -> np.ndarray:
+        """The dense (H, p) first-layer matrix, regenerated from the seed when not kept."""
+        if self.dense_w1 is not None:
+            return self.dense_w1
+        return draw_layer_pair(self.drawn_plan, self.seed, self.distribution, dense=True).dense_w1
+
+    @property
+    def columns(self) -> np.ndarray:
+        """int64 (H,): the input edge each unit may keep (its block j), -1 for bias-block units."""
+        return unit_columns(self.drawn_plan)
+
+    @property
+    def size(self) -> int:
+        """Parameters of the dense pair (H·p + H + q·H + q)."""
+        pl = self.drawn_plan
+        return pl.hidden * pl.p + pl.hidden + pl.q * pl.hidden + pl.q
+
+
+def unit_columns(plan: LayerPlan) -> np.ndarray:
+    """int64 (H,): block j of every hidden unit (its one possible input edge), -1 in the bias block."""
+    cols = np.repeat(np.arange(plan.n_blocks, dtype=np.int64), plan.block_widths)
+    if plan.has_bias:
+        cols[plan.bias_block_start:] = -1
+    return cols
 
 
 def block_seed(seed: int, layer: int, block: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(int(seed), spawn_key=(int(layer), int(block)))
 
 
-def draw_chunk(plan: LayerPlan, seed: int, sample, j: int, e: int, start: int, w1, b1, w2) -> int:
+def draw_chunk(plan: LayerPlan, seed: int, sample, j: int, e: int, start: int, w1, b1, w2, u=None) -> int:
     """Draw chunk e of block j (e = 0: its first m units from SeedSequence(seed, (i, j)); e ≥ 1:
     growth step e's ``grow`` units from SeedSequence(seed, (i, j, e))) into rows ``start...``;
-    returns the row after it."""
+    returns the row after it. ``w1`` may be None (the rows are drawn, in the stream's order, but
+    not kept); ``u`` (H,), when given, receives each unit's own-edge value w1[h, j] (j < p)."""
     if e == 0:
         size, ss = plan.m, block_seed(seed, plan.index, j)
     else:
         size, ss = plan.grow, np.random.SeedSequence(int(seed), spawn_key=(plan.index, j, e))
     rng = np.random.default_rng(ss)
     rows = slice(start, start + size)
-    w1[rows] = sample(rng, (size, plan.p))
+    block = sample(rng, (size, plan.p))
+    if w1 is not None:
+        w1[rows] = block
+    if u is not None and j < plan.p:
+        u[rows] = block[:, j]
     bias = sample(rng, (size,))
     if plan.has_bias:
         b1[rows] = bias
@@ -213,34 +262,40 @@ def draw_chunk(plan: LayerPlan, seed: int, sample, j: int, e: int, start: int, w
     return start + size
 
 
-def draw_layer_pair(plan: LayerPlan, seed: int, distribution: str = "uniform") -> RandomLayerPair:
+def draw_layer_pair(plan: LayerPlan, seed: int, distribution: str = "uniform",
+                    dense: bool = False) -> RandomLayerPair:
     """Draw the random weights of layers 2i-1, 2i block by block from per-block seeds.
 
     Block j's first m units come from SeedSequence(seed, (i, j)); growth step e ≥ 1 appends
-    ``grow`` units drawn from SeedSequence(seed, (i, j, e)). Nothing depends on other blocks."""
+    ``grow`` units drawn from SeedSequence(seed, (i, j, e)). Nothing depends on other blocks.
+    Each chunk draws its units' whole rows of w1 (the stream's order), but only the own-edge
+    value u is kept unless ``dense``: memory is the block support, not H·p."""
     sample = DISTRIBUTIONS[distribution]
     p, q, H = plan.p, plan.q, plan.hidden
-    w1 = np.empty((H, p), dtype=np.float32)
+    w1 = np.empty((H, p), dtype=np.float32) if dense else None
+    u = np.zeros(H, dtype=np.float32)
     b1 = np.zeros(H, dtype=np.float32)
     w2 = np.empty((q, H), dtype=np.float32)
     offsets = plan.offsets
     for j in range(plan.n_blocks):
         start = int(offsets[j])
         for e in range(int(plan.extensions[j]) + 1):
-            start = draw_chunk(plan, seed, sample, j, e, start, w1, b1, w2)
+            start = draw_chunk(plan, seed, sample, j, e, start, w1, b1, w2, u)
     if plan.has_bias:
         b2 = sample(np.random.default_rng(block_seed(seed, plan.index, p + 1)), (q,))
     else:
         b2 = np.zeros(q, dtype=np.float32)
-    return RandomLayerPair(plan, w1, b1, w2, b2)
+    return RandomLayerPair(plan, u, b1, w2, b2, int(seed), distribution, w1,
+                           np.asarray(plan.extensions, dtype=np.int64).copy())
 
 
 def extend_layer_pair(pair: RandomLayerPair, plan: LayerPlan, seed: int,
                       distribution: str = "uniform") -> RandomLayerPair:
     """The pair ``draw_layer_pair(plan, seed, distribution)`` gives, for a ``plan`` whose blocks
     have at least ``pair.plan``'s extensions: kept blocks are copied, only the new growth chunks
-    are drawn (byte-identical to drawing everything: every chunk has its own seed)."""
-    old = pair.plan
+    are drawn (byte-identical to drawing everything: every chunk has its own seed). Like
+    draw_layer_pair it holds the support (u, b1, w2, b2), and the dense w1 only if ``pair`` does."""
+    old = pair.drawn_plan
     old_ext = np.asarray(old.extensions, dtype=np.int64)
     new_ext = np.asarray(plan.extensions, dtype=np.int64)
     if (old.index, old.p, old.q, old.m, old.grow, old.has_bias) != (plan.index, plan.p, plan.q, plan.m,
@@ -249,32 +304,37 @@ def extend_layer_pair(pair: RandomLayerPair, plan: LayerPlan, seed: int,
         raise ValueError("extend_layer_pair: the new plan must be the old one with more growth steps")
     sample = DISTRIBUTIONS[distribution]
     H = plan.hidden
-    w1 = np.empty((H, plan.p), dtype=np.float32)
+    dense = pair.dense_w1 is not None
+    w1 = np.empty((H, plan.p), dtype=np.float32) if dense else None
+    u = np.zeros(H, dtype=np.float32)
     b1 = np.zeros(H, dtype=np.float32)
     w2 = np.empty((plan.q, H), dtype=np.float32)
     o_old, o_new = old.offsets, plan.offsets
+
+    def copy(a, b, d):
+        if dense:
+            w1[d:d + b - a] = pair.dense_w1[a:b]
+        u[d:d + b - a] = pair.u[a:b]
+        b1[d:d + b - a] = pair.b1[a:b]
+        w2[:, d:d + b - a] = pair.w2[:, a:b]
+
     # runs of blocks between grown ones keep their relative layout: one copy per run
     grown = np.flatnonzero(new_ext > old_ext)
     run_start = 0
     for j in list(grown) + [plan.n_blocks]:
         j = int(j)
         a, b = int(o_old[run_start]), int(o_old[j])
-        d = int(o_new[run_start])
         if b > a:
-            w1[d:d + b - a] = pair.w1[a:b]
-            b1[d:d + b - a] = pair.b1[a:b]
-            w2[:, d:d + b - a] = pair.w2[:, a:b]
+            copy(a, b, int(o_new[run_start]))
         if j < plan.n_blocks:     # block j: its old units, then its new chunks
             a, b = int(o_old[j]), int(o_old[j + 1])
             d = int(o_new[j])
-            w1[d:d + b - a] = pair.w1[a:b]
-            b1[d:d + b - a] = pair.b1[a:b]
-            w2[:, d:d + b - a] = pair.w2[:, a:b]
+            copy(a, b, d)
             start = d + b - a
             for e in range(int(old_ext[j]) + 1, int(new_ext[j]) + 1):
-                start = draw_chunk(plan, seed, sample, j, e, start, w1, b1, w2)
+                start = draw_chunk(plan, seed, sample, j, e, start, w1, b1, w2, u)
         run_start = j + 1
-    return RandomLayerPair(plan, w1, b1, w2, pair.b2.copy())
+    return RandomLayerPair(plan, u, b1, w2, pair.b2.copy(), int(seed), distribution, w1, new_ext.copy())
 
 
 @dataclass
@@ -283,6 +343,9 @@ class LayerInstances:
 
     Groups are (block j, half) with half +1 / -1 for weights and 0 for the bias block; every
     group has q instances (one per output row), all sharing the same list of units.
+    The coefficient matrix (float64, G·q × n_max: the largest array of a layer) is computed
+    from the pair when first asked for and can be dropped with :meth:`release` (it is
+    recomputed, bit for bit, if asked for again).
     """
 
     plan: LayerPlan
@@ -290,9 +353,10 @@ class LayerInstances:
     group_block: np.ndarray             #: int (G,) j, or -1 for the bias block
     group_half: np.ndarray              #: int8 (G,) +1, -1 or 0 (bias)
     targets: np.ndarray                 #: float64 (G*q,) instance order: group-major, then row
-    coefficients: np.ndarray            #: float64 (G*q, n_max)
     counts: np.ndarray                  #: int64 (G*q,)
     offset: int = 0                     #: global id of the first instance
+    pair: RandomLayerPair | None = field(default=None, repr=False)   #: where the coefficients come from
+    _coefficients: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def q(self) -> int:
@@ -302,17 +366,59 @@ class LayerInstances:
         return int(self.targets.shape[0])
 
     @property
+    def width(self) -> int:
+        """n_max: the most live units of any group (columns of the coefficient matrix)."""
+        return max((len(g) for g in self.group_units), default=0)
+
+    @property
+    def coefficients(self) -> np.ndarray:
+        """float64 (G*q, n_max): ``v[r, unit] * u_unit`` (or ``* beta`` in the bias block), 0-padded."""
+        if self._coefficients is None:
+            self._coefficients = _coefficients(self.pair, self.group_units, self.group_block, self.q, self.width)
+        return self._coefficients
+
+    def release(self) -> None:
+        """Drop the coefficient matrix (memory); it is recomputed from the pair when needed."""
+        if self.pair is not None:
+            self._coefficients = None
+
+    @property
     def ids(self) -> np.ndarray:
         return self.offset + np.arange(len(self), dtype=np.int64)
 
     def batch(self, tolerance, objective: str) -> InstanceBatch:
         return InstanceBatch(self.ids, self.targets, self.coefficients, self.counts, tolerance, objective)
 
+    def batch_of(self, rows: np.ndarray, tolerance, objective: str) -> InstanceBatch:
+        """``batch(...).take(rows)`` without the whole layer's coefficient matrix: only the
+        given instances' rows are computed (the same values and width n_max)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._coefficients is not None or self.pair is None:
+            coef = self.coefficients[rows]
+        else:
+            coef = np.zeros((len(rows), self.width), dtype=np.float64)
+            groups, r = np.divmod(rows, self.q)
+            for g in np.unique(groups):
+                at = np.flatnonzero(groups == g)
+                units = self.group_units[g]
+                scale = (self.pair.u[units] if self.group_block[g] >= 0 else self.pair.b1[units]).astype(np.float64)
+                coef[at, :len(units)] = self.pair.w2[np.ix_(r[at], units)].astype(np.float64) * scale[None, :]
+        return InstanceBatch(self.offset + rows, self.targets[rows], coef, self.counts[rows], tolerance, objective)
+
     def rows(self) -> np.ndarray:
         return np.tile(np.arange(self.q), len(self.group_units))
 
     def group_of_instance(self) -> np.ndarray:
         return np.repeat(np.arange(len(self.group_units)), self.q)
+
+
+def _coefficients(pair: RandomLayerPair, group_units, group_block, q: int, n_max: int) -> np.ndarray:
+    coef = np.zeros((len(group_units) * q, n_max), dtype=np.float64)
+    for g, units in enumerate(group_units):
+        scale = (pair.u[units] if group_block[g] >= 0 else pair.b1[units]).astype(np.float64)
+        # w2's columns of this group only: never the whole (q, H) matrix in float64
+        coef[g * q:(g + 1) * q, :len(units)] = pair.w2[:, units].astype(np.float64) * scale[None, :]
+    return coef
 
 
 def layer_instances(pair: RandomLayerPair, target_weight: np.ndarray,
@@ -323,7 +429,7 @@ def layer_instances(pair: RandomLayerPair, target_weight: np.ndarray,
     halves = (1, -1) if plan.signed_input else (1,)
     group_units, group_block, group_half = [], [], []
     for j in range(p):
-        u = pair.w1[plan.block_slice(j), j]
+        u = pair.u[plan.block_slice(j)]
         for h in halves:
             ks = np.flatnonzero(u > 0) if h > 0 else np.flatnonzero(u < 0)
             group_units.append(offsets[j] + ks)
@@ -335,31 +441,23 @@ def layer_instances(pair: RandomLayerPair, target_weight: np.ndarray,
         group_block.append(-1)
         group_half.append(0)
     G = len(group_units)
-    n_max = max((len(g) for g in group_units), default=0)
-    coef = np.zeros((G * q, n_max), dtype=np.float64)
     counts = np.empty(G * q, dtype=np.int64)
     targets = np.empty(G * q, dtype=np.float64)
-    w2 = pair.w2.astype(np.float64)
     for g, units in enumerate(group_units):
         rows = slice(g * q, (g + 1) * q)
         j = group_block[g]
-        if j >= 0:
-            scale = pair.w1[units, j].astype(np.float64)
-            targets[rows] = target_weight[:, j]
-        else:
-            scale = pair.b1[units].astype(np.float64)
-            targets[rows] = target_bias
-        coef[rows, :len(units)] = w2[:, units] * scale[None, :]
+        targets[rows] = target_weight[:, j] if j >= 0 else target_bias
         counts[rows] = len(units)
     return LayerInstances(plan, group_units, np.array(group_block), np.array(group_half, dtype=np.int8),
-                          targets, coef, counts, offset)
+                          targets, counts, offset, pair)
 
 
 def extend_instances(inst: LayerInstances, pair: RandomLayerPair, target_weight: np.ndarray,
                      target_bias: np.ndarray | None) -> LayerInstances:
     """``layer_instances(pair, ...)`` for a pair that :func:`extend_layer_pair` grew from
-    ``inst.plan``: groups of blocks that did not grow keep their coefficients (their units only
-    move), only the grown blocks' groups are rebuilt."""
+    ``inst.plan``: groups of blocks that did not grow keep their units (shifted), only the grown
+    blocks' groups are rebuilt; the coefficients are computed from the pair when asked for
+    (bit-identical to layer_instances')."""
     old, plan = inst.plan, pair.plan
     grown_block = np.asarray(plan.extensions) != np.asarray(old.extensions)
     shift = plan.offsets[:-1] - old.offsets[:-1]
@@ -373,35 +471,24 @@ def extend_instances(inst: LayerInstances, pair: RandomLayerPair, target_weight:
             continue
         sl = plan.block_slice(j)
         h = int(inst.group_half[g])
-        v = pair.w1[sl, j] if h != 0 else pair.b1[sl]
+        v = pair.u[sl] if h != 0 else pair.b1[sl]
         ks = np.flatnonzero(v < 0) if h < 0 else np.flatnonzero(v > 0)
         group_units.append(sl.start + ks)
     counts_g = np.array([len(u) for u in group_units], dtype=np.int64)
-    n_max = int(counts_g.max(initial=0))
-    G = len(group_units)
-    coef = np.zeros((G * q, n_max), dtype=np.float64)
-    keep = ~grown_block[blocks]
-    keep_rows = np.repeat(keep, q)
-    w_old = inst.coefficients.shape[1]
-    coef[keep_rows, :w_old] = inst.coefficients[keep_rows]
-    for g in np.flatnonzero(~keep):
-        units = group_units[g]
-        j = int(inst.group_block[g])
-        scale = (pair.w1[units, j] if j >= 0 else pair.b1[units]).astype(np.float64)
-        coef[g * q:(g + 1) * q, :len(units)] = pair.w2[:, units].astype(np.float64) * scale[None, :]
     return LayerInstances(plan, group_units, inst.group_block.copy(), inst.group_half.copy(),
-                          inst.targets.copy(), coef, np.repeat(counts_g, q), inst.offset)
+                          inst.targets.copy(), np.repeat(counts_g, q), inst.offset, pair)
 
 
-def masks_from_selections(inst: LayerInstances, selections: np.ndarray) -> dict[str, np.ndarray]:
-    """uint8 masks for (w1, b1, w2, b2) of one layer pair from the chosen subsets.
+def compact_masks_from_selections(inst: LayerInstances, selections: np.ndarray) -> dict[str, np.ndarray]:
+    """The masks of one layer pair in the support's form: ``u`` (H,) keeps unit h's own input
+    edge (w1[h, block(h)]), ``b1`` (H,), ``w2`` (q, H), ``b2`` (q,), all uint8.
 
     A hidden unit is kept (its input edge, or its bias for the bias block) iff at least one
     output uses it; every bias other than a used bias-block unit's is masked to 0.
     """
     plan = inst.plan
-    H, p, q = plan.hidden, plan.p, plan.q
-    mw1 = np.zeros((H, p), dtype=np.uint8)
+    H, q = plan.hidden, plan.q
+    mu = np.zeros(H, dtype=np.uint8)
     mb1 = np.zeros(H, dtype=np.uint8)
     mw2 = np.zeros((q, H), dtype=np.uint8)
     mb2 = np.zeros(q, dtype=np.uint8)
@@ -412,12 +499,25 @@ def masks_from_selections(inst: LayerInstances, selections: np.ndarray) -> dict[
         sel = selections[g * q:(g + 1) * q, :n]
         mw2[:, units] = sel.astype(np.uint8)
         used = units[sel.any(axis=0)]
-        j = inst.group_block[g]
-        if j >= 0:
-            mw1[used, j] = 1
+        if inst.group_block[g] >= 0:
+            mu[used] = 1
         else:
             mb1[used] = 1
-    return {"w1": mw1, "b1": mb1, "w2": mw2, "b2": mb2}
+    return {"u": mu, "b1": mb1, "w2": mw2, "b2": mb2}
+
+
+def dense_masks(plan: LayerPlan, compact: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{w1 (H, p), b1, w2, b2} uint8 masks of a pair from its support-form masks."""
+    mw1 = np.zeros((plan.hidden, plan.p), dtype=np.uint8)
+    cols = unit_columns(plan)
+    rows = np.flatnonzero(cols >= 0)
+    mw1[rows, cols[rows]] = compact["u"][rows]
+    return {"w1": mw1, "b1": compact["b1"], "w2": compact["w2"], "b2": compact["b2"]}
+
+
+def masks_from_selections(inst: LayerInstances, selections: np.ndarray) -> dict[str, np.ndarray]:
+    """uint8 masks for (w1, b1, w2, b2) of one layer pair from the chosen subsets (dense w1)."""
+    return dense_masks(inst.plan, compact_masks_from_selections(inst, selections))
 
 
 @dataclass
@@ -435,6 +535,7 @@ class Construction:
         return layout_of(self.plans, self.after, self.input_shape)
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        """The dense g (float32, every w1 regenerated from the seed): what random_net.safetensors holds."""
         layout = self.layout
         out = {}
         for i, pair in enumerate(self.pairs):
@@ -443,7 +544,7 @@ class Construction:
 
     @property
     def total_parameters(self) -> int:
-        return sum(pair.w1.size + pair.b1.size + pair.w2.size + pair.b2.size for pair in self.pairs)
+        return sum(pair.size for pair in self.pairs)
 
     @property
     def prepruned_parameters(self) -> int:

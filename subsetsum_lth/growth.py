@@ -103,9 +103,10 @@ class _Growing:
         groups = rows // q
         counts = self.count[groups]
         coef = np.zeros((rows.size, int(counts.max(initial=0))), dtype=np.float64)
+        base = inst.batch_of(rows, tau, objective).coefficients    # these rows only, never the layer's
         for k, (i, g) in enumerate(zip(rows, groups)):
             b = int(self.base[g])
-            coef[k, :b] = inst.coefficients[i, :b]
+            coef[k, :b] = base[k, :b]
             col = b
             for c in self.extra.get(int(g), ()):
                 coef[k, col:col + c.shape[1]] = c[i - g * q]
@@ -195,7 +196,7 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
         if not np.array_equal(inst.counts[::q], st.count):
             raise AssertionError("adaptive growth: live counts disagree with the grown construction")
         plan = pair.plan
-    sel = np.zeros((len(inst), inst.coefficients.shape[1]), dtype=bool)
+    sel = np.zeros((len(inst), inst.width), dtype=bool)
     sel[:, :res.selections.shape[1]] = res.selections      # unit lists only grow at their end
     for i, s in new_sel.items():
         sel[i] = False

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from subsetsum_lth.certify import certified_bound, layer_maps
-from subsetsum_lth.construction import (Construction, LayerInstances, layer_instances, masks_from_selections,
-                                        masks_state_dict)
+from subsetsum_lth.certify import certified_bound
+from subsetsum_lth.construction import (Construction, LayerInstances, compact_masks_from_selections, dense_masks,
+                                        layer_instances)
 from subsetsum_lth.growth import grow_layer
 from subsetsum_lth.progress import close
 from subsetsum_lth.solve import solve_all
-from subsetsum_lth.solvers.instances import Status
+from subsetsum_lth.solvers.instances import BatchResult, Status
 from subsetsum_lth.target import Target
 from subsetsum_lth.tolerance import choose_tolerance
 
@@ -31,8 +31,14 @@ class Solved:
     seconds: list[float]                          #: solve wall seconds per layer
     rounds: list[dict] = field(default_factory=list)   #: network mode: τ and certificate per round
 
+    def compact_masks(self) -> list[dict]:
+        """Per layer pair, the masks in the support's form ({u, b1, w2, b2}, see
+        :func:`subsetsum_lth.construction.compact_masks_from_selections`)."""
+        return [compact_masks_from_selections(i, r.selections) for i, r in zip(self.layers, self.results)]
+
     def layer_masks(self) -> list[dict]:
-        return [masks_from_selections(i, r.selections) for i, r in zip(self.layers, self.results)]
+        """Per layer pair, dense {w1 (H, p), b1, w2, b2} masks (for small networks and tests)."""
+        return [dense_masks(i.plan, m) for i, m in zip(self.layers, self.compact_masks())]
 
 
 def build_instances(target: Target, construction: Construction) -> list[LayerInstances]:
@@ -42,6 +48,38 @@ def build_instances(target: Target, construction: Construction) -> list[LayerIns
         layers.append(inst)
         offset += len(inst)
     return layers
+
+
+#: a layer whose coefficient matrix (float64) is larger than this is solved in slices of
+#: instances, so that only one slice's coefficients are held at a time (issue 15)
+SLICE_BYTES = 128 << 20
+
+
+def solve_layer(inst: LayerInstances, tau: float, sc, bar=None, store=None, executor=None):
+    """All instances of one layer at τ: one ``solve_all`` call, or — when the coefficient
+    matrix would exceed :data:`SLICE_BYTES` — one per slice of whole groups, the results put
+    together in instance order (each instance's result does not depend on the others)."""
+    k, width = len(inst), inst.width
+    if k * max(width, 1) * 8 <= SLICE_BYTES:
+        return solve_all(inst.batch(tau, sc.objective), sc, on_progress=bar, store=store, executor=executor)
+    step = max(inst.q, SLICE_BYTES // (8 * width) // inst.q * inst.q)
+    selections = np.zeros((k, width), dtype=bool)
+    errors = np.empty(k)
+    status = np.empty(k, dtype=np.int8)
+    messages: dict = {}
+    seconds = 0.0
+    solver = sc.solver
+    for start in range(0, k, step):
+        rows = np.arange(start, min(k, start + step))
+        res = solve_all(inst.batch_of(rows, tau, sc.objective), sc, on_progress=bar, store=store, executor=executor)
+        selections[rows, :res.selections.shape[1]] = res.selections
+        errors[rows] = res.errors
+        status[rows] = res.status
+        messages.update(res.messages)
+        seconds += res.seconds
+        solver = res.solver
+        del res
+    return BatchResult(inst.ids, selections, errors, status, solver, seconds, messages)
 
 
 def initial_tau(target: Target, config) -> float:
@@ -68,7 +106,7 @@ def _tighten(inst: LayerInstances, r0, tau, sc, store, executor, progress, li: i
     redo = np.flatnonzero(above & (r0.status != Status.INFEASIBLE))
     r0.status[above & (r0.status == Status.INFEASIBLE)] = Status.INFEASIBLE
     if redo.size:
-        sub = inst.batch(tau, sc.objective).take(redo)
+        sub = inst.batch_of(redo, tau, sc.objective)
         bar = progress(len(sub), f"layer {li + 1}: τ={tau:.2g}") if progress else None
         res = solve_all(sub, sc, on_progress=bar, store=store, executor=executor)
         close(bar)
@@ -98,9 +136,8 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
         for li, inst in enumerate(layers):
             t_layer = time.perf_counter()
             if results[li] is None:
-                sub = inst.batch(tau, sc.objective)
-                bar = progress(len(sub), f"layer {li + 1}/{len(layers)} ({sc.solver})") if progress else None
-                results[li] = solve_all(sub, sc, on_progress=bar, store=store, executor=executor)
+                bar = progress(len(inst), f"layer {li + 1}/{len(layers)} ({sc.solver})") if progress else None
+                results[li] = solve_layer(inst, tau, sc, bar, store, executor)
                 close(bar)
             elif not _tighten(inst, results[li], tau, sc, store, executor, progress, li):
                 continue
@@ -109,13 +146,13 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
                     target, construction.pairs[li], layers[li], results[li], tau, cc, sc, store,
                     executor, progress, budget)
                 construction.plans[li] = construction.pairs[li].plan
+            layers[li].release()    # the coefficient matrix is recomputed if a later round needs it
             solved.seconds[li] += time.perf_counter() - t_layer
         solved.tau = tau
         if config.mode == "weight":
             break
-        layout = construction.layout
-        masks = masks_state_dict(solved.layer_masks(), layout)
-        maps = layer_maps(construction.state_dict(), masks, layout)
+        from subsetsum_lth.gstore import support_layer_maps
+        maps = support_layer_maps(construction.pairs, solved.compact_masks())
         bound = certified_bound(target, maps, config.input_radius, cc.input_domain).bound
         if getattr(config, "box", None) is not None:     # --eps is checked on the box certificate
             from subsetsum_lth.certify_box import box_bound

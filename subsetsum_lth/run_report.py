@@ -8,6 +8,7 @@ import torch
 
 from subsetsum_lth import __version__
 from subsetsum_lth.errors import IncompleteRun
+from subsetsum_lth.gstore import generator_spec
 from subsetsum_lth.runcheck import WITNESS
 from subsetsum_lth.solvers.instances import Status
 
@@ -29,10 +30,11 @@ def preprocess_report(target) -> dict:
     return report(target)
 
 
-def build_report(target, config, construction, solved, layer_masks, state, layout, certificate, emp,
+def build_report(target, config, construction, solved, layer_masks, layout, certificate, emp,
                  witness, evaluation, timings, executor=None, eps_bound=None,
-                 box_rep=None) -> tuple[dict, list[dict], list[dict], int]:
-    """(report, metrics rows, first failures, number of failed instances). Network mode: the
+                 box_rep=None, store: str = "dense") -> tuple[dict, list[dict], list[dict], int]:
+    """(report, metrics rows, first failures, number of failed instances). ``layer_masks``: per
+    pair the support-form masks {u, b1, w2, b2}; ``store``: 'dense' or 'compact'. Network mode: the
     certificate is the goal, and instances outside the internal τ only count as failures when
     the certified bound misses ε; weight mode: every instance must be within τ."""
     cc, sc = config.construction, config.solve
@@ -61,7 +63,7 @@ def build_report(target, config, construction, solved, layer_masks, state, layou
                              "half": int(inst.group_half[g]), "target": float(inst.targets[idx]),
                              "error": float(res.errors[idx]), "status": Status(int(res.status[idx])).name,
                              "message": res.messages.get(int(inst.ids[idx]), "")})
-        kept_units = int((mk["w1"].any(axis=1) | (mk["b1"] != 0)).sum())
+        kept_units = int(((mk["u"] != 0) | (mk["b1"] != 0)).sum())
         kept_coef = int(mk["w2"].sum())
         kept_params = int(sum(int(a.sum()) for a in mk.values()))
         kept_total += kept_params
@@ -90,9 +92,9 @@ def build_report(target, config, construction, solved, layer_masks, state, layou
             "kept_coefficients_per_weight": float(per_weight.mean()) if per_weight.size else 0.0,
             "kept_units": kept_units,
             "kept_parameters": kept_params,
-            "kept_parameters_first": int(mk["w1"].sum() + mk["b1"].sum()),
+            "kept_parameters_first": int(mk["u"].sum() + mk["b1"].sum()),
             "kept_parameters_second": int(mk["w2"].sum() + mk["b2"].sum()),
-            "total_parameters": int(sum(np.asarray(state[k]).size for k in layout.pair_keys(li))),
+            "total_parameters": int(construction.pairs[li].size),
             "seconds": solved.seconds[li],
             "certificate": certificate.layers[li],
         }
@@ -127,6 +129,8 @@ def build_report(target, config, construction, solved, layer_masks, state, layou
         "certified_ok": (eps_bound <= config.eps) if config.eps is not None else None,
         "kept_parameters": kept_total,
         "total_parameters": construction.total_parameters,
+        "store": store,
+        **({"generator": generator_spec(cc.seed, cc.distribution, construction.plans)} if store == "compact" else {}),
         "prepruned_parameters": construction.prepruned_parameters,
         "instances": sum(len(inst) for inst in solved.layers),
         "infeasible_count": n_bad_total,

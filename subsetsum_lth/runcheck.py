@@ -14,6 +14,9 @@ can never disagree about which network a folder holds. It refuses, with a
   for an ``l``-layer target; ``H = Σ block widths`` from report.json's ``layers`` /
   ``construction_plan``); masks that are not uint8 0/1, or that keep an entry the construction's
   block-diagonal pre-pruning removes (subset-sum runs);
+* a compact run (``"store": "compact"``, :mod:`subsetsum_lth.gstore`) whose generator
+  specification differs between report.json and its files, or whose stored support values are
+  not what that specification regenerates (bit for bit), or whose masks keep a pre-pruned entry;
 * a ``relu_after`` entry in a subset-sum run (the construction always has every ReLU); in an
   edge-popup run it must be a list of booleans, one per hidden Linear layer;
 * for an image network (``target_arch``/``input_shape``/``g_arch`` in report.json, subset-sum
@@ -188,6 +191,9 @@ class Run:
     input_radius: float | None = None
     seed: int | None = None
     layout_: object | None = None   #: subsetsum_lth.gnet.GLayout for networks with conv/pooling layers
+    #: a compact run's validated support and masks (subsetsum_lth.gstore.CompactG); its
+    #: random_state/masks are then lazy dense views generated tensor by tensor
+    compact: object | None = None
 
     @property
     def layout(self):
@@ -205,6 +211,8 @@ class Run:
         lay = self.layout_
         if lay is not None and lay.input_shape is not None:
             return int(np.prod(lay.input_shape))
+        if self.compact is not None:
+            return int(self.plans[0].p)
         return int(self.random_state["0.weight"].shape[1])
 
     @property
@@ -388,6 +396,9 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
         f.boolean("inner_relu", optional=True)
         sizes = None
 
+    if kind == "subset-sum" and f.choice("store", ("dense", "compact"), optional=True) == "compact":
+        return _read_compact_run(path, report, f, sizes, domain, radius, seed, need_target)
+
     # --- tensors
     state = _load_tensors(path / rf.RANDOM_NET)
     masks = _load_tensors(path / rf.MASKS)
@@ -481,6 +492,44 @@ def _check_allowed(path: Path, masks: dict, allowed: dict | None) -> None:
         if bad:
             raise RunFolderError(f"{path / rf.MASKS}: mask {k} keeps {bad} entries outside the blocks the "
                                  f"construction allows (pre-pruned entries); {RECREATE}")
+
+
+def _read_compact_run(path: Path, report: dict, f, sizes, domain, radius, seed, need_target: bool) -> Run:
+    """A subset-sum run stored compact (:mod:`subsetsum_lth.gstore`): the block plan, seed and
+    distribution from report.json must give exactly the generator specification recorded there
+    and in both compact files, and every stored support value must be what that specification
+    regenerates (read_compact). random_state and masks are lazy dense views."""
+    from subsetsum_lth.construction import DISTRIBUTIONS, layout_of
+    from subsetsum_lth.gstore import DenseMasks, DenseState, generator_spec, read_compact
+    where = str(path / rf.REPORT)
+    if "target_arch" in report:
+        raise RunFolderError(f"{where}: a compact run is of an MLP target, but 'target_arch' is recorded; {RECREATE}")
+    dist = f.choice("distribution", tuple(sorted(DISTRIBUTIONS)))
+    plans = _plans(report.get("layers"), sizes, domain, f"{where} 'layers'")
+    if report.get("generator") != generator_spec(seed, dist, plans):
+        raise RunFolderError(f"{where}: 'generator' is not the specification of the recorded seed, distribution and "
+                             f"block plan; {RECREATE}")
+    compact = read_compact(path, plans, seed, dist, domain)
+    layout = layout_of(plans)
+    n = 2 * len(plans)
+    relu_after = _relu_after(report, "subset-sum", n, path)
+    target = None
+    tpath = path / rf.TARGET
+    if tpath.exists() or tpath.is_symlink():
+        target = _load_target(tpath)
+        if not target.is_mlp or target.sizes != sizes:
+            raise RunFolderError(f"{tpath} is a {'-'.join(map(str, target.sizes))} network but report.json records "
+                                 f"a {'-'.join(map(str, sizes))} MLP target; {RECREATE}")
+        for pl, L in zip(plans, target.layers):
+            if pl.has_bias != (L.bias is not None):
+                raise RunFolderError(f"{tpath}: layer {pl.index} {'has no' if pl.has_bias else 'has a'} bias but "
+                                     f"report.json records the opposite; {RECREATE}")
+    elif need_target:
+        raise RunFolderError(f"{path} has no {rf.TARGET}; a certificate needs the target: {RECREATE}")
+    if "witness" in report:
+        _witness_entry(report, where, sizes[0])
+    return Run(path, DenseState(compact.pairs, layout), DenseMasks(plans, compact.cmasks, layout), report,
+               "subset-sum", relu_after, plans, target, domain, radius, seed, None, compact)
 
 
 def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes, domain, radius, seed,

@@ -9,12 +9,13 @@ import logging
 import math
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from subsetsum_lth import manifest
 from subsetsum_lth import runfolder as rf
-from subsetsum_lth.certify import certified_bound, layer_maps
+from subsetsum_lth.certify import certified_bound
 from subsetsum_lth.errors import RunFolderError
 from subsetsum_lth.solve import ResumeStore
 
@@ -27,8 +28,23 @@ def tensor_metadata(meta: dict) -> dict:
     return {"subsetsum_lth": json.dumps(meta, sort_keys=True)}
 
 
-def write_run(out: Path, *, masks: dict, meta: dict, report: dict, metrics: list[dict], t_start: float,
+@dataclass
+class GWrite:
+    """g of an approximate run as the pipeline holds it (the support), and how to store it:
+    ``kind`` 'dense' (random_net/masks.safetensors, streamed a tensor at a time) or 'compact'
+    (:mod:`subsetsum_lth.gstore`)."""
+
+    kind: str
+    pairs: list
+    plans: list
+    cmasks: list
+    layout: object
+    spec: dict
+
+
+def write_run(out: Path, *, masks: dict | None, meta: dict, report: dict, metrics: list[dict], t_start: float,
               timings: dict, random_state: dict | None = None, random_copy_from: Path | None = None,
+              g: GWrite | None = None,
               target=None, target_file: Path | None = None, extra: dict | None = None,
               plots: Callable[[], list] | None = None, store_name: str | None = None,
               extra_report: dict | None = None, wall_metric: bool = False) -> None:
@@ -36,15 +52,22 @@ def write_run(out: Path, *, masks: dict, meta: dict, report: dict, metrics: list
     -> tensors (e.g. the witness); ``plots()`` returns the plot file names (a failed plot is
     logged, never fatal); ``store_name``: a resume store to remove once the run is written;
     ``extra_report``: entries added after ``wall_seconds``; ``wall_metric``: a metrics.csv row
-    for it too."""
+    for it too; ``g``: an approximate run's g (then ``masks``/``random_state`` are not used)."""
     out = Path(out)
     t = time.perf_counter()
     tmeta = tensor_metadata(meta)
-    if random_copy_from is not None:
-        rf.atomic_copy(random_copy_from, out / rf.RANDOM_NET)
+    if g is not None:
+        from subsetsum_lth import gstore
+        if g.kind == "compact":
+            gstore.write_compact(out, g.pairs, g.cmasks, meta, g.spec)
+        else:
+            gstore.write_dense(out, g.pairs, g.plans, g.cmasks, g.layout, meta)
     else:
-        rf.atomic_save_safetensors(random_state, out / rf.RANDOM_NET, tmeta)
-    rf.atomic_save_safetensors(masks, out / rf.MASKS, tmeta)
+        if random_copy_from is not None:
+            rf.atomic_copy(random_copy_from, out / rf.RANDOM_NET)
+        else:
+            rf.atomic_save_safetensors(random_state, out / rf.RANDOM_NET, tmeta)
+        rf.atomic_save_safetensors(masks, out / rf.MASKS, tmeta)
     if target_file is not None:
         rf.atomic_copy(target_file, out / rf.TARGET)
     elif target is not None:
@@ -110,7 +133,10 @@ def prepare_folder(out: Path, config, fingerprint: dict,
 def completed_run(out: Path) -> dict | None:
     """The report of a finished, successful run in ``out`` (masks and report written, nothing
     infeasible, ε met), else None. ``_prepare_folder`` has already checked the settings match."""
-    if not ((out / rf.REPORT).exists() and (out / rf.MASKS).exists() and (out / rf.RANDOM_NET).exists()):
+    from subsetsum_lth.gstore import MASKS_COMPACT, RANDOM_NET_COMPACT
+    dense = (out / rf.MASKS).exists() and (out / rf.RANDOM_NET).exists()
+    compact = (out / MASKS_COMPACT).exists() and (out / RANDOM_NET_COMPACT).exists()
+    if not ((out / rf.REPORT).exists() and (dense or compact)):
         return None
     # nothing stored is believed: the folder goes through the validated reader and its
     # certificate and weight errors are recomputed from the files before it counts as done
@@ -118,7 +144,8 @@ def completed_run(out: Path) -> dict | None:
     try:
         run = read_run(out, need_target=True)
         report = run.report
-        maps = layer_maps(run.random_state, run.masks, run.layout)
+        from subsetsum_lth.gstore import run_layer_maps
+        maps = run_layer_maps(run)
         cert = certified_bound(run.target, maps, run.input_radius, run.input_domain)
         from subsetsum_lth.certify_box import box_bound, box_from_report
         box = box_from_report(report, str(out))      # a box run's --eps was checked on its box bound

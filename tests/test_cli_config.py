@@ -58,6 +58,7 @@ MAPS = {
         "steps": (ApproximateConfig, "ascent_steps", _same),
         "no_plots": (ApproximateConfig, "plots", _not),
         "max_hours": (ApproximateConfig, "max_hours", _same),
+        "store": (ApproximateConfig, "store", _same),
         "bab_seconds": (BoxConfig, "bab_seconds", _same),
     }),
     "edge-popup": (["--wide", "4,3,2", "--out", "x"], "edge_popup.py", {

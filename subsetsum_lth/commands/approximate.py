@@ -129,6 +129,10 @@ def add_arguments(p) -> None:
                    help="random points for the empirical bound")
     p.add_argument("--steps", type=int, default=ApproximateConfig.ascent_steps,
                    help="gradient-ascent steps for the empirical bound (0: evaluate the points only)")
+    p.add_argument("--store", choices=("auto", "dense", "compact"), default=ApproximateConfig.store,
+                   help="how the run folder stores g: dense (random_net.safetensors, masks.safetensors), "
+                        "compact (the block support, its masks and the generator spec; 'export-dense RUN' "
+                        "writes the dense files), auto (dense up to 2e8 entries of g; default)")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress output (bars on a terminal, else a line every ~10 s)")
@@ -245,7 +249,7 @@ def _config(args, domain: str, radius: float, report_extra: dict | None = None, 
         eps=args.eps, weight_eps=args.weight_eps, input_radius=radius,
         allow_infeasible=args.allow_infeasible, resume=args.resume, overwrite=args.overwrite,
         empirical_samples=args.samples, ascent_steps=args.steps, plots=not args.no_plots,
-        max_hours=args.max_hours, report_extra=report_extra or {}, box=box)
+        max_hours=args.max_hours, store=args.store, report_extra=report_extra or {}, box=box)
 
 
 def _box_args(args, target):

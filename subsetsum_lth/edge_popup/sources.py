@@ -191,7 +191,8 @@ def load_random_net(config: EdgePopupConfig) -> RandomNet:
         from subsetsum_lth.runcheck import read_run
         run = Path(config.from_run)
         checked = read_run(run)     # the one validated reader (layout, fields) that certify uses
-        path = run / rf.RANDOM_NET
+        # a compact run has no dense file to copy: its tensors are generated (checked) and written
+        path = run / rf.RANDOM_NET if checked.compact is None else None
         state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in checked.random_state.items()}
         report = checked.report
         domain = checked.input_domain or config.input_domain or "nonnegative"
