@@ -211,19 +211,15 @@ def run_pruned_module(run, dtype=torch.float64) -> nn.Module:
 
 # ----------------------------------------------------------------------------- dense views
 
-class DenseState(Mapping):
-    """The dense g (float32, stored shapes, the keys of the layout) as a read-only mapping whose
-    tensors are generated when asked for: w1 of a pair is regenerated from the seed (one pair
-    cached), everything else is the support itself."""
+class _LayoutView(Mapping):
+    """A read-only mapping over a layout's keys ({w1, b1, w2, b2} of every pair, in stored
+    shapes) whose tensors subclasses build when asked for."""
 
-    def __init__(self, pairs, layout):
-        self.pairs, self.layout = pairs, layout
-        self._where = {}
-        for i in range(layout.depth):
-            for role, key in zip(("w1", "b1", "w2", "b2"), layout.pair_keys(i)):
-                self._where[key] = (i, role)
+    def __init__(self, layout):
+        self.layout = layout
+        self._where = {key: (i, role) for i in range(layout.depth)
+                       for role, key in zip(("w1", "b1", "w2", "b2"), layout.pair_keys(i))}
         self._shapes = layout.shapes()
-        self._cache = (None, None)
 
     def __iter__(self):
         return iter(self._where)
@@ -233,6 +229,17 @@ class DenseState(Mapping):
 
     def shape(self, key: str) -> tuple:
         return tuple(self._shapes[key])
+
+
+class DenseState(_LayoutView):
+    """The dense g (float32, stored shapes, the keys of the layout) as a read-only mapping whose
+    tensors are generated when asked for: w1 of a pair is regenerated from the seed (one pair
+    cached), everything else is the support itself."""
+
+    def __init__(self, pairs, layout):
+        super().__init__(layout)
+        self.pairs = pairs
+        self._cache = (None, None)
 
     def dtype(self, key: str):
         return np.dtype(np.float32)
@@ -242,7 +249,7 @@ class DenseState(Mapping):
         pair = self.pairs[i]
         if role == "w1":
             if self._cache[0] != i:
-                self._cache = (None, None)
+                self._cache = (None, None)      # free the cached pair before building the next
                 self._cache = (i, pair.w1)
             arr = self._cache[1]
         else:
@@ -250,26 +257,13 @@ class DenseState(Mapping):
         return arr.reshape(self._shapes[key])
 
 
-class DenseMasks(Mapping):
+class DenseMasks(_LayoutView):
     """The dense uint8 masks (stored shapes, the layout's keys) of support-form masks, built per
     tensor when asked for."""
 
     def __init__(self, plans, cmasks, layout):
-        self.plans, self.cmasks, self.layout = plans, cmasks, layout
-        self._where = {}
-        for i in range(layout.depth):
-            for role, key in zip(("w1", "b1", "w2", "b2"), layout.pair_keys(i)):
-                self._where[key] = (i, role)
-        self._shapes = layout.shapes()
-
-    def __iter__(self):
-        return iter(self._where)
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def shape(self, key: str) -> tuple:
-        return tuple(self._shapes[key])
+        super().__init__(layout)
+        self.plans, self.cmasks = plans, cmasks
 
     def dtype(self, key: str):
         return np.dtype(np.uint8)

@@ -470,10 +470,7 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
             raise RunFolderError(f"{tpath} is a {'-'.join(map(str, target.sizes))} network but report.json records "
                                  f"a {'-'.join(map(str, sizes))} target; {RECREATE}")
         if plans is not None:
-            for pl, L in zip(plans, target.layers):
-                if pl.has_bias != (L.bias is not None):
-                    raise RunFolderError(f"{tpath}: layer {pl.index} {'has no' if pl.has_bias else 'has a'} bias but "
-                                         f"report.json records the opposite; {RECREATE}")
+            _check_target_bias(tpath, plans, target)
         if target.sizes[0] != net_sizes[0]:
             raise RunFolderError(f"{tpath} takes {target.sizes[0]} inputs but the random network {net_sizes[0]}; {RECREATE}")
     elif need_target:
@@ -482,6 +479,14 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
     if "witness" in report:
         _witness_entry(report, where, net_sizes[0])
     return Run(path, state, masks, report, kind, relu_after, plans, target, domain, radius, seed)
+
+
+def _check_target_bias(tpath: Path, plans, target) -> None:
+    """The run's target has a bias exactly where report.json's block plan records one."""
+    for pl, L in zip(plans, target.layers):
+        if pl.has_bias != (L.bias is not None):
+            raise RunFolderError(f"{tpath}: layer {pl.index} {'has no' if pl.has_bias else 'has a'} bias but "
+                                 f"report.json records the opposite; {RECREATE}")
 
 
 def _check_allowed(path: Path, masks: dict, allowed: dict | None) -> None:
@@ -520,10 +525,7 @@ def _read_compact_run(path: Path, report: dict, f, sizes, domain, radius, seed, 
         if not target.is_mlp or target.sizes != sizes:
             raise RunFolderError(f"{tpath} is a {'-'.join(map(str, target.sizes))} network but report.json records "
                                  f"a {'-'.join(map(str, sizes))} MLP target; {RECREATE}")
-        for pl, L in zip(plans, target.layers):
-            if pl.has_bias != (L.bias is not None):
-                raise RunFolderError(f"{tpath}: layer {pl.index} {'has no' if pl.has_bias else 'has a'} bias but "
-                                     f"report.json records the opposite; {RECREATE}")
+        _check_target_bias(tpath, plans, target)
     elif need_target:
         raise RunFolderError(f"{path} has no {rf.TARGET}; a certificate needs the target: {RECREATE}")
     if "witness" in report:
@@ -616,10 +618,7 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
         if target.is_mlp or target.arch() != layout_arch(kinds, after) or list(target.input_shape) != shape:
             raise RunFolderError(f"{tpath} is not the network report.json records ('target_arch', "
                                  f"'input_shape'); {RECREATE}")
-        for pl, L in zip(plans, target.layers):
-            if pl.has_bias != (L.bias is not None):
-                raise RunFolderError(f"{tpath}: layer {pl.index} {'has no' if pl.has_bias else 'has a'} bias but "
-                                     f"report.json records the opposite; {RECREATE}")
+        _check_target_bias(tpath, plans, target)
     n_in = int(np.prod(shape))
     if "witness" in report:
         _witness_entry(report, where, n_in)
