@@ -85,9 +85,6 @@ class Linear:
         """Stored shapes of the two random weights of g for this layer."""
         return (hidden, self.p), (self.q, hidden)
 
-    def g_modules(self, hidden: int) -> tuple[nn.Module, nn.Module]:
-        return nn.Linear(self.p, hidden), nn.Linear(hidden, self.q)
-
     def op_norm(self, M: np.ndarray) -> tuple[float, str]:
         """A proven upper bound on the operator norm of x ↦ M x (here exact)."""
         return spectral_norm(M), "spectral"
@@ -148,10 +145,6 @@ class Conv2d:
 
     def g_shapes(self, hidden: int) -> tuple[tuple, tuple]:
         return (hidden, self.in_channels, *self.kernel), (self.q, hidden, 1, 1)
-
-    def g_modules(self, hidden: int) -> tuple[nn.Module, nn.Module]:
-        return (nn.Conv2d(self.in_channels, hidden, self.kernel, self.stride, self.padding),
-                nn.Conv2d(hidden, self.q, 1))
 
     def covering(self) -> int:
         """The largest number of patches (output positions) that share one input pixel."""

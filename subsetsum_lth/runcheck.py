@@ -545,7 +545,7 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
     per ReLU of g."""
     from subsetsum_lth.construction import layout_of, prepruning_masks
     from subsetsum_lth.errors import UserError
-    from subsetsum_lth.layerkinds import kinds_from_arch
+    from subsetsum_lth.layerkinds import arch_of, kinds_from_arch
     where = str(path / rf.REPORT)
     arch = report.get("target_arch")
     shape = f.int_list("input_shape", minimum=1)
@@ -615,7 +615,7 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
     tpath = path / rf.TARGET
     if tpath.exists() or tpath.is_symlink():
         target = _load_target(tpath)
-        if target.is_mlp or target.arch() != layout_arch(kinds, after) or list(target.input_shape) != shape:
+        if target.is_mlp or target.arch() != arch_of(kinds, after) or list(target.input_shape) != shape:
             raise RunFolderError(f"{tpath} is not the network report.json records ('target_arch', "
                                  f"'input_shape'); {RECREATE}")
         _check_target_bias(tpath, plans, target)
@@ -624,10 +624,6 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
         _witness_entry(report, where, n_in)
     return Run(path, state, masks, report, kind, relu_after, plans, target, domain, radius, seed, layout)
 
-
-def layout_arch(kinds, after) -> list[dict]:
-    from subsetsum_lth.layerkinds import arch_of
-    return arch_of(kinds, after)
 
 
 # ----------------------------------------------------------------------------- witness
