@@ -42,7 +42,24 @@ def make_case(seed: int, sizes, tau: float, lo: float, hi: float, exact_last: bo
     return Target(layers), maps, lo, hi
 
 
+def hand_case(W1, b1, G1, c1, W2, G2, b2):
+    """f = (W1, b1, W2, b2), ĝ = (G1, c1, G2, b2) on the box [0, 1]^p (cases where one relaxation
+    of the zonotope is attained, so that cutting it is caught)."""
+    A = lambda v: np.atleast_2d(np.asarray(v, dtype=np.float64))
+    b = lambda v: np.asarray(v, dtype=np.float64)
+    target = Target([Layer(A(W1), b(b1)), Layer(A(W2), b(b2))])
+    maps = [LayerMap(A(G1), A(G1), b(c1)), LayerMap(A(G2), A(G2), b(b2))]
+    return target, maps, 0.0, 1.0
+
+
 CASES = {
+    # f − ĝ = 0.3 σ(x − ½): the relu tube of σ on [−½, ½] is attained at x = 1
+    "hand: relu tube attained": hand_case([[1.0]], [-0.5], [[1.0]], [-0.5], [[1.0]], [[0.7]], [0.0]),
+    # f − ĝ = σ(x − ½) − σ(0.8x − ½): the clip tube is attained at x = 1
+    "hand: clip tube attained": hand_case([[1.0]], [-0.5], [[0.8]], [-0.5], [[1.0]], [[1.0]], [0.0]),
+    # D₁ − D₂ with d_j = 0.1(x_j + 1): 0.2 at x = (1, 0), where d₁ − d₂ is only 0.1
+    "hand: cancelling units": hand_case(np.eye(2), [-0.5, -0.5], 0.9 * np.eye(2), [-0.6, -0.6],
+                                        [[1.0, -1.0]], [[1.0, -1.0]], [0.0]),
     "2 layers, [0,1]": make_case(0, [3, 4, 2], 0.2, 0.0, 1.0),
     "2 layers, [-1,1]": make_case(1, [3, 5, 2], 0.2, -1.0, 1.0),
     "3 layers, [0,1]": make_case(2, [3, 4, 4, 2], 0.15, 0.0, 1.0),
@@ -52,6 +69,7 @@ CASES = {
     "2 layers, wide": make_case(6, [4, 8, 1], 0.1, 0.0, 1.0),
     "1 layer, one output (tight)": make_case(7, [4, 1], 0.3, -1.0, 1.0),
     "1 layer, [0,1]": make_case(8, [3, 2], 0.3, 0.0, 1.0),
+    "1 layer, one output, [0,1]": make_case(12, [4, 1], 0.3, 0.0, 1.0),
     "3 layers, small errors": make_case(9, [3, 5, 5, 2], 0.02, 0.0, 1.0),
 }
 
@@ -167,6 +185,26 @@ def norm_at(target, maps, x):
     return np.linalg.norm(f - g, axis=1)
 
 
+@functools.lru_cache(maxsize=None)
+def exact_norm_lower(name, directions: int = 10):
+    """A lower bound on max over the box of ‖f − ĝ‖₂ that is close to it: the norm at the exact
+    maximisers of c·(f − ĝ) (MILP) for the 2q axis directions and ``directions`` more unit vectors
+    c (evenly spread on the circle for q = 2, seeded random for q > 2; q = 1: the axes are all)."""
+    target, maps, lo, hi = CASES[name]
+    q = target.sizes[-1]
+    pts = [exact_extremes(name)[2]]
+    if q > 1:
+        if q == 2:
+            ang = np.pi * (np.arange(directions) + 0.5) / directions
+            C = np.stack([np.cos(ang), np.sin(ang)], 1)
+            C = np.vstack([C, -C])
+        else:
+            C = np.random.default_rng(0).standard_normal((directions, q))
+            C /= np.linalg.norm(C, axis=1, keepdims=True)
+        pts.append(np.array([milp_extreme(target, maps, lo, hi, c, -c)[1] for c in C]))
+    return float(norm_at(target, maps, np.vstack(pts)).max())
+
+
 def check_case(name, iters=20):
     """Raises AssertionError('... > certified ...') when the certificate misses an exact value."""
     target, maps, lo, hi = CASES[name]
@@ -176,8 +214,10 @@ def check_case(name, iters=20):
     tol = 1e-9
     assert np.all(upper >= mx - tol), f"{name}: exact max {mx} > certified upper {upper}"
     assert np.all(lower <= mn + tol), f"{name}: exact min {mn} < certified lower {lower}"
-    exact_norm = float(norm_at(target, maps, pts).max())
+    exact_norm = exact_norm_lower(name)
     assert exact_norm <= cert["bound"] + tol, f"{name}: norm {exact_norm} > certified {cert['bound']}"
+    assert exact_norm <= cert["bound_zonotope"] + tol, (
+        f"{name}: norm {exact_norm} > certified (zonotope) {cert['bound_zonotope']}")
     return cert, mx, mn
 
 
@@ -187,9 +227,11 @@ def check_case(name, iters=20):
 def test_certificate_contains_exact_per_output_extremes(name):
     cert, mx, mn = check_case(name)
     assert np.isfinite(cert["bound"])
-    # per-output intervals from an ℓ2 bound: the bound is exactly the ℓ2 of their maxima
+    # the interval ℓ2 bound is the ℓ2 of the per-output maxima; the bound is the smaller of it and
+    # the zonotope's
     m = np.maximum(np.abs(cert["lower"]), np.abs(cert["upper"]))
-    assert cert["bound"] >= np.sqrt((m ** 2).sum())
+    assert cert["bound_intervals"] >= np.sqrt((m ** 2).sum())
+    assert cert["bound"] == min(cert["bound_intervals"], cert["bound_zonotope"])
 
 
 def test_one_layer_one_output_is_exact():
@@ -299,6 +341,55 @@ def test_local_agreement_refuses_bad_radius():
         cb.local_agreement(target, maps, np.zeros((1, 3)), float("nan"))
 
 
+# ----------------------------------------------------------------------------- the ℓ2 bound of a zonotope
+
+def _brute_max_norm(G):
+    n = G.shape[1]
+    S = np.array(np.meshgrid(*[[-1.0, 1.0]] * n)).reshape(n, -1)
+    return float(np.linalg.norm(G @ S, axis=0).max())
+
+
+@settings(max_examples=40)
+@given(st.integers(0, 10 ** 6), st.integers(1, 4), st.integers(1, 12))
+def test_psd_l2_bound_is_sound_and_within_nesterov_factor(seed, q, n):
+    """max over s ∈ {−1, 1}^n of ‖Gs‖ (brute force) <= the bound <= √(π/2) × it (Nesterov's π/2
+    theorem bounds the semidefinite relaxation of a PSD form; 2% for the iterative dual)."""
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((q, n)) * rng.random(n) ** 3
+    exact = _brute_max_norm(G)
+    bound, d, _ = cb.psd_l2_bound(torch.as_tensor(G), 300)
+    assert bound >= exact * (1 - 1e-12)
+    assert bound <= np.sqrt(np.pi / 2) * exact * 1.02 + 1e-12
+
+
+def test_psd_l2_bound_beats_the_per_coordinate_bound_on_spread_generators():
+    """Generators in many directions: ‖Gs‖ never has every coordinate at its maximum, and the
+    bound knows it (the ℓ2 of per-coordinate maxima is √q too large for a round zonotope)."""
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal((10, 400))
+    per_coordinate = float(np.linalg.norm(np.abs(G).sum(1)))
+    bound, _, _ = cb.psd_l2_bound(torch.as_tensor(G))
+    assert bound < 0.5 * per_coordinate
+
+
+def test_zonotope_is_exact_for_one_linear_layer():
+    """f − ĝ = E x + e on a non-negative box is a zonotope; one output: its max |·| is the bound.
+    (On a box with both signs ĝ's first layer acts on (x⁺, x⁻), which the zonotope takes from
+    their product box: sound, not exact.)"""
+    name = "1 layer, one output, [0,1]"
+    cert, mx, mn = check_case(name)
+    assert cert["bound_zonotope"] == pytest.approx(max(abs(mx[0]), abs(mn[0])), rel=1e-8)
+
+
+def test_zonotope_bound_wins_on_many_outputs():
+    """Ten outputs with independent errors: the zonotope keeps their correlation, the ℓ2 of the
+    per-output intervals cannot."""
+    target, maps, lo, hi = make_case(11, [6, 12, 10], 0.05, 0.0, 1.0)
+    cert = cb.box_certificate(target, maps, lo, hi, iters=10)
+    assert cert["l2_from"] == "zonotope"
+    assert cert["bound_zonotope"] < 0.8 * cert["bound_intervals"]
+
+
 # ----------------------------------------------------------------------------- mutants
 
 def _mut_l2(lower, upper):
@@ -351,6 +442,42 @@ def _mut_sep_planes(b, af, ag, th_u, th_l):
 
 cb_l2, cb_clip, cb_relu, cb_first, cb_diff, cb_dplanes = (cb.l2_of_intervals, cb._clip_planes, cb._relu,
                                                           cb._first_layer_bounds, cb.diff_net, cb._d_planes)
+cb_psd, cb_rtube, cb_dtube, cb_zono = cb.psd_l2_bound, cb._relu_tube, cb._d_tube, cb._zonotope
+
+
+def _mut_psd(G, iters=200, Y=None):
+    bound, d, Y = cb_psd(G, iters, Y)
+    return 0.9 * bound, d, Y
+
+
+def _mut_psd_sum(G, iters=200, Y=None):
+    G = G[:, G.abs().sum(0) > 0]       # "triangle inequality" written wrongly: ℓ2 of the column sums
+    return float(G.sum(1).norm()), None, Y
+
+
+def _mut_rtube(l, u, slope):
+    lam, c, r = cb_rtube(l, u, slope)
+    return lam, c, 0.5 * r
+
+
+def _mut_rtube_centre(l, u, slope):
+    lam, c, r = cb_rtube(l, u, slope)
+    return lam, torch.zeros_like(c), r
+
+
+def _mut_dtube(b, slope):
+    kap, c, r = cb_dtube(b, slope)
+    return kap, c, 0.5 * r
+
+
+def _mut_dtube_stable(b, slope):
+    kap, c, r = cb_dtube(b, slope)      # every unit treated as active in both networks: D = d
+    return torch.ones_like(kap), torch.zeros_like(c), torch.zeros_like(r)
+
+
+def _mut_zono_centre(net, bounds, Xlo, Xhi, slopes):
+    c, G = cb_zono(net, bounds, Xlo, Xhi, slopes)
+    return torch.zeros_like(c), G
 
 MUTANTS = {
     "bound x 0.9": ("l2_of_intervals", _mut_l2),
@@ -362,6 +489,13 @@ MUTANTS = {
     "first-layer interval radius halved": ("_first_layer_bounds", _mut_first_layer),
     "last layer's error dropped": ("diff_net", _mut_diff_net),
     "separate plane bias cut": ("_d_planes", _mut_sep_planes),
+    "zonotope: psd bound x 0.9": ("psd_l2_bound", _mut_psd),
+    "zonotope: norm of the generators' sum": ("psd_l2_bound", _mut_psd_sum),
+    "zonotope: relu tube radius halved": ("_relu_tube", _mut_rtube),
+    "zonotope: relu tube centre dropped": ("_relu_tube", _mut_rtube_centre),
+    "zonotope: D tube radius halved": ("_d_tube", _mut_dtube),
+    "zonotope: D = d everywhere": ("_d_tube", _mut_dtube_stable),
+    "zonotope: centre dropped": ("_zonotope", _mut_zono_centre),
 }
 
 
@@ -369,6 +503,7 @@ MUTANTS = {
 def test_mutant_is_killed(monkeypatch, mutant):
     for name in CASES:          # the exact values are computed before any patching
         exact_extremes(name)
+        exact_norm_lower(name)
     attr, fn = MUTANTS[mutant]
     monkeypatch.setattr(cb, attr, fn)
     killed = []
@@ -385,6 +520,8 @@ def test_mutant_is_killed(monkeypatch, mutant):
 def test_identity_patch_kills_nothing(monkeypatch):
     monkeypatch.setattr(cb, "_clip_planes", lambda dl, du: cb_clip(dl, du))
     monkeypatch.setattr(cb, "_relu", lambda l, u, a: cb_relu(l, u, a))
+    monkeypatch.setattr(cb, "_relu_tube", lambda l, u, s: cb_rtube(l, u, s))
+    monkeypatch.setattr(cb, "_d_tube", lambda b, s: cb_dtube(b, s))
     for name in CASES:
         check_case(name, iters=0)
         check_case(name, iters=20)

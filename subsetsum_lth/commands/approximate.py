@@ -325,7 +325,8 @@ def _summary(r: dict, out: Path) -> None:
     bc = r.get("box_certificate")
     if bc:
         print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]: certified {bc['bound']:.4g}   box attack "
-              f"{bc['empirical_bound']:.4g}   ratio {bc['ratio']:.3g}   ({bc['seconds']:.1f} s)")
+              f"{bc['empirical_bound']:.4g}   ratio {bc['ratio']:.3g}   ({bc['seconds']:.1f} s; l2 of the per-output "
+              f"intervals {bc['bound_intervals']:.4g}, zonotope {bc['bound_zonotope']:.4g})")
         for rho, frac in (bc.get("local_agreement") or {}).items():
             print(f"  certified agreement at l-inf radius {rho}: {100 * frac:.2f}% of "
                   f"{bc['local_agreement_examples']} test images")
