@@ -19,9 +19,16 @@ so the small difference d is never the difference of two large bounds. The relax
 Bounds are CROWN-style backward linear bounds (α-CROWN: slopes α and weights θ per objective,
 optimised by projected Adam; every iterate is a sound bound, the best one per objective is kept).
 Intermediate layers get CROWN bounds with the default slopes; the first layer's are exact
-intervals. The ℓ2 bound is sqrt(Σ_k max(|lo_k|, |hi_k|)²) over the per-output intervals of
-f − ĝ. ĝ's first layer on signed inputs is linear in (x⁺, x⁻); every linear bound is minimised
+intervals. ĝ's first layer on signed inputs is linear in (x⁺, x⁻); every linear bound is minimised
 over x exactly, coordinate by coordinate at x_j ∈ {lo_j, 0, hi_j} (:func:`_concretize`).
+
+The ℓ2 bound is the smaller of two sound bounds: sqrt(Σ_k max(|lo_k|, |hi_k|)²) over the
+per-output intervals (as if every output reached its extreme at the same x: up to √q too large),
+and a zonotope bound (:func:`zonotope_l2`): f − ĝ = c + G s over s ∈ [−1, 1]^N, one generator per
+input coordinate and two per hidden unit (parallel-plane relaxations of σ(z') and of D on the
+bounds above), and max ‖c + G s‖₂ ≤ sqrt(λ_max(G D⁻¹ Gᵀ) · tr D) for any positive diagonal D
+(:func:`psd_l2_bound`, the dual of the semidefinite relaxation), which keeps the correlation of the
+outputs through the shared generators. On the MNIST 784-500-10 ticket at τ = 0.01: 1.074 → 0.588.
 
 Everything is float64 on the CPU, batched; the bound is widened by :data:`NUMERIC_SLACK`.
 MLPs only (``Target.layers`` are Linear layers with ReLU between them).

@@ -3,6 +3,7 @@ network-level ε (``--eps``) — tightening τ round by round until the certific
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -85,11 +86,14 @@ def solve_layer(inst: LayerInstances, tau: float, sc, bar=None, store=None, exec
 def initial_tau(target: Target, config) -> float:
     if config.mode == "weight":
         return float(config.weight_eps)
-    if getattr(config, "box", None) is not None:  # the box: no a-priori bound; τ = ε, tightened by it
-        return float(config.eps)
     # start from 4x the random-matrix estimate (achieved errors sit well below τ), then
-    # tighten only if the certificate asks for it
-    return min(config.eps, 4 * choose_tolerance(target, config.eps, config.input_radius,
+    # tighten only if the certificate asks for it; the box lies in the ball through its farthest
+    # corner, whose a-priori τ is the box's start (before: τ = ε, six rounds to ε = 1 on MNIST)
+    radius = config.input_radius
+    box = getattr(config, "box", None)
+    if box is not None:
+        radius = math.sqrt(target.sizes[0]) * max(abs(box.lo), abs(box.hi))
+    return min(config.eps, 4 * choose_tolerance(target, config.eps, radius,
                                                 config.construction.input_domain))
 
 
