@@ -59,7 +59,8 @@ class ConstructionConfig:
         eps: the ε in the width formula ``m = ceil(C * log2(p*q*l / min(eps, delta)))``.
         delta: failure probability in the formula (defaults to eps).
         C: constant of the formula.
-        block_width: if given, overrides the formula (same m for every layer).
+        block_width: if given, the starting width of every layer instead of the formula or
+            :func:`adaptive_width` (same m for every layer).
         distribution: name in DISTRIBUTIONS.
     """
 
@@ -70,9 +71,9 @@ class ConstructionConfig:
     C: float = 1.5
     block_width: int | None = None
     distribution: str = "uniform"
-    #: 'auto' (start at the formula's width, grow blocks that fail), 'adaptive' (start at
-    #: :func:`adaptive_width`, from τ and the weights, and grow), 'formula' (fixed)
-    width: str = "auto"
+    #: 'adaptive' (default: start at :func:`adaptive_width`, from τ and the weights, and grow
+    #: blocks that fail), 'auto' (start at the formula's width, and grow), 'formula' (fixed)
+    width: str = "adaptive"
     grow: int | None = None      #: units appended per growth step (default: max(4, m // 4))
     #: growth steps per block at most; None: no step cap — a block grows while it has an instance
     #: outside τ, its live units stay within exact search's reach and the cost budget allows
