@@ -192,7 +192,7 @@ def ensure_ticket(args, arch: str, target: Path) -> dict | None:
         extra = ["--data-dir", args.data_dir] if args.data_dir else []
         cli("approximate", "--target", str(target), "--data", "mnist", "--weight-eps", str(args.weight_eps),
             "--seed", str(args.seed), "--workers", str(args.workers), "--samples", "64", "--steps", "10",
-            "--out", str(folder), "--no-progress", "--overwrite", *extra)
+            "--width", "auto", "--out", str(folder), "--no-progress", "--overwrite", *extra)
     rep = json.loads((folder / "report.json").read_text())
     return {"arch": arch, "method": "subset-sum", "variant": "subset-sum", "keep": "",
             "kept_parameters": rep["kept_parameters"], "eligible_parameters": "",
@@ -364,7 +364,8 @@ def lenet_ticket(args, target_path: Path) -> tuple[dict, Path]:
     if not (folder / "report.json").exists():
         extra = ["--data-dir", args.data_dir] if args.data_dir else []
         cli("approximate", "--target", str(target_path), "--data", "mnist", "--weight-eps",
-            str(args.lenet_weight_eps), "--block-width", str(args.block_width), "--solver", "mitm",
+            str(args.lenet_weight_eps), "--block-width", str(args.block_width), "--width", "auto",
+            "--solver", "mitm",
             "--seed", str(args.seed), "--workers", str(args.workers), "--samples", "64", "--steps", "10",
             "--out", str(folder), "--no-progress", "--overwrite", "--allow-infeasible", *extra)
     rep = json.loads((folder / "report.json").read_text())

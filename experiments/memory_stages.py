@@ -53,7 +53,8 @@ def main(argv=None) -> int:
     target = random_target(sizes, bias=True, seed=0)
     stage("start (python, torch, target)", t)
     t = time.perf_counter()
-    c = build_construction(target, ConstructionConfig(seed=args.seed, eps=args.weight_eps, input_domain="nonnegative"))
+    c = build_construction(target, ConstructionConfig(seed=args.seed, eps=args.weight_eps,
+                                                      input_domain="nonnegative", width="auto"))
     stage(f"construction: support of g ({gstore.dense_entries(c.plans):,} dense entries)", t)
     t = time.perf_counter()
     layers = build_instances(target, c)

@@ -234,7 +234,7 @@ def _bench_point(args, n: int, eps: float, objective: str = "error") -> list[dic
 
 def _knapsack_point(args, n: int, eps: float) -> dict:
     """OR-Tools' knapsack branch-and-bound on every instance (``knapsack_max_n=None``; the
-    default backend sends n > 12 to mitm), timed like bench_solvers: one core, CPU clock,
+    default backend sends every n <= 40 to mitm), timed like bench_solvers: one core, CPU clock,
     batches of 8 until the time budget; checked against mitm on the same instances."""
     from subsetsum_lth.bench import SolverBenchConfig, draw_instances, one_core
     from subsetsum_lth.solve import solve_batch

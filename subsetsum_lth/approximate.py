@@ -132,6 +132,13 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
+    if config.mode == "network" and config.construction.width == "adaptive" \
+            and config.construction.tau is None:
+        # adaptive blocks start from the per-weight τ the run starts with (ε is far looser)
+        from dataclasses import replace
+        from subsetsum_lth.layer_solve import initial_tau
+        config = replace(config, construction=replace(config.construction,
+                                                      tau=initial_tau(target, config)))
     cc = config.construction
     store, done = _prepare(target, config, out, executor)
     if done is not None:
@@ -220,7 +227,9 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
     check_solver(sc)
     fingerprint = {
         "target_sizes": target.sizes, "target_bias": target.has_bias,
-        "target_digest": _digest(target), "construction": asdict(cc),
+        "target_digest": _digest(target),
+        # tau only when set, so runs recorded before the field existed resume unchanged
+        "construction": {k: v for k, v in asdict(cc).items() if not (k == "tau" and v is None)},
         "solver": sc.solver, "objective": sc.objective, "eps": config.eps,
         "weight_eps": config.weight_eps, "input_radius": config.input_radius, "store": config.store,
         **({} if config.box is None else {"input_box": [config.box.lo, config.box.hi]}),

@@ -344,6 +344,8 @@ class ApproximateBenchConfig:
     seed: int = 0
     input_domain: str | None = None
     plots: bool = True
+    #: block width mode as approximate's --width; None: approximate's default (adaptive)
+    width: str | None = None
     extra: dict = field(default_factory=dict)   #: more ApproximateConfig fields
 
     def __post_init__(self) -> None:
@@ -385,7 +387,8 @@ def bench_approximate(config: ApproximateBenchConfig, progress=None) -> dict:
         raise UserError(f"unknown data set {config.data!r}; choose 'mnist'")
     domain = domain or "signed"
     acfg = ApproximateConfig(
-        construction=ConstructionConfig(input_domain=domain, seed=config.seed, eps=config.weight_eps),
+        construction=ConstructionConfig(input_domain=domain, seed=config.seed, eps=config.weight_eps,
+                                        **({} if config.width is None else {"width": config.width})),
         solve=SolveConfig(solver=config.solver, objective=config.objective, workers=config.workers),
         weight_eps=config.weight_eps, input_radius=radius or 1.0, allow_infeasible=True,
         overwrite=True, plots=config.plots, **config.extra,
@@ -414,6 +417,7 @@ def bench_approximate(config: ApproximateBenchConfig, progress=None) -> dict:
         "target": str(config.target) if config.target else "synthetic 784-300-10",
         "target_sizes": report.get("target_sizes"),
         "solver": config.solver, "objective": config.objective, "weight_eps": config.weight_eps,
+        "width": acfg.construction.width,
         "workers": config.workers if config.workers is not None else (os.cpu_count() or 1),
         "data": config.data,
         "instances": instances,

@@ -59,8 +59,11 @@ class ConstructionConfig:
         eps: the ε in the width formula ``m = ceil(C * log2(p*q*l / min(eps, delta)))``.
         delta: failure probability in the formula (defaults to eps).
         C: constant of the formula.
-        block_width: if given, overrides the formula (same m for every layer).
+        block_width: if given, the starting width of every layer instead of the formula or
+            :func:`adaptive_width` (same m for every layer).
         distribution: name in DISTRIBUTIONS.
+        tau: the per-weight tolerance :func:`adaptive_width` starts from (None: ``eps``);
+            approximate's ``--eps`` mode sets it to the run's initial τ.
     """
 
     input_domain: str = "nonnegative"
@@ -70,13 +73,14 @@ class ConstructionConfig:
     C: float = 1.5
     block_width: int | None = None
     distribution: str = "uniform"
-    #: 'auto' (start at the formula's width, grow blocks that fail), 'adaptive' (start at
-    #: :func:`adaptive_width`, from τ and the weights, and grow), 'formula' (fixed)
-    width: str = "auto"
+    #: 'adaptive' (default: start at :func:`adaptive_width`, from τ and the weights, and grow
+    #: blocks that fail), 'auto' (start at the formula's width, and grow), 'formula' (fixed)
+    width: str = "adaptive"
     grow: int | None = None      #: units appended per growth step (default: max(4, m // 4))
     #: growth steps per block at most; None: no step cap — a block grows while it has an instance
     #: outside τ, its live units stay within exact search's reach and the cost budget allows
     max_growth: int | None = None
+    tau: float | None = None
 
     def __post_init__(self) -> None:
         if self.input_domain not in INPUT_DOMAINS:
@@ -96,6 +100,8 @@ class ConstructionConfig:
         if self.max_growth is not None and (not isinstance(self.max_growth, (int, np.integer))
                                             or self.max_growth < 0):
             raise UserError(f"--max-growth must be a non-negative integer, got {self.max_growth!r}")
+        if self.tau is not None and not (math.isfinite(self.tau) and self.tau > 0):
+            raise UserError(f"the adaptive width's τ must be a positive number, got {self.tau!r}")
         if self.grow is not None and self.grow < 1:
             raise UserError(f"--grow must be a positive integer, got {self.grow}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
@@ -166,7 +172,7 @@ def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
         fm = formula_width(p, q, l, config.eps, config.delta, config.C)
         m = config.block_width or fm
         if config.width == "adaptive" and not config.block_width:
-            m = adaptive_width(float(np.abs(L.weight).max(initial=0.0)), config.eps)
+            m = adaptive_width(float(np.abs(L.weight).max(initial=0.0)), config.tau or config.eps)
         grow = 0 if config.width == "formula" else (config.grow or max(4, m // 4))
         plans.append(LayerPlan(i, p, q, m, fm, L.bias is not None,
                                signed_input=(i == 0 and config.input_domain == "signed"), grow=grow,

@@ -118,16 +118,30 @@ def prepare_folder(out: Path, config, fingerprint: dict,
         if config.resume and cfg_path.exists():
             from subsetsum_lth.runcheck import read_json
             old = read_json(cfg_path, fix="use --overwrite to start the run again, or another --out")
-            if json.loads(json.dumps(fingerprint, default=rf._json_default)) != old:
-                diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+            new = json.loads(json.dumps(fingerprint, default=rf._json_default))
+            if new != old:
                 raise RunFolderError(f"--resume: the run in {out} was started with different settings "
-                                     f"({', '.join(diff)}); use the same options or another --out")
+                                     f"({'; '.join(_setting_diff(old, new))}); use the same options "
+                                     "or another --out")
         writer.make_store("partial")
     except BaseException:
         writer.close()
         raise
     rf.atomic_write_json(cfg_path, fingerprint)
     return ResumeStore(partial)
+
+
+def _setting_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: was X, now Y' for every differing setting (nested dicts by dotted key, e.g.
+    construction.width, whose default changed from 'auto' to 'adaptive')."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _setting_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: was {a!r}, now {b!r}")
+    return out
 
 
 def completed_run(out: Path) -> dict | None:

@@ -92,3 +92,20 @@ def test_bench_approximate_json(tmp_path, capsys):
     assert set(rep["timings"]) >= {"build", "solve", "certify", "evaluate", "write"}
     assert rep["instances"] > 0 and rep["core_seconds"] > 0
     assert (tmp_path / "run" / "report.json").exists()
+    assert rep["width"] == "adaptive"            # approximate's default
+    run = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {L["width_mode"] for L in run["layers"]} == {"adaptive"}
+
+
+def test_bench_approximate_width_is_passed_on(tmp_path, capsys):
+    """bench approximate --width auto times the Theorem 1 width's run (the README's auto rows)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    path = tmp_path / "target.pt"
+    torch.save(m.state_dict(), path)
+    assert main(["bench", "approximate", "--target", str(path), "--solver", "mitm", "--workers", "1",
+                 "--width", "auto", "--out", str(tmp_path / "run"), "--no-plots", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    run = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert rep["width"] == "auto" and {L["width_mode"] for L in run["layers"]} == {"auto"}
+    assert [L["block_width"] for L in run["layers"]] == [L["formula_block_width"] for L in run["layers"]]

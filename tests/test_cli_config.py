@@ -83,7 +83,8 @@ MAPS = {
     }),
     "bench approximate": ([], "bench.py", {
         **{d: (ApproximateBenchConfig, d, _same) for d in
-           ("target", "solver", "objective", "weight_eps", "data", "data_dir", "workers", "seed", "out")},
+           ("target", "solver", "objective", "weight_eps", "width", "data", "data_dir", "workers", "seed",
+            "out")},
         "no_plots": (ApproximateBenchConfig, "plots", _not),
     }),
 }

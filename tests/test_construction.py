@@ -251,3 +251,25 @@ def test_adaptive_width_follows_tau_and_weights_not_layer_size():
     formula = [pl.formula_m for t in (small, wide) for pl in plan_layers(t, cfg)]
     assert formula[0] < min(formula[1:])
     assert adaptive_width(0.5, 1e-4) == 33 and adaptive_width(4.0, 0.01) == 24 and adaptive_width(0.1, 10.0) == 4
+
+
+def test_adaptive_width_in_eps_mode_starts_from_the_initial_tau(tmp_path):
+    """--eps ε (network mode): adaptive blocks start from the per-weight τ the run starts with
+    (rounds[0]), not from ε, which is far looser (13 units here instead of 19)."""
+    from subsetsum_lth.approximate import ApproximateConfig, approximate
+    from subsetsum_lth.construction import adaptive_width
+    from subsetsum_lth.solve import SolveConfig
+    t = random_target((12, 10, 4), bias=True, seed=3)
+    cc = ConstructionConfig(input_domain="signed", seed=1)
+    assert cc.width == "adaptive" and cc.tau is None
+    rep = approximate(t, ApproximateConfig(construction=cc, solve=SolveConfig(solver="mitm", workers=1),
+                                           eps=0.1, plots=False, empirical_samples=16, ascent_steps=2),
+                      tmp_path / "run")
+    tau0 = rep["rounds"][0]["weight_eps"]
+    want = [adaptive_width(float(np.abs(L.weight).max()), tau0) for L in t.layers]
+    assert [L["block_width"] for L in rep["layers"]] == want
+    assert want != [adaptive_width(float(np.abs(L.weight).max()), 0.1) for L in t.layers]
+    assert cc.tau is None                              # the caller's config is not changed
+    assert rep["infeasible_count"] == 0 and rep["certified_bound"] <= 0.1
+    with pytest.raises(UserError):
+        ConstructionConfig(tau=0.0)

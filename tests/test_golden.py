@@ -4,7 +4,8 @@ a change that alters any of these literals changes what users get for a given se
 say so (and re-record them) on purpose.
 
 The literals below were recorded from commit 40880b0 (branch h-house's starting point) with
-``python tests/test_golden.py`` (which prints them).
+``python tests/test_golden.py`` (which prints them), except "nonneg_defaults" (the default
+width, solver and objective), recorded the same way when 'adaptive' became the default width.
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ CASES = {
     "signed_mitm_error_auto": ["--input-domain", "signed", "--solver", "mitm",
                                "--objective", "error", "--workers", "1", "--width", "auto",
                                "--block-width", "10", "--seed", "5"],
+    # the defaults: solver (ortools), objective (error), width (adaptive: 13 units at τ = 0.05,
+    # grown where needed), no --allow-infeasible (adaptive completes every instance)
+    "nonneg_defaults": ["--workers", "1", "--seed", "6"],
 }
 
 GOLDEN = {  # recorded from commit 40880b0 by ``python tests/test_golden.py``
@@ -54,6 +58,13 @@ GOLDEN = {  # recorded from commit 40880b0 by ``python tests/test_golden.py``
         "masks": "d664aaa697713197f2855eea6f6c19efc44e1d4d24d0fa25919e297d89c80c35",
         "random_net": "322fe19d82fe4c047b95bef660dfa6af0d471ab573bc97628ca8852a5cc19bdf",
         "certified_bound": 0.5289168392536956, "kept_parameters": 1951, "infeasible_count": 0},
+    # recorded on branch h-default (the commit that made 'adaptive' the default width) with
+    # ``python tests/test_golden.py``; the five cases above pass --width explicitly and kept
+    # their digests from 40880b0
+    "nonneg_defaults": {
+        "masks": "ae9ef2f9ce48e749df8ff55268fd6351b06ef0d8df584ee888e7135463358201",
+        "random_net": "eebc0b52b6e32690868c153f69390a94c7154f0e541cd6bc20b2217d248f7ad4",
+        "certified_bound": 0.43464640763477835, "kept_parameters": 2412, "infeasible_count": 0},
     "signed_ortools_card_w2": {
         "masks": "e5ccffc6251ae46dcbb20e08eb4475b9eefb9561d3ffc47220b2941c4da1daa3",
         "random_net": "083b786f784d529f25c7a05291be69331c38692f4cfb2e75dac488a677d958e9",

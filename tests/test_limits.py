@@ -69,8 +69,9 @@ def test_beyond_reach_is_refused_before_any_work(tiny, tmp_path, args, words):
 
 
 def test_tiny_weight_eps_on_a_wide_target_is_refused(tmp_path):
-    """τ = 1e-12 makes the formula width ~88 on a 784-300-10 target: instances of ~44 live
-    coefficients, beyond exact search, for 470,000 instances: refused with the estimate."""
+    """τ = 1e-12 makes the default (adaptive) starting width 86 on a 784-300-10 target (the
+    formula's, --width auto: 89/79): instances of ~43 live coefficients, beyond exact search,
+    for 470,000 instances: refused with the estimate."""
     out = tmp_path / "run"
     rc, _, err, _ = _cli("approximate", "--synthetic", "--weight-eps", "1e-12", "--out", out, "--no-progress")
     assert rc == 2, err
@@ -78,11 +79,13 @@ def test_tiny_weight_eps_on_a_wide_target_is_refused(tmp_path):
     assert not out.exists()
 
 
-def test_default_mnist_shaped_run_is_within_reach():
-    """The estimate must not refuse the README's main job (784-500-10, τ = 0.01, 2 cores)."""
+@pytest.mark.parametrize("width", ["adaptive", "auto"])
+def test_default_mnist_shaped_run_is_within_reach(width):
+    """The estimate must not refuse the README's main job (784-500-10, τ = 0.01, 2 cores), with
+    the default width (adaptive) nor with --width auto (the formula's starting width)."""
     from subsetsum_lth.construction import ConstructionConfig, plan_layers
     target = random_target((784, 500, 10), bias=True, seed=0)
-    plans = plan_layers(target, ConstructionConfig(eps=0.01))
+    plans = plan_layers(target, ConstructionConfig(eps=0.01, width=width))
     est = limits.estimate(plans, "ortools", 2, None)
     assert est.hours < 0.1 and est.memory_bytes < 4e9
     limits.check_reach(est, limits.DEFAULT_MAX_HOURS, "--weight-eps")

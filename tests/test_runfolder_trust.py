@@ -291,6 +291,21 @@ def test_malformed_run_config_on_resume(base, tmp_path, capsys, data, words):
     assert _snap(d) == before
 
 
+def test_resume_with_other_settings_names_the_setting(base, tmp_path, capsys):
+    """A run started with --width auto (the former default) resumed without --width: refused
+    before anything changes, naming the nested setting with both values."""
+    d = _copy(base, tmp_path)
+    before = _snap(d)
+    capsys.readouterr()
+    rc = cli.main(["approximate", "--target", str(base["target"]), "--out", str(d), "--input-radius", "1",
+                   "--resume", *FAST])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert "different settings (construction.width: was 'auto', now 'adaptive')" in err, err
+    assert "\n" not in err
+    assert _snap(d) == before
+
+
 def test_radius_override_out_of_range(base, tmp_path, capsys):
     d = _copy(base, tmp_path)
     _refused(d, capsys, "--input-radius", extra=("--input-radius", "1e300"))

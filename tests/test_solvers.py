@@ -17,6 +17,11 @@ from subsetsum_lth.solvers.registry import get_backend, get_backend_class, list_
 from subsetsum_lth.solvers.instances import InstanceBatch, Status
 
 BACKENDS = list_backends()
+#: option variants that run the same conformance tests as the backends: name -> (backend,
+#: options). The ortools backend sends error/feasible instances to mitm by default; its
+#: knapsack branch-and-bound path (opt-in, ``knapsack_max_n``) is checked here.
+VARIANTS = {"ortools[knapsack_max_n=12]": ("ortools", {"knapsack_max_n": 12})}
+CONFORMANCE = BACKENDS + list(VARIANTS)
 #: slow backends (one model per instance) get fewer hypothesis examples
 SLOW = {"cpsat", "gurobi"}
 TOL = 1e-9          #: optimal objectives agree to this (errors are recomputed in float64)
@@ -29,15 +34,16 @@ def _examples(name: str) -> int:
 
 
 def _backend(name: str):
-    cls = get_backend_class(name)
+    base, options = VARIANTS.get(name, (name, {}))
+    cls = get_backend_class(base)
     ok, reason = cls.is_available()
     if not ok:
-        pytest.skip(f"solver {name!r} unavailable: {reason}")
-    return get_backend(name)
+        pytest.skip(f"solver {base!r} unavailable: {reason}")
+    return get_backend(base, **options)
 
 
 def _caps(name: str):
-    return get_backend_class(name).capabilities
+    return get_backend_class(VARIANTS.get(name, (name,))[0]).capabilities
 
 
 # ----------------------------------------------------------------------------- brute force
@@ -214,7 +220,7 @@ def test_capabilities_and_availability(name):
 
 
 @pytest.mark.parametrize("objective", ["error", "feasible", "cardinality"])
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", CONFORMANCE)
 def test_property_against_brute_force(name, objective):
     if objective not in _caps(name).objectives:
         pytest.skip(f"{name} does not support objective {objective!r}")
@@ -242,7 +248,7 @@ def _seeded(seed: int, rows: int, n_choices, construction_like: bool = True):
 
 
 @pytest.mark.parametrize("objective", ["error", "feasible", "cardinality"])
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", CONFORMANCE)
 def test_construction_like_mixed_counts(name, objective):
     """Coefficients v*u as the construction draws them, mixed n in one batch, τ = 0.01."""
     rows = 12 if name in SLOW else 60
@@ -296,7 +302,7 @@ EDGE_CASES.update({f"regression_{k}": ([t], [c], tau) for k, (t, c, tau) in REGR
 
 @pytest.mark.parametrize("objective", ["error", "feasible", "cardinality"])
 @pytest.mark.parametrize("case", sorted(EDGE_CASES))
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", CONFORMANCE)
 def test_edge_cases(name, case, objective):
     targets, rows, tau = EDGE_CASES[case]
     b = InstanceBatch.from_lists(targets, rows, tau, objective)
@@ -305,7 +311,7 @@ def test_edge_cases(name, case, objective):
 
 @pytest.mark.parametrize("objective", ["error", "feasible", "cardinality"])
 @pytest.mark.parametrize("case", sorted(REGRESSIONS))
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", CONFORMANCE)
 def test_regressions_exact(name, case, objective):
     """The float64 test |t - c.s| <= τ decides, with no boundary band: same status, same
     cardinality and (to 1e-12) the same error as enumeration, in every backend."""
@@ -334,7 +340,7 @@ def test_regressions_exact(name, case, objective):
         assert abs(got_err - err[within & (card == cmin)].min()) <= 1e-12
 
 
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", CONFORMANCE)
 def test_infeasible_is_reported_infeasible(name):
     targets = np.array([5.0, 0.3, 0.123456])
     coef = np.array([[0.5, 0.4, 0.3], [0.1, 0.1, 0.0], [0.5, 0.25, 0.125]])
@@ -344,7 +350,7 @@ def test_infeasible_is_reported_infeasible(name):
         assert (res.status == Status.INFEASIBLE).all(), (objective, res.status)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", CONFORMANCE)
 def test_padding_is_never_selected(name):
     """Rows padded with zeros (counts < width) in one batch with a full row."""
     _backend(name)
@@ -359,7 +365,7 @@ def test_padding_is_never_selected(name):
         assert not res.selections[~batch.live_mask()].any()
 
 
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", CONFORMANCE)
 def test_empty_batch(name):
     backend = _backend(name)
     batch = InstanceBatch(np.zeros(0), np.zeros(0), np.zeros((0, 5)), np.zeros(0), 0.01)
@@ -533,3 +539,29 @@ def test_torch_mitm_cuda_matches_cpu():
         batch = _make(targets, coef, counts, np.full(len(targets), 0.01), objective)
         res = _torch_mitm(device="cuda").solve(batch)
         check_common(batch, res)
+
+
+def test_ortools_routing_knapsack_only_on_request(monkeypatch):
+    """ortools sends error/feasible rows mitm reaches (<= 40 live coefficients) to mitm, not to
+    the knapsack B&B; ``knapsack_max_n=12`` still sends rows of <= 12 to the knapsack."""
+    _backend("ortools")
+    from subsetsum_lth.solvers import ortools_knapsack
+    calls = []
+    real = ortools_knapsack._knapsack_pair
+
+    def spy(solver, t, c, *args, **kwargs):
+        calls.append(c.shape[0])
+        return real(solver, t, c, *args, **kwargs)
+
+    monkeypatch.setattr(ortools_knapsack, "_knapsack_pair", spy)
+    targets, coef, counts = _seeded(11, 40, [4, 8, 12, 20])
+    for objective in ("error", "feasible"):
+        batch = _make(targets, coef, counts, np.full(40, 0.01), objective)
+        default = get_backend("ortools").solve(batch)
+        assert calls == []
+        check_common(batch, default)
+        opt_in = get_backend("ortools", knapsack_max_n=12).solve(batch)
+        assert sorted(set(calls)) == [4, 8, 12]          # n = 20 still goes to mitm
+        calls.clear()
+        np.testing.assert_array_equal(opt_in.status, default.status)
+        np.testing.assert_allclose(opt_in.errors, default.errors, rtol=0, atol=TOL)

@@ -102,12 +102,12 @@ def add_arguments(p) -> None:
     p.add_argument("--block-width", type=int, default=ConstructionConfig.block_width,
                    help="units per block m (overrides the Theorem 1 formula)")
     p.add_argument("--width", choices=("formula", "auto", "adaptive"), default=ConstructionConfig.width,
-                   help="auto (default): blocks start at the Theorem 1 formula's width (or --block-width) "
-                        "and blocks with an instance outside τ grow by fresh seeded units until all are "
-                        "within τ; adaptive: the same growth from ceil(2 log2(max(1, max|w|)/τ) + 6) units "
-                        "(from τ and the weights, not the layer size): the smallest g and, with --solver "
-                        "mitm, the fastest run, at a looser certified bound; formula: every block has the "
-                        "formula's (or --block-width) units, no growth")
+                   help="adaptive (default): blocks start at ceil(2 log2(max(1, max|w|)/τ) + 6) units "
+                        "(from τ and the weights, not the layer size; or --block-width) and blocks with an "
+                        "instance outside τ grow by fresh seeded units until all are within τ: the "
+                        "smallest g and the fastest run, at a looser certified bound; auto: the same "
+                        "growth from the Theorem 1 formula's width (or --block-width); formula: every "
+                        "block has the formula's (or --block-width) units, no growth")
     p.add_argument("--grow", type=int, default=ConstructionConfig.grow,
                    help="units appended to a block per growth step (default: max(4, m/4))")
     p.add_argument("--max-growth", type=int, default=ConstructionConfig.max_growth,

@@ -56,6 +56,8 @@ def add_arguments(p) -> None:
     a.add_argument("--objective", choices=("error", "feasible", "cardinality"), default=A.objective,
                    help="subset-sum objective (as approximate's --objective)")
     a.add_argument("--weight-eps", type=float, default=A.weight_eps, help="per-weight tolerance τ")
+    a.add_argument("--width", choices=("formula", "auto", "adaptive"), default=A.width,
+                   help="block width mode, as approximate's --width (default: approximate's, adaptive)")
     a.add_argument("--data", choices=("mnist",), default=A.data, help="evaluate on this data set")
     a.add_argument("--data-dir", type=Path, default=A.data_dir, help="folder with the data set files")
     a.add_argument("--workers", type=int, default=A.workers, help="solver processes (default: all cores)")
@@ -110,7 +112,8 @@ def _run_approximate(args) -> int:
     from subsetsum_lth.bench import STAGES, ApproximateBenchConfig, bench_approximate
 
     cfg = ApproximateBenchConfig(target=args.target, solver=args.solver, objective=args.objective,
-                                 weight_eps=args.weight_eps, data=args.data, data_dir=args.data_dir,
+                                 weight_eps=args.weight_eps, width=args.width, data=args.data,
+                                 data_dir=args.data_dir,
                                  workers=args.workers, out=args.out, seed=args.seed,
                                  plots=not args.no_plots)
     progress = progress_factory(not args.no_progress and not args.json, unit="inst")
@@ -119,7 +122,7 @@ def _run_approximate(args) -> int:
         print_json(rep)
         return 0
     print(f"target {rep['target']} ({'-'.join(map(str, rep['target_sizes'] or []))}), solver {rep['solver']} / "
-          f"{rep['objective']}, τ={rep['weight_eps']:g}, workers {rep['workers']}")
+          f"{rep['objective']}, τ={rep['weight_eps']:g}, --width {rep['width']}, workers {rep['workers']}")
     print(f"instances: {rep['instances']:,}   infeasible: {rep['infeasible_count']}")
     print(f"wall time: {rep['wall_seconds']:.2f}s   core-seconds: {rep['core_seconds']:.2f} "
           f"(process {rep['process_cpu_seconds']:.2f} + workers {rep['children_cpu_seconds']:.2f})")

@@ -207,8 +207,10 @@ def load_random_net(config: EdgePopupConfig) -> RandomNet:
         target = load_target(config.from_target)
         domain = config.input_domain or target.metadata.get("input_domain") or "nonnegative"
         net_seed = config.seed if config.net_seed is None else config.net_seed
+        # the Theorem 1 formula's width (or --block-width), as recorded before 'adaptive' became
+        # approximate's default; nothing is solved here, so blocks never grow
         cc = ConstructionConfig(input_domain=domain, seed=int(net_seed), eps=config.eps, C=config.C,
-                                block_width=config.block_width)
+                                block_width=config.block_width, width="auto")
         construction = build_construction(target, cc)
         state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in construction.state_dict().items()}
         src = {"kind": "target", "path": str(Path(config.from_target).resolve()), "net_seed": int(net_seed),
