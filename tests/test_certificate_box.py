@@ -381,6 +381,15 @@ def test_zonotope_is_exact_for_one_linear_layer():
     assert cert["bound_zonotope"] == pytest.approx(max(abs(mx[0]), abs(mn[0])), rel=1e-8)
 
 
+def test_refined_zonotope_is_exact_where_the_abs_form_is_attained():
+    """f − ĝ = 0.3 σ(x − ½) on [0, 1]: σ(z') = z'/2 + |z'|/2 with |z'| <= ½|ξ| is exact, so the
+    refined bound is the true maximum 0.15 (the plain zonotope's is larger)."""
+    target, maps, lo, hi = CASES["hand: relu tube attained"]
+    cert = cb.box_certificate(target, maps, lo, hi, iters=10)
+    assert cert["bound_zonotope"] == pytest.approx(0.15, rel=1e-3)
+    assert cert["bound_zonotope"] >= 0.15
+
+
 def test_zonotope_bound_wins_on_many_outputs():
     """Ten outputs with independent errors: the zonotope keeps their correlation, the ℓ2 of the
     per-output intervals cannot."""
@@ -442,7 +451,8 @@ def _mut_sep_planes(b, af, ag, th_u, th_l):
 
 cb_l2, cb_clip, cb_relu, cb_first, cb_diff, cb_dplanes = (cb.l2_of_intervals, cb._clip_planes, cb._relu,
                                                           cb._first_layer_bounds, cb.diff_net, cb._d_planes)
-cb_psd, cb_rtube, cb_dtube, cb_zono = cb.psd_l2_bound, cb._relu_tube, cb._d_tube, cb._zonotope
+cb_psd, cb_rtube, cb_dtube, cb_zono, cb_lmax = (cb.psd_l2_bound, cb._relu_tube, cb._d_tube, cb._zonotope,
+                                                 cb._lmax)
 
 
 def _mut_psd(G, iters=200, Y=None):
@@ -452,7 +462,7 @@ def _mut_psd(G, iters=200, Y=None):
 
 def _mut_psd_sum(G, iters=200, Y=None):
     G = G[:, G.abs().sum(0) > 0]       # "triangle inequality" written wrongly: ℓ2 of the column sums
-    return float(G.sum(1).norm()), None, Y
+    return float(G.sum(1).norm()), None, torch.eye(G.shape[0], dtype=G.dtype) / G.shape[0]
 
 
 def _mut_rtube(l, u, slope):
@@ -475,9 +485,26 @@ def _mut_dtube_stable(b, slope):
     return torch.ones_like(kap), torch.zeros_like(c), torch.zeros_like(r)
 
 
-def _mut_zono_centre(net, bounds, Xlo, Xhi, slopes):
-    c, G = cb_zono(net, bounds, Xlo, Xhi, slopes)
-    return torch.zeros_like(c), G
+def _mut_zono_centre(net, bounds, Xlo, Xhi, refine=True):
+    z = cb_zono(net, bounds, Xlo, Xhi, refine)
+    return cb.Zonotope(torch.zeros_like(z.c), z.G, z.groups)
+
+
+def _mut_zono_group_z(net, bounds, Xlo, Xhi, refine=True):
+    z = cb_zono(net, bounds, Xlo, Xhi, refine)          # |s| <= ½|Z·(1, s')| claimed
+    return cb.Zonotope(z.c, z.G, [(cols, 0.5 * Z) for cols, Z in z.groups])
+
+
+def _mut_zono_group_cols(net, bounds, Xlo, Xhi, refine=True):
+    z = cb_zono(net, bounds, Xlo, Xhi, refine)          # the |·| residuals' columns halved
+    G = z.G.clone()
+    for cols, _ in z.groups:
+        G[:, cols] *= 0.5
+    return cb.Zonotope(z.c, G, z.groups)
+
+
+def _mut_lmax(M):
+    return 0.8 * cb_lmax(M)
 
 MUTANTS = {
     "bound x 0.9": ("l2_of_intervals", _mut_l2),
@@ -496,6 +523,9 @@ MUTANTS = {
     "zonotope: D tube radius halved": ("_d_tube", _mut_dtube),
     "zonotope: D = d everywhere": ("_d_tube", _mut_dtube_stable),
     "zonotope: centre dropped": ("_zonotope", _mut_zono_centre),
+    "refined: |.| residual bound halved": ("_zonotope", _mut_zono_group_z),
+    "refined: |.| residual columns halved": ("_zonotope", _mut_zono_group_cols),
+    "refined: lambda_max underestimated": ("_lmax", _mut_lmax),
 }
 
 
