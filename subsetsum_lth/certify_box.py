@@ -631,7 +631,7 @@ def _lmax(M: torch.Tensor) -> torch.Tensor:
 
 
 def refined_l2_bound(zono: Zonotope, psd_iters: int = 200, iters: int = 150, lr: float = 0.05,
-                     deadline: float | None = None) -> dict:
+                     deadline: float | None = None, patience: int = 25) -> dict:
     """A bound on max ‖c + G s‖₂ over the symbols of a :class:`Zonotope`, using its refined groups.
 
     For weights w > 0 on the symbols (Cauchy–Schwarz, as in :func:`psd_l2_bound`):
@@ -679,7 +679,7 @@ def refined_l2_bound(zono: Zonotope, psd_iters: int = 200, iters: int = 150, lr:
     params = [lw_plain.requires_grad_(True)] + [t.requires_grad_(True) for t in lws + les]
     opt = torch.optim.Adam(params, lr=lr)
     best, best_params = math.inf, None
-    done = 0
+    done = stale = 0
     with torch.enable_grad():
         for it in range(iters):
             if deadline is not None and time.perf_counter() > deadline:
@@ -690,6 +690,12 @@ def refined_l2_bound(zono: Zonotope, psd_iters: int = 200, iters: int = 150, lr:
                 break
             if not math.isfinite(float(J.detach())):
                 break
+            if float(J.detach()) < best * (1 - 1e-4):
+                stale = 0
+            else:
+                stale += 1
+                if stale >= patience:    # no progress for a while: the weights have settled
+                    break
             if float(J.detach()) < best:
                 best, best_params = float(J.detach()), [p.detach().clone() for p in params]
             opt.zero_grad()
