@@ -141,6 +141,10 @@ class Bounds:
     lf: torch.Tensor
     uf: torch.Tensor
 
+    def map(self, fn) -> "Bounds":
+        """The same six bounds with ``fn`` applied to each (a view, a copy, a batch index)."""
+        return Bounds(*(fn(t) for t in (self.l, self.u, self.dl, self.du, self.lf, self.uf)))
+
 
 def _relu(l, u, alpha):
     """σ on [l, u]: lower slope (α for unstable units), upper slope s and bias (chord)."""
@@ -213,7 +217,7 @@ def _backward(net: DiffNet, bounds: list[Bounds], k: int, lam_z, lam_d, Xlo, Xhi
         Ca = lam_z @ net.wg[i] + lam_d @ E
         CD = lam_d @ net.wf[i]
         b = bounds[i - 1]
-        bb = Bounds(*(t[:, None, :] for t in (b.l, b.u, b.dl, b.du, b.lf, b.uf)))
+        bb = b.map(lambda t: t[:, None, :])
         p = (params or [None] * k)[i - 1]
         if p is None:
             ag = _default_alpha(bb.l, bb.u)
@@ -353,7 +357,7 @@ def _optimise(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters: int, lr: float, dea
     m = lam_z.shape[1]
     params, leaves = [], []
     for b in bounds:
-        bb = Bounds(*(t[:, None, :].expand(-1, m, -1) for t in (b.l, b.u, b.dl, b.du, b.lf, b.uf)))
+        bb = b.map(lambda t: t[:, None, :].expand(-1, m, -1))
         th_u, th_l = _default_theta(bb)
         p = {"a": _default_alpha(bb.l, bb.u), "f": _default_alpha(bb.lf, bb.uf),
              "g": _default_alpha(bb.l, bb.u), "u": th_u, "l": th_l}
@@ -386,7 +390,7 @@ def _optimise(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters: int, lr: float, dea
 def _split(b: Bounds, j: int, active: bool, of_g: bool = True) -> Bounds:
     """The bounds of a sub-domain where g's unit j (``of_g``; else f's) is active (pre-activation
     >= 0) or inactive (<= 0); the other network's pre-activation (z = z' + d) is tightened with it."""
-    nb = Bounds(*(t.clone() for t in (b.l, b.u, b.dl, b.du, b.lf, b.uf)))
+    nb = b.map(torch.clone)
     if of_g and active:
         nb.l[..., j] = 0.0
         nb.lf[..., j] = torch.maximum(nb.lf[..., j], nb.dl[..., j])
@@ -478,12 +482,11 @@ def psd_l2_bound(G: torch.Tensor, iters: int = 200, Y: torch.Tensor | None = Non
         Y = torch.eye(q, dtype=G.dtype) / q
     if n == 0:
         return 0.0, torch.zeros(0, dtype=G.dtype), Y
-    floor = 1e-12 * G.norm(dim=0)
     best, best_d = math.inf, None
     for _ in range(max(1, iters)):
-        d = torch.sqrt(torch.einsum("kj,kl,lj->j", G, Y, G).clamp_min(0)).clamp_min(floor)
+        d = _weights(G, Y)
         M = (G / d) @ G.T
-        val = float(torch.linalg.eigvalsh(M)[-1]) * float(d.sum())
+        val = float(_lmax(M)) * float(d.sum())
         if val < best:
             best, best_d = val, d
         w, V = torch.linalg.eigh(Y)
@@ -493,6 +496,15 @@ def psd_l2_bound(G: torch.Tensor, iters: int = 200, Y: torch.Tensor | None = Non
         w2 = torch.exp(w2 - w2.max())
         Y = V2 @ torch.diag(w2 / w2.sum()) @ V2.T
     return math.sqrt(max(best, 0.0)), best_d, Y
+
+
+def _weights(G: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """d_j = √(g_jᵀ Y g_j), floored at 10⁻¹² ‖g_j‖ (positive on every non-zero column)."""
+    return torch.sqrt(torch.einsum("kj,kl,lj->j", G, Y, G).clamp_min(0)).clamp_min(1e-12 * G.norm(dim=0))
+
+
+def _lmax(M: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.eigvalsh(M)[-1]
 
 
 def _tube(points_lo, points_hi):
@@ -578,8 +590,7 @@ def _zonotope(net: DiffNet, bounds: list[Bounds], Xlo, Xhi, refine: bool = True)
     next_tag = Gz.shape[1]
     groups = []                                  # (symbol ids, Z)
     for i in range(1, net.depth):
-        b = Bounds(*(t[0] for t in (bounds[i - 1].l, bounds[i - 1].u, bounds[i - 1].dl,
-                                    bounds[i - 1].du, bounds[i - 1].lf, bounds[i - 1].uf)))
+        b = bounds[i - 1].map(lambda t: t[0])
         lam, ca, ra = _relu_tube(b.l, b.u, _default_slopes_of(b.l, b.u))
         kap, cD, rD = _d_tube(b, torch.full_like(b.l, 0.5))
         n = len(lam)
@@ -592,7 +603,7 @@ def _zonotope(net: DiffNet, bounds: list[Bounds], Xlo, Xhi, refine: bool = True)
             ca = torch.where(abs_a, zero, ca)
             ra = torch.where(abs_a, r_abs, ra)
             # D: the doubly unstable units' tube is already κ = ½, c = 0, r = max|d|/2
-            abs_d = (kap == 0.5) & (cD == 0) & (rD > 0) & ~((b.l >= 0) & (b.lf >= 0)) & ~((b.u <= 0) & (b.uf <= 0))
+            abs_d = (kap == 0.5) & (cD == 0)    # κ = ½ only where a unit is not stable in both
             # σ(z')'s symbols get ids next_tag + [0, n), D's next_tag + [n, 2n) (columns below)
             for mask, cc, GG, rr, off in ((abs_a, cz, Gz, ra, 0), (abs_d, cd, Gd, rD, n)):
                 idx = torch.nonzero(mask & (rr > 0)).flatten()
@@ -626,10 +637,6 @@ def _default_slopes_of(l, u):
     return (u / (u - l).clamp_min(1e-300)).clamp(0, 1)
 
 
-def _lmax(M: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.eigvalsh(M)[-1]
-
-
 def refined_l2_bound(zono: Zonotope, psd_iters: int = 200, iters: int = 150, lr: float = 0.05,
                      deadline: float | None = None, patience: int = 25) -> dict:
     """A bound on max ‖c + G s‖₂ over the symbols of a :class:`Zonotope`, using its refined groups.
@@ -646,7 +653,7 @@ def refined_l2_bound(zono: Zonotope, psd_iters: int = 200, iters: int = 150, lr:
     if not zono.groups or plain == 0.0:
         return out
     live = G.abs().sum(0) > 0
-    d0 = torch.sqrt(torch.einsum("kj,kl,lj->j", G, Y, G).clamp_min(0)).clamp_min(1e-12 * G.norm(dim=0))
+    d0 = _weights(G, Y)
     grouped = torch.zeros(G.shape[1], dtype=torch.bool)
     groups = []
     for cols, Z in zono.groups:
@@ -688,16 +695,17 @@ def refined_l2_bound(zono: Zonotope, psd_iters: int = 200, iters: int = 150, lr:
                 J = value(params[0], params[1:1 + len(lws)], params[1 + len(lws):])
             except RuntimeError:         # eigvalsh on a degenerate iterate: keep the best so far
                 break
-            if not math.isfinite(float(J.detach())):
+            j = float(J.detach())
+            if not math.isfinite(j):
                 break
-            if float(J.detach()) < best * (1 - 1e-4):
+            if j < best * (1 - 1e-4):
                 stale = 0
             else:
                 stale += 1
                 if stale >= patience:    # no progress for a while: the weights have settled
                     break
-            if float(J.detach()) < best:
-                best, best_params = float(J.detach()), [p.detach().clone() for p in params]
+            if j < best:
+                best, best_params = j, [p.detach().clone() for p in params]
             opt.zero_grad()
             torch.log(J).backward()
             opt.step()
