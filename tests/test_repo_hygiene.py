@@ -38,7 +38,18 @@ def test_no_user_visible_path_outside_the_clone():
     from tests.helpers import NO_MNIST_REASON
 
     texts = {"NO_MNIST_REASON": NO_MNIST_REASON}
-    for rel in ("README.md", "experiments/README.md"):
+    for rel in ("README.md", "experiments/README.md", *sorted(
+            str(f.relative_to(ROOT)) for f in (ROOT / "docs").glob("*.md"))):
         texts[rel] = (ROOT / rel).read_text()
     for name, text in texts.items():
         assert "../shared" not in text and "shared/data" not in text, name
+
+
+def test_readme_is_short_and_its_links_resolve():
+    """README is read in minutes (at most 300 lines); measurements live in docs/, and every
+    relative link of README and docs/ names a file that exists."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for link in re.findall(r"\]\(([^)#:]+)\)", page.read_text()):
+            assert (page.parent / link).exists(), f"{page.name}: broken link {link}"
