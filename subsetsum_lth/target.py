@@ -348,11 +348,11 @@ def from_arch_state(state: dict, arch: list[dict], input_shape, source: str = ""
     if extra:
         raise TargetError(f"the target{where} holds tensors its architecture does not use: "
                           f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
-    t = Target(layers, dict(metadata or {}), source, after=after, input_shape=tuple(int(v) for v in input_shape))
-    if t.is_mlp:
-        # a plain MLP stays an MLP (same keys, same behaviour as before)
-        t = Target([Layer(L.weight, L.bias) for L in layers], dict(metadata or {}), source)
-    return t
+    if all(k.name == "linear" for k in kinds) and not any(after):
+        # a fully connected architecture (e.g. --arch fc256,fc128,fc10, a flatten first) is a
+        # plain MLP on flat inputs: the same target, keys and behaviour as one read without --arch
+        return Target([Layer(L.weight, L.bias) for L in layers], dict(metadata or {}), source)
+    return Target(layers, dict(metadata or {}), source, after=after, input_shape=tuple(int(v) for v in input_shape))
 
 
 def random_target(sizes, bias=True, seed=0, scale: float | None = None,
