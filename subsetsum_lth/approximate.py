@@ -214,6 +214,8 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
               store_name=store.folder.name,
               extra_report={"wall_seconds_covers": "this approximation: construction, solve, certificate, "
                                                    "evaluation, writing (not the training of a target)",
+                            # the data set the run was made on ('data'; null: made without data)
+                            **({"data": None} if eval_data is None and empirical_data is None else {}),
                             **config.report_extra})
     raise_if_failed(report, bad_list, n_bad, config, out, eps_bound)
     return report
@@ -233,6 +235,7 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
         "solver": sc.solver, "objective": sc.objective, "eps": config.eps,
         "weight_eps": config.weight_eps, "input_radius": config.input_radius, "store": config.store,
         **({} if config.box is None else {"input_box": [config.box.lo, config.box.hi]}),
+        **({"data": config.report_extra["data"]} if "data" in config.report_extra else {}),
     }
     # refuse absurd widths (with the estimate) and a full disk before any file is written
     from subsetsum_lth import limits

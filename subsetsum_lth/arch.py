@@ -34,6 +34,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from subsetsum_lth.checkpoint import fold_bn_tensors  # noqa: F401  (re-exported)
 from subsetsum_lth.errors import TargetError, UserError
 
 log = logging.getLogger(__name__)
@@ -489,22 +490,6 @@ def _bn_fold(layer: nn.Module, bn: nn.Module, where: str) -> tuple[torch.Tensor,
                           f"has {n} outputs")
     return fold_bn_tensors(layer.weight, layer.bias, bn.running_mean, bn.running_var,
                            bn.weight, bn.bias, bn.eps)
-
-
-def fold_bn_tensors(weight, bias, mean, var, gamma, beta, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of ``BN(layer(x))`` (BatchNorm in eval mode) as one layer: with
-    ``s = gamma / sqrt(var + eps)``, ``W' = s W`` (per output channel), ``b' = s (b - mean) + beta``.
-    Computed in float64, returned in ``weight``'s dtype. ``bias``/``gamma``/``beta`` may be None."""
-    dtype = weight.dtype
-    w = weight.detach().to(torch.float64)
-    n = w.shape[0]
-    b = torch.zeros(n, dtype=torch.float64) if bias is None else bias.detach().to(torch.float64)
-    g = torch.ones(n, dtype=torch.float64) if gamma is None else gamma.detach().to(torch.float64)
-    be = torch.zeros(n, dtype=torch.float64) if beta is None else beta.detach().to(torch.float64)
-    s = g / torch.sqrt(var.detach().to(torch.float64) + float(eps))
-    w2 = w * s.reshape(n, *([1] * (w.dim() - 1)))
-    b2 = (b - mean.detach().to(torch.float64)) * s + be
-    return w2.to(dtype), b2.to(dtype)
 
 
 def fold_batchnorm(seq: nn.Module) -> nn.Sequential:

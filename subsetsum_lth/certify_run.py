@@ -42,7 +42,8 @@ def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=1
     emp = empirical_bound_fast(target, maps, g64, r, dom, samples=samples, steps=steps,
                                seed=run.seed or 0)
     emp.pop("witness", None)
-    out = {"run": str(path), **cert.to_dict(), "empirical_bound": emp["empirical_bound"], "empirical": emp}
+    out = {"run": str(path), **cert.to_dict(), "empirical_bound": emp["empirical_bound"], "empirical": emp,
+           "data": run.data, "data_source": run.data_source}
     # the stored witness x*: re-evaluated from the files, never believed
     stored = read_witness(run)
     if stored is not None:

@@ -111,6 +111,16 @@ def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
     top = _pickle_top(path)
     stem = str(path.with_name(path.stem + "_state.pt"))
     load = f"obj = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file"
+    if top and top[0] == "object" and str(top[1]).startswith("__torch__."):
+        # a TorchScript archive (torch.jit.save / torch.jit.script / torch.jit.trace): no Python
+        # class is needed, torch.jit.load reads it and its state_dict is what this tool reads
+        cls = re.sub(r"\.___torch_mangle_\d+", "", str(top[1])[len("__torch__."):])
+        return TargetError(
+            f"{path} is a TorchScript archive (torch.jit.save of a {cls}), not a state_dict, and its code is "
+            "not run here; save its weights once in Python (torch.jit.load needs no class definition), "
+            "then pass that file:\n"
+            f"    model = torch.jit.load({str(path)!r})  # runs the archive's TorchScript: only if you trust it\n"
+            f"    torch.save(model.state_dict(), {stem!r})")
     if top and top[0] == "object":
         return TargetError(
             f"{path} holds a pickled {top[1]} (a whole model object, not a state_dict) and is not "
@@ -241,6 +251,122 @@ def _unwrap(obj, path: Path, info: dict) -> tuple[dict, dict]:
                       "with torch.save(model.state_dict(), path)")
 
 
+# --------------------------------------------------------------------------- BatchNorm
+
+def fold_bn_tensors(weight, bias, mean, var, gamma, beta, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``BN(layer(x))`` (BatchNorm in eval mode) as one layer: with
+    ``s = gamma / sqrt(var + eps)``, ``W' = s W`` (per output channel), ``b' = s (b - mean) + beta``.
+    Computed in float64, returned in ``weight``'s dtype. ``bias``/``gamma``/``beta`` may be None."""
+    dtype = weight.dtype
+    w = weight.detach().to(torch.float64)
+    n = w.shape[0]
+    b = torch.zeros(n, dtype=torch.float64) if bias is None else bias.detach().to(torch.float64)
+    g = torch.ones(n, dtype=torch.float64) if gamma is None else gamma.detach().to(torch.float64)
+    be = torch.zeros(n, dtype=torch.float64) if beta is None else beta.detach().to(torch.float64)
+    s = g / torch.sqrt(var.detach().to(torch.float64) + float(eps))
+    w2 = w * s.reshape(n, *([1] * (w.dim() - 1)))
+    b2 = (b - mean.detach().to(torch.float64)) * s + be
+    return w2.to(dtype), b2.to(dtype)
+
+
+#: torch's default BatchNorm eps; a state_dict does not record it
+BN_EPS = 1e-5
+
+
+def fold_state_batchnorm(state: dict, where: str, order_known: bool, eps: float = BN_EPS) -> dict:
+    """``state`` with every eval-mode BatchNorm folded into the Linear layer right before it
+    (``nn.Sequential(Linear, BatchNorm1d, ReLU, ...)``, or named modules ``fc1``, ``bn1``, ...
+    in registration order): W' = s W, b' = s (b - running_mean) + beta with
+    s = gamma / sqrt(running_var + eps), exactly the network in eval mode. A BatchNorm that
+    cannot be folded exactly is refused naming it and why: one with no Linear layer right before
+    it (first, after another BatchNorm, or -- by nn.Sequential indices -- with a module between,
+    which may be a ReLU), or one whose order is unknown (safetensors sorts its keys). ``state``
+    itself is not modified."""
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state        # collect_layers names the entry that is not a tensor
+    groups: dict[str, dict[str, str]] = {}
+    for key in state:
+        module, _, leaf = str(key).rpartition(".")
+        groups.setdefault(module, {})[leaf] = key
+    bns = {m for m, parts in groups.items() if any(s in parts for s in _BN_STATS)}
+    if not bns:
+        return state
+    prefix = _strip_prefix([m for m in groups if m])
+
+    def label(m: str) -> str:
+        return (m[len(prefix):] if m.startswith(prefix) else m) or ROOT
+
+    names = list(groups)
+    n = len(names)
+    by_index = n > 1 and all(_index_order(names[i], names[j]) != 0 for i in range(n) for j in range(i + 1, n))
+    if by_index:
+        order, how = sorted(names, key=_natural), "nn.Sequential indices"
+    elif order_known:
+        order, how = names, "the file's order"
+    else:
+        first = label(sorted(bns, key=_natural)[0])
+        raise TargetError(f"BatchNorm {first!r}{where} cannot be folded: the file keeps no module order "
+                          "(safetensors sorts its keys) and its names carry no nn.Sequential indices, so which "
+                          "Linear layer it follows is unknown; save it with torch.save(model.state_dict(), "
+                          "'model.pt') instead")
+    out = dict(state)
+    folded: dict[str, tuple[str, str]] = {}     # layer module -> its new weight and bias keys
+    for i, m in enumerate(order):
+        if m not in bns:
+            continue
+        parts, name = groups[m], label(m)
+        for need in ("running_mean", "running_var"):
+            if need not in parts:
+                raise TargetError(f"BatchNorm {name!r}{where} has no {need!r} entry, so it cannot be folded")
+        prev = order[i - 1] if i > 0 else None
+        pw = None if prev is None else (state.get(groups[prev].get("weight", "")) if "weight" in groups[prev]
+                                        else state.get(groups[prev].get("weight_orig", "")))
+        if prev is None or prev in bns or pw is None or pw.dim() != 2:
+            what = ("comes first" if prev is None else f"follows BatchNorm {label(prev)!r}" if prev in bns
+                    else f"follows {label(prev)!r}, which is not a Linear layer")
+            raise TargetError(f"BatchNorm {name!r}{where} {what} ({how}); only a BatchNorm right after a Linear "
+                              "layer can be folded into it exactly")
+        if by_index:
+            a, b = prev.rsplit(".", 1)[-1], m.rsplit(".", 1)[-1]
+            if a.isdigit() and b.isdigit() and int(b) != int(a) + 1:
+                raise TargetError(
+                    f"BatchNorm {name!r}{where} is not right after Linear {label(prev)!r} (nn.Sequential indices "
+                    f"{a} and {b}): the module between them is not recorded, and a BatchNorm after a ReLU cannot "
+                    "be folded into the layer before it; save the model as nn.Sequential(Linear, BatchNorm1d, "
+                    "ReLU, ...) or fold the BatchNorm yourself")
+        rm, rv = state[parts["running_mean"]], state[parts["running_var"]]
+        q = pw.shape[0]
+        for leaf in ("running_mean", "running_var", "weight", "bias"):
+            if leaf in parts and tuple(state[parts[leaf]].shape) != (q,):
+                raise TargetError(f"entry {parts[leaf]!r}{where} has shape {tuple(state[parts[leaf]].shape)}, "
+                                  f"expected ({q},) (the outputs of {label(prev)!r})")
+        pparts = groups[prev]
+        w = pw if "weight" in pparts else pw * state[pparts["weight_mask"]] if "weight_mask" in pparts else None
+        if w is None:
+            raise TargetError(f"layer {label(prev)!r}{where} has 'weight_orig' but no 'weight_mask'")
+        bkey = pparts.get("bias", pparts.get("bias_orig"))
+        bias = None if bkey is None else state[bkey] * (state[pparts["bias_mask"]] if "bias_mask" in pparts else 1)
+        gamma = state[parts["weight"]] if "weight" in parts else None
+        beta = state[parts["bias"]] if "bias" in parts else None
+        w2, b2 = fold_bn_tensors(w, bias, rm, rv, gamma, beta, eps)
+        for leaf in ("weight_orig", "weight_mask", "bias_orig", "bias_mask"):
+            out.pop(pparts.get(leaf, None), None)
+        wkey, bkey = (f"{prev}.weight", f"{prev}.bias") if prev else ("weight", "bias")
+        out[wkey], out[bkey] = w2, b2
+        folded[prev] = (wkey, bkey)
+        for key in parts.values():
+            out.pop(key, None)
+        log.info("folded BatchNorm %s into %s (eps %g)", name, label(prev), eps)
+    # the folded layers keep their place in the file's order (their new keys where their first was)
+    result: dict = {}
+    for key in state:
+        module = str(key).rpartition(".")[0]
+        for k in (folded[module] if module in folded else (key,)):
+            if k in out and k not in result:
+                result[k] = out[k]
+    return result
+
+
 # --------------------------------------------------------------------------- layers and order
 
 @dataclass
@@ -278,9 +404,8 @@ def collect_layers(state: dict, where: str) -> tuple[list[LayerEntry], str]:
         if str(key).rsplit(".", 1)[-1] in _BN_STATS:
             module = str(key).rsplit(".", 1)[0]
             raise TargetError(
-                f"entry {key!r}{where} belongs to a batch normalisation layer ({module!r}), which is not "
-                "supported: only Linear layers with ReLU between them are; fold the BatchNorm into the "
-                "neighbouring Linear layer or retrain without it")
+                f"entry {key!r}{where} belongs to a batch normalisation layer ({module!r}) that was not "
+                "folded: only an eval-mode BatchNorm right after a Linear layer is folded into it")
     groups: dict[str, dict[str, torch.Tensor]] = {}
     keys: dict[str, list[str]] = {}
     for key, value in state.items():
@@ -316,8 +441,9 @@ def collect_layers(state: dict, where: str) -> tuple[list[LayerEntry], str]:
             raise TargetError(f"layer {name!r}{where} has a bias but no weight")
         if w.dim() == 1:
             raise TargetError(
-                f"layer {name!r}{where} has a 1-D weight of shape {tuple(w.shape)}: a normalisation layer "
-                "(BatchNorm/LayerNorm), which is not supported: only Linear layers with ReLU between them are")
+                f"layer {name!r}{where} has a 1-D weight of shape {tuple(w.shape)} and no running statistics: a "
+                "normalisation layer that cannot be folded (LayerNorm, or BatchNorm with track_running_stats="
+                "False); only an eval-mode BatchNorm right after a Linear layer is folded into it")
         layers.append(LayerEntry(name, w, b, keys[module], pruned))
     return layers, prefix
 

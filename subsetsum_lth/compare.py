@@ -169,12 +169,13 @@ def _overlap_entry(layer, inter: int, union: int, na: int, nb: int) -> dict:
 
 def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | None = None,
                  data_dir=None, device: str = "auto", test_subset: int | None = None,
-                 labels: list[str] | None = None, plots: bool = True, data: dict | None = None) -> dict:
+                 labels: list[str] | None = None, plots: bool = True, data: dict | None = None,
+                 dataset: str | None = None) -> dict:
     """Compare the masks of ``runs`` and write ``out`` (locked and listed in its manifest while
     this runs; see :mod:`subsetsum_lth.manifest`). See :func:`_compare_runs`."""
     from subsetsum_lth import manifest
     with manifest.session(out):
-        return _compare_runs(runs, out, target, data_dir, device, test_subset, labels, plots, data)
+        return _compare_runs(runs, out, target, data_dir, device, test_subset, labels, plots, data, dataset)
 
 
 @dataclass
@@ -190,6 +191,8 @@ class _Runs:
     reports: list = field(default_factory=list)
     relus: list = field(default_factory=list)
     targets: list = field(default_factory=list)
+    recorded: list = field(default_factory=list)   #: per run: (data set or None, where recorded)
+    dataset: str = "mnist"                          #: the data set the comparison uses
 
 
 def _labels(runs: list[Path], labels: list[str] | None) -> list[str]:
@@ -218,6 +221,7 @@ def _read_runs(paths: list[Path], labels: list[str]) -> _Runs:
         runs.reports.append(run.report)
         runs.relus.append(run.relu_after)
         runs.targets.append(run.target)
+        runs.recorded.append((run.data, run.data_source))
         del run
     if len(set(digests)) > 1:
         lines = "\n".join(f"  {lab} ({r}): weights sha256 {short(d)}…" for lab, r, d in zip(labels, paths, digests))
@@ -245,18 +249,28 @@ def _choose_target(target, runs: _Runs):
     return tgt, src, warnings
 
 
-def _dataset(runs: _Runs) -> str:
-    """The data set the runs were evaluated on (report.json 'data'), MNIST by default."""
-    for rep in runs.reports:
-        if rep.get("data") in ("mnist", "fashion-mnist"):
-            return rep["data"]
-    return "mnist"
+def _dataset(runs: _Runs, given: str | None = None) -> str:
+    """The data set the runs were made on (report.json 'data', else their target's metadata):
+    ``given`` (``--data``) must agree with it, and runs made on different data sets are
+    refused; with nothing recorded, ``given`` or MNIST (with a logged note)."""
+    from subsetsum_lth.runcheck import choose_dataset
+    made = {}
+    for path, (name, source) in zip(runs.paths, runs.recorded):
+        if name is not None:
+            made.setdefault(name, (path, source))
+    if len(made) > 1:
+        (a, (pa, _)), (b, (pb, _)) = list(made.items())[:2]
+        raise UserError(f"run {pa} was made on {a} but run {pb} on {b}; compare runs made on one data set")
+    if made:
+        name, (path, source) = next(iter(made.items()))
+        return choose_dataset(given, name, source, f"run {path}")
+    return choose_dataset(given, None, runs.recorded[0][1], f"run {runs.paths[0]}")
 
 
 def _test_data(data, data_dir, test_subset, runs: _Runs, tgt):
     if data is None:
         from subsetsum_lth.data.mnist import load_mnist
-        x, y = load_mnist("test", data_dir, dataset=_dataset(runs))
+        x, y = load_mnist("test", data_dir, dataset=runs.dataset)
     else:
         x, y = data["x"], data["y"]
     if test_subset is not None:
@@ -319,13 +333,15 @@ def _csv_rows(entries: list[dict], pairs: list[dict]) -> list[dict]:
 
 def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | None = None,
                   data_dir=None, device: str = "auto", test_subset: int | None = None,
-                  labels: list[str] | None = None, plots: bool = True, data: dict | None = None) -> dict:
+                  labels: list[str] | None = None, plots: bool = True, data: dict | None = None,
+                  dataset: str | None = None) -> dict:
     """Compare the masks of ``runs`` (same random network) and write comparison.json,
     comparison.csv and accuracy_vs_kept.png into ``out``. Returns the comparison.
 
     Raises UserError when the runs' random networks differ (by content hash of the weights).
     ``data``: optional {"x": float32 (N, p), "y": int64 (N,)} instead of the test set of the data
-    set the runs record (MNIST or Fashion-MNIST).
+    set the runs record (MNIST or Fashion-MNIST). ``dataset`` (``--data``): the data set to use;
+    one that contradicts the runs' record is refused (UserError, exit 2).
     """
     from subsetsum_lth import manifest
     from subsetsum_lth.edge_popup import resolve_device
@@ -338,6 +354,8 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
     writer = manifest.open_folder(out, "compare", need_bytes=1 << 20)
     dev = resolve_device(device)
     rs = _read_runs(paths, labels)
+    if data is None or dataset is not None:
+        rs.dataset = _dataset(rs, dataset)
     tgt, tgt_src, warnings = _choose_target(target, rs)
     x, y, in_f = _test_data(data, data_dir, test_subset, rs, tgt)
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(dev)
@@ -347,7 +365,7 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
     def radius_fn() -> float:
         if not radius_cache:
             from subsetsum_lth.data.mnist import input_radius
-            radius_cache.append(input_radius(data_dir, dataset=_dataset(rs)))
+            radius_cache.append(input_radius(data_dir, dataset=rs.dataset))
         return radius_cache[0]
 
     target_accuracy = None
@@ -367,6 +385,7 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
                                           for j in _param_index(rs.state, rs.layout)],
         "target": tgt_src, "target_accuracy": target_accuracy if target_accuracy is not None else NA,
         "test_examples": int(len(xt)),
+        **({"data": rs.dataset} if data is None or dataset is not None else {}),
         "device": dev.type,
         "deviation_note": "‖f(x) − ĝ(x)‖₂ over the test images; ĝ in float32, f in float64",
         "runs": entries,

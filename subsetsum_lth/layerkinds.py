@@ -249,6 +249,11 @@ def kinds_from_arch(arch: list[dict], input_shape) -> tuple[list, list[list[Op]]
             kind = Conv2d(shape[0], int(op["out_channels"]), _pair(op["kernel"]), _pair(op["stride"]),
                           _pair(op["padding"]), (shape[1], shape[2]), bool(op["bias"]))
         else:
+            if name == "flatten" and (not kinds or len(shape) == 1):
+                # a flatten before the first layer (fc SPECs on images start with one) or of a
+                # vector changes nothing: a Linear layer reads its input flattened
+                shape = (int(np.prod(shape)),)
+                continue
             o = Op("flatten", shape) if name == "flatten" else Op(name, shape, _pair(op["kernel"]),
                                                                  _pair(op["stride"]))
             after[-1].append(o)

@@ -29,6 +29,7 @@ can never disagree about which network a folder holds. It refuses, with a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import stat
@@ -38,7 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from subsetsum_lth import runfolder as rf
-from subsetsum_lth.errors import RunFolderError
+from subsetsum_lth.data.mnist import DATASETS
+from subsetsum_lth.errors import RunFolderError, UserError
+
+log = logging.getLogger(__name__)
 
 #: the largest JSON file read (report.json with a long training curve is a few MB)
 MAX_JSON_BYTES = 64 << 20
@@ -194,6 +198,11 @@ class Run:
     #: a compact run's validated support and masks (subsetsum_lth.gstore.CompactG); its
     #: random_state/masks are then lazy dense views generated tensor by tensor
     compact: object | None = None
+    #: the data set the run was made on ('mnist', 'fashion-mnist'), None when it records none
+    data: str | None = None
+    #: where ``data`` comes from: 'report.json', 'the target's metadata', 'none' (made without
+    #: data: a synthetic target, or no --data), 'unrecorded' (written before runs recorded it)
+    data_source: str = "unrecorded"
 
     @property
     def layout(self):
@@ -347,9 +356,57 @@ def _load_target(path: Path):
     return load_target(path)
 
 
+def recorded_dataset(report: dict, target=None, where: str = "report.json") -> tuple[str | None, str]:
+    """(data set, where it is recorded) of a run: report.json's ``data``, else the ``dataset`` its
+    target's metadata records (train-target writes it), else (None, 'none') for a run whose
+    report says ``"data": null`` (made without data), else (None, 'unrecorded') for a folder
+    written before runs recorded it."""
+    value = report.get("data")
+    if value is not None and value not in DATASETS:
+        raise RunFolderError(f"{where}: field 'data' must be one of {', '.join(DATASETS)} or null, got "
+                             f"{_short(value)}; {RECREATE}")
+    if value is not None:
+        return value, "report.json"
+    meta = getattr(target, "metadata", None) or {}
+    if meta.get("dataset") in DATASETS:
+        return meta["dataset"], "the target's metadata"
+    return None, "none" if "data" in report else "unrecorded"
+
+
+def choose_dataset(given: str | None, recorded: str | None, source: str, what: str,
+                   other: str = "pass another run") -> str:
+    """The data set a command that reads ``what`` (a run folder, a target) uses: ``given``
+    (``--data``) or else the recorded one; a ``given`` that contradicts the record is refused
+    (UserError, exit 2) naming both and the fix. With nothing recorded: ``given``, else MNIST,
+    with a logged note saying why."""
+    if recorded is not None:
+        if given is not None and given != recorded:
+            raise UserError(f"--data {given} contradicts {what}, which was made on {recorded} (recorded in "
+                            f"{source}); drop --data to use {recorded}, or {other}")
+        if given is None:
+            log.info("using %s, the data set %s was made on (recorded in %s)", recorded, what, source)
+        return recorded
+    if given is not None:
+        return given
+    if source == "none":
+        log.warning("%s was made without data (a synthetic target, or approximate without --data); "
+                    "using MNIST (choose with --data)", what)
+    else:
+        log.warning("%s records no data set (written before runs recorded it); using MNIST (pass --data "
+                    "fashion-mnist if it was made on Fashion-MNIST)", what)
+    return "mnist"
+
+
 def read_run(path: str | Path, *, need_target: bool = False) -> Run:
     """Read and validate a run folder (see the module docstring). ``need_target``: refuse a
-    folder without target.safetensors (a certificate needs it)."""
+    folder without target.safetensors (a certificate needs it). The data set the run records
+    is in ``run.data`` / ``run.data_source`` (:func:`recorded_dataset`)."""
+    run = _read_run(path, need_target=need_target)
+    run.data, run.data_source = recorded_dataset(run.report, run.target, str(Path(path) / rf.REPORT))
+    return run
+
+
+def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
     path = Path(path)
     try:
         st = os.stat(path)

@@ -119,6 +119,8 @@ def prepare_folder(out: Path, config, fingerprint: dict,
             from subsetsum_lth.runcheck import read_json
             old = read_json(cfg_path, fix="use --overwrite to start the run again, or another --out")
             new = json.loads(json.dumps(fingerprint, default=rf._json_default))
+            if "data" not in old:     # recorded before run_config.json held the data set
+                new.pop("data", None)
             if new != old:
                 raise RunFolderError(f"--resume: the run in {out} was started with different settings "
                                      f"({'; '.join(_setting_diff(old, new))}); use the same options "

@@ -175,7 +175,7 @@ def from_state_dict(state: dict, source: str = "", metadata: dict | None = None,
     Flatten/Dropout/ReLU offsets) or named modules (``fc1``, ``layers.0``, ...); see
     :mod:`subsetsum_lth.checkpoint` for the order rules. ``layers`` states the order explicitly
     (``--layers``). ``info`` (optional) is filled with what the loader saw."""
-    from subsetsum_lth.checkpoint import collect_layers, order_layers
+    from subsetsum_lth.checkpoint import collect_layers, fold_state_batchnorm, order_layers
     where = f" in {source}" if source else ""
     info = {} if info is None else info
     if not isinstance(state, dict) or not state:
@@ -186,6 +186,7 @@ def from_state_dict(state: dict, source: str = "", metadata: dict | None = None,
     act = str(metadata.get("activation", "relu")).lower()
     if act != "relu":
         raise TargetError(f"the target{where} uses activation {act!r}; only ReLU MLPs are supported")
+    state = fold_state_batchnorm(state, where, order_known)   # eval-mode BatchNorm after a Linear
     entries, prefix = collect_layers(state, where)
     info["prefix_stripped"] = prefix or None
     info["entries"] = [{"name": e.name, "keys": e.keys, "shape": list(e.weight.shape),
@@ -224,6 +225,9 @@ def from_module(module: nn.Module) -> Target:
     """Validate an ``nn.Sequential`` of Linear/ReLU modules (ReLU between Linear layers)."""
     if not isinstance(module, nn.Sequential):
         raise TargetError(f"expected an nn.Sequential of Linear and ReLU modules, got {type(module).__name__}")
+    if any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in module.modules()):
+        from subsetsum_lth.arch import fold_batchnorm
+        module = fold_batchnorm(module)   # eval-mode BatchNorm right after a Linear, or refused naming it
     mods = list(module)
     for i, m in enumerate(mods):
         want = nn.Linear if i % 2 == 0 else nn.ReLU
@@ -348,11 +352,11 @@ def from_arch_state(state: dict, arch: list[dict], input_shape, source: str = ""
     if extra:
         raise TargetError(f"the target{where} holds tensors its architecture does not use: "
                           f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
-    t = Target(layers, dict(metadata or {}), source, after=after, input_shape=tuple(int(v) for v in input_shape))
-    if t.is_mlp:
-        # a plain MLP stays an MLP (same keys, same behaviour as before)
-        t = Target([Layer(L.weight, L.bias) for L in layers], dict(metadata or {}), source)
-    return t
+    if all(k.name == "linear" for k in kinds) and not any(after):
+        # a fully connected architecture (e.g. --arch fc256,fc128,fc10, a flatten first) is a
+        # plain MLP on flat inputs: the same target, keys and behaviour as one read without --arch
+        return Target([Layer(L.weight, L.bias) for L in layers], dict(metadata or {}), source)
+    return Target(layers, dict(metadata or {}), source, after=after, input_shape=tuple(int(v) for v in input_shape))
 
 
 def random_target(sizes, bias=True, seed=0, scale: float | None = None,

@@ -246,7 +246,7 @@ LOADS = {
     "torch-prune": torch_pruned,
 }
 
-REFUSED = {
+REFUSED = {                 # ("batchnorm" is folded since issue 20; kept here for its file)
     "ambiguous-square": ambiguous_square,
     "pickled-module": pickled_module,
     "batchnorm": batchnorm,

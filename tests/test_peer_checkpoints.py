@@ -168,10 +168,18 @@ def test_pickled_objects_inside_a_checkpoint_dict(tmp_path):
     _same_function(load_target(tmp_path / "d_state.pt"), m.eval())
 
 
+def test_batchnorm_after_a_linear_layer_is_folded(tmp_path):
+    """issue 20: the peer model with fc1 -> bn1 -> relu -> fc2 (a tutorial's MLP) loads as its eval mode."""
+    path, _ = pm.REFUSED["batchnorm"](tmp_path)
+    torch.manual_seed(0)
+    m = pm.BNNet().double()      # float64 weights: the fold is exact up to float64 rounding
+    m.bn1.running_mean.uniform_(-1, 1)
+    m.bn1.running_var.uniform_(0.5, 2)
+    torch.save(m.state_dict(), path)
+    _same_function(load_target(path), m.eval())
+
+
 @pytest.mark.parametrize("case, message", [
-    ("batchnorm", "entry 'bn1.running_mean' in {p} belongs to a batch normalisation layer ('bn1'), which is "
-                  "not supported: only Linear layers with ReLU between them are; fold the BatchNorm into the "
-                  "neighbouring Linear layer or retrain without it"),
     ("optimizer-only", "{p} holds an optimizer state ('optimizer') but no model weights (entries: 'epoch', "
                        "'optimizer'); an optimizer state is not a network: pass the file that holds the "
                        "model's state_dict (torch.save(model.state_dict(), path))"),

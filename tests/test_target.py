@@ -56,10 +56,15 @@ def test_refuses_conv(tmp_path):
     _expect(tmp_path / "c.pt", "convolutional")
 
 
-def test_refuses_batchnorm(tmp_path):
-    sd = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).state_dict()
+def test_folds_batchnorm_after_linear_and_refuses_it_after_a_gap(tmp_path):
+    # issue 20: an eval-mode BatchNorm right after a Linear is folded into it ...
+    sd = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).state_dict()
     torch.save(sd, tmp_path / "b.pt")
-    _expect(tmp_path / "b.pt", "batch normalisation")
+    assert load_target(tmp_path / "b.pt").sizes == [3, 4, 2]
+    # ... one with a module between (maybe a ReLU) cannot be folded exactly and is refused
+    sd = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, 2)).state_dict()
+    torch.save(sd, tmp_path / "c.pt")
+    _expect(tmp_path / "c.pt", "BatchNorm '2'")
 
 
 def test_sequential_index_gap_is_an_offset(tmp_path):

@@ -157,6 +157,7 @@ def run(args) -> int:
             ApproximateConfig.input_radius if args.input_radius is None else args.input_radius)
     from subsetsum_lth.executors import check_executor
     check_executor(args.executor, args.scheduler)
+    _resume_dataset(args)
     training_seconds = None
     if args.target is None:
         _check_out_early(args)   # before minutes of training the default target, not after
@@ -195,7 +196,7 @@ def run(args) -> int:
                   else max(abs(box.lo), abs(box.hi)) * target.input_dim ** 0.5)
     domain = domain or "signed"
 
-    extra = {} if args.data is None else {"data": args.data}
+    extra = {"data": args.data}    # null: made without data (a synthetic target, or no --data)
     if training_seconds is not None:
         extra.update({"target_training_seconds": training_seconds,
                       "target_training_note": "the default target was trained by this command before the "
@@ -271,6 +272,37 @@ def _box_args(args, target):
     if radii and args.data is None:
         raise UserError("--local-radius needs test images: add --data mnist")
     return BoxConfig(lo, hi, local_radii=radii, bab_seconds=args.bab_seconds)
+
+
+def _resume_dataset(args) -> None:
+    """--resume continues on the data set the run recorded (run_config.json or report.json
+    'data'): --data defaults to it, and a --data that contradicts it is refused (exit 2)."""
+    if not args.resume:
+        return
+    from pathlib import Path
+
+    from subsetsum_lth import runfolder as rf
+    from subsetsum_lth.errors import UserError
+    from subsetsum_lth.runcheck import choose_dataset, read_json
+    out = Path(args.out)
+    for name in ("run_config.json", rf.REPORT):
+        path = out / name
+        if not path.is_file():
+            continue
+        record = read_json(path, fix="use --overwrite to start the run again, or another --out")
+        if "data" not in record:
+            continue
+        recorded = record["data"]
+        if recorded is None:
+            if args.data is not None:
+                raise UserError(f"--data {args.data} contradicts the run in {out}, which was made without data "
+                                f"(recorded in {name}); drop --data to resume it, or use another --out")
+            return
+        if recorded not in DATASETS:
+            raise UserError(f"{path}: 'data' is {recorded!r}, not one of {', '.join(DATASETS)}; use "
+                            "--overwrite to start the run again, or another --out")
+        args.data = choose_dataset(args.data, recorded, name, f"the run in {out}", "use another --out")
+        return
 
 
 def _check_out_early(args) -> None:

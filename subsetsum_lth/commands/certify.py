@@ -43,6 +43,10 @@ def run(args) -> int:
         return 0
     print(f"run:             {args.run}")
     print(f"input ball:      radius {res['input_radius']:g}, domain {res['input_domain']}")
+    src = res.get("data_source")
+    print("data:            " + (f"{res['data']} (recorded in {src})" if res.get("data") else
+                                 "none (the run was made without data: a synthetic target, or no --data)"
+                                 if src == "none" else "not recorded (a run written before runs recorded it)"))
     print(f"certified bound: {res['certified_bound']:.6g}")
     print(f"empirical bound: {res['empirical_bound']:.6g}  (lower bound, {res['empirical']['source']})")
     w = res.get("witness")

@@ -30,7 +30,11 @@ def add_arguments(p) -> None:
     add_preprocessing_arguments(p, expected=False)
     p.add_argument("--label", action="append", default=None, metavar="NAME",
                    help="a name per run, in order (repeat the option; default: folder names)")
-    p.add_argument("--data-dir", type=Path, default=None, help="folder with the MNIST IDX files")
+    p.add_argument("--data", choices=("mnist", "fashion-mnist"), default=None,
+                   help="the test set to use (default: the one the runs record, else mnist); one that "
+                        "contradicts the runs' record is refused")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder with the MNIST (or Fashion-MNIST) IDX files")
     p.add_argument("--test-subset", type=positive_int, default=None, metavar="N",
                    help="use the first N test images only")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -61,13 +65,14 @@ def run(args) -> int:
     result = compare_runs(args.runs, args.out, target=target,
                           data_dir=None if args.data_dir is None else str(args.data_dir),
                           device=args.device, test_subset=args.test_subset, labels=args.label,
-                          plots=not args.no_plots)
+                          plots=not args.no_plots, dataset=args.data)
     if args.json:
         print_json(result)
         return 0
     print(f"random network {'-'.join(map(str, result['random_network_sizes']))}, weights sha256 "
           f"{result['weights_sha256'][:12]}…; target {result['target'] or 'none'} "
-          f"(accuracy {_fmt(result['target_accuracy'], pct=True)}); {result['test_examples']:,} test images")
+          f"(accuracy {_fmt(result['target_accuracy'], pct=True)}); {result['test_examples']:,} "
+          f"{result.get('data', '')}{' ' if result.get('data') else ''}test images")
     for e in result["runs"]:
         print(f"  {e['label']}: {e['description']}")
         print(f"    accuracy {_fmt(e['test_accuracy'], pct=True)}, agreement {_fmt(e['prediction_agreement'], pct=True)}, "

@@ -102,7 +102,11 @@ def add_arguments(p) -> None:
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default=E.device,
                    help="auto: CUDA when available, else CPU")
     e.add_argument("--threads", type=positive_int, default=E.threads, help="torch CPU threads (default: torch's)")
-    e.add_argument("--data-dir", type=Path, default=E.data_dir, help="folder with the MNIST IDX files")
+    e.add_argument("--data", choices=("mnist", "fashion-mnist"), default=E.data,
+                   help="the data set to train and test on (default: the one the run or target records, "
+                        "else mnist); one that contradicts the run's record is refused")
+    e.add_argument("--data-dir", type=Path, default=E.data_dir,
+                   help="folder with the MNIST (or Fashion-MNIST) IDX files")
     e.add_argument("--train-subset", type=_train_subset, default=E.train_subset, metavar="N",
                    help="train on the first N training images only; auto: 7680 (60 steps of 128) on CPU, "
                         "all 60000 on CUDA; all: every image")
@@ -148,7 +152,8 @@ def _header_lines(h: dict) -> list[str]:
                      f"parameters ({L['eligible_parameters']:,} prunable)")
     lines.append(f"training: {h['epochs']} epoch(s) x {h['steps_per_epoch']:,} steps of {h['batch_size']} "
                  f"({h['train_examples']:,} training images), lr {h['lr']:g}, seed {h['seed']}, "
-                 f"device {h['device_name']}; test on {h['test_examples']:,} images")
+                 f"device {h['device_name']}; test on {h['test_examples']:,} "
+                 f"{h.get('data') or ''}{' ' if h.get('data') else ''}images")
     return lines
 
 
@@ -168,7 +173,7 @@ def run(args) -> int:
         net_seed=args.net_seed, keep=args.keep, scope=args.scope, structure=args.structure,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, momentum=args.momentum,
         weight_decay=args.weight_decay, seed=args.seed, device=args.device, threads=args.threads,
-        data_dir=None if args.data_dir is None else str(args.data_dir),
+        data_dir=None if args.data_dir is None else str(args.data_dir), data=args.data,
         train_subset=args.train_subset, test_subset=args.test_subset, sync_every=args.sync_every,
         eval_every_epoch=args.eval_every_epoch, temperature=args.temperature, inner_relu=args.inner_relu,
         plots=not args.no_plots,
@@ -203,7 +208,7 @@ def _summary(r: dict, out: Path) -> None:
     for L in r["layers"]:
         print(f"  layer {L['layer'] + 1} {L['shape'][0]}x{L['shape'][1]}: kept {L['kept_parameters']:,} of "
               f"{L['total_parameters']:,} ({L['eligible_parameters']:,} prunable)")
-    line = f"test accuracy {100 * r['test_accuracy']:.2f}%"
+    line = f"test accuracy {100 * r['test_accuracy']:.2f}%" + (f" on {r['data']}" if r.get("data") else "")
     if "prediction_agreement" in r:
         line += (f" (target {100 * r['target_accuracy']:.2f}%, agreement with the target "
                  f"{100 * r['prediction_agreement']:.2f}%)")

@@ -44,6 +44,12 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
                              arch=arch)
     except TargetError as exc:
         return {**info, "ok": False, "error": str(exc)}
+    if target.is_mlp and "order" not in info:
+        # a fully connected --arch (or stored architecture) is read as the plain MLP it is:
+        # its layers are the architecture's linear ops, named by their index in it
+        given = info.pop("arch", None) or []
+        info["order"] = [str(i) for i, op in enumerate(given) if op.get("op") in ("linear", "conv2d")]
+        info["order_from"] = "the architecture (fully connected: read as a plain MLP)"
     by_name = {e["name"]: e for e in info.get("entries", [])}
     rows = []
     for i, (name, L) in enumerate(zip(info.get("order", []), target.layers)):
@@ -124,8 +130,8 @@ def _print(info: dict) -> None:
         keys = ", ".join(r["keys"])
         extra = " (weight_orig × weight_mask)" if r["pruned"] else ""
         print(f"  {r['layer']}. {r['name']:<12} {r['shape'][0]}×{r['shape'][1]}"
-              f"{' + bias' if r['bias'] else ', no bias'}  {r['dtype']}  ‖W‖₂={r['spectral_norm']:.4g}"
-              f"{extra}  [{keys}]")
+              f"{' + bias' if r['bias'] else ', no bias'}  {r['dtype'] or ''}  ‖W‖₂={r['spectral_norm']:.4g}"
+              f"{extra}" + (f"  [{keys}]" if keys else ""))
     if not info.get("arch"):
         print(f"network: {'-'.join(map(str, info['sizes']))}, {info['n_parameters']:,} parameters, "
               f"{info['activation']}")

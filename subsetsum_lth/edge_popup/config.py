@@ -57,6 +57,8 @@ class EdgePopupConfig:
     device: str = "auto"
     threads: int | None = None
     data_dir: str | None = None
+    #: the data set to train and test on; None: the one the run (or target) records, else MNIST
+    data: str | None = None
     train_subset: int | str | None = "auto"   #: first N training images; "auto": CPU_TRAIN_SUBSET on CPU, all on CUDA
     test_subset: int | None = None
     sync_every: int | None = None      #: steps between reads of loss/accuracy (None: 50 on CUDA, 10 on CPU)
@@ -93,6 +95,8 @@ class EdgePopupConfig:
             raise UserError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.wide_init not in WIDE_INITS:
             raise UserError(f"--wide-init must be one of {WIDE_INITS}, got {self.wide_init!r}")
+        if self.data not in (None, "mnist", "fashion-mnist"):
+            raise UserError(f"--data must be mnist or fashion-mnist, got {self.data!r}")
         if self.input_domain not in (None, "nonnegative", "signed"):
             raise UserError(f"--input-domain must be nonnegative or signed, got {self.input_domain!r}")
         for name in ("epochs", "batch_size", "sync_every"):

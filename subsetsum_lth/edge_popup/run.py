@@ -14,7 +14,7 @@ from subsetsum_lth.edge_popup.evaluate import final_test_accuracy
 from subsetsum_lth.edge_popup.folder import (build_report, header, model_input_dim, network_sizes, prepare_out,
                                              write_run)
 from subsetsum_lth.edge_popup.network import EdgePopupNet, relu_layout
-from subsetsum_lth.edge_popup.sources import eligibility, load_random_net
+from subsetsum_lth.edge_popup.sources import dataset_of, eligibility, load_random_net
 from subsetsum_lth.edge_popup.train import (Progress, device_description, load_data, resolve_device,
                                             train_scores)
 from subsetsum_lth.netdigest import weights_digest
@@ -57,13 +57,16 @@ def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress
     try:
         t = time.perf_counter()
         net = load_random_net(config)
+        # the run's (or target's) recorded data set, or --data; a contradiction is refused here,
+        # before the output folder is touched
+        dataset = dataset_of(net, config) if data is None else config.data
         prepare_out(out, config.overwrite, [net.copy_from], net.state)
         allowed = eligibility(net, config.structure, config.inner_relu)
         digest = weights_digest(net.state)
         timings["load"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        xs, ys = load_data(config, net.state, device, data, net.layout)
+        xs, ys = load_data(config, net.state, device, data, net.layout, dataset or "mnist")
         timings["data"] = time.perf_counter() - t
 
         relu_after = relu_layout(len([k for k in net.state if k.endswith(".weight")]), config.inner_relu)
@@ -77,7 +80,7 @@ def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress
 
         n_train, n_test = int(xs[0].shape[0]), int(xs[1].shape[0])
         if on_start is not None:
-            on_start(header(model, net, config, device_name, n_train, n_test))
+            on_start({**header(model, net, config, device_name, n_train, n_test), "data": dataset})
         t = time.perf_counter()
         with_target = net.target is not None and net.target.input_dim == model_input_dim(model)
         # with a target and no per-epoch evaluation, the final test accuracy comes from the same
@@ -103,5 +106,7 @@ def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress
                                    device_type=device.type, device_name=device_name, threads=threads,
                                    relu_after=relu_after, digest=digest, n_train=n_train, n_test=n_test,
                                    timings=timings)
+    if dataset is not None:
+        report["data"] = dataset
     write_run(out, config, net, masks, report, metrics, digest, timings, t_start)
     return report

@@ -29,6 +29,8 @@ class RandomNet:
     target_file: Path | None = None     #: target.safetensors to copy byte for byte
     layout: object | None = None        #: gnet.GLayout of an image network (conv/pooling); None: an MLP
     input_radius: float | None = None   #: the source run's certified input radius (image networks)
+    data: str | None = None             #: the data set the run or target records (None: none)
+    data_source: str = "unrecorded"     #: where: see subsetsum_lth.runcheck.recorded_dataset
 
     @property
     def is_image(self) -> bool:
@@ -202,7 +204,8 @@ def load_random_net(config: EdgePopupConfig) -> RandomNet:
         src = {"kind": "run", "path": str(run.resolve()),
                "run_method": report.get("method", "subset-sum" if "solver" in report else None)}
         return RandomNet(state, src, plans, domain, path, target, target_file, checked.layout_,
-                         checked.input_radius if checked.layout_ is not None else None)
+                         checked.input_radius if checked.layout_ is not None else None,
+                         checked.data, checked.data_source)
     if config.from_target is not None:
         target = load_target(config.from_target)
         domain = config.input_domain or target.metadata.get("input_domain") or "nonnegative"
@@ -216,13 +219,27 @@ def load_random_net(config: EdgePopupConfig) -> RandomNet:
         src = {"kind": "target", "path": str(Path(config.from_target).resolve()), "net_seed": int(net_seed),
                "construction": asdict(cc), "target_sizes": target.sizes}
         layout = None if target.is_mlp else construction.layout
-        return RandomNet(state, src, construction.plans, domain, None, target, None, layout)
+        recorded = (target.metadata or {}).get("dataset")
+        return RandomNet(state, src, construction.plans, domain, None, target, None, layout,
+                         data=recorded if recorded in ("mnist", "fashion-mnist") else None,
+                         data_source="the target's metadata")
     sizes = wide_sizes(config.wide, config.param_budget, config.wide_bias)
     net_seed = config.seed if config.net_seed is None else config.net_seed
     state = wide_network(sizes, int(net_seed), config.wide_init, config.wide_bias)
     src = {"kind": "wide", "sizes": sizes, "param_budget": config.param_budget, "init": config.wide_init,
            "bias": config.wide_bias, "net_seed": int(net_seed), "parameters": mlp_parameters(sizes, True)}
     return RandomNet(state, src, None, config.input_domain or "nonnegative", None, None, None)
+
+
+def dataset_of(net: RandomNet, config: EdgePopupConfig) -> str:
+    """The data set to train and test on: ``--data``, else the one the run (or target) records,
+    else MNIST; a ``--data`` that contradicts the record is refused (UserError, exit 2)."""
+    from subsetsum_lth.runcheck import choose_dataset
+    if net.source.get("kind") == "run":
+        return choose_dataset(config.data, net.data, net.data_source, f"run {config.from_run}")
+    if net.data is not None:
+        return choose_dataset(config.data, net.data, net.data_source, f"target {config.from_target}")
+    return config.data or "mnist"
 
 
 def eligibility(net: RandomNet, structure: str, inner_relu: bool = True) -> dict | None:

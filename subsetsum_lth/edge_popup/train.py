@@ -45,15 +45,16 @@ def device_description(device: torch.device) -> str:
 
 
 def load_data(config: EdgePopupConfig, state: dict, device: torch.device,
-              data: dict | None = None, layout=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """([x_train, x_test], [y_train, y_test]) on ``device``: ``data`` or MNIST from
-    ``config.data_dir``, cut to the configured subsets and checked against the network's
+              data: dict | None = None, layout=None,
+              dataset: str = "mnist") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """([x_train, x_test], [y_train, y_test]) on ``device``: ``data`` or ``dataset`` (MNIST or
+    Fashion-MNIST) from ``config.data_dir``, cut to the configured subsets and checked against the network's
     input and output sizes. With the ``layout`` of an image network (``GLayout`` with an
     ``input_shape`` (C, H, W)) the flat images are reshaped to N×C×H×W."""
     if data is None:
         from subsetsum_lth.data.mnist import load_mnist
-        x_tr, y_tr = load_mnist("train", config.data_dir)
-        x_te, y_te = load_mnist("test", config.data_dir)
+        x_tr, y_tr = load_mnist("train", config.data_dir, dataset=dataset)
+        x_te, y_te = load_mnist("test", config.data_dir, dataset=dataset)
     else:
         x_tr, y_tr, x_te, y_te = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     train_subset = resolve_train_subset(config.train_subset, device)
