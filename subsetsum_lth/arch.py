@@ -716,6 +716,15 @@ def state_for_arch(state_dict: dict, arch, source: str = "", order_known: bool =
                 prev = "comes first" if not layers else f"follows BatchNorm {short(layers[-1][1][-1])!r}"
                 raise TargetError(f"BatchNorm {short(module)!r}{where} {prev} ({how}); only a BatchNorm "
                                   "right after a conv/linear layer can be folded")
+            if by_index:
+                a, b = layers[-1][0].rsplit(".", 1)[-1], module.rsplit(".", 1)[-1]
+                if a.isdigit() and b.isdigit() and int(b) != int(a) + 1:
+                    raise TargetError(
+                        f"BatchNorm {short(module)!r}{where} is not right after layer {short(layers[-1][0])!r} "
+                        f"(nn.Sequential indices {a} and {b}): the module between them is not recorded, and "
+                        "a BatchNorm after a ReLU cannot be folded into the layer before it; if the module "
+                        f"between is a Dropout or Identity, renumber the BatchNorm's entries to index "
+                        f"{int(a) + 1}, else fold the BatchNorm yourself")
             layers[-1][1].append(module)
         else:
             layers.append((module, []))

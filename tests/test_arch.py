@@ -359,12 +359,24 @@ def test_state_for_arch_sequential_keys_and_pruned_weights():
     assert torch.equal(state["0.weight"], seq.state_dict()["0.weight"])
 
 
+def test_state_for_arch_refuses_a_batchnorm_after_a_gap():
+    """Sequential(Conv, ReLU, BatchNorm): the gap may hold a ReLU, after which folding the
+    BatchNorm into the conv computes another network; refused, naming both indices."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(6), nn.MaxPool2d(2),
+                        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    with pytest.raises(TargetError, match=r"BatchNorm '2'.*indices 0 and 2.*after a ReLU"):
+        state_for_arch(net.state_dict(), LENET5_LITERAL, "bn.pt")
+
+
 def test_state_for_arch_sequential_with_batchnorm_offsets():
     net = _bn_net().double()
     _randomise_bn(net, seed=3)
     net.eval()
-    # a state_dict does not carry eps: the second BatchNorm used 1e-3
-    sd = net.state_dict()
+    # a state_dict does not carry eps: the second BatchNorm used 1e-3. Its Dropout2d sits between
+    # conv 4 and BatchNorm 6: renumbered to 5, as the refusal of a gap says
+    sd = {(k.replace("6.", "5.", 1) if k.startswith("6.") else k): v for k, v in net.state_dict().items()}
     state = state_for_arch(sd, LENET5_LITERAL, "bn.pt")
     x = torch.rand(16, 1, 28, 28, dtype=torch.float64)
     with torch.no_grad():
