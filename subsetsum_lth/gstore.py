@@ -330,7 +330,7 @@ def save_safetensors_stream(path, tensors: Mapping, metadata: dict | None = None
                 raise ValueError(f"{k}: shape {a.shape} != {shape}")
             fh.write(memoryview(a.reshape(-1)).cast("B"))
             del a
-    rf._atomic_write(Path(path), write)
+    rf._atomic_write(Path(path), write, 8 + len(hb) + offset)
 
 
 # ----------------------------------------------------------------------------- the compact files

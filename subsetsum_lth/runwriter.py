@@ -9,7 +9,7 @@ import logging
 import math
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -96,6 +96,21 @@ def _finish(out: Path, report: dict, metrics: list[dict], store_name: str | None
     if store_name is not None:
         writer.remove_store(store_name)     # only the store's own files, never a user's
     writer.finish()
+
+
+def continue_stage(out: Path, config, fingerprint: dict):
+    """``config`` to use for ``out``: when ``out`` is the staging folder of an ``--overwrite``
+    that failed (a full disk, Ctrl-C) with these very settings, ``--resume`` it (its finished
+    solver batches are continued; other settings: it is started afresh)."""
+    if not (config.overwrite and not config.resume and out.name.endswith(manifest.STAGE_SUFFIX)
+            and (out / "run_config.json").is_file()):
+        return config
+    from subsetsum_lth.runcheck import read_json
+    try:
+        same = read_json(out / "run_config.json") == json.loads(json.dumps(fingerprint, default=rf._json_default))
+    except RunFolderError:
+        return config
+    return replace(config, resume=True, overwrite=False) if same else config
 
 
 def prepare_folder(out: Path, config, fingerprint: dict,

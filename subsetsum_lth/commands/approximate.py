@@ -224,6 +224,9 @@ def run(args) -> int:
     finally:
         if pool is not None:
             pool.close()
+    if getattr(report, "already_complete", False):
+        print(f"--resume: the run in {args.out} is already complete with these settings; nothing to do",
+              file=sys.stderr)
     if args.json:
         print_json(report)
     else:
