@@ -80,6 +80,10 @@ def write_run(out: Path, *, masks: dict | None, meta: dict, report: dict, metric
             report["plots"] = plots()
         except Exception as exc:  # a plot must never cost the run
             log.warning("plots failed: %s", exc)
+    if (out / rf.TARGET).exists():
+        # the bytes `certify` checks target.safetensors against
+        from subsetsum_lth.report_check import target_sha256
+        report["target_sha256"] = target_sha256(out / rf.TARGET)
     timings["write"] = time.perf_counter() - t
     report["wall_seconds"] = time.perf_counter() - t_start
     report.update(extra_report or {})

@@ -196,6 +196,9 @@ def run(args) -> int:
     domain = domain or "signed"
 
     extra = {} if args.data is None else {"data": args.data}
+    # where the certificate's input radius came from (certify checks a data radius against the data)
+    extra["input_radius_source"] = ("option" if args.input_radius is not None else "data" if args.data is not None
+                                    else "box" if box is not None else "default")
     if training_seconds is not None:
         extra.update({"target_training_seconds": training_seconds,
                       "target_training_note": "the default target was trained by this command before the "
