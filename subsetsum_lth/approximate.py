@@ -22,18 +22,25 @@ from subsetsum_lth.certify_box import BOX_WITNESS, box_report
 from subsetsum_lth.construction import ConstructionConfig, build_construction
 from subsetsum_lth.gstore import (STORES, DenseMasks, DenseState, SupportNet, choose_store, generator_spec,
                                   support_layer_maps)
-from subsetsum_lth.errors import UserError
+from subsetsum_lth.errors import DiskFull, UserError
 from subsetsum_lth.evaluation import evaluate_pair, spot_check  # noqa: F401  (public here too)
 from subsetsum_lth.layer_solve import build_instances, solve_layers
 from subsetsum_lth.progress import Progress
 from subsetsum_lth.run_report import build_report, raise_if_failed
 from subsetsum_lth.runcheck import WITNESS
-from subsetsum_lth.runwriter import GWrite, completed_run, prepare_folder, write_run
+from subsetsum_lth.runwriter import GWrite, completed_run, continue_stage, prepare_folder, write_run
 from subsetsum_lth.solve import SolveConfig, check_solver
 from subsetsum_lth.target import Target
 from subsetsum_lth.tolerance import apriori_bound, choose_tolerance  # noqa: F401  (public here too)
 
 log = logging.getLogger(__name__)
+
+
+class AlreadyComplete(dict):
+    """The report :func:`approximate` returns when ``--resume`` found the run already complete
+    (same settings, the files check out): nothing was solved or written."""
+
+    already_complete = True
 
 
 @dataclass
@@ -111,18 +118,35 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
     The folder is locked and recorded in its manifest while this runs; the tool's temporaries
     are removed on every exit (see :mod:`subsetsum_lth.manifest`). Args, raises: see
     :func:`_approximate`."""
-    with manifest.session(out):
-        return _approximate(target, config, out, progress, eval_data, empirical_data, executor)
+    out = Path(out)
+    dest = out
+    try:
+        # --overwrite of a folder holding a run: the new run is written beside it and swapped in
+        # only when complete, so a failure (a full disk, Ctrl-C) leaves the old run as it was
+        with manifest.staged_overwrite(out, "approximate", config.overwrite and not config.resume) as dest:
+            with manifest.session(dest):
+                return _approximate(target, config, dest, progress, eval_data, empirical_data, executor,
+                                    shown_out=out)
+    except DiskFull as exc:
+        if dest == out:
+            hint = (f"finished solver work is kept in {out}: free space and run again with --resume"
+                    if (out / "partial").is_dir() else "free space and run again")
+        else:
+            hint = (f"{out} is unchanged" + (f"; finished solver work is kept in {dest}, which the same "
+                                               "command continues once space is freed" if dest.is_dir() else ""))
+        raise DiskFull(f"{exc}; {hint}") from None
 
 
 def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
                  progress: Progress | None = None,
                  eval_data: dict | None = None,
                  empirical_data: np.ndarray | None = None,
-                 executor=None) -> dict:
+                 executor=None, shown_out: Path | None = None) -> dict:
     """Run the whole construction and write the run folder. Returns the report.
 
     Args:
+        shown_out: the folder named in messages (``--out``; ``out`` is its staging folder
+            during ``--overwrite``)
         eval_data: optional {"x": float32 (N, p), "y": int64 (N,)} to measure accuracies.
         empirical_data: optional points fed to the empirical lower bound.
     Raises:
@@ -217,7 +241,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
                             # the data set the run was made on ('data'; null: made without data)
                             **({"data": None} if eval_data is None and empirical_data is None else {}),
                             **config.report_extra})
-    raise_if_failed(report, bad_list, n_bad, config, out, eps_bound)
+    raise_if_failed(report, bad_list, n_bad, config, shown_out or out, eps_bound)
     return report
 
 
@@ -246,12 +270,15 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
     log.info("estimated solve time %s, memory %.2g GB", cost.describe_time(), cost.memory_bytes / 1e9)
     limits.check_reach(cost, config.max_hours, "--eps" if config.mode == "network" else "--weight-eps")
     limits.check_growth(plans, cc.grow, cc.max_growth, cc.width, cost.reach)
+    config = continue_stage(out, config, fingerprint)
     store = prepare_folder(out, config, fingerprint, need_bytes=int(entries * 5 * 1.1))
     done = completed_run(out) if config.resume else None
     if done is not None:
         log.info("--resume: the run in %s is already complete (same settings); nothing to solve", out)
-        manifest.writer_for(out).remove_store(store.folder.name)
-        return store, done
+        writer = manifest.writer_for(out)
+        writer.remove_store(store.folder.name)
+        writer.finish()             # the folder holds a complete run, as before --resume
+        return store, AlreadyComplete(done)
     return store, None
 
 

@@ -11,11 +11,15 @@ from subsetsum_lth.certify import certified_bound, check_soundness, empirical_bo
 from subsetsum_lth.certify_box import BOX_WITNESS, DT, BoxConfig, box_from_report, box_report
 from subsetsum_lth.gstore import run_layer_maps, run_pruned_module
 from subsetsum_lth.errors import RunFolderError
+from subsetsum_lth.report_check import Audit, audit_report
 from subsetsum_lth.runcheck import MAX_INPUT_RADIUS, RECREATE, WITNESS, read_run, read_witness
 
 
-def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=100, box=None) -> dict:
-    """``box``: a certify_box.BoxConfig to certify the box domain too (default: the run's box, if any)."""
+def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=100, box=None,
+                data_dir=None) -> dict:
+    """``box``: a certify_box.BoxConfig to certify the box domain too (default: the run's box, if any).
+    The result's ``report_check`` lists every figure of report.json that the files give otherwise
+    (:mod:`subsetsum_lth.report_check`; ``data_dir``: the recorded data set's files)."""
     path = Path(path)
     run = read_run(path, need_target=True)
     if not run.all_relu:
@@ -68,8 +72,30 @@ def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=1
     if box_out is not None:
         out["box_certificate"] = box_out
     stored_bound = run.report.get("certified_bound")
-    if stored_bound is not None and input_radius is None and input_domain is None:
+    own_ball = input_radius is None and input_domain is None
+    if stored_bound is not None and own_ball:
         out["matches_report"] = math.isclose(stored_bound, cert.bound, rel_tol=1e-9, abs_tol=1e-15)
+    # every figure report.json states that the files give, recomputed (report_check)
+    audit = Audit()
+    if stored is not None and "matches_report" in out["witness"] and not out["witness"]["matches_report"]:
+        audit.differs("witness.error", out["witness"]["recorded_error"], out["witness"]["error"],
+                      f"the network at the x* in {WITNESS}")
+    if box_out is not None:
+        if box_out.get("matches_report") is False:
+            audit.differs("box_certificate.bound", run.report["box_certificate"]["bound"], box_out["bound"],
+                          "the box certificate recomputed")
+        bw = box_out.get("witness") or {}
+        if bw.get("matches_report") is False:
+            audit.differs("box_certificate.witness.error", bw["recorded_error"], bw["error"],
+                          f"the network at the x* in {BOX_WITNESS}")
+    eps_bound = cert.bound
+    stored_box = box_from_report(run.report, f"{path}/report.json")
+    if stored_box is not None and box_out is not None and list(box_out.get("box", [])) == [stored_box.lo, stored_box.hi]:
+        eps_bound = box_out["bound"]
+    elif stored_box is not None:
+        eps_bound = None
+    audit_report(run, cert, maps, bound_checked=own_ball, eps_bound=eps_bound, data_dir=data_dir, audit=audit)
+    out["report_check"] = audit.to_dict()
     return out
 
 

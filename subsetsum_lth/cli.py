@@ -139,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 128 + int(signal.SIGPIPE)
+    except OSError as exc:
+        from subsetsum_lth.runfolder import DISK_FULL_ERRNOS, disk_full_message
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        # a write outside the run-folder writer (which names its file itself) ran out of space
+        print(f"error: {disk_full_message(exc.filename or 'a file', 0, exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         if args.command == "approximate":

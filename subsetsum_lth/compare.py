@@ -14,6 +14,7 @@ Masks of different random networks are refused: the tensors of every run's
 from __future__ import annotations
 
 import logging
+import math
 import time
 from itertools import combinations
 from dataclasses import dataclass, field
@@ -131,6 +132,35 @@ def _certificate(state: dict, masks: dict, target, report: dict, radius_fn, relu
         return {"certified_bound": NA, "certified_reason": str(exc)}
     return {"certified_bound": cert.bound, "certified_input_radius": float(radius),
             "certified_input_domain": domain}
+
+
+def check_input_radius(path: Path, rep: dict, x_norm: float, radius_fn, data_set: bool) -> str | None:
+    """Refuse (RunFolderError) a subset-sum run whose report.json input_radius is not the one
+    run_config.json records, or (a run made with --data, its radius from the data) not the data
+    set's largest ‖x‖₂; return why its certificate does not cover the images compared (a ball
+    smaller than the largest of them), else None."""
+    r = rep.get("input_radius")
+    if "solver" not in rep or not isinstance(r, (int, float)) or isinstance(r, bool):
+        return None
+    where = f"{path / rf.REPORT}"
+    cfg_path = path / "run_config.json"
+    if cfg_path.exists():
+        from subsetsum_lth.runcheck import read_json
+        want = read_json(cfg_path).get("input_radius")
+        if isinstance(want, (int, float)) and not math.isclose(r, want, rel_tol=1e-12):
+            raise RunFolderError(f"{where}: input_radius {r:g}, but the run was made with {want:g} (run_config.json); "
+                                 "the report was edited: recreate the run, or check it with 'subsetsum-lth certify'")
+    src = rep.get("input_radius_source")
+    if data_set and rep.get("data") is not None and src in (None, "data"):
+        data_r = radius_fn()
+        if (src == "data" and not math.isclose(r, data_r, rel_tol=1e-12)) or r < data_r * (1 - 1e-12):
+            raise RunFolderError(f"{where}: input_radius {r:g}, but the {rep['data']} images it was made on give "
+                                 f"{data_r:g} (their largest ‖x‖₂); the report was edited: recreate the run, or "
+                                 "check it with 'subsetsum-lth certify'")
+    if r < x_norm * (1 - 1e-12):
+        return (f"the run's certificate is over the ball ‖x‖₂ ≤ {r:g}, which does not hold the images compared "
+                f"(largest ‖x‖₂ {x_norm:.4g})")
+    return None
 
 
 def _kept_layers(state: dict, masks: dict, layout=None) -> list[dict]:
@@ -373,8 +403,17 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
         with torch.no_grad():
             target_accuracy = sum(int((tgt.forward(xt[i:i + 4096].double()).argmax(1) == yt[i:i + 4096]).sum())
                                   for i in range(0, len(xt), 4096)) / max(1, len(xt))
+    x64 = np.asarray(x, dtype=np.float64)
+    x_norm = float(np.sqrt(np.einsum("ij,ij->i", x64, x64).max())) if len(x64) else 0.0
+    del x64
+    covers = [check_input_radius(r, rep, x_norm, radius_fn, data is None) for r, rep in zip(paths, rs.reports)]
     entries = [_entry(lab, r, mk, rep, relu, rs, tgt, xt, yt, dev, radius_fn)
                for lab, r, mk, rep, relu in zip(labels, paths, rs.masks, rs.reports, rs.relus)]
+    for e, reason in zip(entries, covers):
+        if reason is not None and e.get("certified_bound") != NA:
+            e.update({"certified_bound": NA, "certified_reason": reason,
+                      "certified_bound_of_run_ball": e["certified_bound"]})
+            warnings.append(f"{e['label']}: {reason}")
     pairs = []
     for (ia, a), (ib, b) in combinations(enumerate(entries), 2):
         layers, total = _overlap(rs.masks[ia], rs.masks[ib], _param_index(rs.state, rs.layout))

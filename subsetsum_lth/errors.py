@@ -23,6 +23,16 @@ class IncompleteRun(Exception):
     """Some instances are infeasible or failed; everything computed was written."""
 
     exit_code = 3
+    run_written = True      #: the run folder is complete (manifest.staged_overwrite swaps it in)
+
+
+class DiskFull(RunFolderError):
+    """The disk (or a file size or quota limit) ran out while a file was written; the message
+    names the file, the bytes needed and the bytes free. Exit 2, nothing already finished lost."""
+
+
+#: exit status of `certify` when report.json states a figure the run's files do not give
+REPORT_MISMATCH_EXIT = 5
 
 
 class CertificateViolation(AssertionError):

@@ -309,7 +309,7 @@ def save_safetensors_stream(path, tensors: Mapping, metadata: dict | None = None
     order = sorted(infos, key=lambda k: (-_DTYPES[np.dtype(infos[k][0])][1], k))
     header: dict = {}
     if metadata:
-        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+        header["__metadata__"] = {k: str(v) for k, v in sorted(metadata.items())}
     offset = 0
     for k in order:
         dt, shape = infos[k]
@@ -330,7 +330,7 @@ def save_safetensors_stream(path, tensors: Mapping, metadata: dict | None = None
                 raise ValueError(f"{k}: shape {a.shape} != {shape}")
             fh.write(memoryview(a.reshape(-1)).cast("B"))
             del a
-    rf._atomic_write(Path(path), write)
+    rf._atomic_write(Path(path), write, 8 + len(hb) + offset)
 
 
 # ----------------------------------------------------------------------------- the compact files

@@ -17,6 +17,7 @@ crash never leaves a half-written file under a final name.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -49,30 +50,72 @@ def _file_mode() -> int:
 _MODE: int | None = None
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write, size: int | None = None) -> None:
     """Write ``path`` through ``write(binary file)`` into a temporary file beside it, fsync, and
     rename it into place: readers see the old file or the whole new one, never a partial one.
     In a folder opened by :func:`subsetsum_lth.manifest.open_folder` the file is listed in the
-    folder's manifest (and a file the tool did not write is never replaced)."""
+    folder's manifest (and a file the tool did not write is never replaced). A full disk (or a
+    file-size limit or quota) raises :class:`subsetsum_lth.errors.DiskFull` naming the file and
+    ``size``, the bytes it needs (when known)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     from subsetsum_lth import manifest
     manifest.before_write(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        _raise_if_full(exc, path, size or 0)
+        raise
+    written = 0
     try:
         os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+            written = fh.tell()
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        try:
+            written = max(written, os.stat(tmp).st_size)
+        except OSError:
+            pass
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            _raise_if_full(exc, path, size or written)
         raise
     manifest.after_write(path)
+
+
+#: errnos of a full disk, a file-size limit (RLIMIT_FSIZE) and a full quota
+DISK_FULL_ERRNOS = tuple(e for e in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+def disk_full_message(path, needed: int, exc: OSError) -> str:
+    """'disk full while writing FILE: needed ~N MB, M MB free at FOLDER' (with the system's reason
+    when it is a file-size limit or a quota rather than the disk)."""
+    path = Path(path)
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else ".").free
+        free_s = f"{_size(free)} free"
+    except OSError:
+        free_s = "free space unknown"
+    why = "" if exc.errno == errno.ENOSPC else f" ({exc.strerror or os.strerror(exc.errno)})"
+    need_s = f"needed ~{_size(needed)}" if needed else "needed more space"
+    return f"disk full while writing {path.name}{why}: {need_s}, {free_s} at {path.parent}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB" if n >= 1e3 else f"{n} bytes"
+
+
+def _raise_if_full(exc: OSError, path: Path, needed: int) -> None:
+    if exc.errno in DISK_FULL_ERRNOS:
+        from subsetsum_lth.errors import DiskFull
+        raise DiskFull(disk_full_message(path, needed, exc)) from None
 
 
 def atomic_savefig(fig, path, **kwargs) -> None:
@@ -83,13 +126,13 @@ def atomic_savefig(fig, path, **kwargs) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda fh: fh.write(data))
+    _atomic_write(path, lambda fh: fh.write(data), len(data))
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically (byte for byte)."""
     with open(src, "rb") as inp:
-        _atomic_write(dst, lambda fh: shutil.copyfileobj(inp, fh, length=16 << 20))
+        _atomic_write(dst, lambda fh: shutil.copyfileobj(inp, fh, length=16 << 20), os.fstat(inp.fileno()).st_size)
 
 
 def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -> None:
@@ -99,7 +142,23 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -
         t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
         clean[k] = t.contiguous()
     data = save(clean, metadata={k: str(v) for k, v in (metadata or {}).items()} or None)
-    _atomic_write_bytes(Path(path), data)
+    _atomic_write_bytes(Path(path), _sorted_metadata(data))
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its ``__metadata__`` keys in sorted order: safetensors
+    writes them in hash-map order, which differs between processes, so two identical runs would
+    write different bytes. The tensors' entries and data are left as they are; a file whose
+    metadata is already sorted (or has one key) is returned unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or list(meta) == sorted(meta):
+        return data
+    header["__metadata__"] = dict(sorted(meta.items()))
+    buf = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    buf += b" " * (-len(buf) % 8)          # safetensors pads the header to 8 bytes
+    return len(buf).to_bytes(8, "little") + buf + data[8 + n:]
 
 
 def load_safetensors(path, as_numpy: bool = True) -> tuple[dict, dict]:

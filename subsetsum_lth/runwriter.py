@@ -9,7 +9,7 @@ import logging
 import math
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -80,6 +80,10 @@ def write_run(out: Path, *, masks: dict | None, meta: dict, report: dict, metric
             report["plots"] = plots()
         except Exception as exc:  # a plot must never cost the run
             log.warning("plots failed: %s", exc)
+    if (out / rf.TARGET).exists():
+        # the bytes `certify` checks target.safetensors against
+        from subsetsum_lth.report_check import target_sha256
+        report["target_sha256"] = target_sha256(out / rf.TARGET)
     timings["write"] = time.perf_counter() - t
     report["wall_seconds"] = time.perf_counter() - t_start
     report.update(extra_report or {})
@@ -96,6 +100,21 @@ def _finish(out: Path, report: dict, metrics: list[dict], store_name: str | None
     if store_name is not None:
         writer.remove_store(store_name)     # only the store's own files, never a user's
     writer.finish()
+
+
+def continue_stage(out: Path, config, fingerprint: dict):
+    """``config`` to use for ``out``: when ``out`` is the staging folder of an ``--overwrite``
+    that failed (a full disk, Ctrl-C) with these very settings, ``--resume`` it (its finished
+    solver batches are continued; other settings: it is started afresh)."""
+    if not (config.overwrite and not config.resume and out.name.endswith(manifest.STAGE_SUFFIX)
+            and (out / "run_config.json").is_file()):
+        return config
+    from subsetsum_lth.runcheck import read_json
+    try:
+        same = read_json(out / "run_config.json") == json.loads(json.dumps(fingerprint, default=rf._json_default))
+    except RunFolderError:
+        return config
+    return replace(config, resume=True, overwrite=False) if same else config
 
 
 def prepare_folder(out: Path, config, fingerprint: dict,

@@ -198,17 +198,24 @@ def test_run_folder_manifest_lists_exactly_what_was_written(run):
     assert stat.S_IMODE((run / "manifest.json").stat().st_mode) == umask_mode()
 
 
-def test_overwrite_replaces_only_listed_files(run, tgt, capsys):
+def test_overwrite_refused_while_the_folder_holds_user_files(run, tgt, capsys):
+    """--overwrite writes the new run beside the old one and swaps the folders when it is complete
+    (issue 21), so a file the tool did not write would have to move: refused, nothing changed."""
     user_files(run, ["notes.txt", ".hidden-notes.abcdefgh.tmp"])
-    listed = set(manifest.read_manifest(run)["files"])
     before = snapshot(run)
+    assert approx(tgt, run, "--overwrite", "--seed", "3") == 2
+    assert err_line(capsys) == (f"error: {run} holds .hidden-notes.abcdefgh.tmp, notes.txt, which subsetsum-lth "
+                                "did not write (not in manifest.json); --overwrite replaces the whole folder, so "
+                                "move them out first (nothing was changed), or choose another --out")
+    assert snapshot(run) == before
+    assert not run.with_name(run.name + ".overwriting").exists()
+    listed = set(manifest.read_manifest(run)["files"])
+    for name in ("notes.txt", ".hidden-notes.abcdefgh.tmp"):
+        (run / name).unlink()
     assert approx(tgt, run, "--overwrite", "--seed", "3") == 0
     after = snapshot(run)
-    for name in ("notes.txt", ".hidden-notes.abcdefgh.tmp"):
-        assert after[name] == before[name]
     assert after["masks.safetensors"] != before["masks.safetensors"]       # a new run (seed 3)
     assert set(manifest.read_manifest(run)["files"]) == listed
-    assert set(after) == set(before)
 
 
 def test_overwrite_refuses_an_edited_listed_file(run, tgt, capsys):
@@ -378,18 +385,19 @@ def test_error_exit_removes_temporaries_and_releases_the_lock(tgt, tmp_path, mon
     out = tmp_path / "run"
     real = rf._atomic_write
 
-    def failing(path, write):
+    def failing(path, write, size=None):
         if Path(path).name == "report.json":
             def half(fh):
                 fh.write(b'{"half": ')
                 raise OSError(28, "No space left on device")
-            return real(path, half)
-        return real(path, write)
+            return real(path, half, size)
+        return real(path, write, size)
     monkeypatch.setattr(rf, "_atomic_write", failing)
     cfg = ApproximateConfig(construction=ConstructionConfig(input_domain="signed", block_width=12),
                             solve=SolveConfig(solver="mitm", workers=1), weight_eps=0.05,
                             allow_infeasible=True, plots=False, empirical_samples=8, ascent_steps=2)
-    with pytest.raises(OSError, match="No space"):
+    from subsetsum_lth.errors import DiskFull
+    with pytest.raises(DiskFull, match="disk full while writing report.json"):
         approximate(load_target(tgt), cfg, out)
     names = {p.name for p in out.iterdir()}
     assert not any(n.endswith(".tmp") for n in names) and manifest.LOCK not in names

@@ -197,6 +197,9 @@ def run(args) -> int:
     domain = domain or "signed"
 
     extra = {"data": args.data}    # null: made without data (a synthetic target, or no --data)
+    # where the certificate's input radius came from (certify checks a data radius against the data)
+    extra["input_radius_source"] = ("option" if args.input_radius is not None else "data" if args.data is not None
+                                    else "box" if box is not None else "default")
     if training_seconds is not None:
         extra.update({"target_training_seconds": training_seconds,
                       "target_training_note": "the default target was trained by this command before the "
@@ -225,6 +228,9 @@ def run(args) -> int:
     finally:
         if pool is not None:
             pool.close()
+    if getattr(report, "already_complete", False):
+        print(f"--resume: the run in {args.out} is already complete with these settings; nothing to do",
+              file=sys.stderr)
     if args.json:
         print_json(report)
     else:

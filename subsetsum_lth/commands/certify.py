@@ -1,11 +1,19 @@
 """`subsetsum-lth certify RUN`: recompute the certificate from a run folder's files alone."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from subsetsum_lth.commands._common import non_negative_float, positive_float, print_json
+from subsetsum_lth.errors import REPORT_MISMATCH_EXIT
 
 HELP = "recompute the certified and empirical bounds of a run folder from its files"
+DESCRIPTION = (
+    "Recompute a run folder's certificate and every figure its report.json states that the files "
+    "give (the certified bound, per-layer weight errors and kept counts, eps/weight_eps against "
+    "the settings in run_config.json, the target's sha256, accuracies on the recorded data set). "
+    "Exit 0 when all agree; exit 5 listing each field whose stored value differs "
+    "(\"FIELD: stored X, the files give Y\"); exit 2 when the folder cannot be read.")
 
 
 def add_arguments(p) -> None:
@@ -21,6 +29,9 @@ def add_arguments(p) -> None:
                    help="box certificate: branch and bound on unstable units for S seconds (default 0: none)")
     p.add_argument("--samples", type=int, default=512, help="random points for the empirical bound")
     p.add_argument("--steps", type=int, default=100, help="gradient-ascent steps for the empirical bound")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder with the files of the data set the run records (to recompute its accuracies "
+                        "and input radius; default: the usual data locations, never a download)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -37,10 +48,13 @@ def run(args) -> int:
         box = (box, args.bab_seconds)
     res = certify_run(args.run, input_radius=args.input_radius,
                       input_domain=None if args.input_domain == "box" else args.input_domain,
-                      samples=args.samples, steps=args.steps, box=box)
+                      samples=args.samples, steps=args.steps, box=box, data_dir=args.data_dir)
+    check = res["report_check"]
+    status = REPORT_MISMATCH_EXIT if check["mismatches"] else 0
     if args.json:
         print_json(res)
-        return 0
+        _print_mismatches(args.run, check)
+        return status
     print(f"run:             {args.run}")
     print(f"input ball:      radius {res['input_radius']:g}, domain {res['input_domain']}")
     src = res.get("data_source")
@@ -66,8 +80,18 @@ def run(args) -> int:
         bw = bc.get("witness")
         if bw is not None and "error" in bw:
             print(f"stored box witness: error {bw['error']:.6g} at the x* in {bw['file']}, <= certified")
-        if bc.get("matches_report") is False:
-            print("note: the box bound differs from the one stored in report.json")
-    if res.get("matches_report") is False:
-        print("note: differs from the bound stored in report.json")
-    return 0
+    for note in check["notes"]:
+        print(f"note: {note}")
+    _print_mismatches(args.run, check)
+    return status
+
+
+def _print_mismatches(run: Path, check: dict) -> None:
+    from subsetsum_lth.report_check import mismatch_lines
+    if not check["mismatches"]:
+        return
+    n = len(check["mismatches"])
+    print(f"error: {run}/report.json states {n} figure{'s' if n > 1 else ''} that the run's files do not "
+          "give (edited, or not this run's report):", file=sys.stderr)
+    for line in mismatch_lines(check["mismatches"]):
+        print(f"  {line}", file=sys.stderr)
