@@ -219,8 +219,20 @@ def _stop_http(server) -> None:
         http.stop()
 
 
-#: seconds to wait for a Dask scheduler to answer (connect, handshake, identity) before giving up
+#: seconds at most to wait for a Dask scheduler to answer (connect, handshake, identity); Dask's
+#: ``distributed.comm.timeouts.connect`` when that is shorter
 CONNECT_TIMEOUT = 10.0
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for a scheduler: Dask's connect timeout, at most :data:`CONNECT_TIMEOUT`."""
+    import dask
+    from dask.utils import parse_timedelta
+    try:
+        configured = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+    except (KeyError, TypeError, ValueError):
+        configured = None
+    return float(min(configured or CONNECT_TIMEOUT, CONNECT_TIMEOUT))
 
 
 def _bounded(fn, seconds: float, what: str):
@@ -386,7 +398,7 @@ class DaskPool(Pool):
                             "distributed.comm.tls settings on a shared network", self.address)
             from distributed.security import Security
 
-            seconds = CONNECT_TIMEOUT
+            seconds = connect_timeout()
             try:
                 # Dask's own security settings (distributed.comm.tls.*), as Client reads them
                 _probe_scheduler(self.address, Security().get_connection_args("client"), seconds)
