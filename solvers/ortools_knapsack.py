@@ -12,7 +12,8 @@ ortools routing everything <= 12 to the knapsack as it did before), mitm solved 
 ~40 ms at n = 21. Beyond 40 coefficients (out of mitm's reach) the knapsack B&B runs with the
 backend's ``time_limit`` (10 s if unset; half of it per knapsack, at most
 ``interrupt.MAX_UNSTOPPABLE_SECONDS``, since a knapsack cannot be interrupted; TIMEOUT, or
-FEASIBLE when its answer is within tolerance, if it cannot prove the optimum). ``knapsack_max_n=k`` sends instances of <= k live coefficients to the
+FEASIBLE when its answer is within tolerance, if it cannot prove the optimum).
+``knapsack_max_n=k`` sends instances of <= k live coefficients to the
 knapsack instead (the former default was 12; for comparison), ``knapsack_max_n=None`` sends
 everything (slow).
 
