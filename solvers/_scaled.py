@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from .interrupt import native_call, solver_time_limit
+
 
 def shift_for(total: float, bits: int) -> int:
     """Exponent s with total * 2^s < 2^bits <= 2 * total * 2^s (total > 0)."""
@@ -53,8 +55,17 @@ def cp_solver(deterministic_time: float | None = None, time_limit: float | None 
     p.num_workers = 1
     p.random_seed = 0
     p.presolve_inclusion_work_limit = 0     # or-tools#5293: unsound on large coefficients
+    # Ctrl-C reaches Python (and stops the search through .interrupt), not CP-SAT's own handler,
+    # which would end one Solve quietly and let the next one start
+    p.catch_sigint_signal = False
     if deterministic_time is not None:
         p.max_deterministic_time = float(deterministic_time)
     if time_limit:
-        p.max_time_in_seconds = float(time_limit)
+        p.max_time_in_seconds = solver_time_limit(time_limit)
     return solver
+
+
+def cp_solve(solver, model):
+    """``solver.Solve(model)``, stopped within milliseconds by SIGINT/SIGTERM (see :mod:`.interrupt`)."""
+    with native_call(solver.stop_search):
+        return solver.Solve(model)

@@ -9,6 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from .instances import BatchResult, InstanceBatch, Status
+from .interrupt import solver_time_limit
 
 
 class SolverUnavailable(RuntimeError):
@@ -49,7 +50,8 @@ class SolverBackend(abc.ABC):
     uses_pool: ClassVar[bool] = True
 
     def __init__(self, time_limit: float | None = None, **options):
-        self.time_limit = time_limit
+        #: seconds per native solve; never more than interrupt.MAX_TIME_LIMIT (the driver says so)
+        self.time_limit = solver_time_limit(time_limit)
         self.options = options
 
     @classmethod

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from ._scaled import cp_solver, scaled_bound, scaled_ints, shift_for
+from ._scaled import cp_solve, cp_solver, scaled_bound, scaled_ints, shift_for
 from ._settle import settle_with_mitm
 from .base import Capabilities, SolverBackend
 from .instances import BatchResult, InstanceBatch, Status, finalize, subset_errors
@@ -111,7 +111,7 @@ class _Instance:
 
     def _solve(self, m):
         solver = cp_solver(time_limit=self.time_limit)
-        st = solver.Solve(m)
+        st = cp_solve(solver, m)
         return solver, st
 
     def _error(self, sel) -> float:

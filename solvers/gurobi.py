@@ -30,6 +30,7 @@ from .base import Capabilities, SolverBackend
 from ._scaled import shift_for
 from ._settle import settle_with_mitm
 from .instances import BatchResult, InstanceBatch, Status, finalize, recompute_errors
+from .interrupt import native_call
 
 #: the model's scale: sum|c| + |t| in [2^(bits-1), 2^bits)
 _SCALE_BITS = 10
@@ -142,12 +143,12 @@ def _solve_one(env, t: float, c: np.ndarray, tau: float, objective: str,
         def min_error_unbounded():
             err.UB = GRB.INFINITY
             model.setObjective(err, GRB.MINIMIZE)
-            model.optimize()
+            _optimize(model)
             return values() if model.SolCount else None
 
         if objective == "feasible":
             p.SolutionLimit = 1
-            model.optimize()
+            _optimize(model)
             if model.Status in (GRB.OPTIMAL, GRB.SOLUTION_LIMIT) and model.SolCount:
                 return values(), Status.FEASIBLE, ""
             if model.Status in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):
@@ -157,7 +158,7 @@ def _solve_one(env, t: float, c: np.ndarray, tau: float, objective: str,
 
         if objective == "error":
             model.setObjective(err, GRB.MINIMIZE)
-            model.optimize()
+            _optimize(model)
             if model.Status == GRB.OPTIMAL:
                 return values(), Status.OPTIMAL, ""
             if model.Status in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):
@@ -167,7 +168,7 @@ def _solve_one(env, t: float, c: np.ndarray, tau: float, objective: str,
         # cardinality
         card_expr = gp.LinExpr([1.0] * n, s)
         model.setObjective(card_expr, GRB.MINIMIZE)
-        model.optimize()
+        _optimize(model)
         if model.Status in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):
             return min_error_unbounded(), Status.INFEASIBLE, ""
         if model.Status != GRB.OPTIMAL:
@@ -175,7 +176,7 @@ def _solve_one(env, t: float, c: np.ndarray, tau: float, objective: str,
         first = values()
         model.addConstr(card_expr == int(first.sum()))
         model.setObjective(err, GRB.MINIMIZE)
-        model.optimize()
+        _optimize(model)
         if model.Status == GRB.OPTIMAL:
             return values(), Status.OPTIMAL, ""
         if model.Status == GRB.TIME_LIMIT:
@@ -184,6 +185,19 @@ def _solve_one(env, t: float, c: np.ndarray, tau: float, objective: str,
         return first, Status.FEASIBLE, f"error tie-break ended with Gurobi status {model.Status}"
     finally:
         model.dispose()
+
+
+def _optimize(model) -> None:
+    """``model.optimize()``, stopped within milliseconds by SIGINT/SIGTERM (:mod:`.interrupt`).
+    Gurobi catches a Ctrl-C during ``optimize`` by itself and only ends that solve (status
+    INTERRUPTED): that, like a stop request, is raised as KeyboardInterrupt, so the run stops
+    instead of reporting the instance failed and starting the next one."""
+    from gurobipy import GRB
+
+    with native_call(model.terminate):
+        model.optimize()
+    if model.Status == GRB.INTERRUPTED:
+        raise KeyboardInterrupt("Gurobi optimize was interrupted")
 
 
 def _other(model, values):

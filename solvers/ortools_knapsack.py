@@ -10,8 +10,10 @@ ortools routing everything <= 12 to the knapsack as it did before), mitm solved 
 785k / 529k / 305k instances/s at n = 4 / 6 / 8 / 10 / 12 against the knapsack's 21k / 14k /
 17k / 10k / 4.9k (39-62x), with the same optimal errors; the knapsack costs ~5 ms at n = 16 and
 ~40 ms at n = 21. Beyond 40 coefficients (out of mitm's reach) the knapsack B&B runs with the
-backend's ``time_limit`` (10 s if unset; TIMEOUT, or FEASIBLE when its answer is within tolerance,
-if it cannot prove the optimum). ``knapsack_max_n=k`` sends instances of <= k live coefficients to the
+backend's ``time_limit`` (10 s if unset; half of it per knapsack, at most
+``interrupt.MAX_UNSTOPPABLE_SECONDS``, since a knapsack cannot be interrupted; TIMEOUT, or
+FEASIBLE when its answer is within tolerance, if it cannot prove the optimum).
+``knapsack_max_n=k`` sends instances of <= k live coefficients to the
 knapsack instead (the former default was 12; for comparison), ``knapsack_max_n=None`` sends
 everything (slow).
 
@@ -49,11 +51,12 @@ import time
 
 import numpy as np
 
-from ._scaled import cp_solver, scaled_bound, scaled_ints, shift_for
+from ._scaled import cp_solve, cp_solver, scaled_bound, scaled_ints, shift_for
 from ._settle import settle_with_mitm
 from .base import Capabilities, SolverBackend
 from .instances import (BatchResult, InstanceBatch, Status, finalize, recompute_errors,
                         subset_errors)
+from .interrupt import MAX_UNSTOPPABLE_SECONDS
 
 #: Integer scale of the exact path: sum of scaled |c| = 2^40 (int64 headroom for CP-SAT sums).
 _FINE_BITS = 40
@@ -99,7 +102,7 @@ class OrToolsKnapsackSolver(SolverBackend):
                  cardinality_max_n: int | None = 12, **options):
         super().__init__(time_limit=time_limit, **options)
         self.knapsack_max_n = knapsack_max_n
-        self.knapsack_time_limit = float(knapsack_time_limit)
+        self.knapsack_time_limit = min(float(knapsack_time_limit), MAX_UNSTOPPABLE_SECONDS)
         self.cardinality_deterministic_time = float(cardinality_deterministic_time)
         self.cardinality_max_n = cardinality_max_n
 
@@ -202,9 +205,10 @@ class OrToolsKnapsackSolver(SolverBackend):
                 n = int(batch.counts[i])
                 t, c = float(batch.targets[i]), batch.coefficients[i, :n]
                 total = float(np.abs(c).sum())
+                # each knapsack holds the GIL and cannot be stopped: a signal waits for it
                 sel, ok = _knapsack_pair(solver, t, c,
                                          shift_for(total, _FINE_BITS) if total > 0 else 0,
-                                         limit / 2)
+                                         min(limit / 2, MAX_UNSTOPPABLE_SECONDS))
                 selections[i, :n] = sel
                 if ok:
                     proven[i] = True
@@ -330,7 +334,7 @@ def _cardinality_cpsat(t: float, c: np.ndarray, tau: float, det_time: float
     model.Add(target - total <= slack)
     model.Minimize(sum(s))
     solver = _cp_solver(det_time)
-    st = solver.Solve(model)
+    st = cp_solve(solver, model)
     if st == cp_model.INFEASIBLE:
         return "infeasible", None
     if st != cp_model.OPTIMAL:
@@ -346,7 +350,7 @@ def _cardinality_cpsat(t: float, c: np.ndarray, tau: float, det_time: float
     for v, h in zip(s, hint):
         model.AddHint(v, h)
     solver = _cp_solver(det_time)
-    st = solver.Solve(model)
+    st = cp_solve(solver, model)
     if st != cp_model.OPTIMAL:
         return "unknown", None
     return "optimal", np.array([bool(solver.Value(v)) for v in s], dtype=bool)

@@ -270,6 +270,11 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
     log.info("estimated solve time %s, memory %.2g GB", cost.describe_time(), cost.memory_bytes / 1e9)
     limits.check_reach(cost, config.max_hours, "--eps" if config.mode == "network" else "--weight-eps")
     limits.check_growth(plans, cc.grow, cc.max_growth, cc.width, cost.reach)
+    # start the workers or connect to the cluster now: a scheduler that cannot be reached is a
+    # one-line error before any file of the run folder is written
+    start = getattr(executor, "start", None)
+    if callable(start):
+        start()
     config = continue_stage(out, config, fingerprint)
     store = prepare_folder(out, config, fingerprint, need_bytes=int(entries * 5 * 1.1))
     done = completed_run(out) if config.resume else None

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.limits import instance_time_limit
 from subsetsum_lth.solvers.instances import OBJECTIVES, InstanceBatch, Status
 from subsetsum_lth.solvers.registry import DEFAULT_SOLVER
 
@@ -202,7 +203,10 @@ def _time_backend(name: str, batch: InstanceBatch, limit: int, config: SolverBen
     k = min(limit, len(batch))
     size = int(config.batch_size or default_batch(name))
     size = min(size, max(1, k))
-    solve_batch(name, {}, batch.take(slice(0, min(2, k))))      # warm-up: imports, environments
+    # no solve runs past the budget (nor past the per-instance cap): a backend without a time
+    # limit of its own (CP-SAT, Gurobi) would otherwise run unbounded at a large n
+    options = {"time_limit": instance_time_limit(config.time_budget)}
+    solve_batch(name, options, batch.take(slice(0, min(2, k))))      # warm-up: imports, environments
     # batches grow from 8 instances (slow backends respect the budget) to the full size
     sel = np.zeros((k, batch.width), dtype=bool)
     err = np.full(k, np.nan)
@@ -215,7 +219,7 @@ def _time_backend(name: str, batch: InstanceBatch, limit: int, config: SolverBen
             stop = min(k, done + step)
             sub = batch.take(slice(done, stop))
             c0, w0 = time.process_time(), time.perf_counter()
-            res = solve_batch(name, {}, sub)
+            res = solve_batch(name, options, sub)
             wall += time.perf_counter() - w0
             cpu += time.process_time() - c0
             sel[done:stop] = res.selections

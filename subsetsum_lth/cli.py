@@ -17,6 +17,7 @@ import threading
 from subsetsum_lth import __version__
 from subsetsum_lth.commands._help import HelpFormatter
 from subsetsum_lth.errors import CertificateViolation, IncompleteRun, UserError
+from subsetsum_lth.solvers.interrupt import stop_native_calls_on_signals
 
 #: subcommand name -> module under subsetsum_lth.commands
 COMMANDS = {
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        with _sigterm_as_interrupt():
+        # SIGTERM unwinds like Ctrl-C; both also stop a native solver call (CP-SAT, Gurobi) that
+        # would otherwise keep the handler from running until its time limit
+        with _sigterm_as_interrupt(), stop_native_calls_on_signals():
             return int(args._run(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -32,6 +32,7 @@ shipped: each worker process creates its own backend (one Gurobi Env per process
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import contextlib
 import importlib.util
@@ -40,6 +41,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 
 from subsetsum_lth.errors import UserError
 
@@ -101,6 +103,10 @@ class Pool:
         """Stop the workers running the ``expired`` futures (past their time limit); True if the
         other in-flight futures were lost too and must be resubmitted by the caller."""
         return False
+
+    def start(self) -> None:
+        """Start the workers, or connect, now (a failure is a UserError before anything is written);
+        by default the executor is used as given."""
 
     def close(self) -> None:
         pass
@@ -198,10 +204,82 @@ def _worker_init() -> None:
 def dask_setup(worker=None) -> None:
     """Dask preload hook: ``dask-local`` starts its workers with this module as ``preload``, so
     each worker process ignores SIGINT/SIGTERM like a process-pool worker (only the parent
-    reacts to Ctrl-C and closes the cluster)."""
+    reacts to Ctrl-C and closes the cluster), and stops the worker's HTTP server (health and
+    metrics routes that would answer anyone on 127.0.0.1, without TLS)."""
     if threading.current_thread() is threading.main_thread():
         for sig in _PARENT_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
+    _stop_http(worker)
+
+
+def _stop_http(server) -> None:
+    """Stop a Dask server's (scheduler's, worker's) HTTP server: it closes its listening sockets."""
+    http = getattr(server, "http_server", None)
+    if http is not None:
+        http.stop()
+
+
+#: seconds at most to wait for a Dask scheduler to answer (connect, handshake, identity); Dask's
+#: ``distributed.comm.timeouts.connect`` when that is shorter
+CONNECT_TIMEOUT = 10.0
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for a scheduler: Dask's connect timeout, at most :data:`CONNECT_TIMEOUT`."""
+    import dask
+    from dask.utils import parse_timedelta
+    try:
+        configured = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+    except (KeyError, TypeError, ValueError):
+        configured = None
+    return float(min(configured or CONNECT_TIMEOUT, CONNECT_TIMEOUT))
+
+
+def _bounded(fn, seconds: float, what: str):
+    """``fn()`` in a daemon thread, waited for at most ``seconds``: the calling thread waits in
+    short slices, so a signal's handler runs meanwhile (a Dask call that never returns cannot
+    keep SIGINT/SIGTERM from ending the command). Raises TimeoutError after ``seconds`` (the
+    thread is left behind, a daemon) and re-raises what ``fn`` raised."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+    t = threading.Thread(target=run, name=what, daemon=True)
+    t.start()
+    deadline = time.monotonic() + seconds
+    while t.is_alive():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer within {seconds:g} s")
+        t.join(min(0.2, left))
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _probe_scheduler(address: str, connection_args: dict, seconds: float) -> None:
+    """Check that ``address`` answers as a Dask scheduler within ``seconds``: connect, Dask's
+    handshake, then an ``identity`` call, each bounded (distributed's own ``Client(timeout=)``
+    bounds the TCP connect only and then waits for ever on a listener that never answers).
+    Raises OSError / TimeoutError / ValueError with the reason."""
+    from distributed.comm import connect
+
+    async def probe():
+        # connect retries a refused connection until its timeout, then says why: let it
+        comm = await connect(address, timeout=max(1.0, seconds - 1.0), **connection_args)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    answer = _bounded(lambda: asyncio.run(asyncio.wait_for(probe(), seconds)), seconds + 2.0,
+                      "dask-probe")
+    if not (isinstance(answer, dict) and answer.get("type") == "Scheduler"):
+        raise ValueError("it answered, but not as a Dask scheduler")
 
 
 class ProcessPool(Pool):
@@ -318,10 +396,23 @@ class DaskPool(Pool):
                 log.warning("the Dask scheduler %s is reached without TLS: anyone who can reach it can "
                             "run code on its workers; use a tls:// address and Dask's "
                             "distributed.comm.tls settings on a shared network", self.address)
+            from distributed.security import Security
+
+            seconds = connect_timeout()
             try:
-                self._client = Client(self.address, timeout="20s")
-            except Exception as exc:  # OSError / TimeoutError from the comm layer
-                raise UserError(f"cannot connect to the Dask scheduler at {self.address}: {exc}; "
+                # Dask's own security settings (distributed.comm.tls.*), as Client reads them
+                _probe_scheduler(self.address, Security().get_connection_args("client"), seconds)
+                # not the default client: an unfinished one would be closed (and waited for) at exit
+                self._client = _bounded(lambda: Client(self.address, timeout=f"{seconds:g}s",
+                                                       set_as_default=False),
+                                        2 * seconds + 2.0, "dask-connect")
+            except Exception as exc:  # OSError / TimeoutError / ValueError from the probe or Client
+                reason = _first_line(exc)
+                if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+                    reason = f"no answer within {seconds:g} s (is it a Dask scheduler?)"
+                elif exc.__cause__ is not None:     # distributed's "Timed out trying to connect"
+                    reason = f"{reason} ({_first_line(exc.__cause__)})"
+                raise UserError(f"cannot connect to the Dask scheduler at {self.address}: {reason}; "
                                 "start one with 'dask scheduler' and workers with "
                                 "'dask worker ADDRESS --nthreads 1'") from None
         else:
@@ -339,6 +430,9 @@ class DaskPool(Pool):
                                              # no dashboard): loopback, any free port
                                              scheduler_kwargs={"dashboard": False,
                                                                "dashboard_address": "127.0.0.1:0"})
+            # no HTTP server: the scheduler's (health/metrics routes) would answer anyone on
+            # 127.0.0.1 without TLS; the workers stop theirs in dask_setup
+            _stop_http(getattr(self._cluster, "scheduler", None))
             self._client = Client(self._cluster, security=security)
         nthreads = sum(self._client.nthreads().values()) or 1
         self.capacity = int(nthreads)
@@ -350,6 +444,9 @@ class DaskPool(Pool):
         if self._executor is None:
             self._connect()
         return self._executor
+
+    def start(self) -> None:
+        _ = self.executor
 
     @property
     def client(self):
@@ -375,6 +472,14 @@ class DaskPool(Pool):
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without distributed's "in <Connector ...>: "."""
+    import re
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    return re.sub(r"^in <[^>]*>: ", "", text)
 
 
 def _plain_remote(address: str) -> bool:

@@ -24,7 +24,8 @@ import numpy as np
 
 from subsetsum_lth.construction import (DISTRIBUTIONS, ConstructionConfig, LayerInstances, draw_chunk,
                                         extend_instances, extend_layer_pair)
-from subsetsum_lth.limits import GrowthBudget, _solver_reach, growth_within_reach, instance_seconds
+from subsetsum_lth.limits import (GrowthBudget, _solver_reach, growth_within_reach, instance_seconds,
+                                  instance_time_limit)
 from subsetsum_lth.progress import close
 from subsetsum_lth.solve import SolveConfig, solve_all
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
@@ -130,7 +131,7 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
     plan = pair.plan
     L = target.layers[plan.index]
     reach = _solver_reach(sc.solver)
-    limit = sc.time_limit or 10.0
+    limit = instance_time_limit(sc.time_limit)
     q = plan.q
     st = _Growing(inst, cc)
     g_of = inst.group_of_instance()

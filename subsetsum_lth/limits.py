@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.solvers.interrupt import MAX_TIME_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ SUMS_PER_SECOND = 1e8
 EXACT_MAX_N = 40
 #: default per-instance time limit (seconds) of the solvers that take one, and of the fallback
 DEFAULT_TIME_LIMIT = 10.0
+#: the per-instance time limit is at most this (seconds; the solver layer's own cap, one hour):
+#: a longer native solve is not a per-instance limit any more, and it is what a stop waits for
+#: where the solver cannot be stopped from outside
+MAX_INSTANCE_SECONDS = MAX_TIME_LIMIT
 #: default budget of the estimated solve time (hours), ``--max-hours``
 DEFAULT_MAX_HOURS = 24.0
 #: bytes per parameter of g held at the peak: float32 weights, uint8 masks, float64 certificate copy
@@ -150,10 +155,27 @@ def _solver_reach(solver: str) -> int | None:
     return EXACT_MAX_N if solver in ("mitm", "ortools") else None
 
 
+_capped_noted: set = set()
+
+
+def instance_time_limit(requested: float | None, note: bool = False) -> float:
+    """The per-instance solver time limit a solve uses: ``requested`` (None: the default
+    :data:`DEFAULT_TIME_LIMIT`), at most :data:`MAX_INSTANCE_SECONDS`; with ``note``, a capped
+    value is said once (a warning) per value and process."""
+    limit = float(requested or DEFAULT_TIME_LIMIT)
+    if limit > MAX_INSTANCE_SECONDS:
+        if note and limit not in _capped_noted:
+            _capped_noted.add(limit)
+            log.warning("--time-limit %g s capped to %g s per instance (the most a solver call is "
+                        "allowed to run)", limit, MAX_INSTANCE_SECONDS)
+        return MAX_INSTANCE_SECONDS
+    return limit
+
+
 def estimate(plans, solver: str, workers: int, time_limit: float | None) -> CostEstimate:
     """Cost and memory estimate of solving every instance of ``plans`` (LayerPlans)."""
     reach = _solver_reach(solver)
-    limit = time_limit or DEFAULT_TIME_LIMIT
+    limit = instance_time_limit(time_limit, note=True)
     layers = []
     params = 0
     for pl in plans:

@@ -546,8 +546,9 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
             if not left:
                 return
             # every backend that takes a time limit gets one, so no instance runs for ever
-            from subsetsum_lth.limits import DEFAULT_TIME_LIMIT
-            options = {"time_limit": config.time_limit or DEFAULT_TIME_LIMIT}
+            # (at most limits.MAX_INSTANCE_SECONDS: an absurd --time-limit is capped, with a note)
+            from subsetsum_lth.limits import instance_time_limit
+            options = {"time_limit": instance_time_limit(config.time_limit, note=True)}
             # a pool the caller gave is used, unless the backend never runs in one
             given = pool is not None and backend_fact(solver, "uses_pool")
             if not given and in_process(config, solver, len(left)):
