@@ -113,7 +113,7 @@ LAYERS = [
     ("certificate", {"certify", "tolerance", "certify_box"}),
     ("pipelines and run folders", {"layer_solve", "approximate", "run_report", "runwriter", "evaluation",
                                    "plots", "runcheck", "certify_run", "api", "train", "default_target",
-                                   "edge_popup", "gstore"}),
+                                   "edge_popup", "gstore", "report_check"}),
     ("analysis", {"compare", "bench", "width_law", "baselines"}),
     ("interface", {"cli", "commands", "__main__"}),
 ]
