@@ -93,7 +93,7 @@ class ConstructionConfig:
         if not (self.C > 0 and math.isfinite(self.C)):
             raise UserError(f"--C must be a positive number, got {self.C}")
         if self.block_width is not None:
-            limits.check_int("--block-width", self.block_width, 1, limits.MAX_COUNT)
+            limits.check_int("--block-width", self.block_width, 1)   # its memory and time: limits.check_reach
         if self.distribution not in DISTRIBUTIONS:
             raise UserError(f"unknown distribution {self.distribution!r}; choose from {sorted(DISTRIBUTIONS)}")
         if self.width not in WIDTH_MODES:
