@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from subsetsum_lth import manifest
+from subsetsum_lth import limits, manifest
 from subsetsum_lth.certify import CollapsedNet, certified_bound, check_soundness, empirical_bound_fast, pruned_module
 from subsetsum_lth.certify_box import BOX_WITNESS, box_report
 from subsetsum_lth.construction import ConstructionConfig, build_construction
@@ -96,12 +96,10 @@ class ApproximateConfig:
                             f"{self.input_radius:g}; rescale the inputs or choose a smaller radius")
         if self.store not in STORES:
             raise UserError(f"--store must be one of {STORES}, got {self.store!r}")
-        if not (self.max_hours > 0):
-            raise UserError(f"--max-hours must be a positive number, got {self.max_hours}")
-        if self.empirical_samples < 1:
-            raise UserError(f"--samples must be a positive integer, got {self.empirical_samples}")
-        if self.ascent_steps < 0:
-            raise UserError(f"--steps must be a non-negative integer, got {self.ascent_steps}")
+        limits.check_float("--max-hours", self.max_hours, 0.0, limits.MAX_HOURS, why="a year of solving")
+        limits.check_int("--samples", self.empirical_samples, 1, limits.MAX_SAMPLES,
+                         why="each point is an input vector in float64")
+        limits.check_int("--steps", self.ascent_steps, 0, limits.MAX_STEPS)
 
     @property
     def mode(self) -> str:

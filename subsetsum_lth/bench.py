@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.limits import instance_time_limit
 from subsetsum_lth.solvers.instances import OBJECTIVES, InstanceBatch, Status
@@ -83,20 +84,21 @@ class SolverBenchConfig:
     def __post_init__(self) -> None:
         if self.clock not in ("wall", "cpu"):
             raise UserError(f"--clock must be 'wall' or 'cpu', got {self.clock!r}")
-        if self.n < 0:
-            raise UserError(f"--n must be >= 0, got {self.n}")
+        limits.check_int("--n", self.n, 0, limits.MAX_COUNT)
         if not (math.isfinite(self.eps) and self.eps >= 0):
             raise UserError(f"--eps must be a non-negative number, got {self.eps}")
-        if self.count < 1:
-            raise UserError(f"--count must be >= 1, got {self.count}")
+        limits.check_int("--count", self.count, 1, limits.MAX_COUNT)
+        # the drawn instances: float64 coefficients and their copies in a batch, per instance and coefficient
+        limits.check_memory(float(self.count) * max(self.n, 1) * 8 * 4,
+                            f"--count {self.count:,} instances of --n {self.n:,} coefficients",
+                            "draw fewer instances (--count) or fewer coefficients (--n)")
         if self.objective not in OBJECTIVES:
             raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.baseline_count < 1:
-            raise UserError(f"--baseline-count must be >= 1, got {self.baseline_count}")
-        if not self.time_budget > 0:
-            raise UserError(f"--time-budget must be positive, got {self.time_budget}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UserError(f"--batch-size must be a positive integer, got {self.batch_size}")
+        limits.check_int("--baseline-count", self.baseline_count, 1, limits.MAX_COUNT)
+        limits.check_seconds("--time-budget", self.time_budget)
+        if self.batch_size is not None:
+            limits.check_int("--batch-size", self.batch_size, 1, limits.MAX_COUNT)
+        limits.check_int("--seed", self.seed, 0, limits.MAX_SEED)
 
 
 @dataclass
@@ -355,8 +357,9 @@ class ApproximateBenchConfig:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.weight_eps) and self.weight_eps > 0):
             raise UserError(f"--weight-eps must be a positive number, got {self.weight_eps}")
-        if self.workers is not None and self.workers < 1:
-            raise UserError(f"--workers must be a positive integer, got {self.workers}")
+        if self.workers is not None:
+            limits.check_int("--workers", self.workers, 1, limits.MAX_COUNT)
+        limits.check_int("--seed", self.seed, 0, limits.MAX_SEED)
 
 
 STAGES = ("build", "solve", "certify", "evaluate", "write")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from subsetsum_lth import limits
 from subsetsum_lth.errors import CertificateViolation, RunFolderError
 from subsetsum_lth.target import Target
 
@@ -233,6 +234,9 @@ def empirical_bound(target: Target, g: nn.Module, input_radius: float, input_dom
     nonneg = input_domain == "nonnegative"
     rng = np.random.default_rng(seed)
     p = target.input_dim
+    # the candidate points, their projection and a float64 copy, each samples x p float64
+    limits.check_memory(float(samples) * p * 8 * 4, f"--samples {samples:,} random points of {p:,} inputs",
+                        "use fewer --samples")
     pts = [candidate_points(p, input_radius, nonneg, samples, rng)]
     if data is not None and len(data):
         d = np.asarray(data, dtype=np.float64).reshape(len(data), -1)

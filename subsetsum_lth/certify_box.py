@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth.certify import NUMERIC_SLACK, CollapsedNet, LayerMap
+from subsetsum_lth import limits
 from subsetsum_lth.errors import RunFolderError, UserError
 from subsetsum_lth.target import Target
 
@@ -976,6 +977,7 @@ class BoxConfig:
         for r in self.local_radii:
             if not (math.isfinite(r) and r > 0):
                 raise UserError(f"--local-radius must be a positive number, got {r}")
+        limits.check_seconds("--bab-seconds", self.bab_seconds, zero_ok=True)
         if self.local_radii and self.lo < 0:
             raise UserError("--local-radius needs a non-negative box (LO >= 0), e.g. --input-box 0,1")
 

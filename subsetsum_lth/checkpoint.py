@@ -31,7 +31,9 @@ from pathlib import Path
 
 import torch
 
+from subsetsum_lth import limits
 from subsetsum_lth.errors import TargetError
+from subsetsum_lth.safetext import escape
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,12 @@ ROOT = "(root)"   #: the name of a layer saved on its own (nn.Linear(...).state_
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _CHAIN_BUDGET = 200_000
+#: an expanded tensor (stride 0: a file that stores 1 value and claims 10^10) is materialised up to
+#: this many values (64 MB of float32); beyond, it is refused before any value is read
+MAX_EXPANDED_ENTRIES = 1 << 24
+#: bytes per value of the safetensors dtypes (others: 8)
+_ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+             "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 
 
 @dataclass
@@ -70,86 +78,243 @@ def _unpickler_reason(text: str) -> str:
     return " ".join(found.group(1).split()).rstrip(".") if found else ""
 
 
-def _pickle_top(path: Path) -> tuple[str, str | None, list[str]] | None:
-    """Tokenise (never execute) the pickle inside a torch zip file: the kind of its top-level
-    object ("dict" or "object" with its class) and the strings it contains."""
+#: the pickle of a torch file may import these without that being a reason for suspicion: torch's
+#: tensor rebuild functions, storages, dtypes and nn module classes, and the containers torch.save writes
+_TORCH_REBUILD = {"torch._utils", "torch._tensor"}
+_PLAIN_GLOBALS = {"collections.OrderedDict", "collections.defaultdict", "builtins.set", "builtins.frozenset",
+                  "builtins.bytearray", "builtins.object", "__builtin__.set", "__builtin__.frozenset",
+                  "__builtin__.bytearray", "__builtin__.object", "copyreg._reconstructor",
+                  "copy_reg._reconstructor", "_codecs.encode", "torch.Size", "torch.device",
+                  "torch.serialization._get_layout", "torch.nn.parameter.Parameter"}
+#: modules and names whose import in a pickle means code execution, not a model
+_CODE_MODULES = {"os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty",
+                 "ctypes", "pickle", "_pickle", "marshal", "code", "codeop", "webbrowser", "builtins",
+                 "__builtin__", "io", "pathlib", "tempfile", "multiprocessing", "threading", "signal",
+                 "types", "functools", "operator", "numpy.testing", "timeit", "pdb", "commands"}
+_CODE_NAMES = {"eval", "exec", "system", "popen", "spawn", "__import__", "getattr", "setattr", "compile",
+               "open", "call", "run", "check_output", "Popen", "execv", "execve", "fork", "load", "loads",
+               "import_module", "attrgetter", "methodcaller", "partial", "apply"}
+_SCAN_LIMIT = 64 << 20      #: bytes of a (non-zip) pickle file scanned at most
+_TORCH_MAGIC = 0x1950A86A20F9469CFC6C   #: the first pickle of torch's legacy (non-zip) format
+
+
+def _is_torch_global(name: str) -> bool:
+    """Whether the pickle global ``module.name`` is one a plain torch model file imports."""
+    import sys
+    if name in _PLAIN_GLOBALS:
+        return True
+    module, _, attr = name.rpartition(".")
+    if module in _TORCH_REBUILD and attr.startswith("_rebuild_"):
+        return True
+    if module == "torch":   # storages and dtypes (torch.FloatStorage, torch.float32)
+        return attr.endswith("Storage") or isinstance(getattr(torch, attr, None), torch.dtype)
+    if module.startswith("torch.nn.modules."):   # an nn module class, looked up without importing anything
+        cls = getattr(sys.modules.get(module), attr, None)
+        return isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+    return False
+
+
+def _runs_code(name: str) -> bool:
+    module, _, attr = name.rpartition(".")
+    return module.split(".")[0] in _CODE_MODULES or attr in _CODE_NAMES or not module
+
+
+@dataclass
+class PickleScan:
+    """What a pickle would do, read with :mod:`pickletools` (never executed)."""
+
+    kind: str | None = None                 #: top-level object: "dict" or "object"
+    cls: str | None = None                  #: the class of a top-level object
+    strings: list = field(default_factory=list)
+    imports: list = field(default_factory=list)   #: every global it would import (module.name), in order
+
+    @property
+    def foreign(self) -> list[str]:
+        """The globals that are not torch's rebuild functions, storages, dtypes or nn classes."""
+        return [g for g in self.imports if not _is_torch_global(g)]
+
+
+def _scan_one(ops, scan: PickleScan) -> bool:
+    """Follow one pickle's opcodes on a symbolic stack (strings, memo and globals resolved) to find
+    every global it imports, also those STACK_GLOBAL builds from memoised strings. False: no opcode."""
+    import pickletools
+    stack: list = []
+    marks: list[int] = []
+    memo: dict = {}
+    seen = False
+    for op, arg, _ in ops:
+        seen = True
+        name = op.name
+        if name in ("GLOBAL", "INST"):
+            glob = str(arg).replace(" ", ".")
+            scan.imports.append(glob)
+            if scan.kind is None:
+                scan.kind, scan.cls = ("dict", None) if glob == "collections.OrderedDict" else ("object", glob)
+            if name == "INST":
+                stack = stack[:marks.pop()] if marks else []
+            stack.append(("global", glob))
+            continue
+        if name == "STACK_GLOBAL":
+            attr = stack.pop() if stack else None
+            module = stack.pop() if stack else None
+            glob = (f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str)
+                    else "<a global built at load time>")
+            scan.imports.append(glob)
+            if scan.kind is None:
+                scan.kind, scan.cls = ("dict", None) if glob == "collections.OrderedDict" else ("object", glob)
+            stack.append(("global", glob))
+            continue
+        if name in ("EXT1", "EXT2", "EXT4"):
+            scan.imports.append(f"<copyreg extension {arg}>")
+        if isinstance(arg, str) and "UNICODE" in name or name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
+            scan.strings.append(str(arg))
+            stack.append(str(arg))
+            continue
+        if name == "MEMOIZE":
+            memo[len(memo)] = stack[-1] if stack else None
+            continue
+        if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = stack[-1] if stack else None
+            continue
+        if name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo.get(arg))
+            continue
+        if name == "MARK":
+            marks.append(len(stack))
+            continue
+        if scan.kind is None and name in ("EMPTY_DICT", "DICT"):
+            scan.kind = "dict"
+        before = op.stack_before
+        if pickletools.markobject in before:
+            stack = stack[:marks.pop()] if marks else []
+            del stack[len(stack) - before.index(pickletools.markobject):]
+        elif before:
+            del stack[max(0, len(stack) - len(before)):]
+        stack.extend([None] * len(op.stack_after))
+        if name == "STOP":
+            break
+    return seen
+
+
+def _scan_pickle(path: Path) -> PickleScan | None:
+    """Tokenise (never execute) the pickle of a torch file: a zip's data.pkl, or the pickles of a
+    legacy/plain pickle file (at most the first 64 MB). None when nothing could be read."""
+    import io
     import pickletools
     import zipfile
+    scan = PickleScan()
     try:
-        with zipfile.ZipFile(path) as z:
-            name = next(n for n in z.namelist() if n.endswith("data.pkl"))
-            data = z.read(name)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+                if z.getinfo(name).file_size > _SCAN_LIMIT:
+                    return None
+                data = z.read(name)
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read(_SCAN_LIMIT)
     except Exception:
         return None
-    kind, cls, strings = None, None, []
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            if isinstance(arg, str) and "UNICODE" in op.name:
-                strings.append(arg)
-            if kind is None:
-                if op.name in ("EMPTY_DICT", "DICT"):
-                    kind = "dict"
-                elif op.name == "GLOBAL":
-                    kind, cls = "object", str(arg).replace(" ", ".")
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    kind, cls = "object", f"{strings[-2]}.{strings[-1]}"
-    except Exception:
-        pass
-    return (kind, cls, strings) if kind else None
+    fh = io.BytesIO(data)
+    for i in range(6):      # torch's legacy format: magic number, protocol, sys info, the object, keys
+        start = fh.tell()
+        try:
+            first = next(pickletools.genops(fh), None)
+        except Exception:
+            break
+        if first is None:
+            break
+        fh.seek(start)
+        if i == 0:   # the legacy format's magic number: skip its three header pickles
+            try:
+                ops = list(pickletools.genops(fh))
+            except Exception:
+                break
+            if any(arg == _TORCH_MAGIC for _, arg, _ in ops):
+                for _ in range(2):
+                    try:
+                        list(pickletools.genops(fh))
+                    except Exception:
+                        break
+                continue
+            fh.seek(start)
+        try:
+            _scan_one(pickletools.genops(fh), scan)
+        except Exception:
+            pass
+        break       # the object's pickle (what follows it is the legacy format's storage keys)
+    return scan if (scan.kind or scan.imports) else None
+
+
+def _names(globs: list[str], most: int = 4) -> str:
+    """Pickle globals for a message: distinct, escaped (they come from the file), at most ``most``."""
+    uniq = list(dict.fromkeys(globs))
+    text = ", ".join(escape(g) for g in uniq[:most])
+    return text + (f" and {len(uniq) - most} more" if len(uniq) > most else "")
 
 
 def _where_class(cls: str | None) -> str:
-    if cls and cls.startswith("__main__."):   # saved from a script: only that script defines it
-        return (f"in the script that defines {cls[len('__main__.'):]} (unpickling needs the class, and it "
-                "was saved from __main__)")
-    return f"where {cls} is defined or importable (unpickling needs the class)"
+    """Where the code that can save a pickled model's state_dict lives."""
+    cls = escape(cls or "")
+    if cls.startswith("__main__."):   # saved from a script: only that script defines it
+        return f"in the script that defines {cls[len('__main__.'):]} (it was saved from __main__)"
+    return f"in the code that defines {cls}"
 
 
 def _pickled_refusal(path: Path, exc: Exception) -> TargetError:
-    found = re.search(r"GLOBAL ([\w.]+)", _ANSI.sub("", str(exc)))
-    glob = found.group(1) if found else None
-    top = _pickle_top(path)
+    scan = _scan_pickle(path)
+    where = escape(str(path))
     stem = str(path.with_name(path.stem + "_state.pt"))
-    load = f"obj = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file"
-    if top and top[0] == "object" and str(top[1]).startswith("__torch__."):
+    plain = ("pass the weights as a state_dict (torch.save(model.state_dict(), path)) or a .safetensors "
+             "file instead")
+    foreign = scan.foreign if scan is not None else []
+    if scan is None or not scan.imports:
+        reason = _unpickler_reason(str(exc)) or _clean(exc)
+        return TargetError(f"{where} holds pickled objects or code that torch.load(weights_only=True) refuses "
+                           f"({escape(reason)}) and is never unpickled here; {plain}")
+    if scan.kind == "object" and str(scan.cls).startswith("__torch__."):
         # a TorchScript archive (torch.jit.save / torch.jit.script / torch.jit.trace): no Python
         # class is needed, torch.jit.load reads it and its state_dict is what this tool reads
-        cls = re.sub(r"\.___torch_mangle_\d+", "", str(top[1])[len("__torch__."):])
+        cls = escape(re.sub(r"\.___torch_mangle_\d+", "", str(scan.cls)[len("__torch__."):]))
         return TargetError(
-            f"{path} is a TorchScript archive (torch.jit.save of a {cls}), not a state_dict, and its code is "
-            "not run here; save its weights once in Python (torch.jit.load needs no class definition), "
-            "then pass that file:\n"
+            f"{where} is a TorchScript archive (torch.jit.save of a {cls}), not a state_dict, and its code is "
+            "not run here; only if you trust the file, save its weights once in Python (torch.jit.load "
+            "needs no class definition), then pass that file:\n"
             f"    model = torch.jit.load({str(path)!r})  # runs the archive's TorchScript: only if you trust it\n"
             f"    torch.save(model.state_dict(), {stem!r})")
-    if top and top[0] == "object":
+    if any(_runs_code(g) for g in foreign):
+        code = [g for g in foreign if _runs_code(g)]
         return TargetError(
-            f"{path} holds a pickled {top[1]} (a whole model object, not a state_dict) and is not "
-            "unpickled here, since that can run arbitrary code (torch.load weights_only=True refused "
-            f"it); if you trust the file, turn it into a state_dict once in Python, {_where_class(top[1])}, "
-            "then pass that file:\n"
+            f"{where} is not a model file: unpickling it would import and call {_names(code)}, which runs "
+            f"code (torch.load weights_only=True refuses it too); do not load it with torch.load or pickle at all; {plain}")
+    if foreign:
+        if scan.kind == "object" and scan.cls in foreign:
+            return TargetError(
+                f"{where} holds a pickled {escape(scan.cls)} (a whole model object, not a state_dict); it is "
+                f"not unpickled here: that would import and run {_names(foreign)}, which is not torch's code; "
+                f"save the model's weights {_where_class(scan.cls)}: torch.save(model.state_dict(), path), "
+                "and pass that file")
+        return TargetError(
+            f"{where} holds pickled objects besides tensors ({_names(foreign)}), which torch.load "
+            "(weights_only=True) refuses and which are never unpickled here (that would run their code); "
+            f"save only the weights where the file was made: torch.save(model.state_dict(), path) "
+            "(for a checkpoint dict: its 'state_dict' entry), and pass that file")
+    # only torch's own classes (a whole nn module): loading it still runs pickle, so only if trusted
+    if scan.kind == "object":
+        return TargetError(
+            f"{where} holds a pickled {escape(scan.cls)} (a whole model object, not a state_dict), which is "
+            "not unpickled here (torch.load weights_only=True refused it). Only if you trust the file, turn "
+            "it into a state_dict once in Python (it imports only torch classes), then pass that file:\n"
             f"    model = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file\n"
             f"    torch.save(model.state_dict(), {stem!r})")
-    if top and top[0] == "dict":
-        key = next((k for k in WRAPPER_KEYS if k in top[2]), "state_dict")
-        what = f"pickled objects ({glob})" if glob else "pickled objects"
-        return TargetError(
-            f"{path} is a checkpoint dict that also holds {what}, which are never unpickled here "
-            "(torch.load weights_only=True refused it); if you trust the file, keep only the weights "
-            "once in Python, then pass that file:\n"
-            f"    ckpt = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file\n"
-            f"    w = ckpt[{key!r}]  # the entry that holds the model: its state_dict, or the module itself\n"
-            f"    torch.save(w.state_dict() if isinstance(w, torch.nn.Module) else w, {stem!r})")
-    if glob:
-        return TargetError(
-            f"{path} holds pickled objects ({glob}) and is not unpickled here (torch.load "
-            "weights_only=True refused it); if you trust the file, save its state_dict once in Python, "
-            "then pass that file:\n"
-            f"    {load}\n"
-            f"    torch.save(obj.state_dict() if isinstance(obj, torch.nn.Module) else obj['state_dict'], {stem!r})")
-    reason = _unpickler_reason(str(exc)) or _clean(exc)
-    return TargetError(f"{path} holds pickled objects or code that torch.load(weights_only=True) refuses "
-                       f"({reason}) and is never unpickled here; pass a state_dict saved with "
-                       "torch.save(model.state_dict(), path) or a .safetensors file")
+    key = next((k for k in WRAPPER_KEYS if k in scan.strings), "state_dict")
+    return TargetError(
+        f"{where} is a checkpoint dict that also holds pickled torch objects (a whole module?), which are "
+        "never unpickled here (torch.load weights_only=True refused it). Only if you trust the file, keep "
+        "only the weights once in Python, then pass that file:\n"
+        f"    ckpt = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file\n"
+        f"    w = ckpt[{key!r}]  # the entry that holds the model: its state_dict, or the module itself\n"
+        f"    torch.save(w.state_dict() if isinstance(w, torch.nn.Module) else w, {stem!r})")
 
 
 def read_checkpoint(path: Path) -> RawCheckpoint:
@@ -169,12 +334,19 @@ def read_checkpoint(path: Path) -> RawCheckpoint:
     info: dict = {"file": str(path)}
     if suffix == ".safetensors":
         from safetensors import safe_open
-        try:
+        try:   # safetensors checks every tensor's offsets against the file; the sizes are checked here
             with safe_open(str(path), framework="pt") as fh:
                 meta = dict(fh.metadata() or {})
+                claims = []
+                for k in fh.keys():
+                    sl = fh.get_slice(k)
+                    claims.append((k, [int(n) for n in sl.get_shape()], _ST_BYTES.get(sl.get_dtype(), 8)))
+                _check_total(claims, path)
                 state = {k: fh.get_tensor(k) for k in fh.keys()}
+        except TargetError:
+            raise
         except Exception as exc:
-            raise TargetError(f"cannot read {path} as safetensors: {_clean(exc)}") from None
+            raise TargetError(f"cannot read {escape(path)} as safetensors: {escape(_clean(exc))}") from None
         info["format"] = "safetensors"
         info["container"] = "state_dict"
         return RawCheckpoint(state, meta, order_known=False, info=info)
@@ -193,7 +365,68 @@ def read_checkpoint(path: Path) -> RawCheckpoint:
                           "is the file complete?") from None
     info["format"] = "torch"
     state, meta = _unwrap(obj, path, info)
+    state = {k: _checked_tensor(k, v, path) for k, v in state.items()}
+    _check_total([(k, list(v.shape), v.element_size()) for k, v in state.items()], path)
     return RawCheckpoint(state, meta, order_known=True, info=info)
+
+
+def _shape(shape) -> str:
+    return "×".join(map(str, shape)) if len(shape) else "scalar"
+
+
+def _checked_tensor(key, t: torch.Tensor, path: Path) -> torch.Tensor:
+    """``t`` if its values can be read as what it claims, before any value is touched: a dense
+    (strided) CPU tensor whose strides stay inside its storage. An expanded tensor (stride 0, or
+    overlapping strides: more values claimed than stored) is materialised up to
+    :data:`MAX_EXPANDED_ENTRIES` values, else refused; sparse, quantised, nested and meta tensors
+    are refused. One line each, naming the key, its claimed shape and its real storage."""
+    name = f"entry {str(key)!r} in {escape(path)}"
+    shape = _shape(tuple(t.shape))
+    if t.layout != torch.strided:
+        layout = str(t.layout).replace("torch.", "")
+        raise TargetError(f"{name} is a {layout} tensor of shape {shape}; only dense tensors are read: save "
+                          "the state_dict with dense tensors (t.to_dense())")
+    if t.is_quantized:
+        raise TargetError(f"{name} is a quantised tensor ({t.dtype}); save the float model's state_dict "
+                          "(t.dequantize())")
+    if getattr(t, "is_nested", False) or t.device.type != "cpu":
+        raise TargetError(f"{name} is a {'nested' if getattr(t, 'is_nested', False) else t.device.type} tensor "
+                          "without plain values; save a dense float state_dict")
+    numel = t.numel()
+    if numel == 0:
+        return t
+    stride = t.stride()
+    elem = t.element_size()
+    stored = t.untyped_storage().nbytes()
+    if any(s < 0 for s in stride) or t.storage_offset() < 0:
+        raise TargetError(f"{name} has negative strides {stride}; a corrupt or crafted file")
+    last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, stride))
+    if (last + 1) * elem > stored:
+        raise TargetError(f"{name} claims shape {shape} with strides {stride}, reaching byte {(last + 1) * elem:,} "
+                          f"of a storage of {stored:,} bytes; a corrupt or crafted file")
+    if numel * elem > stored:     # overlapping entries: an expanded (stride-0) view of fewer values
+        if numel > MAX_EXPANDED_ENTRIES:
+            raise TargetError(
+                f"{name} claims shape {shape} ({numel:,} values, {limits.human_bytes(numel * elem)} as "
+                f"{str(t.dtype).replace('torch.', '')}) but stores only {stored // elem:,} value(s) "
+                f"({limits.human_bytes(stored)}): an expanded tensor (strides {stride}), refused before "
+                f"reading it (expanded tensors are materialised up to {MAX_EXPANDED_ENTRIES:,} values); "
+                "save real weights (t.contiguous())")
+        t = t.contiguous()
+    return t
+
+
+def _check_total(claims, path: Path) -> None:
+    """The values of ``claims`` ((key, shape, bytes per value)), read and copied to float64 by the
+    loader, must fit in memory."""
+    import math
+    values = sum(math.prod(shape) for _, shape, _ in claims)
+    need = sum(math.prod(shape) * (b + 8) for _, shape, b in claims)
+    biggest = max(claims, key=lambda c: math.prod(c[1]), default=None)
+    if biggest is not None:
+        limits.check_memory(need, f"the {values:,} values in {escape(path)} (the largest, "
+                                  f"{str(biggest[0])!r}, of shape {_shape(biggest[1])})",
+                            "pass a smaller network")
 
 
 def _is_tensor_dict(obj) -> bool:
@@ -205,7 +438,8 @@ def _scalars(d: dict) -> dict:
     pytorch/examples stores ``best_acc1``, counts as its number."""
     out = {}
     for k, v in d.items():
-        if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_complex():
+        if isinstance(v, torch.Tensor) and v.layout == torch.strided and not v.is_quantized \
+                and v.device.type == "cpu" and v.numel() == 1 and not v.is_complex():
             v = v.item()
         if isinstance(v, (str, int, float, bool)):
             out[str(k)] = v

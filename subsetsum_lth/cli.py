@@ -18,6 +18,7 @@ from subsetsum_lth import __version__
 from subsetsum_lth.commands._help import HelpFormatter
 from subsetsum_lth.errors import CertificateViolation, IncompleteRun, UserError
 from subsetsum_lth.solvers.interrupt import stop_native_calls_on_signals
+from subsetsum_lth.safetext import escape
 
 #: subcommand name -> module under subsetsum_lth.commands
 COMMANDS = {
@@ -33,6 +34,13 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """A bad flag is one line on stderr (what is wrong, and where the help is), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {escape(message)} (see '{self.prog} --help')\n")
+
+
 def _load(module: str):
     return importlib.import_module(f"subsetsum_lth.commands.{module}")
 
@@ -40,7 +48,7 @@ def _load(module: str):
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with ``command``, only that subcommand gets its options (the others'
     ``add_arguments`` import the library modules their config defaults come from: torch)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="subsetsum-lth",
         description="Strong lottery tickets by subset sum: prune a random ReLU network so that "
                     "it approximates a trained one to a certified error, with no training.",
@@ -48,7 +56,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-v info, -vv debug)")
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                         help="more log output (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -124,14 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         # would otherwise keep the handler from running until its time limit
         with _sigterm_as_interrupt(), stop_native_calls_on_signals():
             return int(args._run(args) or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UserError as exc:     # messages quote names and strings from files: never a raw control character
+        print(f"error: {escape(exc, keep_newlines=True)}", file=sys.stderr)
         return exc.exit_code
     except IncompleteRun as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(exc, keep_newlines=True)}", file=sys.stderr)
         return exc.exit_code
     except CertificateViolation as exc:
-        print(f"BUG: {exc}", file=sys.stderr)
+        print(f"BUG: {escape(exc, keep_newlines=True)}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         if not _output_closed():  # some other pipe broke (a worker's, say): not ours to hide

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.solvers.instances import InstanceBatch
 from subsetsum_lth.target import Target
@@ -91,21 +92,19 @@ class ConstructionConfig:
             raise UserError(f"--delta must lie in (0, 1), got {self.delta}")
         if not (self.C > 0 and math.isfinite(self.C)):
             raise UserError(f"--C must be a positive number, got {self.C}")
-        if self.block_width is not None and self.block_width < 1:
-            raise UserError(f"--block-width must be a positive integer, got {self.block_width}")
+        if self.block_width is not None:
+            limits.check_int("--block-width", self.block_width, 1)   # its memory and time: limits.check_reach
         if self.distribution not in DISTRIBUTIONS:
             raise UserError(f"unknown distribution {self.distribution!r}; choose from {sorted(DISTRIBUTIONS)}")
         if self.width not in WIDTH_MODES:
             raise UserError(f"--width must be one of {WIDTH_MODES}, got {self.width!r}")
-        if self.max_growth is not None and (not isinstance(self.max_growth, (int, np.integer))
-                                            or self.max_growth < 0):
-            raise UserError(f"--max-growth must be a non-negative integer, got {self.max_growth!r}")
+        if self.max_growth is not None:
+            limits.check_int("--max-growth", self.max_growth, 0, limits.MAX_COUNT)
         if self.tau is not None and not (math.isfinite(self.tau) and self.tau > 0):
             raise UserError(f"the adaptive width's τ must be a positive number, got {self.tau!r}")
-        if self.grow is not None and self.grow < 1:
-            raise UserError(f"--grow must be a positive integer, got {self.grow}")
-        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise UserError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        if self.grow is not None:
+            limits.check_int("--grow", self.grow, 1, limits.MAX_COUNT)
+        limits.check_int("--seed", self.seed, 0, limits.MAX_SEED)
 
 
 def adaptive_width(weight_max: float, tau: float) -> int:

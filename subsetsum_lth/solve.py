@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.executors import Pool, _watch_parent, as_pool, make_pool  # noqa: F401
 from subsetsum_lth.progress import Bar, advance
@@ -65,14 +66,15 @@ class SolveConfig:
         and the executor are checked by :func:`check_solver`."""
         for name, flag in (("workers", "--workers"), ("batch_size", "--batch-size")):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, np.integer)) and v >= 1):
-                raise UserError(f"{flag} must be a positive integer, got {v!r}")
+            if v is not None:     # --workers beyond the cores is capped (with a note) when the pool starts
+                limits.check_int(flag, v, 1, limits.MAX_COUNT)
         for name, flag in (("time_limit", "--time-limit"), ("batch_timeout", "--batch-timeout")):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise UserError(f"{flag} must be a positive number of seconds, got {v!r}")
-        if not (isinstance(self.retries, (int, np.integer)) and self.retries >= 0):
-            raise UserError(f"--retries must be a non-negative integer, got {self.retries!r}")
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                    raise UserError(f"{flag} must be a positive number of seconds, got {v!r}")
+                limits.check_seconds(flag, v)
+        limits.check_int("--retries", self.retries, 0, limits.MAX_RETRIES)
 
     def resolved_workers(self) -> int:
         w = self.workers if self.workers is not None else (os.cpu_count() or 1)

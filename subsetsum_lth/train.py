@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,19 @@ class TrainConfig:
     def validate(self) -> None:
         if any(h < 1 for h in self.hidden):
             raise UserError(f"--hidden: layer widths must be positive integers, got {self.hidden}")
-        if int(self.epochs) < 1:
-            raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
+        limits.check_int("--epochs", int(self.epochs), 1, limits.MAX_EPOCHS)
+        limits.check_int("--batch-size", int(self.batch_size), 1, limits.MAX_COUNT)
+        limits.check_int("--seed", int(self.seed), 0, limits.MAX_SEED)
+        if self.threads is not None:   # more than the cores is capped (with a note) when training starts
+            limits.check_int("--threads", int(self.threads), 1, limits.MAX_COUNT)
+        if self.arch is None:
+            sizes = [INPUT_DIM, *self.hidden, N_CLASSES]
+            params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+            # float32 weights, gradients and momentum, the float64 copy written out, and a batch's
+            # activations (forward and backward)
+            need = params * (4 * 3 + 8) + int(self.batch_size) * sum(sizes) * 4 * 4
+            limits.check_memory(need, f"--hidden {','.join(map(str, self.hidden))} ({params:,} parameters)",
+                                "choose smaller hidden widths")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be a positive number, got {self.lr}")
         if int(self.batch_size) < 1:
@@ -229,7 +241,7 @@ def estimate_training_seconds(config: TrainConfig, n_train: int = 60000, probe_s
     steps = math.ceil(n / bs) * int(config.epochs)
     old_threads = torch.get_num_threads()
     if config.threads is not None:
-        torch.set_num_threads(int(config.threads))
+        torch.set_num_threads(limits.cap_threads(int(config.threads)))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(12345)
@@ -343,7 +355,7 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
 
     old_threads = torch.get_num_threads()
     if config.threads is not None:
-        torch.set_num_threads(int(config.threads))
+        torch.set_num_threads(limits.cap_threads(int(config.threads)))
     t0 = time.perf_counter()
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:

@@ -128,23 +128,36 @@ def test_registration_order_contradicting_shapes_is_refused_with_the_fix(tmp_pat
     _same_function(load_target(tmp_path / "o.pt", layers="hidden,out"), m)
 
 
-def test_pickled_module_one_clean_line_and_the_conversion_works(tmp_path):
+def test_pickled_user_module_is_refused_without_suggesting_weights_only_false(tmp_path):
+    """A whole model of a user class: unpickling would import and run that class's code, so the
+    refusal names it and says where to save the state_dict, never 'weights_only=False'."""
     path, _ = pm.pickled_module(tmp_path)
     with pytest.raises(TargetError) as ei:
         load_target(path)
     msg = str(ei.value)
-    lines = msg.splitlines()
-    assert len(lines) == 3 and "\x1b" not in msg
-    assert lines[0].startswith(f"{path} holds a pickled tests.peer_models.LeNet (a whole model object, "
-                               "not a state_dict)")
-    assert lines[0].endswith("once in Python, where tests.peer_models.LeNet is defined or importable "
-                             "(unpickling needs the class), then pass that file:")
+    assert len(msg.splitlines()) == 1 and "\x1b" not in msg and "weights_only=False" not in msg
+    assert msg.startswith(f"{path} holds a pickled tests.peer_models.LeNet (a whole model object, not a state_dict)")
+    assert "in the code that defines tests.peer_models.LeNet: torch.save(model.state_dict(), path)" in msg
+
+
+def test_pickled_torch_module_gets_the_trusted_conversion_and_it_works(tmp_path):
+    """A whole nn.Sequential imports only torch classes: 'only if you trust the file' comes first,
+    then the two lines that turn it into a state_dict (run here: our own, trusted file)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    path = tmp_path / "whole.pt"
+    torch.save(m, path)
+    with pytest.raises(TargetError) as ei:
+        load_target(path)
+    lines = str(ei.value).splitlines()
+    assert len(lines) == 3 and "\x1b" not in str(ei.value)
+    assert lines[0].startswith(f"{path} holds a pickled torch.nn.modules.container.Sequential (a whole model object")
+    assert "Only if you trust the file" in lines[0] and "weights_only=False" not in lines[0]
     assert lines[1] == f"    model = torch.load({str(path)!r}, weights_only=False)  # only if you trust the file"
     state = tmp_path / "whole_state.pt"
     assert lines[2] == f"    torch.save(model.state_dict(), {str(state)!r})"
-    exec("\n".join(line.strip() for line in lines[1:]), {"torch": torch})   # our own, trusted file
-    torch.manual_seed(0)
-    _same_function(load_target(state), pm.LeNet().eval())
+    exec("\n".join(line.strip() for line in lines[1:]), {"torch": torch})
+    _same_function(load_target(state), m.eval())
 
 
 def test_pickled_objects_inside_a_checkpoint_dict(tmp_path):
@@ -153,19 +166,25 @@ def test_pickled_objects_inside_a_checkpoint_dict(tmp_path):
     torch.save({"args": argparse.Namespace(lr=0.1), "state_dict": m.state_dict()}, tmp_path / "c.pt")
     with pytest.raises(TargetError) as ei:
         load_target(tmp_path / "c.pt")
-    lines = str(ei.value).splitlines()
-    assert len(lines) == 4 and "argparse.Namespace" in lines[0] and "\x1b" not in str(ei.value)
-    assert lines[2].strip().startswith("w = ckpt['state_dict']  # ")
-    exec("\n".join(line.strip() for line in lines[1:]), {"torch": torch})   # our own, trusted file
-    _same_function(load_target(tmp_path / "c_state.pt"), m.eval())
-    # the whole module under 'model' (torch.save({'model': model, ...})): the same lines give its state_dict
+    msg = str(ei.value)
+    assert len(msg.splitlines()) == 1 and "argparse.Namespace" in msg and "weights_only=False" not in msg
+    assert "'state_dict' entry" in msg
+    # a user module under 'model': named, no weights_only=False
     torch.save({"model": m, "epoch": 1}, tmp_path / "d.pt")
     with pytest.raises(TargetError) as ei:
         load_target(tmp_path / "d.pt")
+    assert "tests.peer_models.LeNet" in str(ei.value) and "weights_only=False" not in str(ei.value)
+    # a torch module under 'model' (torch.save({'model': model, ...})): the trusted lines give its state_dict
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    torch.save({"model": seq, "epoch": 1}, tmp_path / "e.pt")
+    with pytest.raises(TargetError) as ei:
+        load_target(tmp_path / "e.pt")
     lines = str(ei.value).splitlines()
+    assert len(lines) == 4 and "Only if you trust the file" in lines[0]
     assert lines[2].strip().startswith("w = ckpt['model']  # ")
     exec("\n".join(line.strip() for line in lines[1:]), {"torch": torch})
-    _same_function(load_target(tmp_path / "d_state.pt"), m.eval())
+    _same_function(load_target(tmp_path / "e_state.pt"), seq.eval())
 
 
 def test_batchnorm_after_a_linear_layer_is_folded(tmp_path):
@@ -400,6 +419,5 @@ def test_cli_normalisation_on_mnist(tmp_path, capsys, mnist_dir):
 
 def test_pickled_from_a_script_names_the_script():
     from subsetsum_lth.checkpoint import _where_class
-    assert _where_class("__main__.LeNet300") == ("in the script that defines LeNet300 (unpickling needs the "
-                                                 "class, and it was saved from __main__)")
-    assert _where_class("mypkg.models.Net") == "where mypkg.models.Net is defined or importable (unpickling needs the class)"
+    assert _where_class("__main__.LeNet300") == "in the script that defines LeNet300 (it was saved from __main__)"
+    assert _where_class("mypkg.models.Net") == "in the code that defines mypkg.models.Net"

@@ -1,7 +1,12 @@
 """Small helpers shared by the subcommands (printing lives here, not in the library)."""
 from __future__ import annotations
 
+import argparse
 import json
+import math
+
+from subsetsum_lth.errors import UserError
+from subsetsum_lth.limits import MAX_SECONDS, check_float, check_int
 
 
 def print_json(obj) -> None:
@@ -9,26 +14,55 @@ def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=_json_default))
 
 
-def _number_type(cast, ok, requirement: str, noun: str):
-    """An argparse ``type=`` that parses with ``cast`` and accepts values where ``ok(v)``."""
-    def parse(text: str):
-        import argparse
+def integer(text: str) -> int:
+    """argparse ``type=`` of an integer flag: '12', also '1e9' or '2.0' (an integral number);
+    the range is checked by :func:`int_range` or by the config dataclass."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not (math.isfinite(v) and v.is_integer()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    return int(v)
+
+
+def int_range(lo: int = 1, hi: int | None = None, why: str = "", name: str | None = None):
+    """argparse ``type=``: an integer in ``lo..hi`` (the range check of :func:`limits.check_int`)."""
+    def parse(text: str) -> int:
         try:
-            v = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
-        if not ok(v):
-            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
-        return v
-    parse.__name__ = requirement.replace(" ", "_")
+            return check_int("", integer(text), lo, hi, why)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc).strip()) from None
+    parse.__name__ = name or {0: "non_negative_int", 1: "positive_int"}.get(lo, "int_range")
     return parse
 
 
-def _finite(v: float) -> bool:
-    return v == v and v not in (float("inf"), float("-inf"))
+def float_range(lo: float | None = 0.0, hi: float | None = None, lo_open: bool = True, why: str = "",
+                unit: str = "", name: str | None = None):
+    """argparse ``type=``: a finite float in ``(lo, hi]`` (``[lo, hi]`` unless ``lo_open``)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        try:
+            return check_float("", v, lo, hi, lo_open, why, unit)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc).strip()) from None
+    parse.__name__ = name or ("positive_float" if lo_open else "non_negative_float")
+    return parse
 
 
-positive_float = _number_type(float, lambda v: v > 0 and _finite(v), "a positive number", "a number")
-non_negative_float = _number_type(float, lambda v: v >= 0 and _finite(v), "a non-negative number", "a number")
-positive_int = _number_type(int, lambda v: v >= 1, "a positive integer", "an integer")
-non_negative_int = _number_type(int, lambda v: v >= 0, "a non-negative integer", "an integer")
+def seconds(zero_ok: bool = False):
+    """argparse ``type=`` of a time flag: finite, positive (or 0), at most a week."""
+    return float_range(0.0, MAX_SECONDS, lo_open=not zero_ok, why="a week", unit=" of seconds")
+
+
+positive_float = float_range(0.0)
+non_negative_float = float_range(0.0, lo_open=False)
+positive_int = int_range(1)
+non_negative_int = int_range(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from subsetsum_lth.commands._common import print_json
+from subsetsum_lth.commands._common import integer, print_json
 from subsetsum_lth.commands._progress import progress_factory
 from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
@@ -68,14 +68,14 @@ def add_arguments(p) -> None:
     p.add_argument("--data", choices=DATASETS, default=None,
                    help="evaluate target and pruned network on this data set's test images")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
-    p.add_argument("--seed", type=int, default=ConstructionConfig.seed, help="seed of the random network")
+    p.add_argument("--seed", type=integer, default=ConstructionConfig.seed, help="seed of the random network")
     p.add_argument("--solver", default=SolveConfig.solver, help="solver backend (see 'subsetsum-lth solvers')")
     p.add_argument("--objective", choices=("error", "feasible", "cardinality"), default=SolveConfig.objective,
                    help="error: minimise |w - ŵ| (the paper's MIP); cardinality: fewest kept "
                         "coefficients within τ; feasible: any subset within τ")
-    p.add_argument("--workers", type=int, default=SolveConfig.workers,
+    p.add_argument("--workers", type=integer, default=SolveConfig.workers,
                    help="solver processes (default: all cores)")
-    p.add_argument("--batch-size", type=int, default=SolveConfig.batch_size,
+    p.add_argument("--batch-size", type=integer, default=SolveConfig.batch_size,
                    help="instances per solver batch (default: per backend, e.g. 1024 for ortools, 4096 for mitm)")
     p.add_argument("--time-limit", type=float, default=SolveConfig.time_limit,
                    help="per-instance solver time limit (s) of the backends that take one, and of the "
@@ -95,11 +95,11 @@ def add_arguments(p) -> None:
     x.add_argument("--batch-timeout", type=float, default=SolveConfig.batch_timeout, metavar="SECONDS",
                    help="a batch not done in this time is cancelled (its worker replaced) and retried, "
                         "then its instances are reported as failed")
-    x.add_argument("--retries", type=int, default=SolveConfig.retries,
+    x.add_argument("--retries", type=integer, default=SolveConfig.retries,
                    help="extra attempts for a batch whose worker died or that timed out")
     x.add_argument("--no-fallback", dest="fallback", action="store_false", default=SolveConfig.fallback,
                    help="do not re-solve TIMEOUT/ERROR instances with another exact backend")
-    p.add_argument("--block-width", type=int, default=ConstructionConfig.block_width,
+    p.add_argument("--block-width", type=integer, default=ConstructionConfig.block_width,
                    help="units per block m (overrides the Theorem 1 formula)")
     p.add_argument("--width", choices=("formula", "auto", "adaptive"), default=ConstructionConfig.width,
                    help="adaptive (default): blocks start at ceil(2 log2(max(1, max|w|)/τ) + 6) units "
@@ -108,9 +108,9 @@ def add_arguments(p) -> None:
                         "smallest g and the fastest run, at a looser certified bound; auto: the same "
                         "growth from the Theorem 1 formula's width (or --block-width); formula: every "
                         "block has the formula's (or --block-width) units, no growth")
-    p.add_argument("--grow", type=int, default=ConstructionConfig.grow,
+    p.add_argument("--grow", type=integer, default=ConstructionConfig.grow,
                    help="units appended to a block per growth step (default: max(4, m/4))")
-    p.add_argument("--max-growth", type=int, default=ConstructionConfig.max_growth,
+    p.add_argument("--max-growth", type=integer, default=ConstructionConfig.max_growth,
                    help="growth steps per block at most (0: no growth, as --width formula); default: no "
                         "step cap, a block grows while it has an instance outside τ, its live units stay "
                         "within exact search's reach and its estimated re-solve time within --max-hours")
@@ -125,9 +125,9 @@ def add_arguments(p) -> None:
                    help="exit 0 even if some instances are not within τ (closest subsets are kept)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--samples", type=int, default=ApproximateConfig.empirical_samples,
+    p.add_argument("--samples", type=integer, default=ApproximateConfig.empirical_samples,
                    help="random points for the empirical bound")
-    p.add_argument("--steps", type=int, default=ApproximateConfig.ascent_steps,
+    p.add_argument("--steps", type=integer, default=ApproximateConfig.ascent_steps,
                    help="gradient-ascent steps for the empirical bound (0: evaluate the points only)")
     p.add_argument("--store", choices=("auto", "dense", "compact"), default=ApproximateConfig.store,
                    help="how the run folder stores g: dense (random_net.safetensors, masks.safetensors), "
@@ -155,6 +155,8 @@ def run(args) -> int:
     early_domain = args.input_domain if args.input_domain in ("nonnegative", "signed") else None
     _config(args, early_domain or ConstructionConfig.input_domain,
             ApproximateConfig.input_radius if args.input_radius is None else args.input_radius)
+    from subsetsum_lth.certify_box import BoxConfig   # --bab-seconds, --local-radius: checked by BoxConfig
+    BoxConfig(local_radii=tuple(args.local_radius or ()), bab_seconds=args.bab_seconds)
     from subsetsum_lth.executors import check_executor
     check_executor(args.executor, args.scheduler)
     _resume_dataset(args)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from subsetsum_lth.commands._common import print_json
+from subsetsum_lth.commands._common import integer, print_json
 from subsetsum_lth.commands._progress import progress_factory
 
 NAME = "bench"
@@ -25,9 +25,9 @@ def add_arguments(p) -> None:
 
     s = sub.add_parser("solvers", help="throughput of every solver backend on one core",
                        formatter_class=HelpFormatter)
-    s.add_argument("--n", type=int, default=B.n, help="live coefficients per instance")
+    s.add_argument("--n", type=integer, default=B.n, help="live coefficients per instance")
     s.add_argument("--eps", type=float, default=B.eps, help="tolerance τ of every instance")
-    s.add_argument("--count", type=int, default=B.count, help="instances to draw")
+    s.add_argument("--count", type=integer, default=B.count, help="instances to draw")
     s.add_argument("--objective", choices=("error", "cardinality", "feasible"), default=B.objective,
                    help="what every backend is asked for (as approximate's --objective)")
     s.add_argument("--targets", type=Path, default=B.targets,
@@ -35,13 +35,13 @@ def add_arguments(p) -> None:
                         "(default: N(0, 0.05) clipped to [-1, 1])")
     s.add_argument("--solvers", default=None,
                    help="comma-separated backends to time (default: every available one)")
-    s.add_argument("--baseline-count", type=int, default=B.baseline_count,
+    s.add_argument("--baseline-count", type=integer, default=B.baseline_count,
                    help="instances at most for the naive baseline (cpsat), scaled by its rate")
     s.add_argument("--time-budget", type=float, default=B.time_budget,
                    help="seconds at most per backend; slow backends are timed on the prefix they finish")
-    s.add_argument("--batch-size", type=int, default=B.batch_size,
+    s.add_argument("--batch-size", type=integer, default=B.batch_size,
                    help="instances per solve_batch call (default: the backend's own)")
-    s.add_argument("--seed", type=int, default=B.seed, help="seed of the instance draw")
+    s.add_argument("--seed", type=integer, default=B.seed, help="seed of the instance draw")
     s.add_argument("--clock", choices=("wall", "cpu"), default=B.clock,
                    help="time by elapsed wall clock, or by this process's CPU time (robust on a "
                         "busy machine)")
@@ -60,8 +60,8 @@ def add_arguments(p) -> None:
                    help="block width mode, as approximate's --width (default: approximate's, adaptive)")
     a.add_argument("--data", choices=("mnist",), default=A.data, help="evaluate on this data set")
     a.add_argument("--data-dir", type=Path, default=A.data_dir, help="folder with the data set files")
-    a.add_argument("--workers", type=int, default=A.workers, help="solver processes (default: all cores)")
-    a.add_argument("--seed", type=int, default=A.seed, help="seed of the random network")
+    a.add_argument("--workers", type=integer, default=A.workers, help="solver processes (default: all cores)")
+    a.add_argument("--seed", type=integer, default=A.seed, help="seed of the random network")
     a.add_argument("--out", type=Path, default=A.out,
                    help="run folder to write (overwritten; default: a temporary folder, removed)")
     a.add_argument("--no-plots", action="store_true", help="do not write PNG plots")

@@ -4,8 +4,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from subsetsum_lth.commands._common import non_negative_float, positive_float, print_json
+from subsetsum_lth.commands._common import int_range, positive_float, print_json, seconds
 from subsetsum_lth.errors import REPORT_MISMATCH_EXIT
+from subsetsum_lth.limits import MAX_SAMPLES, MAX_STEPS
 
 HELP = "recompute the certified and empirical bounds of a run folder from its files"
 DESCRIPTION = (
@@ -25,10 +26,11 @@ def add_arguments(p) -> None:
                         "--input-box too (a run made with --input-domain box is always certified on its box)")
     p.add_argument("--input-box", default=None, metavar="LO,HI",
                    help="bounds of every input coordinate for --input-domain box (default: the run's box, else 0,1)")
-    p.add_argument("--bab-seconds", type=non_negative_float, default=0.0, metavar="S",
+    p.add_argument("--bab-seconds", type=seconds(zero_ok=True), default=0.0, metavar="S",
                    help="box certificate: branch and bound on unstable units for S seconds (default 0: none)")
-    p.add_argument("--samples", type=int, default=512, help="random points for the empirical bound")
-    p.add_argument("--steps", type=int, default=100, help="gradient-ascent steps for the empirical bound")
+    p.add_argument("--samples", type=int_range(1, MAX_SAMPLES, "each point is an input vector in float64"),
+                   default=512, help="random points for the empirical bound")
+    p.add_argument("--steps", type=int_range(0, MAX_STEPS), default=100, help="gradient-ascent steps for the empirical bound")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="folder with the files of the data set the run records (to recompute its accuracies "
                         "and input radius; default: the usual data locations, never a download)")

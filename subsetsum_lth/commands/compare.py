@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from subsetsum_lth.commands._common import positive_int, print_json
+from subsetsum_lth.commands._common import int_range, print_json
 
 NAME = "compare"
 HELP = "compare masks of runs on the same random network (accuracy, agreement, deviation, overlap)"
@@ -35,7 +35,7 @@ def add_arguments(p) -> None:
                         "contradicts the runs' record is refused")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="folder with the MNIST (or Fashion-MNIST) IDX files")
-    p.add_argument("--test-subset", type=positive_int, default=None, metavar="N",
+    p.add_argument("--test-subset", type=int_range(1, 10_000_000), default=None, metavar="N",
                    help="use the first N test images only")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where ĝ and f are evaluated")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from subsetsum_lth.commands._common import non_negative_int, positive_float, positive_int, print_json
+from subsetsum_lth.commands._common import float_range, int_range, non_negative_float, positive_float, print_json
+from subsetsum_lth.limits import MAX_COUNT, MAX_EPOCHS, MAX_SEED
 
 NAME = "edge-popup"
 HELP = "learn a mask on a random network with edge-popup (Ramanujan et al. 2020), weights frozen"
@@ -26,6 +27,9 @@ DESCRIPTION = (
     "instead of 0.1 (g's very wide layers); a budget of one epoch of 7680 images on CPU, a few minutes.")
 
 
+_count = int_range(1, MAX_COUNT * 100)   # 1e10: --param-budget's memory is checked by EdgePopupConfig
+
+
 def _fraction(text: str) -> float:
     import argparse
     try:
@@ -40,7 +44,7 @@ def _fraction(text: str) -> float:
 def _train_subset(text: str):
     if text in ("auto", "all"):
         return None if text == "all" else text
-    return positive_int(text)
+    return _count(text)
 
 
 def _temperature(text: str):
@@ -61,14 +65,14 @@ def add_arguments(p) -> None:
                    help="allocate the construction's random network for this target (as 'approximate')")
     g.add_argument("--wide", metavar="SIZES",
                    help="a plain random MLP, e.g. 784,1000,10, or 784,H,10 with --param-budget")
-    src.add_argument("--param-budget", type=positive_int, default=E.param_budget, metavar="N",
+    src.add_argument("--param-budget", type=_count, default=E.param_budget, metavar="N",
                      help="--wide: H = the largest width with at most N parameters (biases counted)")
     src.add_argument("--wide-init", choices=("uniform", "normal", "kaiming-uniform"), default=E.wide_init,
                      help="--wide: weight distribution (uniform = U[-1, 1], g's distribution; "
                           "kaiming-uniform = U[±sqrt(6/fan_in)])")
     src.add_argument("--no-bias", dest="wide_bias", action="store_false", default=E.wide_bias,
                      help="--wide: zero biases (not scored)")
-    src.add_argument("--block-width", type=positive_int, default=E.block_width,
+    src.add_argument("--block-width", type=_count, default=E.block_width,
                      help="--from-target: units per block m (default: Theorem 1's formula)")
     src.add_argument("--C", dest="C", type=positive_float, default=E.C,
                      help="--from-target: constant C of the width formula")
@@ -77,7 +81,7 @@ def add_arguments(p) -> None:
     src.add_argument("--input-domain", choices=("nonnegative", "signed"), default=E.input_domain,
                      help="first layer's input domain for the structured pre-pruning (default: the run's "
                           "or the target's, else nonnegative as MNIST pixels are)")
-    src.add_argument("--net-seed", type=non_negative_int, default=E.net_seed,
+    src.add_argument("--net-seed", type=int_range(0, MAX_SEED), default=E.net_seed,
                      help="seed of a freshly allocated random network (default: --seed)")
 
     e = p.add_argument_group("edge-popup")
@@ -86,7 +90,7 @@ def add_arguments(p) -> None:
     e.add_argument("--scope", choices=("layer", "global"), default=E.scope, help="where the top-k is taken")
     e.add_argument("--structure", choices=("free", "structured"), default=E.structure,
                    help="structured: only edges of the construction's block-diagonal pre-pruning may be kept")
-    e.add_argument("--epochs", type=positive_int, default=E.epochs,
+    e.add_argument("--epochs", type=int_range(1, MAX_EPOCHS), default=E.epochs,
                    help=f"passes over the (--train-subset) training images (default: {E.epochs}; with the CPU "
                         "subset, a budget of a few minutes)")
     e.add_argument("--lr", type=positive_float, default=E.lr,
@@ -95,13 +99,13 @@ def add_arguments(p) -> None:
                         "in the tens of thousands, loss on logits / T) 0.1 moves the scores of the wide "
                         "layers by about their own size per step, the top-k reshuffles and the network "
                         "ends switched off (loss ln 10); 0.02 learns")
-    e.add_argument("--batch-size", type=positive_int, default=E.batch_size, help="mini-batch size")
-    e.add_argument("--momentum", type=float, default=E.momentum, help="SGD momentum")
-    e.add_argument("--weight-decay", type=float, default=E.weight_decay, help="weight decay on the scores")
-    e.add_argument("--seed", type=non_negative_int, default=E.seed, help="seeds score initialisation and shuffling")
+    e.add_argument("--batch-size", type=_count, default=E.batch_size, help="mini-batch size")
+    e.add_argument("--momentum", type=float_range(0.0, 0.999999, lo_open=False), default=E.momentum, help="SGD momentum")
+    e.add_argument("--weight-decay", type=non_negative_float, default=E.weight_decay, help="weight decay on the scores")
+    e.add_argument("--seed", type=int_range(0, MAX_SEED), default=E.seed, help="seeds score initialisation and shuffling")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default=E.device,
                    help="auto: CUDA when available, else CPU")
-    e.add_argument("--threads", type=positive_int, default=E.threads, help="torch CPU threads (default: torch's)")
+    e.add_argument("--threads", type=int_range(1, MAX_COUNT), default=E.threads, help="torch CPU threads (default: torch's; more than the CPU cores are capped to them, with a note)")
     e.add_argument("--data", choices=("mnist", "fashion-mnist"), default=E.data,
                    help="the data set to train and test on (default: the one the run or target records, "
                         "else mnist); one that contradicts the run's record is refused")
@@ -110,9 +114,9 @@ def add_arguments(p) -> None:
     e.add_argument("--train-subset", type=_train_subset, default=E.train_subset, metavar="N",
                    help="train on the first N training images only; auto: 7680 (60 steps of 128) on CPU, "
                         "all 60000 on CUDA; all: every image")
-    e.add_argument("--test-subset", type=positive_int, default=E.test_subset, metavar="N",
+    e.add_argument("--test-subset", type=_count, default=E.test_subset, metavar="N",
                    help="evaluate on the first N test images only")
-    e.add_argument("--sync-every", type=positive_int, default=E.sync_every, metavar="STEPS",
+    e.add_argument("--sync-every", type=_count, default=E.sync_every, metavar="STEPS",
                    help="read loss/accuracy back from the device every STEPS steps (progress bar; "
                         "default 50 on CUDA, 10 on CPU)")
     e.add_argument("--no-inner-relu", dest="inner_relu", action="store_false", default=E.inner_relu,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
                                                  preprocessing_from_args)
+from subsetsum_lth.safetext import escape
 
 HELP = "show how a checkpoint loads as a target: layers, order, shapes, norms, accuracy, or why it is refused"
 DESCRIPTION = (
@@ -99,54 +100,59 @@ def run(args: argparse.Namespace) -> int:
     if not info["ok"]:
         raise TargetError(info["error"])
     if info.get("warning"):
-        print(f"warning: {info['warning']}", file=sys.stderr)
+        print(f"warning: {escape(info['warning'])}", file=sys.stderr)
     return 0
 
 
+def _out(line: str) -> None:
+    """One line of the report; names, keys and metadata come from the file: terminal controls escaped."""
+    print(escape(line))
+
+
 def _print(info: dict) -> None:
-    print(f"file: {info['file']}" + (f" ({info['format']})" if info.get("format") else ""))
+    _out(f"file: {info['file']}" + (f" ({info['format']})" if info.get("format") else ""))
     if info.get("container"):
         where = f", weights under {info['weights_key']!r}" if info.get("weights_key") else ""
         other = f" (also: {', '.join(info['other_entries'])})" if info.get("other_entries") else ""
-        print(f"container: {info['container']}{where}{other}")
+        _out(f"container: {info['container']}{where}{other}")
     if info.get("prefix_stripped"):
-        print(f"prefix stripped: {info['prefix_stripped']!r}")
+        _out(f"prefix stripped: {info['prefix_stripped']!r}")
     if not info["ok"]:
         for e in info.get("entries", []):
-            print(f"  {e['name']}: weight {tuple(e['shape'])}{' + bias' if e['bias'] else ''} {e['dtype']}")
-        print("loads: no (refused, see the error below)")
+            _out(f"  {e['name']}: weight {tuple(e['shape'])}{' + bias' if e['bias'] else ''} {e['dtype']}")
+        _out("loads: no (refused, see the error below)")
         return
     if info.get("arch"):
-        print(f"architecture: input {'×'.join(map(str, info['input_shape']))} "
-              "(stored with the file or given by --arch)")
+        _out(f"architecture: input {'×'.join(map(str, info['input_shape']))} "
+             "(stored with the file or given by --arch)")
         for r in info["layers"]:
-            print(f"  {r['layer']}. [{r['name']}] {r['kind']:<7} {'×'.join(map(str, r['shape']))}"
-                  f"{' + bias' if r['bias'] else ', no bias'}  ‖op‖₂≤{r['operator_norm_bound']:.4g}"
-                  f"{', ReLU' if r['relu_after'] else ''}{''.join(', ' + t for t in r['then'])}")
-        print(f"network: {info['n_parameters']:,} parameters")
+            _out(f"  {r['layer']}. [{r['name']}] {r['kind']:<7} {'×'.join(map(str, r['shape']))}"
+                 f"{' + bias' if r['bias'] else ', no bias'}  ‖op‖₂≤{r['operator_norm_bound']:.4g}"
+                 f"{', ReLU' if r['relu_after'] else ''}{''.join(', ' + t for t in r['then'])}")
+        _out(f"network: {info['n_parameters']:,} parameters")
     else:
-        print(f"layer order: {info['order_from']}")
+        _out(f"layer order: {info['order_from']}")
     for r in ([] if info.get("arch") else info["layers"]):
         keys = ", ".join(r["keys"])
         extra = " (weight_orig × weight_mask)" if r["pruned"] else ""
-        print(f"  {r['layer']}. {r['name']:<12} {r['shape'][0]}×{r['shape'][1]}"
-              f"{' + bias' if r['bias'] else ', no bias'}  {r['dtype'] or ''}  ‖W‖₂={r['spectral_norm']:.4g}"
-              f"{extra}" + (f"  [{keys}]" if keys else ""))
+        _out(f"  {r['layer']}. {r['name']:<12} {r['shape'][0]}×{r['shape'][1]}"
+             f"{' + bias' if r['bias'] else ', no bias'}  {r['dtype'] or ''}  ‖W‖₂={r['spectral_norm']:.4g}"
+             f"{extra}" + (f"  [{keys}]" if keys else ""))
     if not info.get("arch"):
-        print(f"network: {'-'.join(map(str, info['sizes']))}, {info['n_parameters']:,} parameters, "
-              f"{info['activation']}")
+        _out(f"network: {'-'.join(map(str, info['sizes']))}, {info['n_parameters']:,} parameters, "
+             f"{info['activation']}")
     pp = info.get("preprocessing") or {}
     if pp.get("declared"):
         state = ("folded into layer 1: the target takes pixels/255 in [0, 1]" if pp.get("folded")
                  else "not folded")
-        print(f"input preprocessing: {pp['declared']}, {state}")
+        _out(f"input preprocessing: {pp['declared']}, {state}")
     else:
-        print("input preprocessing: none declared (inputs used as given; see --input-normalize)")
+        _out("input preprocessing: none declared (inputs used as given; see --input-normalize)")
     meta = {k: v for k, v in (info.get("metadata") or {}).items()
             if k not in ("input_normalize", "input_scale", "preprocessing_folded")}
     if meta:
-        print("metadata: " + ", ".join(f"{k}={v}" for k, v in meta.items()))
+        _out("metadata: " + ", ".join(f"{k}={v}" for k, v in meta.items()))
     if "accuracy" in info:
         a = info["accuracy"]
-        print(f"accuracy ({a['data']}, {a['inputs']}): {100 * a['value']:.2f}%")
-    print("loads: yes")
+        _out(f"accuracy ({a['data']}, {a['inputs']}): {100 * a['value']:.2f}%")
+    _out("loads: yes")

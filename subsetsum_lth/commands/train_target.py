@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from subsetsum_lth.commands._common import integer
 from subsetsum_lth.commands._target_args import add_preprocessing_arguments
 
 NAME = "train-target"
@@ -43,8 +44,8 @@ def _hidden(text: str) -> tuple[int, ...]:
     if text in ("", "none"):
         return ()
     try:
-        widths = tuple(int(t) for t in text.split(","))
-    except ValueError:
+        widths = tuple(integer(t) for t in text.split(","))
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive integers such as 500 or 300,100, got {text!r}")
     return widths     # TrainConfig checks that they are positive
@@ -67,24 +68,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train this CNN (or MLP) instead of the --hidden MLP. " + SPEC_HELP.replace("%", "%%"))
     parser.add_argument("--data", choices=("mnist", "fashion-mnist"), default=T.dataset,
                         help="the data set to train and test on")
-    parser.add_argument("--epochs", type=int, default=T.epochs,
+    parser.add_argument("--epochs", type=integer, default=T.epochs,
                         help=f"passes over the training set (default {MLP_DEFAULTS['epochs']}; "
                              f"{ARCH_DEFAULTS['epochs']} with --arch)")
     parser.add_argument("--lr", type=float, default=T.lr,
                         help=f"initial learning rate, cosine-annealed to 0 over all steps (default "
                              f"{MLP_DEFAULTS['lr']:g} with SGD; {ARCH_DEFAULTS['lr']:g} with --arch, Adam)")
-    parser.add_argument("--batch-size", type=int, default=T.batch_size, metavar="N",
+    parser.add_argument("--batch-size", type=integer, default=T.batch_size, metavar="N",
                         help=f"mini-batch size (default {MLP_DEFAULTS['batch_size']}; "
                              f"{ARCH_DEFAULTS['batch_size']} with --arch)")
-    parser.add_argument("--seed", type=int, default=T.seed,
+    parser.add_argument("--seed", type=integer, default=T.seed,
                         help="seeds the initialisation and the shuffling (same seed, same weights)")
     parser.add_argument("--data-dir", default=T.data_dir, metavar="DIR",
                         help="folder holding the four MNIST (or Fashion-MNIST) IDX files (.gz or not) "
                              "(default: $SUBSETSUM_LTH_DATA, for Fashion-MNIST $SUBSETSUM_LTH_FASHION_DATA, "
                              "else the user cache)")
-    parser.add_argument("--train-subset", type=int, default=T.train_subset, metavar="N",
+    parser.add_argument("--train-subset", type=integer, default=T.train_subset, metavar="N",
                         help="train on the first N training images only (default: all 60000)")
-    parser.add_argument("--threads", type=int, default=T.threads, metavar="N",
+    parser.add_argument("--threads", type=integer, default=T.threads, metavar="N",
                         help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="--progress: tqdm bars on stderr; --no-progress: no progress output; neither: "

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
 
 SCOPES = ("layer", "global")
@@ -121,5 +122,9 @@ class EdgePopupConfig:
         if not self.inner_relu and self.wide is not None:
             raise UserError("--no-inner-relu drops the ReLU after the construction's layers 2i-1 and needs "
                             "a construction-shaped network (--from-run or --from-target), not --wide")
+        if self.param_budget is not None:
+            # float32 weights, scores, their gradient and momentum, and the written masks/weights
+            limits.check_memory(float(self.param_budget) * 24, f"--param-budget {int(self.param_budget):,}",
+                                "give a smaller --param-budget")
         if self.param_budget is not None and self.wide is None:
             raise UserError("--param-budget sizes a --wide network; it needs --wide SIZES with an H")

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from subsetsum_lth import limits
 from subsetsum_lth.edge_popup.config import EdgePopupConfig
 from subsetsum_lth.edge_popup.evaluate import final_test_accuracy
 from subsetsum_lth.edge_popup.folder import (build_report, header, model_input_dim, network_sizes, prepare_out,
@@ -52,7 +53,7 @@ def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress
     device = resolve_device(config.device)
     old_threads = torch.get_num_threads()
     if config.threads is not None:
-        torch.set_num_threads(int(config.threads))
+        torch.set_num_threads(limits.cap_threads(int(config.threads)))
     threads, device_name = torch.get_num_threads(), device_description(device)
     try:
         t = time.perf_counter()
