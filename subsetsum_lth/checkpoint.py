@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from subsetsum_lth import limits
+from subsetsum_lth import resources
 from subsetsum_lth.errors import TargetError
 from subsetsum_lth.safetext import escape
 
@@ -407,9 +407,9 @@ def _checked_tensor(key, t: torch.Tensor, path: Path) -> torch.Tensor:
     if numel * elem > stored:     # overlapping entries: an expanded (stride-0) view of fewer values
         if numel > MAX_EXPANDED_ENTRIES:
             raise TargetError(
-                f"{name} claims shape {shape} ({numel:,} values, {limits.human_bytes(numel * elem)} as "
+                f"{name} claims shape {shape} ({numel:,} values, {resources.human_bytes(numel * elem)} as "
                 f"{str(t.dtype).replace('torch.', '')}) but stores only {stored // elem:,} value(s) "
-                f"({limits.human_bytes(stored)}): an expanded tensor (strides {stride}), refused before "
+                f"({resources.human_bytes(stored)}): an expanded tensor (strides {stride}), refused before "
                 f"reading it (expanded tensors are materialised up to {MAX_EXPANDED_ENTRIES:,} values); "
                 "save real weights (t.contiguous())")
         t = t.contiguous()
@@ -424,7 +424,7 @@ def _check_total(claims, path: Path) -> None:
     need = sum(math.prod(shape) * (b + 8) for _, shape, b in claims)
     biggest = max(claims, key=lambda c: math.prod(c[1]), default=None)
     if biggest is not None:
-        limits.check_memory(need, f"the {values:,} values in {escape(path)} (the largest, "
+        resources.check_memory(need, f"the {values:,} values in {escape(path)} (the largest, "
                                   f"{str(biggest[0])!r}, of shape {_shape(biggest[1])})",
                             "pass a smaller network")
 

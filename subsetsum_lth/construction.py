@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from subsetsum_lth import limits
+from subsetsum_lth import resources
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.solvers.instances import InstanceBatch
 from subsetsum_lth.target import Target
@@ -93,18 +93,18 @@ class ConstructionConfig:
         if not (self.C > 0 and math.isfinite(self.C)):
             raise UserError(f"--C must be a positive number, got {self.C}")
         if self.block_width is not None:
-            limits.check_int("--block-width", self.block_width, 1)   # its memory and time: limits.check_reach
+            resources.check_int("--block-width", self.block_width, 1)   # its memory and time: limits.check_reach
         if self.distribution not in DISTRIBUTIONS:
             raise UserError(f"unknown distribution {self.distribution!r}; choose from {sorted(DISTRIBUTIONS)}")
         if self.width not in WIDTH_MODES:
             raise UserError(f"--width must be one of {WIDTH_MODES}, got {self.width!r}")
         if self.max_growth is not None:
-            limits.check_int("--max-growth", self.max_growth, 0, limits.MAX_COUNT)
+            resources.check_int("--max-growth", self.max_growth, 0, resources.MAX_COUNT)
         if self.tau is not None and not (math.isfinite(self.tau) and self.tau > 0):
             raise UserError(f"the adaptive width's τ must be a positive number, got {self.tau!r}")
         if self.grow is not None:
-            limits.check_int("--grow", self.grow, 1, limits.MAX_COUNT)
-        limits.check_int("--seed", self.seed, 0, limits.MAX_SEED)
+            resources.check_int("--grow", self.grow, 1, resources.MAX_COUNT)
+        resources.check_int("--seed", self.seed, 0, resources.MAX_SEED)
 
 
 def adaptive_width(weight_max: float, tau: float) -> int:

@@ -107,7 +107,8 @@ def test_built_in_backends_are_listed_once():
 #: its own layer or the layers below. A new module must be placed here (an unplaced one fails).
 LAYERS = [
     ("solvers", {"solvers"}),
-    ("foundation", {"__init__", "errors", "progress", "runfolder", "manifest", "netdigest"}),
+    ("foundation", {"__init__", "errors", "progress", "runfolder", "manifest", "netdigest", "resources",
+                    "safetext"}),
     ("network", {"layerkinds", "arch", "checkpoint", "preprocess", "target", "construction", "gnet", "data"}),
     ("solve", {"solve", "executors", "limits", "growth"}),
     ("certificate", {"certify", "tolerance", "certify_box"}),
