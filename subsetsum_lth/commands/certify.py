@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from subsetsum_lth.commands._common import non_negative_float, positive_float, print_json
+from subsetsum_lth.commands._common import bound_text, non_negative_float, positive_float, print_json, scale_text
 
 HELP = "recompute the certified and empirical bounds of a run folder from its files"
 
@@ -26,6 +26,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from subsetsum_lth.certify_run import certify_run
+    from subsetsum_lth.commands._progress import progress_factory
     box = None
     if args.input_domain == "box" or args.input_box is not None:
         from subsetsum_lth.certify_box import BoxConfig, parse_box
@@ -37,14 +38,20 @@ def run(args) -> int:
         box = (box, args.bab_seconds)
     res = certify_run(args.run, input_radius=args.input_radius,
                       input_domain=None if args.input_domain == "box" else args.input_domain,
-                      samples=args.samples, steps=args.steps, box=box)
+                      samples=args.samples, steps=args.steps, box=box,
+                      progress=progress_factory(not args.json))
     if args.json:
         print_json(res)
         return 0
     print(f"run:             {args.run}")
     print(f"input ball:      radius {res['input_radius']:g}, domain {res['input_domain']}")
-    print(f"certified bound: {res['certified_bound']:.6g}")
-    print(f"empirical bound: {res['empirical_bound']:.6g}  (lower bound, {res['empirical']['source']})")
+    print(f"certified bound: {bound_text(res['certified_bound'], res['certified_set'], 6)}")
+    print(f"empirical bound: {res['empirical_bound']:.6g}  (lower bound: the largest error found on that set, "
+          f"{res['empirical']['source']})")
+    scale = scale_text(res.get("bound_scale"), bound_name="the certified bound in report.json",
+                       lead="to judge it (from report.json)")
+    if scale:
+        print(f"  {scale}")
     w = res.get("witness")
     if w is not None:
         if "error" in w:
@@ -55,7 +62,7 @@ def run(args) -> int:
             print(f"stored witness:  x* in {w['file']} lies outside this input ball; not evaluated")
     bc = res.get("box_certificate")
     if bc is not None:
-        print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]:  certified {bc['bound']:.6g}   box attack "
+        print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]:  certified {bound_text(bc['bound'], bc['set'], 6)}   box attack "
               f"{bc['empirical_bound']:.6g} ({bc['attack']['source']})   ratio {bc['ratio']:.3g}   "
               f"{bc['seconds']:.1f} s")
         print(f"  l2 of the per-output intervals {bc['bound_intervals']:.6g}, zonotope {bc['bound_zonotope']:.6g}")
