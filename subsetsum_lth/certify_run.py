@@ -20,8 +20,7 @@ def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=1
     """``box``: a certify_box.BoxConfig to certify the box domain too (default: the run's box, if any).
     ``progress``: the stages are announced and shown (:mod:`subsetsum_lth.progress`)."""
     path = Path(path)
-    with phase(progress, "reading", f"the run folder {path} (checked)"):
-        run = read_run(path, need_target=True)
+    run = read_run(path, need_target=True)     # checked first: bad input gets one line alone
     if not run.all_relu:
         raise RunFolderError(f"{path}: report.json 'relu_after' drops some ReLUs (an edge-popup --no-inner-relu "
                              "run); the certificate is for the construction's ReLU network: certify a run "
@@ -38,9 +37,10 @@ def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=1
     if not (math.isfinite(r) and 0 < r <= MAX_INPUT_RADIUS):
         raise RunFolderError(f"--input-radius must be a positive number <= {MAX_INPUT_RADIUS:g}, got {r:g}")
     where = ball_set(r, dom)
+    maps = run_layer_maps(run)
+    stored = read_witness(run)      # checked before any work is announced: bad input gets one line alone
     with phase(progress, "certified bound", f"bounding sup over {where} of ‖f(x) − ĝ(x)‖₂ from the files "
                                             "(layer by layer)", total=target.depth, unit="layer") as bar:
-        maps = run_layer_maps(run)
         cert = certified_bound(target, maps, r, dom, bar=bar)
     if not math.isfinite(cert.bound):
         raise RunFolderError(f"the certified bound overflows at input radius {r:g} ({path}); use a smaller "
@@ -57,7 +57,6 @@ def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=1
     if isinstance(scale, dict) and same_set(run.report, r, dom):
         out["bound_scale"] = scale     # measured by approximate on the test images, for the same set
     # the stored witness x*: re-evaluated from the files, never believed
-    stored = read_witness(run)
     if stored is not None:
         x, recorded = stored
         nonneg = dom == "nonnegative"
@@ -114,21 +113,11 @@ def certify_run_box(run, target, maps, g: torch.nn.Module, box, progress=None):
         return None
     if bab:
         box = BoxConfig(box.lo, box.hi, bab_seconds=bab)
-    rep, _x = box_report(target, maps, g, box, seed=run.seed or 0, progress=progress)
-    rep["set"] = box_set(box.lo, box.hi, target.input_dim)
-    rep.pop("witness")
     stored = run.report.get("box_certificate") if stored_box is not None else None
     same_box = stored_box is not None and [stored_box.lo, stored_box.hi] == [box.lo, box.hi]
-    if same_box and isinstance(stored, dict) and isinstance(stored.get("bound"), (int, float)):
-        # branch and bound runs against the clock: only bounds without it are reproducible
-        timed = bab > 0 or "branch and bound" in str(stored.get("method", ""))
-        if timed:
-            rep["report_bound"] = float(stored["bound"])
-        else:
-            rep["matches_report"] = math.isclose(float(stored["bound"]), rep["bound"], rel_tol=1e-6,
-                                                 abs_tol=1e-12)
     wpath = run.path / BOX_WITNESS
-    if same_box and wpath.exists():
+    x = None
+    if same_box and wpath.exists():      # checked before any work is announced: bad input gets one line alone
         p = target.sizes[0]
         check_regular(wpath)
         if os.stat(wpath).st_size > 8 * p + (1 << 20):
@@ -138,6 +127,18 @@ def certify_run_box(run, target, maps, g: torch.nn.Module, box, progress=None):
         if set(t) != {"x"} or x is None or tuple(x.shape) != (p,):
             raise RunFolderError(f"{wpath} must hold one tensor 'x' of shape ({p},); {RECREATE}")
         x = np.asarray(x, dtype=np.float64)
+    rep, _x = box_report(target, maps, g, box, seed=run.seed or 0, progress=progress)
+    rep["set"] = box_set(box.lo, box.hi, target.input_dim)
+    rep.pop("witness")
+    if same_box and isinstance(stored, dict) and isinstance(stored.get("bound"), (int, float)):
+        # branch and bound runs against the clock: only bounds without it are reproducible
+        timed = bab > 0 or "branch and bound" in str(stored.get("method", ""))
+        if timed:
+            rep["report_bound"] = float(stored["bound"])
+        else:
+            rep["matches_report"] = math.isclose(float(stored["bound"]), rep["bound"], rel_tol=1e-6,
+                                                 abs_tol=1e-12)
+    if x is not None:
         inside = bool(np.all(x >= box.lo) and np.all(x <= box.hi))
         w = {"file": BOX_WITNESS, "inside_box": inside}
         if inside:

@@ -375,10 +375,9 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
     # --out must be new, empty, or a compare folder written by the tool; refused before any work
     writer = manifest.open_folder(out, "compare", need_bytes=1 << 20)
     dev = resolve_device(device)
-    with phase(progress, "reading", f"{len(paths)} run folder(s) (random network, masks, reports; checked)"):
-        rs = _read_runs(paths, labels)
-        tgt, tgt_src, warnings = _choose_target(target, rs)
-    note(progress, "loading the test images ...")
+    # no announcement before the folders and the data are checked: bad input gets one line alone
+    rs = _read_runs(paths, labels)
+    tgt, tgt_src, warnings = _choose_target(target, rs)
     x, y, in_f = _test_data(data, data_dir, test_subset, rs, tgt)
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(dev)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.int64).to(dev)

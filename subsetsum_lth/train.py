@@ -328,6 +328,7 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
                   on_estimate: Callable[[str], None] | None = None) -> dict:
     from subsetsum_lth.data.mnist import load_mnist, resolve_data_dir
 
+    t_enter = time.perf_counter()
     data_dir = resolve_data_dir(config.data_dir, download=True, progress=progress, dataset=config.dataset)
     x_train, y_train = load_mnist("train", data_dir, dataset=config.dataset)
     x_test, y_test = load_mnist("test", data_dir, dataset=config.dataset)
@@ -360,7 +361,7 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
             else:
                 model = build_mlp(config.sizes, config.bias)
             final_loss = _fit(model, x_train_t, y_train_t, config, progress, heartbeat, heartbeat_seconds,
-                              on_estimate, n_eval=len(x_train_t) + len(x_test))
+                              on_estimate, n_eval=len(x_train_t) + len(x_test), started=t_enter)
         seconds_train = time.perf_counter() - t0
         test_acc = evaluate(model, x_test, y_test)
         train_acc = evaluate(model, x_train_t, y_train_t)
@@ -425,7 +426,7 @@ def _version() -> str:
 def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
          progress: bool, heartbeat: Callable[[str], None] | None = None,
          heartbeat_seconds: float = 10.0, on_estimate: Callable[[str], None] | None = None,
-         n_eval: int = 0, clock: Callable[[], float] = time.perf_counter) -> float:
+         n_eval: int = 0, clock: Callable[[], float] = time.perf_counter, started: float | None = None) -> float:
     """The training loop; returns the mean loss of the last epoch. The time left is estimated
     from the loop's own timed steps (:class:`subsetsum_lth.progress.Eta`): ``on_estimate`` gets
     the first estimate once a few steps are timed, the heartbeat lines the corrected one."""
@@ -469,7 +470,7 @@ def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainCo
             eta.step(clock())
             if not announced and (eta.ready or eta.done == total_steps):
                 announced = True
-                on_estimate(estimate_line(eta, clock() - t_fit))
+                on_estimate(estimate_line(eta, clock() - t_fit, None if started is None else t_fit - started))
             if progress and (step % 50 == 0 or step == steps_per_epoch - 1):
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{correct / seen:.4f}",
                                 lr=f"{sched.get_last_lr()[0]:.4g}")
@@ -494,10 +495,12 @@ def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainCo
     return epoch_loss
 
 
-def estimate_line(eta: Eta, elapsed: float) -> str:
-    """The first estimate, said once a few steps of the real loop are timed."""
+def estimate_line(eta: Eta, elapsed: float, setup: float | None = None) -> str:
+    """The first estimate, said once a few steps of the real loop are timed (``setup``: the seconds
+    spent before the loop, loading the images and building the model and optimizer)."""
     per = eta.seconds_per_step()
-    return (f"training: the first {eta.done} steps took {elapsed:.1f} s ({1000 * per:.0f} ms per step after the "
+    before = "" if setup is None else f"loading the images and setting up took {setup:.1f} s; "
+    return (f"training: {before}the first {eta.done} steps took {elapsed:.1f} s ({1000 * per:.0f} ms per step after the "
             f"first): about {duration(elapsed + eta.remaining())} for all {eta.total:,} steps and the final "
             f"evaluation, {duration(eta.remaining())} left (corrected as training goes)")
 

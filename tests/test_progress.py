@@ -65,7 +65,7 @@ def test_train_target_announces_first_and_reports_progress_through_a_pipe(mnist_
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert lines[0].startswith("training a 784-8-10 ReLU MLP on 500 MNIST images: 2 epoch(s) of 10 steps; "), lines
     assert "on this machine" in lines[0] and str(out) in lines[0]
-    est = [i for i, ln in enumerate(lines) if ln.startswith("training: the first ")]
+    est = [i for i, ln in enumerate(lines) if ln.startswith("training: loading the images and setting up took ")]
     assert len(est) == 1 and "for all 20 steps and the final evaluation" in lines[est[0]], lines
     epochs = [i for i, ln in enumerate(lines) if ln.startswith("training: epoch ") and " done: loss " in ln]
     assert len(epochs) == 2, lines
@@ -251,7 +251,7 @@ def test_approximate_announces_phases_in_order_and_names_the_bound_set(mnist_dir
                           "--steps", "3", "--block-width", "12"], tmp_path)
     assert rc == 0, lines
     order = [_index(lines, p) for p in (
-        "loading the target ", "loading the mnist test images", "building g: ", "layer 1/2 solved: ",
+        "building g: ", "layer 1/2 solved: ",
         "layer 2/2 solved: ", "certified bound: bounding sup over ", "certified: sup over ",
         "empirical bound: searching ", "evaluation: f and ĝ on 10,000 test images", "writing: ", "target 784-6-10")]
     assert order == sorted(order), lines
@@ -293,7 +293,7 @@ def test_compare_says_when_the_bound_is_over_another_set_than_the_deviation(mnis
     rc, lines = _run_cli(["compare", str(out), "--out", str(tmp_path / "cmp"), "--data-dir", str(mnist_dir),
                           "--test-subset", "500", "--no-plots"], tmp_path)
     assert rc == 0, lines
-    assert _index(lines, "reading: ") < _index(lines, "target: f on 500 test images") < \
+    assert _index(lines, "target: f on 500 test images") < \
         _index(lines, "run: ĝ on 500 test images") < _index(lines, "random network ")
     dev = lines[_index(lines, "    accuracy ")]
     assert "deviation on the 500 test images max " in dev

@@ -176,7 +176,6 @@ def run(args) -> int:
         if args.synthetic:
             from subsetsum_lth.errors import UserError
             raise UserError("--synthetic and --target exclude each other: drop one of them")
-        progress.note(f"loading the target {args.target} ...")
         target = load_target(args.target, layers=args.layers, preprocessing=preprocessing_from_args(args),
                              arch=args.arch)
 
@@ -186,8 +185,6 @@ def run(args) -> int:
     domain = (box.domain if box is not None else args.input_domain) or target.metadata.get("input_domain")
     if args.data is not None:
         from subsetsum_lth.data.mnist import evaluation_inputs
-        progress.note(f"loading the {args.data} test images (evaluation, empirical bound"
-                      f"{', the ball radius' if radius is None else ''}) ...")
         eval_data, emp_data, radius = evaluation_inputs(target.input_dim, args.data_dir, args.seed, radius=radius,
                                                         dataset=args.data)
         domain = domain or "nonnegative"
