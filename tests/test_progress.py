@@ -305,3 +305,10 @@ def test_compare_says_when_the_bound_is_over_another_set_than_the_deviation(mnis
     e = comp["runs"][0]
     assert e["certified_set"] == "‖x‖₂ ≤ 0.001, x ≥ 0" and e["test_images_in_certified_set"] == 0
     assert comp["bound_scale"]["examples"] == 500
+    # certify names the same set, and announces its phases before the result
+    rc, lines = _run_cli(["certify", str(out), "--samples", "8", "--steps", "2"], tmp_path)
+    assert rc == 0, lines
+    assert _index(lines, "certified bound: bounding sup over ‖x‖₂ ≤ 0.001, x ≥ 0") < \
+        _index(lines, "empirical bound: searching ‖x‖₂ ≤ 0.001, x ≥ 0") < _index(lines, "run: ")
+    assert lines[_index(lines, "certified bound: sup over ")].startswith(
+        "certified bound: sup over ‖x‖₂ ≤ 0.001, x ≥ 0 of ‖f(x) − ĝ(x)‖₂ ≤ ")
