@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from subsetsum_lth import limits, manifest
-from subsetsum_lth.certify import CollapsedNet, certified_bound, check_soundness, empirical_bound_fast, pruned_module
+from subsetsum_lth.certify import (CollapsedNet, ball_set, certified_bound, check_soundness, empirical_bound_fast,
+                                   in_ball, pruned_module)
 from subsetsum_lth.certify_box import BOX_WITNESS, box_report
 from subsetsum_lth.construction import ConstructionConfig, build_construction
 from subsetsum_lth.gstore import (STORES, DenseMasks, DenseState, SupportNet, choose_store, generator_spec,
@@ -25,7 +26,7 @@ from subsetsum_lth.gstore import (STORES, DenseMasks, DenseState, SupportNet, ch
 from subsetsum_lth.errors import DiskFull, UserError
 from subsetsum_lth.evaluation import evaluate_pair, spot_check  # noqa: F401  (public here too)
 from subsetsum_lth.layer_solve import build_instances, solve_layers
-from subsetsum_lth.progress import Progress
+from subsetsum_lth.progress import Progress, note, phase
 from subsetsum_lth.run_report import build_report, raise_if_failed
 from subsetsum_lth.runcheck import WITNESS
 from subsetsum_lth.runwriter import GWrite, completed_run, continue_stage, prepare_folder, write_run
@@ -167,11 +168,13 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         return done
 
     t = time.perf_counter()
-    construction = build_construction(target, cc)
-    layers = build_instances(target, construction)
+    with phase(progress, "building g", "the random network and one subset-sum instance per target weight "
+                                       "and sign half"):
+        construction = build_construction(target, cc)
+        layers = build_instances(target, construction)
     timings["build"] = time.perf_counter() - t
-    log.info("built g: %s parameters, %d instances", f"{construction.total_parameters:,}",
-             sum(len(i) for i in layers))
+    note(progress, f"built g: {construction.total_parameters:,} parameters, "
+                   f"{sum(len(i) for i in layers):,} instances in {len(layers)} layers")
 
     t = time.perf_counter()
     solved = solve_layers(target, construction, layers, config, store, executor, progress)
@@ -184,24 +187,34 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     layout = construction.layout
     image = not target.is_mlp
     store_kind = choose_store(config.store, construction.plans, image)
-    maps = support_layer_maps(construction.pairs, layer_masks)
-    certificate = certified_bound(target, maps, config.input_radius, cc.input_domain)
+    where = ball_set(config.input_radius, cc.input_domain)
+    with phase(progress, "certified bound", f"bounding sup over {where} of ‖f(x) − ĝ(x)‖₂ from the masks "
+                                            f"(layer by layer)", total=target.depth, unit="layer") as bar:
+        maps = support_layer_maps(construction.pairs, layer_masks)
+        certificate = certified_bound(target, maps, config.input_radius, cc.input_domain, bar=bar)
+    note(progress, f"certified: sup over {where} of ‖f(x) − ĝ(x)‖₂ ≤ {certificate.bound:.4g}")
     if image:   # conv pairs: the dense module (image g's are small; the compact store is MLP-only)
         state = DenseState(construction.pairs, layout)
         dmasks = DenseMasks(construction.plans, layer_masks, layout)
         g64 = pruned_module(state, dmasks, layout, torch.float64)
     else:
         g64 = SupportNet(construction.pairs, layer_masks, torch.float64)
-    emp = empirical_bound_fast(target, maps, g64, config.input_radius, cc.input_domain,
-                               data=empirical_data, samples=config.empirical_samples,
-                               steps=config.ascent_steps, seed=cc.seed)
+    n_data = 0 if empirical_data is None else len(empirical_data)
+    with phase(progress, "empirical bound", f"searching {where} for a large ‖f(x) − ĝ(x)‖₂ "
+                                            f"({config.empirical_samples} random points"
+                                            f"{f' and {n_data:,} data points' if n_data else ''}, "
+                                            f"{config.ascent_steps} ascent steps)",
+               total=config.ascent_steps, unit="step") as bar:
+        emp = empirical_bound_fast(target, maps, g64, config.input_radius, cc.input_domain,
+                                   data=empirical_data, samples=config.empirical_samples,
+                                   steps=config.ascent_steps, seed=cc.seed, bar=bar)
     timings["certify"] = time.perf_counter() - t
     check_soundness(emp["empirical_bound"], certificate.bound)
     witness = emp.pop("witness")
     box_rep, eps_bound, extra_files = None, certificate.bound, {}
     if config.box is not None:   # the box certificate, its attack (checked), certified agreement
         box_rep, box_x = box_report(target, maps, g64, config.box, data=empirical_data, seed=cc.seed,
-                                    eval_x=None if eval_data is None else eval_data["x"])
+                                    eval_x=None if eval_data is None else eval_data["x"], progress=progress)
         eps_bound = box_rep["bound"]
         timings["certify_box"] = box_rep["seconds"] + box_rep["attack"]["seconds"]
         extra_files[BOX_WITNESS] = {"x": box_x}
@@ -210,12 +223,17 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     evaluation = {}
     if eval_data is not None:
         t = time.perf_counter()
-        collapsed = CollapsedNet(maps, target=target)
-        evaluation = evaluate_pair(target, collapsed, eval_data["x"], eval_data["y"])
-        g32 = (pruned_module(state, dmasks, layout, torch.float32) if image
-               else SupportNet(construction.pairs, layer_masks, torch.float32))
-        evaluation.update(spot_check(collapsed, g32, eval_data["x"][:256]))
-        del g32
+        n_eval = len(eval_data["x"])
+        with phase(progress, "evaluation", f"f and ĝ on {n_eval:,} test images", total=-(-n_eval // 4096),
+                   unit="batch") as bar:
+            collapsed = CollapsedNet(maps, target=target)
+            evaluation = evaluate_pair(target, collapsed, eval_data["x"], eval_data["y"], bar=bar,
+                                       certified=_certified_sets(eval_data["x"], certificate.bound, config,
+                                                                 box_rep))
+            g32 = (pruned_module(state, dmasks, layout, torch.float32) if image
+                   else SupportNet(construction.pairs, layer_masks, torch.float32))
+            evaluation.update(spot_check(collapsed, g32, eval_data["x"][:256]))
+            del g32
         timings["evaluate"] = time.perf_counter() - t
 
     report, metrics, bad_list, n_bad = build_report(target, config, construction, solved, layer_masks, layout,
@@ -228,19 +246,29 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     if config.plots:
         from subsetsum_lth import plots as plot_mod
         plots = lambda: plot_mod.run_plots(out, solved.layers, solved.results, report)  # noqa: E731
-    write_run(out, masks=None, meta=meta, report=report, metrics=metrics, t_start=t_start, timings=timings,
-              g=GWrite(store_kind, construction.pairs, construction.plans, layer_masks, layout,
-                       generator_spec(cc.seed, cc.distribution, construction.plans)),
-              target=target,
-              extra={WITNESS: {"x": np.asarray(witness["x"], dtype=np.float64)}, **extra_files}, plots=plots,
-              store_name=store.folder.name,
-              extra_report={"wall_seconds_covers": "this approximation: construction, solve, certificate, "
-                                                   "evaluation, writing (not the training of a target)",
-                            # the data set the run was made on ('data'; null: made without data)
-                            **({"data": None} if eval_data is None and empirical_data is None else {}),
-                            **config.report_extra})
+    with phase(progress, "writing", f"the run folder {out}" + (" and its plots" if plots else "")):
+        write_run(out, masks=None, meta=meta, report=report, metrics=metrics, t_start=t_start, timings=timings,
+                  g=GWrite(store_kind, construction.pairs, construction.plans, layer_masks, layout,
+                           generator_spec(cc.seed, cc.distribution, construction.plans)),
+                  target=target,
+                  extra={WITNESS: {"x": np.asarray(witness["x"], dtype=np.float64)}, **extra_files}, plots=plots,
+                  store_name=store.folder.name,
+                  extra_report={"wall_seconds_covers": "this approximation: construction, solve, certificate, "
+                                                       "evaluation, writing (not the training of a target)",
+                                # the data set the run was made on ('data'; null: made without data)
+                                **({"data": None} if eval_data is None and empirical_data is None else {}),
+                                **config.report_extra})
     raise_if_failed(report, bad_list, n_bad, config, shown_out or out, eps_bound)
     return report
+
+
+def _certified_sets(x: np.ndarray, bound: float, config: ApproximateConfig, box_rep: dict | None) -> dict:
+    """{name: (bound, which rows of x lie in its set)} for the ball certificate and the box one."""
+    sets = {"ball": (bound, in_ball(x, config.input_radius, config.construction.input_domain))}
+    if box_rep is not None:
+        x2 = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        sets["box"] = (box_rep["bound"], ((x2 >= config.box.lo) & (x2 <= config.box.hi)).all(axis=1))
+    return sets
 
 
 def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):

@@ -15,6 +15,7 @@ from torch import nn
 
 from subsetsum_lth import limits
 from subsetsum_lth.errors import CertificateViolation, RunFolderError
+from subsetsum_lth.progress import advance
 from subsetsum_lth.target import Target
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,23 @@ def error_matrix(W: np.ndarray, M: LayerMap, signed: bool) -> np.ndarray:
     return np.hstack([Ep, Em]) if signed else Ep
 
 
+def ball_set(input_radius: float, input_domain: str) -> str:
+    """The set a ball certificate is over, in words: '‖x‖₂ ≤ 17.18, x ≥ 0' (non-negative domain)
+    or '‖x‖₂ ≤ 1' (signed)."""
+    return f"‖x‖₂ ≤ {float(input_radius):.4g}" + (", x ≥ 0" if input_domain == "nonnegative" else "")
+
+
+def in_ball(x: np.ndarray, input_radius: float, input_domain: str) -> np.ndarray:
+    """Which rows of ``x`` lie in the set of :func:`ball_set` (a boolean per row)."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    inside = np.linalg.norm(x, axis=1) <= float(input_radius) * (1 + NUMERIC_SLACK)
+    if input_domain == "nonnegative":
+        inside &= (x >= 0).all(axis=1)
+    return inside
+
+
 def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,
-                    input_domain: str) -> Certificate:
+                    input_domain: str, bar=None) -> Certificate:
     """sup over ‖x‖ ≤ r (x ≥ 0 for the non-negative domain) of ‖f(x) − ĝ(x)‖, bounded by
     δ_{i+1} = ‖W_i‖ δ_i + η_i(R_i + δ_i), R_{i+1} = ‖W_i‖ R_i + ‖b_i‖,
     η_i(ρ) = ρ ‖[E⁺ E⁻]‖₂ + ‖e_b‖ (E⁻ dropped where inputs are known non-negative)."""
@@ -147,6 +163,7 @@ def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,
             lip *= op.lipschitz()
         rows.append((nW, nE, rep * float(np.linalg.norm(e_b)), rep * float(np.linalg.norm(b)), E, e_b,
                      lip, how_W, how_E))
+        advance(bar)
     nWs, nEs, nebs, nbs = ([r[k] for r in rows] for k in range(4))
     radii, ins, outs = compose(nWs, nEs, nebs, nbs, float(input_radius), [r[6] for r in rows])
     details = []
@@ -226,7 +243,7 @@ def candidate_points(p: int, radius: float, nonneg: bool, n: int, rng: np.random
 
 def empirical_bound(target: Target, g: nn.Module, input_radius: float, input_domain: str,
                     data: np.ndarray | None = None, samples: int = 512, steps: int = 100,
-                    starts: int = 16, seed: int = 0, return_points: int = 0) -> dict:
+                    starts: int = 16, seed: int = 0, return_points: int = 0, bar=None) -> dict:
     """A lower bound on sup ‖f − ĝ‖ over the ball: the max over :func:`candidate_points` (the
     centre, sphere points, orthant vertices, radial scalings), given data points (clipped to the
     ball), then projected gradient ascent from the worst starting points. Computed in float64.
@@ -262,6 +279,7 @@ def empirical_bound(target: Target, g: nn.Module, input_radius: float, input_dom
             gn = grad.norm(dim=1, keepdim=True).clamp_min(1e-300)
             x_new = _project(x + step * (0.98 ** t) * grad / gn, input_radius, nonneg)
             x.copy_(x_new)
+        advance(bar)
     with torch.no_grad():
         e2 = err(x)
     x_best = X[int(torch.argmax(e))]
@@ -322,12 +340,12 @@ class CollapsedNet(nn.Module):
 
 def empirical_bound_fast(target: Target, maps: list[LayerMap], g: nn.Module, input_radius: float,
                          input_domain: str, data=None, samples=512, steps=100, starts=16, seed=0,
-                         recheck: int = 64) -> dict:
+                         recheck: int = 64, bar=None) -> dict:
     """The empirical search run on the collapsed network, then the best points re-evaluated on
     ĝ itself (float64): the reported value is an error of the real pruned network."""
     collapsed = CollapsedNet(maps, target=target)
     res = empirical_bound(target, collapsed, input_radius, input_domain, data=data, samples=samples,
-                          steps=steps, starts=starts, seed=seed, return_points=recheck)
+                          steps=steps, starts=starts, seed=seed, return_points=recheck, bar=bar)
     pts = res.pop("top_points")
     with torch.no_grad():
         real = (target.forward(pts) - g.to(torch.float64)(pts)).norm(dim=1)

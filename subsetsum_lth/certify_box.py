@@ -50,6 +50,7 @@ import torch
 from subsetsum_lth.certify import NUMERIC_SLACK, CollapsedNet, LayerMap
 from subsetsum_lth import limits
 from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.progress import advance, note, phase
 from subsetsum_lth.target import Target
 
 log = logging.getLogger(__name__)
@@ -749,7 +750,8 @@ def _box_arrays(lo, hi, p: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def output_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 60, lr: float = 0.1,
-                     time_budget: float | None = None, bab_seconds: float = 0.0, bab_domains: int = 256):
+                     time_budget: float | None = None, bab_seconds: float = 0.0, bab_domains: int = 256,
+                     progress=None):
     """Sound per-output intervals [lo_k, hi_k] of (f − ĝ)_k over the box, the X-corner that
     minimises each objective's final linear bound (2q corners, good attack starts), and (in the
     info dict, ``zonotope``) the zonotope bound on the ℓ2 norm (:func:`zonotope_l2`)."""
@@ -758,19 +760,28 @@ def output_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 
     net = diff_net(target, maps, _split_of(lo, hi))
     Xlo, Xhi = net.input_box(torch.as_tensor(lo, dtype=DT)[None], torch.as_tensor(hi, dtype=DT)[None])
     deadline = None if time_budget is None else time.perf_counter() + time_budget
+    t0 = time.perf_counter()
+
+    def stage(what: str) -> None:
+        note(progress, f"box certificate: {what} ({time.perf_counter() - t0:.0f} s elapsed)")
+
     with torch.no_grad():
         bounds = _hidden_bounds(net, Xlo, Xhi)
+    stage(f"hidden-unit bounds done; optimising the output bounds (alpha-CROWN, ≤ {iters} iterations"
+          + (f", ≤ {time_budget:g} s with the zonotope)" if time_budget is not None else ")"))
     q = net.wf[-1].shape[0]
     I = torch.eye(q, dtype=DT)[None]
     lam_d = torch.cat([I, -I], 1)
     lam_z = torch.zeros_like(lam_d)
     val, cX, done = _optimise(net, bounds, net.depth - 1, lam_z, lam_d, Xlo, Xhi, iters, lr, deadline)
     if bab_seconds > 0 and net.depth > 1:
+        stage(f"{done} alpha-CROWN iterations done; branch and bound for {bab_seconds:g} s")
         with torch.no_grad():
             val = branch_and_bound(net, bounds, net.depth - 1, lam_z, lam_d, Xlo, Xhi, val, bab_seconds,
                                    max_domains=bab_domains)
     lower, upper = val[0, :q], -val[0, q:]
     corners = _argmin_corner(cX, Xlo, Xhi, net.split, p)    # argmin of each objective's linear bound
+    stage("output intervals done; zonotope bound of the ℓ2 norm")
     with torch.no_grad():
         zono = zonotope_l2(net, bounds, Xlo, Xhi, deadline=deadline)
     return lower.numpy(), upper.numpy(), corners.numpy(), {"iterations": done, "hidden_bounds": bounds,
@@ -790,7 +801,8 @@ def widen(bound: float) -> float:
 
 
 def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 60, lr: float = 0.1,
-                    time_budget: float | None = 50.0, bab_seconds: float = 0.0, bab_domains: int = 256) -> dict:
+                    time_budget: float | None = 50.0, bab_seconds: float = 0.0, bab_domains: int = 256,
+                    progress=None) -> dict:
     """sup over lo <= x <= hi of ‖f(x) − ĝ(x)‖₂ <= ``bound`` (see the module docstring): the smaller
     of the ℓ2 of the per-output intervals (``bound_intervals``) and the zonotope bound
     (``bound_zonotope``), both sound. ``lo``, ``hi``: scalars or (p,) arrays. Returns a dict with
@@ -798,7 +810,7 @@ def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
     t0, c0 = time.perf_counter(), time.process_time()
     lower, upper, corners, info = output_intervals(target, maps, lo, hi, iters=iters, lr=lr,
                                                    time_budget=time_budget, bab_seconds=bab_seconds,
-                                                   bab_domains=bab_domains)
+                                                   bab_domains=bab_domains, progress=progress)
     by_intervals = l2_of_intervals(lower, upper)
     by_zonotope = widen(info["zonotope"]["bound"])
     bound = min(by_intervals, by_zonotope)
@@ -840,7 +852,7 @@ def _ascent(err_fn, x, lo, hi, steps: int, step0: float):
 
 def box_attack(target: Target, maps: list[LayerMap], lo, hi, data: np.ndarray | None = None,
                starts: np.ndarray | None = None, random_points: int = 256, top: int = 64, steps: int = 150,
-               seed: int = 0, g: torch.nn.Module | None = None) -> dict:
+               seed: int = 0, g: torch.nn.Module | None = None, bar=None) -> dict:
     """A lower bound on sup over the box of ‖f − ĝ‖₂: the centre, random points and random corners,
     ``data`` points clipped to the box and given ``starts`` (e.g. the certificate's corners) are
     evaluated; the ``top`` best and every given start are refined by sign-gradient ascent on
@@ -882,6 +894,7 @@ def box_attack(target: Target, maps: list[LayerMap], lo, hi, data: np.ndarray | 
     seeds = X[idx]
     cand_x, cand_e = [X], [e0]
     x1, e1 = _ascent(err, seeds, lo_t, hi_t, steps, 0.25)
+    advance(bar)
     cand_x.append(x1)
     cand_e.append(e1)
     # per-output directions: maximise ±(f − ĝ)_k from the best seeds, then the norm again
@@ -893,6 +906,7 @@ def box_attack(target: Target, maps: list[LayerMap], lo, hi, data: np.ndarray | 
             xk, ek = _ascent(err, xk, lo_t, hi_t, max(steps // 3, 1), 0.05)
             cand_x.append(xk)
             cand_e.append(ek)
+            advance(bar)
     allx, alle = torch.cat(cand_x), torch.cat(cand_e)
     order = torch.topk(alle, min(64, len(alle))).indices
     pts_top = allx[order]
@@ -926,7 +940,7 @@ def _robust_lower(net: DiffNet, x0: torch.Tensor, cls: torch.Tensor, rho: float,
 
 
 def local_agreement(target: Target, maps: list[LayerMap], x: np.ndarray, rho: float, lo=0.0, hi=1.0,
-                    chunk: int = 500, return_mask: bool = False):
+                    chunk: int = 500, return_mask: bool = False, bar=None):
     """Fraction of the points ``x`` (N, p) around which f and ĝ provably predict the same class
     everywhere in the ℓ∞ ball of radius ρ (intersected with the box): f's class c at the point,
     and lower bounds of f_c − f_k and ĝ_c − ĝ_k (CROWN on each network) positive for every k ≠ c."""
@@ -948,6 +962,7 @@ def local_agreement(target: Target, maps: list[LayerMap], x: np.ndarray, rho: fl
             a = _robust_lower(fnet, x0, cls, rho, lo_t, hi_t)
             b = _robust_lower(gnet, x0, cls, rho, lo_t, hi_t)
             ok.append(((a > 0).all(1) & (b > 0).all(1)))
+            advance(bar)
     mask = torch.cat(ok).numpy() if ok else np.zeros(0, dtype=bool)
     frac = float(mask.mean()) if len(mask) else float("nan")
     return (frac, mask) if return_mask else frac
@@ -1007,16 +1022,24 @@ def box_bound(target: Target, maps: list[LayerMap], box: BoxConfig) -> float:
 
 def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, box: BoxConfig,
                data: np.ndarray | None = None, eval_x: np.ndarray | None = None, seed: int = 0,
-               random_points: int = 256) -> tuple[dict, np.ndarray]:
+               random_points: int = 256, progress=None) -> tuple[dict, np.ndarray]:
     """The ``box_certificate`` object of report.json and the attack's witness x*: the bound, the
     box attack (checked to stay under it), their ratio, and the certified agreement per ρ on
-    ``eval_x`` when given."""
+    ``eval_x`` when given. ``progress``: announces each stage (:func:`subsetsum_lth.progress.phase`)."""
     from subsetsum_lth.certify import check_soundness
-    cert = box_certificate(target, maps, box.lo, box.hi, iters=box.iters, time_budget=box.time_budget,
-                           bab_seconds=box.bab_seconds)
+    where = box_set(box.lo, box.hi, target.input_dim)
+    bab = f", then branch and bound for {box.bab_seconds:g} s" if box.bab_seconds else ""
+    with phase(progress, "box certificate", f"bounding sup over {where} of ‖f(x) − ĝ(x)‖₂ (intervals, "
+                                            f"zonotopes, differential alpha-CROWN{bab})"):
+        cert = box_certificate(target, maps, box.lo, box.hi, iters=box.iters, time_budget=box.time_budget,
+                               bab_seconds=box.bab_seconds, progress=progress)
     t0 = time.perf_counter()
-    att = box_attack(target, maps, box.lo, box.hi, data=data, starts=cert["corners"], g=g, seed=seed,
-                     random_points=random_points, steps=box.attack_steps)
+    q = target.sizes[-1]
+    with phase(progress, "box attack", f"searching {where} for a large ‖f(x) − ĝ(x)‖₂ (sign-gradient "
+                                       f"ascent on the norm, then on ±(f − ĝ)_k for each of the {q} outputs)",
+               total=1 + 2 * q, unit="ascent") as bar:
+        att = box_attack(target, maps, box.lo, box.hi, data=data, starts=cert["corners"], g=g, seed=seed,
+                         random_points=random_points, steps=box.attack_steps, bar=bar)
     attack_seconds = time.perf_counter() - t0
     check_soundness(att["empirical_bound"], cert["bound"])
     witness = att.pop("witness")
@@ -1031,13 +1054,23 @@ def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, 
            "witness": {"file": BOX_WITNESS, "error": float(witness["error"])}}
     if eval_x is not None and box.local_radii:
         t1 = time.perf_counter()
-        out["local_agreement"] = {f"{r:g}": local_agreement(target, maps, eval_x, r, box.lo, box.hi)
-                                  for r in box.local_radii}
+        chunk = 500
+        with phase(progress, "certified agreement", f"{len(eval_x):,} test images × l-inf radii "
+                   f"{', '.join(f'{r:g}' for r in box.local_radii)}",
+                   total=len(box.local_radii) * -(-len(eval_x) // chunk), unit="chunk") as bar:
+            out["local_agreement"] = {f"{r:g}": local_agreement(target, maps, eval_x, r, box.lo, box.hi,
+                                                                chunk=chunk, bar=bar)
+                                      for r in box.local_radii}
         out["local_agreement_examples"] = int(len(eval_x))
         out["local_agreement_seconds"] = time.perf_counter() - t1
         out["local_agreement_meaning"] = ("fraction of the points where f and the pruned network both provably "
                                           "keep f's class on the whole l-inf ball of radius rho (within the box)")
     return out, np.asarray(witness["x"], dtype=np.float64)
+
+
+def box_set(lo: float, hi: float, dim: int) -> str:
+    """The box in words: 'the box [0, 1]^784'."""
+    return f"the box [{lo:g}, {hi:g}]^{dim}"
 
 
 def box_from_report(report: dict, where: str) -> BoxConfig | None:

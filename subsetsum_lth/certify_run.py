@@ -7,21 +7,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from subsetsum_lth.certify import certified_bound, check_soundness, empirical_bound_fast
-from subsetsum_lth.certify_box import BOX_WITNESS, DT, BoxConfig, box_from_report, box_report
+from subsetsum_lth.certify import ball_set, certified_bound, check_soundness, empirical_bound_fast
+from subsetsum_lth.certify_box import BOX_WITNESS, DT, BoxConfig, box_from_report, box_report, box_set
 from subsetsum_lth.gstore import run_layer_maps, run_pruned_module
 from subsetsum_lth.errors import RunFolderError
 from subsetsum_lth.report_check import Audit, audit_report
+from subsetsum_lth.progress import phase
 from subsetsum_lth.runcheck import MAX_INPUT_RADIUS, RECREATE, WITNESS, read_run, read_witness
 
 
 def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=100, box=None,
-                data_dir=None) -> dict:
+                data_dir=None, progress=None) -> dict:
     """``box``: a certify_box.BoxConfig to certify the box domain too (default: the run's box, if any).
     The result's ``report_check`` lists every figure of report.json that the files give otherwise
-    (:mod:`subsetsum_lth.report_check`; ``data_dir``: the recorded data set's files)."""
+    (:mod:`subsetsum_lth.report_check`; ``data_dir``: the recorded data set's files).
+    ``progress``: the stages are announced and shown (:mod:`subsetsum_lth.progress`)."""
     path = Path(path)
-    run = read_run(path, need_target=True)
+    run = read_run(path, need_target=True)     # checked first: bad input gets one line alone
     if not run.all_relu:
         raise RunFolderError(f"{path}: report.json 'relu_after' drops some ReLUs (an edge-popup --no-inner-relu "
                              "run); the certificate is for the construction's ReLU network: certify a run "
@@ -37,19 +39,28 @@ def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=1
     r = float(r)
     if not (math.isfinite(r) and 0 < r <= MAX_INPUT_RADIUS):
         raise RunFolderError(f"--input-radius must be a positive number <= {MAX_INPUT_RADIUS:g}, got {r:g}")
+    where = ball_set(r, dom)
     maps = run_layer_maps(run)
-    cert = certified_bound(target, maps, r, dom)
+    stored = read_witness(run)      # checked before any work is announced: bad input gets one line alone
+    with phase(progress, "certified bound", f"bounding sup over {where} of ‖f(x) − ĝ(x)‖₂ from the files "
+                                            "(layer by layer)", total=target.depth, unit="layer") as bar:
+        cert = certified_bound(target, maps, r, dom, bar=bar)
     if not math.isfinite(cert.bound):
         raise RunFolderError(f"the certified bound overflows at input radius {r:g} ({path}); use a smaller "
                              "--input-radius")
-    g64 = run_pruned_module(run, torch.float64)
-    emp = empirical_bound_fast(target, maps, g64, r, dom, samples=samples, steps=steps,
-                               seed=run.seed or 0)
+    with phase(progress, "empirical bound", f"searching {where} for a large ‖f(x) − ĝ(x)‖₂ ({samples} random "
+                                            f"points, {steps} ascent steps)", total=steps, unit="step") as bar:
+        g64 = run_pruned_module(run, torch.float64)
+        emp = empirical_bound_fast(target, maps, g64, r, dom, samples=samples, steps=steps,
+                                   seed=run.seed or 0, bar=bar)
     emp.pop("witness", None)
-    out = {"run": str(path), **cert.to_dict(), "empirical_bound": emp["empirical_bound"], "empirical": emp,
+    out = {"run": str(path), **cert.to_dict(), "certified_set": where, "empirical_bound": emp["empirical_bound"],
+           "empirical": emp,
            "data": run.data, "data_source": run.data_source}
+    scale = run.report.get("bound_scale")
+    if isinstance(scale, dict) and same_set(run.report, r, dom):
+        out["bound_scale"] = scale     # measured by approximate on the test images, for the same set
     # the stored witness x*: re-evaluated from the files, never believed
-    stored = read_witness(run)
     if stored is not None:
         x, recorded = stored
         nonneg = dom == "nonnegative"
@@ -68,7 +79,7 @@ def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=1
     check_soundness(out["empirical_bound"], cert.bound)
     if stored is not None and "error" in out["witness"]:
         out["witness"]["within_certified"] = True
-    box_out = certify_run_box(run, target, maps, g64, box)
+    box_out = certify_run_box(run, target, maps, g64, box, progress)
     if box_out is not None:
         out["box_certificate"] = box_out
     stored_bound = run.report.get("certified_bound")
@@ -99,7 +110,14 @@ def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=1
     return out
 
 
-def certify_run_box(run, target, maps, g: torch.nn.Module, box):
+def same_set(report: dict, r: float, dom: str) -> bool:
+    """Whether the ball (r, dom) is the one report.json was certified on."""
+    rr = report.get("input_radius")
+    return isinstance(rr, (int, float)) and math.isclose(float(rr), r, rel_tol=1e-12) \
+        and report.get("input_domain") == dom
+
+
+def certify_run_box(run, target, maps, g: torch.nn.Module, box, progress=None):
     """``certify``'s box half: the box certificate and attack recomputed from the run's files (the
     run's box unless ``box`` is given; True: the run's box, else [0, 1]; a tuple (box, seconds):
     with branch and bound), the stored witness x* re-evaluated on the pruned network, never
@@ -121,20 +139,11 @@ def certify_run_box(run, target, maps, g: torch.nn.Module, box):
         return None
     if bab:
         box = BoxConfig(box.lo, box.hi, bab_seconds=bab)
-    rep, _x = box_report(target, maps, g, box, seed=run.seed or 0)
-    rep.pop("witness")
     stored = run.report.get("box_certificate") if stored_box is not None else None
     same_box = stored_box is not None and [stored_box.lo, stored_box.hi] == [box.lo, box.hi]
-    if same_box and isinstance(stored, dict) and isinstance(stored.get("bound"), (int, float)):
-        # branch and bound runs against the clock: only bounds without it are reproducible
-        timed = bab > 0 or "branch and bound" in str(stored.get("method", ""))
-        if timed:
-            rep["report_bound"] = float(stored["bound"])
-        else:
-            rep["matches_report"] = math.isclose(float(stored["bound"]), rep["bound"], rel_tol=1e-6,
-                                                 abs_tol=1e-12)
     wpath = run.path / BOX_WITNESS
-    if same_box and wpath.exists():
+    x = None
+    if same_box and wpath.exists():      # checked before any work is announced: bad input gets one line alone
         p = target.sizes[0]
         check_regular(wpath)
         if os.stat(wpath).st_size > 8 * p + (1 << 20):
@@ -144,6 +153,18 @@ def certify_run_box(run, target, maps, g: torch.nn.Module, box):
         if set(t) != {"x"} or x is None or tuple(x.shape) != (p,):
             raise RunFolderError(f"{wpath} must hold one tensor 'x' of shape ({p},); {RECREATE}")
         x = np.asarray(x, dtype=np.float64)
+    rep, _x = box_report(target, maps, g, box, seed=run.seed or 0, progress=progress)
+    rep["set"] = box_set(box.lo, box.hi, target.input_dim)
+    rep.pop("witness")
+    if same_box and isinstance(stored, dict) and isinstance(stored.get("bound"), (int, float)):
+        # branch and bound runs against the clock: only bounds without it are reproducible
+        timed = bab > 0 or "branch and bound" in str(stored.get("method", ""))
+        if timed:
+            rep["report_bound"] = float(stored["bound"])
+        else:
+            rep["matches_report"] = math.isclose(float(stored["bound"]), rep["bound"], rel_tol=1e-6,
+                                                 abs_tol=1e-12)
+    if x is not None:
         inside = bool(np.all(x >= box.lo) and np.all(x <= box.hi))
         w = {"file": BOX_WITNESS, "inside_box": inside}
         if inside:

@@ -73,17 +73,16 @@ def default_target(seed: int = 0, data_dir=None, synthetic: bool = False,
         target = load_target(folder)
         how = f"cached in {folder}"
     else:
-        from subsetsum_lth.train import TrainConfig, estimate_training_seconds, train_target
+        from subsetsum_lth.train import TrainConfig, train_target
         config = TrainConfig(hidden=MNIST_HIDDEN, seed=seed, data_dir=str(found))
         log.info("training the default MNIST target into %s", folder)
         if announce is not None:
-            est = estimate_training_seconds(config)
-            about = f"{est:.0f} s" if est < 90 else f"{est / 60:.1f} min"
             announce(f"no --target given: training the default {'-'.join(map(str, config.sizes))} MNIST "
-                     f"target first ({config.epochs} epochs, about {about} on this machine; cached in "
-                     f"{folder}, so later runs with seed {seed} skip this; give --target to use your own)")
+                     f"target first ({config.epochs} epochs; the time it takes on this machine follows from the "
+                     f"first timed steps; cached in {folder}, so later runs with seed {seed} skip this; give "
+                     "--target to use your own)")
         t0 = time.perf_counter()
-        summary = train_target(config, folder, progress=progress, heartbeat=heartbeat)
+        summary = train_target(config, folder, progress=progress, heartbeat=heartbeat, on_estimate=announce)
         training_seconds = time.perf_counter() - t0
         target = load_target(folder)
         how = f"trained now ({summary['seconds']:.0f} s, test accuracy " \

@@ -13,7 +13,7 @@ from subsetsum_lth.certify import certified_bound
 from subsetsum_lth.construction import (Construction, LayerInstances, compact_masks_from_selections, dense_masks,
                                         layer_instances)
 from subsetsum_lth.growth import grow_layer
-from subsetsum_lth.progress import close
+from subsetsum_lth.progress import close, note, phase
 from subsetsum_lth.solve import solve_all
 from subsetsum_lth.solvers.instances import BatchResult, Status
 from subsetsum_lth.target import Target
@@ -123,6 +123,23 @@ def _tighten(inst: LayerInstances, r0, tau, sc, store, executor, progress, li: i
     return True
 
 
+def layer_line(li: int, n_layers: int, inst: LayerInstances, res, seconds: float, tau: float,
+               rnd: int | None = None) -> str:
+    """One line saying how layer ``li`` came out, printed as soon as it is solved (and grown)."""
+    plan = inst.plan
+    is_bias = inst.group_half[inst.group_of_instance()] == 0
+    werr = res.errors[~is_bias]
+    per_weight = res.selections[~is_bias].sum(axis=1)
+    outside = int((res.status == Status.INFEASIBLE).sum())
+    grown = int((plan.extensions > 0).sum())
+    width = f"m={plan.m}" + (f" ({grown} blocks grown to ≤{int(plan.block_widths.max())})" if grown else "")
+    when = f" (round {rnd + 1}, τ={tau:.3g})" if rnd is not None else ""
+    return (f"layer {li + 1}/{n_layers} solved{when}: {width}, {len(inst):,} instances, "
+            f"max |w-ŵ| {float(werr.max(initial=0.0)):.3g}, "
+            f"{float(per_weight.mean()) if per_weight.size else 0.0:.2f} coeff/weight, "
+            f"{outside} outside τ, {seconds:.1f} s")
+
+
 def solve_layers(target: Target, construction: Construction, layers: list[LayerInstances], config,
                  store, executor=None, progress=None) -> Solved:
     """Solve (and grow) every layer at τ; in network mode, certify and tighten τ up to
@@ -152,20 +169,23 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
                 construction.plans[li] = construction.pairs[li].plan
             layers[li].release()    # the coefficient matrix is recomputed if a later round needs it
             solved.seconds[li] += time.perf_counter() - t_layer
+            note(progress, layer_line(li, len(layers), layers[li], results[li], solved.seconds[li], tau,
+                                      rnd if config.mode == "network" else None))
         solved.tau = tau
         if config.mode == "weight":
             break
         from subsetsum_lth.gstore import support_layer_maps
-        maps = support_layer_maps(construction.pairs, solved.compact_masks())
-        bound = certified_bound(target, maps, config.input_radius, cc.input_domain).bound
-        if getattr(config, "box", None) is not None:     # --eps is checked on the box certificate
-            from subsetsum_lth.certify_box import box_bound
-            bound = box_bound(target, maps, config.box)
+        with phase(progress, f"round {rnd + 1}", f"certifying the bound at τ={tau:.3g} against ε={config.eps:g}"):
+            maps = support_layer_maps(construction.pairs, solved.compact_masks())
+            bound = certified_bound(target, maps, config.input_radius, cc.input_domain).bound
+            if getattr(config, "box", None) is not None:     # --eps is checked on the box certificate
+                from subsetsum_lth.certify_box import box_bound
+                bound = box_bound(target, maps, config.box)
         n_out = sum(int((r.status == Status.INFEASIBLE).sum()) for r in results)
         solved.rounds.append({"round": rnd, "weight_eps": tau, "certified_bound": bound,
                               "outside_tolerance": n_out})
-        log.info("round %d: τ=%.3g certified=%.4g (ε=%.4g), %d instances outside τ",
-                 rnd, tau, bound, config.eps, n_out)
+        note(progress, f"round {rnd + 1}: τ={tau:.3g}, certified bound {bound:.4g} (ε={config.eps:g}), "
+                       f"{n_out} instances outside τ")
         if bound <= config.eps:
             break
         if len(solved.rounds) > 1 and bound > 0.95 * solved.rounds[-2]["certified_bound"]:

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 
 from subsetsum_lth import __version__
+from subsetsum_lth.certify import ball_set
+from subsetsum_lth.certify_box import box_set
 from subsetsum_lth.errors import IncompleteRun
 from subsetsum_lth.gstore import generator_spec
 from subsetsum_lth.runcheck import WITNESS
@@ -122,6 +124,10 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
         "target_source": target.source,
         "preprocessing": preprocess_report(target),
         "certified_bound": certificate.bound,
+        "certified_set": ball_set(config.input_radius, cc.input_domain),
+        "certified_meaning": f"sup over {{x: {ball_set(config.input_radius, cc.input_domain)}}} of "
+                             "‖f(x) − ĝ(x)‖₂ ≤ certified_bound; empirical_bound is the largest "
+                             "‖f(x) − ĝ(x)‖₂ found on that set (a lower bound of the sup)",
         "empirical_bound": emp["empirical_bound"],
         "empirical": emp,
         # x* of the empirical bound, re-evaluated by `certify` from the files
@@ -143,7 +149,7 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
         "versions": versions(),
     }
     if box_rep is not None:
-        report["box_certificate"] = box_rep
+        report["box_certificate"] = {**box_rep, "set": box_set(*box_rep["box"], target.input_dim)}
     for key in ("certified_bound", "empirical_bound", "kept_parameters", "total_parameters",
                 "infeasible_count"):
         metrics.append({"layer": "all", "metric": key, "value": report[key]})

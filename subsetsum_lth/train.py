@@ -33,6 +33,7 @@ from torch import nn
 
 from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.progress import Eta, duration
 
 log = logging.getLogger(__name__)
 
@@ -273,14 +274,16 @@ def estimate_training_seconds(config: TrainConfig, n_train: int = 60000, probe_s
 
 def train_target(config: TrainConfig, out_dir, progress: bool = False,
                  heartbeat: Callable[[str], None] | None = None,
-                 heartbeat_seconds: float = 10.0) -> dict:
+                 heartbeat_seconds: float = 10.0, on_estimate: Callable[[str], None] | None = None) -> dict:
     """Train an MLP on MNIST per ``config``; write ``target.safetensors`` and ``target.json``
     into ``out_dir`` (created if needed); return the summary written to ``target.json`` plus
     ``target_path`` (absolute path of the weights file).
 
     ``progress``: tqdm bars on stderr. ``heartbeat``: called with one plain line of progress at
     most every ``heartbeat_seconds`` inside an epoch and once at the end of every epoch (for
-    output that is not a terminal, where bars stay invisible)."""
+    output that is not a terminal, where bars stay invisible). ``on_estimate``: called once with
+    one line, the time the training will take, estimated from the first timed steps of the
+    training loop itself (the heartbeat lines then carry the estimate, corrected as it goes)."""
     config.validate()
     out_dir = Path(out_dir)
     from subsetsum_lth import manifest
@@ -289,7 +292,7 @@ def train_target(config: TrainConfig, out_dir, progress: bool = False,
         _n_params(config.sizes, config.bias)
     writer = manifest.open_folder(out_dir, "target", need_bytes=8 * n_params + (1 << 20))
     try:
-        summary = _train_target(config, out_dir, progress, heartbeat, heartbeat_seconds)
+        summary = _train_target(config, out_dir, progress, heartbeat, heartbeat_seconds, on_estimate)
         writer.finish()
         return summary
     finally:
@@ -333,9 +336,11 @@ def save_arch_target(model: nn.Module, path, arch: list[dict], input_shape: Sequ
 
 
 def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
-                  heartbeat: Callable[[str], None] | None, heartbeat_seconds: float) -> dict:
+                  heartbeat: Callable[[str], None] | None, heartbeat_seconds: float,
+                  on_estimate: Callable[[str], None] | None = None) -> dict:
     from subsetsum_lth.data.mnist import load_mnist, resolve_data_dir
 
+    t_enter = time.perf_counter()
     data_dir = resolve_data_dir(config.data_dir, download=True, progress=progress, dataset=config.dataset)
     x_train, y_train = load_mnist("train", data_dir, dataset=config.dataset)
     x_test, y_test = load_mnist("test", data_dir, dataset=config.dataset)
@@ -367,7 +372,8 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
                 model = module_from_arch(arch)
             else:
                 model = build_mlp(config.sizes, config.bias)
-            final_loss = _fit(model, x_train_t, y_train_t, config, progress, heartbeat, heartbeat_seconds)
+            final_loss = _fit(model, x_train_t, y_train_t, config, progress, heartbeat, heartbeat_seconds,
+                              on_estimate, n_eval=len(x_train_t) + len(x_test), started=t_enter)
         seconds_train = time.perf_counter() - t0
         test_acc = evaluate(model, x_test, y_test)
         train_acc = evaluate(model, x_train_t, y_train_t)
@@ -431,8 +437,11 @@ def _version() -> str:
 
 def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
          progress: bool, heartbeat: Callable[[str], None] | None = None,
-         heartbeat_seconds: float = 10.0) -> float:
-    """The training loop; returns the mean loss of the last epoch."""
+         heartbeat_seconds: float = 10.0, on_estimate: Callable[[str], None] | None = None,
+         n_eval: int = 0, clock: Callable[[], float] = time.perf_counter, started: float | None = None) -> float:
+    """The training loop; returns the mean loss of the last epoch. The time left is estimated
+    from the loop's own timed steps (:class:`subsetsum_lth.progress.Eta`): ``on_estimate`` gets
+    the first estimate once a few steps are timed, the heartbeat lines the corrected one."""
     from tqdm.auto import tqdm
 
     n = x.shape[0]
@@ -445,7 +454,10 @@ def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainCo
     gen = torch.Generator().manual_seed(int(config.seed))
     model.train()
     epoch_loss = float("nan")
-    t_fit = last_beat = time.perf_counter()
+    # the final train/test evaluations: forward passes only, about a third of a step per batch
+    eta = Eta(total_steps, tail_steps=n_eval / bs / 3)
+    announced = on_estimate is None
+    t_fit = last_beat = clock()
     for epoch in range(int(config.epochs)):
         perm = torch.randperm(n, generator=gen)
         loss_sum = torch.zeros((), dtype=torch.float64)
@@ -467,30 +479,47 @@ def _fit(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, config: TrainCo
                 loss_sum += loss.detach().double() * yb.shape[0]
                 correct += int((out.argmax(1) == yb).sum())
                 seen += yb.shape[0]
+            eta.step(clock())
+            if not announced and (eta.ready or eta.done == total_steps):
+                announced = True
+                on_estimate(estimate_line(eta, clock() - t_fit, None if started is None else t_fit - started))
             if progress and (step % 50 == 0 or step == steps_per_epoch - 1):
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{correct / seen:.4f}",
                                 lr=f"{sched.get_last_lr()[0]:.4g}")
-            if heartbeat is not None and time.perf_counter() - last_beat >= heartbeat_seconds:
-                last_beat = time.perf_counter()
-                done = epoch * steps_per_epoch + step + 1
-                elapsed = last_beat - t_fit
+            if heartbeat is not None and clock() - last_beat >= heartbeat_seconds:
+                last_beat = clock()
                 heartbeat(f"training: epoch {epoch + 1}/{config.epochs}, step {step + 1}/{steps_per_epoch}, "
                           f"loss {float(loss_sum) / seen:.4f}, train acc {correct / seen:.4f}, "
-                          f"{elapsed:.0f} s elapsed, about {elapsed * (total_steps - done) / done:.0f} s left")
+                          f"{duration(last_beat - t_fit)} elapsed{_left(eta)}")
         bar.close()
         epoch_loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(epoch_loss):
             raise UserError(f"training diverged (loss {epoch_loss}) in epoch {epoch + 1}; "
                             f"try a smaller learning rate than {config.lr}")
         if heartbeat is not None:
-            last_beat = time.perf_counter()
+            last_beat = clock()
             heartbeat(f"training: epoch {epoch + 1}/{config.epochs} done: loss {epoch_loss:.4f}, "
                       f"train acc (running) {correct / max(seen, 1):.4f}, "
-                      f"{last_beat - t_epoch:.1f} s this epoch, {last_beat - t_fit:.0f} s elapsed")
+                      f"{last_beat - t_epoch:.1f} s this epoch, {duration(last_beat - t_fit)} elapsed{_left(eta)}")
         log.info("epoch %d/%d: loss %.4f, train acc (running) %.4f, %.1f s",
                  epoch + 1, config.epochs, epoch_loss, correct / max(seen, 1),
                  time.perf_counter() - t_epoch)
     return epoch_loss
+
+
+def estimate_line(eta: Eta, elapsed: float, setup: float | None = None) -> str:
+    """The first estimate, said once a few steps of the real loop are timed (``setup``: the seconds
+    spent before the loop, loading the images and building the model and optimizer)."""
+    per = eta.seconds_per_step()
+    before = "" if setup is None else f"loading the images and setting up took {setup:.1f} s; "
+    return (f"training: {before}the first {eta.done} steps took {elapsed:.1f} s ({1000 * per:.0f} ms per step after the "
+            f"first): about {duration(elapsed + eta.remaining())} for all {eta.total:,} steps and the final "
+            f"evaluation, {duration(eta.remaining())} left (corrected as training goes)")
+
+
+def _left(eta: Eta) -> str:
+    left = eta.remaining()
+    return "" if left is None else f", about {duration(left)} left"
 
 
 __all__ = ["TrainConfig", "build_mlp", "evaluate", "save_target", "save_arch_target", "train_target",

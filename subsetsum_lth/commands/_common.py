@@ -66,3 +66,21 @@ positive_float = float_range(0.0)
 non_negative_float = float_range(0.0, lo_open=False)
 positive_int = int_range(1)
 non_negative_int = int_range(0)
+
+
+def bound_text(bound: float, where: str, digits: int = 4) -> str:
+    """A certified bound with the set it holds on: 'sup over ‖x‖₂ ≤ 17.18, x ≥ 0 of ‖f(x) − ĝ(x)‖₂ ≤ 6.458'."""
+    return f"sup over {where} of ‖f(x) − ĝ(x)‖₂ ≤ {bound:.{digits}g}"
+
+
+def scale_text(scale: dict | None, bound_name: str = "the certified bound", lead: str = "to judge it") -> str | None:
+    """The figures a bound on ‖f − ĝ‖₂ is judged by (evaluation.bound_scale), in one line, or None."""
+    if not scale:
+        return None
+    text = (f"{lead}, on {scale['examples']:,} test images: ‖f(x)‖₂ median {scale['output_norm_median']:.4g}, "
+            f"max {scale['output_norm_max']:.4g}; class margin (ĝ keeps f's class where ‖f(x) − ĝ(x)‖₂ is "
+            f"below it) min {scale['class_margin_min']:.3g}, median {scale['class_margin_median']:.4g}")
+    if "certified_same_class_fraction" in scale:
+        text += (f"; {bound_name} guarantees f's class on {100 * scale['certified_same_class_fraction']:.2f}% "
+                 f"of them ({scale['examples_in_certified_set']:,} lie in its set)")
+    return text

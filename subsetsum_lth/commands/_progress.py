@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Callable
 
+from subsetsum_lth.progress import duration  # noqa: F401  (the CLI's formatting of a time, here too)
+
 #: seconds between two plain progress lines of one stage
 INTERVAL = 10.0
 
@@ -32,13 +34,9 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def duration(seconds: float) -> str:
-    """'45 s', '3.5 min', '1.2 h'."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+def plural(unit: str) -> str:
+    """'step' -> 'steps', 'batch' -> 'batches'."""
+    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
 
 
 class PlainTick:
@@ -53,6 +51,7 @@ class PlainTick:
         self.postfix = ""
         self.t0 = self.last = clock()
         self.printed = False
+        self.said_done = False     #: close() printed the closing line (subsetsum_lth.progress.phase)
 
     def _line(self, final: bool = False) -> str:
         elapsed = self.clock() - self.t0
@@ -62,7 +61,7 @@ class PlainTick:
             left = f", about {duration(elapsed * (self.total - self.n) / self.n)} left"
         post = f", {self.postfix}" if self.postfix else ""
         head = f"{self.desc}: done, " if final else f"{self.desc}: "
-        return f"{head}{self.n:,}/{self.total:,} {self.unit}s{pct}{post}, {duration(elapsed)} elapsed{left}"
+        return f"{head}{self.n:,}/{self.total:,} {plural(self.unit)}{pct}{post}, {duration(elapsed)} elapsed{left}"
 
     def update(self, n: int = 1) -> None:
         self.n += int(n)
@@ -79,20 +78,47 @@ class PlainTick:
         if self.printed:
             self.write(self._line(final=True))
             self.printed = False
+            self.said_done = True
+
+
+class ProgressFactory:
+    """The Progress factory the subcommands give the library, ``factory(total, desc, unit=None)
+    -> bar`` (see :mod:`subsetsum_lth.progress`): the tqdm bar itself when stderr is a terminal,
+    else a :class:`PlainTick` printing plain lines every ``interval`` seconds; a disabled tqdm bar
+    (no output) when not ``enabled``. ``unit='inst'`` counts solver instances (1.2k, 3.4M).
+    ``note(message)``: the library's phase announcements and per-layer lines, one line on stderr
+    (through tqdm on a terminal, so that a bar is not torn), nothing when not ``enabled``."""
+
+    takes_unit = True
+
+    def __init__(self, enabled: bool = True, unit: str = "step", interval: float = INTERVAL,
+                 terminal: bool | None = None, write: Callable[[str], None] | None = None):
+        self.enabled, self.unit, self.interval = enabled, unit, interval
+        self.terminal = is_terminal() if terminal is None else terminal
+        self.write = write
+
+    def __call__(self, total: int, desc: str, unit: str | None = None):
+        unit = unit or self.unit
+        if self.enabled and not self.terminal:
+            return PlainTick(total, desc, unit, self.interval, **({"write": self.write} if self.write else {}))
+        from tqdm import tqdm
+        return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "inst", disable=not self.enabled,
+                    file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def note(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.write is not None:
+            self.write(message)
+        elif self.terminal:
+            from tqdm import tqdm
+            tqdm.write(message, file=sys.stderr)
+            sys.stderr.flush()
+        else:
+            say(message)
 
 
 def progress_factory(enabled: bool = True, unit: str = "step", interval: float = INTERVAL,
-                     terminal: bool | None = None):
-    """The Progress factory the subcommands give the library, ``factory(total, desc) -> bar``
-    (see :mod:`subsetsum_lth.progress`): the tqdm bar itself when stderr is a terminal, else a
-    :class:`PlainTick` printing plain lines every ``interval`` seconds; a disabled tqdm bar (no
-    output) when not ``enabled``. ``unit='inst'`` counts solver instances (1.2k, 3.4M)."""
-    terminal = is_terminal() if terminal is None else terminal
-
-    def factory(total: int, desc: str):
-        if enabled and not terminal:
-            return PlainTick(total, desc, unit, interval)
-        from tqdm import tqdm
-        return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "inst", disable=not enabled,
-                    file=sys.stderr, dynamic_ncols=True, leave=False)
-    return factory
+                     terminal: bool | None = None) -> ProgressFactory:
+    """A :class:`ProgressFactory`."""
+    return ProgressFactory(enabled, unit, interval, terminal)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from subsetsum_lth.commands._common import integer, print_json
+from subsetsum_lth.commands._common import bound_text, integer, print_json, scale_text
 from subsetsum_lth.commands._progress import progress_factory
 from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
@@ -160,6 +160,7 @@ def run(args) -> int:
     from subsetsum_lth.executors import check_executor
     check_executor(args.executor, args.scheduler)
     _resume_dataset(args)
+    progress = progress_factory(not args.no_progress, unit="inst")
     training_seconds = None
     if args.target is None:
         _check_out_early(args)   # before minutes of training the default target, not after
@@ -207,7 +208,6 @@ def run(args) -> int:
                       "target_training_note": "the default target was trained by this command before the "
                                               "approximation; wall_seconds does not include it"})
     config = _config(args, domain, radius, extra, box)
-    progress = progress_factory(not args.no_progress, unit="inst")
     status = 0
     from subsetsum_lth.executors import make_pool
     from subsetsum_lth.solve import in_process
@@ -361,12 +361,23 @@ def _summary(r: dict, out: Path) -> None:
     if "target_accuracy" in r:
         print(f"test accuracy: target {100 * r['target_accuracy']:.2f}%, pruned {100 * r['pruned_accuracy']:.2f}%, "
               f"agreement {100 * r['prediction_agreement']:.2f}%")
-    print(f"certified bound: {r['certified_bound']:.4g}   empirical (lower) bound: {r['empirical_bound']:.4g}")
+    from subsetsum_lth.certify import ball_set
+    from subsetsum_lth.certify_box import box_set
+    where = r.get("certified_set") or ball_set(r["input_radius"], r["input_domain"])
+    print(f"certified bound: {bound_text(r['certified_bound'], where)}   empirical (lower) bound: "
+          f"{r['empirical_bound']:.4g} (the largest error found on that set)")
+    scale = scale_text(r.get("bound_scale"))
+    print(f"  {scale}" if scale else "  (no test data: give --data to see the bound beside ‖f(x)‖₂ and the class margins)")
     bc = r.get("box_certificate")
     if bc:
-        print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]: certified {bc['bound']:.4g}   box attack "
+        box_where = bc.get("set") or box_set(bc["box"][0], bc["box"][1], r["target_sizes"][0])
+        print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]: certified {bound_text(bc['bound'], box_where)}   box attack "
               f"{bc['empirical_bound']:.4g}   ratio {bc['ratio']:.3g}   ({bc['seconds']:.1f} s; l2 of the per-output "
               f"intervals {bc['bound_intervals']:.4g}, zonotope {bc['bound_zonotope']:.4g})")
+        bs = r.get("bound_scale") or {}
+        if "box_certified_same_class_fraction" in bs:
+            print(f"  the box bound guarantees f's class on {100 * bs['box_certified_same_class_fraction']:.2f}% of the "
+                  f"{bs['examples']:,} test images ({bs['box_examples_in_certified_set']:,} lie in the box)")
         for rho, frac in (bc.get("local_agreement") or {}).items():
             print(f"  certified agreement at l-inf radius {rho}: {100 * frac:.2f}% of "
                   f"{bc['local_agreement_examples']} test images")

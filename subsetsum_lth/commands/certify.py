@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from subsetsum_lth.commands._common import int_range, positive_float, print_json, seconds
+from subsetsum_lth.commands._common import bound_text, int_range, positive_float, print_json, scale_text, seconds
 from subsetsum_lth.errors import REPORT_MISMATCH_EXIT
 from subsetsum_lth.limits import MAX_SAMPLES, MAX_STEPS
 
@@ -39,6 +39,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from subsetsum_lth.certify_run import certify_run
+    from subsetsum_lth.commands._progress import progress_factory
     box = None
     if args.input_domain == "box" or args.input_box is not None:
         from subsetsum_lth.certify_box import BoxConfig, parse_box
@@ -50,7 +51,8 @@ def run(args) -> int:
         box = (box, args.bab_seconds)
     res = certify_run(args.run, input_radius=args.input_radius,
                       input_domain=None if args.input_domain == "box" else args.input_domain,
-                      samples=args.samples, steps=args.steps, box=box, data_dir=args.data_dir)
+                      samples=args.samples, steps=args.steps, box=box, data_dir=args.data_dir,
+                      progress=progress_factory(not args.json))
     check = res["report_check"]
     status = REPORT_MISMATCH_EXIT if check["mismatches"] else 0
     if args.json:
@@ -63,8 +65,13 @@ def run(args) -> int:
     print("data:            " + (f"{res['data']} (recorded in {src})" if res.get("data") else
                                  "none (the run was made without data: a synthetic target, or no --data)"
                                  if src == "none" else "not recorded (a run written before runs recorded it)"))
-    print(f"certified bound: {res['certified_bound']:.6g}")
-    print(f"empirical bound: {res['empirical_bound']:.6g}  (lower bound, {res['empirical']['source']})")
+    print(f"certified bound: {bound_text(res['certified_bound'], res['certified_set'], 6)}")
+    print(f"empirical bound: {res['empirical_bound']:.6g}  (lower bound: the largest error found on that set, "
+          f"{res['empirical']['source']})")
+    scale = scale_text(res.get("bound_scale"), bound_name="the certified bound in report.json",
+                       lead="to judge it (from report.json)")
+    if scale:
+        print(f"  {scale}")
     w = res.get("witness")
     if w is not None:
         if "error" in w:
@@ -75,7 +82,7 @@ def run(args) -> int:
             print(f"stored witness:  x* in {w['file']} lies outside this input ball; not evaluated")
     bc = res.get("box_certificate")
     if bc is not None:
-        print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]:  certified {bc['bound']:.6g}   box attack "
+        print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]:  certified {bound_text(bc['bound'], bc['set'], 6)}   box attack "
               f"{bc['empirical_bound']:.6g} ({bc['attack']['source']})   ratio {bc['ratio']:.3g}   "
               f"{bc['seconds']:.1f} s")
         print(f"  l2 of the per-output intervals {bc['bound_intervals']:.6g}, zonotope {bc['bound_zonotope']:.6g}")

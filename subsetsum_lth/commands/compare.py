@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from subsetsum_lth.commands._common import int_range, print_json
+from subsetsum_lth.commands._common import bound_text, int_range, print_json, scale_text
 
 NAME = "compare"
 HELP = "compare masks of runs on the same random network (accuracy, agreement, deviation, overlap)"
@@ -49,8 +49,30 @@ def _fmt(v, pct=False, digits=4) -> str:
     return str(v)
 
 
+def _certified_line(e: dict, n: int) -> str:
+    """The certified bound with its set, and how that set relates to the test images the deviation is measured on."""
+    if not isinstance(e.get("certified_bound"), float):
+        return f"certified n/a ({e.get('certified_reason', 'no certificate')})"
+    line = f"certified {bound_text(e['certified_bound'], e['certified_set'])}"
+    inside = e.get("test_images_in_certified_set")
+    if inside is None:
+        return line
+    if inside == n:
+        line += f" (all {n:,} test images lie in this set)"
+    elif inside == 0:
+        line += (f" — a different set from the deviation's: none of the {n:,} test images lies in it, so the "
+                 "bound says nothing about them")
+    else:
+        line += (f" — only {inside:,} of the {n:,} test images lie in this set (deviation max over those "
+                 f"{_fmt(e.get('max_output_deviation_in_certified_set'))})")
+    if "certified_same_class_fraction" in e:
+        line += f"; it guarantees f's class on {100 * e['certified_same_class_fraction']:.2f}% of the test images"
+    return line
+
+
 def run(args) -> int:
     from subsetsum_lth.commands._target_args import preprocessing_from_args, target_flags_given
+    from subsetsum_lth.commands._progress import progress_factory
     from subsetsum_lth.compare import compare_runs
 
     target = args.target
@@ -65,7 +87,8 @@ def run(args) -> int:
     result = compare_runs(args.runs, args.out, target=target,
                           data_dir=None if args.data_dir is None else str(args.data_dir),
                           device=args.device, test_subset=args.test_subset, labels=args.label,
-                          plots=not args.no_plots, dataset=args.data)
+                          plots=not args.no_plots, dataset=args.data,
+                          progress=progress_factory(not args.json, unit="batch"))
     if args.json:
         print_json(result)
         return 0
@@ -73,11 +96,15 @@ def run(args) -> int:
           f"{result['weights_sha256'][:12]}…; target {result['target'] or 'none'} "
           f"(accuracy {_fmt(result['target_accuracy'], pct=True)}); {result['test_examples']:,} "
           f"{result.get('data', '')}{' ' if result.get('data') else ''}test images")
+    scale = scale_text(result.get("bound_scale"), lead="to judge the deviations and bounds below")
+    if scale:
+        print(f"  {scale}")
     for e in result["runs"]:
         print(f"  {e['label']}: {e['description']}")
         print(f"    accuracy {_fmt(e['test_accuracy'], pct=True)}, agreement {_fmt(e['prediction_agreement'], pct=True)}, "
-              f"deviation max {_fmt(e['max_output_deviation'])} mean {_fmt(e['mean_output_deviation'])}, "
-              f"certified {_fmt(e['certified_bound'])}")
+              f"deviation on the {result['test_examples']:,} test images max {_fmt(e['max_output_deviation'])} "
+              f"mean {_fmt(e['mean_output_deviation'])}")
+        print(f"    {_certified_line(e, result['test_examples'])}")
         per_layer = " / ".join(format(L["kept_parameters"], ",") for L in e["layers"])
         print(f"    kept {e['kept_parameters']:,} of {e['total_parameters']:,} "
               f"({per_layer} per layer), "

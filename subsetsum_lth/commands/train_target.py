@@ -94,10 +94,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def _say_above_bars(bars: bool):
+    """A line on stderr that does not tear a tqdm bar."""
+    from subsetsum_lth.commands._progress import ProgressFactory
+    return ProgressFactory(True, terminal=bars).note
+
+
 def run(args: argparse.Namespace) -> int:
-    from subsetsum_lth.commands._progress import duration, say
+    from subsetsum_lth.commands._progress import say
     from subsetsum_lth.errors import UserError
-    from subsetsum_lth.train import TrainConfig, estimate_training_seconds, train_target
+    from subsetsum_lth.train import TrainConfig, train_target
 
     arch = getattr(args, "arch", None)
     given = set(getattr(args, "_given", ()))
@@ -123,11 +129,12 @@ def run(args: argparse.Namespace) -> int:
             else f"{'-'.join(map(str, config.sizes))} ReLU MLP")
     data = "Fashion-MNIST" if config.dataset == "fashion-mnist" else "MNIST"
     say(f"training a {what} on {n_train:,} {data} images: "
-        f"{config.epochs} epoch(s) of {steps:,} steps, about "
-        f"{duration(estimate_training_seconds(config, n_train))} on this machine (estimated from a few "
-        f"timed steps); writing {args.out}")
+        f"{config.epochs} epoch(s) of {steps:,} steps; writing {args.out}; the time it takes on this machine "
+        "follows from the first timed steps")
     # output not a terminal: plain lines (every ~10 s and per epoch) instead of invisible bars
-    summary = train_target(config, args.out, progress=bars, heartbeat=say if lines else None)
+    quiet = args.progress is False
+    summary = train_target(config, args.out, progress=bars, heartbeat=say if lines else None,
+                           on_estimate=None if quiet else _say_above_bars(bars))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
