@@ -436,6 +436,11 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
             radius_cache.append(input_radius(data_dir, dataset=rs.dataset))
         return radius_cache[0]
 
+    # a stored radius the files contradict is refused before any work is announced
+    x64 = np.asarray(x, dtype=np.float64)
+    x_norm = float(np.sqrt(np.einsum("ij,ij->i", x64, x64).max())) if len(x64) else 0.0
+    del x64
+    covers = [check_input_radius(r, rep, x_norm, radius_fn, data is None) for r, rep in zip(paths, rs.reports)]
     target_accuracy = scale = margins = None
     if tgt is not None:
         with phase(progress, "target", f"f on {len(xt):,} test images (accuracy, ‖f(x)‖₂, class margins)"), \
@@ -447,10 +452,6 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
                 margins = class_margins(fo).cpu()
                 scale = bound_scale(fo.norm(dim=1).cpu(), margins)
             del fo
-    x64 = np.asarray(x, dtype=np.float64)
-    x_norm = float(np.sqrt(np.einsum("ij,ij->i", x64, x64).max())) if len(x64) else 0.0
-    del x64
-    covers = [check_input_radius(r, rep, x_norm, radius_fn, data is None) for r, rep in zip(paths, rs.reports)]
     entries = [_entry(lab, r, mk, rep, relu, rs, tgt, xt, yt, dev, radius_fn, progress, x, margins)
                for lab, r, mk, rep, relu in zip(labels, paths, rs.masks, rs.reports, rs.relus)]
     for e, reason in zip(entries, covers):
