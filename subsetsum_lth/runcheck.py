@@ -28,7 +28,6 @@ can never disagree about which network a folder holds. It refuses, with a
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,16 +38,16 @@ from pathlib import Path
 import numpy as np
 
 from subsetsum_lth import runfolder as rf
+from subsetsum_lth.construction import eligible_masks
+# the readers of one file live in runfolder (below gstore); certify_run and the CLI import them from here
+from subsetsum_lth.runfolder import RECREATE, check_regular, load_tensors, read_json  # noqa: F401
 from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.errors import RunFolderError, UserError
 
 log = logging.getLogger(__name__)
 
-#: the largest JSON file read (report.json with a long training curve is a few MB)
-MAX_JSON_BYTES = 64 << 20
 INPUT_DOMAINS = ("nonnegative", "signed")
 WITNESS = "witness.safetensors"
-RECREATE = "recreate the run (or restore the file the tool wrote)"
 #: the largest input radius read (beyond it the float64 forward passes of the certificate overflow)
 MAX_INPUT_RADIUS = 1e12
 
@@ -56,49 +55,6 @@ MAX_INPUT_RADIUS = 1e12
 def _short(v) -> str:
     r = repr(v)
     return r if len(r) <= 60 else r[:57] + "..."
-
-
-def check_regular(path: Path, fix: str = RECREATE) -> None:
-    """Refuse, before opening it, a path that is missing or not a regular file (a FIFO would
-    block a reader for ever; a device could be read for ever). Symlinks are followed."""
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise RunFolderError(f"{path} does not exist; {fix}") from None
-    except OSError as exc:
-        raise RunFolderError(f"cannot access {path}: {exc.strerror or exc}; {fix}") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise RunFolderError(f"{path} is {kind}, not a regular file; {fix}")
-
-
-def read_json(path: Path, fix: str = RECREATE) -> dict:
-    """A JSON object from a regular file, or one clear RunFolderError (never a traceback)."""
-    path = Path(path)
-    check_regular(path, fix)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_JSON_BYTES + 1)
-    except OSError as exc:
-        raise RunFolderError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from None
-    if len(data) > MAX_JSON_BYTES:
-        raise RunFolderError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; not a file this tool wrote: {fix}")
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise RunFolderError(f"{path} is not UTF-8 text (binary data?); {fix}") from None
-    except RecursionError:
-        raise RunFolderError(f"{path} is nested too deeply to be a file this tool wrote; {fix}") from None
-    except ValueError as exc:
-        raise RunFolderError(f"{path} is not valid JSON ({exc}); {fix}") from None
-    if not isinstance(obj, dict):
-        kind = {list: "an array", type(None): "null", bool: "a boolean", int: "a number", float: "a number",
-                str: "a string"}.get(type(obj), type(obj).__name__)
-        raise RunFolderError(f"{path} holds {kind}, not a JSON object; {fix}")
-    return obj
 
 
 # ----------------------------------------------------------------------------- field checks
@@ -235,25 +191,6 @@ class Run:
     @property
     def all_relu(self) -> bool:
         return all(self.relu_after)
-
-
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _load_tensors(path: Path) -> dict:
-    check_regular(path)
-    # a file (e.g. a sparse one whose header announces huge tensors) larger than this machine's
-    # memory would be read whole before any shape is checked: refuse it by its size first
-    size, mem = os.stat(path).st_size, _physical_memory()
-    if mem is not None and size > mem:
-        raise RunFolderError(f"{path} is {size / 1e9:,.1f} GB, more than this machine's memory "
-                             f"({mem / 1e9:,.1f} GB) can load; {RECREATE}")
-    state, _ = rf.load_safetensors(path)
-    return state
 
 
 def _linear_count(state: dict, fname: str, where: Path) -> int:
@@ -457,8 +394,8 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
         return _read_compact_run(path, report, f, sizes, domain, radius, seed, need_target)
 
     # --- tensors
-    state = _load_tensors(path / rf.RANDOM_NET)
-    masks = _load_tensors(path / rf.MASKS)
+    state = load_tensors(path / rf.RANDOM_NET)
+    masks = load_tensors(path / rf.MASKS)
     if "target_arch" in report or "input_shape" in report or "g_arch" in report:
         return _read_image_run(path, report, f, state, masks, sizes, domain, radius, seed, kind)
     n = _linear_count(state, rf.RANDOM_NET, path)
@@ -511,11 +448,8 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
         allowed = prepruning_masks(plans, state)
     elif plans is not None and f.choice("structure", ("free", "structured"), optional=True) == "structured":
         # a structured edge-popup run keeps only the entries its search was allowed to score
-        import torch
-        from subsetsum_lth.edge_popup import RandomNet, eligibility
-        net = RandomNet({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, {}, plans,
-                        domain or "nonnegative")
-        allowed = eligibility(net, "structured", f.boolean("inner_relu", optional=True, default=True))
+        allowed = eligible_masks(plans, {k: np.ascontiguousarray(v) for k, v in state.items()}, None,
+                                 f.boolean("inner_relu", optional=True, default=True))
     _check_allowed(path, masks, allowed)
 
     # --- the target, when the folder holds one
@@ -654,11 +588,8 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
         allowed = prepruning_masks(plans, state, layout)
     elif f.choice("structure", ("free", "structured"), optional=True) == "structured":
         # a structured edge-popup run keeps only the entries its search was allowed to score
-        import torch
-        from subsetsum_lth.edge_popup import RandomNet, eligibility
-        net = RandomNet({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, {}, plans,
-                        domain or "nonnegative", layout=layout)
-        allowed = eligibility(net, "structured", f.boolean("inner_relu", optional=True, default=True))
+        allowed = eligible_masks(plans, {k: np.ascontiguousarray(v) for k, v in state.items()}, layout,
+                                 f.boolean("inner_relu", optional=True, default=True))
     if kind == "edge-popup":
         # ReLUs alternate: after the first layer of pair i (even positions; dropped only by
         # --no-inner-relu), then the target's own ReLU between pairs (odd positions; always there)
@@ -710,7 +641,7 @@ def read_witness(run: Run) -> tuple[np.ndarray, float] | None:
     if os.stat(path).st_size > 8 * p + (1 << 20):
         raise RunFolderError(f"{path} must hold one tensor 'x' of shape ({p},), but it is "
                              f"{os.stat(path).st_size:,} bytes; {RECREATE}")
-    tensors = _load_tensors(path)
+    tensors = load_tensors(path)
     x = tensors.get("x")
     if set(tensors) != {"x"} or x is None or x.shape != (p,) or not np.issubdtype(x.dtype, np.floating):
         raise RunFolderError(f"{path} must hold one tensor 'x' of shape ({p},); {RECREATE}")

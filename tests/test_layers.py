@@ -107,14 +107,16 @@ def test_built_in_backends_are_listed_once():
 #: its own layer or the layers below. A new module must be placed here (an unplaced one fails).
 LAYERS = [
     ("solvers", {"solvers"}),
-    ("foundation", {"__init__", "errors", "progress", "runfolder", "manifest", "netdigest", "resources",
+    ("foundation", {"__init__", "errors", "atomic", "progress", "runfolder", "manifest", "netdigest", "resources",
                     "safetext"}),
-    ("network", {"layerkinds", "arch", "checkpoint", "preprocess", "target", "construction", "gnet", "data"}),
+    ("network", {"ops", "layerkinds", "arch", "checkpoint", "preprocess", "target", "construction", "gnet", "data"}),
     ("solve", {"solve", "executors", "limits", "growth"}),
     ("certificate", {"certify", "tolerance", "certify_box"}),
-    ("pipelines and run folders", {"layer_solve", "approximate", "run_report", "runwriter", "evaluation",
-                                   "plots", "runcheck", "certify_run", "api", "train", "default_target",
-                                   "edge_popup", "gstore", "report_check"}),
+    ("measurement", {"evaluation", "plots"}),
+    ("run folders: reading and writing", {"gstore", "runcheck", "report_check", "runwriter", "run_report",
+                                          "certify_run"}),
+    ("gradient training: targets and edge-popup", {"train", "edge_popup"}),
+    ("the subset-sum pipeline and the API", {"layer_solve", "approximate", "default_target", "api"}),
     ("analysis", {"compare", "bench", "width_law", "baselines"}),
     ("interface", {"cli", "commands", "__main__"}),
 ]
