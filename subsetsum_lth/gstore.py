@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from subsetsum_lth import runfolder as rf
+from subsetsum_lth.certify import LayerMap, layer_maps, pruned_module
+from subsetsum_lth.construction import DISTRIBUTIONS, draw_layer_pair, unit_columns
 from subsetsum_lth.errors import RunFolderError, UserError
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,6 @@ def support_layer_maps(pairs, cmasks) -> list:
     of every block at once — so each column sees the same additions in the same order as
     ``np.add.at`` over the dense matrices, and only q × p float64 values of w2 are converted at
     a time."""
-    from subsetsum_lth.certify import LayerMap
     maps = []
     for pair, mk in zip(pairs, cmasks):
         pl = pair.drawn_plan
@@ -194,7 +195,6 @@ class SupportNet(nn.Module):
 def run_layer_maps(run) -> list:
     """The layer maps of a validated run (:class:`subsetsum_lth.runcheck.Run`): from the support
     for a compact run (never the dense g), from the dense files otherwise."""
-    from subsetsum_lth.certify import layer_maps
     if getattr(run, "compact", None) is not None:
         return support_layer_maps(run.compact.pairs, run.compact.cmasks)
     return layer_maps(run.random_state, run.masks, run.layout)
@@ -203,7 +203,6 @@ def run_layer_maps(run) -> list:
 def run_pruned_module(run, dtype=torch.float64) -> nn.Module:
     """ĝ of a validated run as a module on flat inputs: :class:`subsetsum_lth.gstore.SupportNet`
     for a compact run, the dense masked nn.Sequential otherwise."""
-    from subsetsum_lth.certify import pruned_module
     if getattr(run, "compact", None) is not None:
         return SupportNet(run.compact.pairs, run.compact.cmasks, dtype)
     return pruned_module(run.random_state, run.masks, run.layout, dtype)
@@ -269,7 +268,6 @@ class DenseMasks(_LayoutView):
         return np.dtype(np.uint8)
 
     def __getitem__(self, key: str) -> np.ndarray:
-        from subsetsum_lth.construction import unit_columns
         i, role = self._where[key]
         mk = self.cmasks[i]
         if role == "w1":
@@ -368,7 +366,6 @@ def read_compact(path: Path, plans, seed: int, distribution, domain: str) -> Com
     specification equal to the one report.json implies, every stored support value equal (bit
     for bit) to what the generator regenerates, masks uint8 0/1 keeping nothing the
     construction's pre-pruning removes."""
-    from subsetsum_lth.construction import DISTRIBUTIONS, draw_layer_pair
     path = Path(path)
     if distribution not in DISTRIBUTIONS:
         raise RunFolderError(f"{path / rf.REPORT}: 'distribution' must be one of {sorted(DISTRIBUTIONS)}, got "

@@ -38,11 +38,15 @@ from pathlib import Path
 import numpy as np
 
 from subsetsum_lth import runfolder as rf
-from subsetsum_lth.construction import eligible_masks
-# the readers of one file live in runfolder (below gstore); certify_run and the CLI import them from here
-from subsetsum_lth.runfolder import RECREATE, check_regular, load_tensors, read_json  # noqa: F401
+from subsetsum_lth.construction import DISTRIBUTIONS, LayerPlan, eligible_masks, layout_of, prepruning_masks
 from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.gnet import mlp_layout
+from subsetsum_lth.gstore import DenseMasks, DenseState, generator_spec, read_compact
+from subsetsum_lth.layerkinds import arch_of, kinds_from_arch
+# the readers of one file live in runfolder (below gstore); certify_run and the CLI import them from here
+from subsetsum_lth.runfolder import RECREATE, check_regular, load_tensors, read_json  # noqa: F401
+from subsetsum_lth.target import load_target
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +170,7 @@ class Run:
         if self.layout_ is not None:
             return self.layout_
         if self.plans is not None:
-            from subsetsum_lth.construction import layout_of
             return layout_of(self.plans)
-        from subsetsum_lth.gnet import mlp_layout
         return mlp_layout(self.random_state)
 
     @property
@@ -229,7 +231,6 @@ def _check_mlp_shapes(state: dict, n: int, where: Path) -> list[int]:
 def _plans(entries, sizes: list[int], domain: str, where: str, shapes=None):
     """LayerPlans from report.json's per-layer block widths (validated). ``shapes``: the
     (q, p) of each layer's matrix view where they do not chain (conv layers)."""
-    from subsetsum_lth.construction import LayerPlan
 
     depth = len(sizes) - 1
     shapes = shapes or [(sizes[i + 1], sizes[i]) for i in range(depth)]
@@ -288,7 +289,6 @@ def _relu_after(report: dict, kind: str, n: int, where: Path) -> list[bool]:
 
 
 def _load_target(path: Path):
-    from subsetsum_lth.target import load_target
     check_regular(path)
     return load_target(path)
 
@@ -444,7 +444,6 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
     allowed = None
     if kind == "subset-sum":
         # the masks keep nothing that the block-diagonal pre-pruning removed
-        from subsetsum_lth.construction import prepruning_masks
         allowed = prepruning_masks(plans, state)
     elif plans is not None and f.choice("structure", ("free", "structured"), optional=True) == "structured":
         # a structured edge-popup run keeps only the entries its search was allowed to score
@@ -495,8 +494,6 @@ def _read_compact_run(path: Path, report: dict, f, sizes, domain, radius, seed, 
     distribution from report.json must give exactly the generator specification recorded there
     and in both compact files, and every stored support value must be what that specification
     regenerates (read_compact). random_state and masks are lazy dense views."""
-    from subsetsum_lth.construction import DISTRIBUTIONS, layout_of
-    from subsetsum_lth.gstore import DenseMasks, DenseState, generator_spec, read_compact
     where = str(path / rf.REPORT)
     if "target_arch" in report:
         raise RunFolderError(f"{where}: a compact run is of an MLP target, but 'target_arch' is recorded; {RECREATE}")
@@ -534,9 +531,6 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
     shape is checked against it. Subset-sum masks and structured edge-popup masks keep nothing
     the construction's pre-pruning removes; an edge-popup run's ``relu_after`` has one boolean
     per ReLU of g."""
-    from subsetsum_lth.construction import layout_of, prepruning_masks
-    from subsetsum_lth.errors import UserError
-    from subsetsum_lth.layerkinds import arch_of, kinds_from_arch
     where = str(path / rf.REPORT)
     arch = report.get("target_arch")
     shape = f.int_list("input_shape", minimum=1)
