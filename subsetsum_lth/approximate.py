@@ -31,7 +31,7 @@ from subsetsum_lth.run_report import build_report, raise_if_failed
 from subsetsum_lth.runcheck import WITNESS
 from subsetsum_lth.runwriter import GWrite, completed_run, continue_stage, prepare_folder, write_run
 from subsetsum_lth.solve import SolveConfig, check_solver
-from subsetsum_lth.target import Target
+from subsetsum_lth.target import Target, target_digest
 from subsetsum_lth.tolerance import apriori_bound, choose_tolerance  # noqa: F401  (public here too)
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
     check_solver(sc)
     fingerprint = {
         "target_sizes": target.sizes, "target_bias": target.has_bias,
-        "target_digest": _digest(target),
+        "target_digest": target_digest(target),
         # tau only when set, so runs recorded before the field existed resume unchanged
         "construction": {k: v for k, v in asdict(cc).items() if not (k == "tau" and v is None)},
         "solver": sc.solver, "objective": sc.objective, "eps": config.eps,
@@ -319,11 +319,3 @@ def _estimate_workers(sc: SolveConfig, executor) -> int:
     return solve_workers(sc, executor)
 
 
-def _digest(target: Target) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    for L in target.layers:
-        h.update(np.ascontiguousarray(L.weight).tobytes())
-        if L.bias is not None:
-            h.update(np.ascontiguousarray(L.bias).tobytes())
-    return h.hexdigest()[:16]

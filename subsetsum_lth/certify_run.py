@@ -125,7 +125,7 @@ def certify_run_box(run, target, maps, g: torch.nn.Module, box, progress=None):
     import os
 
     from subsetsum_lth.certify import check_soundness
-    from subsetsum_lth.runcheck import RECREATE, check_regular, _load_tensors
+    from subsetsum_lth.runfolder import check_regular, load_tensors
     where = f"{run.path}/report.json"
     stored_box = box_from_report(run.report, where)
     bab = 0.0
@@ -148,7 +148,7 @@ def certify_run_box(run, target, maps, g: torch.nn.Module, box, progress=None):
         check_regular(wpath)
         if os.stat(wpath).st_size > 8 * p + (1 << 20):
             raise RunFolderError(f"{wpath} must hold one tensor 'x' of shape ({p},); {RECREATE}")
-        t = _load_tensors(wpath)
+        t = load_tensors(wpath)
         x = t.get("x")
         if set(t) != {"x"} or x is None or tuple(x.shape) != (p,):
             raise RunFolderError(f"{wpath} must hold one tensor 'x' of shape ({p},); {RECREATE}")

@@ -15,6 +15,7 @@ import sys
 import threading
 
 from subsetsum_lth import __version__
+from subsetsum_lth.atomic import DISK_FULL_ERRNOS, disk_full_message
 from subsetsum_lth.commands._help import HelpFormatter
 from subsetsum_lth.errors import CertificateViolation, IncompleteRun, UserError
 from subsetsum_lth.solvers.interrupt import stop_native_calls_on_signals
@@ -151,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 128 + int(signal.SIGPIPE)
     except OSError as exc:
-        from subsetsum_lth.runfolder import DISK_FULL_ERRNOS, disk_full_message
         if exc.errno not in DISK_FULL_ERRNOS:
             raise
         # a write outside the run-folder writer (which names its file itself) ran out of space

@@ -53,7 +53,7 @@ def _param_index(state: dict, layout=None) -> list[int]:
 def masked_sequential(state: dict, masks: dict, device="cpu", dtype=torch.float32,
                       relu_after=None, layout=None) -> nn.Sequential:
     """ĝ with every tensor times its mask, built by the one builder
-    (:func:`subsetsum_lth.gnet.module_from_ops`): Sequential(Linear, ReLU, ..., Linear) for an
+    (:func:`subsetsum_lth.ops.module_from_ops`): Sequential(Linear, ReLU, ..., Linear) for an
     MLP, the layout's network (taking flat vectors) for an image network. ``relu_after`` (one
     bool per ReLU, default all True): False puts an ``nn.Identity`` where the ReLU would be
     (edge-popup's ``--no-inner-relu`` runs); the state_dict keys stay the same."""

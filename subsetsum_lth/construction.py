@@ -20,7 +20,7 @@ network does not depend on the number of workers or on the order of work.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -210,7 +210,6 @@ class RandomLayerPair:
         """The plan as it was when this pair was drawn."""
         if self.extensions is None or np.array_equal(self.extensions, self.plan.extensions):
             return self.plan
-        from dataclasses import replace
         return replace(self.plan, extensions=self.extensions.copy())
 
     @property
@@ -610,3 +609,33 @@ def prepruning_masks(plans: list[LayerPlan], random_state: dict[str, np.ndarray]
         out.update(layout.to_stored(i, mw1, mb1, np.repeat(live_units[None, :], q, axis=0),
                                     np.zeros(q, dtype=np.uint8)))
     return out
+
+
+def eligible_masks(plans: list[LayerPlan] | None, numpy_state: dict[str, np.ndarray], layout=None,
+                   inner_relu: bool = True) -> dict[str, np.ndarray]:
+    """The entries of g a *structured* mask search may use: the pre-pruning masks of §1
+    (:func:`prepruning_masks`), under the layout's keys.
+
+    With ``inner_relu=False`` (layers 2i-1 used linearly) the sign pruning of §1 is dropped,
+    since it only removes units that the ReLU switches off: every block-diagonal edge u_{jk} != 0
+    of every layer 2i-1 and every non-zero bias of its bias block stay eligible (Pensia et al.'s
+    Figure 1c structure), and layer 2i may use every one of those units."""
+    if plans is None:
+        raise UserError("--structure structured needs the construction's block plan, but this random "
+                        "network is not construction-shaped (no block plan in report.json and the shapes "
+                        "do not fit H = p*m (+ m)); use --structure free")
+    plans = plans if inner_relu else [replace(pl, signed_input=True) for pl in plans]
+    layout = layout if layout is not None else layout_of(plans)
+    allowed = prepruning_masks(plans, numpy_state, layout)
+    if not inner_relu:
+        for i, pl in enumerate(plans):
+            kw1, kb1, kw2, _ = layout.pair_keys(i)
+            b1 = numpy_state[kb1]
+            if pl.has_bias:
+                sl = pl.block_slice(pl.p)
+                allowed[kb1][sl] = (b1[sl] != 0).astype(np.uint8)
+            live = allowed[kw1].reshape(pl.hidden, -1).any(axis=1) | allowed[kb1].astype(bool)
+            allowed[kw2] = np.repeat(live[None, :].astype(np.uint8), pl.q, axis=0).reshape(allowed[kw2].shape)
+    if set(allowed) != set(numpy_state):
+        raise UserError("the construction's block plan does not cover every tensor of the random network")
+    return allowed

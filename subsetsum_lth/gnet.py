@@ -5,8 +5,8 @@ ReLU, ``Linear(H_i, q)``; for a Conv2d layer ``Conv2d(c_in, H_i, k, stride, padd
 ``Conv2d(H_i, q, 1)``; then the ReLU of the target layer (not after the last) and the
 target's parameter-free layers (pooling, flatten) unchanged. :class:`GLayout` says which
 ``nn.Sequential`` index holds which tensor — an MLP's g has the keys ``4i`` and ``4i+2`` of
-DESIGN §5 — and :func:`module_from_ops` is the one place an ``nn.Sequential`` is built from
-an architecture list and state dicts (certify, the API, compare and edge-popup use it).
+DESIGN §5 — and :meth:`GLayout.module` builds it with :func:`subsetsum_lth.ops.module_from_ops`,
+the one place an ``nn.Sequential`` is built from an architecture list and state dicts.
 :class:`Masks` is a validated mask set (0/1 values, keys and shapes those of the layout).
 """
 from __future__ import annotations
@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from subsetsum_lth.errors import RunFolderError
+from subsetsum_lth.layerkinds import Linear
+from subsetsum_lth.ops import module_from_ops
 
 PARAM_OPS = ("linear", "conv2d")
 
@@ -116,52 +118,8 @@ class GLayout:
         return {"g_arch": self.ops(), "input_shape": None if self.input_shape is None else list(self.input_shape)}
 
 
-def module_from_ops(ops: list[dict], state: dict | None = None, masks: dict | None = None,
-                    dtype=torch.float32, relu_after=None) -> nn.Sequential:
-    """An nn.Sequential from an architecture list, its parametric layers loaded from ``state``
-    (keyed ``{index}.weight``/``{index}.bias``) and multiplied by ``masks`` when given.
-    ``relu_after`` (one bool per ReLU of ``ops``, in order): False puts ``nn.Identity`` in
-    that ReLU's place, so the keys stay the same (edge-popup's ``--no-inner-relu``)."""
-    from subsetsum_lth.layerkinds import Op
-    mods: list[nn.Module] = []
-    relus = [i for i, op in enumerate(ops) if op["op"] == "relu"]
-    if relu_after is not None and len(relu_after) != len(relus):
-        raise RunFolderError(f"relu_after has {len(relu_after)} entries for {len(relus)} ReLUs")
-    keep_relu = dict(zip(relus, [True] * len(relus) if relu_after is None else [bool(r) for r in relu_after]))
-    for idx, op in enumerate(ops):
-        name = op["op"]
-        if name == "linear":
-            mod = nn.Linear(int(op["in_features"]), int(op["out_features"]), bias=op.get("bias", True))
-        elif name == "conv2d":
-            mod = nn.Conv2d(int(op["in_channels"]), int(op["out_channels"]), tuple(op["kernel"]),
-                            tuple(op.get("stride", (1, 1))), tuple(op.get("padding", (0, 0))),
-                            bias=op.get("bias", True))
-        elif name == "relu":
-            mods.append(nn.ReLU() if keep_relu[idx] else nn.Identity())
-            continue
-        elif name in ("maxpool2d", "avgpool2d", "flatten"):
-            mods.append(Op(name, (), tuple(op.get("kernel", (1, 1))), tuple(op.get("stride", (1, 1)))).module())
-            continue
-        else:
-            raise RunFolderError(f"unsupported layer {idx} ({name}) in an architecture")
-        mod = mod.to(dtype)
-        if state is not None:
-            with torch.no_grad():
-                for t in ("weight", "bias"):
-                    key = f"{idx}.{t}"
-                    if getattr(mod, t) is None:
-                        continue
-                    v = torch.as_tensor(np.asarray(state[key]), dtype=dtype)
-                    if masks is not None:
-                        v = v * torch.as_tensor(np.asarray(masks[key]) != 0)
-                    getattr(mod, t).copy_(v.reshape(getattr(mod, t).shape))
-        mods.append(mod)
-    return nn.Sequential(*mods)
-
-
 def mlp_layout(state: dict) -> GLayout:
     """The layout of an MLP g read off its state dict (keys 0, 2, 4, ... of Linear layers)."""
-    from subsetsum_lth.layerkinds import Linear
     n = len([k for k in state if k.endswith(".weight")])
     if n % 2:
         raise RunFolderError(f"the random network has {n} Linear layers; a construction has an even number")

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from subsetsum_lth import runfolder as rf
+from subsetsum_lth.certify import LayerMap, layer_maps, pruned_module
+from subsetsum_lth.construction import DISTRIBUTIONS, draw_layer_pair, unit_columns
 from subsetsum_lth.errors import RunFolderError, UserError
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ MASKS_COMPACT = "masks.compact.safetensors"
 #: draw ever changes: old compact folders are then refused instead of misread)
 GENERATOR = "subsetsum-lth/block-seeds/v1"
 ROLES = ("u", "b1", "w2", "b2")
-RECREATE = "recreate the run (or restore the file the tool wrote)"
+RECREATE = rf.RECREATE
 
 
 def dense_entries(plans) -> int:
@@ -120,7 +122,6 @@ def support_layer_maps(pairs, cmasks) -> list:
     of every block at once — so each column sees the same additions in the same order as
     ``np.add.at`` over the dense matrices, and only q × p float64 values of w2 are converted at
     a time."""
-    from subsetsum_lth.certify import LayerMap
     maps = []
     for pair, mk in zip(pairs, cmasks):
         pl = pair.drawn_plan
@@ -194,7 +195,6 @@ class SupportNet(nn.Module):
 def run_layer_maps(run) -> list:
     """The layer maps of a validated run (:class:`subsetsum_lth.runcheck.Run`): from the support
     for a compact run (never the dense g), from the dense files otherwise."""
-    from subsetsum_lth.certify import layer_maps
     if getattr(run, "compact", None) is not None:
         return support_layer_maps(run.compact.pairs, run.compact.cmasks)
     return layer_maps(run.random_state, run.masks, run.layout)
@@ -203,7 +203,6 @@ def run_layer_maps(run) -> list:
 def run_pruned_module(run, dtype=torch.float64) -> nn.Module:
     """ĝ of a validated run as a module on flat inputs: :class:`subsetsum_lth.gstore.SupportNet`
     for a compact run, the dense masked nn.Sequential otherwise."""
-    from subsetsum_lth.certify import pruned_module
     if getattr(run, "compact", None) is not None:
         return SupportNet(run.compact.pairs, run.compact.cmasks, dtype)
     return pruned_module(run.random_state, run.masks, run.layout, dtype)
@@ -269,7 +268,6 @@ class DenseMasks(_LayoutView):
         return np.dtype(np.uint8)
 
     def __getitem__(self, key: str) -> np.ndarray:
-        from subsetsum_lth.construction import unit_columns
         i, role = self._where[key]
         mk = self.cmasks[i]
         if role == "w1":
@@ -336,16 +334,14 @@ def save_safetensors_stream(path, tensors: Mapping, metadata: dict | None = None
 # ----------------------------------------------------------------------------- the compact files
 
 def write_compact(out: Path, pairs, cmasks, meta: dict, spec: dict) -> None:
-    from subsetsum_lth.runwriter import tensor_metadata
-    tmeta = tensor_metadata({**meta, "format": "run-compact", "generator": spec})
+    tmeta = rf.tensor_metadata({**meta, "format": "run-compact", "generator": spec})
     save_safetensors_stream(Path(out) / RANDOM_NET_COMPACT, support_tensors(pairs), tmeta)
     save_safetensors_stream(Path(out) / MASKS_COMPACT, mask_tensors(cmasks), tmeta)
 
 
 def write_dense(out: Path, pairs, plans, cmasks, layout, meta: dict) -> None:
     """random_net.safetensors and masks.safetensors, streamed one tensor at a time."""
-    from subsetsum_lth.runwriter import tensor_metadata
-    tmeta = tensor_metadata(meta)
+    tmeta = rf.tensor_metadata(meta)
     save_safetensors_stream(Path(out) / rf.RANDOM_NET, DenseState(pairs, layout), tmeta)
     save_safetensors_stream(Path(out) / rf.MASKS, DenseMasks(plans, cmasks, layout), tmeta)
 
@@ -370,8 +366,6 @@ def read_compact(path: Path, plans, seed: int, distribution, domain: str) -> Com
     specification equal to the one report.json implies, every stored support value equal (bit
     for bit) to what the generator regenerates, masks uint8 0/1 keeping nothing the
     construction's pre-pruning removes."""
-    from subsetsum_lth.construction import DISTRIBUTIONS, draw_layer_pair
-    from subsetsum_lth.runcheck import _load_tensors
     path = Path(path)
     if distribution not in DISTRIBUTIONS:
         raise RunFolderError(f"{path / rf.REPORT}: 'distribution' must be one of {sorted(DISTRIBUTIONS)}, got "
@@ -381,7 +375,7 @@ def read_compact(path: Path, plans, seed: int, distribution, domain: str) -> Com
     loaded = {}
     for fname, dtype in ((RANDOM_NET_COMPACT, np.float32), (MASKS_COMPACT, np.uint8)):
         fpath = path / fname
-        tensors = _load_tensors(fpath)
+        tensors = rf.load_tensors(fpath)
         fmeta = _file_metadata(fpath)
         if set(tensors) != set(want):
             extra, missing = sorted(set(tensors) - set(want))[:4], sorted(set(want) - set(tensors))[:4]
@@ -442,24 +436,3 @@ def _check_prepruning(pair, mk, signed: bool, where: Path, i: int) -> None:
         if n:
             raise RunFolderError(f"{where}: pair{i}.{r} keeps {n} entries outside the blocks the construction "
                                  f"allows (pre-pruned entries); {RECREATE}")
-
-
-def export_dense(run_path) -> list[Path]:
-    """Write ``random_net.safetensors`` and ``masks.safetensors`` into a compact run folder,
-    regenerated from its validated support and specification, byte-identical to what the dense
-    store writes for the same run. Returns the two paths. The folder must be a finished
-    approximate run written by the tool (its manifest); the files are added to the manifest (a
-    file of those names that the tool did not write is refused, never replaced)."""
-    from subsetsum_lth import manifest
-    from subsetsum_lth.runcheck import read_run
-    run_path = Path(run_path)
-    run = read_run(run_path)
-    if run.compact is None:
-        raise UserError(f"{run_path} is stored dense already ({rf.RANDOM_NET}, {rf.MASKS}); nothing to export")
-    paths = [run_path / rf.RANDOM_NET, run_path / rf.MASKS]
-    with manifest.session(run_path):
-        writer = manifest.open_folder(run_path, "approximate", need_bytes=int(dense_entries(run.plans) * 5 * 1.05))
-        meta = {"format": "run", "seed": run.seed, "depth": len(run.plans)}
-        write_dense(run_path, run.compact.pairs, run.plans, run.compact.cmasks, run.layout, meta)
-        writer.finish()
-    return paths

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from subsetsum_lth.errors import TargetError
+from subsetsum_lth.ops import canonical_arch, check_arch, parameter_free_module
 
 #: kinds of parametric layers and of parameter-free ops, by their name in an architecture list
 PARAMETRIC = ("linear", "conv2d")
@@ -206,10 +207,7 @@ class Op:
         return F.avg_pool2d(x, self.kernel, self.stride)
 
     def module(self) -> nn.Module:
-        if self.name == "flatten":
-            return nn.Flatten()
-        cls = nn.MaxPool2d if self.name == "maxpool2d" else nn.AvgPool2d
-        return cls(self.kernel, self.stride)
+        return parameter_free_module(self.name, self.kernel, self.stride)
 
     def lipschitz(self) -> float:
         """A proven ℓ2 Lipschitz constant (also bounds ‖op(x)‖/‖x‖, since op(0) = 0).
@@ -234,7 +232,6 @@ def kinds_from_arch(arch: list[dict], input_shape) -> tuple[list, list[list[Op]]
     """Parse an architecture list (:mod:`subsetsum_lth.arch`, which validates it: shapes,
     supported layers, the class of Theorem 1) into parametric kinds and, per parametric layer,
     the parameter-free ops that follow its ReLU."""
-    from subsetsum_lth.arch import canonical_arch, check_arch
     check_arch(arch, input_shape)
     shape = tuple(int(s) for s in input_shape)
     kinds: list = []

@@ -33,10 +33,11 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 from pathlib import Path
 
+from subsetsum_lth import __version__
+from subsetsum_lth.atomic import check_writable, write_bytes_atomically
 from subsetsum_lth.errors import RunFolderError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ KIND_NAMES = {"target": "a target folder (train-target)", "approximate": "an app
 
 #: files of a resume store: one finished batch per ``<32 hex>.npz``
 STORE_FILE = re.compile(r"^[0-9a-f]{32}\.npz$")
-# temporaries of runfolder._atomic_write / tempfile.mkstemp: ".<name>.<8 random chars>.tmp"
+# temporaries of atomic.write_atomically / tempfile.mkstemp: ".<name>.<8 random chars>.tmp"
 _TMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 _PROBE = re.compile(r"^\.probe\.[a-z0-9_]{8}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -251,12 +252,10 @@ class FolderWriter:
         return set(KIND_FILES[self.kind]) | set(self.files) | {MANIFEST}
 
     def write_manifest(self) -> None:
-        from subsetsum_lth import __version__
-        from subsetsum_lth.runfolder import _atomic_write_bytes
         m = {"format": FORMAT, "version": VERSION, "kind": self.kind, "tool_version": __version__,
              "complete": self.complete, "files": dict(sorted(self.files.items())),
              "stores": sorted(self.stores)}
-        _atomic_write_bytes(self.folder / MANIFEST, (json.dumps(m, indent=2) + "\n").encode())
+        write_bytes_atomically(self.folder / MANIFEST, (json.dumps(m, indent=2) + "\n").encode())
 
     def before_write(self, path: Path) -> None:
         """Called before ``path`` (a file directly in the folder) is written: refuse to replace a
@@ -302,8 +301,7 @@ class FolderWriter:
         d.mkdir(exist_ok=True)
         marker = d / STORE_MARKER
         if not marker.exists():
-            from subsetsum_lth.runfolder import _atomic_write_bytes
-            _atomic_write_bytes(marker, b"resume store of subsetsum-lth; its *.npz files are removed "
+            write_bytes_atomically(marker, b"resume store of subsetsum-lth; its *.npz files are removed "
                                         b"when the run completes\n")
         return d
 
@@ -463,7 +461,6 @@ def open_folder(out, kind: str, *, overwrite: bool = False, need_bytes: int = 0)
     try:
         m = read_manifest(folder)                          # again, now that no one else writes
         _verify(folder, kind, m)
-        from subsetsum_lth.runfolder import check_writable
         check_writable(folder, need_bytes)
         w = FolderWriter(folder, kind, m or {}, lock)
         w.clean_temps()

@@ -134,7 +134,6 @@ class Preprocessing:
 
 def fold(target, prep: Preprocessing):
     """A new Target whose first layer carries ``prep``: it takes pixels/255 in [0, 1]."""
-    from subsetsum_lth.target import Layer, Target
     first = target.layers[0]
     kind = first.kind
     if kind.name == "conv2d" and any(kind.padding) and any(m != 0 for m in (prep.mean or ())):
@@ -159,7 +158,7 @@ def fold(target, prep: Preprocessing):
     meta.update(prep.to_metadata())
     meta["preprocessing_folded"] = "true"
     meta["input_domain"] = "nonnegative"
-    out = replace(target, layers=[Layer(W, b, first.kind_)] + list(target.layers[1:]), metadata=meta)
+    out = replace(target, layers=[replace(first, weight=W, bias=b)] + list(target.layers[1:]), metadata=meta)
     log.info("folded the input preprocessing %s into the first layer: the target now takes "
              "pixels/255 in [0, 1]", prep.describe())
     return out

@@ -31,7 +31,7 @@ import numpy as np
 from subsetsum_lth import runfolder as rf
 from subsetsum_lth.errors import RunFolderError, UserError
 from subsetsum_lth.manifest import sha256_file
-from subsetsum_lth.runcheck import read_json
+from subsetsum_lth.target import target_digest
 
 #: the relative tolerance for figures recomputed in float64 by the same arithmetic
 REL = 1e-6
@@ -176,7 +176,7 @@ def _settings(a: Audit, run, cert, bound_checked: bool, eps_bound) -> None:
     cfg_path = run.path / "run_config.json"
     mode = rep.get("mode")
     if cfg_path.exists():
-        cfg = read_json(cfg_path)
+        cfg = rf.read_json(cfg_path)
         cc = cfg.get("construction") if isinstance(cfg.get("construction"), dict) else {}
         src = "run_config.json"
         cfg_mode = "network" if cfg.get("eps") is not None else "weight"
@@ -193,8 +193,7 @@ def _settings(a: Audit, run, cert, bound_checked: bool, eps_bound) -> None:
             if key in cfg:
                 a.exact(key, rep.get(key), cfg[key], src)
         if isinstance(cfg.get("target_digest"), str) and run.target is not None:
-            from subsetsum_lth.approximate import _digest
-            got = _digest(run.target)
+            got = target_digest(run.target)
             if got != cfg["target_digest"]:
                 a.differs("run_config.json target_digest", cfg["target_digest"], got,
                           f"the weights in {rf.TARGET}")

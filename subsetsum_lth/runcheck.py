@@ -28,7 +28,6 @@ can never disagree about which network a folder holds. It refuses, with a
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,16 +38,20 @@ from pathlib import Path
 import numpy as np
 
 from subsetsum_lth import runfolder as rf
+from subsetsum_lth.construction import DISTRIBUTIONS, LayerPlan, eligible_masks, layout_of, prepruning_masks
 from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.gnet import mlp_layout
+from subsetsum_lth.gstore import DenseMasks, DenseState, generator_spec, read_compact
+from subsetsum_lth.layerkinds import arch_of, kinds_from_arch
+# the readers of one file live in runfolder (below gstore); certify_run and the CLI import them from here
+from subsetsum_lth.runfolder import RECREATE, check_regular, load_tensors, read_json  # noqa: F401
+from subsetsum_lth.target import load_target
 
 log = logging.getLogger(__name__)
 
-#: the largest JSON file read (report.json with a long training curve is a few MB)
-MAX_JSON_BYTES = 64 << 20
 INPUT_DOMAINS = ("nonnegative", "signed")
 WITNESS = "witness.safetensors"
-RECREATE = "recreate the run (or restore the file the tool wrote)"
 #: the largest input radius read (beyond it the float64 forward passes of the certificate overflow)
 MAX_INPUT_RADIUS = 1e12
 
@@ -56,49 +59,6 @@ MAX_INPUT_RADIUS = 1e12
 def _short(v) -> str:
     r = repr(v)
     return r if len(r) <= 60 else r[:57] + "..."
-
-
-def check_regular(path: Path, fix: str = RECREATE) -> None:
-    """Refuse, before opening it, a path that is missing or not a regular file (a FIFO would
-    block a reader for ever; a device could be read for ever). Symlinks are followed."""
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise RunFolderError(f"{path} does not exist; {fix}") from None
-    except OSError as exc:
-        raise RunFolderError(f"cannot access {path}: {exc.strerror or exc}; {fix}") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise RunFolderError(f"{path} is {kind}, not a regular file; {fix}")
-
-
-def read_json(path: Path, fix: str = RECREATE) -> dict:
-    """A JSON object from a regular file, or one clear RunFolderError (never a traceback)."""
-    path = Path(path)
-    check_regular(path, fix)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_JSON_BYTES + 1)
-    except OSError as exc:
-        raise RunFolderError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from None
-    if len(data) > MAX_JSON_BYTES:
-        raise RunFolderError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; not a file this tool wrote: {fix}")
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise RunFolderError(f"{path} is not UTF-8 text (binary data?); {fix}") from None
-    except RecursionError:
-        raise RunFolderError(f"{path} is nested too deeply to be a file this tool wrote; {fix}") from None
-    except ValueError as exc:
-        raise RunFolderError(f"{path} is not valid JSON ({exc}); {fix}") from None
-    if not isinstance(obj, dict):
-        kind = {list: "an array", type(None): "null", bool: "a boolean", int: "a number", float: "a number",
-                str: "a string"}.get(type(obj), type(obj).__name__)
-        raise RunFolderError(f"{path} holds {kind}, not a JSON object; {fix}")
-    return obj
 
 
 # ----------------------------------------------------------------------------- field checks
@@ -210,9 +170,7 @@ class Run:
         if self.layout_ is not None:
             return self.layout_
         if self.plans is not None:
-            from subsetsum_lth.construction import layout_of
             return layout_of(self.plans)
-        from subsetsum_lth.gnet import mlp_layout
         return mlp_layout(self.random_state)
 
     @property
@@ -235,25 +193,6 @@ class Run:
     @property
     def all_relu(self) -> bool:
         return all(self.relu_after)
-
-
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _load_tensors(path: Path) -> dict:
-    check_regular(path)
-    # a file (e.g. a sparse one whose header announces huge tensors) larger than this machine's
-    # memory would be read whole before any shape is checked: refuse it by its size first
-    size, mem = os.stat(path).st_size, _physical_memory()
-    if mem is not None and size > mem:
-        raise RunFolderError(f"{path} is {size / 1e9:,.1f} GB, more than this machine's memory "
-                             f"({mem / 1e9:,.1f} GB) can load; {RECREATE}")
-    state, _ = rf.load_safetensors(path)
-    return state
 
 
 def _linear_count(state: dict, fname: str, where: Path) -> int:
@@ -292,7 +231,6 @@ def _check_mlp_shapes(state: dict, n: int, where: Path) -> list[int]:
 def _plans(entries, sizes: list[int], domain: str, where: str, shapes=None):
     """LayerPlans from report.json's per-layer block widths (validated). ``shapes``: the
     (q, p) of each layer's matrix view where they do not chain (conv layers)."""
-    from subsetsum_lth.construction import LayerPlan
 
     depth = len(sizes) - 1
     shapes = shapes or [(sizes[i + 1], sizes[i]) for i in range(depth)]
@@ -351,7 +289,6 @@ def _relu_after(report: dict, kind: str, n: int, where: Path) -> list[bool]:
 
 
 def _load_target(path: Path):
-    from subsetsum_lth.target import load_target
     check_regular(path)
     return load_target(path)
 
@@ -457,8 +394,8 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
         return _read_compact_run(path, report, f, sizes, domain, radius, seed, need_target)
 
     # --- tensors
-    state = _load_tensors(path / rf.RANDOM_NET)
-    masks = _load_tensors(path / rf.MASKS)
+    state = load_tensors(path / rf.RANDOM_NET)
+    masks = load_tensors(path / rf.MASKS)
     if "target_arch" in report or "input_shape" in report or "g_arch" in report:
         return _read_image_run(path, report, f, state, masks, sizes, domain, radius, seed, kind)
     n = _linear_count(state, rf.RANDOM_NET, path)
@@ -507,15 +444,11 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
     allowed = None
     if kind == "subset-sum":
         # the masks keep nothing that the block-diagonal pre-pruning removed
-        from subsetsum_lth.construction import prepruning_masks
         allowed = prepruning_masks(plans, state)
     elif plans is not None and f.choice("structure", ("free", "structured"), optional=True) == "structured":
         # a structured edge-popup run keeps only the entries its search was allowed to score
-        import torch
-        from subsetsum_lth.edge_popup import RandomNet, eligibility
-        net = RandomNet({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, {}, plans,
-                        domain or "nonnegative")
-        allowed = eligibility(net, "structured", f.boolean("inner_relu", optional=True, default=True))
+        allowed = eligible_masks(plans, {k: np.ascontiguousarray(v) for k, v in state.items()}, None,
+                                 f.boolean("inner_relu", optional=True, default=True))
     _check_allowed(path, masks, allowed)
 
     # --- the target, when the folder holds one
@@ -561,8 +494,6 @@ def _read_compact_run(path: Path, report: dict, f, sizes, domain, radius, seed, 
     distribution from report.json must give exactly the generator specification recorded there
     and in both compact files, and every stored support value must be what that specification
     regenerates (read_compact). random_state and masks are lazy dense views."""
-    from subsetsum_lth.construction import DISTRIBUTIONS, layout_of
-    from subsetsum_lth.gstore import DenseMasks, DenseState, generator_spec, read_compact
     where = str(path / rf.REPORT)
     if "target_arch" in report:
         raise RunFolderError(f"{where}: a compact run is of an MLP target, but 'target_arch' is recorded; {RECREATE}")
@@ -600,9 +531,6 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
     shape is checked against it. Subset-sum masks and structured edge-popup masks keep nothing
     the construction's pre-pruning removes; an edge-popup run's ``relu_after`` has one boolean
     per ReLU of g."""
-    from subsetsum_lth.construction import layout_of, prepruning_masks
-    from subsetsum_lth.errors import UserError
-    from subsetsum_lth.layerkinds import arch_of, kinds_from_arch
     where = str(path / rf.REPORT)
     arch = report.get("target_arch")
     shape = f.int_list("input_shape", minimum=1)
@@ -654,11 +582,8 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
         allowed = prepruning_masks(plans, state, layout)
     elif f.choice("structure", ("free", "structured"), optional=True) == "structured":
         # a structured edge-popup run keeps only the entries its search was allowed to score
-        import torch
-        from subsetsum_lth.edge_popup import RandomNet, eligibility
-        net = RandomNet({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, {}, plans,
-                        domain or "nonnegative", layout=layout)
-        allowed = eligibility(net, "structured", f.boolean("inner_relu", optional=True, default=True))
+        allowed = eligible_masks(plans, {k: np.ascontiguousarray(v) for k, v in state.items()}, layout,
+                                 f.boolean("inner_relu", optional=True, default=True))
     if kind == "edge-popup":
         # ReLUs alternate: after the first layer of pair i (even positions; dropped only by
         # --no-inner-relu), then the target's own ReLU between pairs (odd positions; always there)
@@ -710,7 +635,7 @@ def read_witness(run: Run) -> tuple[np.ndarray, float] | None:
     if os.stat(path).st_size > 8 * p + (1 << 20):
         raise RunFolderError(f"{path} must hold one tensor 'x' of shape ({p},), but it is "
                              f"{os.stat(path).st_size:,} bytes; {RECREATE}")
-    tensors = _load_tensors(path)
+    tensors = load_tensors(path)
     x = tensors.get("x")
     if set(tensors) != {"x"} or x is None or x.shape != (p,) or not np.issubdtype(x.dtype, np.floating):
         raise RunFolderError(f"{path} must hold one tensor 'x' of shape ({p},); {RECREATE}")

@@ -17,17 +17,18 @@ crash never leaves a half-written file under a final name.
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import os
 import shutil
-import tempfile
+import stat
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from subsetsum_lth import manifest
+from subsetsum_lth.atomic import write_atomically
 from subsetsum_lth.errors import RunFolderError
 
 RANDOM_NET = "random_net.safetensors"
@@ -37,85 +38,23 @@ REPORT = "report.json"
 METRICS = "metrics.csv"
 
 
-def _file_mode() -> int:
-    """The mode a plainly created file gets (0666 less the umask), not mkstemp's 0600."""
-    global _MODE
-    if _MODE is None:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        _MODE = 0o666 & ~mask
-    return _MODE
-
-
-_MODE: int | None = None
+def tensor_metadata(meta: dict) -> dict:
+    """safetensors metadata as ONE key holding sorted JSON: safetensors writes several keys in
+    hash-map order, which would make two runs of the same seed differ in their bytes."""
+    return {"subsetsum_lth": json.dumps(meta, sort_keys=True)}
 
 
 def _atomic_write(path: Path, write, size: int | None = None) -> None:
-    """Write ``path`` through ``write(binary file)`` into a temporary file beside it, fsync, and
-    rename it into place: readers see the old file or the whole new one, never a partial one.
+    """Write ``path`` through ``write(binary file)`` atomically (:func:`subsetsum_lth.atomic.write_atomically`).
     In a folder opened by :func:`subsetsum_lth.manifest.open_folder` the file is listed in the
     folder's manifest (and a file the tool did not write is never replaced). A full disk (or a
     file-size limit or quota) raises :class:`subsetsum_lth.errors.DiskFull` naming the file and
     ``size``, the bytes it needs (when known)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from subsetsum_lth import manifest
     manifest.before_write(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        _raise_if_full(exc, path, size or 0)
-        raise
-    written = 0
-    try:
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            written = fh.tell()
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            written = max(written, os.stat(tmp).st_size)
-        except OSError:
-            pass
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            _raise_if_full(exc, path, size or written)
-        raise
+    write_atomically(path, write, size)
     manifest.after_write(path)
-
-
-#: errnos of a full disk, a file-size limit (RLIMIT_FSIZE) and a full quota
-DISK_FULL_ERRNOS = tuple(e for e in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if e is not None)
-
-
-def disk_full_message(path, needed: int, exc: OSError) -> str:
-    """'disk full while writing FILE: needed ~N MB, M MB free at FOLDER' (with the system's reason
-    when it is a file-size limit or a quota rather than the disk)."""
-    path = Path(path)
-    try:
-        free = shutil.disk_usage(path.parent if path.parent.exists() else ".").free
-        free_s = f"{_size(free)} free"
-    except OSError:
-        free_s = "free space unknown"
-    why = "" if exc.errno == errno.ENOSPC else f" ({exc.strerror or os.strerror(exc.errno)})"
-    need_s = f"needed ~{_size(needed)}" if needed else "needed more space"
-    return f"disk full while writing {path.name}{why}: {need_s}, {free_s} at {path.parent}"
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB" if n >= 1e3 else f"{n} bytes"
-
-
-def _raise_if_full(exc: OSError, path: Path, needed: int) -> None:
-    if exc.errno in DISK_FULL_ERRNOS:
-        from subsetsum_lth.errors import DiskFull
-        raise DiskFull(disk_full_message(path, needed, exc)) from None
 
 
 def atomic_savefig(fig, path, **kwargs) -> None:
@@ -210,24 +149,6 @@ def atomic_write_csv(path, rows: list[dict]) -> None:
     _atomic_write_bytes(Path(path), buf.getvalue().encode())
 
 
-def check_writable(out: Path, need_bytes: int = 0) -> None:
-    """Fail before any work if the run folder cannot be written (or the disk is too full)."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=out)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise RunFolderError(f"cannot write to the run folder {out}: {exc.strerror or exc}; "
-                             "choose another --out") from None
-    if need_bytes:
-        free = shutil.disk_usage(out).free
-        if free < need_bytes:
-            raise RunFolderError(f"not enough disk space in {out}: need about {need_bytes / 1e6:.0f} MB, "
-                                 f"{free / 1e6:.0f} MB free")
-
-
 def read_report(run: Path) -> dict:
     path = Path(run) / REPORT
     if not path.exists():
@@ -243,3 +164,74 @@ def depth_of(state: dict) -> int:
     if n_linear % 2:
         raise RunFolderError(f"random network has {n_linear} Linear layers; expected an even number (2l)")
     return n_linear // 2
+
+
+# ----------------------------------------------------------------------------- reading one file, checked
+
+#: the largest JSON file read (report.json with a long training curve is a few MB)
+MAX_JSON_BYTES = 64 << 20
+RECREATE = "recreate the run (or restore the file the tool wrote)"
+
+
+def check_regular(path: Path, fix: str = RECREATE) -> None:
+    """Refuse, before opening it, a path that is missing or not a regular file (a FIFO would
+    block a reader for ever; a device could be read for ever). Symlinks are followed."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} does not exist; {fix}") from None
+    except OSError as exc:
+        raise RunFolderError(f"cannot access {path}: {exc.strerror or exc}; {fix}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise RunFolderError(f"{path} is {kind}, not a regular file; {fix}")
+
+
+def read_json(path: Path, fix: str = RECREATE) -> dict:
+    """A JSON object from a regular file, or one clear RunFolderError (never a traceback)."""
+    path = Path(path)
+    check_regular(path, fix)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise RunFolderError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise RunFolderError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; not a file this tool wrote: {fix}")
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RunFolderError(f"{path} is not UTF-8 text (binary data?); {fix}") from None
+    except RecursionError:
+        raise RunFolderError(f"{path} is nested too deeply to be a file this tool wrote; {fix}") from None
+    except ValueError as exc:
+        raise RunFolderError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(obj, dict):
+        kind = {list: "an array", type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+                str: "a string"}.get(type(obj), type(obj).__name__)
+        raise RunFolderError(f"{path} holds {kind}, not a JSON object; {fix}")
+    return obj
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def load_tensors(path: Path) -> dict:
+    """The tensors of a safetensors file the tool wrote, checked (a regular file, not larger than
+    this machine's memory, finite values), or one clear RunFolderError."""
+    check_regular(path)
+    # a file (e.g. a sparse one whose header announces huge tensors) larger than this machine's
+    # memory would be read whole before any shape is checked: refuse it by its size first
+    size, mem = os.stat(path).st_size, _physical_memory()
+    if mem is not None and size > mem:
+        raise RunFolderError(f"{path} is {size / 1e9:,.1f} GB, more than this machine's memory "
+                             f"({mem / 1e9:,.1f} GB) can load; {RECREATE}")
+    state, _ = load_safetensors(path)
+    return state

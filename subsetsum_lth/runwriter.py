@@ -13,19 +13,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from subsetsum_lth import manifest
+from subsetsum_lth import gstore, manifest
 from subsetsum_lth import runfolder as rf
 from subsetsum_lth.certify import certified_bound
-from subsetsum_lth.errors import RunFolderError
+from subsetsum_lth.certify_box import box_bound, box_from_report
+from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.report_check import target_sha256
+from subsetsum_lth.runcheck import read_run
 from subsetsum_lth.solve import ResumeStore
+from subsetsum_lth.target import save_target
 
 log = logging.getLogger(__name__)
-
-
-def tensor_metadata(meta: dict) -> dict:
-    """safetensors metadata as ONE key holding sorted JSON: safetensors writes several keys in
-    hash-map order, which would make two runs of the same seed differ in their bytes."""
-    return {"subsetsum_lth": json.dumps(meta, sort_keys=True)}
 
 
 @dataclass
@@ -55,9 +53,8 @@ def write_run(out: Path, *, masks: dict | None, meta: dict, report: dict, metric
     for it too; ``g``: an approximate run's g (then ``masks``/``random_state`` are not used)."""
     out = Path(out)
     t = time.perf_counter()
-    tmeta = tensor_metadata(meta)
+    tmeta = rf.tensor_metadata(meta)
     if g is not None:
-        from subsetsum_lth import gstore
         if g.kind == "compact":
             gstore.write_compact(out, g.pairs, g.cmasks, meta, g.spec)
         else:
@@ -71,7 +68,6 @@ def write_run(out: Path, *, masks: dict | None, meta: dict, report: dict, metric
     if target_file is not None:
         rf.atomic_copy(target_file, out / rf.TARGET)
     elif target is not None:
-        from subsetsum_lth.target import save_target
         save_target(target, out / rf.TARGET)
     for name, tensors in (extra or {}).items():
         rf.atomic_save_safetensors(tensors, out / name, tmeta)
@@ -82,7 +78,6 @@ def write_run(out: Path, *, masks: dict | None, meta: dict, report: dict, metric
             log.warning("plots failed: %s", exc)
     if (out / rf.TARGET).exists():
         # the bytes `certify` checks target.safetensors against
-        from subsetsum_lth.report_check import target_sha256
         report["target_sha256"] = target_sha256(out / rf.TARGET)
     timings["write"] = time.perf_counter() - t
     report["wall_seconds"] = time.perf_counter() - t_start
@@ -109,9 +104,8 @@ def continue_stage(out: Path, config, fingerprint: dict):
     if not (config.overwrite and not config.resume and out.name.endswith(manifest.STAGE_SUFFIX)
             and (out / "run_config.json").is_file()):
         return config
-    from subsetsum_lth.runcheck import read_json
     try:
-        same = read_json(out / "run_config.json") == json.loads(json.dumps(fingerprint, default=rf._json_default))
+        same = rf.read_json(out / "run_config.json") == json.loads(json.dumps(fingerprint, default=rf._json_default))
     except RunFolderError:
         return config
     return replace(config, resume=True, overwrite=False) if same else config
@@ -135,8 +129,7 @@ def prepare_folder(out: Path, config, fingerprint: dict,
         # a resumed run's settings are checked before anything in the folder changes
         cfg_path = out / "run_config.json"
         if config.resume and cfg_path.exists():
-            from subsetsum_lth.runcheck import read_json
-            old = read_json(cfg_path, fix="use --overwrite to start the run again, or another --out")
+            old = rf.read_json(cfg_path, fix="use --overwrite to start the run again, or another --out")
             new = json.loads(json.dumps(fingerprint, default=rf._json_default))
             if "data" not in old:     # recorded before run_config.json held the data set
                 new.pop("data", None)
@@ -168,21 +161,17 @@ def _setting_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 def completed_run(out: Path) -> dict | None:
     """The report of a finished, successful run in ``out`` (masks and report written, nothing
     infeasible, ε met), else None. ``_prepare_folder`` has already checked the settings match."""
-    from subsetsum_lth.gstore import MASKS_COMPACT, RANDOM_NET_COMPACT
     dense = (out / rf.MASKS).exists() and (out / rf.RANDOM_NET).exists()
-    compact = (out / MASKS_COMPACT).exists() and (out / RANDOM_NET_COMPACT).exists()
+    compact = (out / gstore.MASKS_COMPACT).exists() and (out / gstore.RANDOM_NET_COMPACT).exists()
     if not ((out / rf.REPORT).exists() and (dense or compact)):
         return None
     # nothing stored is believed: the folder goes through the validated reader and its
     # certificate and weight errors are recomputed from the files before it counts as done
-    from subsetsum_lth.runcheck import read_run
     try:
         run = read_run(out, need_target=True)
         report = run.report
-        from subsetsum_lth.gstore import run_layer_maps
-        maps = run_layer_maps(run)
+        maps = gstore.run_layer_maps(run)
         cert = certified_bound(run.target, maps, run.input_radius, run.input_domain)
-        from subsetsum_lth.certify_box import box_bound, box_from_report
         box = box_from_report(report, str(out))      # a box run's --eps was checked on its box bound
         eps_bound = cert.bound if box is None else box_bound(run.target, maps, box)
     except Exception as exc:
@@ -203,3 +192,22 @@ def completed_run(out: Path) -> dict | None:
                     "solving again", out)
         return None
     return report
+
+
+def export_dense(run_path) -> list[Path]:
+    """Write ``random_net.safetensors`` and ``masks.safetensors`` into a compact run folder,
+    regenerated from its validated support and specification, byte-identical to what the dense
+    store writes for the same run. Returns the two paths. The folder must be a finished
+    approximate run written by the tool (its manifest); the files are added to the manifest (a
+    file of those names that the tool did not write is refused, never replaced)."""
+    run_path = Path(run_path)
+    run = read_run(run_path)
+    if run.compact is None:
+        raise UserError(f"{run_path} is stored dense already ({rf.RANDOM_NET}, {rf.MASKS}); nothing to export")
+    paths = [run_path / rf.RANDOM_NET, run_path / rf.MASKS]
+    with manifest.session(run_path):
+        writer = manifest.open_folder(run_path, "approximate", need_bytes=int(gstore.dense_entries(run.plans) * 5 * 1.05))
+        meta = {"format": "run", "seed": run.seed, "depth": len(run.plans)}
+        gstore.write_dense(run_path, run.compact.pairs, run.plans, run.compact.cmasks, run.layout, meta)
+        writer.finish()
+    return paths

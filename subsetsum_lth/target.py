@@ -11,6 +11,7 @@ Declared input preprocessing is folded into the first layer (:mod:`subsetsum_lth
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -164,6 +165,17 @@ class Target:
     def arch_indices(self) -> list[int]:
         """The index in :meth:`arch` (= in ``module_from_arch``) of each parametric layer."""
         return [i for i, op in enumerate(self.arch()) if op["op"] in ("linear", "conv2d")]
+
+
+def target_digest(target: Target) -> str:
+    """A short sha256 of the target's weights and biases (run_config.json's ``target_digest``:
+    a resumed or rechecked run is of the same target)."""
+    h = hashlib.sha256()
+    for L in target.layers:
+        h.update(np.ascontiguousarray(L.weight).tobytes())
+        if L.bias is not None:
+            h.update(np.ascontiguousarray(L.bias).tobytes())
+    return h.hexdigest()[:16]
 
 
 def from_state_dict(state: dict, source: str = "", metadata: dict | None = None,

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from subsetsum_lth import cli, gstore
+from subsetsum_lth import cli, gstore, runwriter
 from subsetsum_lth import runfolder as rf
 from subsetsum_lth.certify import layer_maps, pruned_module
 from subsetsum_lth.construction import (ConstructionConfig, build_construction, compact_masks_from_selections,
@@ -210,7 +210,7 @@ def test_export_dense_is_byte_identical_to_the_dense_run(runs, tmp_path, capsys)
     assert m["complete"] and m["files"][rf.RANDOM_NET]["sha256"] == _sha(c / rf.RANDOM_NET)
     assert cli.main(["export-dense", str(c)]) == 0       # again: the tool's own files are rewritten
     with pytest.raises(UserError, match="dense already"):
-        gstore.export_dense(runs["dense"])
+        runwriter.export_dense(runs["dense"])
 
 
 def test_export_dense_never_replaces_a_users_file(runs, tmp_path):
@@ -219,7 +219,7 @@ def test_export_dense_never_replaces_a_users_file(runs, tmp_path):
     shutil.copytree(runs["compact"], c)
     (c / rf.MASKS).write_bytes(b"mine")
     with pytest.raises(RunFolderError, match="did not write"):
-        gstore.export_dense(c)
+        runwriter.export_dense(c)
     assert (c / rf.MASKS).read_bytes() == b"mine"
 
 

@@ -107,14 +107,16 @@ def test_built_in_backends_are_listed_once():
 #: its own layer or the layers below. A new module must be placed here (an unplaced one fails).
 LAYERS = [
     ("solvers", {"solvers"}),
-    ("foundation", {"__init__", "errors", "progress", "runfolder", "manifest", "netdigest", "resources",
+    ("foundation", {"__init__", "errors", "atomic", "progress", "runfolder", "manifest", "netdigest", "resources",
                     "safetext"}),
-    ("network", {"layerkinds", "arch", "checkpoint", "preprocess", "target", "construction", "gnet", "data"}),
+    ("network", {"ops", "layerkinds", "arch", "checkpoint", "preprocess", "target", "construction", "gnet", "data"}),
     ("solve", {"solve", "executors", "limits", "growth"}),
     ("certificate", {"certify", "tolerance", "certify_box"}),
-    ("pipelines and run folders", {"layer_solve", "approximate", "run_report", "runwriter", "evaluation",
-                                   "plots", "runcheck", "certify_run", "api", "train", "default_target",
-                                   "edge_popup", "gstore", "report_check"}),
+    ("measurement", {"evaluation", "plots"}),
+    ("run folders: reading and writing", {"gstore", "runcheck", "report_check", "runwriter", "run_report",
+                                          "certify_run"}),
+    ("gradient training: targets and edge-popup", {"train", "edge_popup"}),
+    ("the subset-sum pipeline and the API", {"layer_solve", "approximate", "default_target", "api"}),
     ("analysis", {"compare", "bench", "width_law", "baselines"}),
     ("interface", {"cli", "commands", "__main__"}),
 ]
@@ -174,3 +176,126 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
     problems = upward_imports(tmp_path)
     assert any("target.py:2: network imports subsetsum_lth.approximate" in p for p in problems), problems
     assert any("unplaced module 'mystery'" in p for p in problems), problems
+
+
+# ----------------------------------------------------------------------------- no import circles
+
+def module_files(root: Path = ROOT) -> dict[str, Path]:
+    """Every module of the package by its import name (``solvers/`` as ``subsetsum_lth.solvers``)."""
+    found = {}
+    for folder, prefix in ((root / "subsetsum_lth", ("subsetsum_lth",)),
+                           (root / "solvers", ("subsetsum_lth", "solvers"))):
+        for path in sorted(folder.rglob("*.py")):
+            parts = prefix + path.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def import_graph(root: Path = ROOT) -> dict[str, dict[str, int]]:
+    """module -> {imported package module: first line}, from EVERY import (top level and inside
+    functions); relative imports resolved, ``from package import x`` resolved to the submodule
+    ``package.x`` when x is one, otherwise to the package."""
+    modules = module_files(root)
+
+    def known(name: str):
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = graph[name] = {}
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [known(a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else known(base)
+                           for a in node.names]
+            else:
+                continue
+            for t in targets:
+                if t and t != name and t.startswith("subsetsum_lth"):
+                    edges.setdefault(t, node.lineno)
+    return graph
+
+
+def import_circles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan, iterative)."""
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(graph[start]))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            v, children = work[-1]
+            for w in children:
+                if w not in graph:
+                    continue
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(graph[w])))
+                    break
+                if w in on_stack:
+                    low[v] = min(low[v], index[w])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[v])
+                if low[v] == index[v]:
+                    component = []
+                    while True:
+                        w = stack.pop()
+                        on_stack.discard(w)
+                        component.append(w)
+                        if w == v:
+                            break
+                    if len(component) > 1:
+                        circles.append(sorted(component))
+    return circles
+
+
+def describe_circle(graph, component, root: Path = ROOT) -> str:
+    files = module_files(root)
+    inside = [f"{files[m].relative_to(root)}:{graph[m][t]} imports {t}"
+              for m in component for t in sorted(graph[m]) if t in component]
+    return f"circle {component}:\n    " + "\n    ".join(inside)
+
+
+def test_no_import_circles():
+    """No strongly connected component of the module graph (every import counts, lazy ones too,
+    within a layer too): imports run one way, so a module can be read knowing only those below."""
+    graph = import_graph()
+    assert len(graph) >= 60, sorted(graph)
+    circles = import_circles(graph)
+    assert not circles, "\n".join(describe_circle(graph, c) for c in circles)
+
+
+def test_the_circle_check_catches_a_planted_circle(tmp_path):
+    pkg = tmp_path / "subsetsum_lth"
+    (pkg / "sub").mkdir(parents=True)
+    (tmp_path / "solvers").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from subsetsum_lth import b\n")
+    (pkg / "b.py").write_text("def f():\n    from .sub.c import g\n")           # lazy, relative
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "c.py").write_text("import subsetsum_lth.a\n")
+    (pkg / "d.py").write_text("from subsetsum_lth import a\n")                  # into it, not in it
+    graph = import_graph(tmp_path)
+    assert graph["subsetsum_lth.b"] == {"subsetsum_lth.sub.c": 2}
+    circles = import_circles(graph)
+    assert circles == [["subsetsum_lth.a", "subsetsum_lth.b", "subsetsum_lth.sub.c"]], circles
+    assert "subsetsum_lth/b.py:2 imports subsetsum_lth.sub.c" in describe_circle(graph, circles[0], tmp_path)
+    (pkg / "sub" / "c.py").write_text("import numpy\n")                         # one way now
+    assert import_circles(import_graph(tmp_path)) == []

@@ -635,8 +635,8 @@ def test_random_net_larger_than_memory_is_refused_before_reading(tmp_path, base,
     """A random_net.safetensors (here a sparse file whose header announces a 4 GB tensor) larger
     than the machine's memory is refused by its size before it is read."""
     import struct
-    from subsetsum_lth import runcheck
-    monkeypatch.setattr(runcheck, "_physical_memory", lambda: 1 << 30)     # a 1 GB machine
+    from subsetsum_lth import runfolder
+    monkeypatch.setattr(runfolder, "_physical_memory", lambda: 1 << 30)    # a 1 GB machine
     d = _copy(base, tmp_path)
     path = d / "random_net.safetensors"
     hdr = json.dumps({"0.weight": {"dtype": "F32", "shape": [1 << 30], "data_offsets": [0, 4 << 30]}}).encode()

@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from subsetsum_lth.gstore import export_dense
+    from subsetsum_lth.runwriter import export_dense
     paths = export_dense(args.run)
     if args.json:
         print_json({"run": str(args.run), "files": [str(p) for p in paths]})

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth import runfolder as rf
+from subsetsum_lth.construction import eligible_masks
 from subsetsum_lth.edge_popup.config import EdgePopupConfig
 from subsetsum_lth.errors import UserError
 
@@ -243,34 +244,8 @@ def dataset_of(net: RandomNet, config: EdgePopupConfig) -> str:
 
 
 def eligibility(net: RandomNet, structure: str, inner_relu: bool = True) -> dict | None:
-    """None (free) or the construction's pre-pruning masks (structured).
-
-    With ``inner_relu=False`` (layers 2i-1 used linearly) the sign pruning of §1 is dropped,
-    since it only removes units that the ReLU switches off: every block-diagonal edge u_{jk} != 0
-    of every layer 2i-1 and every non-zero bias of its bias block stay eligible (Pensia et al.'s
-    Figure 1c structure), and layer 2i may use every one of those units."""
+    """None (free) or the construction's pre-pruning masks (structured):
+    :func:`subsetsum_lth.construction.eligible_masks` of g's block plan."""
     if structure == "free":
         return None
-    if net.plans is None:
-        raise UserError("--structure structured needs the construction's block plan, but this random "
-                        "network is not construction-shaped (no block plan in report.json and the shapes "
-                        "do not fit H = p*m (+ m)); use --structure free")
-    from dataclasses import replace
-
-    from subsetsum_lth.construction import layout_of, prepruning_masks
-    numpy_state = {k: v.numpy() for k, v in net.state.items()}
-    plans = net.plans if inner_relu else [replace(pl, signed_input=True) for pl in net.plans]
-    layout = net.layout if net.layout is not None else layout_of(plans)
-    allowed = prepruning_masks(plans, numpy_state, layout)
-    if not inner_relu:
-        for i, pl in enumerate(plans):
-            kw1, kb1, kw2, _ = layout.pair_keys(i)
-            b1 = numpy_state[kb1]
-            if pl.has_bias:
-                sl = pl.block_slice(pl.p)
-                allowed[kb1][sl] = (b1[sl] != 0).astype(np.uint8)
-            live = allowed[kw1].reshape(pl.hidden, -1).any(axis=1) | allowed[kb1].astype(bool)
-            allowed[kw2] = np.repeat(live[None, :].astype(np.uint8), pl.q, axis=0).reshape(allowed[kw2].shape)
-    if set(allowed) != set(net.state):
-        raise UserError("the construction's block plan does not cover every tensor of the random network")
-    return allowed
+    return eligible_masks(net.plans, {k: v.numpy() for k, v in net.state.items()}, net.layout, inner_relu)
