@@ -20,7 +20,13 @@ BACKENDS = list_backends()
 #: option variants that run the same conformance tests as the backends: name -> (backend,
 #: options). The ortools backend sends error/feasible instances to mitm by default; its
 #: knapsack branch-and-bound path (opt-in, ``knapsack_max_n``) is checked here.
-VARIANTS = {"ortools[knapsack_max_n=12]": ("ortools", {"knapsack_max_n": 12})}
+VARIANTS = {"ortools[knapsack_max_n=12]": ("ortools", {"knapsack_max_n": 12}),
+            # the fix-and-search path (beyond exact search, n > 40 by default) on rows brute
+            # force can check: rows of more than 5 live coefficients fix all but 3 of them
+            "ortools[fixsearch]": ("ortools", {"exact_max_n": 5, "fixsearch_free": 3})}
+#: variants whose 'error' answers may be FEASIBLE (within τ, optimality not proved) instead of
+#: OPTIMAL; where they claim OPTIMAL or INFEASIBLE the error must still be the exact optimum
+NOT_PROVED = {"ortools[fixsearch]"}
 CONFORMANCE = BACKENDS + list(VARIANTS)
 #: slow backends (one model per instance) get fewer hypothesis examples
 SLOW = {"cpsat", "gurobi"}
@@ -145,6 +151,8 @@ def check_error(name: str, batch: InstanceBatch, res) -> None:
         st_i = Status(int(res.status[i]))
         near = abs(b["min_error"] - tau) <= BOUNDARY
         if b["min_error"] <= tau and not near:
+            if name in NOT_PROVED and st_i == Status.FEASIBLE:
+                continue
             assert st_i == (Status.OPTIMAL if exact else st_i), f"row {i}: {st_i!r}"
             assert st_i.ok, f"row {i}: feasible instance reported {st_i!r}"
         elif b["min_error"] > tau and not near:
@@ -330,6 +338,9 @@ def test_regressions_exact(name, case, objective):
             assert abs(got_err - err.min()) <= 1e-12, (got_err, err.min())
         return
     good = Status.FEASIBLE if objective == "feasible" else Status.OPTIMAL
+    if name in NOT_PROVED and objective == "error" and st_i == Status.FEASIBLE:
+        assert got_err <= tau
+        return
     assert st_i == good, st_i
     assert got_err <= tau
     if objective == "error":
