@@ -144,13 +144,16 @@ def _stop_message(inst: LayerInstances, row: int, why: str) -> str:
 
 
 def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: ConstructionConfig,
-               sc: SolveConfig, store, executor, progress, budget: GrowthBudget | None = None):
+               sc: SolveConfig, store, executor, progress, budget: GrowthBudget | None = None,
+               solved_n: np.ndarray | None = None):
     """Adaptive width: append fresh seeded units to every block that has an instance outside τ
     and re-solve only those instances, until all are within τ or no such block may grow (see the
     module docstring). Feasible instances of a grown block keep their subset (their units still
     exist); their status becomes FEASIBLE since optimality over the grown block is not proved.
     An instance whose group gained no live unit is unchanged, so it is not solved again.
-    ``budget`` is spent in place (shared by all layers and rounds of a run); None: unlimited."""
+    ``budget`` is spent in place (shared by all layers and rounds of a run); None: unlimited.
+    ``solved_n`` (one entry per instance), if given, is set in place to the live count of each
+    instance's re-solve."""
     plan = pair.plan
     L = target.layers[plan.index]
     reach = _solver_reach(sc.solver)          # exact search
@@ -225,6 +228,8 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
             new_sel[int(i)] = r2.selections[k, :int(sub.counts[k])].copy()
         errors[redo] = r2.errors
         status[redo] = r2.status
+        if solved_n is not None:
+            solved_n[redo] = sub.counts
         messages.update(r2.messages)
         seconds += r2.seconds
     if step:
