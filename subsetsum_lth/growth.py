@@ -47,7 +47,7 @@ STOP_REACH = ("growth stopped: one more step gives {n} live coefficients, beyond
               "--allow-infeasible to keep the closest subset (the certified bound includes its error)")
 STOP_PRECISION = ("growth stopped: one more step gives {n} live coefficients, beyond exact search (at most "
                   "n = {exact}), and τ={tau:.3g} is finer than fix-and-search resolves there (~{finest:.2g}); "
-                  "loosen τ (--weight-eps {need:.2g} or more) or use a MIP solver (--solver cpsat)")
+                  "loosen τ to {need:.2g} or more (--weight-eps, or a larger --eps)")
 STOP_BUDGET = "growth stopped: {why}; raise --max-hours"
 
 
