@@ -164,11 +164,12 @@ class OrToolsKnapsackSolver(SolverBackend):
         # end is the exact min-error subset (no search; most growth steps of a large bias)
         ends, end_sel, _ = fixsearch.range_settled(batch.targets, batch.coefficients, batch.counts,
                                                    batch.tolerances)
-        keep = ~settled[ends] & ~small_rows[ends] & ~coarse_rows[ends]
+        keep = ~settled[ends] & ~small_rows[ends]
         ends = ends[keep]
         selections[ends] = end_sel[keep]
         proven[ends] = True
         settled[ends] = True
+        coarse_rows[ends] = False
         # rows whose min-error subset is still to be found exactly (mitm, one vectorised batch)
         exact_rows = list(np.flatnonzero(~small_rows & ~coarse_rows & ~settled))
         for i in np.flatnonzero(small_rows | coarse_rows):

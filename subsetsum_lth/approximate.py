@@ -242,7 +242,8 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
     cost = limits.estimate(plans, sc.solver, _estimate_workers(sc, executor), sc.time_limit)
     log.info("estimated solve time %s, memory %.2g GB", cost.describe_time(), cost.memory_bytes / 1e9)
     limits.check_reach(cost, config.max_hours, "--eps" if config.mode == "network" else "--weight-eps")
-    limits.check_growth(plans, cc.grow, cc.max_growth, cc.width, limits.growth_reach(sc.solver))
+    limits.check_growth(plans, cc.grow, cc.max_growth, cc.width,
+                        limits.growth_reach(sc.solver, sc.objective))
     store = prepare_folder(out, config, fingerprint, need_bytes=int(entries * 5 * 1.1))
     done = completed_run(out) if config.resume else None
     if done is not None:

@@ -45,6 +45,9 @@ STOP_CAP = "growth stopped at --max-growth {cap} steps; raise --max-growth"
 STOP_REACH = ("growth stopped: one more step gives {n} live coefficients, beyond the {reach} growth "
               "gives an instance (exact search up to n = {exact}, fix-and-search beyond); pass "
               "--allow-infeasible to keep the closest subset (the certified bound includes its error)")
+STOP_CARDINALITY = ("growth stopped: one more step gives {n} live coefficients, beyond exact search (at most "
+                    "n = {exact}), which the cardinality objective needs; use --objective error or feasible "
+                    "(fix-and-search answers beyond it)")
 STOP_PRECISION = ("growth stopped: one more step gives {n} live coefficients, beyond exact search (at most "
                   "n = {exact}), and τ={tau:.3g} is finer than fix-and-search resolves there (~{finest:.2g}); "
                   "loosen τ to {need:.2g} or more (--weight-eps, or a larger --eps)")
@@ -157,7 +160,7 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
     plan = pair.plan
     L = target.layers[plan.index]
     reach = _solver_reach(sc.solver)          # exact search
-    beyond = growth_reach(sc.solver)          # fix-and-search beyond it, up to this
+    beyond = growth_reach(sc.solver, sc.objective)   # fix-and-search beyond it, up to this
     limit = sc.time_limit or 10.0
     q = plan.q
     st = _Growing(inst, cc)
@@ -186,7 +189,8 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
         for g, n in live_after.items():
             j = int(st.block_of_group[g])
             if not growth_within_reach(n, beyond):
-                over[j] = STOP_REACH.format(n=n, reach=beyond, exact=reach)
+                over[j] = (STOP_CARDINALITY if beyond == reach else STOP_REACH).format(n=n, reach=beyond,
+                                                                                    exact=reach)
             elif reach is not None and n > reach and j not in over:
                 # beyond exact search: only where fix-and-search resolves τ
                 rows = infeasible[g_of[infeasible] == g]

@@ -156,11 +156,15 @@ def _solver_reach(solver: str) -> int | None:
     return EXACT_MAX_N if solver in ("mitm", "ortools") else None
 
 
-def growth_reach(solver: str) -> int | None:
+def growth_reach(solver: str, objective: str = "error") -> int | None:
     """Largest live count growth may give an instance: GROWTH_MAX_N for the backends that answer
     beyond exact search by fix-and-search (mitm, whose rows beyond it fall back to ortools, and
-    ortools); None (no cap) for MIP backends."""
-    return GROWTH_MAX_N if _solver_reach(solver) is not None else None
+    ortools) with the objectives it serves (error, feasible); exact search's reach for the
+    cardinality objective; None (no cap) for MIP backends."""
+    reach = _solver_reach(solver)
+    if reach is None:
+        return None
+    return GROWTH_MAX_N if objective in ("error", "feasible") else reach
 
 
 def fixsearch_seconds(n: int) -> float:
