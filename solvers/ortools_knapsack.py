@@ -9,11 +9,14 @@ this problem (profit = weight): on one core, error objective, construction-shape
 ortools routing everything <= 12 to the knapsack as it did before), mitm solved 832k / 662k /
 785k / 529k / 305k instances/s at n = 4 / 6 / 8 / 10 / 12 against the knapsack's 21k / 14k /
 17k / 10k / 4.9k (39-62x), with the same optimal errors; the knapsack costs ~5 ms at n = 16 and
-~40 ms at n = 21. Beyond 40 coefficients (out of mitm's reach) the knapsack B&B runs with the
-backend's ``time_limit`` (10 s if unset; half of it per knapsack, at most
-``interrupt.MAX_UNSTOPPABLE_SECONDS``, since a knapsack cannot be interrupted; TIMEOUT, or
-FEASIBLE when its answer is within tolerance, if it cannot prove the optimum).
-``knapsack_max_n=k`` sends instances of <= k live coefficients to the
+~40 ms at n = 21. Beyond 40 coefficients (out of mitm's reach, ``exact_max_n``) the rows go to
+fix-and-search (:mod:`subsetsum_lth.solvers.fixsearch`: fix part of the subset, search the rest
+exactly by meet-in-the-middle, re-fix until within tau; status FEASIBLE, or OPTIMAL/INFEASIBLE
+where the target is at or beyond the range of the subset sums); ~9-19k instances/s at n = 48-96,
+``subsetsum-lth bench solvers --n 48,64,96``. The rows it does not settle, and every row beyond
+40 with ``fixsearch=False``, go to the knapsack B&B with the backend's ``time_limit`` (10 s if
+unset; half of it per knapsack, at most ``interrupt.MAX_UNSTOPPABLE_SECONDS``, since a knapsack
+cannot be interrupted; TIMEOUT, or FEASIBLE when its answer is within tolerance, if it cannot prove the optimum). ``knapsack_max_n=k`` sends instances of <= k live coefficients to the
 knapsack instead (the former default was 12; for comparison), ``knapsack_max_n=None`` sends
 everything (slow).
 
@@ -51,6 +54,7 @@ import time
 
 import numpy as np
 
+from . import fixsearch
 from ._scaled import cp_solve, cp_solver, scaled_bound, scaled_ints, shift_for
 from ._settle import settle_with_mitm
 from .base import Capabilities, SolverBackend
@@ -79,6 +83,12 @@ class OrToolsKnapsackSolver(SolverBackend):
         cardinality_deterministic_time: CP-SAT deterministic time limit per phase (default 5).
         cardinality_max_n: largest number of live coefficients sent to CP-SAT for the
             cardinality objective (default 12); larger instances use mitm. None: no limit.
+        fixsearch: error/feasible rows of more than ``exact_max_n`` live coefficients go to
+            fix-and-search first (default True); False: straight to the time-limited knapsack.
+        exact_max_n: rows up to this many live coefficients are solved exactly (default 40,
+            mitm's limit; smaller values only to test the fix-and-search path on small rows).
+        fixsearch_free: free coefficients per fix-and-search round (default: from τ, 20-34).
+        fixsearch_rounds: fix-and-search rounds per row (default 24).
     """
 
     name = "ortools"
@@ -86,7 +96,8 @@ class OrToolsKnapsackSolver(SolverBackend):
                                 float_coefficients=True, max_n=None)
     description = ("CP-SAT (cardinality, n <= 12); exact meet-in-the-middle for error/feasible "
                    "up to n = 40 (39-62x faster than OR-Tools' knapsack B&B at n = 4-12) and "
-                   "for cardinality beyond 12; OR-Tools knapsack B&B beyond n = 40 "
+                   "for cardinality beyond 12; fix-and-search beyond n = 40 (part of the subset "
+                   "fixed, the rest searched exactly), OR-Tools knapsack B&B for what it leaves "
                    "(or with knapsack_max_n)")
     default_batch = 1024
     fallback_rank = 1               # takes any n
@@ -99,8 +110,14 @@ class OrToolsKnapsackSolver(SolverBackend):
 
     def __init__(self, time_limit: float | None = None, knapsack_max_n: int | None = 0,
                  knapsack_time_limit: float = 0.25, cardinality_deterministic_time: float = 5.0,
-                 cardinality_max_n: int | None = 12, **options):
+                 cardinality_max_n: int | None = 12, fixsearch: bool = True,
+                 exact_max_n: int | None = None, fixsearch_free: int | None = None,
+                 fixsearch_rounds: int = fixsearch.DEFAULT_ROUNDS, **options):
         super().__init__(time_limit=time_limit, **options)
+        self.fixsearch = bool(fixsearch)
+        self.exact_max_n = _mitm().HARD_MAX_N if exact_max_n is None else int(exact_max_n)
+        self.fixsearch_free = fixsearch_free
+        self.fixsearch_rounds = int(fixsearch_rounds)
         self.knapsack_max_n = knapsack_max_n
         self.knapsack_time_limit = min(float(knapsack_time_limit), MAX_UNSTOPPABLE_SECONDS)
         self.cardinality_deterministic_time = float(cardinality_deterministic_time)
@@ -137,8 +154,26 @@ class OrToolsKnapsackSolver(SolverBackend):
         else:
             small_rows = np.count_nonzero(batch.coefficients, axis=1) <= self.knapsack_max_n
             coarse_rows = feasible_only & (batch.tolerances > 0) & (batch.counts > mitm_max_n)
+        if self.fixsearch:
+            # beyond exact search: fix part of the subset, search the rest exactly; the rows it
+            # settles leave the routing, the others go on below (knapsack B&B, time-limited)
+            settled = self._fix_and_search(batch, selections, status)
+            small_rows &= ~settled
+            coarse_rows &= ~settled
+        else:
+            settled = np.zeros(len(batch), dtype=bool)
+        # a target at or beyond an end of the range of the subset sums: the subset reaching that
+        # end is the exact min-error subset (no search; most growth steps of a large bias)
+        ends, end_sel, _ = fixsearch.range_settled(batch.targets, batch.coefficients, batch.counts,
+                                                   batch.tolerances)
+        keep = ~settled[ends] & ~small_rows[ends]
+        ends = ends[keep]
+        selections[ends] = end_sel[keep]
+        proven[ends] = True
+        settled[ends] = True
+        coarse_rows[ends] = False
         # rows whose min-error subset is still to be found exactly (mitm, one vectorised batch)
-        exact_rows = list(np.flatnonzero(~small_rows & ~coarse_rows))
+        exact_rows = list(np.flatnonzero(~small_rows & ~coarse_rows & ~settled))
         for i in np.flatnonzero(small_rows | coarse_rows):
             n = int(batch.counts[i])
             t = float(batch.targets[i])
@@ -180,6 +215,26 @@ class OrToolsKnapsackSolver(SolverBackend):
         undecided = np.flatnonzero(proven & (band > 0) & (err > batch.tolerances)
                                    & (err <= batch.tolerances + band))
         settle_with_mitm(batch, undecided, selections, status, messages, self.name)
+
+    def _fix_and_search(self, batch, selections, status) -> np.ndarray:
+        """Rows beyond ``exact_max_n`` by fix-and-search; returns the rows it settled (a subset
+        within tau, or the exact answer of a target at or beyond the range of the subset sums)."""
+        settled = np.zeros(len(batch), dtype=bool)
+        rows = np.flatnonzero(batch.counts > self.exact_max_n)
+        if rows.size == 0:
+            return settled
+        sub = batch.take(rows)
+        sel, st = fixsearch.fix_and_search(sub.targets, sub.coefficients, sub.counts, sub.tolerances,
+                                           free=self.fixsearch_free, rounds=self.fixsearch_rounds)
+        ok = st != Status.TIMEOUT
+        done = rows[ok]
+        selections[done] = sel[ok]
+        good = st[ok]
+        if batch.objective == "feasible":
+            good = np.where(good == Status.OPTIMAL, int(Status.FEASIBLE), good)
+        status[done] = good
+        settled[done] = True
+        return settled
 
     def _exact_fallback(self, batch, rows, selections, proven, status, messages) -> None:
         """Exact min-error subsets with mitm; rows beyond its reach keep a time-limited knapsack

@@ -295,7 +295,8 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
     cost = limits.estimate(plans, sc.solver, _estimate_workers(sc, executor), sc.time_limit)
     log.info("estimated solve time %s, memory %.2g GB", cost.describe_time(), cost.memory_bytes / 1e9)
     limits.check_reach(cost, config.max_hours, "--eps" if config.mode == "network" else "--weight-eps")
-    limits.check_growth(plans, cc.grow, cc.max_growth, cc.width, cost.reach)
+    limits.check_growth(plans, cc.grow, cc.max_growth, cc.width,
+                        limits.growth_reach(sc.solver, sc.objective))
     # start the workers or connect to the cluster now: a scheduler that cannot be reached is a
     # one-line error before any file of the run folder is written
     start = getattr(executor, "start", None)

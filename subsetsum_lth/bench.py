@@ -12,7 +12,10 @@ Library code only (logging, no printing); the CLI in ``commands/bench.py`` print
   and reports throughput and the speed-up over the naive baseline (one CP-SAT model per
   instance, the paper's formulation). Slow backends are timed on a prefix of the instances
   (at most ``baseline_count`` for the baseline, and never past ``time_budget`` seconds) and
-  their rate is what is compared.
+  their rate is what is compared. A backend may be named with options, ``name[key=value,...]``
+  (:func:`parse_solver_spec`), e.g. ``ortools[fixsearch=false,time_limit=1]`` for OR-Tools'
+  knapsack branch-and-bound beyond exact search instead of fix-and-search (``--n 48,64,96``:
+  several sizes in one command, see docs/solvers.md).
 * :func:`bench_approximate` runs :func:`subsetsum_lth.approximate.approximate` and reports wall
   time, core-seconds (process + children CPU time), peak memory and the stage timings.
 """
@@ -53,7 +56,8 @@ class SolverBenchConfig:
         count: instances drawn (fast backends solve all of them).
         objective: 'error', 'cardinality' or 'feasible'.
         targets: optional target file; targets are then sampled from its first Linear weight.
-        solvers: backends to time (None: every available backend).
+        solvers: backends to time (None: every available backend); each a name or
+            ``name[key=value,...]`` with constructor options (:func:`parse_solver_spec`).
         baseline: the naive baseline backend (always timed when available).
         baseline_count: at most this many instances for the baseline.
         time_budget: seconds per backend at most (checked between batches; the first batch
@@ -64,6 +68,9 @@ class SolverBenchConfig:
         pin_cpu: pin the process to one CPU while timing (Linux).
         clock: 'wall' (elapsed time) or 'cpu' (this process's CPU time: robust when other
             processes compete for the core; the process is single-threaded while timed).
+        time_limit: per-instance time limit (s) of the backends that take one, as approximate's
+            --time-limit (None: its default, limits.DEFAULT_TIME_LIMIT); beyond n = 40 nothing
+            proves the optimum in time, so this is what the knapsack B&B and CP-SAT spend there.
     """
 
     n: int = 21
@@ -80,8 +87,11 @@ class SolverBenchConfig:
     seed: int = 0
     pin_cpu: bool = True
     clock: str = "wall"
+    time_limit: float | None = None
 
     def __post_init__(self) -> None:
+        if self.time_limit is not None:
+            limits.check_seconds("--time-limit", self.time_limit)
         if self.clock not in ("wall", "cpu"):
             raise UserError(f"--clock must be 'wall' or 'cpu', got {self.clock!r}")
         limits.check_int("--n", self.n, 0, limits.MAX_COUNT)
@@ -99,6 +109,55 @@ class SolverBenchConfig:
         if self.batch_size is not None:
             limits.check_int("--batch-size", self.batch_size, 1, limits.MAX_COUNT)
         limits.check_int("--seed", self.seed, 0, limits.MAX_SEED)
+        for spec in self.solvers or ():
+            parse_solver_spec(spec)
+
+
+def _option_value(text: str):
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_solver_spec(spec: str) -> tuple[str, dict]:
+    """``name`` or ``name[key=value,...]`` -> (name, options). Values: integers, floats,
+    true/false, none, else strings. Option names are checked against the backend's constructor
+    where it can be loaded (an unknown solver fails later, with the known ones)."""
+    import inspect
+
+    from subsetsum_lth.solvers.registry import get_backend_class
+    spec = spec.strip()
+    if "[" not in spec:
+        return spec, {}
+    name, _, rest = spec.partition("[")
+    if not rest.endswith("]") or not name:
+        raise UserError(f"--solvers: cannot read {spec!r}; write NAME or NAME[key=value,...], "
+                        "e.g. ortools[fixsearch=false,time_limit=1]")
+    options = {}
+    for item in filter(None, (x.strip() for x in rest[:-1].split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--solvers: option {item!r} of {spec!r} is not key=value")
+        options[key.strip()] = _option_value(value)
+    try:
+        cls = get_backend_class(name)
+    except Exception:
+        return name, options
+    known = [p for p, v in inspect.signature(cls.__init__).parameters.items()
+             if p != "self" and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UserError(f"--solvers: {name} has no option {', '.join(unknown)}; its options: "
+                        f"{', '.join(known) or 'none'}")
+    return name, options
 
 
 @dataclass
@@ -197,17 +256,20 @@ def one_core(enabled: bool = True):
                 pass
 
 
-def _time_backend(name: str, batch: InstanceBatch, limit: int, config: SolverBenchConfig):
+def _time_backend(spec: str, batch: InstanceBatch, limit: int, config: SolverBenchConfig):
     """Solve a prefix (<= limit instances, within the time budget) with solve_batch on one core.
     Returns (rows solved, selections, errors, status, wall seconds, cpu seconds)."""
     from subsetsum_lth.solve import default_batch, solve_batch
 
+    from subsetsum_lth.limits import DEFAULT_TIME_LIMIT
+
+    name, options = parse_solver_spec(spec)
+    # as approximate's solve driver: every backend gets the per-instance time limit
+    # (capped as approximate caps it: a backend that cannot be stopped must not run unbounded)
+    options = {"time_limit": instance_time_limit(config.time_limit or DEFAULT_TIME_LIMIT), **options}
     k = min(limit, len(batch))
     size = int(config.batch_size or default_batch(name))
     size = min(size, max(1, k))
-    # no solve runs past the budget (nor past the per-instance cap): a backend without a time
-    # limit of its own (CP-SAT, Gurobi) would otherwise run unbounded at a large n
-    options = {"time_limit": instance_time_limit(config.time_budget)}
     solve_batch(name, options, batch.take(slice(0, min(2, k))))      # warm-up: imports, environments
     # batches grow from 8 instances (slow backends respect the budget) to the full size
     sel = np.zeros((k, batch.width), dtype=bool)
@@ -243,7 +305,7 @@ def bench_solvers(config: SolverBenchConfig) -> list[SolverBenchRow]:
 
     known = list_backends()
     if config.solvers:
-        unknown = [s for s in config.solvers if s not in known]
+        unknown = [s for s in config.solvers if parse_solver_spec(s)[0] not in known]
         if unknown:
             raise UserError(f"unknown solver(s) {', '.join(unknown)}; known: {', '.join(known)}")
         names = list(dict.fromkeys(config.solvers))
@@ -252,7 +314,7 @@ def bench_solvers(config: SolverBenchConfig) -> list[SolverBenchRow]:
     skipped = {}
     usable = []
     for name in dict.fromkeys(names + [config.baseline]):
-        info = backend_info(name)
+        info = backend_info(parse_solver_spec(name)[0])
         if not info["available"]:
             skipped[name] = info.get("reason") or "not available"
         elif config.objective not in info["objectives"]:
@@ -279,7 +341,7 @@ def bench_solvers(config: SolverBenchConfig) -> list[SolverBenchRow]:
     k = len(batch)
     best_err = np.full(k, np.inf)
     best_card = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
-    exact_names = [n for n in usable if get_backend_class(n).capabilities.exact]
+    exact_names = [n for n in usable if get_backend_class(parse_solver_spec(n)[0]).capabilities.exact]
     for name in exact_names:
         done, sel, err, status, *_ = runs[name]
         ok = status != Status.ERROR
@@ -321,7 +383,7 @@ def bench_solvers(config: SolverBenchConfig) -> list[SolverBenchRow]:
             backend=name, objective=config.objective, instances=int(done),
             seconds=timed(runs[name]), wall_seconds=wall,
             instances_per_second=rate, cores=1,
-            exact=bool(get_backend_class(name).capabilities.exact),
+            exact=bool(get_backend_class(parse_solver_spec(name)[0]).capabilities.exact),
             max_error_diff=diff,
             speedup_vs_baseline=(rate / base_rate) if base_rate else None,
             baseline=name == config.baseline, n=config.n, eps=config.eps, cpu_seconds=cpu,
@@ -330,6 +392,15 @@ def bench_solvers(config: SolverBenchConfig) -> list[SolverBenchRow]:
             other=int(counts[Status.TIMEOUT] + counts[Status.ERROR]),
             max_cardinality_diff=card_diff, clock=config.clock, note=note,
         ))
+    return rows
+
+
+def bench_solver_sizes(config: SolverBenchConfig, sizes) -> list[SolverBenchRow]:
+    """:func:`bench_solvers` at each n of ``sizes`` (same instances seed, one table)."""
+    from dataclasses import replace
+    rows = []
+    for n in sizes:
+        rows.extend(bench_solvers(replace(config, n=int(n))))
     return rows
 
 

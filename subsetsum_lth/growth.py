@@ -3,10 +3,15 @@ seeded units and only those instances are solved again.
 
 Growth is driven by the evidence of the solves and by live units, not by a step cap: a block
 grows while one of its instances is outside τ, as long as (a) the live count of every such
-instance's group after the step stays within exact search's reach (:func:`limits.growth_within_reach`;
-a 60-unit block may hold 14 live units in a sign half, so the block width says little), (b) the
+instance's group after the step stays within what the backend answers (:func:`limits.growth_within_reach`
+with :func:`limits.growth_reach`: exact search up to n = 40, fix-and-search beyond it up to
+``limits.GROWTH_MAX_N``, where τ must not be finer than fix-and-search resolves; a 60-unit block
+may hold 14 live units in a sign half, so the block width says little), (b) the
 run's :class:`limits.GrowthBudget` (the ``--max-hours`` budget of estimated solve time, the
 construction's allocation cap) pays for the step, and (c) an explicit ``--max-growth`` allows it.
+Beyond exact search an instance fix-and-search could not settle is TIMEOUT, not a proved
+INFEASIBLE; it counts as outside τ all the same (growth is what helps a target near the end of the
+range of its subset sums: a bias far outside [-1, 1]).
 Every decision depends only on the instances' statuses and the seeded draws, never on batching
 or the number of workers, so a seed gives the same masks everywhere. A block that has to stop
 says why in its instances' messages (report.json ``infeasible_examples``, exit 3).
@@ -24,20 +29,29 @@ import numpy as np
 
 from subsetsum_lth.construction import (DISTRIBUTIONS, ConstructionConfig, LayerInstances, draw_chunk,
                                         extend_instances, extend_layer_pair)
-from subsetsum_lth.limits import (GrowthBudget, _solver_reach, growth_within_reach, instance_seconds,
-                                  instance_time_limit)
+from subsetsum_lth.limits import (GrowthBudget, _solver_reach, growth_reach, growth_within_reach,
+                                  instance_seconds, instance_time_limit)
 from subsetsum_lth.progress import close
 from subsetsum_lth.solve import SolveConfig, solve_all
+from subsetsum_lth.solvers.fixsearch import finest_tau
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
 from subsetsum_lth.target import Target
 
 log = logging.getLogger(__name__)
 
-#: reasons a block stops growing (the instance messages of what is left outside τ)
-STOP_CAP = "growth stopped at --max-growth {cap} steps"
-STOP_REACH = ("growth stopped: one more step gives {n} live coefficients, beyond exact search (at most "
-              "n = {reach}); loosen τ or use a MIP solver")
-STOP_BUDGET = "growth stopped: {why}"
+#: reasons a block stops growing (the instance messages of what is left outside τ; each is
+#: prefixed with the instance's kind and target, see :func:`_stop_message`)
+STOP_CAP = "growth stopped at --max-growth {cap} steps; raise --max-growth"
+STOP_REACH = ("growth stopped: one more step gives {n} live coefficients, beyond the {reach} growth "
+              "gives an instance (exact search up to n = {exact}, fix-and-search beyond); pass "
+              "--allow-infeasible to keep the closest subset (the certified bound includes its error)")
+STOP_CARDINALITY = ("growth stopped: one more step gives {n} live coefficients, beyond exact search (at most "
+                    "n = {exact}), which the cardinality objective needs; use --objective error or feasible "
+                    "(fix-and-search answers beyond it)")
+STOP_PRECISION = ("growth stopped: one more step gives {n} live coefficients, beyond exact search (at most "
+                  "n = {exact}), and τ={tau:.3g} is finer than fix-and-search resolves there (~{finest:.2g}); "
+                  "loosen τ to {need:.2g} or more (--weight-eps, or a larger --eps)")
+STOP_BUDGET = "growth stopped: {why}; raise --max-hours"
 
 
 class _Growing:
@@ -120,17 +134,33 @@ class _Growing:
         return replace(self.plan, extensions=self.ext.copy())
 
 
+def _stop_message(inst: LayerInstances, row: int, why: str) -> str:
+    """``why`` a block stopped, for one of its instances: its kind (bias, or the weight's row and
+    column) and its target value first."""
+    g, out = divmod(int(row), inst.plan.q)
+    if int(inst.group_half[g]) == 0:
+        what = f"bias {float(inst.targets[row]):.4g} (layer {inst.plan.index + 1}, unit {out})"
+    else:
+        what = (f"weight {float(inst.targets[row]):.4g} (layer {inst.plan.index + 1}, row {out}, "
+                f"column {int(inst.group_block[g])})")
+    return f"{what}: {why}"
+
+
 def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: ConstructionConfig,
-               sc: SolveConfig, store, executor, progress, budget: GrowthBudget | None = None):
+               sc: SolveConfig, store, executor, progress, budget: GrowthBudget | None = None,
+               solved_n: np.ndarray | None = None):
     """Adaptive width: append fresh seeded units to every block that has an instance outside τ
     and re-solve only those instances, until all are within τ or no such block may grow (see the
     module docstring). Feasible instances of a grown block keep their subset (their units still
     exist); their status becomes FEASIBLE since optimality over the grown block is not proved.
     An instance whose group gained no live unit is unchanged, so it is not solved again.
-    ``budget`` is spent in place (shared by all layers and rounds of a run); None: unlimited."""
+    ``budget`` is spent in place (shared by all layers and rounds of a run); None: unlimited.
+    ``solved_n`` (one entry per instance), if given, is set in place to the live count of each
+    instance's re-solve."""
     plan = pair.plan
     L = target.layers[plan.index]
-    reach = _solver_reach(sc.solver)
+    reach = _solver_reach(sc.solver)          # exact search
+    beyond = growth_reach(sc.solver, sc.objective)   # fix-and-search beyond it, up to this
     limit = instance_time_limit(sc.time_limit)
     q = plan.q
     st = _Growing(inst, cc)
@@ -141,7 +171,10 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
     step = 0
     stopped: dict[int, str] = {}     # block -> why it may not grow
     while True:
-        infeasible = np.flatnonzero(status == Status.INFEASIBLE)
+        outside = status == Status.INFEASIBLE
+        if reach is not None:        # beyond exact search, not settled by fix-and-search
+            outside |= (status == Status.TIMEOUT) & (st.count[g_of] > reach)
+        infeasible = np.flatnonzero(outside)
         if infeasible.size == 0:
             break
         groups = np.unique(g_of[infeasible])
@@ -154,15 +187,26 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
         live_after = st.live_after(groups[np.isin(st.block_of_group[groups], want)])
         over = {}
         for g, n in live_after.items():
-            if not growth_within_reach(n, reach):
-                j = int(st.block_of_group[g])
-                over[j] = max(over.get(j, 0), n)
-        for j, n in over.items():
-            stopped[j] = STOP_REACH.format(n=n, reach=reach)
+            j = int(st.block_of_group[g])
+            if not growth_within_reach(n, beyond):
+                over[j] = (STOP_CARDINALITY if beyond == reach else STOP_REACH).format(n=n, reach=beyond,
+                                                                                    exact=reach)
+            elif reach is not None and n > reach and j not in over:
+                # beyond exact search: only where fix-and-search resolves τ
+                rows = infeasible[g_of[infeasible] == g]
+                sub = st.batch(rows, tau, sc.objective)
+                fine = [(float(sub.tolerances[k]), finest_tau(sub.coefficients[k, :int(sub.counts[k])]))
+                        for k in range(len(sub))]
+                bad = [(t, f) for t, f in fine if t < f]
+                if bad:
+                    t, f = min(bad)
+                    over[j] = STOP_PRECISION.format(n=n, exact=reach, tau=t, finest=f,
+                                                    need=max(f for _, f in fine))
+        stopped.update(over)
         want = np.setdiff1d(want, np.fromiter(over, dtype=np.int64, count=len(over)))
         if want.size and budget is not None:
             redo = infeasible[np.isin(block_of_row[infeasible], want)]
-            cost = sum(instance_seconds(live_after[int(g)], reach, limit) for g in g_of[redo])
+            cost = sum(instance_seconds(live_after[int(g)], reach, limit, beyond) for g in g_of[redo])
             why = budget.charge(cost, int(want.size) * plan.grow * (plan.p + plan.q))
             if why is not None:
                 for j in want:
@@ -188,6 +232,8 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
             new_sel[int(i)] = r2.selections[k, :int(sub.counts[k])].copy()
         errors[redo] = r2.errors
         status[redo] = r2.status
+        if solved_n is not None:
+            solved_n[redo] = sub.counts
         messages.update(r2.messages)
         seconds += r2.seconds
     if step:
@@ -203,13 +249,13 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
         sel[i] = False
         sel[i, :s.size] = s
     res = BatchResult(inst.ids, sel, errors, status, res.solver, seconds, messages)
-    # what is left outside τ says why its block stopped
-    left = np.flatnonzero(res.status == Status.INFEASIBLE)
+    # what is left outside τ says what it is and why its block stopped
+    left = np.flatnonzero((res.status == Status.INFEASIBLE) | (res.status == Status.TIMEOUT))
     if left.size:
         blocks = block_of_row[left]
-        for i, j in zip(inst.ids[left], blocks):
+        for r, i, j in zip(left, inst.ids[left], blocks):
             if int(j) in stopped:
-                res.messages[int(i)] = stopped[int(j)]
+                res.messages[int(i)] = _stop_message(inst, int(r), stopped[int(j)])
         log.warning("layer %d: %d instances outside τ after growth (%s)", plan.index, left.size,
                     "; ".join(sorted({stopped[int(j)] for j in blocks if int(j) in stopped})) or "no growth")
     return inst, pair, res

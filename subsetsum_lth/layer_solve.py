@@ -13,6 +13,7 @@ from subsetsum_lth.certify import certified_bound
 from subsetsum_lth.construction import (Construction, LayerInstances, compact_masks_from_selections, dense_masks,
                                         layer_instances)
 from subsetsum_lth.growth import grow_layer
+from subsetsum_lth.limits import EXACT_MAX_N
 from subsetsum_lth.progress import close, note, phase
 from subsetsum_lth.solve import solve_all
 from subsetsum_lth.solvers.instances import BatchResult, Status
@@ -31,6 +32,13 @@ class Solved:
     tau: float
     seconds: list[float]                          #: solve wall seconds per layer
     rounds: list[dict] = field(default_factory=list)   #: network mode: τ and certificate per round
+    #: per layer, each instance's live count when its subset was last searched (an instance of a
+    #: grown block keeps the subset found at its old count); > limits.EXACT_MAX_N: fix-and-search
+    solved_counts: list = field(default_factory=list)
+
+    def beyond_exact(self) -> list[int]:
+        """Per layer, the instances whose subset was searched beyond exact search's reach."""
+        return [int((c > EXACT_MAX_N).sum()) for c in self.solved_counts]
 
     def compact_masks(self) -> list[dict]:
         """Per layer pair, the masks in the support's form ({u, b1, w2, b2}, see
@@ -97,7 +105,7 @@ def initial_tau(target: Target, config) -> float:
                                                 config.construction.input_domain))
 
 
-def _tighten(inst: LayerInstances, r0, tau, sc, store, executor, progress, li: int) -> bool:
+def _tighten(inst: LayerInstances, r0, tau, sc, store, executor, progress, li: int, solved_n=None) -> bool:
     """A tighter τ: instances above it need work. With the error objective their exact optimum
     is already above τ (infeasible at this width); otherwise re-solve them — a subset optimal for
     the looser τ and within the tighter one stays optimal. False when nothing is above τ."""
@@ -120,6 +128,8 @@ def _tighten(inst: LayerInstances, r0, tau, sc, store, executor, progress, li: i
         r0.errors[redo] = res.errors
         r0.status[redo] = res.status
         r0.messages.update(res.messages)
+        if solved_n is not None:
+            solved_n[redo] = inst.counts[redo]
     return True
 
 
@@ -149,6 +159,7 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
     tau = initial_tau(target, config)
     results = [None] * len(layers)
     solved = Solved(layers, results, tau, [0.0] * len(layers))
+    solved.solved_counts = [None] * len(layers)
     budget = None
     if cc.width != "formula":      # one growth budget for every layer and round of the run
         from subsetsum_lth import limits
@@ -160,12 +171,14 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
                 bar = progress(len(inst), f"layer {li + 1}/{len(layers)} ({sc.solver})") if progress else None
                 results[li] = solve_layer(inst, tau, sc, bar, store, executor)
                 close(bar)
-            elif not _tighten(inst, results[li], tau, sc, store, executor, progress, li):
+                solved.solved_counts[li] = np.array(inst.counts, dtype=np.int64, copy=True)
+            elif not _tighten(inst, results[li], tau, sc, store, executor, progress, li,
+                              solved.solved_counts[li]):
                 continue
             if cc.width != "formula":
                 layers[li], construction.pairs[li], results[li] = grow_layer(
                     target, construction.pairs[li], layers[li], results[li], tau, cc, sc, store,
-                    executor, progress, budget)
+                    executor, progress, budget, solved.solved_counts[li])
                 construction.plans[li] = construction.pairs[li].plan
             layers[li].release()    # the coefficient matrix is recomputed if a later round needs it
             solved.seconds[li] += time.perf_counter() - t_layer

@@ -25,6 +25,7 @@ from subsetsum_lth.errors import UserError
 from subsetsum_lth.resources import (  # noqa: F401  (re-exported: the solve layer's callers use them here)
     MAX_COUNT, MAX_EPOCHS, MAX_HOURS, MAX_RETRIES, MAX_SAMPLES, MAX_SECONDS, MAX_SEED, MAX_STEPS, available_cores, cap_threads, cap_workers, check_float, check_int, check_memory, check_seconds, human_bytes, memory_limit, physical_memory)
 from subsetsum_lth.solvers.interrupt import MAX_TIME_LIMIT
+from subsetsum_lth.solvers.fixsearch import DEFAULT_ROUNDS, MIN_FREE
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 SUMS_PER_SECOND = 1e8
 #: largest live count any exact backend here enumerates (mitm's hard limit, also ortools' exact path)
 EXACT_MAX_N = 40
+#: largest live count adaptive growth gives an instance with the backends that answer beyond
+#: EXACT_MAX_N by fix-and-search (mitm, through its ortools fallback, and ortools): a bias b far
+#: outside [-1, 1] needs ~8|b| live coefficients (E|v beta| = 1/4 per unit, half of them of
+#: b's sign), so 256 reaches |b| ~ 28; the --max-hours budget still applies
+GROWTH_MAX_N = 256
 #: default per-instance time limit (seconds) of the solvers that take one, and of the fallback
 DEFAULT_TIME_LIMIT = 10.0
 #: the per-instance time limit is at most this (seconds; the solver layer's own cap, one hour):
@@ -146,6 +152,25 @@ def instance_time_limit(requested: float | None, note: bool = False) -> float:
     return limit
 
 
+def growth_reach(solver: str, objective: str = "error") -> int | None:
+    """Largest live count growth may give an instance: GROWTH_MAX_N for the backends that answer
+    beyond exact search by fix-and-search (mitm, whose rows beyond it fall back to ortools, and
+    ortools) with the objectives it serves (error, feasible); exact search's reach for the
+    cardinality objective; None (no cap) for MIP backends."""
+    reach = _solver_reach(solver)
+    if reach is None:
+        return None
+    return GROWTH_MAX_N if objective in ("error", "feasible") else reach
+
+
+def fixsearch_seconds(n: int) -> float:
+    """Estimated seconds of one fix-and-search instance of ``n`` live coefficients (every round
+    of :data:`subsetsum_lth.solvers.fixsearch.DEFAULT_ROUNDS`, each an exact search over the
+    smallest free part and a greedy over the n others): on the fast side, as the other figures."""
+    k = MIN_FREE
+    return DEFAULT_ROUNDS * ((2.0 ** (k // 2) + 2.0 ** (k - k // 2)) + 4 * n) / SUMS_PER_SECOND
+
+
 def estimate(plans, solver: str, workers: int, time_limit: float | None) -> CostEstimate:
     """Cost and memory estimate of solving every instance of ``plans`` (LayerPlans)."""
     reach = _solver_reach(solver)
@@ -189,7 +214,8 @@ def check_reach(est: CostEstimate, max_hours: float, eps_flag: str) -> None:
 
 def check_growth(plans, grow: int | None, max_growth: int | None, width_mode: str, reach: int | None) -> None:
     """Refuse an explicit ``--grow`` whose first step already puts a grown block's instances beyond
-    exact search (the default growth is only capped at run time: see :func:`growth_within_reach`)."""
+    what growth allows (``reach``: :func:`growth_reach`; the default growth is only capped at run
+    time: see :func:`growth_within_reach`)."""
     if grow is None or width_mode == "formula" or reach is None or max_growth == 0:
         return
     for pl in plans:
@@ -198,14 +224,18 @@ def check_growth(plans, grow: int | None, max_growth: int | None, width_mode: st
             raise UserError(
                 f"--grow {pl.grow:,}: one growth step makes a block of layer {pl.index + 1} "
                 f"{pl.m + pl.grow:,} units wide (~{(pl.m + pl.grow) / 2:,.0f} live coefficients per "
-                f"instance), beyond exact search (at most n = {reach}); lower --grow (at most "
-                f"{most} here) or use --width formula")
+                f"instance), beyond exact search and fix-and-search (growth gives an instance at most "
+                f"n = {reach}); lower --grow (at most {most} here) or use --width formula")
 
 
-def instance_seconds(n: int, reach: int | None, time_limit: float) -> float:
+def instance_seconds(n: int, reach: int | None, time_limit: float, beyond: int | None = None) -> float:
     """Estimated seconds of one instance of ``n`` live coefficients: exact search
-    ``(2^{floor(n/2)} + 2^{ceil(n/2)}) / SUMS_PER_SECOND``, at least ``time_limit`` beyond ``reach``."""
+    ``(2^{floor(n/2)} + 2^{ceil(n/2)}) / SUMS_PER_SECOND``, at least ``time_limit`` beyond ``reach``
+    -- except up to ``beyond`` (:func:`growth_reach`), where fix-and-search answers
+    (:func:`fixsearch_seconds`)."""
     n = int(n)
+    if reach is not None and beyond is not None and reach < n <= beyond:
+        return fixsearch_seconds(n)
     exact = (2.0 ** (n // 2) + 2.0 ** (n - n // 2)) / SUMS_PER_SECOND
     return max(exact, time_limit) if reach is not None and n > reach else exact
 

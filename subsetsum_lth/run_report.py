@@ -49,6 +49,7 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
     # network mode: the certificate is the goal; instances outside the internal τ only count
     # as failures when the certified bound misses ε. Weight mode: every instance must be within τ.
     network_ok = config.mode == "network" and eps_bound <= config.eps
+    beyond = solved.beyond_exact() if solved.solved_counts else [0] * len(solved.layers)
     for li, (inst, res, mk) in enumerate(zip(solved.layers, solved.results, layer_masks)):
         plan = inst.plan
         is_bias = inst.group_half[inst.group_of_instance()] == 0
@@ -84,6 +85,9 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
             "bias_instances": int(is_bias.sum()),
             "live_coefficients_mean": float(inst.counts.mean()) if len(inst) else 0.0,
             "live_coefficients_min": int(inst.counts.min()) if len(inst) else 0,
+            "live_coefficients_max": int(inst.counts.max()) if len(inst) else 0,
+            # subsets searched with more than 40 live coefficients: by fix-and-search (mitm, ortools)
+            "beyond_exact_count": beyond[li],
             "max_weight_error": float(werr.max(initial=0.0)),
             "mean_weight_error": float(werr.mean()) if werr.size else 0.0,
             "max_bias_error": float(berr.max(initial=0.0)),
@@ -141,6 +145,7 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
         "instances": sum(len(inst) for inst in solved.layers),
         "infeasible_count": n_bad_total,
         "outside_tolerance_count": n_outside_total,
+        "beyond_exact_count": int(sum(beyond)),
         "infeasible_examples": bad_list,
         "rounds": solved.rounds,
         "layers": layer_reports,

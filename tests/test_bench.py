@@ -109,3 +109,32 @@ def test_bench_approximate_width_is_passed_on(tmp_path, capsys):
     run = json.loads((tmp_path / "run" / "report.json").read_text())
     assert rep["width"] == "auto" and {L["width_mode"] for L in run["layers"]} == {"auto"}
     assert [L["block_width"] for L in run["layers"]] == [L["formula_block_width"] for L in run["layers"]]
+
+
+def test_bench_solvers_beyond_exact_search_several_sizes_and_options(capsys):
+    """`--n 48,64` times the default ortools backend (fix-and-search beyond n = 40) and its knapsack
+    B&B (`ortools[fixsearch=false]`, under --time-limit) on the same instances, in one command."""
+    rows = _bench_json(capsys, "--n", "48,64", "--count", "6", "--solvers", "ortools,ortools[fixsearch=false]",
+                       "--baseline-count", "1", "--time-budget", "1", "--time-limit", "0.2", "--clock", "cpu")
+    got = {(r["backend"], r["n"]) for r in rows}
+    assert got == {(b, n) for b in ("ortools", "ortools[fixsearch=false]", "cpsat") for n in (48, 64)}
+    for r in rows:
+        if r["backend"] == "ortools":
+            assert r["instances"] == 6 and r["optimal"] == 6 and r["instances_per_second"] > 0, r
+    code = main(["bench", "solvers", "--n", "48", "--count", "2", "--solvers", "ortools,ortools[fixsearch=false;"
+                 "time_limit=0.1]", "--baseline-count", "1", "--time-limit", "0.1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "ortools[fixsearch=false,time_limit=0.1]" in out and "within τ" in out
+
+
+@pytest.mark.parametrize("spec,words", [
+    ("ortools[fixsearh=false]", ("no option fixsearh", "fixsearch")),
+    ("ortools[fixsearch]", ("is not key=value",)),
+    ("ortools[fixsearch=false", ("cannot read", "NAME[key=value")),
+])
+def test_bench_solver_options_are_checked(capsys, spec, words):
+    assert main(["bench", "solvers", "--n", "4", "--count", "2", "--solvers", spec]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err, err

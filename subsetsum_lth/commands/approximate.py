@@ -354,6 +354,8 @@ def _summary(r: dict, out: Path) -> None:
     print(f"solver {r['solver']} / objective {r['objective']}, {mode}, seed {r['seed']}")
     for L in r["layers"]:
         grown = f", {L['grown_blocks']} blocks grown to ≤{L['block_width_final_max']}" if L.get("grown_blocks") else ""
+        if L.get("beyond_exact_count"):
+            grown += f"; {L['beyond_exact_count']:,} instances beyond exact search"
         print(f"  layer {L['layer'] + 1}: m={L['block_width']} (formula {L['formula_block_width']}{grown}), "
               f"{L['instances']:,} instances, max |w-ŵ| {L['max_weight_error']:.3g}, "
               f"kept {L['kept_parameters']:,} ({L['kept_coefficients_per_weight']:.2f} coeff/weight), "
@@ -384,6 +386,9 @@ def _summary(r: dict, out: Path) -> None:
     print(f"kept parameters: {r['kept_parameters']:,} of {r['total_parameters']:,} in g "
           f"({r['prepruned_parameters']:,} after block pre-pruning)")
     print(f"infeasible/failed instances: {r['infeasible_count']}")
+    if r.get("beyond_exact_count"):
+        print(f"instances beyond exact search (n > 40 live coefficients, solved by fix-and-search): "
+              f"{r['beyond_exact_count']:,}")
     if r.get("target_training_seconds") is not None:
         t = r["target_training_seconds"]
         print(f"wall time: {t + r['wall_seconds']:.1f} s ({t:.1f} s training the default target + "
