@@ -1,6 +1,7 @@
 """Shared test helpers: rebuild ĝ from the run folder's files only, probe points."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,12 @@ NO_MNIST_REASON = (
     "MNIST IDX files not found in $SUBSETSUM_LTH_DATA or ~/.cache/subsetsum-lth/mnist: set "
     "SUBSETSUM_LTH_DATA to a folder holding the four official files, or download them once "
     "with: python -c 'from subsetsum_lth.data.mnist import resolve_data_dir; resolve_data_dir()'")
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment of a CLI run in a subprocess: this checkout first on the path, no display."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+               MPLBACKEND="Agg")
+    env.update(extra)
+    return env

@@ -20,15 +20,13 @@ import pytest
 from subsetsum_lth import limits
 from subsetsum_lth.target import random_target, save_target
 
+from tests.helpers import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
 
 
-def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               MPLBACKEND="Agg")
-    env.update(extra)
-    return env
+_env = subprocess_env
 
 
 def _cli(*args, timeout=TIMEOUT, **env):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.server
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -23,6 +22,8 @@ import pytest
 from subsetsum_lth.cli import main
 from subsetsum_lth.target import random_target, save_target
 
+from tests.helpers import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[1]
 #: a command must end this long after the signal (it ended never, or after 17-41 minutes, before)
 STOP_BOUND = 15.0
@@ -30,11 +31,7 @@ STOP_BOUND = 15.0
 TIMEOUT = 90
 
 
-def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               MPLBACKEND="Agg")
-    env.update(extra)
-    return env
+_env = subprocess_env
 
 
 def _start(*args, **env) -> subprocess.Popen:
