@@ -5,6 +5,7 @@ exploration is an explicit opt-in:
     HYPOTHESIS_PROFILE=explore python -m pytest -q -m "not slow" -rs --hypothesis-seed=N
 """
 import os
+import signal
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -15,6 +16,13 @@ settings.register_profile("ci", derandomize=True, database=None, **_COMMON)
 settings.register_profile("explore", **_COMMON)
 settings.register_profile("dev", **_COMMON)          # former name of "explore"
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# A suite started in the background by a non-interactive shell (`cmd &`) inherits SIGINT ignored,
+# and so would every CLI process the signal tests start (an ignored signal stays ignored across
+# exec): those tests play a terminal's Ctrl-C, so the suite runs with SIGINT at its default, as
+# it is under a terminal (a handler, unlike SIG_IGN, is reset to SIG_DFL in the children).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

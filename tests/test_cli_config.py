@@ -77,9 +77,11 @@ MAPS = {
         "hidden": (TrainConfig, "hidden", _hidden),
     }),
     "bench solvers": ([], "bench.py", {
+        # --n takes several sizes (N,N,...): one SolverBenchConfig per size, the default one size
+        "n": (SolverBenchConfig, "n", lambda sizes: sizes[0] if len(sizes) == 1 else sizes),
         **{d: (SolverBenchConfig, d, _same) for d in
-           ("n", "eps", "count", "objective", "targets", "solvers", "baseline_count", "time_budget",
-            "batch_size", "seed", "clock")},
+           ("eps", "count", "objective", "targets", "solvers", "baseline_count", "time_budget",
+            "batch_size", "seed", "clock", "time_limit")},
     }),
     "bench approximate": ([], "bench.py", {
         **{d: (ApproximateBenchConfig, d, _same) for d in

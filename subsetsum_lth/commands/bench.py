@@ -88,8 +88,8 @@ def _fmt(x, spec: str, none: str = "-") -> str:
 def _sizes(text: str) -> tuple[int, ...]:
     import argparse
     try:
-        sizes = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
+        sizes = tuple(integer(x) for x in text.split(",") if x.strip())     # '1e6' too, as every integer flag
+    except argparse.ArgumentTypeError:
         sizes = ()
     if not sizes or min(sizes) < 0:
         raise argparse.ArgumentTypeError(f"expected N or N,N,... (non-negative integers), got {text!r}")
