@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth import limits, manifest
+from subsetsum_lth.overwrite import staged_overwrite
 from subsetsum_lth.certify import (CollapsedNet, ball_set, certified_bound, check_soundness, empirical_bound_fast,
                                    in_ball, pruned_module)
 from subsetsum_lth.certify_box import BOX_WITNESS, box_report
@@ -122,7 +123,7 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
     try:
         # --overwrite of a folder holding a run: the new run is written beside it and swapped in
         # only when complete, so a failure (a full disk, Ctrl-C) leaves the old run as it was
-        with manifest.staged_overwrite(out, "approximate", config.overwrite and not config.resume) as dest:
+        with staged_overwrite(out, "approximate", config.overwrite and not config.resume) as dest:
             with manifest.session(dest):
                 return _approximate(target, config, dest, progress, eval_data, empirical_data, executor,
                                     shown_out=out)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth import runfolder as rf
-from subsetsum_lth.construction import eligible_masks
+from subsetsum_lth.mask_rules import eligible_masks
 from subsetsum_lth.edge_popup.config import EdgePopupConfig
 from subsetsum_lth.errors import UserError
 
@@ -245,7 +245,7 @@ def dataset_of(net: RandomNet, config: EdgePopupConfig) -> str:
 
 def eligibility(net: RandomNet, structure: str, inner_relu: bool = True) -> dict | None:
     """None (free) or the construction's pre-pruning masks (structured):
-    :func:`subsetsum_lth.construction.eligible_masks` of g's block plan."""
+    :func:`subsetsum_lth.mask_rules.eligible_masks` of g's block plan."""
     if structure == "free":
         return None
     return eligible_masks(net.plans, {k: v.numpy() for k, v in net.state.items()}, net.layout, inner_relu)
