@@ -313,10 +313,6 @@ ALLOWLIST = {
     # modules over 600 lines
     "solvers/mitm.py": 628,                              # another helper's module (issue 22)
     # functions over 100 lines
-    "subsetsum_lth/approximate.py::_approximate": 124,
-    "subsetsum_lth/commands/approximate.py::add_arguments": 115,
-    "subsetsum_lth/edge_popup/network.py::EdgePopupNet.__init__": 122,
-    "subsetsum_lth/run_report.py::build_report": 126,
     "subsetsum_lth/solve.py::solve_all": 132,            # another helper's module (issue 22)
     "solvers/mitm.py::_error_chunk_int32": 102,          # another helper's module (issue 22)
 }
