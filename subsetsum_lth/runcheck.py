@@ -38,13 +38,15 @@ import numpy as np
 
 from subsetsum_lth import runfolder as rf
 from subsetsum_lth.construction import DISTRIBUTIONS, LayerPlan, layout_of
-from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.errors import RunFolderError, UserError
 from subsetsum_lth.gnet import mlp_layout
 from subsetsum_lth.gstore import DenseMasks, DenseState, generator_spec, read_compact
 from subsetsum_lth.layerkinds import arch_of, kinds_from_arch
+from subsetsum_lth.manifest import KIND_NAMES, MANIFEST, read_manifest
 from subsetsum_lth.mask_rules import eligible_masks, prepruning_masks
 from subsetsum_lth.report_fields import Fields, short
+# which data set a run was made on; certify_run, compare, edge-popup and the CLI import them from here
+from subsetsum_lth.run_dataset import choose_dataset, recorded_dataset  # noqa: F401
 # the readers of one file live in runfolder (below gstore); certify_run and the CLI import them from here
 from subsetsum_lth.runfolder import RECREATE, check_regular, load_tensors, read_json  # noqa: F401
 from subsetsum_lth.target import load_target
@@ -213,47 +215,6 @@ def _load_target(path: Path):
     return load_target(path)
 
 
-def recorded_dataset(report: dict, target=None, where: str = "report.json") -> tuple[str | None, str]:
-    """(data set, where it is recorded) of a run: report.json's ``data``, else the ``dataset`` its
-    target's metadata records (train-target writes it), else (None, 'none') for a run whose
-    report says ``"data": null`` (made without data), else (None, 'unrecorded') for a folder
-    written before runs recorded it."""
-    value = report.get("data")
-    if value is not None and value not in DATASETS:
-        raise RunFolderError(f"{where}: field 'data' must be one of {', '.join(DATASETS)} or null, got "
-                             f"{short(value)}; {RECREATE}")
-    if value is not None:
-        return value, "report.json"
-    meta = getattr(target, "metadata", None) or {}
-    if meta.get("dataset") in DATASETS:
-        return meta["dataset"], "the target's metadata"
-    return None, "none" if "data" in report else "unrecorded"
-
-
-def choose_dataset(given: str | None, recorded: str | None, source: str, what: str,
-                   other: str = "pass another run") -> str:
-    """The data set a command that reads ``what`` (a run folder, a target) uses: ``given``
-    (``--data``) or else the recorded one; a ``given`` that contradicts the record is refused
-    (UserError, exit 2) naming both and the fix. With nothing recorded: ``given``, else MNIST,
-    with a logged note saying why."""
-    if recorded is not None:
-        if given is not None and given != recorded:
-            raise UserError(f"--data {given} contradicts {what}, which was made on {recorded} (recorded in "
-                            f"{source}); drop --data to use {recorded}, or {other}")
-        if given is None:
-            log.info("using %s, the data set %s was made on (recorded in %s)", recorded, what, source)
-        return recorded
-    if given is not None:
-        return given
-    if source == "none":
-        log.warning("%s was made without data (a synthetic target, or approximate without --data); "
-                    "using MNIST (choose with --data)", what)
-    else:
-        log.warning("%s records no data set (written before runs recorded it); using MNIST (pass --data "
-                    "fashion-mnist if it was made on Fashion-MNIST)", what)
-    return "mnist"
-
-
 def read_run(path: str | Path, *, need_target: bool = False) -> Run:
     """Read and validate a run folder (see the module docstring). ``need_target``: refuse a
     folder without target.safetensors (a certificate needs it). The data set the run records
@@ -290,9 +251,30 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
     return Run(path, state, masks, report, kind, relu_after, plans, target, domain, radius, seed)
 
 
+#: the run kind of each kind of run folder that manifest.json records
+RUN_KINDS = {"approximate": "subset-sum", "edge-popup": "edge-popup"}
+
+
+def _manifest_kind(path: Path) -> str | None:
+    """The run kind manifest.json records ('subset-sum' for an approximate run, 'edge-popup'); None
+    for a folder without one (written before manifests, or copied without it)."""
+    try:
+        m = read_manifest(path)
+    except RunFolderError as exc:       # its message ends with a fix for --out; this one is for a run
+        raise RunFolderError(f"{str(exc).split('; ')[0]}; {RECREATE}") from None
+    if m is None:
+        return None
+    if m["kind"] not in RUN_KINDS:
+        raise RunFolderError(f"{path} is {KIND_NAMES[m['kind']]} ({MANIFEST}), not a run folder; give the folder "
+                             "that 'approximate' or 'edge-popup' wrote")
+    return RUN_KINDS[m["kind"]]
+
+
 def _open_report(path: Path) -> tuple[dict, str, Fields, str]:
     """report.json of the run folder ``path``, read and checked to be a run's: (report, where,
-    its fields, the run kind 'subset-sum' or 'edge-popup')."""
+    its fields, the run kind 'subset-sum' or 'edge-popup'). The kind is the one manifest.json
+    records; report.json must read as that kind (its 'solver' or 'method'), which alone decides
+    only in a folder without a manifest."""
     try:
         st = os.stat(path)
     except OSError:
@@ -300,6 +282,7 @@ def _open_report(path: Path) -> tuple[dict, str, Fields, str]:
     if not stat.S_ISDIR(st.st_mode):
         raise RunFolderError(f"run folder {path} is not a folder; give the folder that 'approximate' or "
                              "'edge-popup' wrote")
+    recorded = _manifest_kind(path)
     report_path = path / rf.REPORT
     if not report_path.exists() and not report_path.is_symlink():
         raise RunFolderError(f"{report_path} does not exist; is {path} a run folder written by subsetsum-lth?")
@@ -318,7 +301,11 @@ def _open_report(path: Path) -> tuple[dict, str, Fields, str]:
     else:
         raise RunFolderError(f"{where} has neither 'solver' (an approximate run) nor 'method' (an edge-popup "
                              f"run); is it a run folder written by subsetsum-lth? {RECREATE}")
-    return report, where, f, kind
+    if recorded is not None and kind != recorded:
+        names = {v: KIND_NAMES[k] for k, v in RUN_KINDS.items()}
+        raise RunFolderError(f"{where} reads as {names[kind]} ('{'method' if kind == 'edge-popup' else 'solver'}') "
+                             f"but {path / MANIFEST} records {names[recorded]}; {RECREATE}")
+    return report, where, f, recorded or kind
 
 
 def _report_fields(f: Fields, kind: str):

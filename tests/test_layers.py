@@ -115,7 +115,7 @@ LAYERS = [
     ("certificate", {"certify", "tolerance", "box_crown", "box_zonotope", "box_attack", "box_agreement",
                      "certify_box"}),
     ("measurement", {"evaluation", "plots"}),
-    ("run folders: reading and writing", {"gstore", "runcheck", "report_check", "runwriter", "run_report",
+    ("run folders: reading and writing", {"gstore", "run_dataset", "runcheck", "report_check", "runwriter", "run_report",
                                           "certify_run"}),
     ("gradient training: targets and edge-popup", {"train", "edge_popup"}),
     ("the subset-sum pipeline and the API", {"layer_solve", "approximate", "default_target", "api"}),

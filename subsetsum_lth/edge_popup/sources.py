@@ -31,7 +31,7 @@ class RandomNet:
     layout: object | None = None        #: gnet.GLayout of an image network (conv/pooling); None: an MLP
     input_radius: float | None = None   #: the source run's certified input radius (image networks)
     data: str | None = None             #: the data set the run or target records (None: none)
-    data_source: str = "unrecorded"     #: where: see subsetsum_lth.runcheck.recorded_dataset
+    data_source: str = "unrecorded"     #: where: see subsetsum_lth.run_dataset.recorded_dataset
 
     @property
     def is_image(self) -> bool:
