@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth import limits, manifest
+from subsetsum_lth.overwrite import staged_overwrite
 from subsetsum_lth.certify import (CollapsedNet, ball_set, certified_bound, check_soundness, empirical_bound_fast,
                                    in_ball, pruned_module)
 from subsetsum_lth.certify_box import BOX_WITNESS, box_report
@@ -122,7 +123,7 @@ def approximate(target: Target, config: ApproximateConfig, out: str | Path,
     try:
         # --overwrite of a folder holding a run: the new run is written beside it and swapped in
         # only when complete, so a failure (a full disk, Ctrl-C) leaves the old run as it was
-        with manifest.staged_overwrite(out, "approximate", config.overwrite and not config.resume) as dest:
+        with staged_overwrite(out, "approximate", config.overwrite and not config.resume) as dest:
             with manifest.session(dest):
                 return _approximate(target, config, dest, progress, eval_data, empirical_data, executor,
                                     shown_out=out)
@@ -155,13 +156,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
-    if config.mode == "network" and config.construction.width == "adaptive" \
-            and config.construction.tau is None:
-        # adaptive blocks start from the per-weight τ the run starts with (ε is far looser)
-        from dataclasses import replace
-        from subsetsum_lth.layer_solve import initial_tau
-        config = replace(config, construction=replace(config.construction,
-                                                      tau=initial_tau(target, config)))
+    config = _with_initial_tau(target, config)
     cc = config.construction
     store, done = _prepare(target, config, out, executor)
     if done is not None:
@@ -220,25 +215,57 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         extra_files[BOX_WITNESS] = {"x": box_x}
     del g64
 
-    evaluation = {}
-    if eval_data is not None:
-        t = time.perf_counter()
-        n_eval = len(eval_data["x"])
-        with phase(progress, "evaluation", f"f and ĝ on {n_eval:,} test images", total=-(-n_eval // 4096),
-                   unit="batch") as bar:
-            collapsed = CollapsedNet(maps, target=target)
-            evaluation = evaluate_pair(target, collapsed, eval_data["x"], eval_data["y"], bar=bar,
-                                       certified=_certified_sets(eval_data["x"], certificate.bound, config,
-                                                                 box_rep))
-            g32 = (pruned_module(state, dmasks, layout, torch.float32) if image
-                   else SupportNet(construction.pairs, layer_masks, torch.float32))
-            evaluation.update(spot_check(collapsed, g32, eval_data["x"][:256]))
-            del g32
-        timings["evaluate"] = time.perf_counter() - t
+    evaluation = _evaluation(target, maps, eval_data, certificate.bound, config, box_rep, timings, progress,
+                             lambda: (pruned_module(state, dmasks, layout, torch.float32) if image
+                                      else SupportNet(construction.pairs, layer_masks, torch.float32)))
 
     report, metrics, bad_list, n_bad = build_report(target, config, construction, solved, layer_masks, layout,
                                                     certificate, emp, witness, evaluation, timings, executor,
                                                     eps_bound=eps_bound, box_rep=box_rep, store=store_kind)
+    _write_folder(out, target, config, construction, solved, layer_masks, layout, store, store_kind, report,
+                  metrics, timings, t_start, witness, extra_files, eval_data is None and empirical_data is None,
+                  progress)
+    raise_if_failed(report, bad_list, n_bad, config, shown_out or out, eps_bound)
+    return report
+
+
+def _with_initial_tau(target: Target, config: ApproximateConfig) -> ApproximateConfig:
+    """``config`` with the adaptive blocks' τ set, where --eps (network mode) left it open."""
+    if config.mode == "network" and config.construction.width == "adaptive" \
+            and config.construction.tau is None:
+        # adaptive blocks start from the per-weight τ the run starts with (ε is far looser)
+        from dataclasses import replace
+        from subsetsum_lth.layer_solve import initial_tau
+        return replace(config, construction=replace(config.construction, tau=initial_tau(target, config)))
+    return config
+
+
+def _evaluation(target: Target, maps, eval_data: dict | None, bound: float, config: ApproximateConfig,
+                box_rep: dict | None, timings: dict, progress, make_g32) -> dict:
+    """Accuracies of f and ĝ on ``eval_data`` (none without it), the certified agreement on the
+    certified sets, and the spot check of ĝ (``make_g32()``: the pruned g in float32); adds
+    ``timings['evaluate']``."""
+    if eval_data is None:
+        return {}
+    t = time.perf_counter()
+    n_eval = len(eval_data["x"])
+    with phase(progress, "evaluation", f"f and ĝ on {n_eval:,} test images", total=-(-n_eval // 4096),
+               unit="batch") as bar:
+        collapsed = CollapsedNet(maps, target=target)
+        evaluation = evaluate_pair(target, collapsed, eval_data["x"], eval_data["y"], bar=bar,
+                                   certified=_certified_sets(eval_data["x"], bound, config, box_rep))
+        g32 = make_g32()
+        evaluation.update(spot_check(collapsed, g32, eval_data["x"][:256]))
+        del g32
+    timings["evaluate"] = time.perf_counter() - t
+    return evaluation
+
+
+def _write_folder(out: Path, target: Target, config: ApproximateConfig, construction, solved, layer_masks,
+                  layout, store, store_kind: str, report: dict, metrics: list, timings: dict, t_start: float,
+                  witness: dict, extra_files: dict, no_data: bool, progress) -> None:
+    """Write the run folder (report.json last) and its plots; ``no_data``: made without a data set."""
+    cc = config.construction
     meta = {"format": "run", "seed": cc.seed, "depth": target.depth}
     if not target.is_mlp:
         meta.update({"g_arch": layout.ops(), "input_shape": list(target.input_shape)})
@@ -256,10 +283,8 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
                   extra_report={"wall_seconds_covers": "this approximation: construction, solve, certificate, "
                                                        "evaluation, writing (not the training of a target)",
                                 # the data set the run was made on ('data'; null: made without data)
-                                **({"data": None} if eval_data is None and empirical_data is None else {}),
+                                **({"data": None} if no_data else {}),
                                 **config.report_extra})
-    raise_if_failed(report, bad_list, n_bad, config, shown_out or out, eps_bound)
-    return report
 
 
 def _certified_sets(x: np.ndarray, bound: float, config: ApproximateConfig, box_rep: dict | None) -> dict:

@@ -23,7 +23,7 @@ class IncompleteRun(Exception):
     """Some instances are infeasible or failed; everything computed was written."""
 
     exit_code = 3
-    run_written = True      #: the run folder is complete (manifest.staged_overwrite swaps it in)
+    run_written = True      #: the run folder is complete (overwrite.staged_overwrite swaps it in)
 
 
 class DiskFull(RunFolderError):

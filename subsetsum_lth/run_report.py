@@ -51,59 +51,15 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
     network_ok = config.mode == "network" and eps_bound <= config.eps
     beyond = solved.beyond_exact() if solved.solved_counts else [0] * len(solved.layers)
     for li, (inst, res, mk) in enumerate(zip(solved.layers, solved.results, layer_masks)):
-        plan = inst.plan
-        is_bias = inst.group_half[inst.group_of_instance()] == 0
-        werr = res.errors[~is_bias]
-        berr = res.errors[is_bias]
-        outside = res.status == Status.INFEASIBLE
-        hard = ~np.isin(res.status, (Status.OPTIMAL, Status.FEASIBLE, Status.INFEASIBLE))
-        bad = hard | (outside & (not network_ok))
-        n_bad_total += int(bad.sum())
-        n_outside_total += int(outside.sum())
-        for idx in np.flatnonzero(bad)[:20]:
-            g = inst.group_of_instance()[idx]
-            bad_list.append({"layer": li, "row": int(inst.rows()[idx]), "column": int(inst.group_block[g]),
-                             "half": int(inst.group_half[g]), "target": float(inst.targets[idx]),
-                             "error": float(res.errors[idx]), "status": Status(int(res.status[idx])).name,
-                             "message": res.messages.get(int(inst.ids[idx]), "")})
-        kept_units = int(((mk["u"] != 0) | (mk["b1"] != 0)).sum())
-        kept_coef = int(mk["w2"].sum())
-        kept_params = int(sum(int(a.sum()) for a in mk.values()))
-        kept_total += kept_params
-        per_weight = res.selections[~is_bias].sum(axis=1)
-        rep = {
-            "layer": li, "target_shape": [plan.q, plan.p], "has_bias": plan.has_bias,
-            "block_width": plan.m, "formula_block_width": plan.formula_m,
-            "width_mode": cc.width, "grown_blocks": int((plan.extensions > 0).sum()),
-            "block_width_final_max": int(plan.block_widths.max()),
-            "block_width_final_mean": float(plan.block_widths.mean()),
-            "hidden_units": plan.hidden,
-            "growth_units": plan.grow,
-            "block_extensions": plan.extensions.tolist(),
-            "random_shapes": [list(s) for s in layout.kinds[li].g_shapes(plan.hidden)],
-            "instances": len(inst), "weight_instances": int((~is_bias).sum()),
-            "bias_instances": int(is_bias.sum()),
-            "live_coefficients_mean": float(inst.counts.mean()) if len(inst) else 0.0,
-            "live_coefficients_min": int(inst.counts.min()) if len(inst) else 0,
-            "live_coefficients_max": int(inst.counts.max()) if len(inst) else 0,
-            # subsets searched with more than 40 live coefficients: by fix-and-search (mitm, ortools)
-            "beyond_exact_count": beyond[li],
-            "max_weight_error": float(werr.max(initial=0.0)),
-            "mean_weight_error": float(werr.mean()) if werr.size else 0.0,
-            "max_bias_error": float(berr.max(initial=0.0)),
-            "infeasible": int((bad & outside).sum()),
-            "outside_tolerance": int(outside.sum()),
-            "failed": int(hard.sum()),
-            "kept_coefficients": kept_coef,
-            "kept_coefficients_per_weight": float(per_weight.mean()) if per_weight.size else 0.0,
-            "kept_units": kept_units,
-            "kept_parameters": kept_params,
-            "kept_parameters_first": int(mk["u"].sum() + mk["b1"].sum()),
-            "kept_parameters_second": int(mk["w2"].sum() + mk["b2"].sum()),
-            "total_parameters": int(construction.pairs[li].size),
-            "seconds": solved.seconds[li],
-            "certificate": certificate.layers[li],
-        }
+        rep, n_bad, n_outside, examples = _layer_report(li, inst, res, mk, network_ok, cc, layout, construction,
+                                                        solved, certificate)
+        n_bad_total += n_bad
+        n_outside_total += n_outside
+        bad_list += examples
+        kept_total += rep["kept_parameters"]
+        rep["live_coefficients_max"] = int(inst.counts.max()) if len(inst) else 0
+        # subsets searched with more than 40 live coefficients: by fix-and-search (mitm, ortools)
+        rep["beyond_exact_count"] = beyond[li]
         layer_reports.append(rep)
         for key in ("max_weight_error", "mean_weight_error", "max_bias_error", "kept_coefficients",
                     "kept_units", "kept_parameters", "instances", "infeasible", "seconds", "block_width"):
@@ -163,6 +119,61 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
             metrics.append({"layer": "all", "metric": key, "value": report[key]})
 
     return report, metrics, bad_list, n_bad_total
+
+
+def _layer_report(li: int, inst, res, mk: dict, network_ok: bool, cc, layout, construction, solved,
+                  certificate) -> tuple[dict, int, int, list[dict]]:
+    """Layer ``li``'s entry of report.json 'layers', its numbers of failed and outside-tolerance
+    instances, and its first (at most 20) failed instances."""
+    plan = inst.plan
+    is_bias = inst.group_half[inst.group_of_instance()] == 0
+    werr = res.errors[~is_bias]
+    berr = res.errors[is_bias]
+    outside = res.status == Status.INFEASIBLE
+    hard = ~np.isin(res.status, (Status.OPTIMAL, Status.FEASIBLE, Status.INFEASIBLE))
+    bad = hard | (outside & (not network_ok))
+    examples = []
+    for idx in np.flatnonzero(bad)[:20]:
+        g = inst.group_of_instance()[idx]
+        examples.append({"layer": li, "row": int(inst.rows()[idx]), "column": int(inst.group_block[g]),
+                         "half": int(inst.group_half[g]), "target": float(inst.targets[idx]),
+                         "error": float(res.errors[idx]), "status": Status(int(res.status[idx])).name,
+                         "message": res.messages.get(int(inst.ids[idx]), "")})
+    kept_units = int(((mk["u"] != 0) | (mk["b1"] != 0)).sum())
+    kept_coef = int(mk["w2"].sum())
+    kept_params = int(sum(int(a.sum()) for a in mk.values()))
+    per_weight = res.selections[~is_bias].sum(axis=1)
+    rep = {
+        "layer": li, "target_shape": [plan.q, plan.p], "has_bias": plan.has_bias,
+        "block_width": plan.m, "formula_block_width": plan.formula_m,
+        "width_mode": cc.width, "grown_blocks": int((plan.extensions > 0).sum()),
+        "block_width_final_max": int(plan.block_widths.max()),
+        "block_width_final_mean": float(plan.block_widths.mean()),
+        "hidden_units": plan.hidden,
+        "growth_units": plan.grow,
+        "block_extensions": plan.extensions.tolist(),
+        "random_shapes": [list(s) for s in layout.kinds[li].g_shapes(plan.hidden)],
+        "instances": len(inst), "weight_instances": int((~is_bias).sum()),
+        "bias_instances": int(is_bias.sum()),
+        "live_coefficients_mean": float(inst.counts.mean()) if len(inst) else 0.0,
+        "live_coefficients_min": int(inst.counts.min()) if len(inst) else 0,
+        "max_weight_error": float(werr.max(initial=0.0)),
+        "mean_weight_error": float(werr.mean()) if werr.size else 0.0,
+        "max_bias_error": float(berr.max(initial=0.0)),
+        "infeasible": int((bad & outside).sum()),
+        "outside_tolerance": int(outside.sum()),
+        "failed": int(hard.sum()),
+        "kept_coefficients": kept_coef,
+        "kept_coefficients_per_weight": float(per_weight.mean()) if per_weight.size else 0.0,
+        "kept_units": kept_units,
+        "kept_parameters": kept_params,
+        "kept_parameters_first": int(mk["u"].sum() + mk["b1"].sum()),
+        "kept_parameters_second": int(mk["w2"].sum() + mk["b2"].sum()),
+        "total_parameters": int(construction.pairs[li].size),
+        "seconds": solved.seconds[li],
+        "certificate": certificate.layers[li],
+    }
+    return rep, int(bad.sum()), int(outside.sum()), examples
 
 
 def raise_if_failed(report: dict, bad_list: list[dict], n_bad: int, config, out, eps_bound=None) -> None:

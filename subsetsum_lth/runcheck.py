@@ -29,7 +29,6 @@ can never disagree about which network a folder holds. It refuses, with a
 from __future__ import annotations
 
 import logging
-import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -38,12 +37,16 @@ from pathlib import Path
 import numpy as np
 
 from subsetsum_lth import runfolder as rf
-from subsetsum_lth.construction import DISTRIBUTIONS, LayerPlan, eligible_masks, layout_of, prepruning_masks
-from subsetsum_lth.data.mnist import DATASETS
+from subsetsum_lth.construction import DISTRIBUTIONS, LayerPlan, layout_of
 from subsetsum_lth.errors import RunFolderError, UserError
 from subsetsum_lth.gnet import mlp_layout
 from subsetsum_lth.gstore import DenseMasks, DenseState, generator_spec, read_compact
 from subsetsum_lth.layerkinds import arch_of, kinds_from_arch
+from subsetsum_lth.manifest import KIND_NAMES, MANIFEST, read_manifest
+from subsetsum_lth.mask_rules import eligible_masks, prepruning_masks
+from subsetsum_lth.report_fields import Fields, short
+# which data set a run was made on; certify_run, compare, edge-popup and the CLI import them from here
+from subsetsum_lth.run_dataset import choose_dataset, recorded_dataset  # noqa: F401
 # the readers of one file live in runfolder (below gstore); certify_run and the CLI import them from here
 from subsetsum_lth.runfolder import RECREATE, check_regular, load_tensors, read_json  # noqa: F401
 from subsetsum_lth.target import load_target
@@ -54,87 +57,6 @@ INPUT_DOMAINS = ("nonnegative", "signed")
 WITNESS = "witness.safetensors"
 #: the largest input radius read (beyond it the float64 forward passes of the certificate overflow)
 MAX_INPUT_RADIUS = 1e12
-
-
-def _short(v) -> str:
-    r = repr(v)
-    return r if len(r) <= 60 else r[:57] + "..."
-
-
-# ----------------------------------------------------------------------------- field checks
-
-class _Fields:
-    """Typed, range-checked access to one JSON object; every problem names file and field."""
-
-    def __init__(self, obj: dict, where: str):
-        self.obj, self.where = obj, where
-
-    def fail(self, key: str, want: str, value) -> RunFolderError:
-        return RunFolderError(f"{self.where}: {key!r} must be {want}, got {_short(value)}; {RECREATE}")
-
-    def has(self, key: str) -> bool:
-        return key in self.obj
-
-    def number(self, key: str, *, positive=False, nonneg=False, optional=False, none_ok=False, maximum=None):
-        if key not in self.obj:
-            if optional:
-                return None
-            raise RunFolderError(f"{self.where} lacks {key!r}; {RECREATE}")
-        v = self.obj[key]
-        if v is None and none_ok:
-            return None
-        want = ("a finite number > 0" if positive else "a finite number >= 0" if nonneg else "a finite number")
-        if maximum is not None:
-            want += f" and <= {maximum:g}"
-        if none_ok:
-            want += " or null"
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise self.fail(key, want, v)
-        if (positive and not v > 0) or (nonneg and not v >= 0) or (maximum is not None and v > maximum):
-            raise self.fail(key, want, v)
-        return float(v)
-
-    def integer(self, key: str, *, minimum=0, optional=False):
-        if key not in self.obj:
-            if optional:
-                return None
-            raise RunFolderError(f"{self.where} lacks {key!r}; {RECREATE}")
-        v = self.obj[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise self.fail(key, f"an integer >= {minimum}", v)
-        return int(v)
-
-    def choice(self, key: str, choices, optional=False):
-        if key not in self.obj:
-            if optional:
-                return None
-            raise RunFolderError(f"{self.where} lacks {key!r}; {RECREATE}")
-        v = self.obj[key]
-        if not isinstance(v, str) or v not in choices:
-            raise self.fail(key, "one of " + ", ".join(map(repr, choices)), v)
-        return v
-
-    def boolean(self, key: str, optional=False, default=None):
-        if key not in self.obj:
-            if optional:
-                return default
-            raise RunFolderError(f"{self.where} lacks {key!r}; {RECREATE}")
-        v = self.obj[key]
-        if not isinstance(v, bool):
-            raise self.fail(key, "true or false", v)
-        return v
-
-    def int_list(self, key: str, *, length=None, minimum=0, optional=False):
-        if key not in self.obj:
-            if optional:
-                return None
-            raise RunFolderError(f"{self.where} lacks {key!r}; {RECREATE}")
-        v = self.obj[key]
-        want = f"a list of {'' if length is None else str(length) + ' '}integers >= {minimum}"
-        if (not isinstance(v, list) or (length is not None and len(v) != length)
-                or any(isinstance(e, bool) or not isinstance(e, int) or e < minimum for e in v)):
-            raise self.fail(key, want, v)
-        return [int(e) for e in v]
 
 
 # ----------------------------------------------------------------------------- the run
@@ -236,12 +158,12 @@ def _plans(entries, sizes: list[int], domain: str, where: str, shapes=None):
     shapes = shapes or [(sizes[i + 1], sizes[i]) for i in range(depth)]
     if not isinstance(entries, list) or len(entries) != depth:
         raise RunFolderError(f"{where} must list {depth} layers (one per target layer), got "
-                             f"{_short(entries) if not isinstance(entries, list) else f'{len(entries)} entries'}; {RECREATE}")
+                             f"{short(entries) if not isinstance(entries, list) else f'{len(entries)} entries'}; {RECREATE}")
     plans = []
     for i, e in enumerate(entries):
         if not isinstance(e, dict):
-            raise RunFolderError(f"{where}[{i}] must be an object, got {_short(e)}; {RECREATE}")
-        f = _Fields(e, f"{where}[{i}]")
+            raise RunFolderError(f"{where}[{i}] must be an object, got {short(e)}; {RECREATE}")
+        f = Fields(e, f"{where}[{i}]")
         q, p = shapes[i]
         shape = f.int_list("target_shape", length=2, minimum=1)
         if shape != [q, p]:
@@ -284,54 +206,13 @@ def _relu_after(report: dict, kind: str, n: int, where: Path) -> list[bool]:
         return [True] * (n - 1)
     if not isinstance(r, list) or len(r) != n - 1 or not all(isinstance(v, bool) for v in r):
         raise RunFolderError(f"{where / rf.REPORT}: 'relu_after' must list {n - 1} booleans (one per hidden "
-                             f"Linear layer), got {_short(r)}; {RECREATE}")
+                             f"Linear layer), got {short(r)}; {RECREATE}")
     return list(r)
 
 
 def _load_target(path: Path):
     check_regular(path)
     return load_target(path)
-
-
-def recorded_dataset(report: dict, target=None, where: str = "report.json") -> tuple[str | None, str]:
-    """(data set, where it is recorded) of a run: report.json's ``data``, else the ``dataset`` its
-    target's metadata records (train-target writes it), else (None, 'none') for a run whose
-    report says ``"data": null`` (made without data), else (None, 'unrecorded') for a folder
-    written before runs recorded it."""
-    value = report.get("data")
-    if value is not None and value not in DATASETS:
-        raise RunFolderError(f"{where}: field 'data' must be one of {', '.join(DATASETS)} or null, got "
-                             f"{_short(value)}; {RECREATE}")
-    if value is not None:
-        return value, "report.json"
-    meta = getattr(target, "metadata", None) or {}
-    if meta.get("dataset") in DATASETS:
-        return meta["dataset"], "the target's metadata"
-    return None, "none" if "data" in report else "unrecorded"
-
-
-def choose_dataset(given: str | None, recorded: str | None, source: str, what: str,
-                   other: str = "pass another run") -> str:
-    """The data set a command that reads ``what`` (a run folder, a target) uses: ``given``
-    (``--data``) or else the recorded one; a ``given`` that contradicts the record is refused
-    (UserError, exit 2) naming both and the fix. With nothing recorded: ``given``, else MNIST,
-    with a logged note saying why."""
-    if recorded is not None:
-        if given is not None and given != recorded:
-            raise UserError(f"--data {given} contradicts {what}, which was made on {recorded} (recorded in "
-                            f"{source}); drop --data to use {recorded}, or {other}")
-        if given is None:
-            log.info("using %s, the data set %s was made on (recorded in %s)", recorded, what, source)
-        return recorded
-    if given is not None:
-        return given
-    if source == "none":
-        log.warning("%s was made without data (a synthetic target, or approximate without --data); "
-                    "using MNIST (choose with --data)", what)
-    else:
-        log.warning("%s records no data set (written before runs recorded it); using MNIST (pass --data "
-                    "fashion-mnist if it was made on Fashion-MNIST)", what)
-    return "mnist"
 
 
 def read_run(path: str | Path, *, need_target: bool = False) -> Run:
@@ -345,6 +226,55 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
 
 def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
     path = Path(path)
+    report, where, f, kind = _open_report(path)
+    domain, radius, seed, sizes = _report_fields(f, kind)
+    if kind == "subset-sum" and f.choice("store", ("dense", "compact"), optional=True) == "compact":
+        return _read_compact_run(path, report, f, sizes, domain, radius, seed, need_target)
+
+    # --- tensors
+    state = load_tensors(path / rf.RANDOM_NET)
+    masks = load_tensors(path / rf.MASKS)
+    if "target_arch" in report or "input_shape" in report or "g_arch" in report:
+        return _read_image_run(path, report, f, state, masks, sizes, domain, radius, seed, kind)
+    n, net_sizes = _check_mlp_tensors(path, state, masks)
+    relu_after = _relu_after(report, kind, n, path)
+
+    # --- the construction recorded for the target
+    plans, sizes = _mlp_plans(path, report, f, kind, n, sizes, domain)
+    if plans is not None:
+        _check_construction_shapes(state, plans, path, rf.RANDOM_NET)
+    _check_allowed(path, masks, _allowed_masks(f, kind, plans, state))
+
+    target = _mlp_target(path, sizes, plans, net_sizes, need_target)
+    if "witness" in report:
+        _witness_entry(report, where, net_sizes[0])
+    return Run(path, state, masks, report, kind, relu_after, plans, target, domain, radius, seed)
+
+
+#: the run kind of each kind of run folder that manifest.json records
+RUN_KINDS = {"approximate": "subset-sum", "edge-popup": "edge-popup"}
+
+
+def _manifest_kind(path: Path) -> str | None:
+    """The run kind manifest.json records ('subset-sum' for an approximate run, 'edge-popup'); None
+    for a folder without one (written before manifests, or copied without it)."""
+    try:
+        m = read_manifest(path)
+    except RunFolderError as exc:       # its message ends with a fix for --out; this one is for a run
+        raise RunFolderError(f"{str(exc).split('; ')[0]}; {RECREATE}") from None
+    if m is None:
+        return None
+    if m["kind"] not in RUN_KINDS:
+        raise RunFolderError(f"{path} is {KIND_NAMES[m['kind']]} ({MANIFEST}), not a run folder; give the folder "
+                             "that 'approximate' or 'edge-popup' wrote")
+    return RUN_KINDS[m["kind"]]
+
+
+def _open_report(path: Path) -> tuple[dict, str, Fields, str]:
+    """report.json of the run folder ``path``, read and checked to be a run's: (report, where,
+    its fields, the run kind 'subset-sum' or 'edge-popup'). The kind is the one manifest.json
+    records; report.json must read as that kind (its 'solver' or 'method'), which alone decides
+    only in a folder without a manifest."""
     try:
         st = os.stat(path)
     except OSError:
@@ -352,12 +282,13 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
     if not stat.S_ISDIR(st.st_mode):
         raise RunFolderError(f"run folder {path} is not a folder; give the folder that 'approximate' or "
                              "'edge-popup' wrote")
+    recorded = _manifest_kind(path)
     report_path = path / rf.REPORT
     if not report_path.exists() and not report_path.is_symlink():
         raise RunFolderError(f"{report_path} does not exist; is {path} a run folder written by subsetsum-lth?")
     report = read_json(report_path)
     where = str(report_path)
-    f = _Fields(report, where)
+    f = Fields(report, where)
     method = report.get("method")
     if method is not None:
         if method != "edge-popup":
@@ -370,8 +301,15 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
     else:
         raise RunFolderError(f"{where} has neither 'solver' (an approximate run) nor 'method' (an edge-popup "
                              f"run); is it a run folder written by subsetsum-lth? {RECREATE}")
+    if recorded is not None and kind != recorded:
+        names = {v: KIND_NAMES[k] for k, v in RUN_KINDS.items()}
+        raise RunFolderError(f"{where} reads as {names[kind]} ('{'method' if kind == 'edge-popup' else 'solver'}') "
+                             f"but {path / MANIFEST} records {names[recorded]}; {RECREATE}")
+    return report, where, f, recorded or kind
 
-    # --- fields the readers use, by type and range
+
+def _report_fields(f: Fields, kind: str):
+    """The fields the readers use, by type and range: (domain, radius, seed, target sizes or None)."""
     if kind == "subset-sum":
         domain = f.choice("input_domain", INPUT_DOMAINS)
         radius = f.number("input_radius", positive=True, maximum=MAX_INPUT_RADIUS)
@@ -389,15 +327,12 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
         f.number("certified_bound", nonneg=True, optional=True, none_ok=True)
         f.boolean("inner_relu", optional=True)
         sizes = None
+    return domain, radius, seed, sizes
 
-    if kind == "subset-sum" and f.choice("store", ("dense", "compact"), optional=True) == "compact":
-        return _read_compact_run(path, report, f, sizes, domain, radius, seed, need_target)
 
-    # --- tensors
-    state = load_tensors(path / rf.RANDOM_NET)
-    masks = load_tensors(path / rf.MASKS)
-    if "target_arch" in report or "input_shape" in report or "g_arch" in report:
-        return _read_image_run(path, report, f, state, masks, sizes, domain, radius, seed, kind)
+def _check_mlp_tensors(path: Path, state: dict, masks: dict) -> tuple[int, list[int]]:
+    """An MLP run's random net and masks: the same Linear layers, masks uint8 0/1 of the weights'
+    shapes. Returns (the number of Linear layers, the random net's layer sizes)."""
     n = _linear_count(state, rf.RANDOM_NET, path)
     n_m = _linear_count(masks, rf.MASKS, path)
     if n_m != n:
@@ -411,9 +346,13 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
             raise RunFolderError(f"{path / rf.MASKS}: mask {k} has dtype {masks[k].dtype}; masks are uint8 0/1; {RECREATE}")
         if masks[k].size and int(masks[k].max()) > 1:
             raise RunFolderError(f"{path / rf.MASKS}: mask {k} holds values other than 0 and 1; {RECREATE}")
-    relu_after = _relu_after(report, kind, n, path)
+    return n, net_sizes
 
-    # --- the construction recorded for the target
+
+def _mlp_plans(path: Path, report: dict, f: Fields, kind: str, n: int, sizes, domain):
+    """The construction recorded for an MLP target (report.json's ``layers`` or, for an edge-popup
+    run, ``construction_plan``), checked against the n Linear layers: (plans or None, sizes)."""
+    where = f.where
     plans = None
     if kind == "subset-sum":
         if n != 2 * (len(sizes) - 1):
@@ -427,7 +366,7 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
             raise f.fail("construction_plan", "a list of per-layer objects", entries)
         sizes = []
         for i, e in enumerate(entries):
-            shape = _Fields(e, f"{where} 'construction_plan'[{i}]").int_list("target_shape", length=2, minimum=1)
+            shape = Fields(e, f"{where} 'construction_plan'[{i}]").int_list("target_shape", length=2, minimum=1)
             if i == 0:
                 sizes.append(shape[1])
             elif shape[1] != sizes[-1]:
@@ -439,19 +378,23 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
                                  f"report.json ('construction_plan', {len(entries)} target layers) has exactly "
                                  f"{2 * len(entries)}; {RECREATE}")
         plans = _plans(entries, sizes, domain or "nonnegative", f"{where} 'construction_plan'")
-    if plans is not None:
-        _check_construction_shapes(state, plans, path, rf.RANDOM_NET)
-    allowed = None
+    return plans, sizes
+
+
+def _allowed_masks(f: Fields, kind: str, plans, state: dict) -> dict | None:
+    """The entries an MLP run's masks may keep (None: any)."""
     if kind == "subset-sum":
         # the masks keep nothing that the block-diagonal pre-pruning removed
-        allowed = prepruning_masks(plans, state)
-    elif plans is not None and f.choice("structure", ("free", "structured"), optional=True) == "structured":
+        return prepruning_masks(plans, state)
+    if plans is not None and f.choice("structure", ("free", "structured"), optional=True) == "structured":
         # a structured edge-popup run keeps only the entries its search was allowed to score
-        allowed = eligible_masks(plans, {k: np.ascontiguousarray(v) for k, v in state.items()}, None,
-                                 f.boolean("inner_relu", optional=True, default=True))
-    _check_allowed(path, masks, allowed)
+        return eligible_masks(plans, {k: np.ascontiguousarray(v) for k, v in state.items()}, None,
+                              f.boolean("inner_relu", optional=True, default=True))
+    return None
 
-    # --- the target, when the folder holds one
+
+def _mlp_target(path: Path, sizes, plans, net_sizes: list[int], need_target: bool):
+    """The target of an MLP run folder, when it holds one, checked against the report and g."""
     target = None
     tpath = path / rf.TARGET
     if tpath.exists() or tpath.is_symlink():
@@ -465,10 +408,7 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
             raise RunFolderError(f"{tpath} takes {target.sizes[0]} inputs but the random network {net_sizes[0]}; {RECREATE}")
     elif need_target:
         raise RunFolderError(f"{path} has no {rf.TARGET}; a certificate needs the target: {RECREATE}")
-
-    if "witness" in report:
-        _witness_entry(report, where, net_sizes[0])
-    return Run(path, state, masks, report, kind, relu_after, plans, target, domain, radius, seed)
+    return target
 
 
 def _check_target_bias(tpath: Path, plans, target) -> None:
@@ -613,8 +553,8 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
 def _witness_entry(report: dict, where: str, p: int) -> dict:
     w = report["witness"]
     if not isinstance(w, dict):
-        raise RunFolderError(f"{where}: 'witness' must be an object, got {_short(w)}; {RECREATE}")
-    f = _Fields(w, f"{where} 'witness'")
+        raise RunFolderError(f"{where}: 'witness' must be an object, got {short(w)}; {RECREATE}")
+    f = Fields(w, f"{where} 'witness'")
     if w.get("file") != WITNESS:
         raise f.fail("file", repr(WITNESS), w.get("file"))
     f.number("error", nonneg=True)

@@ -18,6 +18,7 @@ from subsetsum_lth import runfolder as rf
 from subsetsum_lth.certify import certified_bound
 from subsetsum_lth.certify_box import box_bound, box_from_report
 from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.overwrite import STAGE_SUFFIX
 from subsetsum_lth.report_check import target_sha256
 from subsetsum_lth.runcheck import read_run
 from subsetsum_lth.solve import ResumeStore
@@ -101,7 +102,7 @@ def continue_stage(out: Path, config, fingerprint: dict):
     """``config`` to use for ``out``: when ``out`` is the staging folder of an ``--overwrite``
     that failed (a full disk, Ctrl-C) with these very settings, ``--resume`` it (its finished
     solver batches are continued; other settings: it is started afresh)."""
-    if not (config.overwrite and not config.resume and out.name.endswith(manifest.STAGE_SUFFIX)
+    if not (config.overwrite and not config.resume and out.name.endswith(STAGE_SUFFIX)
             and (out / "run_config.json").is_file()):
         return config
     try:

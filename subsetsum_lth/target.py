@@ -283,6 +283,7 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
     raw = read_checkpoint(path)
     info.update(raw.info)
     from subsetsum_lth import arch as arch_mod
+    from subsetsum_lth.arch_state import state_for_arch
     # a file written by this tool (or one with both keys) records its architecture; an 'arch'
     # alone is another program's metadata (e.g. torchvision's ImageNet example: 'resnet18')
     ours = raw.metadata.get("format") == "subsetsum-lth-target" or "input_shape" in raw.metadata
@@ -292,7 +293,7 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
     elif arch is not None:
         if isinstance(arch, str):
             arch = arch_mod.parse_arch(arch, input_shape)
-        raw_state = arch_mod.state_for_arch(raw.state, arch, str(path), order_known=raw.order_known)
+        raw_state = state_for_arch(raw.state, arch, str(path), order_known=raw.order_known)
         raw = type(raw)(**{**raw.__dict__, "state": raw_state})
     if arch is not None:
         info["arch"] = arch

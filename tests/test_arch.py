@@ -13,8 +13,9 @@ from torch import nn
 
 from subsetsum_lth.arch import (
     LENET5, arch_from_metadata, arch_from_module, canonical_arch, check_arch, fold_batchnorm,
-    load_arch_target, module_from_arch, parse_arch, state_for_arch,
+    load_arch_target, module_from_arch, parse_arch,
 )
+from subsetsum_lth.arch_state import state_for_arch
 from subsetsum_lth.errors import TargetError, UserError
 
 IMG = [1, 28, 28]

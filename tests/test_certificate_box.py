@@ -19,6 +19,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from subsetsum_lth import box_crown as crown
+from subsetsum_lth import box_zonotope as zono
 from subsetsum_lth import certify_box as cb
 from subsetsum_lth.certify import CollapsedNet, LayerMap
 from subsetsum_lth.errors import UserError
@@ -449,10 +451,10 @@ def _mut_sep_planes(b, af, ag, th_u, th_l):
     return lo, (up[0], up[1], up[2] - 0.5 * th_u * cb_relu(b.lf, b.uf, af)[2])   # part of U_f's bias dropped
 
 
-cb_l2, cb_clip, cb_relu, cb_first, cb_diff, cb_dplanes = (cb.l2_of_intervals, cb._clip_planes, cb._relu,
-                                                          cb._first_layer_bounds, cb.diff_net, cb._d_planes)
-cb_psd, cb_rtube, cb_dtube, cb_zono, cb_lmax = (cb.psd_l2_bound, cb._relu_tube, cb._d_tube, cb._zonotope,
-                                                 cb._lmax)
+cb_l2, cb_clip, cb_relu, cb_first, cb_diff, cb_dplanes = (cb.l2_of_intervals, crown._clip_planes, crown._relu,
+                                                          crown._first_layer_bounds, cb.diff_net, crown._d_planes)
+cb_psd, cb_rtube, cb_dtube, cb_zono, cb_lmax = (cb.psd_l2_bound, zono._relu_tube, zono._d_tube, zono._zonotope,
+                                                 zono._lmax)
 
 
 def _mut_psd(G, iters=200, Y=None):
@@ -507,25 +509,25 @@ def _mut_lmax(M):
     return 0.8 * cb_lmax(M)
 
 MUTANTS = {
-    "bound x 0.9": ("l2_of_intervals", _mut_l2),
-    "clip upper chord slope halved": ("_clip_planes", _mut_clip),
-    "clip lower bias dropped": ("_clip_planes", _mut_clip_lower_bias),
-    "relu upper chord bias dropped": ("_relu", _mut_relu_chord),
-    "relu lower slope 1.5": ("_relu", _mut_relu_alpha),
-    "D term dropped": ("_d_planes", _mut_no_d),
-    "first-layer interval radius halved": ("_first_layer_bounds", _mut_first_layer),
-    "last layer's error dropped": ("diff_net", _mut_diff_net),
-    "separate plane bias cut": ("_d_planes", _mut_sep_planes),
-    "zonotope: psd bound x 0.9": ("psd_l2_bound", _mut_psd),
-    "zonotope: norm of the generators' sum": ("psd_l2_bound", _mut_psd_sum),
-    "zonotope: relu tube radius halved": ("_relu_tube", _mut_rtube),
-    "zonotope: relu tube centre dropped": ("_relu_tube", _mut_rtube_centre),
-    "zonotope: D tube radius halved": ("_d_tube", _mut_dtube),
-    "zonotope: D = d everywhere": ("_d_tube", _mut_dtube_stable),
-    "zonotope: centre dropped": ("_zonotope", _mut_zono_centre),
-    "refined: |.| residual bound halved": ("_zonotope", _mut_zono_group_z),
-    "refined: |.| residual columns halved": ("_zonotope", _mut_zono_group_cols),
-    "refined: lambda_max underestimated": ("_lmax", _mut_lmax),
+    "bound x 0.9": (cb, "l2_of_intervals", _mut_l2),
+    "clip upper chord slope halved": (crown, "_clip_planes", _mut_clip),
+    "clip lower bias dropped": (crown, "_clip_planes", _mut_clip_lower_bias),
+    "relu upper chord bias dropped": (crown, "_relu", _mut_relu_chord),
+    "relu lower slope 1.5": (crown, "_relu", _mut_relu_alpha),
+    "D term dropped": (crown, "_d_planes", _mut_no_d),
+    "first-layer interval radius halved": (crown, "_first_layer_bounds", _mut_first_layer),
+    "last layer's error dropped": (cb, "diff_net", _mut_diff_net),
+    "separate plane bias cut": (crown, "_d_planes", _mut_sep_planes),
+    "zonotope: psd bound x 0.9": (zono, "psd_l2_bound", _mut_psd),
+    "zonotope: norm of the generators' sum": (zono, "psd_l2_bound", _mut_psd_sum),
+    "zonotope: relu tube radius halved": (zono, "_relu_tube", _mut_rtube),
+    "zonotope: relu tube centre dropped": (zono, "_relu_tube", _mut_rtube_centre),
+    "zonotope: D tube radius halved": (zono, "_d_tube", _mut_dtube),
+    "zonotope: D = d everywhere": (zono, "_d_tube", _mut_dtube_stable),
+    "zonotope: centre dropped": (zono, "_zonotope", _mut_zono_centre),
+    "refined: |.| residual bound halved": (zono, "_zonotope", _mut_zono_group_z),
+    "refined: |.| residual columns halved": (zono, "_zonotope", _mut_zono_group_cols),
+    "refined: lambda_max underestimated": (zono, "_lmax", _mut_lmax),
 }
 
 
@@ -534,8 +536,8 @@ def test_mutant_is_killed(monkeypatch, mutant):
     for name in CASES:          # the exact values are computed before any patching
         exact_extremes(name)
         exact_norm_lower(name)
-    attr, fn = MUTANTS[mutant]
-    monkeypatch.setattr(cb, attr, fn)
+    module, attr, fn = MUTANTS[mutant]      # patched where its callers look it up
+    monkeypatch.setattr(module, attr, fn)
     killed = []
     for name in CASES:
         for iters in (0, 20):
@@ -548,10 +550,10 @@ def test_mutant_is_killed(monkeypatch, mutant):
 
 
 def test_identity_patch_kills_nothing(monkeypatch):
-    monkeypatch.setattr(cb, "_clip_planes", lambda dl, du: cb_clip(dl, du))
-    monkeypatch.setattr(cb, "_relu", lambda l, u, a: cb_relu(l, u, a))
-    monkeypatch.setattr(cb, "_relu_tube", lambda l, u, s: cb_rtube(l, u, s))
-    monkeypatch.setattr(cb, "_d_tube", lambda b, s: cb_dtube(b, s))
+    monkeypatch.setattr(crown, "_clip_planes", lambda dl, du: cb_clip(dl, du))
+    monkeypatch.setattr(crown, "_relu", lambda l, u, a: cb_relu(l, u, a))
+    monkeypatch.setattr(zono, "_relu_tube", lambda l, u, s: cb_rtube(l, u, s))
+    monkeypatch.setattr(zono, "_d_tube", lambda b, s: cb_dtube(b, s))
     for name in CASES:
         check_case(name, iters=0)
         check_case(name, iters=20)
@@ -680,17 +682,17 @@ def _mut_split_side(b, j, active, of_g=True):
     return cb_split(b, j, not active, of_g)   # the child gets the other side's bounds
 
 
-cb_beta, cb_split = cb._beta_term, cb._split
-BAB_MUTANTS = {"beta sign flipped": ("_beta_term", _mut_beta_sign),
-               "split bounds on the wrong side": ("_split", _mut_split_side)}
+cb_beta, cb_split = crown._beta_term, crown._split
+BAB_MUTANTS = {"beta sign flipped": (crown, "_beta_term", _mut_beta_sign),
+               "split bounds on the wrong side": (crown, "_split", _mut_split_side)}
 
 
 @pytest.mark.parametrize("mutant", list(BAB_MUTANTS))
 def test_branch_and_bound_mutant_is_killed(monkeypatch, mutant):
     for name in BAB_CASES:
         exact_extremes(name)
-    attr, fn = BAB_MUTANTS[mutant]
-    monkeypatch.setattr(cb, attr, fn)
+    module, attr, fn = BAB_MUTANTS[mutant]
+    monkeypatch.setattr(module, attr, fn)
     killed = []
     for name in BAB_CASES:
         try:

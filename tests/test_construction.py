@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from subsetsum_lth.certify import layer_maps
 from subsetsum_lth.construction import (ConstructionConfig, build_construction, formula_width,
-                                        layer_instances, masks_from_selections, masks_state_dict,
-                                        prepruning_masks)
+                                        layer_instances, masks_from_selections)
+from subsetsum_lth.mask_rules import masks_state_dict, prepruning_masks
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.target import random_target
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from subsetsum_lth import cli
 from subsetsum_lth import runfolder as rf
 from subsetsum_lth.compare import NA, compare_runs, masked_sequential
-from subsetsum_lth.construction import ConstructionConfig, build_construction, prepruning_masks
+from subsetsum_lth.construction import ConstructionConfig, build_construction
+from subsetsum_lth.mask_rules import prepruning_masks
 from subsetsum_lth.edge_popup import (EdgePopupConfig, EdgePopupNet, GetSubnet, MaskedValues, kept_count,
                                       module_names, plans_from_report, relu_layout, resolve_device,
                                       run_edge_popup, topk_mask, train_step, wide_network, wide_sizes)

@@ -16,7 +16,7 @@ import torch
 from safetensors.numpy import load_file
 
 from subsetsum_lth.compare import NA, compare_runs
-from subsetsum_lth.construction import prepruning_masks
+from subsetsum_lth.mask_rules import prepruning_masks
 from subsetsum_lth.edge_popup import EdgePopupConfig, EdgePopupNet, eligibility, load_random_net, run_edge_popup
 from subsetsum_lth.edge_popup.scores import kept_count
 from subsetsum_lth.errors import RunFolderError

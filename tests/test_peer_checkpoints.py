@@ -418,6 +418,6 @@ def test_cli_normalisation_on_mnist(tmp_path, capsys, mnist_dir):
 
 
 def test_pickled_from_a_script_names_the_script():
-    from subsetsum_lth.checkpoint import _where_class
+    from subsetsum_lth.pickle_scan import _where_class
     assert _where_class("__main__.LeNet300") == "in the script that defines LeNet300 (it was saved from __main__)"
     assert _where_class("mypkg.models.Net") == "in the code that defines mypkg.models.Net"

@@ -654,3 +654,27 @@ def test_random_net_larger_than_memory_is_refused_before_reading(tmp_path, base,
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     path.rename(tmp_path / "rn.tmp")
     assert _snap(d) == before
+
+
+# ----------------------------------------------------------------------------- the run kind is the manifest's
+
+def test_approximate_run_disguised_as_edge_popup_refused(base, tmp_path, capsys):
+    """report.json of an approximate run edited to read as an edge-popup run (whose fields are
+    optional and whose masks keep no pre-pruning): manifest.json records an approximate run, and
+    that is the kind the folder is read as, so the disguise is refused by every reader."""
+    from subsetsum_lth.api import masked_model
+    d = _copy(base, tmp_path)
+    _edit(d, lambda r: (r.pop("solver"), r.__setitem__("method", "edge-popup")))
+    _refused(d, capsys, "report.json", "manifest.json", "approximate run folder")
+    with pytest.raises(RunFolderError, match="manifest.json"):
+        masked_model(d)
+
+
+def test_folder_whose_manifest_is_not_a_run_refused(base, tmp_path, capsys):
+    from subsetsum_lth.manifest import FORMAT, MANIFEST, VERSION
+    d = _copy(base, tmp_path)
+    (d / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": VERSION, "kind": "target",
+                                          "files": {}, "stores": []}))
+    _refused(d, capsys, "target folder", "not a run folder")
+    (d / MANIFEST).write_text("{")            # a damaged manifest: one line naming it and the fix
+    _refused(d, capsys, "manifest.json", "not a valid subsetsum-lth manifest", "recreate the run")

@@ -26,10 +26,7 @@ def add_arguments(p) -> None:
     # every default of a flag that maps onto a config field is that field's default (written once,
     # in the dataclass; tests/test_cli_config.py checks it)
     from subsetsum_lth.approximate import ApproximateConfig
-    from subsetsum_lth.certify_box import BoxConfig
     from subsetsum_lth.construction import ConstructionConfig
-    from subsetsum_lth.limits import DEFAULT_TIME_LIMIT
-    from subsetsum_lth.solve import SolveConfig
 
     p.add_argument("--target", type=Path, default=None,
                    help="target checkpoint (a state_dict in .pt/.pth/.ckpt/.bin/.tar or .safetensors, bare or in "
@@ -50,6 +47,35 @@ def add_arguments(p) -> None:
     g.add_argument("--weight-eps", type=float, default=ApproximateConfig.weight_eps,
                    help="per-weight tolerance τ (Pensia et al. Experiment 1 mode); default "
                         f"{ConstructionConfig.eps:g} if --eps is not given")
+    _add_certificate_arguments(p)
+    p.add_argument("--data", choices=DATASETS, default=None,
+                   help="evaluate target and pruned network on this data set's test images")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
+    p.add_argument("--seed", type=integer, default=ConstructionConfig.seed, help="seed of the random network")
+    _add_solver_arguments(p)
+    _add_width_arguments(p)
+    p.add_argument("--allow-infeasible", action="store_true",
+                   help="exit 0 even if some instances are not within τ (closest subsets are kept)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--samples", type=integer, default=ApproximateConfig.empirical_samples,
+                   help="random points for the empirical bound")
+    p.add_argument("--steps", type=integer, default=ApproximateConfig.ascent_steps,
+                   help="gradient-ascent steps for the empirical bound (0: evaluate the points only)")
+    p.add_argument("--store", choices=("auto", "dense", "compact"), default=ApproximateConfig.store,
+                   help="how the run folder stores g: dense (random_net.safetensors, masks.safetensors), "
+                        "compact (the block support, its masks and the generator spec; 'export-dense RUN' "
+                        "writes the dense files), auto (dense up to 2e8 entries of g; default)")
+    p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress output (bars on a terminal, else a line every ~10 s)")
+    p.add_argument("--json", action="store_true", help="print report.json to stdout")
+
+
+def _add_certificate_arguments(p) -> None:
+    """The input set of the certificate: the ball or the box."""
+    from subsetsum_lth.certify_box import BoxConfig
+
     p.add_argument("--input-radius", type=float, default=None,
                    help="radius r of the input ball for the certificate (default: 1, or from --data)")
     p.add_argument("--input-domain", choices=("nonnegative", "signed", "box"), default=None,
@@ -65,10 +91,14 @@ def add_arguments(p) -> None:
     p.add_argument("--bab-seconds", type=float, default=BoxConfig.bab_seconds, metavar="S",
                    help="with --input-domain box: refine the box certificate by branch and bound on unstable "
                         "units for S seconds (default 0: none)")
-    p.add_argument("--data", choices=DATASETS, default=None,
-                   help="evaluate target and pruned network on this data set's test images")
-    p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
-    p.add_argument("--seed", type=integer, default=ConstructionConfig.seed, help="seed of the random network")
+
+
+def _add_solver_arguments(p) -> None:
+    """The solver, its workers and limits, and where its batches run."""
+    from subsetsum_lth.approximate import ApproximateConfig
+    from subsetsum_lth.limits import DEFAULT_TIME_LIMIT
+    from subsetsum_lth.solve import SolveConfig
+
     p.add_argument("--solver", default=SolveConfig.solver, help="solver backend (see 'subsetsum-lth solvers')")
     p.add_argument("--objective", choices=("error", "feasible", "cardinality"), default=SolveConfig.objective,
                    help="error: minimise |w - ŵ| (the paper's MIP); cardinality: fewest kept "
@@ -99,6 +129,12 @@ def add_arguments(p) -> None:
                    help="extra attempts for a batch whose worker died or that timed out")
     x.add_argument("--no-fallback", dest="fallback", action="store_false", default=SolveConfig.fallback,
                    help="do not re-solve TIMEOUT/ERROR instances with another exact backend")
+
+
+def _add_width_arguments(p) -> None:
+    """The width of g's blocks and how they grow; g's weight distribution."""
+    from subsetsum_lth.construction import ConstructionConfig
+
     p.add_argument("--block-width", type=integer, default=ConstructionConfig.block_width,
                    help="units per block m (overrides the Theorem 1 formula)")
     p.add_argument("--width", choices=("formula", "auto", "adaptive"), default=ConstructionConfig.width,
@@ -121,22 +157,6 @@ def add_arguments(p) -> None:
                    help="δ in the width formula of --width auto and formula (default: ε)")
     p.add_argument("--distribution", choices=("uniform", "normal"), default=ConstructionConfig.distribution,
                    help="distribution of g's weights (uniform = U[-1, 1])")
-    p.add_argument("--allow-infeasible", action="store_true",
-                   help="exit 0 even if some instances are not within τ (closest subsets are kept)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--samples", type=integer, default=ApproximateConfig.empirical_samples,
-                   help="random points for the empirical bound")
-    p.add_argument("--steps", type=integer, default=ApproximateConfig.ascent_steps,
-                   help="gradient-ascent steps for the empirical bound (0: evaluate the points only)")
-    p.add_argument("--store", choices=("auto", "dense", "compact"), default=ApproximateConfig.store,
-                   help="how the run folder stores g: dense (random_net.safetensors, masks.safetensors), "
-                        "compact (the block support, its masks and the generator spec; 'export-dense RUN' "
-                        "writes the dense files), auto (dense up to 2e8 entries of g; default)")
-    p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress output (bars on a terminal, else a line every ~10 s)")
-    p.add_argument("--json", action="store_true", help="print report.json to stdout")
 
 
 def run(args) -> int:

@@ -10,7 +10,7 @@ weight.
 * **What is prunable (eligible).** ``structure='free'``: every entry of every weight tensor,
   and of every bias tensor that is not all zeros (all-zero biases are left out and masked 0).
   ``structure='structured'``: only the entries that the construction's block-diagonal
-  pre-pruning allows (``construction.prepruning_masks``; Pensia et al.'s Figure 1c), which
+  pre-pruning allows (``mask_rules.prepruning_masks``; Pensia et al.'s Figure 1c), which
   needs the construction's block plan (rebuilt from the run's report.json or from shapes).
 * **Kept fraction.** ``keep`` = k is the fraction KEPT. With ``scope='layer'`` every scored
   tensor (a Linear layer's weight and its bias are ranked separately) keeps exactly
@@ -56,7 +56,7 @@ weight.
   construction's network of :class:`subsetsum_lth.gnet.GLayout` (k×k Conv2d and 1×1 Conv2d
   pairs, the target's pooling/flatten copied); every conv kernel and linear weight is a scored
   tensor (per-layer top-k per tensor, or one global top-k), ``structure='structured'`` uses
-  ``construction.prepruning_masks`` on that layout, ``inner_relu=False`` drops the ReLU after
+  ``mask_rules.prepruning_masks`` on that layout, ``inner_relu=False`` drops the ReLU after
   the first layer of every pair. The flat MNIST images are reshaped to N×C×H×W by the layout's
   ``input_shape``; a kernel with few eligible entries (the structured k×k layers: one per hidden
   channel) is computed over the unfolded patches. report.json then also records

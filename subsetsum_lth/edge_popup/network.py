@@ -50,6 +50,32 @@ class _Tensor:
         return int(np.prod(self.shape))
 
 
+def _checked_ops(state: dict, ops: list[dict] | None) -> list[dict]:
+    """The architecture of the random network ``state``: ``ops`` (copied) with its keys checked, or
+    without it the Sequential(Linear, ReLU, ..., Linear) the state dict's keys describe."""
+    if ops is None:
+        n_linear = len([k for k in state if k.endswith(".weight")])
+        expected = {f"{2 * j}.{t}" for j in range(n_linear) for t in ("weight", "bias")}
+        if set(state) != expected:
+            raise RunFolderError("the random network is not the state_dict of Sequential(Linear, ReLU, ..., "
+                                 f"Linear) with a bias per layer: keys {sorted(state)}")
+        ops = []
+        for j in range(n_linear):
+            w = state[f"{2 * j}.weight"]
+            ops.append({"op": "linear", "in_features": int(w.shape[-1]) if len(w.shape) else 0,
+                        "out_features": int(w.shape[0]) if len(w.shape) else 0})
+            if j < n_linear - 1:
+                ops.append({"op": "relu"})
+    else:
+        ops = [dict(op) for op in ops]
+        param = [i for i, op in enumerate(ops) if op.get("op") in ("linear", "conv2d")]
+        expected = {f"{i}.{t}" for i in param for t in ("weight", "bias")}
+        if set(state) != expected:
+            raise RunFolderError(f"the random network's keys {sorted(state)[:6]} are not those of its "
+                                 f"architecture (a weight and a bias for each of layers {param})")
+    return ops
+
+
 class EdgePopupNet(nn.Module):
     """g with frozen random weights and one score per eligible entry; ``forward`` uses the
     straight-through top-k masks. Without ``ops``: Sequential(Linear, ReLU, ..., Linear) read
@@ -65,27 +91,7 @@ class EdgePopupNet(nn.Module):
         device = torch.device(device)
         self.keep, self.scope = float(keep), scope
         self.selection = ("partition" if device.type == "cpu" else "topk") if selection == "auto" else selection
-        if ops is None:
-            n_linear = len([k for k in state if k.endswith(".weight")])
-            expected = {f"{2 * j}.{t}" for j in range(n_linear) for t in ("weight", "bias")}
-            if set(state) != expected:
-                raise RunFolderError("the random network is not the state_dict of Sequential(Linear, ReLU, ..., "
-                                     f"Linear) with a bias per layer: keys {sorted(state)}")
-            ops = []
-            for j in range(n_linear):
-                w = state[f"{2 * j}.weight"]
-                ops.append({"op": "linear", "in_features": int(w.shape[-1]) if len(w.shape) else 0,
-                            "out_features": int(w.shape[0]) if len(w.shape) else 0})
-                if j < n_linear - 1:
-                    ops.append({"op": "relu"})
-        else:
-            ops = [dict(op) for op in ops]
-            param = [i for i, op in enumerate(ops) if op.get("op") in ("linear", "conv2d")]
-            expected = {f"{i}.{t}" for i in param for t in ("weight", "bias")}
-            if set(state) != expected:
-                raise RunFolderError(f"the random network's keys {sorted(state)[:6]} are not those of its "
-                                     f"architecture (a weight and a bias for each of layers {param})")
-            n_linear = len(param)
+        ops = _checked_ops(state, ops)
         self.ops = ops
         self.input_shape = None if input_shape is None else tuple(int(v) for v in input_shape)
         self.param_index = [i for i, op in enumerate(ops) if op["op"] in ("linear", "conv2d")]
@@ -124,61 +130,67 @@ class EdgePopupNet(nn.Module):
                 # scores for the full tensor first, so that free and structured runs with the
                 # same seed start from the same scores on the entries they share
                 init = torch.empty(tuple(t.shape)).uniform_(-bound, bound, generator=gen).reshape(-1)
-                if key in fixed:
-                    full = t.to(device)
-                    full.requires_grad_(False)
-                    self.tensors.append(_Tensor(key, j, kind, tuple(t.shape), full, None, full.reshape(-1),
-                                                0, 0, fixed=True))
-                    continue
-                if eligible is not None:
-                    allowed = torch.as_tensor(np.asarray(eligible[key]) != 0).reshape(-1)
-                    if allowed.numel() != t.numel():
-                        raise RunFolderError(f"structure mask {key} has {allowed.numel()} entries, "
-                                             f"the weight {t.numel()}")
-                    index = None if bool(allowed.all()) else torch.nonzero(allowed).flatten()
-                elif kind == "bias" and not bool((t != 0).any()):
-                    index = torch.zeros(0, dtype=torch.long)   # all-zero bias: nothing to keep
-                else:
-                    index = None
-                full = t.to(device)
-                full.requires_grad_(False)
-                flat = full.reshape(-1)
-                if index is None:
-                    n_el, values = t.numel(), flat
-                else:
-                    n_el = int(index.numel())
-                    index = index.to(device)
-                    values = flat[index]
-                    init = init[index.cpu()]
-                ts = _Tensor(key, j, kind, tuple(t.shape), full, index, values, n_el,
-                             kept_count(self.keep, n_el))
-                if n_el > 0:
-                    ts.score = len(self.scores)
-                    self.scores.append(nn.Parameter(init.to(device)))
-                row = int(np.prod(tuple(t.shape[1:]))) if t.dim() > 1 else 1
-                if kind == "weight" and index is not None and 0 < n_el <= SPARSE_DENSITY * t.numel():
-                    # a Linear layer: gather/scatter over the eligible entries; a conv kernel
-                    # (the construction's block-diagonal k×k layers: one entry per hidden
-                    # channel): the same over the unfolded input patches
-                    ts.sparse = True
-                    ts.rows = torch.div(index, row, rounding_mode="floor")
-                    ts.cols = index - ts.rows * row
-                elif kind == "weight" and t.dim() != 2:
-                    pass                    # conv kernels: dense F.conv2d on the scattered kernel
-                elif kind == "weight" and index is not None and n_el > 0:
-                    # eligible entries = the same columns in every row (the construction's second
-                    # layers: the live hidden units): a dense product over those columns only;
-                    # the row-major eligible values then form the (rows x columns) sub-matrix
-                    grid = allowed.reshape(t.shape)
-                    cols = grid.any(dim=0)
-                    if int(cols.sum()) * t.shape[0] == n_el and bool(grid[:, cols].all()):
-                        ts.col_subset = torch.nonzero(cols).flatten().to(device)
-                self.tensors.append(ts)
+                self._add_tensor(key, j, kind, t, init, fixed, eligible, device)
         self._activation = _largest_activation(ops, self.input_shape)
         self.n_eligible = sum(t.n_eligible for t in self.tensors)
         self.n_keep_global = kept_count(self.keep, self.n_eligible)
         if self.n_eligible == 0:
             raise UserError("no weight of the random network may be kept (no eligible entries)")
+
+    def _add_tensor(self, key: str, j: int, kind: str, t: torch.Tensor, init: torch.Tensor, fixed: set,
+                    eligible: dict | None, device: torch.device) -> None:
+        """Tensor ``key`` (the ``kind`` of parametric layer j) frozen, with its eligible entries,
+        its scores (initialised from ``init``) and how its masked product is computed."""
+        if key in fixed:
+            full = t.to(device)
+            full.requires_grad_(False)
+            self.tensors.append(_Tensor(key, j, kind, tuple(t.shape), full, None, full.reshape(-1),
+                                        0, 0, fixed=True))
+            return
+        if eligible is not None:
+            allowed = torch.as_tensor(np.asarray(eligible[key]) != 0).reshape(-1)
+            if allowed.numel() != t.numel():
+                raise RunFolderError(f"structure mask {key} has {allowed.numel()} entries, "
+                                     f"the weight {t.numel()}")
+            index = None if bool(allowed.all()) else torch.nonzero(allowed).flatten()
+        elif kind == "bias" and not bool((t != 0).any()):
+            index = torch.zeros(0, dtype=torch.long)   # all-zero bias: nothing to keep
+        else:
+            index = None
+        full = t.to(device)
+        full.requires_grad_(False)
+        flat = full.reshape(-1)
+        if index is None:
+            n_el, values = t.numel(), flat
+        else:
+            n_el = int(index.numel())
+            index = index.to(device)
+            values = flat[index]
+            init = init[index.cpu()]
+        ts = _Tensor(key, j, kind, tuple(t.shape), full, index, values, n_el,
+                     kept_count(self.keep, n_el))
+        if n_el > 0:
+            ts.score = len(self.scores)
+            self.scores.append(nn.Parameter(init.to(device)))
+        row = int(np.prod(tuple(t.shape[1:]))) if t.dim() > 1 else 1
+        if kind == "weight" and index is not None and 0 < n_el <= SPARSE_DENSITY * t.numel():
+            # a Linear layer: gather/scatter over the eligible entries; a conv kernel
+            # (the construction's block-diagonal k×k layers: one entry per hidden
+            # channel): the same over the unfolded input patches
+            ts.sparse = True
+            ts.rows = torch.div(index, row, rounding_mode="floor")
+            ts.cols = index - ts.rows * row
+        elif kind == "weight" and t.dim() != 2:
+            pass                    # conv kernels: dense F.conv2d on the scattered kernel
+        elif kind == "weight" and index is not None and n_el > 0:
+            # eligible entries = the same columns in every row (the construction's second
+            # layers: the live hidden units): a dense product over those columns only;
+            # the row-major eligible values then form the (rows x columns) sub-matrix
+            grid = allowed.reshape(t.shape)
+            cols = grid.any(dim=0)
+            if int(cols.sum()) * t.shape[0] == n_el and bool(grid[:, cols].all()):
+                ts.col_subset = torch.nonzero(cols).flatten().to(device)
+        self.tensors.append(ts)
 
     # --- masks
     def eligible_masks(self) -> list[torch.Tensor | None]:

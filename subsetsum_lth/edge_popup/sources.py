@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth import runfolder as rf
-from subsetsum_lth.construction import eligible_masks
+from subsetsum_lth.mask_rules import eligible_masks
 from subsetsum_lth.edge_popup.config import EdgePopupConfig
 from subsetsum_lth.errors import UserError
 
@@ -31,7 +31,7 @@ class RandomNet:
     layout: object | None = None        #: gnet.GLayout of an image network (conv/pooling); None: an MLP
     input_radius: float | None = None   #: the source run's certified input radius (image networks)
     data: str | None = None             #: the data set the run or target records (None: none)
-    data_source: str = "unrecorded"     #: where: see subsetsum_lth.runcheck.recorded_dataset
+    data_source: str = "unrecorded"     #: where: see subsetsum_lth.run_dataset.recorded_dataset
 
     @property
     def is_image(self) -> bool:
@@ -245,7 +245,7 @@ def dataset_of(net: RandomNet, config: EdgePopupConfig) -> str:
 
 def eligibility(net: RandomNet, structure: str, inner_relu: bool = True) -> dict | None:
     """None (free) or the construction's pre-pruning masks (structured):
-    :func:`subsetsum_lth.construction.eligible_masks` of g's block plan."""
+    :func:`subsetsum_lth.mask_rules.eligible_masks` of g's block plan."""
     if structure == "free":
         return None
     return eligible_masks(net.plans, {k: v.numpy() for k, v in net.state.items()}, net.layout, inner_relu)

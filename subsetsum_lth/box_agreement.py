@@ -1,0 +1,61 @@
+"""Certified local agreement: f and ĝ provably keep f's class on an ℓ∞ ball around each point."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from subsetsum_lth.box_crown import DT, DiffNet, _backward, _hidden_bounds, box_arrays, twin_net
+from subsetsum_lth.certify import LayerMap
+from subsetsum_lth.errors import UserError
+from subsetsum_lth.progress import advance
+from subsetsum_lth.target import Target
+
+
+# ----------------------------------------------------------------------------- local agreement
+
+def _robust_lower(net: DiffNet, x0: torch.Tensor, cls: torch.Tensor, rho: float, lo, hi) -> torch.Tensor:
+    """Lower bounds (N, q−1) of out_c − out_k over the ℓ∞ ball of radius ρ ∩ box around each x0
+    (plain CROWN: ``net`` is a twin)."""
+    Xlo = torch.maximum(x0 - rho, lo)
+    Xhi = torch.minimum(x0 + rho, hi)
+    bounds = _hidden_bounds(net, Xlo, Xhi, twin=True)
+    q = net.wf[-1].shape[0]
+    N = len(x0)
+    eye = torch.eye(q, dtype=DT)
+    lam = eye[cls][:, None, :] - eye[None, :, :]            # (N, q, q): row k = e_c − e_k
+    keep = torch.ones(N, q, dtype=torch.bool)
+    keep[torch.arange(N), cls] = False
+    lam = lam[keep].reshape(N, q - 1, q)
+    val, _ = _backward(net, bounds, net.depth - 1, lam, torch.zeros_like(lam), Xlo, Xhi)
+    return val
+
+
+def local_agreement(target: Target, maps: list[LayerMap], x: np.ndarray, rho: float, lo=0.0, hi=1.0,
+                    chunk: int = 500, return_mask: bool = False, bar=None):
+    """Fraction of the points ``x`` (N, p) around which f and ĝ provably predict the same class
+    everywhere in the ℓ∞ ball of radius ρ (intersected with the box): f's class c at the point,
+    and lower bounds of f_c − f_k and ĝ_c − ĝ_k (CROWN on each network) positive for every k ≠ c."""
+    if not (math.isfinite(rho) and rho >= 0):
+        raise UserError(f"--local-radius must be a non-negative number, got {rho}")
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    p = target.sizes[0]
+    lo_a, hi_a = box_arrays(lo, hi, p)
+    if np.any(lo_a < 0):
+        raise UserError("local agreement needs a non-negative box (LO >= 0), e.g. --input-box 0,1")
+    fnet = twin_net([L.weight for L in target.layers], [L.bias for L in target.layers])
+    gnet = twin_net([M.w_plus for M in maps], [M.bias for M in maps])
+    lo_t, hi_t = torch.as_tensor(lo_a, dtype=DT), torch.as_tensor(hi_a, dtype=DT)
+    ok = []
+    with torch.no_grad():
+        for i in range(0, len(x), chunk):
+            x0 = torch.minimum(torch.maximum(torch.as_tensor(x[i:i + chunk], dtype=DT), lo_t), hi_t)
+            cls = target.forward(x0).argmax(1)
+            a = _robust_lower(fnet, x0, cls, rho, lo_t, hi_t)
+            b = _robust_lower(gnet, x0, cls, rho, lo_t, hi_t)
+            ok.append(((a > 0).all(1) & (b > 0).all(1)))
+            advance(bar)
+    mask = torch.cat(ok).numpy() if ok else np.zeros(0, dtype=bool)
+    frac = float(mask.mean()) if len(mask) else float("nan")
+    return (frac, mask) if return_mask else frac
