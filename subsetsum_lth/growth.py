@@ -146,6 +146,31 @@ def _stop_message(inst: LayerInstances, row: int, why: str) -> str:
     return f"{what}: {why}"
 
 
+def _beyond_reach(st: _Growing, live_after: dict, infeasible: np.ndarray, g_of: np.ndarray, tau,
+                  objective: str, reach: int | None, beyond: int | None) -> dict[int, str]:
+    """Blocks whose next step would give an instance more live coefficients than growth allows
+    (``beyond``), or, past exact search (``reach``), a τ finer than fix-and-search resolves:
+    block -> why it stops."""
+    over: dict[int, str] = {}
+    for g, n in live_after.items():
+        j = int(st.block_of_group[g])
+        if not growth_within_reach(n, beyond):
+            over[j] = (STOP_CARDINALITY if beyond == reach else STOP_REACH).format(n=n, reach=beyond,
+                                                                                exact=reach)
+        elif reach is not None and n > reach and j not in over:
+            # beyond exact search: only where fix-and-search resolves τ
+            rows = infeasible[g_of[infeasible] == g]
+            sub = st.batch(rows, tau, objective)
+            fine = [(float(sub.tolerances[k]), finest_tau(sub.coefficients[k, :int(sub.counts[k])]))
+                    for k in range(len(sub))]
+            bad = [(t, f) for t, f in fine if t < f]
+            if bad:
+                t, f = min(bad)
+                over[j] = STOP_PRECISION.format(n=n, exact=reach, tau=t, finest=f,
+                                                need=max(f for _, f in fine))
+    return over
+
+
 def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: ConstructionConfig,
                sc: SolveConfig, store, executor, progress, budget: GrowthBudget | None = None,
                solved_n: np.ndarray | None = None):
@@ -185,23 +210,7 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
                 stopped[int(j)] = STOP_CAP.format(cap=cc.max_growth)
             want = np.setdiff1d(want, capped)
         live_after = st.live_after(groups[np.isin(st.block_of_group[groups], want)])
-        over = {}
-        for g, n in live_after.items():
-            j = int(st.block_of_group[g])
-            if not growth_within_reach(n, beyond):
-                over[j] = (STOP_CARDINALITY if beyond == reach else STOP_REACH).format(n=n, reach=beyond,
-                                                                                    exact=reach)
-            elif reach is not None and n > reach and j not in over:
-                # beyond exact search: only where fix-and-search resolves τ
-                rows = infeasible[g_of[infeasible] == g]
-                sub = st.batch(rows, tau, sc.objective)
-                fine = [(float(sub.tolerances[k]), finest_tau(sub.coefficients[k, :int(sub.counts[k])]))
-                        for k in range(len(sub))]
-                bad = [(t, f) for t, f in fine if t < f]
-                if bad:
-                    t, f = min(bad)
-                    over[j] = STOP_PRECISION.format(n=n, exact=reach, tau=t, finest=f,
-                                                    need=max(f for _, f in fine))
+        over = _beyond_reach(st, live_after, infeasible, g_of, tau, sc.objective, reach, beyond)
         stopped.update(over)
         want = np.setdiff1d(want, np.fromiter(over, dtype=np.int64, count=len(over)))
         if want.size and budget is not None:
