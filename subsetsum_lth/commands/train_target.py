@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
     lines = args.progress is None and not bars
     n_train = config.train_subset or 60000
     steps = -(-n_train // config.batch_size)
-    what = (f"{config.arch} CNN" if config.arch is not None
+    fully_connected = config.arch is not None and isinstance(config.arch, str) and all(
+        tok.strip().startswith("fc") for tok in config.arch.split(",") if tok.strip())
+    what = (f"{config.arch} {'ReLU MLP' if fully_connected else 'CNN'}" if config.arch is not None
             else f"{'-'.join(map(str, config.sizes))} ReLU MLP")
     data = "Fashion-MNIST" if config.dataset == "fashion-mnist" else "MNIST"
     say(f"training a {what} on {n_train:,} {data} images: "
