@@ -159,7 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        if args.command == "approximate":
+        if args.command == "approximate" and hasattr(exc, "overwrite_stage"):
+            # an --overwrite: the old run is unchanged; the new one's finished batches are staged
+            stage = exc.overwrite_stage
+            print(f"interrupted ({signal.Signals(signum).name}); the old run is unchanged; " +
+                  (f"finished work is kept in {escape(stage)} (run the same command again to continue it)"
+                   if stage is not None else "no batch of the new run had finished, nothing of it is kept"),
+                  file=sys.stderr)
+        elif args.command == "approximate":
             print(f"interrupted ({signal.Signals(signum).name}); finished work is kept in the run folder "
                   "(use --resume)", file=sys.stderr)
         else:           # only approximate can resume; the others keep nothing half-done

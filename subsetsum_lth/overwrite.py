@@ -128,6 +128,10 @@ def staged_overwrite(out, kind: str, enabled: bool = True):
                 _swap_in(out, stage, kind)
             else:
                 _drop_stage(stage)
+                try:                   # for the CLI's line: the old run is unchanged; where the work is
+                    exc.overwrite_stage = stage if stage.is_dir() else None
+                except AttributeError:
+                    pass
             raise
         if ok:
             _swap_in(out, stage, kind)

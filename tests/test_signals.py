@@ -107,6 +107,65 @@ def test_signal_stops_a_native_solve_in_this_process(small_target, tmp_path, sol
     assert (out / "manifest.json").exists() and (out / "partial").is_dir()
 
 
+def test_interrupted_overwrite_says_where_the_work_is_and_keeps_the_old_run(small_target, tmp_path):
+    """Ctrl-C inside an --overwrite of a complete run: the old run is byte-for-byte unchanged, and
+    the one line names the staging folder that holds the finished batches (the message used to
+    point at the run folder, which holds none of them)."""
+    out = tmp_path / "run"
+    base = ["approximate", "--target", small_target, "--out", out, "--solver", "mitm", "--weight-eps", "0.05",
+            "--no-progress", "--no-plots", "--samples", "8", "--steps", "1", "--workers", "1"]
+    assert subprocess.run([sys.executable, "-m", "subsetsum_lth", *map(str, base)], env=_env(),
+                          capture_output=True, timeout=TIMEOUT).returncode == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    stage = tmp_path / "run.overwriting"
+    p = _start("approximate", "--target", small_target, "--out", out, "--solver", "cpsat", *HARD, "--overwrite")
+    try:
+        _wait_for(lambda: (stage / "partial").is_dir(), p)
+        assert p.poll() is None, p.communicate()[1]
+        time.sleep(2.0)                       # inside the first (minutes-long) CP-SAT solve
+        rc, err, _ = _signal_and_wait(p, signal.SIGINT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert rc == 130, err
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    assert "Traceback" not in err
+    # no batch finished (the first solve takes minutes): nothing kept, and nothing claimed
+    assert err.strip().splitlines()[-1] == ("interrupted (SIGINT); the old run is unchanged; no batch of the "
+                                            "new run had finished, nothing of it is kept"), err
+    assert not stage.exists()
+
+
+def test_interrupted_overwrite_with_finished_batches_names_the_staging_folder(tmp_path):
+    """The same after a batch of the new run finished: the line names the staging folder that
+    keeps it (running the same command again continues it), the old run unchanged."""
+    target = tmp_path / "t.safetensors"
+    save_target(random_target((40, 20), bias=True, seed=1), target)
+    out, stage = tmp_path / "run", tmp_path / "run.overwriting"
+    base = ["approximate", "--target", target, "--out", out, "--no-progress", "--no-plots", "--samples", "8",
+            "--steps", "1", "--workers", "1"]
+    assert subprocess.run([sys.executable, "-m", "subsetsum_lth", *map(str, base), "--solver", "mitm"],
+                          env=_env(), capture_output=True, timeout=TIMEOUT).returncode == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    p = _start(*base, "--solver", "cpsat", "--weight-eps", "0.01", "--width", "formula", "--block-width", "16",
+               "--batch-size", "4", "--overwrite", "--allow-infeasible")
+    try:
+        _wait_for(lambda: (stage / "partial").is_dir() and any((stage / "partial").glob("*.npz")), p)
+        if p.poll() is not None:
+            pytest.skip("the run finished before it could be interrupted (machine too fast)")
+        rc, err, _ = _signal_and_wait(p, signal.SIGINT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert rc == 130, err
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    assert err.strip().splitlines()[-1] == (f"interrupted (SIGINT); the old run is unchanged; finished work is kept "
+                                            f"in {stage} (run the same command again to continue it)"), err
+    assert any((stage / "partial").glob("*.npz"))
+
+
 #: CP-SAT on small blocks (a few ms per instance; deterministic: one worker, fixed seed, no limit hit)
 EASY = ["--solver", "cpsat", "--weight-eps", "0.01", "--width", "formula", "--block-width", "16",
         "--batch-size", "4", "--workers", "1", "--no-progress", "--no-plots", "--samples", "8", "--steps", "1",
