@@ -58,6 +58,38 @@ def _signal_and_wait(p: subprocess.Popen, sig: int) -> tuple[int, str, float]:
     return p.returncode, err, time.monotonic() - t0
 
 
+def _interrupt(p: subprocess.Popen, ready, sig: int, settle: float = 0.0,
+               may_finish: bool = False) -> tuple[int, str]:
+    """Once ``ready()`` (the command is where the test wants it) and ``settle`` seconds more, send
+    ``sig``: (exit code, stderr). A command that ended before is skipped when ``may_finish`` (a
+    fast machine), else a failure; the process never outlives the test."""
+    try:
+        _wait_for(ready, p)
+        if p.poll() is not None:
+            if may_finish:
+                pytest.skip("the run finished before it could be interrupted (machine too fast)")
+            pytest.fail(f"the command ended before the signal: {p.communicate()[1][-2000:]}")
+        time.sleep(settle)
+        rc, err, _ = _signal_and_wait(p, sig)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    return rc, err
+
+
+def _complete_run(*args) -> dict:
+    """Run ``subsetsum-lth ARGS`` to completion; the bytes of every file of its --out folder."""
+    out = Path(args[args.index("--out") + 1])
+    assert subprocess.run([sys.executable, "-m", "subsetsum_lth", *map(str, args)], env=_env(),
+                          capture_output=True, timeout=TIMEOUT).returncode == 0
+    return _files(out)
+
+
+def _files(folder: Path) -> dict:
+    return {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+
+
 def _solver_available(name: str) -> bool:
     from subsetsum_lth.solvers.registry import backend_info
     return bool(backend_info(name)["available"])
@@ -112,24 +144,15 @@ def test_interrupted_overwrite_says_where_the_work_is_and_keeps_the_old_run(smal
     the one line names the staging folder that holds the finished batches (the message used to
     point at the run folder, which holds none of them)."""
     out = tmp_path / "run"
-    base = ["approximate", "--target", small_target, "--out", out, "--solver", "mitm", "--weight-eps", "0.05",
-            "--no-progress", "--no-plots", "--samples", "8", "--steps", "1", "--workers", "1"]
-    assert subprocess.run([sys.executable, "-m", "subsetsum_lth", *map(str, base)], env=_env(),
-                          capture_output=True, timeout=TIMEOUT).returncode == 0
-    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    before = _complete_run("approximate", "--target", small_target, "--out", out, "--solver", "mitm",
+                           "--weight-eps", "0.05", "--no-progress", "--no-plots", "--samples", "8", "--steps", "1",
+                           "--workers", "1")
     stage = tmp_path / "run.overwriting"
     p = _start("approximate", "--target", small_target, "--out", out, "--solver", "cpsat", *HARD, "--overwrite")
-    try:
-        _wait_for(lambda: (stage / "partial").is_dir(), p)
-        assert p.poll() is None, p.communicate()[1]
-        time.sleep(2.0)                       # inside the first (minutes-long) CP-SAT solve
-        rc, err, _ = _signal_and_wait(p, signal.SIGINT)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
+    # inside the first (minutes-long) CP-SAT solve
+    rc, err = _interrupt(p, lambda: (stage / "partial").is_dir(), signal.SIGINT, settle=2.0)
     assert rc == 130, err
-    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    assert _files(out) == before
     assert "Traceback" not in err
     # no batch finished (the first solve takes minutes): nothing kept, and nothing claimed
     assert err.strip().splitlines()[-1] == ("interrupted (SIGINT); the old run is unchanged; no batch of the "
@@ -145,22 +168,13 @@ def test_interrupted_overwrite_with_finished_batches_names_the_staging_folder(tm
     out, stage = tmp_path / "run", tmp_path / "run.overwriting"
     base = ["approximate", "--target", target, "--out", out, "--no-progress", "--no-plots", "--samples", "8",
             "--steps", "1", "--workers", "1"]
-    assert subprocess.run([sys.executable, "-m", "subsetsum_lth", *map(str, base), "--solver", "mitm"],
-                          env=_env(), capture_output=True, timeout=TIMEOUT).returncode == 0
-    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    before = _complete_run(*base, "--solver", "mitm")
     p = _start(*base, "--solver", "cpsat", "--weight-eps", "0.01", "--width", "formula", "--block-width", "16",
                "--batch-size", "4", "--overwrite", "--allow-infeasible")
-    try:
-        _wait_for(lambda: (stage / "partial").is_dir() and any((stage / "partial").glob("*.npz")), p)
-        if p.poll() is not None:
-            pytest.skip("the run finished before it could be interrupted (machine too fast)")
-        rc, err, _ = _signal_and_wait(p, signal.SIGINT)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
+    rc, err = _interrupt(p, lambda: (stage / "partial").is_dir() and any((stage / "partial").glob("*.npz")),
+                         signal.SIGINT, may_finish=True)
     assert rc == 130, err
-    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    assert _files(out) == before
     assert err.strip().splitlines()[-1] == (f"interrupted (SIGINT); the old run is unchanged; finished work is kept "
                                             f"in {stage} (run the same command again to continue it)"), err
     assert any((stage / "partial").glob("*.npz"))
@@ -182,15 +196,8 @@ def test_sigterm_during_cpsat_solves_then_resume_is_byte_identical(tmp_path, cap
     assert main(["approximate", "--target", str(target), "--out", str(ref), *EASY]) == 0
     out = tmp_path / "run"
     p = _start("approximate", "--target", target, "--out", out, *EASY)
-    try:
-        _wait_for(lambda: len(list((out / "partial").glob("*.npz"))) >= 2, p)
-        if p.poll() is not None:
-            pytest.skip("the run finished before it could be interrupted (machine too fast)")
-        rc, err, _ = _signal_and_wait(p, signal.SIGTERM)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
+    rc, err = _interrupt(p, lambda: len(list((out / "partial").glob("*.npz"))) >= 2, signal.SIGTERM,
+                         may_finish=True)
     assert rc == 143, err
     kept = list((out / "partial").glob("*.npz"))
     assert len(kept) >= 2 and not (out / "masks.safetensors").exists()
