@@ -28,7 +28,6 @@ can never disagree about which network a folder holds. It refuses, with a
 """
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from dataclasses import dataclass, field
@@ -51,7 +50,6 @@ from subsetsum_lth.run_dataset import choose_dataset, recorded_dataset  # noqa: 
 from subsetsum_lth.runfolder import RECREATE, check_regular, load_tensors, read_json  # noqa: F401
 from subsetsum_lth.target import load_target
 
-log = logging.getLogger(__name__)
 
 INPUT_DOMAINS = ("nonnegative", "signed")
 WITNESS = "witness.safetensors"

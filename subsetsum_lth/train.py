@@ -231,47 +231,6 @@ def _write_json(path: Path, obj: dict) -> None:
     _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
-def estimate_training_seconds(config: TrainConfig, n_train: int = 60000, probe_steps: int = 8) -> float:
-    """About how long ``train_target`` will take here: a few timed SGD steps of a throwaway MLP
-    of ``config``'s sizes on random inputs (the caller's RNG state and the training's seeds are
-    untouched), extrapolated to every step plus the final evaluations. A rough guide for the
-    announcement, not a promise."""
-    config.validate()
-    n = int(min(n_train, config.train_subset or n_train))
-    bs = int(config.batch_size)
-    steps = math.ceil(n / bs) * int(config.epochs)
-    old_threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(limits.cap_threads(int(config.threads)))
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(12345)
-            if config.arch is not None:
-                from subsetsum_lth.arch import module_from_arch
-                model = module_from_arch(config.parsed_arch())
-                opt = _optimizer(model, config, lr=1e-3)
-                x = torch.rand(bs, *INPUT_SHAPE)
-            else:
-                model = build_mlp(config.sizes, config.bias)
-                opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=config.momentum)
-                x = torch.rand(bs, INPUT_DIM)
-            y = torch.randint(0, N_CLASSES, (bs,))
-            loss_fn = nn.CrossEntropyLoss()
-            times = []
-            for _ in range(int(probe_steps) + 1):
-                t = time.perf_counter()
-                loss = loss_fn(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                times.append(time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(old_threads)
-    per_step = float(np.median(times[1:]))       # the first step pays for allocations
-    # + the epoch bookkeeping, and the final train/test evaluations (forward only, ~1/3 step per batch)
-    return per_step * (1.1 * steps + (n + 10000) / bs / 3)
-
-
 def train_target(config: TrainConfig, out_dir, progress: bool = False,
                  heartbeat: Callable[[str], None] | None = None,
                  heartbeat_seconds: float = 10.0, on_estimate: Callable[[str], None] | None = None) -> dict:
@@ -523,5 +482,5 @@ def _left(eta: Eta) -> str:
 
 
 __all__ = ["TrainConfig", "build_mlp", "evaluate", "save_target", "save_arch_target", "train_target",
-           "estimate_training_seconds", "arch_sizes", "INPUT_SHAPE",
+           "arch_sizes", "INPUT_SHAPE",
            "TARGET_FILE", "SUMMARY_FILE", "TARGET_FORMAT"]

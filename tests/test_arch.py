@@ -533,7 +533,6 @@ def test_command_arch_defaults_and_explicit_values(monkeypatch, tmp_path):
         seen["config"] = config
         raise SystemExit(0)
     monkeypatch.setattr("subsetsum_lth.train.train_target", fake_train)
-    monkeypatch.setattr("subsetsum_lth.train.estimate_training_seconds", lambda *a, **k: 1.0)
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
     for argv, want in [([], (10, 1e-3, 128, "adam", 0.0)), (["--lr", "0.01", "--epochs", "3"], (3, 0.01, 128, "adam", 0.0))]:
