@@ -10,7 +10,6 @@ import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
 import hashlib
 import logging
-import math
 import multiprocessing as mp
 import os
 import time
