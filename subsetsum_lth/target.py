@@ -280,6 +280,18 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
         path = candidate
     if not path.exists():
         raise TargetError(f"target file {path} does not exist")
+    from subsetsum_lth.graph_files import graph_file_kind, load_graph_file
+    kind = graph_file_kind(path)
+    if kind is not None:     # a graph (.pt2, TorchScript): it records its layers, activations, order
+        given = [flag for flag, v in (("--layers", layers), ("--arch", arch)) if v is not None]
+        if given:
+            raise TargetError(f"{' and '.join(given)} describe a state_dict, but {path} is a "
+                              f"{'torch.export archive' if kind == 'export' else 'TorchScript file'} whose graph "
+                              "records its layers: drop them")
+        target = load_graph_file(path, kind, info)
+        target = preprocess.apply(target, preprocessing)
+        info["preprocessing"] = preprocess.report(target)
+        return target
     raw = read_checkpoint(path)
     info.update(raw.info)
     from subsetsum_lth import arch as arch_mod
@@ -290,6 +302,7 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
     stored = arch_mod.arch_from_metadata(raw.metadata, str(path)) if arch is None and ours else None
     if stored is not None:
         arch, input_shape = stored
+        info["arch_from"] = "recorded"
     elif arch is not None:
         if isinstance(arch, str):
             arch = arch_mod.parse_arch(arch, input_shape)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from subsetsum_lth.assumptions import header_line, read_from, target_assumptions
 from subsetsum_lth.commands._common import bound_text, integer, print_json, scale_text
+from subsetsum_lth.safetext import escape
 from subsetsum_lth.commands._progress import progress_factory
 from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
@@ -29,8 +31,10 @@ def add_arguments(p) -> None:
     from subsetsum_lth.construction import ConstructionConfig
 
     p.add_argument("--target", type=Path, default=None,
-                   help="target checkpoint (a state_dict in .pt/.pth/.ckpt/.bin/.tar or .safetensors, bare or in "
-                        "a checkpoint dict; see 'subsetsum-lth inspect FILE') or a train-target folder; "
+                   help="target network: a graph (torch.export archive .pt2, or TorchScript .ts/.pt), read "
+                        "exactly; a state_dict in .pt/.pth/.ckpt/.bin/.tar or .safetensors, bare or in "
+                        "a checkpoint dict, read with stated assumptions (ReLU between layers; see "
+                        "'subsetsum-lth inspect FILE'); or a train-target folder; "
                         "default: a 784-500-10 MNIST target trained once and cached when MNIST is "
                         "found or can be downloaded (then evaluated on MNIST), else a seeded "
                         "synthetic 784-300-10 target inside Theorem 1's class")
@@ -182,6 +186,7 @@ def run(args) -> int:
     _resume_dataset(args)
     progress = progress_factory(not args.no_progress, unit="inst")
     training_seconds = None
+    target_info: dict = {}
     if args.target is None:
         _check_out_early(args)   # before minutes of training the default target, not after
         from subsetsum_lth.commands._progress import is_terminal, say
@@ -200,7 +205,10 @@ def run(args) -> int:
             from subsetsum_lth.errors import UserError
             raise UserError("--synthetic and --target exclude each other: drop one of them")
         target = load_target(args.target, layers=args.layers, preprocessing=preprocessing_from_args(args),
-                             arch=args.arch)
+                             arch=args.arch, info=target_info)
+        header = header_line(target_info, args.arch)
+        if header:      # a state_dict does not record the computation: say what was assumed
+            print(escape(header), file=sys.stderr)
 
     eval_data = emp_data = None
     radius = args.input_radius
@@ -211,7 +219,8 @@ def run(args) -> int:
         eval_data, emp_data, radius = evaluation_inputs(target.input_dim, args.data_dir, args.seed, radius=radius,
                                                         dataset=args.data)
         domain = domain or "nonnegative"
-        _check_accuracy(target, eval_data, getattr(args, "expected_accuracy", None))
+        _check_accuracy(target, eval_data, getattr(args, "expected_accuracy", None),
+                        target_assumptions(target_info, args.arch))
     from subsetsum_lth.commands._target_args import check_expected_accuracy
     check_expected_accuracy(args)
     if radius is None:   # the ball around the box, else the config default
@@ -223,6 +232,9 @@ def run(args) -> int:
     # where the certificate's input radius came from (certify checks a data radius against the data)
     extra["input_radius_source"] = ("option" if args.input_radius is not None else "data" if args.data is not None
                                     else "box" if box is not None else "default")
+    if args.target is not None:     # how the target was read, and what that assumed (state_dicts)
+        extra.update({"target_read_from": read_from(target_info),
+                      "target_assumptions": target_assumptions(target_info, args.arch)})
     if training_seconds is not None:
         extra.update({"target_training_seconds": training_seconds,
                       "target_training_note": "the default target was trained by this command before the "
@@ -349,13 +361,18 @@ def _check_out_early(args) -> None:
                              "use --resume to continue it, --overwrite to replace it, or another --out")
 
 
-def _check_accuracy(target, eval_data, expected) -> None:
-    """Warn (before the long run) when the target scores more than ACCURACY_GAP below its declared accuracy."""
+def _check_accuracy(target, eval_data, expected, assumed=()) -> None:
+    """Warn (before the long run) when the target scores more than ACCURACY_GAP below its declared
+    accuracy; for a state_dict the warning names every assumption that could explain it."""
+    from subsetsum_lth.assumptions import mismatch_warning
     from subsetsum_lth.preprocess import accuracy_warning, declared_accuracy, measure_accuracy
     declared = declared_accuracy(target.metadata or {}, expected)
     if declared is None:
         return
-    msg = accuracy_warning(measure_accuracy(target, eval_data["x"], eval_data["y"]), declared, target)
+    measured = measure_accuracy(target, eval_data["x"], eval_data["y"])
+    msg = accuracy_warning(measured, declared, target)
+    if msg and assumed:
+        msg = mismatch_warning(measured, declared, list(assumed))
     if msg:
         print(f"warning: {msg}", file=sys.stderr)
 

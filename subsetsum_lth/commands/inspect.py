@@ -7,22 +7,27 @@ from pathlib import Path
 
 from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
                                                  preprocessing_from_args)
+from subsetsum_lth.assumptions import mismatch_warning, read_from, target_assumptions
 from subsetsum_lth.safetext import escape
 
-HELP = "show how a checkpoint loads as a target: layers, order, shapes, norms, accuracy, or why it is refused"
+HELP = ("show how a checkpoint or graph loads as a target: layers, order, shapes, norms, accuracy, "
+        "or why it is refused")
 DESCRIPTION = (
     "Load FILE as approximate would and print what the loader sees: the container and the entry "
     "holding the weights, any stripped prefix (module., model.), the Linear layers in forward order "
     "(state_dict keys, shapes, biases, dtype, spectral norms) and how that order was decided, the "
     "parameter count, metadata, the input preprocessing (declared or stored, folded into layer 1), "
     "and with --data the test accuracy. A file the loader refuses is reported with the reason and "
-    "the fix (exit 2). ReLU is assumed between consecutive layers: a state_dict does not record "
-    "activations.")
+    "the fix (exit 2). A graph (.pt2 torch.export archive, TorchScript file) is read op by op: the ops, "
+    "their shapes and what each became (or why it is refused) are listed. From a state_dict ReLU is "
+    "assumed between consecutive layers (a state_dict does not record activations) and the "
+    "assumptions are listed.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path, metavar="FILE",
-                   help="checkpoint (.pt/.pth/.ckpt/.bin/.tar/.safetensors) or a train-target folder")
+                   help="graph (.pt2, TorchScript .ts/.pt), checkpoint (.pt/.pth/.ckpt/.bin/.tar/.safetensors) "
+                        "or a train-target folder")
     add_layers_argument(p)
     from subsetsum_lth.commands._target_args import add_arch_argument
     add_arch_argument(p)
@@ -67,9 +72,12 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
                 for i, (idx, L) in enumerate(zip(target.arch_indices(), target.layers))]
         info["arch"] = target.arch()
         info["input_shape"] = list(target.input_shape)
+    graph = read_from(info) == "graph"
     out = {**info, "ok": True, "layers": rows, "sizes": target.sizes,
            "n_parameters": target.n_parameters, "has_bias": target.has_bias,
-           "activation": "ReLU between layers (assumed: a state_dict does not record activations)"}
+           "activation": "ReLU between layers (read from the graph)" if graph else
+           "ReLU between layers (assumed: a state_dict does not record activations)",
+           "read_from": read_from(info), "assumptions": target_assumptions(info, arch)}
     out.pop("entries", None)
     if data is not None:
         from subsetsum_lth.data.mnist import load_mnist
@@ -80,7 +88,10 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
             raise UserError(f"the target takes {target.input_dim} inputs but {data} images have {x.shape[1]}")
         acc = measure_accuracy(target, x, y)
         out["accuracy"] = {"data": f"{data} test", "inputs": "pixels/255 in [0, 1]", "value": acc}
-        warn = accuracy_warning(acc, declared_accuracy(target.metadata or {}, expected_accuracy), target)
+        declared = declared_accuracy(target.metadata or {}, expected_accuracy)
+        warn = accuracy_warning(acc, declared, target)
+        if warn and out["assumptions"]:
+            warn = mismatch_warning(acc, declared, out["assumptions"])
         if warn:
             out["warning"] = warn
     return out
@@ -117,14 +128,15 @@ def _print(info: dict) -> None:
         _out(f"container: {info['container']}{where}{other}")
     if info.get("prefix_stripped"):
         _out(f"prefix stripped: {info['prefix_stripped']!r}")
+    _print_graph(info)
     if not info["ok"]:
         for e in info.get("entries", []):
             _out(f"  {e['name']}: weight {tuple(e['shape'])}{' + bias' if e['bias'] else ''} {e['dtype']}")
         _out("loads: no (refused, see the error below)")
         return
     if info.get("arch"):
-        _out(f"architecture: input {'×'.join(map(str, info['input_shape']))} "
-             "(stored with the file or given by --arch)")
+        how = "read from the graph" if info.get("read_from") == "graph" else "stored with the file or given by --arch"
+        _out(f"architecture: input {'×'.join(map(str, info['input_shape']))} ({how})")
         for r in info["layers"]:
             _out(f"  {r['layer']}. [{r['name']}] {r['kind']:<7} {'×'.join(map(str, r['shape']))}"
                  f"{' + bias' if r['bias'] else ', no bias'}  ‖op‖₂≤{r['operator_norm_bound']:.4g}"
@@ -152,7 +164,23 @@ def _print(info: dict) -> None:
             if k not in ("input_normalize", "input_scale", "preprocessing_folded")}
     if meta:
         _out("metadata: " + ", ".join(f"{k}={v}" for k, v in meta.items()))
+    for i, a in enumerate(info.get("assumptions") or []):
+        _out(("assumed (a state_dict records weights, not the computation): " if i == 0 else "         ") + a)
     if "accuracy" in info:
         a = info["accuracy"]
         _out(f"accuracy ({a['data']}, {a['inputs']}): {100 * a['value']:.2f}%")
     _out("loads: yes")
+
+
+def _print_graph(info: dict) -> None:
+    """The graph read from a .pt2/TorchScript file: every op, its output shape, what became of it."""
+    rows = info.get("graph")
+    if not rows:
+        return
+    shape = info.get("graph_input", {}).get("shape") or []
+    _out(f"graph: input {'×'.join(map(str, shape))}, {len(rows)} op(s) ({info.get('format', 'graph')})")
+    for r in rows:
+        _out(f"  {r['node']:<14} {r['op']:<34} {'×'.join(map(str, r['shape'])):<14} -> {r['read_as']}"
+             + (f"  [{r['where'].split('(module ', 1)[1].rstrip(')')}]" if "(module " in r["where"] else ""))
+    if info.get("graph_preprocessing"):
+        _out(f"input preprocessing in the graph: {info['graph_preprocessing']}")
