@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 EXPORT_SUFFIXES = (".pt2",)
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript")
-#: the input shapes tried for a TorchScript file whose graph does not record one (the data sets' images)
+#: the input shapes tried for a TorchScript file (which records none): the data sets' images
 IMAGE_SHAPE = (1, 28, 28)
+IMAGE_SIDES = (28, 32)
 
 
 def graph_file_kind(path: Path) -> str | None:
@@ -108,6 +109,10 @@ def load_exported(path: Path):
     except TargetError as exc:
         raise TargetError(f"{escape(path)}: {exc}") from None
     except Exception as exc:
+        if "weights only load failed" in str(exc).lower() or "Unpickl" in type(exc).__name__:
+            raise TargetError(f"{escape(path)} holds a pickled payload that is not plain tensors (torch.load "
+                              "weights_only=True refuses it); it is never unpickled here: export the model "
+                              "again with torch.export.save") from None
         raise TargetError(f"cannot read {escape(path)} with torch.export.load: {escape(clean_message(exc))}; "
                           "was it saved by torch.export.save of this torch version?") from None
     return ep
@@ -131,21 +136,14 @@ def _quiet():
 
 
 def _torchscript_inputs(ts) -> list[tuple]:
-    """Input shapes to try for a TorchScript module: the traced one, else from its first layer."""
-    shapes: list[tuple] = []
-    try:
-        sizes = list(ts.graph.inputs())[1].type().sizes()
-        if sizes and all(isinstance(s, int) for s in sizes):
-            shapes.append(tuple(sizes[1:]))
-    except Exception:     # a scripted graph's input type has no sizes
-        pass
+    """Input shapes to try for a TorchScript module, which records none (traced or scripted): from
+    its first layer, a vector of its in_features, or images of the data sets' sizes (28×28, 32×32)."""
     first = next((p for _, p in ts.named_parameters() if p.dim() in (2, 4)), None)
-    if first is not None and first.dim() == 4:
-        shapes.append((int(first.shape[1]), *IMAGE_SHAPE[1:]))
-    elif first is not None:
-        shapes.append((int(first.shape[1]),))
-        shapes.append(IMAGE_SHAPE)
-    return list(dict.fromkeys(shapes))
+    if first is None:
+        return []
+    if first.dim() == 4:
+        return [(int(first.shape[1]), n, n) for n in IMAGE_SIDES]
+    return list(dict.fromkeys([(int(first.shape[1]),), IMAGE_SHAPE]))
 
 
 def _static_converter():
@@ -166,22 +164,24 @@ def _static_converter():
 
 def load_torchscript(path: Path):
     """The ExportedProgram of a TorchScript file (``torch.jit.load``, then torch's TorchScript to
-    torch.export converter on an example input of the shape its graph or first layer says)."""
+    torch.export converter on an example input of a shape its first layer allows)."""
     try:
         ts = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise TargetError(f"cannot read {escape(path)} with torch.jit.load: {escape(clean_message(exc))}") from None
     ts.eval()
+    shapes = _torchscript_inputs(ts)
     errors = []
-    for shape in _torchscript_inputs(ts):
+    for shape in shapes:
         try:
             with _quiet():
                 return _static_converter()(ts, (torch.zeros(1, *shape),)).convert()
         except Exception as exc:
-            errors.append(f"{'×'.join(map(str, shape))}: {clean_message(exc).splitlines()[0][:160]}")
-    raise TargetError(f"cannot read the graph of the TorchScript file {escape(path)} on inputs of shape "
-                      f"{'; '.join(errors) or 'unknown'}; export the model with torch.export.export(model.eval(), "
-                      "(x,)) and torch.export.save instead")
+            errors.append(f"{'×'.join(map(str, shape))} ({clean_message(exc).splitlines()[0][:120]})")
+    raise TargetError(f"cannot read the TorchScript file {escape(path)}: TorchScript records no input shape "
+                      f"and its graph does not run on inputs of shape {' or '.join(errors) or '(none found)'}; "
+                      "save the model with torch.export.save(torch.export.export(model.eval(), (x,)), "
+                      "'model.pt2'), which records it")
 
 
 def export_module(model: torch.nn.Module, example_input: torch.Tensor):
