@@ -60,11 +60,14 @@ def _full_name(node) -> str:
 
 def where(node) -> str:
     """``node tanh (module act: Tanh)``: the node and the module it came from, when recorded."""
-    stack = node.meta.get("nn_module_stack") or {}
+    stack = []
+    for path, cls in (node.meta.get("nn_module_stack") or {}).values():
+        cls = cls if isinstance(cls, str) else f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', cls)}"
+        if "<locals>" not in cls:      # torch's own wrappers (the TorchScript converter's) name nothing of the user's
+            stack.append((path, cls))
     text = f"node {node.name}"
     if stack:
-        path, cls = list(stack.values())[-1]
-        cls = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+        path, cls = stack[-1]
         text += f" (module {path or '(root)'}: {cls.rsplit('.', 1)[-1]})"
     return text
 
