@@ -63,7 +63,7 @@ def where(node) -> str:
     stack = []
     for path, cls in (node.meta.get("nn_module_stack") or {}).values():
         cls = cls if isinstance(cls, str) else f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', cls)}"
-        if "<locals>" not in cls:      # torch's own wrappers (the TorchScript converter's) name nothing of the user's
+        if not (cls.startswith("torch.") and "<locals>" in cls):   # torch's own wrappers (the TorchScript converter's)
             stack.append((path, cls))
     text = f"node {node.name}"
     if stack:

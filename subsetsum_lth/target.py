@@ -233,8 +233,13 @@ def from_state_dict(state: dict, source: str = "", metadata: dict | None = None,
     return Target(out, metadata, source)
 
 
-def from_module(module: nn.Module) -> Target:
-    """Validate an ``nn.Sequential`` of Linear/ReLU modules (ReLU between Linear layers)."""
+def from_module(module: nn.Module, example_input: torch.Tensor | None = None) -> Target:
+    """Validate an ``nn.Sequential`` of Linear/ReLU modules (ReLU between Linear layers); with
+    an ``example_input``, any module, read from its graph (``torch.export``, see
+    :func:`subsetsum_lth.graph_files.module_target`): what it computes, or a refusal naming the op."""
+    if example_input is not None:
+        from subsetsum_lth.graph_files import module_target
+        return module_target(module, example_input)
     if not isinstance(module, nn.Sequential):
         raise TargetError(f"expected an nn.Sequential of Linear and ReLU modules, got {type(module).__name__}")
     if any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in module.modules()):

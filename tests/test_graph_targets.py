@@ -202,6 +202,15 @@ def test_relu_in_every_spelling_is_read(spelling):
     _same_outputs(module_target(model, x), model, x)
 
 
+def test_from_module_with_an_example_input_reads_any_module_from_its_graph():
+    from subsetsum_lth.target import from_module
+    torch.manual_seed(9)
+    model, x = _trained_like(TutorialCNN(12)), torch.rand(4, 1, 12, 12)
+    _same_outputs(from_module(model, x), model, x)
+    with pytest.raises(TargetError, match="expected an nn.Sequential"):
+        from_module(model)            # without an example input: the old Sequential-only reader
+
+
 def test_a_normalize_inside_the_model_becomes_its_input_preprocessing(tmp_path, capsys):
     class Normalize(nn.Module):       # torchvision.transforms.Normalize, kept inside the model
         def __init__(self, mean, std):

@@ -55,7 +55,8 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
         # its layers are the architecture's linear ops, named by their index in it
         given = info.pop("arch", None) or []
         info["order"] = [str(i) for i, op in enumerate(given) if op.get("op") in ("linear", "conv2d")]
-        info["order_from"] = "the architecture (fully connected: read as a plain MLP)"
+        info["order_from"] = ("the graph (the order it computes)" if info.get("read_from") == "graph"
+                              else "the architecture (fully connected: read as a plain MLP)")
     by_name = {e["name"]: e for e in info.get("entries", [])}
     rows = []
     for i, (name, L) in enumerate(zip(info.get("order", []), target.layers)):
