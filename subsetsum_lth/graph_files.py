@@ -200,12 +200,21 @@ def export_module(model: torch.nn.Module, example_input: torch.Tensor):
         with _quiet():
             return torch.export.export(model, (x,))
     except Exception as exc:
-        first = clean_message(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        log.info("torch.export failed on %s: %s", type(model).__name__, first)
-        raise TargetError(f"torch.export cannot trace {type(model).__name__} on an input of shape "
-                          f"{list(x.shape)}: {first}") from None
+        first = _first_line(exc)
+        log.info("torch.export failed on %s (%s); trying torch.fx.symbolic_trace, then exporting its graph",
+                 type(model).__name__, first)
+        try:     # a symbolic trace keeps only the tensor computation; data-dependent control flow fails it
+            with _quiet():
+                return torch.export.export(torch.fx.symbolic_trace(model).eval(), (x,))
+        except Exception as exc2:
+            raise TargetError(f"torch.export cannot trace {type(model).__name__} on an input of shape "
+                              f"{list(x.shape)}: {first} (torch.fx.symbolic_trace: {_first_line(exc2)})") from None
     finally:
         model.train(was_training)
+
+
+def _first_line(exc: Exception) -> str:
+    return clean_message(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def graph_target(ep, source: str, info: dict, kind: str):

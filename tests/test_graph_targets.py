@@ -211,6 +211,29 @@ def test_from_module_with_an_example_input_reads_any_module_from_its_graph():
         from_module(model)            # without an example input: the old Sequential-only reader
 
 
+def test_when_torch_export_fails_symbolic_trace_is_tried_and_logged(monkeypatch, caplog):
+    """torch.export refusing the module itself (here: made to fail on it) falls back to exporting
+    its torch.fx.symbolic_trace; the reason is logged."""
+    real = torch.export.export
+
+    def export(mod, args, *a, **k):
+        if not isinstance(mod, torch.fx.GraphModule):
+            raise RuntimeError("unsupported Python construct in forward")
+        return real(mod, args, *a, **k)
+    monkeypatch.setattr(torch.export, "export", export)
+    torch.manual_seed(10)
+    model, x = TutorialMLP().eval(), torch.rand(4, 16)
+    with caplog.at_level("INFO", logger="subsetsum_lth.graph_files"):
+        _same_outputs(module_target(model, x), model, x)
+    assert "unsupported Python construct in forward" in caplog.text and "symbolic_trace" in caplog.text
+
+    class Branchy(TutorialMLP):       # data-dependent control flow: both traces refuse it, in one line
+        def forward(self, x):
+            return super().forward(x) if x.sum() > 0 else -super().forward(x)
+    with pytest.raises(TargetError, match=r"torch.export cannot trace Branchy .*symbolic_trace"):
+        module_target(Branchy().eval(), x)
+
+
 def test_a_normalize_inside_the_model_becomes_its_input_preprocessing(tmp_path, capsys):
     class Normalize(nn.Module):       # torchvision.transforms.Normalize, kept inside the model
         def __init__(self, mean, std):
