@@ -33,6 +33,7 @@ GRAPH_OPS = {
     "linear": "linear", "conv2d": "conv2d", "convolution": "conv2d", "_convolution": "conv2d",
     "relu": "relu", "relu_": "relu",
     "max_pool2d": "maxpool2d", "max_pool2d_with_indices": "maxpool2d", "avg_pool2d": "avgpool2d",
+    "adaptive_avg_pool2d": "adaptive", "_adaptive_avg_pool2d": "adaptive",
     "flatten": "reshape", "view": "reshape", "reshape": "reshape", "_unsafe_view": "reshape",
     "batch_norm": "batchnorm", "_native_batch_norm_legit_no_training": "batchnorm",
     "dropout": "dropout", "dropout_": "dropout", "feature_dropout": "dropout",
@@ -86,8 +87,14 @@ def refuse_skip_connection(node) -> TargetError:
     return TargetError(f"skip connection (add) at {where(node)}: residual networks are not supported yet")
 
 
+_SOFTMAX = {"softmax", "_softmax", "log_softmax", "_log_softmax"}
+
+
 def refuse_op(node, why: str = "") -> TargetError:
     name = op_name(node)
+    if name in _SOFTMAX and not why:
+        why = ("the construction approximates the logits: return them from forward and apply the "
+               "(log-)softmax in the loss (F.cross_entropy does)")
     from subsetsum_lth.ops import _OTHER_ACTIVATIONS
     kind = "activation" if name.rstrip("_").lower() in _OTHER_ACTIVATIONS | {"leaky_relu", "hardtanh"} else "op"
     reason = why or f"only ReLU networks of {SUPPORTED_TEXT} are read"
@@ -262,6 +269,18 @@ class _Reader:
             self.aliases[node] = node
         self.push(node, {"op": kind, "kernel": kernel, "stride": stride})
         self.row(node, kind)
+
+    def _adaptive(self, node) -> None:
+        """Adaptive average pooling to an output size that divides the input: an exact avgpool2d."""
+        self.take(node, node.args[:1])
+        before, out = _shape(node.args[0]), node.args[1]
+        out = [int(out), int(out)] if isinstance(out, int) else [int(v) for v in out]
+        if before is None or len(before) != 4 or any(not isinstance(n, int) or n % o for n, o in zip(before[2:], out)):
+            raise refuse_op(node, f"adaptive pooling from {list(before or [])} to {out} is not an exact "
+                                  "average pool (the input size must be a multiple of the output size)")
+        kernel = [n // o for n, o in zip(before[2:], out)]
+        self.push(node, {"op": "avgpool2d", "kernel": kernel, "stride": list(kernel)})
+        self.row(node, f"avgpool2d (adaptive, kernel {kernel[0]}×{kernel[1]})")
 
     def _reshape(self, node) -> None:
         self.take(node, node.args[:1])

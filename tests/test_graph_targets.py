@@ -234,6 +234,23 @@ def test_when_torch_export_fails_symbolic_trace_is_tried_and_logged(monkeypatch,
         module_target(Branchy().eval(), x)
 
 
+def test_adaptive_average_pooling_that_divides_its_input_is_an_exact_avgpool():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool, self.fc = nn.Conv2d(1, 3, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Linear(12, 3)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(F.relu(self.conv(x))), 1))
+    torch.manual_seed(11)
+    model, x = Net().eval(), torch.rand(4, 1, 8, 8)
+    target = module_target(model, x)
+    assert [op["op"] for op in target.arch()][:3] == ["conv2d", "relu", "avgpool2d"]
+    _same_outputs(target, model, x)
+    with pytest.raises(TargetError, match="not an exact average pool"):
+        module_target(model, torch.rand(4, 1, 9, 9))
+
+
 def test_a_normalize_inside_the_model_becomes_its_input_preprocessing(tmp_path, capsys):
     class Normalize(nn.Module):       # torchvision.transforms.Normalize, kept inside the model
         def __init__(self, mean, std):
@@ -315,6 +332,7 @@ def test_a_skip_connection_is_refused_in_one_named_line():
     (lambda self, x: F.softmax(self.fc2(F.relu(self.fc1(x))), dim=1), "softmax"),
     (lambda self, x: self.fc2(torch.sigmoid(self.fc1(x))), "activation sigmoid"),
     (lambda self, x: self.fc2(self.fc1(x)), "followed by linear"),
+    (lambda self, x: F.log_softmax(self.fc2(F.relu(self.fc1(x))), dim=1), "return them from forward"),
 ])
 def test_what_the_construction_cannot_handle_is_refused_naming_it(forward, needle):
     class Net(nn.Module):
