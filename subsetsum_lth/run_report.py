@@ -102,6 +102,8 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
         "infeasible_count": n_bad_total,
         "outside_tolerance_count": n_outside_total,
         "beyond_exact_count": int(sum(beyond)),
+        # which engine produced each instance's answer: {"total": {name: count}, "per_layer": [...]}
+        "engines": solved.engine_counts(),
         "infeasible_examples": bad_list,
         "rounds": solved.rounds,
         "layers": layer_reports,
