@@ -203,7 +203,8 @@ class OrToolsKnapsackSolver(SolverBackend):
             if coarse_rows[i]:
                 # coarse knapsack: fast at any n; any subset it returns within tolerance will do
                 # (quantum <= tau / (2 (n + 2)))
-                coarse_shift = min(math.ceil(math.log2(2.0 * (n + 2) / tau)), fine_shift)
+                quanta = 2.0 * (n + 2) / tau      # inf for a subnormal tau: the fine scale then
+                coarse_shift = min(math.ceil(math.log2(quanta)), fine_shift) if math.isfinite(quanta) else fine_shift
                 sel, _ = _knapsack_pair(solver, t, c, coarse_shift, self.knapsack_time_limit,
                                         first_within=tau)
                 if _error(t, c, sel) <= tau:

@@ -238,7 +238,7 @@ def test_sigterm_keeps_finished_batches_then_resume(sig_target, sig_reference, t
     """SIGTERM (sent by the fault hook right after the 3rd stored batch) unwinds like Ctrl-C:
     exit 143, one line, the finished batches stay in partial/; --resume completes with masks
     byte-identical to an uninterrupted run."""
-    from subsetsum_lth.solve import FAULT_ENV
+    from tests.helpers import FAULT_ENV
     out = tmp_path / "run"
     rc, _, err, _ = _cli("approximate", "--target", sig_target, "--out", out, *SIG_ARGS, "--workers", workers,
                          **{FAULT_ENV: "3:SIGTERM"})
