@@ -78,9 +78,8 @@ def test_solvers_prints_autos_routing_table(capsys):
     assert "auto routes each instance" in out
     assert f"error        n = 0..{mitm.MAX_N}    -> mitm" in out
     assert main(["solvers", "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["auto_routing"] == portfolio.routing_table()
-    info = {b["name"]: b for b in doc["backends"]}
+    info = {b["name"]: b for b in json.loads(capsys.readouterr().out)}
+    assert info["auto"]["routing"] == portfolio.routing_table()
     assert info["auto"]["default"] and info["mitm"]["reach"] == mitm.MAX_N == info["mitm"]["max_n"]
     assert info["ortools"]["reach"] is None
     # the table covers every live count of every objective, without overlap

@@ -10,7 +10,7 @@ HELP = ("list solver backends, whether they are available here, what they can do
 
 def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true",
-                   help="print JSON: {'backends': [...], 'auto_routing': [...]}")
+                   help="print a JSON list; auto's entry holds its routing table ('routing')")
 
 
 def run(args) -> int:
@@ -20,8 +20,11 @@ def run(args) -> int:
     for info in infos:
         info["default"] = info["name"] == DEFAULT_SOLVER
     routes = routing_table()
+    for info in infos:
+        if info["name"] == "auto":
+            info["routing"] = routes
     if args.json:
-        print_json({"backends": infos, "auto_routing": routes})
+        print_json(infos)
         return 0
     w = max([len(i["name"]) + 2 for i in infos] + [10])     # the name, its mark, a space
     print(f"{'name':{w}} {'available':10} {'exact':6} {'reach':6} objectives")
