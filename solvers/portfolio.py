@@ -85,6 +85,9 @@ def _options() -> dict:
             "fixsearch": True, "exact_max_n": exact[0].hi}
 
 
+_ROUTED = _options()
+
+
 class AutoSolver(OrToolsKnapsackSolver):
     """The portfolio: :data:`ROUTES` decides which engine takes each instance."""
 
@@ -97,5 +100,16 @@ class AutoSolver(OrToolsKnapsackSolver):
     default_batch = 1024
     fallback_rank = 1               # takes any n
 
-    def __init__(self, time_limit: float | None = None, **options):
-        super().__init__(time_limit=time_limit, **{**_options(), **options})
+    # the OR-Tools class's options, with the defaults the table gives (bench reads the signature)
+    def __init__(self, time_limit: float | None = None, knapsack_max_n: int | None = _ROUTED["knapsack_max_n"],
+                 knapsack_time_limit: float = 0.25, cardinality_deterministic_time: float = 5.0,
+                 cardinality_max_n: int | None = _ROUTED["cardinality_max_n"],
+                 fixsearch: bool = _ROUTED["fixsearch"], exact_max_n: int | None = _ROUTED["exact_max_n"],
+                 fixsearch_free: int | None = None, fixsearch_rounds: int = fixsearch.DEFAULT_ROUNDS,
+                 coarse_min_n: int | None = _ROUTED["coarse_min_n"], **options):
+        super().__init__(time_limit=time_limit, knapsack_max_n=knapsack_max_n,
+                         knapsack_time_limit=knapsack_time_limit,
+                         cardinality_deterministic_time=cardinality_deterministic_time,
+                         cardinality_max_n=cardinality_max_n, fixsearch=fixsearch, exact_max_n=exact_max_n,
+                         fixsearch_free=fixsearch_free, fixsearch_rounds=fixsearch_rounds,
+                         coarse_min_n=coarse_min_n, **options)

@@ -58,7 +58,7 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
         bad_list += examples
         kept_total += rep["kept_parameters"]
         rep["live_coefficients_max"] = int(inst.counts.max()) if len(inst) else 0
-        # subsets searched with more than 40 live coefficients: by fix-and-search (mitm, ortools)
+        # subsets searched beyond exact search's reach (40 live coefficients): by fix-and-search (auto)
         rep["beyond_exact_count"] = beyond[li]
         layer_reports.append(rep)
         for key in ("max_weight_error", "mean_weight_error", "max_bias_error", "kept_coefficients",

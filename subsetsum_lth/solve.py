@@ -162,7 +162,7 @@ def fallback_order() -> list[str]:
 
 def fallback_solver(solver: str, objective: str, max_count: int) -> str | None:
     """Another exact backend for instances the first one could not finish (TIMEOUT/ERROR): the
-    first of :func:`fallback_order` (mitm, then ortools) that is exact, takes the objective, fits
+    first of :func:`fallback_order` (mitm, auto, then ortools) that is exact, takes the objective, fits
     every instance (``max_n``) and is available; None if there is none."""
     from subsetsum_lth.solvers.registry import get_backend_class
 
