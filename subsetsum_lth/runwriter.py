@@ -147,14 +147,17 @@ def prepare_folder(out: Path, config, fingerprint: dict,
         # a resumed run's settings are checked before anything in the folder changes
         cfg_path = out / "run_config.json"
         if config.resume and cfg_path.exists():
-            old = upgrade_settings(rf.read_json(cfg_path, fix="use --overwrite to start the run again, or another --out"))
+            recorded = rf.read_json(cfg_path, fix="use --overwrite to start the run again, or another --out")
+            old = upgrade_settings(recorded)
             new = json.loads(json.dumps(fingerprint, default=rf._json_default))
             if "data" not in old:     # recorded before run_config.json held the data set
                 new.pop("data", None)
             if new != old:
+                renamed = old is not recorded and old.get("solver") != recorded.get("solver")
                 raise RunFolderError(f"--resume: the run in {out} was started with different settings "
                                      f"({'; '.join(_setting_diff(old, new))}); use the same options "
-                                     "or another --out")
+                                     "or another --out" + (" (its solver 'ortools' ran the routing called "
+                                                           "'auto' now, the default)" if renamed else ""))
         writer.make_store("partial")
     except BaseException:
         writer.close()

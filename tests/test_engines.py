@@ -132,13 +132,19 @@ def _in_process(target, out, *extra) -> int:
     return main(["approximate", "--target", str(target), "--out", str(out), *ARGS, *extra])
 
 
-def test_an_old_interrupted_ortools_run_resumes_as_auto(target, tmp_path, caplog):
+def test_an_old_interrupted_ortools_run_resumes_as_auto(target, tmp_path, caplog, capsys):
     ref = tmp_path / "ref"
     assert _in_process(target, ref) == 0
     cut = tmp_path / "cut"
     p = _approximate(target, cut, env={FAULT_ENV: "2"})
     assert p.returncode == 137, p.stderr[-500:]          # killed after 2 stored batches
     _rewrite_as_old_version(cut, report=False)
+    stored = sorted(p.name for p in (cut / "partial").glob("*.npz"))
+    # --solver ortools means OR-Tools only now: refused in one line that says what the old name ran
+    assert _in_process(target, cut, "--resume", "--solver", "ortools") == 2
+    err = capsys.readouterr().err
+    assert "solver: was 'auto', now 'ortools'" in err and "called 'auto' now" in err and "Traceback" not in err
+    assert sorted(p.name for p in (cut / "partial").glob("*.npz")) == stored      # nothing lost
     assert _in_process(target, cut, "--resume") == 0     # the default solver: auto
     assert "resume: " in caplog.text                     # the old folder's stored batches were found
     assert (cut / "masks.safetensors").read_bytes() == (ref / "masks.safetensors").read_bytes()
@@ -173,3 +179,19 @@ def test_explicit_ortools_is_or_tools_only(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["solver"] == "ortools"
     assert set(rep["engines"]["total"]) <= {"ortools", "mitm"} and rep["engines"]["total"].get("ortools", 0) > 0
+
+
+def test_auto_batches_hash_as_the_old_ortools_batches_did():
+    """An old run folder's partial/ names each finished batch by the sha256 the version before
+    'auto' computed (label "ortools"); auto's batches must hash the same to be found on --resume,
+    and today's OR-Tools-only ortools must not find them."""
+    import hashlib
+
+    from subsetsum_lth.solve import batch_digest
+    rng = np.random.default_rng(1)
+    b = InstanceBatch(np.arange(4), rng.uniform(-1, 1, 4), rng.uniform(-1, 1, (4, 9)), None, 0.01)
+    old = hashlib.sha256(b"ortools|error|")          # the old formula, written out
+    for a in (b.ids, b.targets, b.coefficients, b.counts, b.tolerances):
+        old.update(np.ascontiguousarray(a).tobytes())
+    assert batch_digest("auto", b) == old.hexdigest()
+    assert batch_digest("ortools", b) != old.hexdigest()
