@@ -195,3 +195,29 @@ def test_auto_batches_hash_as_the_old_ortools_batches_did():
         old.update(np.ascontiguousarray(a).tobytes())
     assert batch_digest("auto", b) == old.hexdigest()
     assert batch_digest("ortools", b) != old.hexdigest()
+
+
+def test_fallback_overwrites_the_engine_of_the_rows_it_solves(monkeypatch):
+    """A backend (a plug-in) that leaves rows ERROR: the fallback (mitm) re-solves them, and those
+    rows -- only those -- record mitm."""
+    from subsetsum_lth.solve import SolveConfig, solve_all
+    from subsetsum_lth.solvers import registry
+    from subsetsum_lth.solvers.base import Capabilities, SolverBackend
+    from subsetsum_lth.solvers.instances import finalize
+
+    class HalfBroken(SolverBackend):
+        name = "half-broken"
+        capabilities = Capabilities(exact=True, objectives=("error",))
+
+        def solve(self, batch):
+            t0, sel, status, messages = self.start(batch)
+            status[::2] = Status.OPTIMAL          # claims the empty subset is optimal on even rows
+            sel[::2] = False
+            return finalize(batch, sel, status, self.name, 0.0, messages)
+
+    monkeypatch.setitem(registry._extra, "half-broken", HalfBroken)
+    rng = np.random.default_rng(2)
+    b = InstanceBatch(np.arange(6), rng.uniform(-0.05, 0.05, 6), rng.uniform(-1, 1, (6, 8)), None, 10.0)
+    res = solve_all(b, SolveConfig(solver="half-broken", workers=1))
+    assert list(res.engines) == ["half-broken", "mitm"] * 3
+    assert (res.status == Status.OPTIMAL).all()
