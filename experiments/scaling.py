@@ -4,7 +4,7 @@ targets, `approximate` with a per-weight τ), and solver throughput against the 
 coefficients n (the exact backends cost ~2^{n/2}) and against the tolerance τ.
 
     python experiments/scaling.py                       # ~5-6 min: H in {128, 500, 2000}, mitm
-    python experiments/scaling.py --solvers mitm,ortools   # also time OR-Tools end to end (~+5 min)
+    python experiments/scaling.py --solvers mitm,auto      # also time the default portfolio end to end (~+5 min)
     python experiments/scaling.py --full                # H up to 4000, n up to 34, more instances
 
 Writes into --out (default results/scaling/): sizes.csv (panel a, one row per target and
@@ -62,7 +62,7 @@ def parse_args(argv=None):
                         "'none' to skip)")
     p.add_argument("--solvers", default="mitm",
                    help="comma-separated backends for panel (a) (end-to-end approximate runs)")
-    p.add_argument("--bench-solvers", default="mitm,ortools",
+    p.add_argument("--bench-solvers", default="mitm,auto",
                    help="comma-separated backends for panels (b) and (c)")
     p.add_argument("--weight-eps", type=float, default=0.01, help="per-weight tolerance τ of panel (a)")
     p.add_argument("--workers", type=int, default=1, help="solver processes in panel (a)")
@@ -342,7 +342,7 @@ def plot(sizes, by_n, by_tau, args) -> Path:
     only_a = not by_n and not by_tau           # --skip b,c without their CSVs: panel (a) alone
     fig, axes = plt.subplots(1, 1 if only_a else 3, figsize=(8, 5.2) if only_a else (17, 5.0))
     axes = [axes] if only_a else axes
-    colors = {"mitm": "C0", "ortools": "C1", "cpsat": "C2", "gurobi": "C3"}
+    colors = {"mitm": "C0", "auto": "C1", "ortools": "C4", "cpsat": "C2", "gurobi": "C3"}
 
     # (a) seconds per weight vs number of weights
     ax = axes[0]
@@ -397,7 +397,8 @@ def plot(sizes, by_n, by_tau, args) -> Path:
 
     # (b) rate vs n
     labels = {"mitm": "mitm (meet in the middle)",
-              "ortools": "ortools default (knapsack B&B for n ≤ 12, mitm above)",
+              "auto": "auto (the default portfolio: mitm up to n = 40)",
+              "ortools": "ortools (OR-Tools only: knapsack B&B)",
               "ortools-knapsack": "ortools knapsack B&B only"}
     colors["ortools-knapsack"] = "C3"
     ax = axes[1]

@@ -17,13 +17,17 @@ from .instances import InstanceBatch, Status
 
 
 def settle_with_mitm(batch: InstanceBatch, rows, selections: np.ndarray, status: np.ndarray,
-                     messages: dict, solver: str) -> None:
+                     messages: dict, solver: str, engines: np.ndarray | None = None) -> None:
+    """Settle ``rows`` in place; with ``engines`` (one entry per row of ``batch``), the rows
+    mitm re-solved record "mitm" as their engine."""
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
         return
     from . import mitm
 
-    fits = rows[batch.counts[rows] <= mitm.HARD_MAX_N]
+    fits = rows[batch.counts[rows] <= mitm.MAX_N]
+    if engines is not None:
+        engines[fits] = mitm.MeetInTheMiddleSolver.name
     if fits.size:
         sub = batch.take(fits)
         sel, feasible = mitm.solve_arrays(sub.targets, sub.coefficients, sub.counts,
@@ -35,4 +39,4 @@ def settle_with_mitm(batch: InstanceBatch, rows, selections: np.ndarray, status:
         status[i] = Status.ERROR
         messages[int(batch.ids[i])] = (
             f"{solver}: the subset's error is within integer rounding of τ and n = "
-            f"{int(batch.counts[i])} is beyond the exact check (n <= {mitm.HARD_MAX_N})")
+            f"{int(batch.counts[i])} is beyond the exact check (n <= {mitm.MAX_N})")

@@ -21,7 +21,10 @@ class Capabilities:
     exact: bool                      #: proves optimality of the objectives it supports
     objectives: tuple[str, ...]      #: subset of instances.OBJECTIVES
     float_coefficients: bool = True  #: takes real coefficients (else scales to integers internally)
-    max_n: int | None = None         #: largest number of live coefficients it accepts
+    max_n: int | None = None         #: largest number of live coefficients it accepts (None: any)
+    #: its reach: the largest live count it searches exactly by enumeration (mitm: 40; None: no
+    #: enumeration limit, e.g. a MIP). Growth and the cost estimate read it; one number per backend
+    reach: int | None = None
 
 
 class SolverBackend(abc.ABC):

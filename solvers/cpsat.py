@@ -77,8 +77,10 @@ class CpSatSolver(SolverBackend):
             status[i] = st
             if st == Status.ERROR and int(batch.ids[i]) not in messages:
                 messages[int(batch.ids[i])] = f"cpsat: {inst.message or 'solver failure'}"
-        settle_with_mitm(batch, undecided, selections, status, messages, self.name)
-        return finalize(batch, selections, status, self.name, time.perf_counter() - t0, messages)
+        engines = np.full(k, self.name, dtype=object)
+        settle_with_mitm(batch, undecided, selections, status, messages, self.name, engines)
+        return finalize(batch, selections, status, self.name, time.perf_counter() - t0, messages,
+                        engines)
 
 
 class _Instance:

@@ -1,7 +1,7 @@
 """Fix-and-search: instances with more live coefficients than exact search reaches (n > 40).
 
 Exact meet-in-the-middle costs ~2^{n/2} per instance, so it stops at n = 40
-(:data:`subsetsum_lth.solvers.mitm.HARD_MAX_N`). Beyond that, for the 'error' and 'feasible'
+(:data:`subsetsum_lth.solvers.mitm.MAX_N`). Beyond that, for the 'error' and 'feasible'
 objectives, part of the subset is *fixed* and the rest is searched exactly:
 
 1. Range check (exact). With ``lo`` the sum of the negative coefficients and ``hi`` that of the
@@ -40,6 +40,8 @@ import numpy as np
 from . import mitm
 from .instances import Status, subset_errors
 
+#: the engine name the rows it settles record (``BatchResult.engines``)
+ENGINE = "fixsearch"
 #: free coefficients searched exactly per round: bounds of the automatic choice
 MIN_FREE = 20
 MAX_FREE = 34

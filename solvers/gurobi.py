@@ -93,19 +93,21 @@ class GurobiSolver(SolverBackend):
             status[i] = st
             if msg:
                 messages[int(batch.ids[i])] = f"gurobi: {msg}"
-        _settle_boundary(batch, selections, status, messages)
-        return finalize(batch, selections, status, self.name, time.perf_counter() - t0, messages)
+        engines = np.full(k, self.name, dtype=object)
+        _settle_boundary(batch, selections, status, messages, engines)
+        return finalize(batch, selections, status, self.name, time.perf_counter() - t0, messages,
+                        engines)
 
 
 def _settle_boundary(batch: InstanceBatch, selections: np.ndarray, status: np.ndarray,
-                     messages: dict) -> None:
+                     messages: dict, engines: np.ndarray | None = None) -> None:
     """Rows that Gurobi called within tolerance but whose float64 error exceeds τ (its
     FeasibilityTol lets |t - c.s| overshoot τ by ~1e-9) are settled exactly by mitm; rows
     beyond mitm's reach become ERROR. A claim of 'within τ' is never left unchecked."""
     err = recompute_errors(batch, selections)
     claimed = (status == Status.OPTIMAL) | (status == Status.FEASIBLE)
     settle_with_mitm(batch, np.flatnonzero(claimed & (err > batch.tolerances)), selections,
-                     status, messages, "gurobi")
+                     status, messages, "gurobi", engines)
 
 
 def _solve_one(env, t: float, c: np.ndarray, tau: float, objective: str,

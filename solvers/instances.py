@@ -121,8 +121,11 @@ class BatchResult:
             backend has one; all False otherwise).
         errors: float64 (k,) — |t - c.s| recomputed in float64 from ``selections``.
         status: int8 (k,) — ``Status`` values.
-        solver: name of the backend that produced each row (one name per batch).
+        solver: name of the backend that was asked to solve the batch.
         seconds: wall time the backend spent on the batch.
+        engines: str (k,) — the engine that produced each row (``solver``'s own name, or the one
+            a portfolio or a settle step handed the row to: "mitm", "fixsearch", "ortools", ...);
+            None: every row is ``solver``'s (see :func:`row_engines`).
     """
 
     ids: np.ndarray
@@ -132,9 +135,17 @@ class BatchResult:
     solver: str = ""
     seconds: float = 0.0
     messages: dict = field(default_factory=dict)  #: id -> text for ERROR rows
+    engines: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+
+def row_engines(res: BatchResult) -> np.ndarray:
+    """The engine of every row of ``res``, as a str array (``res.solver`` where it names none)."""
+    if res.engines is None:
+        return np.full(len(res), res.solver, dtype=object).astype(str)
+    return np.asarray(res.engines, dtype=str)
 
 
 def subset_errors(targets, coefficients, selections) -> np.ndarray:
@@ -162,7 +173,8 @@ def recompute_errors(batch: InstanceBatch, selections: np.ndarray) -> np.ndarray
 
 
 def finalize(batch: InstanceBatch, selections: np.ndarray, status: np.ndarray, solver: str,
-             seconds: float = 0.0, messages: dict | None = None) -> BatchResult:
+             seconds: float = 0.0, messages: dict | None = None,
+             engines: np.ndarray | None = None) -> BatchResult:
     """Common epilogue for backends: clear padding, recompute errors, downgrade claims that
     the recomputed error contradicts (a row claimed within tolerance but outside it by more
     than rounding becomes ERROR)."""
@@ -179,4 +191,6 @@ def finalize(batch: InstanceBatch, selections: np.ndarray, status: np.ndarray, s
             f"{solver}: claimed within tolerance but recomputed error {errors[i]:.3g} > {batch.tolerances[i]:.3g}"
         )
     status[broken] = Status.ERROR
-    return BatchResult(batch.ids.copy(), sel, errors, status, solver, seconds, messages)
+    if engines is not None:
+        engines = np.asarray(engines, dtype=object).astype(str)
+    return BatchResult(batch.ids.copy(), sel, errors, status, solver, seconds, messages, engines)

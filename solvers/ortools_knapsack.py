@@ -1,24 +1,32 @@
-"""OR-Tools backend: CP-SAT (cardinality) and, on request, knapsack branch-and-bound (error,
-feasible); the exact meet-in-the-middle backend takes every error/feasible instance it reaches.
+"""OR-Tools engine: knapsack branch-and-bound (error, feasible) and CP-SAT (cardinality).
 
-Routing by default (error, feasible): every instance of up to ``mitm.HARD_MAX_N`` (40) live
-coefficients goes to the exact meet-in-the-middle search (``subsetsum_lth.solvers.mitm``, one
-vectorised batch). It is faster at every size, and the branch-and-bound has no useful bound on
-this problem (profit = weight): on one core, error objective, construction-shaped instances
-(``subsetsum-lth bench solvers --n N --solvers mitm,ortools --clock cpu``, 5,000 instances,
-ortools routing everything <= 12 to the knapsack as it did before), mitm solved 832k / 662k /
-785k / 529k / 305k instances/s at n = 4 / 6 / 8 / 10 / 12 against the knapsack's 21k / 14k /
-17k / 10k / 4.9k (39-62x), with the same optimal errors; the knapsack costs ~5 ms at n = 16 and
-~40 ms at n = 21. Beyond 40 coefficients (out of mitm's reach, ``exact_max_n``) the rows go to
+One class serves two backends. ``ortools`` is OR-Tools only: every error/feasible instance goes
+to the knapsack B&B, every cardinality instance to CP-SAT (no fix-and-search: growth beyond
+exact search is not capped for it, each instance is a time-limited knapsack). The rows OR-Tools
+cannot decide on its own are settled exactly by mitm and record "mitm" as their engine: a
+knapsack that does not prove its optimum within ``knapsack_time_limit`` (n <= mitm's reach),
+an answer within integer rounding of τ, CP-SAT's limit on cardinality. ``auto`` (the default,
+:mod:`subsetsum_lth.solvers.portfolio`) is this class with the options its routing table
+gives: exact meet-in-the-middle up to its reach (``mitm.MAX_N``), fix-and-search beyond it,
+CP-SAT for small cardinality instances. Every row records the engine that produced it
+(``BatchResult.engines``: "mitm", "fixsearch" or "ortools").
+
+Why mitm takes what it reaches in ``auto``: it is faster at every size, and the
+branch-and-bound has no useful bound on this problem (profit = weight): on one core, error
+objective, construction-shaped instances (``subsetsum-lth bench solvers --n N --solvers
+mitm,ortools --clock cpu``, 5,000 instances, everything <= 12 to the knapsack), mitm solved
+832k / 662k / 785k / 529k / 305k instances/s at n = 4 / 6 / 8 / 10 / 12 against the knapsack's
+21k / 14k / 17k / 10k / 4.9k (39-62x), with the same optimal errors; the knapsack costs ~5 ms
+at n = 16 and ~40 ms at n = 21. Beyond mitm's reach (``exact_max_n``) the rows go to
 fix-and-search (:mod:`subsetsum_lth.solvers.fixsearch`: fix part of the subset, search the rest
 exactly by meet-in-the-middle, re-fix until within tau; status FEASIBLE, or OPTIMAL/INFEASIBLE
 where the target is at or beyond the range of the subset sums); ~9-19k instances/s at n = 48-96,
 ``subsetsum-lth bench solvers --n 48,64,96``. The rows it does not settle, and every row beyond
-40 with ``fixsearch=False``, go to the knapsack B&B with the backend's ``time_limit`` (10 s if
-unset; half of it per knapsack, at most ``interrupt.MAX_UNSTOPPABLE_SECONDS``, since a knapsack
-cannot be interrupted; TIMEOUT, or FEASIBLE when its answer is within tolerance, if it cannot prove the optimum). ``knapsack_max_n=k`` sends instances of <= k live coefficients to the
-knapsack instead (the former default was 12; for comparison), ``knapsack_max_n=None`` sends
-everything (slow).
+the reach with ``fixsearch=False``, go to the knapsack B&B with the backend's ``time_limit``
+(10 s if unset; half of it per knapsack, at most ``interrupt.MAX_UNSTOPPABLE_SECONDS``, since a
+knapsack cannot be interrupted; TIMEOUT, or FEASIBLE when its answer is within tolerance, if it
+cannot prove the optimum). ``knapsack_max_n=k`` sends instances of <= k live coefficients to
+the knapsack instead, ``knapsack_max_n=None`` (``ortools``) sends everything.
 
 The knapsack formulation. Flip the negative coefficients (s'_i = 1 - s_i where c_i < 0):
 every weight becomes |c_i| >= 0 and the target becomes t' = t - sum_{c_i < 0} c_i. The best
@@ -30,13 +38,13 @@ by the error recomputed in float64, is the optimum up to the rounding of the int
 settled exactly by mitm (:mod:`subsetsum_lth.solvers._settle`), so the within-tau test is the float64 one.
 A knapsack that hits ``knapsack_time_limit`` falls back to mitm, so answers stay exact.
 
-Feasible objective: as the error objective, except beyond mitm's ``max_n`` (or with
-``knapsack_max_n=None``), where a *coarse* knapsack pair comes first (quantum
+Feasible objective: as the error objective, except beyond ``coarse_min_n`` live coefficients
+(auto: 34, from its routing table; or everywhere with ``knapsack_max_n=None``), where a *coarse* knapsack pair comes first (quantum
 tau / (2 (n + 2)): fast at any n, ~0.3 ms at n = 21; any subset within tolerance will do),
 then the exact path for the rows it did not settle.
 
-Cardinality: instances with more than ``cardinality_max_n`` live coefficients (default 12)
-go to mitm's exact cardinality search (vectorised; CP-SAT needs ~10 ms per instance at n = 21,
+Cardinality: instances with more than ``cardinality_max_n`` live coefficients (auto: 12; up to
+mitm's reach) go to mitm's exact cardinality search (vectorised; CP-SAT needs ~10 ms per instance at n = 21,
 mitm ~30 us). The others: CP-SAT (with the presolve workaround of :func:`subsetsum_lth.solvers._scaled.
 cp_solver`: OR-Tools 9.15 certified wrong minimal cardinalities on 2^40-scaled rows), two
 phases per instance on the scaled integers with a *relaxed* tolerance (ceil(tau * scale) + n
@@ -64,6 +72,9 @@ from .interrupt import MAX_UNSTOPPABLE_SECONDS
 
 #: Integer scale of the exact path: sum of scaled |c| = 2^40 (int64 headroom for CP-SAT sums).
 _FINE_BITS = 40
+#: the engine names its rows record (``BatchResult.engines``)
+ORTOOLS = "ortools"
+MITM = "mitm"
 
 
 def _mitm():
@@ -72,35 +83,36 @@ def _mitm():
 
 
 class OrToolsKnapsackSolver(SolverBackend):
-    """Exact: CP-SAT (cardinality), meet-in-the-middle (error/feasible up to 40 coefficients),
-    OR-Tools knapsack B&B beyond that or on request.
+    """OR-Tools only: knapsack B&B (error/feasible) and CP-SAT (cardinality) for every instance;
+    mitm settles what they cannot decide (those rows record engine "mitm").
 
-    Options:
+    Options (the defaults are OR-Tools only; ``auto`` sets them from its routing table):
         knapsack_max_n: largest number of live coefficients sent to the knapsack B&B for the
-            error/feasible objectives (default 0: none, mitm takes every instance it reaches;
-            12 was the former default). None: no limit, everything goes to the knapsack.
+            error/feasible objectives (None, the default: no limit, everything goes to the
+            knapsack; auto: 0, mitm takes every instance it reaches).
         knapsack_time_limit: seconds per knapsack before falling back to mitm (default 0.25).
         cardinality_deterministic_time: CP-SAT deterministic time limit per phase (default 5).
         cardinality_max_n: largest number of live coefficients sent to CP-SAT for the
-            cardinality objective (default 12); larger instances use mitm. None: no limit.
+            cardinality objective (None, the default: no limit; auto: 12); larger instances, up
+            to mitm's reach, use mitm.
+        coarse_min_n: feasible objective, with a ``knapsack_max_n``: rows of more live
+            coefficients try a coarse knapsack first (default: mitm's reach; auto: 34).
         fixsearch: error/feasible rows of more than ``exact_max_n`` live coefficients go to
-            fix-and-search first (default True); False: straight to the time-limited knapsack.
-        exact_max_n: rows up to this many live coefficients are solved exactly (default 40,
-            mitm's limit; smaller values only to test the fix-and-search path on small rows).
+            fix-and-search first (default False; auto: True); False: straight to the knapsack.
+        exact_max_n: with ``fixsearch``, rows up to this many live coefficients are solved
+            exactly (default mitm's reach, 40; smaller values only to test the fix-and-search
+            path on small rows).
         fixsearch_free: free coefficients per fix-and-search round (default: from τ, 20-34).
         fixsearch_rounds: fix-and-search rounds per row (default 24).
     """
 
     name = "ortools"
     capabilities = Capabilities(exact=True, objectives=("error", "feasible", "cardinality"),
-                                float_coefficients=True, max_n=None)
-    description = ("CP-SAT (cardinality, n <= 12); exact meet-in-the-middle for error/feasible "
-                   "up to n = 40 (39-62x faster than OR-Tools' knapsack B&B at n = 4-12) and "
-                   "for cardinality beyond 12; fix-and-search beyond n = 40 (part of the subset "
-                   "fixed, the rest searched exactly), OR-Tools knapsack B&B for what it leaves "
-                   "(or with knapsack_max_n)")
+                                float_coefficients=True, max_n=None, reach=None)
+    description = ("OR-Tools only: knapsack B&B (error/feasible) and CP-SAT (cardinality) for every "
+                   "instance, time-limited; mitm settles the rows they cannot decide")
     default_batch = 1024
-    fallback_rank = 1               # takes any n
+    fallback_rank = 2               # takes any n; after auto
 
     @classmethod
     def is_available(cls) -> tuple[bool, str | None]:
@@ -108,14 +120,16 @@ class OrToolsKnapsackSolver(SolverBackend):
             return False, "ortools is not installed: pip install ortools"
         return True, None
 
-    def __init__(self, time_limit: float | None = None, knapsack_max_n: int | None = 0,
+    def __init__(self, time_limit: float | None = None, knapsack_max_n: int | None = None,
                  knapsack_time_limit: float = 0.25, cardinality_deterministic_time: float = 5.0,
-                 cardinality_max_n: int | None = 12, fixsearch: bool = True,
+                 cardinality_max_n: int | None = None, fixsearch: bool = False,
                  exact_max_n: int | None = None, fixsearch_free: int | None = None,
-                 fixsearch_rounds: int = fixsearch.DEFAULT_ROUNDS, **options):
+                 fixsearch_rounds: int = fixsearch.DEFAULT_ROUNDS, coarse_min_n: int | None = None,
+                 **options):
         super().__init__(time_limit=time_limit, **options)
         self.fixsearch = bool(fixsearch)
-        self.exact_max_n = _mitm().HARD_MAX_N if exact_max_n is None else int(exact_max_n)
+        self.exact_max_n = _mitm().MAX_N if exact_max_n is None else int(exact_max_n)
+        self.coarse_min_n = _mitm().MAX_N if coarse_min_n is None else int(coarse_min_n)
         self.fixsearch_free = fixsearch_free
         self.fixsearch_rounds = int(fixsearch_rounds)
         self.knapsack_max_n = knapsack_max_n
@@ -128,23 +142,24 @@ class OrToolsKnapsackSolver(SolverBackend):
     def solve(self, batch: InstanceBatch) -> BatchResult:
         t0, selections, status, messages = self.start(batch)
         k = len(batch)
+        engines = np.full(k, ORTOOLS, dtype=object)    # knapsack B&B / CP-SAT unless set below
         if k:
             if batch.objective == "cardinality":
-                self._solve_cardinality(batch, selections, status, messages)
+                self._solve_cardinality(batch, selections, status, messages, engines)
             else:
-                self._solve_error(batch, selections, status, messages)
-        return finalize(batch, selections, status, self.name, time.perf_counter() - t0, messages)
+                self._solve_error(batch, selections, status, messages, engines)
+        return finalize(batch, selections, status, self.name, time.perf_counter() - t0, messages,
+                        engines)
 
     # ------------------------------------------------------------------ error / feasible
 
-    def _solve_error(self, batch, selections, status, messages) -> None:
+    def _solve_error(self, batch, selections, status, messages, engines) -> None:
         from ortools.algorithms.python import knapsack_solver
 
         solver = knapsack_solver.KnapsackSolver(
             knapsack_solver.SolverType.KNAPSACK_MULTIDIMENSION_BRANCH_AND_BOUND_SOLVER,
             "subsetsum")
         feasible_only = batch.objective == "feasible"
-        mitm_max_n = _mitm().MeetInTheMiddleSolver.capabilities.max_n
         proven = np.zeros(len(batch), dtype=bool)   # selection is the exact min-error subset
         band = np.zeros(len(batch))    # knapsack rows: the integer rounding, in real units
         # routing, vectorised (padding is zero, so it never counts as a live nonzero)
@@ -153,11 +168,12 @@ class OrToolsKnapsackSolver(SolverBackend):
             coarse_rows = feasible_only & (batch.tolerances > 0)
         else:
             small_rows = np.count_nonzero(batch.coefficients, axis=1) <= self.knapsack_max_n
-            coarse_rows = feasible_only & (batch.tolerances > 0) & (batch.counts > mitm_max_n)
+            coarse_rows = feasible_only & (batch.tolerances > 0) & (batch.counts > self.coarse_min_n)
         if self.fixsearch:
             # beyond exact search: fix part of the subset, search the rest exactly; the rows it
             # settles leave the routing, the others go on below (knapsack B&B, time-limited)
             settled = self._fix_and_search(batch, selections, status)
+            engines[settled] = fixsearch.ENGINE
             small_rows &= ~settled
             coarse_rows &= ~settled
         else:
@@ -169,6 +185,8 @@ class OrToolsKnapsackSolver(SolverBackend):
         keep = ~settled[ends] & ~small_rows[ends]
         ends = ends[keep]
         selections[ends] = end_sel[keep]
+        # the closed form stands in for the exact search these rows are routed to
+        engines[ends] = np.where(batch.counts[ends] <= self.exact_max_n, MITM, fixsearch.ENGINE)
         proven[ends] = True
         settled[ends] = True
         coarse_rows[ends] = False
@@ -185,7 +203,8 @@ class OrToolsKnapsackSolver(SolverBackend):
             if coarse_rows[i]:
                 # coarse knapsack: fast at any n; any subset it returns within tolerance will do
                 # (quantum <= tau / (2 (n + 2)))
-                coarse_shift = min(math.ceil(math.log2(2.0 * (n + 2) / tau)), fine_shift)
+                quanta = 2.0 * (n + 2) / tau      # inf for a subnormal tau: the fine scale then
+                coarse_shift = min(math.ceil(math.log2(quanta)), fine_shift) if math.isfinite(quanta) else fine_shift
                 sel, _ = _knapsack_pair(solver, t, c, coarse_shift, self.knapsack_time_limit,
                                         first_within=tau)
                 if _error(t, c, sel) <= tau:
@@ -204,7 +223,7 @@ class OrToolsKnapsackSolver(SolverBackend):
             else:
                 exact_rows.append(i)
         self._exact_fallback(batch, np.sort(np.array(exact_rows, dtype=np.int64)), selections,
-                             proven, status, messages)
+                             proven, status, messages, engines)
         rows = np.flatnonzero(proven)
         err = recompute_errors(batch, selections)
         good = Status.FEASIBLE if feasible_only else Status.OPTIMAL
@@ -214,7 +233,7 @@ class OrToolsKnapsackSolver(SolverBackend):
         # within tau in float64 -> decide those rows exactly
         undecided = np.flatnonzero(proven & (band > 0) & (err > batch.tolerances)
                                    & (err <= batch.tolerances + band))
-        settle_with_mitm(batch, undecided, selections, status, messages, self.name)
+        settle_with_mitm(batch, undecided, selections, status, messages, self.name, engines)
 
     def _fix_and_search(self, batch, selections, status) -> np.ndarray:
         """Rows beyond ``exact_max_n`` by fix-and-search; returns the rows it settled (a subset
@@ -236,14 +255,18 @@ class OrToolsKnapsackSolver(SolverBackend):
         settled[done] = True
         return settled
 
-    def _exact_fallback(self, batch, rows, selections, proven, status, messages) -> None:
+    def _exact_fallback(self, batch, rows, selections, proven, status, messages, engines=None) -> None:
         """Exact min-error subsets with mitm; rows beyond its reach keep a time-limited knapsack
-        answer (FEASIBLE if within tolerance, else TIMEOUT)."""
+        answer (FEASIBLE if within tolerance, else TIMEOUT). ``engines``: set per row (None:
+        the rows keep the engine that decided them)."""
         if rows.size == 0:
             return
         mitm = _mitm()
-        fits = batch.counts[rows] <= mitm.HARD_MAX_N
+        fits = batch.counts[rows] <= mitm.MAX_N
         ok_rows = rows[fits]
+        if engines is not None:
+            engines[ok_rows] = MITM
+            engines[rows[~fits]] = ORTOOLS
         if ok_rows.size:
             sub = batch.take(ok_rows)
             selections[ok_rows] = mitm.min_error_selections(sub.targets, sub.coefficients,
@@ -273,14 +296,14 @@ class OrToolsKnapsackSolver(SolverBackend):
 
     # ------------------------------------------------------------------ cardinality
 
-    def _solve_cardinality(self, batch, selections, status, messages) -> None:
+    def _solve_cardinality(self, batch, selections, status, messages, engines) -> None:
         fallback = []
         infeasible = []
         mitm = _mitm()
         for i in range(len(batch)):
             n = int(batch.counts[i])
             if (self.cardinality_max_n is not None and n > self.cardinality_max_n
-                    and n <= mitm.HARD_MAX_N):
+                    and n <= mitm.MAX_N):
                 fallback.append(i)           # exact and vectorised: mitm's cardinality search
                 continue
             t = float(batch.targets[i])
@@ -301,7 +324,8 @@ class OrToolsKnapsackSolver(SolverBackend):
             status[infeasible] = Status.INFEASIBLE
         fallback = np.array(fallback, dtype=np.int64)
         if fallback.size:
-            fits = fallback[batch.counts[fallback] <= mitm.HARD_MAX_N]
+            fits = fallback[batch.counts[fallback] <= mitm.MAX_N]
+            engines[fits] = MITM
             if fits.size:
                 sub = batch.take(fits)
                 sel, feas = mitm.solve_arrays(sub.targets, sub.coefficients, sub.counts,

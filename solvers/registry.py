@@ -15,6 +15,7 @@ ENTRY_POINT_GROUP = "subsetsum_lth.solvers"
 #: name -> "module:Class" of the built-in backends (module relative to this package); imported
 #: lazily so that listing costs nothing. setup.cfg lists no entry points for these.
 BUILTIN = {
+    "auto": ".portfolio:AutoSolver",
     "mitm": ".mitm:MeetInTheMiddleSolver",
     "ortools": ".ortools_knapsack:OrToolsKnapsackSolver",
     "cpsat": ".cpsat:CpSatSolver",
@@ -22,7 +23,7 @@ BUILTIN = {
     "torch-mitm": ".torch_mitm:TorchMitmSolver",
 }
 
-DEFAULT_SOLVER = "ortools"
+DEFAULT_SOLVER = "auto"
 
 _extra: dict[str, str | type[SolverBackend]] = {}
 
@@ -84,6 +85,7 @@ def backend_info(name: str) -> dict:
         "objectives": list(cls.capabilities.objectives),
         "float_coefficients": cls.capabilities.float_coefficients,
         "max_n": cls.capabilities.max_n,
+        "reach": getattr(cls.capabilities, "reach", None),
         "description": cls.description,
     }
     if not ok:

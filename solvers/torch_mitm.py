@@ -31,9 +31,8 @@ import numpy as np
 
 from .base import Capabilities, SolverBackend, SolverUnavailable
 from .instances import BatchResult, InstanceBatch, Status, finalize, subset_errors
+from .mitm import MAX_N   # the enumeration's reach, the same as numpy mitm's (2^20 sums per half)
 
-#: the enumeration limit (2^20 sums per half); ``capabilities.max_n`` is what is advertised
-HARD_MAX_N = 40
 
 
 def _bits(index: np.ndarray, h: int) -> np.ndarray:
@@ -51,7 +50,7 @@ class TorchMitmSolver(SolverBackend):
 
     name = "torch-mitm"
     capabilities = Capabilities(exact=True, objectives=("error", "feasible"),
-                                float_coefficients=True, max_n=34)
+                                float_coefficients=True, max_n=MAX_N, reach=MAX_N)
     description = ("meet-in-the-middle in torch (sort + searchsorted over half-sums, batched; "
                    "CPU or CUDA, exact)")
     #: instances per solve call the driver should send (a GPU wants thousands at once)
@@ -110,7 +109,7 @@ class TorchMitmSolver(SolverBackend):
         overflow = ~np.isfinite(scale)
         for i in np.flatnonzero(too_big):
             messages[int(batch.ids[i])] = (
-                f"torch-mitm: n = {int(batch.counts[i])} exceeds max_n = {max_n} "
+                f"torch-mitm: n = {int(batch.counts[i])} is beyond its reach n <= {max_n} "
                 "(2^(n/2) enumeration)")
         for i in np.flatnonzero(overflow & ~too_big):
             messages[int(batch.ids[i])] = ("torch-mitm: |t| + sum |c| overflows float64; "
@@ -142,9 +141,9 @@ class TorchMitmSolver(SolverBackend):
             with torch.no_grad():
                 for n in np.unique(counts):
                     n = int(n)
-                    if n > HARD_MAX_N:
+                    if n > MAX_N:
                         raise ValueError(f"torch-mitm: n = {n} exceeds the enumeration limit "
-                                         f"{HARD_MAX_N}")
+                                         f"{MAX_N}")
                     group = np.flatnonzero(counts == n)
                     step = self._rows_per_chunk(n)
                     for start in range(0, group.size, step):

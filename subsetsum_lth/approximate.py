@@ -30,7 +30,7 @@ from subsetsum_lth.layer_solve import build_instances, solve_layers
 from subsetsum_lth.progress import Progress, note, phase
 from subsetsum_lth.run_report import build_report, raise_if_failed
 from subsetsum_lth.runcheck import WITNESS
-from subsetsum_lth.runwriter import GWrite, completed_run, continue_stage, prepare_folder, write_run
+from subsetsum_lth.runwriter import SOLVER_NAMES, GWrite, completed_run, continue_stage, prepare_folder, write_run
 from subsetsum_lth.solve import SolveConfig, check_solver
 from subsetsum_lth.target import Target, target_digest
 from subsetsum_lth.tolerance import apriori_bound, choose_tolerance  # noqa: F401  (public here too)
@@ -307,7 +307,7 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
         "target_digest": target_digest(target),
         # tau only when set, so runs recorded before the field existed resume unchanged
         "construction": {k: v for k, v in asdict(cc).items() if not (k == "tau" and v is None)},
-        "solver": sc.solver, "objective": sc.objective, "eps": config.eps,
+        "solver": sc.solver, "solver_names": SOLVER_NAMES, "objective": sc.objective, "eps": config.eps,
         "weight_eps": config.weight_eps, "input_radius": config.input_radius, "store": config.store,
         **({} if config.box is None else {"input_box": [config.box.lo, config.box.hi]}),
         **({"data": config.report_extra["data"]} if "data" in config.report_extra else {}),

@@ -13,7 +13,7 @@ Library code only (logging, no printing); the CLI in ``commands/bench.py`` print
   instance, the paper's formulation). Slow backends are timed on a prefix of the instances
   (at most ``baseline_count`` for the baseline, and never past ``time_budget`` seconds) and
   their rate is what is compared. A backend may be named with options, ``name[key=value,...]``
-  (:func:`parse_solver_spec`), e.g. ``ortools[fixsearch=false,time_limit=1]`` for OR-Tools'
+  (:func:`parse_solver_spec`), e.g. ``auto[fixsearch=false,time_limit=1]`` for OR-Tools'
   knapsack branch-and-bound beyond exact search instead of fix-and-search (``--n 48,64,96``:
   several sizes in one command, see docs/solvers.md).
 * :func:`bench_approximate` runs :func:`subsetsum_lth.approximate.approximate` and reports wall
@@ -140,7 +140,7 @@ def parse_solver_spec(spec: str) -> tuple[str, dict]:
     name, _, rest = spec.partition("[")
     if not rest.endswith("]") or not name:
         raise UserError(f"--solvers: cannot read {spec!r}; write NAME or NAME[key=value,...], "
-                        "e.g. ortools[fixsearch=false,time_limit=1]")
+                        "e.g. auto[fixsearch=false,time_limit=1]")
     options = {}
     for item in filter(None, (x.strip() for x in rest[:-1].split(","))):
         key, eq, value = item.partition("=")

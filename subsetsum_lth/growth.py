@@ -34,7 +34,7 @@ from subsetsum_lth.limits import (GrowthBudget, _solver_reach, growth_reach, gro
 from subsetsum_lth.progress import close
 from subsetsum_lth.solve import SolveConfig, solve_all
 from subsetsum_lth.solvers.fixsearch import finest_tau
-from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
+from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status, row_engines
 from subsetsum_lth.target import Target
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
     g_of = inst.group_of_instance()
     block_of_row = st.block_of_group[g_of]
     status, errors, messages, seconds = res.status.copy(), res.errors.copy(), dict(res.messages), res.seconds
+    engines = row_engines(res).astype(object)
     new_sel: dict[int, np.ndarray] = {}
     step = 0
     stopped: dict[int, str] = {}     # block -> why it may not grow
@@ -241,6 +242,7 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
             new_sel[int(i)] = r2.selections[k, :int(sub.counts[k])].copy()
         errors[redo] = r2.errors
         status[redo] = r2.status
+        engines[redo] = row_engines(r2)
         if solved_n is not None:
             solved_n[redo] = sub.counts
         messages.update(r2.messages)
@@ -257,7 +259,7 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
     for i, s in new_sel.items():
         sel[i] = False
         sel[i, :s.size] = s
-    res = BatchResult(inst.ids, sel, errors, status, res.solver, seconds, messages)
+    res = BatchResult(inst.ids, sel, errors, status, res.solver, seconds, messages, engines.astype(str))
     # what is left outside τ says what it is and why its block stopped
     left = np.flatnonzero((res.status == Status.INFEASIBLE) | (res.status == Status.TIMEOUT))
     if left.size:

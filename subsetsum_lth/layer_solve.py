@@ -16,7 +16,7 @@ from subsetsum_lth.growth import grow_layer
 from subsetsum_lth.limits import EXACT_MAX_N
 from subsetsum_lth.progress import close, note, phase
 from subsetsum_lth.solve import solve_all
-from subsetsum_lth.solvers.instances import BatchResult, Status
+from subsetsum_lth.solvers.instances import BatchResult, Status, row_engines
 from subsetsum_lth.target import Target
 from subsetsum_lth.tolerance import choose_tolerance
 
@@ -35,6 +35,19 @@ class Solved:
     #: per layer, each instance's live count when its subset was last searched (an instance of a
     #: grown block keeps the subset found at its old count); > limits.EXACT_MAX_N: fix-and-search
     solved_counts: list = field(default_factory=list)
+
+    def engine_counts(self) -> dict:
+        """{"total": {engine: instances}, "per_layer": [{engine: instances}, ...]}: which engine
+        produced each instance's answer (report.json 'engines'); names sorted."""
+        per_layer = []
+        for r in self.results:
+            names, counts = np.unique(row_engines(r), return_counts=True)
+            per_layer.append({str(n): int(c) for n, c in zip(names, counts)})
+        total: dict = {}
+        for layer in per_layer:
+            for n, c in layer.items():
+                total[n] = total.get(n, 0) + c
+        return {"total": dict(sorted(total.items())), "per_layer": per_layer}
 
     def beyond_exact(self) -> list[int]:
         """Per layer, the instances whose subset was searched beyond exact search's reach."""
@@ -75,6 +88,7 @@ def solve_layer(inst: LayerInstances, tau: float, sc, bar=None, store=None, exec
     selections = np.zeros((k, width), dtype=bool)
     errors = np.empty(k)
     status = np.empty(k, dtype=np.int8)
+    engines = np.empty(k, dtype=object)
     messages: dict = {}
     seconds = 0.0
     solver = sc.solver
@@ -84,11 +98,12 @@ def solve_layer(inst: LayerInstances, tau: float, sc, bar=None, store=None, exec
         selections[rows, :res.selections.shape[1]] = res.selections
         errors[rows] = res.errors
         status[rows] = res.status
+        engines[rows] = row_engines(res)
         messages.update(res.messages)
         seconds += res.seconds
         solver = res.solver
         del res
-    return BatchResult(inst.ids, selections, errors, status, solver, seconds, messages)
+    return BatchResult(inst.ids, selections, errors, status, solver, seconds, messages, engines.astype(str))
 
 
 def initial_tau(target: Target, config) -> float:
@@ -127,6 +142,9 @@ def _tighten(inst: LayerInstances, r0, tau, sc, store, executor, progress, li: i
         r0.selections[redo, :w] = res.selections
         r0.errors[redo] = res.errors
         r0.status[redo] = res.status
+        r0.engines = row_engines(r0).astype(object)     # a re-solve overwrites the engine of its rows
+        r0.engines[redo] = row_engines(res)
+        r0.engines = r0.engines.astype(str)
         r0.messages.update(res.messages)
         if solved_n is not None:
             solved_n[redo] = inst.counts[redo]

@@ -25,15 +25,16 @@ from subsetsum_lth.resources import (  # noqa: F401  (re-exported: the solve lay
     MAX_COUNT, MAX_EPOCHS, MAX_HOURS, MAX_RETRIES, MAX_SAMPLES, MAX_SECONDS, MAX_SEED, MAX_STEPS, available_cores, cap_threads, cap_workers, check_float, check_int, check_memory, check_seconds, human_bytes, memory_limit, physical_memory)
 from subsetsum_lth.solvers.interrupt import MAX_TIME_LIMIT
 from subsetsum_lth.solvers.fixsearch import DEFAULT_ROUNDS, MIN_FREE
+from subsetsum_lth.solvers.mitm import MAX_N as MITM_MAX_N
 
 log = logging.getLogger(__name__)
 
 #: enumerated half-sums per second and core (measured ~9e7 for mitm at n = 21; rounded up)
 SUMS_PER_SECOND = 1e8
-#: largest live count any exact backend here enumerates (mitm's hard limit, also ortools' exact path)
-EXACT_MAX_N = 40
+#: largest live count any exact backend here enumerates: mitm's reach (auto's exact path, torch-mitm)
+EXACT_MAX_N = MITM_MAX_N
 #: largest live count adaptive growth gives an instance with the backends that answer beyond
-#: EXACT_MAX_N by fix-and-search (mitm, through its ortools fallback, and ortools): a bias b far
+#: EXACT_MAX_N by fix-and-search (auto, and mitm through its fallback to auto): a bias b far
 #: outside [-1, 1] needs ~8|b| live coefficients (E|v beta| = 1/4 per unit, half of them of
 #: b's sign), so 256 reaches |b| ~ 28; the --max-hours budget still applies
 GROWTH_MAX_N = 256
@@ -129,9 +130,14 @@ def _human_hours(log2_hours: float) -> str:
 
 
 def _solver_reach(solver: str) -> int | None:
-    """Exact enumeration limit of a backend family: mitm (and ortools, which routes large
-    instances to mitm) enumerate at most EXACT_MAX_N; MIP backends have none."""
-    return EXACT_MAX_N if solver in ("mitm", "ortools") else None
+    """Exact enumeration reach of a backend: its ``capabilities.reach`` (mitm, torch-mitm and
+    auto, which routes what it reaches to mitm: EXACT_MAX_N); None for OR-Tools only and the MIP
+    backends (no enumeration limit), and for a backend that cannot be loaded."""
+    from subsetsum_lth.solvers.registry import get_backend_class
+    try:
+        return getattr(get_backend_class(solver).capabilities, "reach", None)
+    except Exception:
+        return None
 
 
 _capped_noted: set = set()
@@ -153,8 +159,8 @@ def instance_time_limit(requested: float | None, note: bool = False) -> float:
 
 def growth_reach(solver: str, objective: str = "error") -> int | None:
     """Largest live count growth may give an instance: GROWTH_MAX_N for the backends that answer
-    beyond exact search by fix-and-search (mitm, whose rows beyond it fall back to ortools, and
-    ortools) with the objectives it serves (error, feasible); exact search's reach for the
+    beyond exact search by fix-and-search (auto, and the mitm backends, whose rows beyond it fall
+    back to auto) with the objectives it serves (error, feasible); exact search's reach for the
     cardinality objective; None (no cap) for MIP backends."""
     reach = _solver_reach(solver)
     if reach is None:

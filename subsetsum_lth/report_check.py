@@ -18,7 +18,10 @@ run_config.json and the data set:
   the report claims every instance within it;
 * ``target_accuracy``, ``pruned_accuracy``, ``prediction_agreement``, output deviations on the
   recorded data set's test images, and ``input_radius`` against the images' largest norm when
-  the radius came from the data.
+  the radius came from the data;
+* ``engines`` ({"total": {engine: instances}, "per_layer": [{engine: instances}, ...]}, which
+  engine produced each instance's answer): each layer's counts sum to its ``instances``, the
+  totals to the per-layer counts and to ``instances``.
 """
 from __future__ import annotations
 
@@ -96,6 +99,7 @@ def audit_report(run, cert, maps, *, bound_checked: bool, eps_bound: float | Non
     _kept(a, run)
     if run.kind == "subset-sum":
         _layer_errors(a, rep, cert)
+        _engine_counts(a, rep)
         _settings(a, run, cert, bound_checked, eps_bound)
     _data(a, run, maps, data_dir)
     return a
@@ -161,6 +165,43 @@ def _kept(a: Audit, run) -> None:
              source=f"the shapes in {rf.RANDOM_NET}" if run.compact is None else "the compact g")
 
 
+def _solver_name(name, legacy: bool):
+    """``name`` as this version calls it: in a file written before ``auto`` existed (``legacy``),
+    ``ortools`` named the portfolio that is ``auto`` now."""
+    from subsetsum_lth.solvers.portfolio import LEGACY_NAMES
+    return LEGACY_NAMES.get(name, name) if legacy and isinstance(name, str) else name
+
+
+def _engine_counts(a: Audit, rep: dict) -> None:
+    """report.json ``engines``: the per-layer counts sum to each layer's instances, the totals to
+    the per-layer counts and to ``instances`` (runs from before it was recorded get a note)."""
+    eng = rep.get("engines")
+    if eng is None:
+        a.notes.append("report.json records no 'engines' (a run from before rows recorded their engine)")
+        return
+    layers = rep.get("layers") if isinstance(rep.get("layers"), list) else []
+    per_layer = eng.get("per_layer") if isinstance(eng, dict) else None
+    total = eng.get("total") if isinstance(eng, dict) else None
+    if not (isinstance(per_layer, list) and isinstance(total, dict) and len(per_layer) == len(layers)
+            and all(isinstance(d, dict) for d in per_layer)):
+        a.differs("engines", eng, f"{{'total': {{...}}, 'per_layer': [{len(layers)} counts]}}", "its shape")
+        return
+
+    def count(d: dict) -> int | None:
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in d.values())
+        return sum(d.values()) if ok else None
+
+    for li, (d, L) in enumerate(zip(per_layer, layers)):
+        if isinstance(L, dict) and "instances" in L:
+            a.exact(f"engines.per_layer[{li}] (sum)", count(d), L["instances"], f"layer {li + 1}'s instances")
+    summed: dict = {}
+    for d in per_layer:
+        for k, v in d.items():
+            summed[k] = summed.get(k, 0) + (v if isinstance(v, int) else 0)
+    a.exact("engines.total", total, dict(sorted(summed.items())), "the sum of engines.per_layer")
+    a.exact("engines.total (sum)", count(total), rep.get("instances"), "instances")
+
+
 def _layer_errors(a: Audit, rep: dict, cert) -> None:
     for i, (L, C) in enumerate(zip(rep.get("layers") or [], cert.layers)):
         for key in ("max_weight_error", "max_bias_error"):
@@ -189,9 +230,11 @@ def _settings(a: Audit, run, cert, bound_checked: bool, eps_bound) -> None:
         for key in ("seed", "input_domain", "distribution", "C", "delta"):
             if key in cc:
                 a.exact(key, rep.get(key), cc[key], src)
-        for key in ("solver", "objective"):
-            if key in cfg:
-                a.exact(key, rep.get(key), cfg[key], src)
+        if "solver" in cfg:     # files written before 'auto' name the portfolio 'ortools'
+            a.exact("solver", _solver_name(rep.get("solver"), "engines" not in rep),
+                    _solver_name(cfg["solver"], "solver_names" not in cfg), src)
+        if "objective" in cfg:
+            a.exact("objective", rep.get("objective"), cfg["objective"], src)
         if isinstance(cfg.get("target_digest"), str) and run.target is not None:
             got = target_digest(run.target)
             if got != cfg["target_digest"]:

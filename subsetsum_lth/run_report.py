@@ -58,7 +58,7 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
         bad_list += examples
         kept_total += rep["kept_parameters"]
         rep["live_coefficients_max"] = int(inst.counts.max()) if len(inst) else 0
-        # subsets searched with more than 40 live coefficients: by fix-and-search (mitm, ortools)
+        # subsets searched beyond exact search's reach (40 live coefficients): by fix-and-search (auto)
         rep["beyond_exact_count"] = beyond[li]
         layer_reports.append(rep)
         for key in ("max_weight_error", "mean_weight_error", "max_bias_error", "kept_coefficients",
@@ -102,6 +102,8 @@ def build_report(target, config, construction, solved, layer_masks, layout, cert
         "infeasible_count": n_bad_total,
         "outside_tolerance_count": n_outside_total,
         "beyond_exact_count": int(sum(beyond)),
+        # which engine produced each instance's answer: {"total": {name: count}, "per_layer": [...]}
+        "engines": solved.engine_counts(),
         "infeasible_examples": bad_list,
         "rounds": solved.rounds,
         "layers": layer_reports,

@@ -98,6 +98,22 @@ def _finish(out: Path, report: dict, metrics: list[dict], store_name: str | None
     writer.finish()
 
 
+#: run_config.json "solver_names": 2 since the portfolio is called ``auto`` (``ortools`` is then
+#: OR-Tools only); a run_config.json without it was written when ``ortools`` named the portfolio
+SOLVER_NAMES = 2
+
+
+def upgrade_settings(old: dict) -> dict:
+    """The settings of a run_config.json as this version names them: a folder written before
+    ``auto`` existed (no "solver_names") resumes as the portfolio it ran, ``auto``."""
+    if not isinstance(old, dict) or "solver_names" in old:
+        return old
+    from subsetsum_lth.solvers.portfolio import LEGACY_NAMES
+    solver = old.get("solver")
+    return {**old, "solver": LEGACY_NAMES.get(solver, solver) if isinstance(solver, str) else solver,
+            "solver_names": SOLVER_NAMES}
+
+
 def continue_stage(out: Path, config, fingerprint: dict):
     """``config`` to use for ``out``: when ``out`` is the staging folder of an ``--overwrite``
     that failed (a full disk, Ctrl-C) with these very settings, ``--resume`` it (its finished
@@ -106,7 +122,8 @@ def continue_stage(out: Path, config, fingerprint: dict):
             and (out / "run_config.json").is_file()):
         return config
     try:
-        same = rf.read_json(out / "run_config.json") == json.loads(json.dumps(fingerprint, default=rf._json_default))
+        same = (upgrade_settings(rf.read_json(out / "run_config.json"))
+                == json.loads(json.dumps(fingerprint, default=rf._json_default)))
     except RunFolderError:
         return config
     return replace(config, resume=True, overwrite=False) if same else config
@@ -130,14 +147,17 @@ def prepare_folder(out: Path, config, fingerprint: dict,
         # a resumed run's settings are checked before anything in the folder changes
         cfg_path = out / "run_config.json"
         if config.resume and cfg_path.exists():
-            old = rf.read_json(cfg_path, fix="use --overwrite to start the run again, or another --out")
+            recorded = rf.read_json(cfg_path, fix="use --overwrite to start the run again, or another --out")
+            old = upgrade_settings(recorded)
             new = json.loads(json.dumps(fingerprint, default=rf._json_default))
             if "data" not in old:     # recorded before run_config.json held the data set
                 new.pop("data", None)
             if new != old:
+                renamed = old is not recorded and old.get("solver") != recorded.get("solver")
                 raise RunFolderError(f"--resume: the run in {out} was started with different settings "
                                      f"({'; '.join(_setting_diff(old, new))}); use the same options "
-                                     "or another --out")
+                                     "or another --out" + (" (its solver 'ortools' ran the routing called "
+                                                           "'auto' now, the default)" if renamed else ""))
         writer.make_store("partial")
     except BaseException:
         writer.close()

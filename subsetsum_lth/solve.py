@@ -1,4 +1,5 @@
-"""Solve many subset-sum instances: solver lookup, batching, executors, resume store.
+"""Solve many subset-sum instances: solver lookup, batching, executors (the resume store of
+finished batches is :mod:`subsetsum_lth.resume_store`).
 
 Instances are sorted by their number of live coefficients (exact backends cost ~2^{n/2}),
 cut into batches, and sent to an executor; results come back keyed by instance id, so the
@@ -8,13 +9,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
-import hashlib
 import logging
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +20,9 @@ from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.executors import Pool, _watch_parent, as_pool, make_pool  # noqa: F401
 from subsetsum_lth.progress import Bar, advance
-from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
+from subsetsum_lth.resume_store import (ResumeStore, _result_digest, batch_digest, batch_key,  # noqa: F401
+                                        stored_engines)
+from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status, row_engines
 from subsetsum_lth.solvers.registry import DEFAULT_SOLVER
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,6 @@ def solve_batch(solver: str, options: dict, batch: InstanceBatch) -> BatchResult
     """Worker entry point: one backend object per process, reused across batches."""
     from subsetsum_lth.solvers.registry import get_backend
 
-    _maybe_worker_fault()
     key = (solver, tuple(sorted(options.items())))
     backend = _BACKENDS.get(key)
     if backend is None:
@@ -138,162 +137,6 @@ def solve_batch(solver: str, options: dict, batch: InstanceBatch) -> BatchResult
     res = backend.solve(batch)
     res.seconds = time.perf_counter() - t0
     return res
-
-
-def batch_digest(solver: str, batch: InstanceBatch) -> str:
-    """sha256 of everything that decides a batch's answer: solver, objective, ids, targets,
-    coefficients, counts and tolerances (τ)."""
-    h = hashlib.sha256()
-    h.update(f"{solver}|{batch.objective}|".encode())
-    for a in (batch.ids, batch.targets, batch.coefficients, batch.counts, batch.tolerances):
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
-def batch_key(solver: str, batch: InstanceBatch) -> str:
-    return batch_digest(solver, batch)[:32]
-
-
-def _result_digest(ids, selections, status) -> str:
-    h = hashlib.sha256()
-    for a in (ids, selections, status):
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-class ResumeStore:
-    """Finished batches as .npz files in a folder; a batch is found again by a content hash of
-    its inputs, so resuming reuses exactly the work whose inputs are unchanged.
-
-    A stored batch only saves solver time, it never decides an answer: on load the hash of the
-    batch's inputs and a checksum of the stored result must match, every error is recomputed
-    from the stored selections, and a batch whose status claims contradict the recomputed errors
-    (within τ claimed but outside it, or INFEASIBLE claimed but within it) is discarded with a
-    warning and solved again. Instances stored as INFEASIBLE, TIMEOUT or ERROR (claims no stored
-    selection can prove) are solved again by :func:`solve_all`; only the instances within τ are
-    reused. Unreadable or malformed files are discarded."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, key: str) -> Path:
-        return self.folder / f"{key}.npz"
-
-    def get(self, key: str, batch: InstanceBatch, solver: str | None = None) -> BatchResult | None:
-        import stat as _stat
-        from subsetsum_lth.solvers.instances import recompute_errors
-        path = self._path(key)
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        if not _stat.S_ISREG(st.st_mode):
-            log.warning("ignoring %s: not a regular file; the batch is solved again", path)
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                ids, sel, status = z["ids"], z["selections"], z["status"]
-                stored_solver, seconds = str(z["solver"]), float(z["seconds"])
-                inputs, checksum = str(z["inputs_sha256"]), str(z["result_sha256"])
-        except Exception as exc:  # a corrupt, truncated or old-format partial file is recomputed, not trusted
-            log.warning("ignoring unreadable partial result %s (%s); the batch is solved again", path,
-                        str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
-            return None
-        want = batch_digest(solver or stored_solver, batch)
-        problem = None
-        if inputs != want or key != want[:32]:
-            problem = "its inputs hash does not match this batch (other targets, coefficients, τ, objective or solver)"
-        elif checksum != _result_digest(ids, sel, status):
-            problem = "its result checksum does not match (the file was changed)"
-        elif (ids.dtype != np.int64 or not np.array_equal(ids, batch.ids) or sel.dtype != np.bool_
-              or sel.shape != batch.coefficients.shape or status.dtype != np.int8 or status.shape != (len(batch),)
-              or not np.isin(status, [int(v) for v in Status]).all()):
-            problem = "its arrays do not have this batch's ids, shapes or types"
-        if problem is None:
-            sel = sel & batch.live_mask()
-            errors = recompute_errors(batch, sel)          # never the stored errors
-            slack = 1e-9 * (1.0 + np.abs(batch.targets) + np.abs(batch.coefficients).sum(axis=1))
-            within = errors <= batch.tolerances + slack
-            claimed_ok = (status == Status.OPTIMAL) | (status == Status.FEASIBLE)
-            bad = (claimed_ok & ~within) | ((status == Status.INFEASIBLE) & within)
-            if bad.any():
-                problem = (f"{int(bad.sum())} of its statuses contradict the errors recomputed from its "
-                           f"selections (e.g. recomputed error {errors[bad][0]:.3g}, τ {batch.tolerances[bad][0]:.3g})")
-        if problem is not None:
-            log.warning("discarding stored batch %s: %s; solving it again", path.name, problem)
-            return None
-        return BatchResult(ids.copy(), sel, errors, status.copy(), stored_solver, seconds)
-
-    def put(self, key: str, res: BatchResult, batch: InstanceBatch | None = None,
-            solver: str | None = None) -> None:
-        import io
-        from subsetsum_lth.runfolder import _atomic_write_bytes
-        ids = np.ascontiguousarray(res.ids, dtype=np.int64)
-        sel = np.ascontiguousarray(res.selections, dtype=bool)
-        status = np.ascontiguousarray(res.status, dtype=np.int8)
-        inputs = batch_digest(solver or res.solver, batch) if batch is not None else ""
-        buf = io.BytesIO()
-        np.savez(buf, ids=ids, selections=sel, errors=res.errors, status=status,
-                 solver=np.array(res.solver), seconds=np.array(res.seconds),
-                 inputs_sha256=np.array(inputs), result_sha256=np.array(_result_digest(ids, sel, status)))
-        _atomic_write_bytes(self._path(key), buf.getvalue())
-
-        _maybe_inject_fault()
-
-    def count(self) -> int:
-        return len(list(self.folder.glob("*.npz")))
-
-
-FAULT_ENV = "SUBSETSUM_LTH_FAULT_AFTER_BATCHES"
-_puts = 0
-
-
-def _maybe_inject_fault() -> None:
-    """Test-only fault injection: with $SUBSETSUM_LTH_FAULT_AFTER_BATCHES=N the process dies
-    abruptly (as under kill -9) right after the N-th finished batch was stored; with ``N:SIGNAME``
-    (e.g. ``3:SIGTERM``) it sends itself that signal once instead."""
-    global _puts
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    limit, _, signame = spec.partition(":")
-    _puts += 1
-    if signame and _puts == int(limit):
-        import signal
-        os.kill(os.getpid(), getattr(signal, signame))
-    elif not signame and _puts >= int(limit):
-        log.error("fault injection: killing this process after %d stored batches", _puts)
-        os._exit(137)
-
-
-WORKER_FAULT_ENV = "SUBSETSUM_LTH_WORKER_FAULT"
-_worker_batches = 0
-
-
-def _maybe_worker_fault() -> None:
-    """Test-only fault injection in a worker: ``$SUBSETSUM_LTH_WORKER_FAULT=MODE:N:MARKER`` makes
-    the worker that starts its N-th batch die abruptly (MODE ``kill``, as under kill -9) or hang
-    (MODE ``hang``), exactly once over all workers: the first to create the file MARKER does it.
-    Never fires in the parent process (in-process solving)."""
-    global _worker_batches
-    spec = os.environ.get(WORKER_FAULT_ENV)
-    if not spec or mp.parent_process() is None:
-        return
-    _worker_batches += 1
-    mode, n, marker = spec.split(":", 2)
-    if _worker_batches != int(n):
-        return
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    if mode == "kill":
-        os._exit(137)
-    elif mode == "hang":
-        time.sleep(3600)
 
 
 def _failed(sub: InstanceBatch, solver: str, reason: str) -> BatchResult:
@@ -319,7 +162,7 @@ def fallback_order() -> list[str]:
 
 def fallback_solver(solver: str, objective: str, max_count: int) -> str | None:
     """Another exact backend for instances the first one could not finish (TIMEOUT/ERROR): the
-    first of :func:`fallback_order` (mitm, then ortools) that is exact, takes the objective, fits
+    first of :func:`fallback_order` (mitm, auto, then ortools) that is exact, takes the objective, fits
     every instance (``max_n``) and is available; None if there is none."""
     from subsetsum_lth.solvers.registry import get_backend_class
 
@@ -459,11 +302,165 @@ def _drive_pool(pool: Pool, todo, solver, options, config: SolveConfig, done, si
                     pool.recover()
 
 
+class _Answer:
+    """The answer :func:`solve_all` assembles, row-aligned with its batch: every batch result
+    (a solved, a stored or a failed batch) is written into its rows, the engine of each row
+    with it, so a re-solve (fallback) overwrites what the first solve left."""
+
+    def __init__(self, batch: InstanceBatch):
+        k = len(batch)
+        self.selections = np.zeros((k, batch.width), dtype=bool)
+        self.errors = np.full(k, np.inf)
+        self.status = np.full(k, int(Status.ERROR), dtype=np.int8)
+        self.engines = np.full(k, "", dtype=object)
+        self.messages: dict = {}
+
+    def put(self, rows: np.ndarray, res: BatchResult) -> None:
+        w = res.selections.shape[1]
+        self.selections[rows] = False
+        self.selections[rows, :w] = res.selections
+        self.errors[rows] = res.errors
+        self.status[rows] = res.status
+        self.engines[rows] = row_engines(res)
+        self.messages.update(res.messages)
+
+    def failed_rows(self) -> np.ndarray:
+        return np.flatnonzero((self.status == Status.ERROR) | (self.status == Status.TIMEOUT))
+
+    def result(self, batch: InstanceBatch, solver: str, seconds: float) -> BatchResult:
+        engines = np.where(self.engines == "", solver, self.engines).astype(str)
+        return BatchResult(batch.ids.copy(), self.selections, self.errors, self.status, solver, seconds,
+                           self.messages, engines)
+
+
+class _Driver:
+    """One :func:`solve_all` call: its batch, settings, resume store and pool (started on first
+    need when the caller gave none, and then closed or aborted here)."""
+
+    def __init__(self, batch: InstanceBatch, config: SolveConfig, store: ResumeStore | None, executor):
+        self.batch, self.config, self.store = batch, config, store
+        self.pool = None if executor is None else as_pool(executor)
+        self.own = False
+        self.answer = _Answer(batch)
+
+    def items(self, solver: str, rows_in: np.ndarray, size: int) -> list[_Item]:
+        """``rows_in`` in batches of ``size``, each cut to its widest instance."""
+        out = []
+        for start in range(0, len(rows_in), size):
+            rows = rows_in[start:start + size]
+            sub = self.batch.take(rows)
+            width = int(sub.counts.max()) if len(sub) else 0
+            sub = InstanceBatch(sub.ids, sub.targets, sub.coefficients[:, :width], sub.counts,
+                                sub.tolerances, sub.objective)
+            out.append(_Item(rows, sub, batch_key(solver, sub) if self.store else None))
+        return out
+
+    def reuse_stored(self, solver: str, todo: list[_Item], size: int, done) -> list[_Item]:
+        """Take the batches of ``todo`` the resume store holds; returns the batches left to solve
+        (those not stored, and the stored instances no selection proves, solved again)."""
+        store = self.store
+        if not store:
+            return todo
+        left, reused, again = [], 0, []
+        for it in todo:
+            cached = store.get(it.key, it.sub, solver)
+            if cached is None:
+                left.append(it)
+                continue
+            reused += 1
+            # "no subset within τ", a timeout or an error cannot be checked from the stored
+            # selections: never believed, those instances are solved again
+            ok = (cached.status == Status.OPTIMAL) | (cached.status == Status.FEASIBLE)
+            if ok.all():
+                done(it, cached, False)
+                continue
+            if ok.any():
+                done(_Item(it.rows[ok], it.sub.take(np.flatnonzero(ok)), None),
+                     BatchResult(cached.ids[ok], cached.selections[ok], cached.errors[ok], cached.status[ok],
+                                 cached.solver, cached.seconds, {}, row_engines(cached)[ok]), False)
+            again.append(it.rows[~ok])
+        if again:
+            rows = np.concatenate(again)
+            log.warning("resume: %d stored instances claimed infeasible, timed out or failed are solved "
+                        "again (no stored selection proves such a claim)", rows.size)
+            left.extend(self.items(solver, rows, size))
+        if reused:
+            log.info("resume: %d of %d batches already solved", reused, len(todo))
+        return left
+
+    def run(self, solver: str, rows_all: np.ndarray, progress) -> None:
+        """Solve the rows ``rows_all`` of the batch with ``solver`` into ``self.answer``."""
+        config, batch = self.config, self.batch
+        sub_all = batch if len(rows_all) == len(batch) else batch.take(rows_all)
+        order = rows_all[np.argsort(sub_all.counts, kind="stable")]
+        size = config.resolved_batch() if solver == config.solver else default_batch(solver)
+
+        def done(it: _Item, res: BatchResult, solved: bool) -> None:
+            if solved and self.store:
+                self.store.put(it.key, res, it.sub, solver)
+            self.answer.put(it.rows, res)
+            advance(progress, len(it.rows))
+
+        left = self.reuse_stored(solver, self.items(solver, order, size), size, done)
+        if not left:
+            return
+        # every backend that takes a time limit gets one, so no instance runs for ever
+        # (at most limits.MAX_INSTANCE_SECONDS: an absurd --time-limit is capped, with a note)
+        options = {"time_limit": limits.instance_time_limit(config.time_limit, note=True)}
+        # a pool the caller gave is used, unless the backend never runs in one
+        given = self.pool is not None and backend_fact(solver, "uses_pool")
+        if not given and in_process(config, solver, len(left)):
+            _run_in_process(left, solver, options, done)
+            return
+        if self.pool is None:
+            workers = config.resolved_workers()
+            n = min(workers, len(left)) if config.executor == "process" else workers
+            self.pool = make_pool(config.executor, n, config.scheduler)
+            self.own = True
+        _run_in_pool(self.pool, left, solver, options, config, done)
+
+    def fall_back(self) -> None:
+        """Solve the TIMEOUT/ERROR rows again with another exact backend (:func:`fallback_solver`);
+        a row that fails again keeps both messages."""
+        config, batch, answer = self.config, self.batch, self.answer
+        bad = answer.failed_rows()
+        if not (bad.size and config.fallback):
+            return
+        fb = fallback_solver(config.solver, batch.objective, int(batch.counts[bad].max()))
+        messages, status = answer.messages, answer.status
+        first = {int(batch.ids[i]): messages.get(int(batch.ids[i]), Status(int(status[i])).name) for i in bad}
+        if fb is None:
+            log.error("%d instances failed with %s and no other exact backend can take them",
+                      bad.size, config.solver)
+            return
+        log.warning("%d instances ended TIMEOUT/ERROR with %s; solving them again with %s",
+                    bad.size, config.solver, fb)
+        for i in bad:
+            messages.pop(int(batch.ids[i]), None)
+        self.run(fb, bad, None)
+        still = bad[(status[bad] == Status.ERROR) | (status[bad] == Status.TIMEOUT)]
+        for i in still:
+            key = int(batch.ids[i])
+            messages[key] = f"{first[key]}; then {messages.get(key, Status(int(status[i])).name)}"
+        log.warning("fallback %s: %d of %d instances recovered", fb, bad.size - still.size, bad.size)
+
+    def close(self, failed: bool) -> None:
+        """Stop the pool this call started: abort it (interrupted or failed: do not wait for the
+        workers) or close it."""
+        if self.own and self.pool is not None:
+            self.own = False
+            if failed:
+                self.pool.abort()
+            else:
+                self.pool.close()
+
+
 def solve_all(batch: InstanceBatch, config: SolveConfig,
               on_progress: Bar | None = None,
               store: ResumeStore | None = None,
               executor: cf.Executor | Pool | None = None) -> BatchResult:
-    """Solve every instance of ``batch``; returns one BatchResult row-aligned with ``batch``.
+    """Solve every instance of ``batch``; returns one BatchResult row-aligned with ``batch``,
+    with the engine that produced each row (``engines``).
 
     Instances a backend reports as TIMEOUT or ERROR (or whose batch failed ``config.retries`` + 1
     times) are solved again by another exact backend (:func:`fallback_solver`) when
@@ -477,117 +474,16 @@ def solve_all(batch: InstanceBatch, config: SolveConfig,
         executor: any concurrent.futures.Executor, or a :class:`subsetsum_lth.executors.Pool`
             (overrides ``config.workers`` and ``config.executor``); not closed here.
     """
-    k = len(batch)
-    selections = np.zeros((k, batch.width), dtype=bool)
-    errors = np.full(k, np.inf)
-    status = np.full(k, int(Status.ERROR), dtype=np.int8)
-    messages: dict = {}
-    if k == 0:
-        return BatchResult(batch.ids, selections, errors, status, config.solver, 0.0, messages)
     t0 = time.perf_counter()
-    workers = config.resolved_workers()
-    pool = None if executor is None else as_pool(executor)
-    own = False
+    driver = _Driver(batch, config, store, executor)
+    if len(batch) == 0:
+        return driver.answer.result(batch, config.solver, 0.0)
+    config.resolved_workers()          # a bad --workers fails before anything runs
     try:
-        def run(solver: str, rows_all: np.ndarray, progress) -> None:
-            nonlocal pool, own
-            sub_all = batch if len(rows_all) == k else batch.take(rows_all)
-            order = rows_all[np.argsort(sub_all.counts, kind="stable")]
-            size = config.resolved_batch() if solver == config.solver else default_batch(solver)
-            def items(rows_in: np.ndarray) -> list[_Item]:
-                """``rows_in`` in batches of ``size``, each cut to its widest instance."""
-                out = []
-                for start in range(0, len(rows_in), size):
-                    rows = rows_in[start:start + size]
-                    sub = batch.take(rows)
-                    width = int(sub.counts.max()) if len(sub) else 0
-                    sub = InstanceBatch(sub.ids, sub.targets, sub.coefficients[:, :width], sub.counts,
-                                        sub.tolerances, sub.objective)
-                    out.append(_Item(rows, sub, batch_key(solver, sub) if store else None))
-                return out
-
-            todo = items(order)
-
-            def done(it: _Item, res: BatchResult, solved: bool) -> None:
-                if solved and store:
-                    store.put(it.key, res, it.sub, solver)
-                w = res.selections.shape[1]
-                selections[it.rows] = False
-                selections[it.rows, :w] = res.selections
-                errors[it.rows] = res.errors
-                status[it.rows] = res.status
-                messages.update(res.messages)
-                advance(progress, len(it.rows))
-
-            left, reused, again = [], 0, []
-            for it in todo:
-                cached = store.get(it.key, it.sub, solver) if store else None
-                if cached is None:
-                    left.append(it)
-                    continue
-                reused += 1
-                # "no subset within τ", a timeout or an error cannot be checked from the stored
-                # selections: never believed, those instances are solved again
-                ok = (cached.status == Status.OPTIMAL) | (cached.status == Status.FEASIBLE)
-                if ok.all():
-                    done(it, cached, False)
-                    continue
-                if ok.any():
-                    done(_Item(it.rows[ok], it.sub.take(np.flatnonzero(ok)), None),
-                         BatchResult(cached.ids[ok], cached.selections[ok], cached.errors[ok], cached.status[ok],
-                                     cached.solver, cached.seconds), False)
-                again.append(it.rows[~ok])
-            if again:
-                rows = np.concatenate(again)
-                log.warning("resume: %d stored instances claimed infeasible, timed out or failed are solved "
-                            "again (no stored selection proves such a claim)", rows.size)
-                left.extend(items(rows))
-            if store and reused:
-                log.info("resume: %d of %d batches already solved", reused, len(todo))
-            if not left:
-                return
-            # every backend that takes a time limit gets one, so no instance runs for ever
-            # (at most limits.MAX_INSTANCE_SECONDS: an absurd --time-limit is capped, with a note)
-            from subsetsum_lth.limits import instance_time_limit
-            options = {"time_limit": instance_time_limit(config.time_limit, note=True)}
-            # a pool the caller gave is used, unless the backend never runs in one
-            given = pool is not None and backend_fact(solver, "uses_pool")
-            if not given and in_process(config, solver, len(left)):
-                _run_in_process(left, solver, options, done)
-                return
-            if pool is None:
-                n = min(workers, len(left)) if config.executor == "process" else workers
-                pool = make_pool(config.executor, n, config.scheduler)
-                own = True
-            _run_in_pool(pool, left, solver, options, config, done)
-
-        run(config.solver, np.arange(k), on_progress)
-        bad = np.flatnonzero((status == Status.ERROR) | (status == Status.TIMEOUT))
-        if bad.size and config.fallback:
-            fb = fallback_solver(config.solver, batch.objective, int(batch.counts[bad].max()))
-            first = {int(batch.ids[i]): messages.get(int(batch.ids[i]), Status(int(status[i])).name)
-                     for i in bad}
-            if fb is None:
-                log.error("%d instances failed with %s and no other exact backend can take them",
-                          bad.size, config.solver)
-            else:
-                log.warning("%d instances ended TIMEOUT/ERROR with %s; solving them again with %s",
-                            bad.size, config.solver, fb)
-                for i in bad:
-                    messages.pop(int(batch.ids[i]), None)
-                run(fb, bad, None)
-                still = bad[(status[bad] == Status.ERROR) | (status[bad] == Status.TIMEOUT)]
-                for i in still:
-                    key = int(batch.ids[i])
-                    messages[key] = f"{first[key]}; then {messages.get(key, Status(int(status[i])).name)}"
-                log.warning("fallback %s: %d of %d instances recovered", fb, bad.size - still.size, bad.size)
+        driver.run(config.solver, np.arange(len(batch)), on_progress)
+        driver.fall_back()
     except BaseException:
-        if own and pool is not None:   # interrupted or failed: stop the workers, do not wait for them
-            own = False
-            pool.abort()
+        driver.close(failed=True)
         raise
-    finally:
-        if own and pool is not None:
-            pool.close()
-    return BatchResult(batch.ids.copy(), selections, errors, status, config.solver,
-                       time.perf_counter() - t0, messages)
+    driver.close(failed=False)
+    return driver.answer.result(batch, config.solver, time.perf_counter() - t0)

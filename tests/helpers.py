@@ -8,6 +8,30 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
+#: tests/faults: its sitecustomize.py injects the faults below into every Python process started
+#: with it on PYTHONPATH (the package itself holds no fault injection)
+FAULTS = Path(__file__).resolve().parent / "faults"
+#: the process dies (137) after N stored batches, or sends itself a signal: "N" or "N:SIGNAME"
+FAULT_ENV = "SUBSETSUM_LTH_FAULT_AFTER_BATCHES"
+#: a worker dies or hangs at its N-th batch, once over all workers: "kill|hang:N:MARKER"
+WORKER_FAULT_ENV = "SUBSETSUM_LTH_WORKER_FAULT"
+
+
+def fault_env(env: dict | None = None, **faults) -> dict:
+    """``env`` (default: os.environ) with ``faults`` set and tests/faults first on PYTHONPATH, for
+    a subprocess (and the workers it starts) that should run with fault injection."""
+    env = dict(os.environ if env is None else env, **faults)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(FAULTS), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def install_faults(monkeypatch, **faults) -> None:
+    """Fault injection for the worker processes this test process starts (spawned ones read
+    PYTHONPATH): ``faults`` set in the environment and tests/faults on PYTHONPATH."""
+    for k, v in fault_env(dict(os.environ), **faults).items():
+        if os.environ.get(k) != v:
+            monkeypatch.setenv(k, v)
+
 
 def rebuild_g(run: Path) -> torch.nn.Sequential:
     """ĝ = Sequential(Linear, ReLU, ..., Linear) with every tensor times its mask, from the two
@@ -95,4 +119,4 @@ def subprocess_env(**extra) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
                MPLBACKEND="Agg")
     env.update(extra)
-    return env
+    return fault_env(env) if FAULT_ENV in extra or WORKER_FAULT_ENV in extra else env

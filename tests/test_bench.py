@@ -112,19 +112,19 @@ def test_bench_approximate_width_is_passed_on(tmp_path, capsys):
 
 
 def test_bench_solvers_beyond_exact_search_several_sizes_and_options(capsys):
-    """`--n 48,64` times the default ortools backend (fix-and-search beyond n = 40) and its knapsack
-    B&B (`ortools[fixsearch=false]`, under --time-limit) on the same instances, in one command."""
-    rows = _bench_json(capsys, "--n", "48,64", "--count", "6", "--solvers", "ortools,ortools[fixsearch=false]",
+    """`--n 48,64` times the default auto backend (fix-and-search beyond n = 40) and its knapsack
+    B&B (`auto[fixsearch=false]`, under --time-limit) on the same instances, in one command."""
+    rows = _bench_json(capsys, "--n", "48,64", "--count", "6", "--solvers", "auto,auto[fixsearch=false]",
                        "--baseline-count", "1", "--time-budget", "1", "--time-limit", "0.2", "--clock", "cpu")
     got = {(r["backend"], r["n"]) for r in rows}
-    assert got == {(b, n) for b in ("ortools", "ortools[fixsearch=false]", "cpsat") for n in (48, 64)}
+    assert got == {(b, n) for b in ("auto", "auto[fixsearch=false]", "cpsat") for n in (48, 64)}
     for r in rows:
-        if r["backend"] == "ortools":
+        if r["backend"] == "auto":
             assert r["instances"] == 6 and r["optimal"] == 6 and r["instances_per_second"] > 0, r
-    code = main(["bench", "solvers", "--n", "48", "--count", "2", "--solvers", "ortools,ortools[fixsearch=false;"
+    code = main(["bench", "solvers", "--n", "48", "--count", "2", "--solvers", "auto,auto[fixsearch=false;"
                  "time_limit=0.1]", "--baseline-count", "1", "--time-limit", "0.1"])
     out = capsys.readouterr().out
-    assert code == 0 and "ortools[fixsearch=false,time_limit=0.1]" in out and "within τ" in out
+    assert code == 0 and "auto[fixsearch=false,time_limit=0.1]" in out and "within τ" in out
 
 
 @pytest.mark.parametrize("spec,words", [

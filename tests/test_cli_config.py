@@ -204,7 +204,9 @@ def test_the_default_solver_is_one_constant():
     # "solver: str = 'ortools'", "default='ortools'", "DEFAULT_SOLVER = 'ortools'" (not a backend's own name)
     pattern = re.compile(r"(?:solver|default)\w*\s*(?::[^=\n]*)?=\s*[\"']" + re.escape(DEFAULT_SOLVER) + "[\"']",
                          re.IGNORECASE)
-    written = sorted(f"{p.name}:{m.group(0)}" for p in files for m in pattern.finditer(p.read_text()))
+    # (on lines about the solver: other options default to "auto" too, e.g. --device)
+    written = sorted(f"{p.name}:{m.group(0)}" for p in files for line in p.read_text().splitlines()
+                     if "solver" in line.lower() for m in pattern.finditer(line))
     assert written == [f'registry.py:DEFAULT_SOLVER = "{DEFAULT_SOLVER}"'], written
 
 

@@ -7,8 +7,9 @@ import pytest
 
 from subsetsum_lth.cli import main
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
-from subsetsum_lth.solve import WORKER_FAULT_ENV, SolveConfig, solve_all
+from subsetsum_lth.solve import SolveConfig, solve_all
 from subsetsum_lth.target import random_target, save_target
+from tests.helpers import WORKER_FAULT_ENV, install_faults
 
 ARGS = ["--solver", "mitm", "--weight-eps", "0.01", "--batch-size", "64", "--no-progress", "--no-plots",
         "--samples", "16", "--steps", "5", "--seed", "2"]
@@ -39,8 +40,7 @@ def dask_cluster():
 
 def _run(target, out, *extra, env=None, monkeypatch=None):
     if env:
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
+        install_faults(monkeypatch, **env)
     rc = main(["approximate", "--target", str(target), "--out", str(out), *ARGS, *extra])
     assert rc == 0
     return (out / "masks.safetensors").read_bytes()
@@ -99,7 +99,7 @@ def _batch(k=40, n=14, seed=0):
 
 
 def test_hung_batch_reported_failed_without_retries(tmp_path, monkeypatch):
-    monkeypatch.setenv(WORKER_FAULT_ENV, f"hang:1:{tmp_path / 'fired'}")
+    install_faults(monkeypatch, **{WORKER_FAULT_ENV: f"hang:1:{tmp_path / 'fired'}"})
     b = _batch()
     res = solve_all(b, SolveConfig(solver="mitm", workers=1, batch_size=20, batch_timeout=1.5, retries=0,
                                    fallback=False))
@@ -169,9 +169,10 @@ def test_driver_reads_batch_size_and_fallback_order_from_the_backends(monkeypatc
         assert default_batch(name) == registry.get_backend_class(name).default_batch
         assert SolveConfig(solver=name).resolved_batch() == default_batch(name)
     assert SolveConfig(solver="mitm", batch_size=7).resolved_batch() == 7
-    assert fallback_order() == ["mitm", "ortools"]
-    assert fallback_solver("mitm", "error", 40) == "ortools"      # mitm tried first, unless it is the one that failed
-    assert fallback_solver("ortools", "error", 40) is None        # beyond mitm's max_n: nothing else ranks
+    assert fallback_order() == ["mitm", "auto", "ortools"]
+    assert fallback_solver("mitm", "error", 40) == "auto"         # mitm tried first, unless it is the one that failed
+    assert fallback_solver("auto", "error", 40) == "mitm"         # mitm's reach is 40, as it enumerates
+    assert fallback_solver("auto", "error", 41) == "ortools"      # beyond mitm's reach
     assert fallback_solver("ortools", "error", 20) == "mitm"
 
     class First(MeetInTheMiddleSolver):
@@ -180,7 +181,7 @@ def test_driver_reads_batch_size_and_fallback_order_from_the_backends(monkeypatc
         default_batch = 3
     monkeypatch.setitem(registry._extra, "first", First)
     monkeypatch.setitem(registry._extra, "broken", _Broken)      # duck-typed: no attributes
-    assert fallback_order() == ["first", "mitm", "ortools"]
+    assert fallback_order() == ["first", "mitm", "auto", "ortools"]
     assert fallback_solver("broken", "error", 20) == "first"
     assert default_batch("first") == 3 and default_batch("broken") == SolverBackend.default_batch
     got = solve_all(_batch(), SolveConfig(solver="broken", workers=1))

@@ -132,7 +132,7 @@ def test_zero_ascent_steps_is_allowed(tiny, tmp_path):
 # ------------------------------------------------------------------ bounded fallback
 
 def test_fallback_beyond_exact_search_is_time_limited():
-    """mitm refuses n > 34; its fallback (ortools) gets the per-instance time limit for n > 40,
+    """mitm refuses n > 40 (its reach); its fallback (auto) gets the per-instance time limit for n > 40,
     so instances of 60 live coefficients end TIMEOUT in bounded time instead of running on."""
     from subsetsum_lth.solvers.instances import InstanceBatch, Status
     from subsetsum_lth.solve import SolveConfig, solve_all
@@ -142,7 +142,7 @@ def test_fallback_beyond_exact_search_is_time_limited():
     res = solve_all(b, SolveConfig(solver="mitm", workers=1, time_limit=0.5))
     assert time.monotonic() - t0 < 15
     assert set(res.status.tolist()) <= {int(Status.TIMEOUT), int(Status.FEASIBLE)}
-    assert all("exceeds max_n" in res.messages[i] for i in (0, 1) if res.status[i] == Status.TIMEOUT)
+    assert all("beyond its reach n <= 40" in res.messages[i] for i in (0, 1) if res.status[i] == Status.TIMEOUT)
 
 
 # ------------------------------------------------------------------ workers capped at cores
@@ -238,7 +238,7 @@ def test_sigterm_keeps_finished_batches_then_resume(sig_target, sig_reference, t
     """SIGTERM (sent by the fault hook right after the 3rd stored batch) unwinds like Ctrl-C:
     exit 143, one line, the finished batches stay in partial/; --resume completes with masks
     byte-identical to an uninterrupted run."""
-    from subsetsum_lth.solve import FAULT_ENV
+    from tests.helpers import FAULT_ENV
     out = tmp_path / "run"
     rc, _, err, _ = _cli("approximate", "--target", sig_target, "--out", out, *SIG_ARGS, "--workers", workers,
                          **{FAULT_ENV: "3:SIGTERM"})

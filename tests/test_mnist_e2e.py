@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from subsetsum_lth.cli import main
+from tests.helpers import FAULT_ENV, fault_env
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_resume_after_kill_gives_identical_masks(small_mnist_target, mnist_dir, 
     full = tmp_path / "full"
     assert _cli(*args, "--out", str(full)).returncode == 0
     cut = tmp_path / "cut"
-    killed = _cli(*args, "--out", str(cut), env={"SUBSETSUM_LTH_FAULT_AFTER_BATCHES": "4"})
+    killed = _cli(*args, "--out", str(cut), env=fault_env(None, **{FAULT_ENV: "4"}))
     assert killed.returncode == 137, killed.stderr
     partial = list((cut / "partial").glob("*.npz"))
     assert len(partial) == 4 and not (cut / "masks.safetensors").exists()

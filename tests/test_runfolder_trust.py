@@ -20,6 +20,7 @@ from subsetsum_lth import cli
 from subsetsum_lth.errors import RunFolderError
 from subsetsum_lth.target import Target, Layer, random_target, save_target
 from tests.helpers import rebuild_g
+from tests.helpers import FAULT_ENV, fault_env
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--workers", "1", "--no-plots", "--no-progress", "--solver", "mitm"]
@@ -28,7 +29,7 @@ FAST = ["--workers", "1", "--no-plots", "--no-progress", "--solver", "mitm"]
 def _env(**extra):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
     env.update(extra)
-    return env
+    return fault_env(env) if FAULT_ENV in extra else env
 
 
 def _sub(*args, timeout=120, **env):

@@ -18,15 +18,15 @@ from subsetsum_lth.solvers.instances import InstanceBatch, Status
 
 BACKENDS = list_backends()
 #: option variants that run the same conformance tests as the backends: name -> (backend,
-#: options). The ortools backend sends error/feasible instances to mitm by default; its
-#: knapsack branch-and-bound path (opt-in, ``knapsack_max_n``) is checked here.
-VARIANTS = {"ortools[knapsack_max_n=12]": ("ortools", {"knapsack_max_n": 12}),
+#: options). The auto portfolio sends error/feasible instances to mitm; its knapsack
+#: branch-and-bound path (opt-in, ``knapsack_max_n``; all of ``ortools``) is checked here.
+VARIANTS = {"auto[knapsack_max_n=12]": ("auto", {"knapsack_max_n": 12}),
             # the fix-and-search path (beyond exact search, n > 40 by default) on rows brute
             # force can check: rows of more than 5 live coefficients fix all but 3 of them
-            "ortools[fixsearch]": ("ortools", {"exact_max_n": 5, "fixsearch_free": 3})}
+            "auto[fixsearch]": ("auto", {"exact_max_n": 5, "fixsearch_free": 3})}
 #: variants whose 'error' answers may be FEASIBLE (within τ, optimality not proved) instead of
 #: OPTIMAL; where they claim OPTIMAL or INFEASIBLE the error must still be the exact optimum
-NOT_PROVED = {"ortools[fixsearch]"}
+NOT_PROVED = {"auto[fixsearch]"}
 CONFORMANCE = BACKENDS + list(VARIANTS)
 #: slow backends (one model per instance) get fewer hypothesis examples
 SLOW = {"cpsat", "gurobi"}
@@ -214,7 +214,7 @@ def _run(name, objective, targets, coef, counts, taus):
 # ----------------------------------------------------------------------------- tests
 
 def test_registry_lists_builtins():
-    assert {"mitm", "ortools", "cpsat", "gurobi"} <= set(BACKENDS)
+    assert {"auto", "mitm", "ortools", "cpsat", "gurobi"} <= set(BACKENDS)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -552,9 +552,10 @@ def test_torch_mitm_cuda_matches_cpu():
         check_common(batch, res)
 
 
-def test_ortools_routing_knapsack_only_on_request(monkeypatch):
-    """ortools sends error/feasible rows mitm reaches (<= 40 live coefficients) to mitm, not to
-    the knapsack B&B; ``knapsack_max_n=12`` still sends rows of <= 12 to the knapsack."""
+def test_auto_routing_knapsack_only_on_request(monkeypatch):
+    """auto sends error/feasible rows mitm reaches (<= 40 live coefficients) to mitm, not to
+    the knapsack B&B; ``knapsack_max_n=12`` still sends rows of <= 12 to the knapsack; ortools
+    (OR-Tools only) sends every row to the knapsack. Each row records the engine that answered."""
     _backend("ortools")
     from subsetsum_lth.solvers import ortools_knapsack
     calls = []
@@ -568,14 +569,22 @@ def test_ortools_routing_knapsack_only_on_request(monkeypatch):
     targets, coef, counts = _seeded(11, 40, [4, 8, 12, 20])
     for objective in ("error", "feasible"):
         batch = _make(targets, coef, counts, np.full(40, 0.01), objective)
-        default = get_backend("ortools").solve(batch)
+        default = get_backend("auto").solve(batch)
         assert calls == []
         check_common(batch, default)
-        opt_in = get_backend("ortools", knapsack_max_n=12).solve(batch)
+        assert set(default.engines) == {"mitm"}
+        opt_in = get_backend("auto", knapsack_max_n=12).solve(batch)
         assert sorted(set(calls)) == [4, 8, 12]          # n = 20 still goes to mitm
+        assert set(opt_in.engines[counts > 12]) == {"mitm"}
         calls.clear()
         np.testing.assert_array_equal(opt_in.status, default.status)
         np.testing.assert_allclose(opt_in.errors, default.errors, rtol=0, atol=TOL)
+        only = get_backend("ortools").solve(batch)
+        assert sorted(set(calls)) == [4, 8, 12, 20]      # OR-Tools only: every row
+        calls.clear()
+        np.testing.assert_array_equal(only.status, default.status)
+        # a row OR-Tools did not prove (or settled within rounding of τ) is mitm's, and says so
+        assert set(only.engines) <= {"ortools", "mitm"} and "ortools" in set(only.engines)
 
 
 # ----------------------------------------------------------------------------- fix-and-search
@@ -637,7 +646,7 @@ def test_fixsearch_selections_do_not_depend_on_batching():
 
 @pytest.mark.parametrize("n", [48, 64, 96])
 @pytest.mark.parametrize("objective", ["error", "feasible"])
-def test_ortools_beyond_exact_search_answers_within_tau(monkeypatch, n, objective):
+def test_auto_beyond_exact_search_answers_within_tau(monkeypatch, n, objective):
     """Beyond n = 40 the default backend answers by fix-and-search: construction-shaped weight
     rows and large biases within τ (errors recomputed in float64), targets beyond the range of the
     subset sums proved, and no row left to the time-limited knapsack B&B."""
@@ -649,9 +658,10 @@ def test_ortools_beyond_exact_search_answers_within_tau(monkeypatch, n, objectiv
     tb, cb = _bias_like(n + 1, 10, n, -9.0, -3.7)
     t, c = np.concatenate([tw, tb]), np.concatenate([cw, cb])
     batch = _make(t, c, np.full(20, n), np.full(20, 0.01), objective)
-    res = get_backend("ortools").solve(batch)
+    res = get_backend("auto").solve(batch)
     check_common(batch, res)
     assert calls == []
+    assert set(res.engines) == {"fixsearch"}
     lo = np.minimum(c, 0).sum(axis=1)
     for i in range(20):
         st_i = Status(int(res.status[i]))

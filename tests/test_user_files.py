@@ -19,6 +19,7 @@ import pytest
 from subsetsum_lth import manifest
 from subsetsum_lth.cli import main
 from subsetsum_lth.target import random_target, save_target
+from tests.helpers import FAULT_ENV, fault_env
 
 QUICK = ["--solver", "mitm", "--block-width", "12", "--no-progress", "--samples", "16", "--steps", "5",
          "--workers", "1", "--input-domain", "signed", "--weight-eps", "0.05", "--allow-infeasible"]
@@ -349,7 +350,7 @@ def test_resume_after_sigkill_removes_the_tools_temporaries_only(tmp_path, capsy
     save_target(random_target([12, 16, 4], bias=True, seed=2), big)
     out = tmp_path / "run"
     args = ["approximate", "--target", str(big), "--out", str(out), *QUICK, "--batch-size", "20", "--no-plots"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), SUBSETSUM_LTH_FAULT_AFTER_BATCHES="2")
+    env = fault_env(dict(os.environ, PYTHONPATH=str(ROOT)), **{FAULT_ENV: "2"})
     p = subprocess.run([sys.executable, "-m", "subsetsum_lth", *args], env=env, capture_output=True)
     assert p.returncode == 137, p.stderr[-500:]               # died as under kill -9
     assert (out / "partial" / ".subsetsum-lth-store").exists() and (out / manifest.LOCK).exists()

@@ -389,6 +389,10 @@ def _summary(r: dict, out: Path) -> None:
         print(f"input preprocessing {pp['declared']} folded into layer 1: the target takes pixels/255 in [0, 1]")
     mode = f"ε={r['eps']:g} (network)" if r["mode"] == "network" else f"τ={r['weight_eps']:g} per weight"
     print(f"solver {r['solver']} / objective {r['objective']}, {mode}, seed {r['seed']}")
+    engines = (r.get("engines") or {}).get("total")
+    if engines:
+        print("engines: " + " · ".join(f"{name} {n:,}" for name, n in
+                                       sorted(engines.items(), key=lambda kv: (-kv[1], kv[0]))))
     for L in r["layers"]:
         grown = f", {L['grown_blocks']} blocks grown to ≤{L['block_width_final_max']}" if L.get("grown_blocks") else ""
         if L.get("beyond_exact_count"):

@@ -1,31 +1,45 @@
-"""`subsetsum-lth solvers`: list backends, availability and capabilities."""
+"""`subsetsum-lth solvers`: list backends, availability and capabilities, and the routing table
+of the default portfolio ``auto``."""
 from __future__ import annotations
 
 from subsetsum_lth.commands._common import print_json
 
-HELP = "list solver backends, whether they are available here, and what they can do"
+HELP = ("list solver backends, whether they are available here, what they can do, and which "
+        "engine the default 'auto' sends each instance to")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list; auto's entry holds its routing table ('routing')")
 
 
 def run(args) -> int:
+    from subsetsum_lth.solvers.portfolio import routing_table
     from subsetsum_lth.solvers.registry import DEFAULT_SOLVER, backend_info, list_backends
     infos = [backend_info(n) for n in list_backends()]
     for info in infos:
         info["default"] = info["name"] == DEFAULT_SOLVER
+    routes = routing_table()
+    for info in infos:
+        if info["name"] == "auto":
+            info["routing"] = routes
     if args.json:
         print_json(infos)
         return 0
     w = max([len(i["name"]) + 2 for i in infos] + [10])     # the name, its mark, a space
-    print(f"{'name':{w}} {'available':10} {'exact':6} objectives")
+    print(f"{'name':{w}} {'available':10} {'exact':6} {'reach':6} objectives")
     for i in infos:
         mark = "*" if i["default"] else " "
+        reach = "-" if i.get("reach") is None else f"n<={i['reach']}"
         line = f"{i['name'] + mark:{w}} {'yes' if i['available'] else 'no':10} {'yes' if i['exact'] else 'no':6} " \
-               f"{', '.join(i['objectives'])}"
+               f"{reach:6} {', '.join(i['objectives'])}"
         if not i["available"]:
             line += f"   ({i.get('reason')})"
         print(line)
-    print("* default")
+    print("* default; reach: the live counts it searches exactly by enumeration")
+    print()
+    print("auto routes each instance by objective and live count n (gurobi only with --solver gurobi):")
+    for r in routes:
+        span = f"n >= {r['live_min']}" if r["live_max"] is None else f"n = {r['live_min']}..{r['live_max']}"
+        print(f"  {r['objective']:12} {span:12} -> {r['engine']:10} {r['how']}")
     return 0
