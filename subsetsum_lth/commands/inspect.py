@@ -14,7 +14,7 @@ DESCRIPTION = (
     "Load FILE as approximate would and print what the loader sees: the container and the entry "
     "holding the weights, any stripped prefix (module., model.), the Linear layers in forward order "
     "(state_dict keys, shapes, biases, dtype, spectral norms) and how that order was decided, the "
-    "parameter count, metadata, the input preprocessing (declared or stored, folded into layer 1), "
+    "parameter count, metadata, the input preprocessing (declared or stored: an input op, or folded into layer 1), "
     "and with --data the test accuracy. A file the loader refuses is reported with the reason and "
     "the fix (exit 2). ReLU is assumed between consecutive layers: a state_dict does not record "
     "activations.")
