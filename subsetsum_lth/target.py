@@ -136,7 +136,8 @@ class Target:
 
     def to_module(self, dtype=torch.float32) -> nn.Sequential:
         """f as an nn.Sequential (with an nn.Unflatten first for image networks, so it takes
-        flat vectors like the rest of the package; ``module[1:]`` takes N×C×H×W images)."""
+        flat vectors like the rest of the package; ``module[1:]`` takes N×C×H×W images). With an
+        input op it comes first (an InputNormalize: the module takes pixels/255 like ``forward``)."""
         mods: list[nn.Module] = []
         if self.preprocessing is not None:    # the input op first: the module takes pixels/255 too
             from subsetsum_lth.preprocess import input_module
