@@ -185,3 +185,41 @@ def test_hostile_recorded_preprocessing_is_refused_in_one_line(tmp_path, capsys,
     assert words is None or words in err, err
     with pytest.raises(Exception):
         api.load_run(run)
+
+
+@pytest.mark.slow
+def test_tutorial_lenet5_on_mnist_normalize_reports_its_own_accuracy(tmp_path, capsys):
+    """The issue's case at full size: the tutorial LeNet-5 (Conv2d(1, 6, 5, padding=2), ...) trained
+    on Normalize(0.1307, 0.3081) (here on 10,000 images, one epoch), approximated with
+    --input-normalize 0.1307,0.3081 and default settings: exit 0 (before: exit 2, the fold was
+    refused) and the target accuracy the run reports is the one the training script measures."""
+    from subsetsum_lth.data.mnist import load_dataset, resolve_data_dir
+    try:
+        resolve_data_dir(None, download=False, dataset="mnist")
+    except Exception as exc:
+        pytest.skip(f"MNIST files not found: {exc}")
+    x, y = (torch.as_tensor(v) for v in load_dataset("mnist", "train", download=False))
+    xt, yt = (torch.as_tensor(v) for v in load_dataset("mnist", "test", download=False))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                        nn.Linear(84, 10))
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    for i in range(0, 10000, 64):
+        loss = nn.functional.cross_entropy(net(((x[i:i + 64] - 0.1307) / 0.3081).reshape(-1, 1, 28, 28)),
+                                           y[i:i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        own = float((net(((xt - 0.1307) / 0.3081).reshape(-1, 1, 28, 28)).argmax(1) == yt).double().mean())
+    torch.save(net.state_dict(), tmp_path / "lenet5.pt")
+    run = tmp_path / "run"
+    assert main(["approximate", "--target", str(tmp_path / "lenet5.pt"), "--arch", "lenet5", "--input-normalize",
+                 "0.1307,0.3081", "--data", "mnist", "--out", str(run), "--workers", "2", "--no-progress",
+                 "--no-plots"]) == 0
+    rep = _report(run)
+    assert rep["infeasible_count"] == 0 and rep["preprocessing"]["applied"] == "input op"
+    assert abs(rep["target_accuracy"] - own) <= 2e-4          # float32 vs float64 ties only
+    assert f"test accuracy: target {100 * rep['target_accuracy']:.2f}%" in capsys.readouterr().out
