@@ -3,7 +3,6 @@ network-level ε (``--eps``) — tightening τ round by round until the certific
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
