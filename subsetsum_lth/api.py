@@ -10,6 +10,7 @@ from torch.nn.utils import prune
 
 from subsetsum_lth import runcheck
 from subsetsum_lth.errors import RunFolderError
+from subsetsum_lth.preprocess import RawInputSequential
 
 
 #: a validated run folder (see :mod:`subsetsum_lth.runcheck`)
@@ -52,7 +53,9 @@ def random_module(state: dict, dtype=torch.float32, relu_after=None, layout=None
 def masked_model(run: Run | str | Path, dtype=torch.float32) -> nn.Sequential:
     """g with its masks attached through ``torch.nn.utils.prune.custom_from_mask``
     (weights stay in ``weight_orig``; ``weight = weight_orig * weight_mask``). An image
-    network's model takes N×C×H×W tensors."""
+    network's model takes N×C×H×W tensors. A run made with an input op (``--input-normalize``,
+    report.json ``preprocessing``) gives a :class:`RawInputSequential`: it takes pixels/255 and
+    applies the recorded map first; its modules and state_dict keys are the plain Sequential's."""
     run = run if isinstance(run, Run) else load_run(run)
     layout = run.layout_ if run.layout_ is not None else None
     model = random_module(run.random_state, dtype, run.relu_after, layout)
@@ -61,7 +64,15 @@ def masked_model(run: Run | str | Path, dtype=torch.float32) -> nn.Sequential:
             for name in ("weight", "bias"):
                 mask = torch.as_tensor(np.asarray(run.masks[f"{idx}.{name}"]).astype(bool))
                 prune.custom_from_mask(mod, name, mask)
-    return model
+    return _raw_input(model, run)
+
+
+def _raw_input(model: nn.Sequential, run: Run) -> nn.Sequential:
+    """``model`` taking pixels/255 where the run records an input op (a declared preprocessing,
+    report.json 'preprocessing'): a RawInputSequential with the same modules and state_dict keys."""
+    if run.preprocessing is None:
+        return model
+    return RawInputSequential(*model, input_op=run.preprocessing.affine(run.input_dim))
 
 
 _PARAMETER_FREE = (nn.ReLU, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten)
@@ -89,6 +100,9 @@ def export_pruned(run_or_model: Run | str | Path | nn.Sequential, dtype=torch.fl
             if mod.bias is not None:
                 new.bias.copy_(mod.bias.detach())
         mods.append(new.to(mod.weight.dtype))
+    a = getattr(model, "input_a", None)
+    if a is not None:        # the run's input op (RawInputSequential): the export takes pixels/255 too
+        return RawInputSequential(*mods, input_op=(a.detach().cpu().numpy(), model.input_c.detach().cpu().numpy()))
     return nn.Sequential(*mods)
 
 

@@ -27,6 +27,7 @@ from subsetsum_lth.gstore import (STORES, DenseMasks, DenseState, SupportNet, ch
 from subsetsum_lth.errors import DiskFull, UserError
 from subsetsum_lth.evaluation import evaluate_pair, spot_check  # noqa: F401  (public here too)
 from subsetsum_lth.layer_solve import build_instances, solve_layers
+from subsetsum_lth.preprocess import with_input_op
 from subsetsum_lth.progress import Progress, note, phase
 from subsetsum_lth.run_report import build_report, raise_if_failed
 from subsetsum_lth.runcheck import WITNESS
@@ -156,7 +157,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
-    config = _with_initial_tau(target, config)
+    config = _with_initial_tau(target, _with_network_domain(target, config))
     cc = config.construction
     store, done = _prepare(target, config, out, executor)
     if done is not None:
@@ -194,6 +195,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         g64 = pruned_module(state, dmasks, layout, torch.float64)
     else:
         g64 = SupportNet(construction.pairs, layer_masks, torch.float64)
+    g64 = with_input_op(g64, target)    # ĝ takes the inputs target.forward takes
     n_data = 0 if empirical_data is None else len(empirical_data)
     with phase(progress, "empirical bound", f"searching {where} for a large ‖f(x) − ĝ(x)‖₂ "
                                             f"({config.empirical_samples} random points"
@@ -216,8 +218,9 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     del g64
 
     evaluation = _evaluation(target, maps, eval_data, certificate.bound, config, box_rep, timings, progress,
-                             lambda: (pruned_module(state, dmasks, layout, torch.float32) if image
-                                      else SupportNet(construction.pairs, layer_masks, torch.float32)))
+                             lambda: with_input_op(pruned_module(state, dmasks, layout, torch.float32) if image
+                                                   else SupportNet(construction.pairs, layer_masks, torch.float32),
+                                                   target))
 
     report, metrics, bad_list, n_bad = build_report(target, config, construction, solved, layer_masks, layout,
                                                     certificate, emp, witness, evaluation, timings, executor,
@@ -227,6 +230,20 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
                   progress)
     raise_if_failed(report, bad_list, n_bad, config, shown_out or out, eps_bound)
     return report
+
+
+def _with_network_domain(target: Target, config: ApproximateConfig) -> ApproximateConfig:
+    """``config`` with the signed input domain where the target's input op (a declared
+    ``Normalize`` with a positive mean) makes its layers' inputs signed: the construction keeps
+    both sign halves of layer 1, and the run records the domain its files were built for (the
+    ball certificate holds for every x with ‖x‖₂ ≤ r, x ≥ 0 or not: see subsetsum_lth.preprocess)."""
+    cc = config.construction
+    if cc.input_domain == "nonnegative" and target.network_ball(1.0, cc.input_domain)[1] == "signed":
+        from dataclasses import replace
+        log.info("the input op %s makes the first layer's inputs signed: using the signed input domain",
+                 target.preprocessing.describe())
+        return replace(config, construction=replace(cc, input_domain="signed"))
+    return config
 
 
 def _with_initial_tau(target: Target, config: ApproximateConfig) -> ApproximateConfig:
@@ -305,6 +322,8 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
     fingerprint = {
         "target_sizes": target.sizes, "target_bias": target.has_bias,
         "target_digest": target_digest(target),
+        # the input op, only when there is one (fingerprints of runs without one are unchanged)
+        **({} if target.preprocessing is None else {"preprocessing": target.preprocessing.to_metadata()}),
         # tau only when set, so runs recorded before the field existed resume unchanged
         "construction": {k: v for k, v in asdict(cc).items() if not (k == "tau" and v is None)},
         "solver": sc.solver, "solver_names": SOLVER_NAMES, "objective": sc.objective, "eps": config.eps,

@@ -64,7 +64,7 @@ def box_attack(target: Target, maps: list[LayerMap], lo, hi, data: np.ndarray | 
         n_given = len(s)
         pts.append(s)
     X = torch.as_tensor(np.vstack(pts), dtype=DT)
-    collapsed = CollapsedNet(maps)
+    collapsed = CollapsedNet(maps, target=target)     # with the target's input op, as target.forward
 
     def diff(x):
         return target.forward(x) - collapsed(x)

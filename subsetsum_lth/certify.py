@@ -142,16 +142,20 @@ def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,
                     input_domain: str, bar=None) -> Certificate:
     """sup over ‖x‖ ≤ r (x ≥ 0 for the non-negative domain) of ‖f(x) − ĝ(x)‖, bounded by
     δ_{i+1} = ‖W_i‖ δ_i + η_i(R_i + δ_i), R_{i+1} = ‖W_i‖ R_i + ‖b_i‖,
-    η_i(ρ) = ρ ‖[E⁺ E⁻]‖₂ + ‖e_b‖ (E⁻ dropped where inputs are known non-negative)."""
+    η_i(ρ) = ρ ‖[E⁺ E⁻]‖₂ + ‖e_b‖ (E⁻ dropped where inputs are known non-negative). With an
+    input op (``target.preprocessing``) the ball is that of ``forward``'s inputs and the recursion
+    starts from its image's ball, R_1 = max(a)·r + ‖c‖₂ (:meth:`Target.network_ball`)."""
     if len(maps) != target.depth:
         raise RunFolderError(f"the run has {len(maps)} layer pairs but the target has {target.depth} layers")
+    # an input op (declared preprocessing) maps the ball into the layers' input ball (preprocess.py)
+    net_radius, net_domain = target.network_ball(input_radius, input_domain)
     rows = []
     for i, (L, M) in enumerate(zip(target.layers, maps)):
         W = L.weight
         b = np.zeros(W.shape[0]) if L.bias is None else L.bias
         if M.w_plus.shape != W.shape:
             raise RunFolderError(f"layer {i}: pruned map has shape {M.w_plus.shape}, target {W.shape}")
-        signed = (i == 0 and input_domain == "signed")
+        signed = (i == 0 and net_domain == "signed")
         E = error_matrix(W, M, signed)
         e_b = b - M.bias
         kind = L.kind
@@ -165,7 +169,7 @@ def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,
                      lip, how_W, how_E))
         advance(bar)
     nWs, nEs, nebs, nbs = ([r[k] for r in rows] for k in range(4))
-    radii, ins, outs = compose(nWs, nEs, nebs, nbs, float(input_radius), [r[6] for r in rows])
+    radii, ins, outs = compose(nWs, nEs, nebs, nbs, float(net_radius), [r[6] for r in rows])
     details = []
     for i, (nW, nE, neb, _nb, E, e_b, lip, how_W, how_E) in enumerate(rows):
         d = {
@@ -316,6 +320,8 @@ class CollapsedNet(nn.Module):
         self.wm = [torch.as_tensor(M.w_minus, dtype=dtype) for M in maps]
         self.b = [torch.as_tensor(M.bias, dtype=dtype) for M in maps]
         self.signed = [bool(np.any(M.w_minus)) for M in maps]
+        #: the target's input op, applied first (ĝ takes the same inputs as ``target.forward``)
+        self.input_op = None
         if target is None:
             from subsetsum_lth.layerkinds import Linear
             self.kinds = [Linear(M.w_plus.shape[1], M.w_plus.shape[0]) for M in maps]
@@ -323,9 +329,10 @@ class CollapsedNet(nn.Module):
         else:
             self.kinds = [L.kind for L in target.layers]
             self.after = [target.ops_after(i) for i in range(len(maps))]
+            self.input_op = target.preprocessing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x
+        h = x if self.input_op is None else self.input_op.transform(x)
         n = len(self.wp)
         for i, kind in enumerate(self.kinds):
             dt = h.dtype

@@ -133,9 +133,15 @@ def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
     (``bound_zonotope``), both sound. ``lo``, ``hi``: scalars or (p,) arrays. Returns a dict with
     ``bound``, both ℓ2 bounds, per-output ``lower`` and ``upper``, ``seconds``, ``method`` and ``corners``."""
     t0, c0 = time.perf_counter(), time.process_time()
-    lower, upper, corners, info = output_intervals(target, maps, lo, hi, iters=iters, lr=lr,
+    # an input op (declared preprocessing) maps the box onto the box a·lo + c ≤ z ≤ a·hi + c of the
+    # layers' inputs, exactly (preprocess.py); the corners are mapped back to forward's inputs
+    z_lo, z_hi = target.network_box(lo, hi)
+    lower, upper, corners, info = output_intervals(target, maps, z_lo, z_hi, iters=iters, lr=lr,
                                                    time_budget=time_budget, bab_seconds=bab_seconds,
                                                    bab_domains=bab_domains, progress=progress)
+    if target.preprocessing is not None:
+        a, c = target.preprocessing.affine(target.input_dim)
+        corners = (np.asarray(corners, dtype=np.float64).reshape(-1, target.input_dim) - c) / a
     by_intervals = l2_of_intervals(lower, upper)
     by_zonotope = widen(info["zonotope"]["bound"])
     bound = min(by_intervals, by_zonotope)
@@ -234,7 +240,10 @@ def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, 
            "output_lower": cert["lower"], "output_upper": cert["upper"],
            "attack": {**att, "seconds": attack_seconds},
            "witness": {"file": BOX_WITNESS, "error": float(witness["error"])}}
-    if eval_x is not None and box.local_radii:
+    if eval_x is not None and box.local_radii and target.preprocessing is not None:
+        out["local_agreement_note"] = ("not computed: the target has an input op (declared preprocessing); "
+                                       "certified agreement is implemented for targets on pixels/255")
+    elif eval_x is not None and box.local_radii:
         t1 = time.perf_counter()
         chunk = 500
         with phase(progress, "certified agreement", f"{len(eval_x):,} test images × l-inf radii "

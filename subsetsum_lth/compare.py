@@ -29,6 +29,7 @@ from subsetsum_lth.certify import ball_set, in_ball
 from subsetsum_lth.errors import RunFolderError, UserError
 from subsetsum_lth.evaluation import bound_scale, class_margins
 from subsetsum_lth.netdigest import short, weights_digest
+from subsetsum_lth.preprocess import from_report, input_module
 from subsetsum_lth.progress import advance, note, phase
 
 log = logging.getLogger(__name__)
@@ -353,6 +354,9 @@ def _entry(label, path: Path, mk, rep, relu, runs: _Runs, tgt, xt, yt, dev, radi
     with phase(progress, f"{label}", f"ĝ on {len(xt):,} test images", total=-(-len(xt) // EVAL_BATCH),
                unit="batch") as bar:
         g = masked_sequential(runs.state, mk, dev, relu_after=relu, layout=runs.layout)
+        prep = from_report(rep.get("preprocessing"))     # the run's input op (read_run checked it)
+        if prep is not None:
+            g = nn.Sequential(input_module(prep, xt.shape[1]).to(dev), g)
         ev = _evaluate(g, tgt, xt, yt, batch=EVAL_BATCH, bar=bar)
         del g
     cert = _certificate(runs.state, mk, tgt, rep, radius_fn, relu, runs.layout)

@@ -37,6 +37,7 @@ from subsetsum_lth import runfolder as rf
 from subsetsum_lth.certify import LayerMap, layer_maps, pruned_module
 from subsetsum_lth.construction import DISTRIBUTIONS, draw_layer_pair, unit_columns
 from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.preprocess import input_module
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +203,14 @@ def run_layer_maps(run) -> list:
 
 def run_pruned_module(run, dtype=torch.float64) -> nn.Module:
     """ĝ of a validated run as a module on flat inputs: :class:`subsetsum_lth.gstore.SupportNet`
-    for a compact run, the dense masked nn.Sequential otherwise."""
+    for a compact run, the dense masked nn.Sequential otherwise; preceded by the run's input op
+    (recorded preprocessing) when it has one, so it takes the inputs ``run.target.forward`` takes."""
     if getattr(run, "compact", None) is not None:
-        return SupportNet(run.compact.pairs, run.compact.cmasks, dtype)
-    return pruned_module(run.random_state, run.masks, run.layout, dtype)
+        g = SupportNet(run.compact.pairs, run.compact.cmasks, dtype)
+    else:
+        g = pruned_module(run.random_state, run.masks, run.layout, dtype)
+    prep = getattr(run, "preprocessing", None)
+    return g if prep is None else nn.Sequential(input_module(prep, run.input_dim), g)
 
 
 # ----------------------------------------------------------------------------- dense views

@@ -3,7 +3,6 @@ network-level ε (``--eps``) — tightening τ round by round until the certific
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -112,12 +111,13 @@ def initial_tau(target: Target, config) -> float:
     # start from 4x the random-matrix estimate (achieved errors sit well below τ), then
     # tighten only if the certificate asks for it; the box lies in the ball through its farthest
     # corner, whose a-priori τ is the box's start (before: τ = ε, six rounds to ε = 1 on MNIST)
-    radius = config.input_radius
+    radius, domain = target.network_ball(config.input_radius, config.construction.input_domain)
     box = getattr(config, "box", None)
     if box is not None:
-        radius = math.sqrt(target.sizes[0]) * max(abs(box.lo), abs(box.hi))
-    return min(config.eps, 4 * choose_tolerance(target, config.eps, radius,
-                                                config.construction.input_domain))
+        lo, hi = target.network_box(box.lo, box.hi)
+        radius = float(np.linalg.norm(np.maximum(np.abs(np.broadcast_to(lo, (target.sizes[0],))),
+                                                 np.abs(np.broadcast_to(hi, (target.sizes[0],))))))
+    return min(config.eps, 4 * choose_tolerance(target, config.eps, radius, domain))
 
 
 def _tighten(inst: LayerInstances, r0, tau, sc, store, executor, progress, li: int, solved_n=None) -> bool:

@@ -43,6 +43,7 @@ from subsetsum_lth.gstore import DenseMasks, DenseState, generator_spec, read_co
 from subsetsum_lth.layerkinds import arch_of, kinds_from_arch
 from subsetsum_lth.manifest import KIND_NAMES, MANIFEST, read_manifest
 from subsetsum_lth.mask_rules import eligible_masks, prepruning_masks
+from subsetsum_lth.preprocess import recorded_input_op
 from subsetsum_lth.report_fields import Fields, short
 # which data set a run was made on; certify_run, compare, edge-popup and the CLI import them from here
 from subsetsum_lth.run_dataset import choose_dataset, recorded_dataset  # noqa: F401
@@ -83,6 +84,9 @@ class Run:
     #: where ``data`` comes from: 'report.json', 'the target's metadata', 'none' (made without
     #: data: a synthetic target, or no --data), 'unrecorded' (written before runs recorded it)
     data_source: str = "unrecorded"
+    #: the input op recorded in report.json 'preprocessing' (a subsetsum_lth.preprocess.Preprocessing
+    #: that f and ĝ apply to pixels/255 first), None when none (or one folded into the target)
+    preprocessing: object | None = None
 
     @property
     def layout(self):
@@ -219,7 +223,16 @@ def read_run(path: str | Path, *, need_target: bool = False) -> Run:
     is in ``run.data`` / ``run.data_source`` (:func:`recorded_dataset`)."""
     run = _read_run(path, need_target=need_target)
     run.data, run.data_source = recorded_dataset(run.report, run.target, str(Path(path) / rf.REPORT))
+    run.preprocessing = _recorded_preprocessing(run, Path(path) / rf.REPORT)
     return run
+
+
+def _recorded_preprocessing(run: Run, where: Path):
+    """The input op report.json records, checked (subsetsum_lth.preprocess.recorded_input_op)."""
+    try:
+        return recorded_input_op(run.report.get("preprocessing"), run.input_dim, run.target)
+    except ValueError as exc:
+        raise RunFolderError(f"{where}: {exc}; {RECREATE}") from None
 
 
 def _read_run(path: str | Path, *, need_target: bool = False) -> Run:

@@ -7,7 +7,9 @@ bare or inside a checkpoint dict, with ``module.``/``model.`` prefixes (see
 :mod:`subsetsum_lth.checkpoint`) — a run/target folder written by ``train-target``
 (``target.safetensors`` inside), or, from Python, an ``nn.Sequential`` itself.
 Pickled modules are never unpickled: torch files are read with ``weights_only=True``.
-Declared input preprocessing is folded into the first layer (:mod:`subsetsum_lth.preprocess`).
+Declared input preprocessing is a fixed input op in front of the layers (``Target.preprocessing``,
+applied by :meth:`Target.forward`), or folded into the first layer on request
+(:mod:`subsetsum_lth.preprocess`).
 """
 from __future__ import annotations
 
@@ -64,6 +66,9 @@ class Target:
     after: list | None = None
     #: the shape of one input (C, H, W) for convolutional targets; None: flat (p,)
     input_shape: tuple | None = None
+    #: the input op (a :class:`subsetsum_lth.preprocess.Preprocessing`) applied before the first
+    #: layer: ``forward`` takes pixels/255 and the layers see ``a ⊙ x + c``; None: inputs as given
+    preprocessing: object = None
 
     @property
     def depth(self) -> int:
@@ -86,6 +91,19 @@ class Target:
             return int(np.prod(self.input_shape))
         return self.layers[0].weight.shape[1]
 
+    def network_ball(self, input_radius: float, input_domain: str) -> tuple[float, str]:
+        """The ball (radius, domain) of the layers' inputs that holds the image of the ball of
+        ``forward``'s inputs: itself without an input op (see :mod:`subsetsum_lth.preprocess`)."""
+        if self.preprocessing is None:
+            return float(input_radius), input_domain
+        return self.preprocessing.network_ball(input_radius, input_domain, self.input_dim)
+
+    def network_box(self, lo, hi):
+        """The box of the layers' inputs that is the image of lo ≤ x ≤ hi: itself without an input op."""
+        if self.preprocessing is None:
+            return lo, hi
+        return self.preprocessing.network_box(lo, hi, self.input_dim)
+
     def ops_after(self, i: int) -> list:
         return [] if self.after is None else list(self.after[i])
 
@@ -103,8 +121,9 @@ class Target:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f(x) in the dtype of x (use float64 for certificates). ``x``: (N, input_dim) flat,
-        or (N, C, H, W) images; the output is (N, outputs) flat."""
-        h = x
+        or (N, C, H, W) images; the output is (N, outputs) flat. With an input op
+        (``preprocessing``) ``x`` is in pixels/255 and the layers see ``a ⊙ x + c``."""
+        h = x if self.preprocessing is None else self.preprocessing.transform(x)
         for i, L in enumerate(self.layers):
             W = torch.as_tensor(L.weight, dtype=x.dtype, device=x.device)
             b = None if L.bias is None else torch.as_tensor(L.bias, dtype=x.dtype, device=x.device)
@@ -117,8 +136,12 @@ class Target:
 
     def to_module(self, dtype=torch.float32) -> nn.Sequential:
         """f as an nn.Sequential (with an nn.Unflatten first for image networks, so it takes
-        flat vectors like the rest of the package; ``module[1:]`` takes N×C×H×W images)."""
+        flat vectors like the rest of the package; ``module[1:]`` takes N×C×H×W images). With an
+        input op it comes first (an InputNormalize: the module takes pixels/255 like ``forward``)."""
         mods: list[nn.Module] = []
+        if self.preprocessing is not None:    # the input op first: the module takes pixels/255 too
+            from subsetsum_lth.preprocess import input_module
+            mods.append(input_module(self.preprocessing, self.input_dim))
         if self.input_shape is not None:
             mods.append(nn.Unflatten(1, tuple(self.input_shape)))
         for i, L in enumerate(self.layers):
@@ -259,14 +282,15 @@ def from_module(module: nn.Module, example_input: torch.Tensor | None = None) ->
 
 def load_target(path: str | Path, layers: list[str] | str | None = None,
                 preprocessing=None, info: dict | None = None, arch=None,
-                input_shape=(1, 28, 28)) -> Target:
+                input_shape=(1, 28, 28), fold_preprocessing: bool = False) -> Target:
     """Load a target from a checkpoint file (see :mod:`subsetsum_lth.checkpoint`) or a
     train-target folder.
 
     ``layers``: the forward order of named layers (``--layers fc1,fc2,fc3``) where the file does
     not determine it. ``preprocessing``: a :class:`subsetsum_lth.preprocess.Preprocessing` the
     model was trained with (``--input-normalize``/``--input-scale``); it, or one stored in the
-    file's metadata, is folded into the first layer, so the returned target takes pixels/255.
+    file's metadata, becomes the target's input op (``fold_preprocessing``: folded into the first
+    layer instead, where exact), so the returned target's ``forward`` takes pixels/255.
     ``info`` (optional) is filled with what the loader saw, also when it refuses.
     ``arch``: an architecture (``--arch lenet5`` or a SPEC, or a parsed list) for a plain
     state_dict of a network with conv/pooling layers, whose keys cannot say where pooling and
@@ -319,7 +343,7 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
     else:
         target = from_state_dict(raw.state, str(path), raw.metadata, layers=layers,
                                  order_known=raw.order_known, info=info)
-    target = preprocess.apply(target, preprocessing)
+    target = preprocess.apply(target, preprocessing, fold_preprocessing)
     info["preprocessing"] = preprocess.report(target)
     return target
 

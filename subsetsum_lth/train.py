@@ -130,16 +130,11 @@ class TrainConfig:
         if self.dataset not in DATASETS:
             raise UserError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.arch is not None:
-            arch = self.parsed_arch()
-            first = next(op for op in arch if op["op"] in ("conv2d", "linear"))
+            # checked here (a bad SPEC is one line before any data is read); a normalisation with
+            # a zero-padded first conv is fine: it is an input op in front of the network (issue 23)
+            self.parsed_arch()
             from subsetsum_lth.preprocess import Preprocessing
-            prep = Preprocessing.parse(self.input_normalize, self.input_scale)
-            if first["op"] == "conv2d" and any(first["padding"]) and any(m != 0 for m in prep.mean):
-                raise UserError(
-                    f"--input-normalize with a non-zero mean cannot be folded exactly into the first conv "
-                    f"of --arch {self.arch}, which zero-pads its input (padding {first['padding']}): in "
-                    "the normalised network the border sees (0 - mean) / std, in the folded one 0; train "
-                    "on pixels/255 (no --input-normalize) or use a first conv without padding")
+            Preprocessing.parse(self.input_normalize, self.input_scale)
 
 
 #: the image shape (C, H, W) of MNIST and Fashion-MNIST

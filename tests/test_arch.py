@@ -517,9 +517,10 @@ def test_command_arch_refusals(tmp_path, capsys):
     assert "suffix nb" in capsys.readouterr().err
     assert cli.main(["train-target", "--out", out, "--arch", "c6k5,fc7"]) == 2
     assert "outputs 7 values" in capsys.readouterr().err
-    assert cli.main(["train-target", "--out", out, "--arch", "lenet5", "--input-normalize", "0.1307,0.3081"]) == 2
-    assert "zero-pads its input (padding [2, 2])" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # a zero-padded first conv on Normalize is no longer refused (issue 23: an input op, not a fold)
+    from subsetsum_lth.train import TrainConfig
+    TrainConfig(arch="lenet5", input_normalize="0.1307,0.3081")
 
 
 def test_command_arch_defaults_and_explicit_values(monkeypatch, tmp_path):

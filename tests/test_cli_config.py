@@ -96,6 +96,7 @@ CLI_ONLY = {
     "approximate": {
         "target": "the target file, loaded by run()",
         "layers": "target loading", "input_normalize": "target loading", "input_scale": "target loading",
+        "fold_preprocessing": "target loading",
         "arch": "target loading",
         "input_box": "parsed by run() into BoxConfig.lo/hi (default 0,1 with --data)",
         "local_radius": "BoxConfig.local_radii, defaulted by run() from --data",

@@ -263,6 +263,8 @@ QUICK = ["--weight-eps", "0.1", "--no-plots", "--no-progress", "--workers", "1",
 
 
 def test_cli_approximate_peer_checkpoint_end_to_end(tmp_path, capsys):
+    """By default the declared Normalize is an input op in front of f and ĝ (issue 23): the run's
+    target keeps the model's own weights and takes pixels/255, and so does ĝ as the API exports it."""
     path, model = pm.checkpoint_dict(tmp_path)
     out = tmp_path / "run"
     assert main(["approximate", "--target", str(path), "--out", str(out), "--input-radius", "1",
@@ -270,13 +272,48 @@ def test_cli_approximate_peer_checkpoint_end_to_end(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["target_sizes"] == [8, 6, 5, 3] and report["infeasible_count"] == 0
     assert report["certified_bound"] >= report["empirical_bound"]
-    assert report["preprocessing"]["folded"] is True and report["preprocessing"]["mean"] == [0.1]
+    assert report["preprocessing"]["folded"] is False and report["preprocessing"]["mean"] == [0.1]
+    assert report["preprocessing"]["applied"] == "input op" and report["input_domain"] == "signed"
+    assert "applied in front of f and ĝ" in capsys.readouterr().out
+    with safe_open(str(out / "target.safetensors"), framework="pt") as fh:
+        meta = fh.metadata()
+        w0 = fh.get_tensor("0.weight")
+    assert meta["input_normalize"] == "0.1,0.5" and "preprocessing_folded" not in meta
+    assert torch.equal(w0, model.state_dict()["fc1.weight"])          # the model's own first layer
+    # the run's target takes x in [0, 1] where the model took (x - 0.1) / 0.5
+    t = load_target(out)
+    x = torch.rand(32, 8, dtype=torch.float64)
+    assert torch.allclose(t.forward(x), model.double()((x - 0.1) / 0.5), rtol=1e-6, atol=1e-6)
+    assert t.preprocessing == Preprocessing.parse("0.1,0.5")
+    load_target(out, preprocessing=Preprocessing.parse("0.1,0.5"))     # the same declaration agrees
+    with pytest.raises(TargetError, match="declares the input preprocessing"):
+        load_target(out, preprocessing=Preprocessing.parse("0.2,0.5"))
+    from subsetsum_lth.api import export_pruned, masked_model
+    g = export_pruned(out, torch.float64)
+    # the input op is no parameter: the keys are those of g's Sequential (DESIGN's file contract)
+    assert list(g.state_dict()) == [k.replace("_orig", "") for k in masked_model(out).state_dict()
+                                    if not k.endswith("_mask")] == [f"{i}.{n}" for i in range(0, 12, 2)
+                                                                    for n in ("weight", "bias")]
+    with torch.no_grad():
+        gap = (t.forward(x) - g(x)).norm(dim=1).max().item()
+    assert gap <= report["certified_bound"]
+
+
+def test_cli_fold_preprocessing_folds_where_asked(tmp_path, capsys):
+    """--fold-preprocessing keeps the old behaviour: folded into layer 1, the run's target takes
+    pixels/255 with the fold in its weights, and it is not folded twice."""
+    path, model = pm.checkpoint_dict(tmp_path)
+    out = tmp_path / "run"
+    assert main(["approximate", "--target", str(path), "--out", str(out), "--input-radius", "1",
+                 "--input-normalize", "0.1,0.5", "--fold-preprocessing", *QUICK]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["preprocessing"]["folded"] is True and report["input_domain"] == "nonnegative"
     assert "folded into layer 1" in capsys.readouterr().out
     with safe_open(str(out / "target.safetensors"), framework="pt") as fh:
         meta = fh.metadata()
     assert meta["input_normalize"] == "0.1,0.5" and meta["preprocessing_folded"] == "true"
-    # the run's target takes x in [0, 1] where the model took (x - 0.1) / 0.5, and is not folded twice
     t = load_target(out)
+    assert t.preprocessing is None
     x = torch.rand(32, 8, dtype=torch.float64)
     assert torch.allclose(t.forward(x), model.double()((x - 0.1) / 0.5), rtol=1e-6, atol=1e-6)
     with pytest.raises(TargetError, match="already has its input preprocessing"):
@@ -400,7 +437,7 @@ def test_cli_normalisation_on_mnist(tmp_path, capsys, mnist_dir):
     assert summary["input_normalize"] == "0.1307,0.3081"
     assert main(["inspect", str(tmp_path / "t"), "--data", "mnist", "--data-dir", str(mnist_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["preprocessing"]["folded"] is True and "warning" not in info
+    assert info["preprocessing"]["applied"] == "input op" and "warning" not in info
     assert abs(info["accuracy"]["value"] - summary["test_accuracy"]) <= 2e-4   # float32 vs float64 ties
     with safe_open(str(tmp_path / "t" / "target.safetensors"), framework="pt") as fh:
         raw = {k: fh.get_tensor(k) for k in fh.keys()}

@@ -21,10 +21,11 @@ def add_arch_argument(p: argparse.ArgumentParser) -> None:
 def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = True,
                                 training: bool = False) -> None:
     what = "train the model on" if training else "the model was trained on"
-    fate = ("stored in the target's metadata and folded exactly into the first layer when the target "
-            "is loaded, so the network approximated takes pixels/255 in [0, 1]") if training else (
-            "folded exactly into the first layer when the target is loaded, so the network used takes "
-            "pixels/255 in [0, 1] (approximate records it in the run's target.safetensors and report.json)")
+    fate = ("stored in the target's metadata; when the target is loaded it is a fixed input op in front "
+            "of the network and of the pruned network, which then take pixels/255 in [0, 1]") if training else (
+            "a fixed input op in front of the target and of the pruned network, which then take pixels/255 "
+            "in [0, 1]; the certificate covers the image of the input set (approximate records it in the "
+            "run's target.safetensors and report.json)")
     p.add_argument("--input-normalize", default=None, metavar="MEAN,STD",
                    help=f"{what} (x - MEAN) / STD per channel (torchvision's Normalize; e.g. "
                         f"0.1307,0.3081 for MNIST; m1,m2,m3,s1,s2,s3 for 3 channels); {fate}")
@@ -32,6 +33,10 @@ def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = Tru
                    help=f"pixel scale to apply before --input-normalize ({what}): 1/255 "
                         "(pixels/255 in [0, 1], as train-target and torchvision's ToTensor) or 1 (raw "
                         "0..255 pixels); unset: 1/255")
+    if not training:
+        p.add_argument("--fold-preprocessing", action="store_true", default=None,
+                       help="fold the declared preprocessing into the first layer instead (W·diag(a), b + W·c; "
+                            "refused where not exact: a first conv layer with zero padding and a non-zero mean)")
     if expected:
         from subsetsum_lth.commands._common import positive_float
         p.add_argument("--expected-accuracy", type=positive_float, default=None, metavar="ACC",
@@ -53,7 +58,8 @@ def preprocessing_from_args(args):
 def target_flags_given(args) -> list[str]:
     return [flag for flag, attr in (("--layers", "layers"), ("--arch", "arch"),
                                     ("--input-normalize", "input_normalize"),
-                                    ("--input-scale", "input_scale"))
+                                    ("--input-scale", "input_scale"),
+                                    ("--fold-preprocessing", "fold_preprocessing"))
             if getattr(args, attr, None) is not None]
 
 

@@ -205,7 +205,8 @@ def run(args) -> int:
             from subsetsum_lth.errors import UserError
             raise UserError("--synthetic and --target exclude each other: drop one of them")
         target = load_target(args.target, layers=args.layers, preprocessing=preprocessing_from_args(args),
-                             arch=args.arch, info=target_info)
+                             arch=args.arch, info=target_info,
+                             fold_preprocessing=bool(args.fold_preprocessing))
         header = header_line(target_info, args.arch)
         if header:      # a state_dict does not record the computation: say what was assumed
             print(escape(header), file=sys.stderr)
@@ -387,6 +388,9 @@ def _summary(r: dict, out: Path) -> None:
     pp = r.get("preprocessing") or {}
     if pp.get("folded"):
         print(f"input preprocessing {pp['declared']} folded into layer 1: the target takes pixels/255 in [0, 1]")
+    elif pp.get("declared"):
+        print(f"input preprocessing {pp['declared']} applied in front of f and ĝ (both take pixels/255); "
+              f"the certificate covers its image")
     mode = f"ε={r['eps']:g} (network)" if r["mode"] == "network" else f"τ={r['weight_eps']:g} per weight"
     print(f"solver {r['solver']} / objective {r['objective']}, {mode}, seed {r['seed']}")
     engines = (r.get("engines") or {}).get("total")

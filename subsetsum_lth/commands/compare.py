@@ -83,7 +83,7 @@ def run(args) -> int:
             raise UserError(f"{', '.join(target_flags_given(args))} describe a --target file; pass --target "
                             "or drop them")
         target = load_target(target, layers=args.layers, preprocessing=preprocessing_from_args(args),
-                             arch=args.arch)
+                             arch=args.arch, fold_preprocessing=bool(args.fold_preprocessing))
     result = compare_runs(args.runs, args.out, target=target,
                           data_dir=None if args.data_dir is None else str(args.data_dir),
                           device=args.device, test_subset=args.test_subset, labels=args.label,

@@ -16,7 +16,7 @@ DESCRIPTION = (
     "Load FILE as approximate would and print what the loader sees: the container and the entry "
     "holding the weights, any stripped prefix (module., model.), the Linear layers in forward order "
     "(state_dict keys, shapes, biases, dtype, spectral norms) and how that order was decided, the "
-    "parameter count, metadata, the input preprocessing (declared or stored, folded into layer 1), "
+    "parameter count, metadata, the input preprocessing (declared or stored: an input op, or folded into layer 1), "
     "and with --data the test accuracy. A file the loader refuses is reported with the reason and "
     "the fix (exit 2). A graph (.pt2 torch.export archive, TorchScript file) is read op by op: the ops, "
     "their shapes and what each became (or why it is refused) are listed. From a state_dict ReLU is "
@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None,
-                 expected_accuracy=None, arch=None) -> dict:
+                 expected_accuracy=None, arch=None, fold_preprocessing=False) -> dict:
     """The loader's view of ``path`` as a dict; ``ok`` False with ``error`` when refused."""
     from subsetsum_lth.certify import spectral_norm
     from subsetsum_lth.errors import TargetError
@@ -47,7 +47,7 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
     info: dict = {"file": str(path)}
     try:
         target = load_target(path, layers=layers, preprocessing=preprocessing, info=info,
-                             arch=arch)
+                             arch=arch, fold_preprocessing=fold_preprocessing)
     except TargetError as exc:
         return {**info, "ok": False, "error": str(exc)}
     if target.is_mlp and "order" not in info:
@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from subsetsum_lth.errors import TargetError
     check_expected_accuracy(args)
     info = inspect_file(args.file, layers=args.layers, arch=args.arch, preprocessing=preprocessing_from_args(args),
-                        data=args.data, data_dir=args.data_dir, expected_accuracy=args.expected_accuracy)
+                        data=args.data, data_dir=args.data_dir, expected_accuracy=args.expected_accuracy,
+                        fold_preprocessing=bool(args.fold_preprocessing))
     if args.json:
         print_json(info)
     else:
@@ -157,7 +158,7 @@ def _print(info: dict) -> None:
     pp = info.get("preprocessing") or {}
     if pp.get("declared"):
         state = ("folded into layer 1: the target takes pixels/255 in [0, 1]" if pp.get("folded")
-                 else "not folded")
+                 else "applied as an input op in front of the network (it takes pixels/255 in [0, 1])")
         _out(f"input preprocessing: {pp['declared']}, {state}")
     else:
         _out("input preprocessing: none declared (inputs used as given; see --input-normalize)")
