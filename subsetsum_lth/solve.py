@@ -20,6 +20,7 @@ import numpy as np
 
 from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.options import option
 from subsetsum_lth.executors import Pool, _watch_parent, as_pool, make_pool  # noqa: F401
 from subsetsum_lth.progress import Bar, advance
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
@@ -49,16 +50,42 @@ def default_batch(solver: str) -> int:
 
 @dataclass
 class SolveConfig:
-    solver: str = DEFAULT_SOLVER      #: the one default backend (subsetsum_lth.solvers.registry)
-    objective: str = "error"
-    workers: int | None = None        #: None: all cores; 1: in this process
-    batch_size: int | None = None     #: None: the backend's default_batch
-    time_limit: float | None = None   #: per instance, seconds (backends that support it); None: limits.DEFAULT_TIME_LIMIT
-    executor: str = "process"         #: process | dask | dask-local (see subsetsum_lth.executors)
-    scheduler: str | None = None      #: Dask scheduler address for executor "dask"
-    batch_timeout: float | None = None  #: seconds a batch may run before it is retried
-    retries: int = 2                  #: extra attempts for a batch whose worker died or timed out
-    fallback: bool = True             #: re-solve TIMEOUT/ERROR instances with another exact backend
+    #: the one default backend (subsetsum_lth.solvers.registry)
+    solver: str = option(DEFAULT_SOLVER, flag="--solver", help="solver backend (see 'subsetsum-lth solvers')")
+    objective: str = option("error", flag="--objective", choices=("error", "feasible", "cardinality"),
+                            help="error: minimise |w - ŵ| (the paper's MIP); cardinality: fewest kept "
+                                 "coefficients within τ; feasible: any subset within τ")
+    #: None: all cores; 1: in this process
+    workers: int | None = option(None, flag="--workers", help="solver processes (default: all cores)")
+    #: None: the backend's default_batch
+    batch_size: int | None = option(
+        None, flag="--batch-size",
+        help="instances per solver batch (default: per backend, e.g. 1024 for ortools, 4096 for mitm)")
+    #: per instance, seconds (backends that support it); None: limits.DEFAULT_TIME_LIMIT
+    time_limit: float | None = option(
+        None, flag="--time-limit",
+        help="per-instance solver time limit (s) of the backends that take one, and of the "
+             f"fallback for instances beyond exact search (default: {limits.DEFAULT_TIME_LIMIT:g})")
+    #: process | dask | dask-local (see subsetsum_lth.executors)
+    executor: str = option("process", flag="--executor", choices=("process", "dask", "dask-local"),
+                           group="where the solver batches run",
+                           help="process: a local process pool; dask: a Dask distributed cluster (--scheduler); "
+                                "dask-local: start a Dask LocalCluster of --workers processes "
+                                "(dask needs: pip install 'subsetsum-lth[dask]')")
+    #: Dask scheduler address for executor "dask"
+    scheduler: str | None = option(None, flag="--scheduler", metavar="ADDRESS", group="where the solver batches run",
+                                   help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.1:8786")
+    #: seconds a batch may run before it is retried
+    batch_timeout: float | None = option(
+        None, flag="--batch-timeout", metavar="SECONDS", group="where the solver batches run",
+        help="a batch not done in this time is cancelled (its worker replaced) and retried, "
+             "then its instances are reported as failed")
+    #: extra attempts for a batch whose worker died or timed out
+    retries: int = option(2, flag="--retries", group="where the solver batches run",
+                          help="extra attempts for a batch whose worker died or that timed out")
+    #: re-solve TIMEOUT/ERROR instances with another exact backend
+    fallback: bool = option(True, flag="--no-fallback", group="where the solver batches run",
+                            help="do not re-solve TIMEOUT/ERROR instances with another exact backend")
 
     def __post_init__(self) -> None:
         """The numbers, checked once here (the CLI only parses them); the solver's availability
