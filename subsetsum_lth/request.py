@@ -23,9 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from subsetsum_lth.commands._common import integer
+from subsetsum_lth.commands._common import float_range, int_range, integer, non_negative_float, positive_float
 from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.limits import MAX_COUNT, MAX_EPOCHS, MAX_SEED
 from subsetsum_lth.options import option, options
 
 # ---------------------------------------------------------------------------- the generator
@@ -300,3 +301,76 @@ class ApproximateRequest(TargetFile):
         c = self.config
         return replace(c, construction=replace(c.construction, input_domain=domain), input_radius=radius,
                        report_extra=report_extra, box=box)
+
+
+# ---------------------------------------------------------------------------- edge-popup
+
+_count = int_range(1, MAX_COUNT * 100)   # 1e10: --param-budget's memory is checked by EdgePopupConfig
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"the kept fraction must lie in (0, 1], got {text}")
+    return v
+
+
+def _train_subset(text: str):
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    return _count(text)
+
+
+def _temperature(text: str):
+    if text in ("auto", "batch"):
+        return text
+    return positive_float(text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgePopupRequest:
+    """`subsetsum-lth edge-popup`: the EdgePopupConfig, the run folder and the printing options."""
+
+    out: Path = option(flag="--out", help="run folder to write")
+    no_progress: bool = option(False, flag="--no-progress",
+                               help="no progress output (a bar on a terminal, else a line every ~10 s)")
+    json: bool = option(False, flag="--json", help="print report.json to stdout")
+    config: Any = None
+
+    @classmethod
+    def add_arguments(cls, p) -> None:
+        from subsetsum_lth.edge_popup import EdgePopupConfig as E
+
+        seed = {"type": int_range(0, MAX_SEED)}
+        src = p.add_argument_group("random network (exactly one)")
+        add_options(src.add_mutually_exclusive_group(required=True), E, "from_run", "from_target", "wide",
+                    from_run={"type": Path}, from_target={"type": Path})
+        add_options(src, E, "param_budget", "wide_init", "wide_bias", "block_width", "C", "eps", "input_domain",
+                    "net_seed", param_budget={"type": _count}, block_width={"type": _count},
+                    C={"type": positive_float}, eps={"type": positive_float}, net_seed=seed)
+        e = p.add_argument_group("edge-popup")
+        add_options(e, E, "keep", "scope", "structure", "epochs", "lr", "batch_size", "momentum", "weight_decay",
+                    "seed", "device", "threads", "data", "data_dir", "train_subset", "test_subset", "sync_every",
+                    "inner_relu", "temperature", "eval_every_epoch",
+                    keep={"type": _fraction}, epochs={"type": int_range(1, MAX_EPOCHS)},
+                    lr={"type": positive_float}, batch_size={"type": _count},
+                    momentum={"type": float_range(0.0, 0.999999, lo_open=False)},
+                    weight_decay={"type": non_negative_float}, seed=seed,
+                    threads={"type": int_range(1, MAX_COUNT)}, data_dir={"type": Path},
+                    train_subset={"type": _train_subset}, test_subset={"type": _count},
+                    sync_every={"type": _count}, temperature={"type": _temperature})
+        o = p.add_argument_group("output")
+        add_option(o, cls, "out")
+        add_options(o, E, "overwrite", "plots")
+        add_options(o, cls, "no_progress", "json")
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> EdgePopupRequest:
+        from subsetsum_lth.edge_popup import EdgePopupConfig
+        values = _read(ns, EdgePopupConfig)
+        if values.get("data_dir") is not None:
+            values["data_dir"] = str(values["data_dir"])
+        return cls(**_read(ns, cls), config=EdgePopupConfig(**values))

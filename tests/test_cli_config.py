@@ -66,8 +66,8 @@ MAPS = {
            ("from_run", "from_target", "wide", "param_budget", "wide_init", "wide_bias", "block_width", "C",
             "eps", "input_domain", "net_seed", "keep", "scope", "structure", "epochs", "lr", "batch_size",
             "momentum", "weight_decay", "seed", "device", "threads", "data_dir", "train_subset",
-            "test_subset", "sync_every", "eval_every_epoch", "temperature", "inner_relu", "overwrite", "data")},
-        "no_plots": (EdgePopupConfig, "plots", _not),
+            "test_subset", "sync_every", "eval_every_epoch", "temperature", "inner_relu", "overwrite", "data",
+            "plots")},
     }),
     "train-target": (["--out", "x"], "train_target.py", {
         **{d: (TrainConfig, d, _same) for d in
