@@ -99,6 +99,16 @@ def add_options(parser, cls, *names: str, **overrides: dict) -> None:
         add_option(parser, cls, name, **overrides.get(name, {}))
 
 
+def add_remaining(parser, *classes) -> None:
+    """Add every field with a flag of ``classes`` that ``parser`` does not have yet (after the
+    ones a command lists in its own order): a field added to a config class is a flag at once."""
+    for cls in classes:
+        for name, f in options(cls).items():
+            flag = f.metadata["flag"]
+            if flag.startswith("-") and flag not in parser._option_string_actions:
+                add_option(parser, cls, name)
+
+
 def _read(ns: argparse.Namespace, cls) -> dict:
     """{field: value} of the fields of ``cls`` whose flags the namespace holds (lists as tuples)."""
     out = {}
@@ -234,6 +244,7 @@ class ApproximateRequest(TargetFile):
         add_options(p, ApproximateConfig, "allow_infeasible", "resume", "overwrite", "empirical_samples",
                     "ascent_steps", "store", "plots")
         add_options(p, cls, "no_progress", "json")
+        add_remaining(p, ConstructionConfig, SolveConfig, ApproximateConfig, cls)
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> ApproximateRequest:
@@ -366,6 +377,7 @@ class EdgePopupRequest:
         add_option(o, cls, "out")
         add_options(o, E, "overwrite", "plots")
         add_options(o, cls, "no_progress", "json")
+        add_remaining(p, E, cls)
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> EdgePopupRequest:
