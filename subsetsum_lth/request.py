@@ -70,8 +70,15 @@ def add_option(parser, cls, name: str, **override: Any) -> argparse.Action:
     positional = not flag.startswith("-")
     kw: dict[str, Any] = {"help": meta["help"]}
     if str(f.type).split("|")[0].strip() == "bool":
-        # a flag switches the value from its default: a field that defaults to True has a --no- flag
-        kw.update(action="store_false" if default is True else "store_true", default=default)
+        # a flag switches the value from its default (--fast; --no-plots of a field that defaults to
+        # True); a field that defaults to True or None under a positive flag is an on/off pair
+        if default is False:
+            action = "store_true"
+        elif default is True and flag.startswith("--no-"):
+            action = "store_false"
+        else:
+            action = argparse.BooleanOptionalAction
+        kw.update(action=action, default=default)
     else:
         kw["type"] = _value_type(f.type)
         if meta.get("choices") is not None:
@@ -549,3 +556,76 @@ class SolversRequest:
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> SolversRequest:
         return cls(**_read(ns, cls))
+
+
+# ---------------------------------------------------------------------------- train-target
+
+class _Recorded(argparse.Action):
+    """Stores the value and remembers that the option was given (its default depends on --arch)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = set(getattr(namespace, "_given", ()))
+        given.add(self.dest)
+        setattr(namespace, "_given", given)
+
+
+def _arch_spec(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a preset such as lenet5 or a SPEC such as "
+                                         "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10")
+    return text.strip()
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    text = text.strip()
+    if text in ("", "none"):
+        return ()
+    try:
+        widths = tuple(integer(t) for t in text.split(","))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers such as 500 or 300,100, got {text!r}")
+    return widths     # TrainConfig checks that they are positive
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainTargetRequest:
+    """`subsetsum-lth train-target`: the TrainConfig, the output folder and the printing options."""
+
+    out: str = option(flag="--out", metavar="DIR", help="output folder (created if needed)")
+    progress: bool | None = option(
+        None, flag="--progress",
+        help="--progress: tqdm bars on stderr; --no-progress: no progress output; neither: "
+             "bars when stderr is a terminal, else a plain line every ~10 s and per epoch")
+    json: bool = option(False, flag="--json", help="print the summary as JSON")
+    config: Any = None
+
+    @classmethod
+    def add_arguments(cls, p) -> None:
+        from subsetsum_lth.commands._target_args import add_preprocessing_arguments
+        from subsetsum_lth.train import TrainConfig as T
+        add_option(p, cls, "out")
+        # --hidden's default depends on --arch: the action records whether it was given
+        add_options(p, T, "hidden", "bias", "arch", "dataset", "epochs", "lr", "batch_size", "seed", "data_dir",
+                    "train_subset", "threads",
+                    hidden={"type": _hidden, "action": _Recorded, "default": ",".join(map(str, T.hidden))},
+                    arch={"type": _arch_spec})
+        add_option(p, cls, "progress")
+        add_preprocessing_arguments(p, expected=False, training=True)
+        add_option(p, cls, "json")
+        add_remaining(p, T, cls)
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> TrainTargetRequest:
+        from subsetsum_lth.train import TrainConfig
+        values = _read(ns, TrainConfig)
+        if values.get("arch") is not None:
+            if "hidden" in set(getattr(ns, "_given", ())):
+                raise UserError("--hidden and --arch both describe the network; give one of them "
+                                "(an MLP as a SPEC: --arch fc300,fc100,fc10)")
+            if not values["bias"]:
+                raise UserError("--no-bias applies to the --hidden MLP; with --arch drop the biases in the "
+                                "SPEC with the suffix nb (c6k5nb, fc10nb)")
+        config = TrainConfig(**values, input_normalize=ns.input_normalize, input_scale=ns.input_scale)
+        return cls(**_read(ns, cls), config=config)

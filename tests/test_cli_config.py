@@ -73,7 +73,7 @@ MAPS = {
         **{d: (TrainConfig, d, _same) for d in
            ("bias", "epochs", "lr", "batch_size", "seed", "data_dir", "train_subset", "threads",
             "input_normalize", "input_scale", "arch")},
-        "data": (TrainConfig, "dataset", _same),
+        "dataset": (TrainConfig, "dataset", _same),
         "hidden": (TrainConfig, "hidden", _hidden),
     }),
     "bench solvers": ([], "bench.py", {
