@@ -33,10 +33,6 @@ def _same(name):
     return name
 
 
-def _not(value):
-    return not value
-
-
 def _hidden(value):            # train-target --hidden parses to a tuple of widths
     return tuple(value)
 
@@ -86,8 +82,7 @@ MAPS = {
     "bench approximate": ([], "bench.py", {
         **{d: (ApproximateBenchConfig, d, _same) for d in
            ("target", "solver", "objective", "weight_eps", "width", "data", "data_dir", "workers", "seed",
-            "out")},
-        "no_plots": (ApproximateBenchConfig, "plots", _not),
+            "out", "plots")},
     }),
 }
 
@@ -115,7 +110,7 @@ CLI_ONLY = {
     "bench approximate": {"no_progress": "printing", "json": "printing"},
 }
 
-HOUSEKEEPING = {"help", "verbose", "command", "bench_command", "_run", "_bench"}
+HOUSEKEEPING = {"help", "verbose", "command", "bench_command", "_run", "_request"}
 
 
 def _subparser(path: str) -> argparse.ArgumentParser:
