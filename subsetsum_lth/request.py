@@ -5,8 +5,12 @@ Two halves:
 * :func:`add_options` generates argparse options from dataclass fields made with
   :func:`subsetsum_lth.options.option` (flag, help, choices, metavar in the field's metadata; the
   value's type from its annotation; the default from the field) — the library's config classes
-  (ConstructionConfig, SolveConfig, ApproximateConfig, BoxConfig) and the request classes below
-  declare their flags that way.
+  (ConstructionConfig, SolveConfig, ApproximateConfig, BoxConfig, EdgePopupConfig, TrainConfig,
+  SolverBenchConfig, ApproximateBenchConfig) and the request classes below declare their flags
+  that way. A command lists its options in the order --help shows them; :func:`add_remaining`
+  then adds any flagged field it did not list, so a new config field is a flag at once. (The
+  target-file options --layers, --arch, --input-normalize/--input-scale, --expected-accuracy,
+  whose help differs per command, are still written out in commands/_target_args.py.)
 * ``XRequest.from_args(namespace)`` is the only place an ``argparse.Namespace`` is read: it builds
   the command's configs (whose ``__post_init__`` checks every number), runs every check that
   involves more than one flag, and returns a frozen request. The command's ``run(request)``
