@@ -1,7 +1,7 @@
 """Command-line options described where their values live: in config dataclass fields.
 
 A field made with :func:`option` carries its flag name and help text in ``field.metadata``; the
-CLI generates its argparse options from them (``subsetsum_lth/request.py``), and a library check
+CLI generates its argparse options from them (``subsetsum_lth/request/``), and a library check
 names the flag with :func:`flag` without knowing about argparse. The metadata is plain data:
 
     flag      "--seed" (a bool field: the flag switches it from its default; "--no-plots" for a

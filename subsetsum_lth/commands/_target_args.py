@@ -1,5 +1,5 @@
 """Options that describe a target file: layer order and the input preprocessing it was trained on
-(read by subsetsum_lth.request.TargetFile)."""
+(read by subsetsum_lth.request.target_file.TargetFile)."""
 from __future__ import annotations
 
 import argparse
