@@ -156,16 +156,29 @@ NOT_YET = set()
 _NAMES = {"args", "ns", "namespace"}
 
 
+def _reads_flags_of(fn, names: set[str]) -> bool:
+    """Whether ``fn`` reads a flag off one of its parameters ``names``: ``args.out``,
+    ``getattr(args, ...)``, ``vars(args)`` (not ``for a in args``: a graph node's args, say)."""
+    for n in ast.walk(fn):
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in names:
+            return True
+        if (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("getattr", "vars", "hasattr")
+                and n.args and isinstance(n.args[0], ast.Name) and n.args[0].id in names):
+            return True
+    return False
+
+
 def namespace_readers(source: str) -> list[str]:
-    """Functions that take the parsed flags (a parameter args/ns/namespace or annotated
-    argparse.Namespace), or that mention argparse.Namespace / vars(args) at all."""
+    """Functions that take the parsed flags (a parameter args/ns/namespace they read flags off, or
+    one annotated argparse.Namespace), and any mention of argparse.Namespace."""
     hits = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             a = node.args
             params = a.posonlyargs + a.args + a.kwonlyargs      # (*args is not the parsed flags)
             annotated = any(p.annotation is not None and "Namespace" in ast.unparse(p.annotation) for p in params)
-            if annotated or {p.arg for p in params} & _NAMES:
+            named = {p.arg for p in params} & _NAMES
+            if annotated or (named and _reads_flags_of(node, named)):
                 hits.append(f"{getattr(node, 'name', 'lambda')}:{node.lineno}")
         elif isinstance(node, ast.Attribute) and node.attr == "Namespace":
             hits.append(f"Namespace:{node.lineno}")
@@ -192,7 +205,9 @@ def test_the_reader_check_finds_a_reintroduced_args():
     assert namespace_readers("def run(args):\n    return args.out\n") == ["run:1"]
     assert "f:1" in namespace_readers("def f(x: argparse.Namespace): pass\n")
     assert namespace_readers("from argparse import Namespace\nn = Namespace(out=1)\n") == ["Namespace:2"]
+    assert namespace_readers("def f(ns):\n    return getattr(ns, 'out', None)\n") == ["f:1"]
     assert namespace_readers("def run(req):\n    return req.out\n") == []
+    assert namespace_readers("def take(self, node, args):\n    return [a for a in args if a]\n") == []
 
 
 def test_every_command_has_a_request_whose_run_takes_it():
