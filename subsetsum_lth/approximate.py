@@ -28,6 +28,7 @@ from subsetsum_lth.errors import DiskFull, UserError
 from subsetsum_lth.evaluation import evaluate_pair, spot_check  # noqa: F401  (public here too)
 from subsetsum_lth.layer_solve import build_instances, solve_layers
 from subsetsum_lth.preprocess import with_input_op
+from subsetsum_lth.options import flag, option
 from subsetsum_lth.progress import Progress, note, phase
 from subsetsum_lth.run_report import build_report, raise_if_failed
 from subsetsum_lth.runcheck import WITNESS
@@ -56,21 +57,34 @@ class ApproximateConfig:
 
     construction: ConstructionConfig = field(default_factory=ConstructionConfig)
     solve: SolveConfig = field(default_factory=SolveConfig)
-    eps: float | None = None
-    weight_eps: float | None = None
+    eps: float | None = option(None, flag="--eps", help="network-level ε: pick the per-weight tolerance so that "
+                                                         "the certified bound is <= ε")
+    weight_eps: float | None = option(None, flag="--weight-eps",
+                                      help="per-weight tolerance τ (Pensia et al. Experiment 1 mode); default "
+                                           f"{ConstructionConfig.eps:g} if --eps is not given")
     input_radius: float = 1.0
-    allow_infeasible: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    empirical_samples: int = 512
-    ascent_steps: int = 100
+    allow_infeasible: bool = option(False, flag="--allow-infeasible",
+                                    help="exit 0 even if some instances are not within τ (closest subsets are kept)")
+    resume: bool = option(False, flag="--resume", help="continue an interrupted run in --out")
+    overwrite: bool = option(False, flag="--overwrite", help="replace an existing run in --out")
+    empirical_samples: int = option(512, flag="--samples", help="random points for the empirical bound")
+    ascent_steps: int = option(100, flag="--steps",
+                               help="gradient-ascent steps for the empirical bound (0: evaluate the points only)")
     max_rounds: int = 8
-    plots: bool = True
-    max_hours: float = 24.0       #: refuse a run whose estimated solve time is longer (subsetsum_lth.limits)
+    plots: bool = option(True, flag="--no-plots", help="do not write PNG plots")
+    #: refuse a run whose estimated solve time is longer (subsetsum_lth.limits)
+    max_hours: float = option(24.0, flag="--max-hours",
+                              help="refuse (before any work) a run whose estimated solve time, ~2^(n/2) per instance "
+                                   "of n live coefficients, is longer than this; block growth (--width auto, "
+                                   "adaptive) stops before its re-solves pass this many hours of estimated "
+                                   "single-core time")
     #: how the run folder stores g: 'dense' (random_net/masks.safetensors), 'compact' (the block
     #: support + generator spec; ``export-dense`` writes the dense files), 'auto' (dense up to
     #: gstore.DENSE_MAX_ENTRIES entries)
-    store: str = "auto"
+    store: str = option("auto", flag="--store", choices=("auto", "dense", "compact"),
+                        help="how the run folder stores g: dense (random_net.safetensors, masks.safetensors), "
+                             "compact (the block support, its masks and the generator spec; 'export-dense RUN' "
+                             "writes the dense files), auto (dense up to 2e8 entries of g; default)")
     #: facts about what the caller did before (e.g. ``target_training_seconds``), added to report.json
     report_extra: dict = field(default_factory=dict)
     #: the box domain (subsetsum_lth.certify_box.BoxConfig): a box certificate too, and --eps checked on it
@@ -78,12 +92,12 @@ class ApproximateConfig:
 
     def __post_init__(self) -> None:
         if self.eps is not None and self.weight_eps is not None:
-            raise UserError("give either --eps (network bound) or --weight-eps (per-weight tolerance), not both")
+            raise UserError(f"give either {flag(self, 'eps')} (network bound) or {flag(self, 'weight_eps')} "
+                            "(per-weight tolerance), not both")
         for name in ("eps", "weight_eps"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
-                flag = "--" + name.replace("_", "-")
-                raise UserError(f"{flag} must be a positive number, got {v}")
+                raise UserError(f"{flag(self, name)} must be a positive number, got {v}")
         if self.eps is None and self.weight_eps is None:
             self.weight_eps = 0.01
         # the width formula's ε is the run's ε (network mode) or τ: one value, set here, on a copy
@@ -98,15 +112,33 @@ class ApproximateConfig:
             raise UserError(f"--input-radius must be a positive number <= {MAX_INPUT_RADIUS:g}, got "
                             f"{self.input_radius:g}; rescale the inputs or choose a smaller radius")
         if self.store not in STORES:
-            raise UserError(f"--store must be one of {STORES}, got {self.store!r}")
-        limits.check_float("--max-hours", self.max_hours, 0.0, limits.MAX_HOURS, why="a year of solving")
-        limits.check_int("--samples", self.empirical_samples, 1, limits.MAX_SAMPLES,
+            raise UserError(f"{flag(self, 'store')} must be one of {STORES}, got {self.store!r}")
+        limits.check_float(flag(self, "max_hours"), self.max_hours, 0.0, limits.MAX_HOURS, why="a year of solving")
+        limits.check_int(flag(self, "empirical_samples"), self.empirical_samples, 1, limits.MAX_SAMPLES,
                          why="each point is an input vector in float64")
-        limits.check_int("--steps", self.ascent_steps, 0, limits.MAX_STEPS)
+        limits.check_int(flag(self, "ascent_steps"), self.ascent_steps, 0, limits.MAX_STEPS)
 
     @property
     def mode(self) -> str:
         return "network" if self.eps is not None else "weight"
+
+    def fingerprint(self, target: Target) -> dict:
+        """The run's identity, recorded in run_config.json: ``--resume`` continues a run only when
+        the target and these settings are the same (the dict, its key order included, is the one
+        every earlier version wrote, so their run folders still resume)."""
+        cc, sc = self.construction, self.solve
+        return {
+            "target_sizes": target.sizes, "target_bias": target.has_bias,
+            "target_digest": target_digest(target),
+            # the input op, only when there is one (fingerprints of runs without one are unchanged)
+            **({} if target.preprocessing is None else {"preprocessing": target.preprocessing.to_metadata()}),
+            # tau only when set, so runs recorded before the field existed resume unchanged
+            "construction": {k: v for k, v in asdict(cc).items() if not (k == "tau" and v is None)},
+            "solver": sc.solver, "solver_names": SOLVER_NAMES, "objective": sc.objective, "eps": self.eps,
+            "weight_eps": self.weight_eps, "input_radius": self.input_radius, "store": self.store,
+            **({} if self.box is None else {"input_box": [self.box.lo, self.box.hi]}),
+            **({"data": self.report_extra["data"]} if "data" in self.report_extra else {}),
+        }
 
 
 def approximate(target: Target, config: ApproximateConfig, out: str | Path,
@@ -319,18 +351,7 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
     finished run for ``--resume`` or None)."""
     cc, sc = config.construction, config.solve
     check_solver(sc)
-    fingerprint = {
-        "target_sizes": target.sizes, "target_bias": target.has_bias,
-        "target_digest": target_digest(target),
-        # the input op, only when there is one (fingerprints of runs without one are unchanged)
-        **({} if target.preprocessing is None else {"preprocessing": target.preprocessing.to_metadata()}),
-        # tau only when set, so runs recorded before the field existed resume unchanged
-        "construction": {k: v for k, v in asdict(cc).items() if not (k == "tau" and v is None)},
-        "solver": sc.solver, "solver_names": SOLVER_NAMES, "objective": sc.objective, "eps": config.eps,
-        "weight_eps": config.weight_eps, "input_radius": config.input_radius, "store": config.store,
-        **({} if config.box is None else {"input_box": [config.box.lo, config.box.hi]}),
-        **({"data": config.report_extra["data"]} if "data" in config.report_extra else {}),
-    }
+    fingerprint = config.fingerprint(target)
     # refuse absurd widths (with the estimate) and a full disk before any file is written
     from subsetsum_lth import limits
     from subsetsum_lth.construction import plan_layers

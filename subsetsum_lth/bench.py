@@ -37,6 +37,7 @@ import numpy as np
 from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.limits import instance_time_limit
+from subsetsum_lth.options import option
 from subsetsum_lth.solvers.instances import OBJECTIVES, InstanceBatch, Status
 from subsetsum_lth.solvers.registry import DEFAULT_SOLVER
 
@@ -73,21 +74,39 @@ class SolverBenchConfig:
             proves the optimum in time, so this is what the knapsack B&B and CP-SAT spend there.
     """
 
-    n: int = 21
-    eps: float = 0.01
-    count: int = 20000
-    objective: str = "error"
-    targets: Path | None = None
-    solvers: tuple[str, ...] | None = None
+    n: int = option(21, flag="--n", metavar="N[,N...]",
+                    help="live coefficients per instance; several sizes, e.g. 48,64,96, make one "
+                         "table (beyond 40: exact search's reach, the ortools backend uses fix-and-search)")
+    eps: float = option(0.01, flag="--eps", help="tolerance τ of every instance")
+    count: int = option(20000, flag="--count", help="instances to draw")
+    objective: str = option("error", flag="--objective", choices=("error", "cardinality", "feasible"),
+                            help="what every backend is asked for (as approximate's --objective)")
+    targets: Path | None = option(None, flag="--targets",
+                                  help="target file: sample targets from its first Linear weight "
+                                       "(default: N(0, 0.05) clipped to [-1, 1])")
+    solvers: tuple[str, ...] | None = option(
+        None, flag="--solvers",
+        help="comma-separated backends to time (default: every available one); a backend "
+             "may carry options, NAME[key=value;...], e.g. 'ortools[fixsearch=false;"
+             "time_limit=1]' (OR-Tools' knapsack B&B instead of fix-and-search beyond n = 40)")
     baseline: str = BASELINE
-    baseline_count: int = 300
-    time_budget: float = 30.0
-    batch_size: int | None = None
+    baseline_count: int = option(300, flag="--baseline-count",
+                                 help="instances at most for the naive baseline (cpsat), scaled by its rate")
+    time_budget: float = option(30.0, flag="--time-budget",
+                                help="seconds at most per backend; slow backends are timed on the prefix they "
+                                     "finish")
+    batch_size: int | None = option(None, flag="--batch-size",
+                                    help="instances per solve_batch call (default: the backend's own)")
     target_std: float = 0.05
-    seed: int = 0
+    seed: int = option(0, flag="--seed", help="seed of the instance draw")
     pin_cpu: bool = True
-    clock: str = "wall"
-    time_limit: float | None = None
+    clock: str = option("wall", flag="--clock", choices=("wall", "cpu"),
+                        help="time by elapsed wall clock, or by this process's CPU time (robust on a "
+                             "busy machine)")
+    time_limit: float | None = option(
+        None, flag="--time-limit",
+        help="per-instance time limit (s) of the backends that take one, as approximate's "
+             f"(default: {limits.DEFAULT_TIME_LIMIT:g}); beyond n = 40 the knapsack B&B and CP-SAT run into it")
 
     def __post_init__(self) -> None:
         if self.time_limit is not None:
@@ -410,19 +429,26 @@ def bench_solver_sizes(config: SolverBenchConfig, sizes) -> list[SolverBenchRow]
 class ApproximateBenchConfig:
     """What `bench approximate` runs (a subset of `approximate`'s options)."""
 
-    target: Path | None = None          #: None: the seeded synthetic 784-300-10 target
-    solver: str = DEFAULT_SOLVER
-    objective: str = "error"
-    weight_eps: float = 0.01
-    data: str | None = None             #: 'mnist' or None
-    data_dir: Path | None = None
-    workers: int | None = None
-    out: Path | None = None             #: None: a temporary folder, removed afterwards
-    seed: int = 0
+    #: None: the seeded synthetic 784-300-10 target
+    target: Path | None = option(None, flag="--target",
+                                 help="target file or train-target folder (default: seeded synthetic 784-300-10)")
+    solver: str = option(DEFAULT_SOLVER, flag="--solver", help="solver backend")
+    objective: str = option("error", flag="--objective", choices=("error", "feasible", "cardinality"),
+                            help="subset-sum objective (as approximate's --objective)")
+    weight_eps: float = option(0.01, flag="--weight-eps", help="per-weight tolerance τ")
+    #: 'mnist' or None
+    data: str | None = option(None, flag="--data", choices=("mnist",), help="evaluate on this data set")
+    data_dir: Path | None = option(None, flag="--data-dir", help="folder with the data set files")
+    workers: int | None = option(None, flag="--workers", help="solver processes (default: all cores)")
+    #: None: a temporary folder, removed afterwards
+    out: Path | None = option(None, flag="--out",
+                              help="run folder to write (overwritten; default: a temporary folder, removed)")
+    seed: int = option(0, flag="--seed", help="seed of the random network")
     input_domain: str | None = None
-    plots: bool = True
+    plots: bool = option(True, flag="--no-plots", help="do not write PNG plots")
     #: block width mode as approximate's --width; None: approximate's default (adaptive)
-    width: str | None = None
+    width: str | None = option(None, flag="--width", choices=("formula", "auto", "adaptive"),
+                               help="block width mode, as approximate's --width (default: approximate's, adaptive)")
     extra: dict = field(default_factory=dict)   #: more ApproximateConfig fields
 
     def __post_init__(self) -> None:

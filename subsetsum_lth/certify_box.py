@@ -49,6 +49,7 @@ import torch
 from subsetsum_lth import limits
 from subsetsum_lth.certify import NUMERIC_SLACK, LayerMap
 from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.options import option
 from subsetsum_lth.progress import note, phase
 from subsetsum_lth.target import Target
 # The certificate's rooms: the differential α-CROWN bounds (box_crown), the zonotope ℓ2 bound
@@ -171,7 +172,10 @@ class BoxConfig:
     local_radii: tuple = ()          #: ℓ∞ radii ρ of the per-image certified agreement
     iters: int = 60                  #: α-CROWN iterations
     time_budget: float = 50.0        #: seconds for the α optimisation at most
-    bab_seconds: float = 0.0         #: seconds of branch and bound on g's unstable units (0: none)
+    #: seconds of branch and bound on g's unstable units (0: none)
+    bab_seconds: float = option(0.0, flag="--bab-seconds", metavar="S",
+                                help="with --input-domain box: refine the box certificate by branch and bound on "
+                                     "unstable units for S seconds (default 0: none)")
     attack_steps: int = 150
 
     def __post_init__(self) -> None:

@@ -1,7 +1,9 @@
 """Command-line interface: argument parsing and printing only.
 
 Each subcommand lives in ``subsetsum_lth/commands/<name>.py`` and exposes ``NAME``, ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> int``. ``COMMANDS`` below is the one registry.
+``add_arguments(parser)``, ``REQUEST`` (its request class in :mod:`subsetsum_lth.request`, whose
+``from_args`` is the one reader of the parsed flags) and ``run(request) -> int``. ``COMMANDS``
+below is the one registry.
 """
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                            formatter_class=HelpFormatter, parents=[common])
         if command is None or name == command:
             mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _request=getattr(mod, "REQUEST", None))
     return parser
 
 
@@ -132,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM unwinds like Ctrl-C; both also stop a native solver call (CP-SAT, Gurobi) that
         # would otherwise keep the handler from running until its time limit
         with _sigterm_as_interrupt(), stop_native_calls_on_signals():
-            return int(args._run(args) or 0)
+            # the command's request: the one reading of the flags, every check between them
+            request = args._request.from_args(args) if args._request is not None else args
+            return int(args._run(request) or 0)
     except UserError as exc:     # messages quote names and strings from files: never a raw control character
         print(f"error: {escape(exc, keep_newlines=True)}", file=sys.stderr)
         return exc.exit_code

@@ -26,6 +26,7 @@ import numpy as np
 
 from subsetsum_lth import resources
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.options import option
 from subsetsum_lth.solvers.instances import InstanceBatch
 from subsetsum_lth.target import Target
 
@@ -68,19 +69,37 @@ class ConstructionConfig:
     """
 
     input_domain: str = "nonnegative"
-    seed: int = 0
+    seed: int = option(0, flag="--seed", help="seed of the random network")
     eps: float = 0.01
-    delta: float | None = None
-    C: float = 1.5
-    block_width: int | None = None
-    distribution: str = "uniform"
+    delta: float | None = option(None, flag="--delta",
+                                 help="δ in the width formula of --width auto and formula (default: ε)")
+    C: float = option(1.5, flag="--C",
+                      help="constant C in m = ceil(C log2(p q l / min(ε, δ))), the starting width of "
+                           "--width auto and formula")
+    block_width: int | None = option(None, flag="--block-width",
+                                     help="units per block m (overrides the Theorem 1 formula)")
+    distribution: str = option("uniform", flag="--distribution", choices=("uniform", "normal"),
+                               help="distribution of g's weights (uniform = U[-1, 1])")
     #: 'adaptive' (default: start at :func:`adaptive_width`, from τ and the weights, and grow
     #: blocks that fail), 'auto' (start at the formula's width, and grow), 'formula' (fixed)
-    width: str = "adaptive"
-    grow: int | None = None      #: units appended per growth step (default: max(4, m // 4))
+    width: str = option(
+        "adaptive", flag="--width", choices=("formula", "auto", "adaptive"),
+        help="adaptive (default): blocks start at ceil(2 log2(max(1, max|w|)/τ) + 6) units "
+             "(from τ and the weights, not the layer size; or --block-width) and blocks with an "
+             "instance outside τ grow by fresh seeded units until all are within τ: the "
+             "smallest g and the fastest run, at a looser certified bound; auto: the same "
+             "growth from the Theorem 1 formula's width (or --block-width); formula: every "
+             "block has the formula's (or --block-width) units, no growth")
+    #: units appended per growth step (default: max(4, m // 4))
+    grow: int | None = option(None, flag="--grow",
+                              help="units appended to a block per growth step (default: max(4, m/4))")
     #: growth steps per block at most; None: no step cap — a block grows while it has an instance
     #: outside τ, its live units stay within exact search's reach and the cost budget allows
-    max_growth: int | None = None
+    max_growth: int | None = option(
+        None, flag="--max-growth",
+        help="growth steps per block at most (0: no growth, as --width formula); default: no "
+             "step cap, a block grows while it has an instance outside τ, its live units stay "
+             "within exact search's reach and its estimated re-solve time within --max-hours")
     tau: float | None = None
 
     def __post_init__(self) -> None:

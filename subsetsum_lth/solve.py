@@ -23,66 +23,9 @@ from subsetsum_lth.progress import Bar, advance
 from subsetsum_lth.resume_store import (ResumeStore, _result_digest, batch_digest, batch_key,  # noqa: F401
                                         stored_engines)
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status, row_engines
-from subsetsum_lth.solvers.registry import DEFAULT_SOLVER
+from subsetsum_lth.solve_config import SolveConfig, backend_fact, default_batch  # noqa: F401  (public here too)
 
 log = logging.getLogger(__name__)
-
-
-def backend_fact(solver: str, fact: str):
-    """A class attribute the driver reads from backend ``solver`` (``default_batch``,
-    ``fallback_rank``, ``uses_pool``): SolverBackend's default where the backend does not set it
-    (a plug-in that does not subclass SolverBackend) or cannot be loaded (an unknown or broken
-    solver fails elsewhere, with its own message)."""
-    from subsetsum_lth.solvers.base import SolverBackend
-    from subsetsum_lth.solvers.registry import get_backend_class
-    try:
-        cls = get_backend_class(solver)
-    except Exception:
-        cls = SolverBackend
-    return getattr(cls, fact, getattr(SolverBackend, fact))
-
-
-def default_batch(solver: str) -> int:
-    """Instances per batch for ``solver`` when no batch size is given (its ``default_batch``)."""
-    return int(backend_fact(solver, "default_batch"))
-
-
-@dataclass
-class SolveConfig:
-    solver: str = DEFAULT_SOLVER      #: the one default backend (subsetsum_lth.solvers.registry)
-    objective: str = "error"
-    workers: int | None = None        #: None: all cores; 1: in this process
-    batch_size: int | None = None     #: None: the backend's default_batch
-    time_limit: float | None = None   #: per instance, seconds (backends that support it); None: limits.DEFAULT_TIME_LIMIT
-    executor: str = "process"         #: process | dask | dask-local (see subsetsum_lth.executors)
-    scheduler: str | None = None      #: Dask scheduler address for executor "dask"
-    batch_timeout: float | None = None  #: seconds a batch may run before it is retried
-    retries: int = 2                  #: extra attempts for a batch whose worker died or timed out
-    fallback: bool = True             #: re-solve TIMEOUT/ERROR instances with another exact backend
-
-    def __post_init__(self) -> None:
-        """The numbers, checked once here (the CLI only parses them); the solver's availability
-        and the executor are checked by :func:`check_solver`."""
-        for name, flag in (("workers", "--workers"), ("batch_size", "--batch-size")):
-            v = getattr(self, name)
-            if v is not None:     # --workers beyond the cores is capped (with a note) when the pool starts
-                limits.check_int(flag, v, 1, limits.MAX_COUNT)
-        for name, flag in (("time_limit", "--time-limit"), ("batch_timeout", "--batch-timeout")):
-            v = getattr(self, name)
-            if v is not None:
-                if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-                    raise UserError(f"{flag} must be a positive number of seconds, got {v!r}")
-                limits.check_seconds(flag, v)
-        limits.check_int("--retries", self.retries, 0, limits.MAX_RETRIES)
-
-    def resolved_workers(self) -> int:
-        w = self.workers if self.workers is not None else (os.cpu_count() or 1)
-        if w < 1:
-            raise UserError(f"--workers must be >= 1, got {w}")
-        return w
-
-    def resolved_batch(self) -> int:
-        return int(self.batch_size or default_batch(self.solver))
 
 
 def in_process(config: SolveConfig, solver: str | None = None, n_batches: int | None = None) -> bool:

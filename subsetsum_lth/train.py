@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from subsetsum_lth import limits
+from subsetsum_lth.arch import SPEC_HELP
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.options import option
 from subsetsum_lth.progress import Eta, duration
 
 log = logging.getLogger(__name__)
@@ -56,21 +58,39 @@ class TrainConfig:
     ``weight_decay`` and ``optimizer`` left None take :data:`MLP_DEFAULTS`, or
     :data:`ARCH_DEFAULTS` when ``arch`` is given."""
 
-    hidden: tuple[int, ...] = (500,)
-    bias: bool = True
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
+    hidden: tuple[int, ...] = option((500,), flag="--hidden", metavar="H1,H2,...",
+                                     help="hidden layer widths, comma-separated ('' for none)")
+    bias: bool = option(True, flag="--bias", help="give every Linear layer a bias")
+    epochs: int | None = option(None, flag="--epochs",
+                                help=f"passes over the training set (default {MLP_DEFAULTS['epochs']}; "
+                                     f"{ARCH_DEFAULTS['epochs']} with --arch)")
+    lr: float | None = option(None, flag="--lr",
+                              help=f"initial learning rate, cosine-annealed to 0 over all steps (default "
+                                   f"{MLP_DEFAULTS['lr']:g} with SGD; {ARCH_DEFAULTS['lr']:g} with --arch, Adam)")
+    batch_size: int | None = option(None, flag="--batch-size", metavar="N",
+                                    help=f"mini-batch size (default {MLP_DEFAULTS['batch_size']}; "
+                                         f"{ARCH_DEFAULTS['batch_size']} with --arch)")
     momentum: float = 0.9
     weight_decay: float | None = None
-    seed: int = 0
-    data_dir: str | None = None
-    train_subset: int | None = None   #: use only the first N training images (tests, quick runs)
-    threads: int | None = None        #: torch intra-op threads (None: torch's default)
+    seed: int = option(0, flag="--seed", help="seeds the initialisation and the shuffling (same seed, same weights)")
+    data_dir: str | None = option(None, flag="--data-dir", metavar="DIR",
+                                  help="folder holding the four MNIST (or Fashion-MNIST) IDX files (.gz or not) "
+                                       "(default: $SUBSETSUM_LTH_DATA, for Fashion-MNIST "
+                                       "$SUBSETSUM_LTH_FASHION_DATA, else the user cache)")
+    #: use only the first N training images (tests, quick runs)
+    train_subset: int | None = option(None, flag="--train-subset", metavar="N",
+                                      help="train on the first N training images only (default: all 60000)")
+    #: torch intra-op threads (None: torch's default)
+    threads: int | None = option(None, flag="--threads", metavar="N",
+                                 help="torch CPU threads (default: torch's own choice)")
     input_normalize: str | None = None  #: "MEAN,STD" the model is trained on (see subsetsum_lth.preprocess)
     input_scale: str | None = None      #: pixel scale before normalising ("1/255" when None)
-    arch: str | None = None             #: a CNN/MLP architecture (preset or SPEC; None: the --hidden MLP)
-    dataset: str = "mnist"              #: "mnist" or "fashion-mnist"
+    #: a CNN/MLP architecture (preset or SPEC; None: the --hidden MLP)
+    arch: str | None = option(None, flag="--arch", metavar="ARCH",
+                              help="train this CNN (or MLP) instead of the --hidden MLP. " + SPEC_HELP.replace("%", "%%"))
+    #: "mnist" or "fashion-mnist"
+    dataset: str = option("mnist", flag="--data", choices=("mnist", "fashion-mnist"),
+                          help="the data set to train and test on")
     optimizer: str | None = None        #: "sgd" (momentum) or "adam"
 
     def __post_init__(self):

@@ -538,11 +538,12 @@ def test_command_arch_defaults_and_explicit_values(monkeypatch, tmp_path):
     cmd.add_arguments(p)
     for argv, want in [([], (10, 1e-3, 128, "adam", 0.0)), (["--lr", "0.01", "--epochs", "3"], (3, 0.01, 128, "adam", 0.0))]:
         with pytest.raises(SystemExit):
-            cmd.run(p.parse_args(["--out", str(tmp_path), "--arch", "lenet5", "--data", "fashion-mnist", *argv]))
+            cmd.run(cmd.REQUEST.from_args(p.parse_args(["--out", str(tmp_path), "--arch", "lenet5", "--data",
+                                                         "fashion-mnist", *argv])))
         c = seen["config"]
         assert (c.epochs, c.lr, c.batch_size, c.optimizer, c.weight_decay) == want
         assert c.dataset == "fashion-mnist" and c.arch == "lenet5"
     with pytest.raises(SystemExit):
-        cmd.run(p.parse_args(["--out", str(tmp_path)]))
+        cmd.run(cmd.REQUEST.from_args(p.parse_args(["--out", str(tmp_path)])))
     c = seen["config"]
     assert (c.epochs, c.lr, c.batch_size, c.optimizer, c.weight_decay, c.arch) == (10, 0.05, 64, "sgd", 5e-4, None)

@@ -33,10 +33,6 @@ def _same(name):
     return name
 
 
-def _not(value):
-    return not value
-
-
 def _hidden(value):            # train-target --hidden parses to a tuple of widths
     return tuple(value)
 
@@ -54,9 +50,9 @@ MAPS = {
         "allow_infeasible": (ApproximateConfig, "allow_infeasible", _same),
         "resume": (ApproximateConfig, "resume", _same),
         "overwrite": (ApproximateConfig, "overwrite", _same),
-        "samples": (ApproximateConfig, "empirical_samples", _same),
-        "steps": (ApproximateConfig, "ascent_steps", _same),
-        "no_plots": (ApproximateConfig, "plots", _not),
+        "empirical_samples": (ApproximateConfig, "empirical_samples", _same),
+        "ascent_steps": (ApproximateConfig, "ascent_steps", _same),
+        "plots": (ApproximateConfig, "plots", _same),
         "max_hours": (ApproximateConfig, "max_hours", _same),
         "store": (ApproximateConfig, "store", _same),
         "bab_seconds": (BoxConfig, "bab_seconds", _same),
@@ -66,14 +62,14 @@ MAPS = {
            ("from_run", "from_target", "wide", "param_budget", "wide_init", "wide_bias", "block_width", "C",
             "eps", "input_domain", "net_seed", "keep", "scope", "structure", "epochs", "lr", "batch_size",
             "momentum", "weight_decay", "seed", "device", "threads", "data_dir", "train_subset",
-            "test_subset", "sync_every", "eval_every_epoch", "temperature", "inner_relu", "overwrite", "data")},
-        "no_plots": (EdgePopupConfig, "plots", _not),
+            "test_subset", "sync_every", "eval_every_epoch", "temperature", "inner_relu", "overwrite", "data",
+            "plots")},
     }),
     "train-target": (["--out", "x"], "train_target.py", {
         **{d: (TrainConfig, d, _same) for d in
            ("bias", "epochs", "lr", "batch_size", "seed", "data_dir", "train_subset", "threads",
             "input_normalize", "input_scale", "arch")},
-        "data": (TrainConfig, "dataset", _same),
+        "dataset": (TrainConfig, "dataset", _same),
         "hidden": (TrainConfig, "hidden", _hidden),
     }),
     "bench solvers": ([], "bench.py", {
@@ -86,8 +82,7 @@ MAPS = {
     "bench approximate": ([], "bench.py", {
         **{d: (ApproximateBenchConfig, d, _same) for d in
            ("target", "solver", "objective", "weight_eps", "width", "data", "data_dir", "workers", "seed",
-            "out")},
-        "no_plots": (ApproximateBenchConfig, "plots", _not),
+            "out", "plots")},
     }),
 }
 
@@ -116,7 +111,7 @@ CLI_ONLY = {
     "bench approximate": {"no_progress": "printing", "json": "printing"},
 }
 
-HOUSEKEEPING = {"help", "verbose", "command", "bench_command", "_run", "_bench"}
+HOUSEKEEPING = {"help", "verbose", "command", "bench_command", "_run", "_request"}
 
 
 def _subparser(path: str) -> argparse.ArgumentParser:

@@ -108,10 +108,10 @@ def test_built_in_backends_are_listed_once():
 LAYERS = [
     ("solvers", {"solvers"}),
     ("foundation", {"__init__", "errors", "atomic", "progress", "runfolder", "manifest", "overwrite", "netdigest",
-                    "resources", "safetext", "report_fields"}),
+                    "resources", "safetext", "report_fields", "options"}),
     ("network", {"ops", "layerkinds", "arch", "arch_state", "pickle_scan", "checkpoint", "preprocess", "target",
                  "construction", "mask_rules", "gnet", "data"}),
-    ("solve", {"solve", "resume_store", "executors", "limits", "growth"}),
+    ("solve", {"solve", "solve_config", "resume_store", "executors", "limits", "growth"}),
     ("certificate", {"certify", "tolerance", "box_crown", "box_zonotope", "box_attack", "box_agreement",
                      "certify_box"}),
     ("measurement", {"evaluation", "plots"}),
@@ -120,7 +120,7 @@ LAYERS = [
     ("gradient training: targets and edge-popup", {"train", "edge_popup"}),
     ("the subset-sum pipeline and the API", {"layer_solve", "approximate", "default_target", "api"}),
     ("analysis", {"compare", "bench", "width_law", "baselines"}),
-    ("interface", {"cli", "commands", "__main__"}),
+    ("interface", {"cli", "commands", "request", "__main__"}),
 ]
 
 

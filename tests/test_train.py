@@ -138,7 +138,7 @@ def test_command_json(tmp_path, capsys):
     args = p.parse_args(["--out", str(tmp_path / "t"), "--hidden", "12,8", "--no-bias",
                          "--epochs", "1", "--train-subset", "500", "--seed", "3",
                          "--data-dir", str(DATA), "--threads", "1", "--json"])
-    assert cmd.run(args) == 0
+    assert cmd.run(cmd.REQUEST.from_args(args)) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["sizes"] == [784, 12, 8, 10] and summary["bias"] is False
     assert summary["seed"] == 3 and summary["threads"] == 1
@@ -154,7 +154,7 @@ def test_command_human_output_and_defaults(tmp_path, capsys):
     from subsetsum_lth.train import TrainConfig
     assert (TrainConfig().lr, TrainConfig().batch_size) == (0.05, 64)
     assert (TrainConfig(arch="lenet5").lr, TrainConfig(arch="lenet5").batch_size) == (1e-3, 128)
-    assert cmd.run(args) == 0
+    assert cmd.run(cmd.REQUEST.from_args(args)) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and str(tmp_path / "target.safetensors") in out
     defaults = p.parse_args(["--out", "x"])

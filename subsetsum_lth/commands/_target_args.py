@@ -1,4 +1,5 @@
-"""Options that describe a target file: layer order and the input preprocessing it was trained on."""
+"""Options that describe a target file: layer order and the input preprocessing it was trained on
+(read by subsetsum_lth.request.target_file.TargetFile)."""
 from __future__ import annotations
 
 import argparse
@@ -43,32 +44,3 @@ def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = Tru
                        help="test accuracy the model reaches on its own preprocessing (fraction or "
                             "percent); with --data, a measured accuracy more than 1 point lower draws a warning "
                             "(unset: a figure stored in the checkpoint, e.g. 'test_accuracy')")
-
-
-def preprocessing_from_args(args):
-    """The Preprocessing declared by the flags, or None when none was given."""
-    normalize = getattr(args, "input_normalize", None)
-    scale = getattr(args, "input_scale", None)
-    if normalize is None and scale is None:
-        return None
-    from subsetsum_lth.preprocess import Preprocessing
-    return Preprocessing.parse(normalize, scale)
-
-
-def target_flags_given(args) -> list[str]:
-    return [flag for flag, attr in (("--layers", "layers"), ("--arch", "arch"),
-                                    ("--input-normalize", "input_normalize"),
-                                    ("--input-scale", "input_scale"),
-                                    ("--fold-preprocessing", "fold_preprocessing"))
-            if getattr(args, attr, None) is not None]
-
-
-def check_expected_accuracy(args) -> None:
-    """--expected-accuracy is compared with an accuracy measured on --data."""
-    from subsetsum_lth.errors import UserError
-    acc = getattr(args, "expected_accuracy", None)
-    if acc is not None and getattr(args, "data", None) is None:
-        raise UserError("--expected-accuracy is compared with the accuracy measured on --data; "
-                        "add --data mnist or drop it")
-    if acc is not None and acc > 100:
-        raise UserError(f"--expected-accuracy is a fraction or a percentage, got {acc:g}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from subsetsum_lth.commands._common import bound_text, int_range, positive_float, print_json, scale_text, seconds
+from subsetsum_lth.commands._common import bound_text, print_json, scale_text
 from subsetsum_lth.errors import REPORT_MISMATCH_EXIT
-from subsetsum_lth.limits import MAX_SAMPLES, MAX_STEPS
+from subsetsum_lth.request import CertifyRequest
 
 HELP = "recompute the certified and empirical bounds of a run folder from its files"
 DESCRIPTION = (
@@ -17,49 +17,28 @@ DESCRIPTION = (
     "(\"FIELD: stored X, the files give Y\"); exit 2 when the folder cannot be read.")
 
 
+#: the request `run` takes (subsetsum_lth.request)
+REQUEST = CertifyRequest
+
+
 def add_arguments(p) -> None:
-    p.add_argument("run", type=Path, help="run folder written by 'approximate'")
-    p.add_argument("--input-radius", type=positive_float, default=None,
-                   help="radius r of the input ball (default: the run's)")
-    p.add_argument("--input-domain", choices=("nonnegative", "signed", "box"), default=None,
-                   help="input domain of the first layer (default: the run's); box: certify the box "
-                        "--input-box too (a run made with --input-domain box is always certified on its box)")
-    p.add_argument("--input-box", default=None, metavar="LO,HI",
-                   help="bounds of every input coordinate for --input-domain box (default: the run's box, else 0,1)")
-    p.add_argument("--bab-seconds", type=seconds(zero_ok=True), default=0.0, metavar="S",
-                   help="box certificate: branch and bound on unstable units for S seconds (default 0: none)")
-    p.add_argument("--samples", type=int_range(1, MAX_SAMPLES, "each point is an input vector in float64"),
-                   default=512, help="random points for the empirical bound")
-    p.add_argument("--steps", type=int_range(0, MAX_STEPS), default=100, help="gradient-ascent steps for the empirical bound")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="folder with the files of the data set the run records (to recompute its accuracies "
-                        "and input radius; default: the usual data locations, never a download)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    CertifyRequest.add_arguments(p)
 
 
-def run(args) -> int:
+def run(req: CertifyRequest) -> int:
     from subsetsum_lth.certify_run import certify_run
     from subsetsum_lth.commands._progress import progress_factory
-    box = None
-    if args.input_domain == "box" or args.input_box is not None:
-        from subsetsum_lth.certify_box import BoxConfig, parse_box
-        from subsetsum_lth.errors import UserError
-        if args.input_domain != "box":
-            raise UserError("--input-box needs --input-domain box")
-        box = BoxConfig(*parse_box(args.input_box)) if args.input_box is not None else True
-    if args.bab_seconds:          # the run's box (or the asked one), refined by branch and bound
-        box = (box, args.bab_seconds)
-    res = certify_run(args.run, input_radius=args.input_radius,
-                      input_domain=None if args.input_domain == "box" else args.input_domain,
-                      samples=args.samples, steps=args.steps, box=box, data_dir=args.data_dir,
-                      progress=progress_factory(not args.json))
+    res = certify_run(req.run, input_radius=req.input_radius,
+                      input_domain=None if req.input_domain == "box" else req.input_domain,
+                      samples=req.samples, steps=req.steps, box=req.box, data_dir=req.data_dir,
+                      progress=progress_factory(not req.json))
     check = res["report_check"]
     status = REPORT_MISMATCH_EXIT if check["mismatches"] else 0
-    if args.json:
+    if req.json:
         print_json(res)
-        _print_mismatches(args.run, check)
+        _print_mismatches(req.run, check)
         return status
-    print(f"run:             {args.run}")
+    print(f"run:             {req.run}")
     print(f"input ball:      radius {res['input_radius']:g}, domain {res['input_domain']}")
     src = res.get("data_source")
     print("data:            " + (f"{res['data']} (recorded in {src})" if res.get("data") else
@@ -91,7 +70,7 @@ def run(args) -> int:
             print(f"stored box witness: error {bw['error']:.6g} at the x* in {bw['file']}, <= certified")
     for note in check["notes"]:
         print(f"note: {note}")
-    _print_mismatches(args.run, check)
+    _print_mismatches(req.run, check)
     return status
 
 

@@ -1,9 +1,8 @@
 """`subsetsum-lth compare`: compare masks of several runs on the same random network."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from subsetsum_lth.commands._common import bound_text, int_range, print_json, scale_text
+from subsetsum_lth.commands._common import bound_text, print_json, scale_text
+from subsetsum_lth.request import CompareRequest
 
 NAME = "compare"
 HELP = "compare masks of runs on the same random network (accuracy, agreement, deviation, overlap)"
@@ -18,29 +17,12 @@ DESCRIPTION = (
     "accuracy_vs_kept.png into --out.")
 
 
+#: the request `run` takes (subsetsum_lth.request)
+REQUEST = CompareRequest
+
+
 def add_arguments(p) -> None:
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders to compare")
-    p.add_argument("--out", type=Path, required=True, help="folder for comparison.json/.csv/.png")
-    p.add_argument("--target", type=Path, default=None,
-                   help="target file or folder (default: the first run's target.safetensors)")
-    from subsetsum_lth.commands._target_args import add_layers_argument, add_preprocessing_arguments
-    add_layers_argument(p)
-    from subsetsum_lth.commands._target_args import add_arch_argument
-    add_arch_argument(p)
-    add_preprocessing_arguments(p, expected=False)
-    p.add_argument("--label", action="append", default=None, metavar="NAME",
-                   help="a name per run, in order (repeat the option; default: folder names)")
-    p.add_argument("--data", choices=("mnist", "fashion-mnist"), default=None,
-                   help="the test set to use (default: the one the runs record, else mnist); one that "
-                        "contradicts the runs' record is refused")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="folder with the MNIST (or Fashion-MNIST) IDX files")
-    p.add_argument("--test-subset", type=int_range(1, 10_000_000), default=None, metavar="N",
-                   help="use the first N test images only")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where ĝ and f are evaluated")
-    p.add_argument("--no-plots", action="store_true", help="do not write the PNG")
-    p.add_argument("--json", action="store_true", help="print comparison.json to stdout")
+    CompareRequest.add_arguments(p)
 
 
 def _fmt(v, pct=False, digits=4) -> str:
@@ -70,26 +52,19 @@ def _certified_line(e: dict, n: int) -> str:
     return line
 
 
-def run(args) -> int:
-    from subsetsum_lth.commands._target_args import preprocessing_from_args, target_flags_given
+def run(req: CompareRequest) -> int:
     from subsetsum_lth.commands._progress import progress_factory
     from subsetsum_lth.compare import compare_runs
 
-    target = args.target
-    if target_flags_given(args):
-        from subsetsum_lth.errors import UserError
-        from subsetsum_lth.target import load_target
-        if target is None:
-            raise UserError(f"{', '.join(target_flags_given(args))} describe a --target file; pass --target "
-                            "or drop them")
-        target = load_target(target, layers=args.layers, preprocessing=preprocessing_from_args(args),
-                             arch=args.arch, fold_preprocessing=bool(args.fold_preprocessing))
-    result = compare_runs(args.runs, args.out, target=target,
-                          data_dir=None if args.data_dir is None else str(args.data_dir),
-                          device=args.device, test_subset=args.test_subset, labels=args.label,
-                          plots=not args.no_plots, dataset=args.data,
-                          progress=progress_factory(not args.json, unit="batch"))
-    if args.json:
+    # the target the flags describe (loaded here when they say how), else the --target path as is
+    target = req.load() if req.target_flags_given() else req.target
+    result = compare_runs(list(req.runs), req.out, target=target,
+                          data_dir=None if req.data_dir is None else str(req.data_dir),
+                          device=req.device, test_subset=req.test_subset,
+                          labels=None if req.label is None else list(req.label),
+                          plots=req.plots, dataset=req.data,
+                          progress=progress_factory(not req.json, unit="batch"))
+    if req.json:
         print_json(result)
         return 0
     print(f"random network {'-'.join(map(str, result['random_network_sizes']))}, weights sha256 "
@@ -117,5 +92,5 @@ def run(args) -> int:
               f"{_fmt(t['b_kept_by_a'], pct=True)} the other way")
     for w in result["warnings"]:
         print(f"warning: {w}")
-    print(f"wrote {args.out}")
+    print(f"wrote {req.out}")
     return 0

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from subsetsum_lth.commands._common import float_range, int_range, non_negative_float, positive_float, print_json
-from subsetsum_lth.limits import MAX_COUNT, MAX_EPOCHS, MAX_SEED
+from subsetsum_lth.commands._common import print_json
+from subsetsum_lth.request import EdgePopupRequest
 
 NAME = "edge-popup"
 HELP = "learn a mask on a random network with edge-popup (Ramanujan et al. 2020), weights frozen"
@@ -27,117 +27,13 @@ DESCRIPTION = (
     "instead of 0.1 (g's very wide layers); a budget of one epoch of 7680 images on CPU, a few minutes.")
 
 
-_count = int_range(1, MAX_COUNT * 100)   # 1e10: --param-budget's memory is checked by EdgePopupConfig
-
-
-def _fraction(text: str) -> float:
-    import argparse
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"the kept fraction must lie in (0, 1], got {text}")
-    return v
-
-
-def _train_subset(text: str):
-    if text in ("auto", "all"):
-        return None if text == "all" else text
-    return _count(text)
-
-
-def _temperature(text: str):
-    if text in ("auto", "batch"):
-        return text
-    return positive_float(text)
+#: the request `run` takes (subsetsum_lth.request)
+REQUEST = EdgePopupRequest
 
 
 def add_arguments(p) -> None:
-    # every default is EdgePopupConfig's (written once, in the dataclass; tests/test_cli_config.py)
-    from subsetsum_lth.edge_popup import EdgePopupConfig as E
-
-    src = p.add_argument_group("random network (exactly one)")
-    g = src.add_mutually_exclusive_group(required=True)
-    g.add_argument("--from-run", type=Path, metavar="RUN",
-                   help="a run folder: its random_net.safetensors (copied byte for byte)")
-    g.add_argument("--from-target", type=Path, metavar="TARGET",
-                   help="allocate the construction's random network for this target (as 'approximate')")
-    g.add_argument("--wide", metavar="SIZES",
-                   help="a plain random MLP, e.g. 784,1000,10, or 784,H,10 with --param-budget")
-    src.add_argument("--param-budget", type=_count, default=E.param_budget, metavar="N",
-                     help="--wide: H = the largest width with at most N parameters (biases counted)")
-    src.add_argument("--wide-init", choices=("uniform", "normal", "kaiming-uniform"), default=E.wide_init,
-                     help="--wide: weight distribution (uniform = U[-1, 1], g's distribution; "
-                          "kaiming-uniform = U[±sqrt(6/fan_in)])")
-    src.add_argument("--no-bias", dest="wide_bias", action="store_false", default=E.wide_bias,
-                     help="--wide: zero biases (not scored)")
-    src.add_argument("--block-width", type=_count, default=E.block_width,
-                     help="--from-target: units per block m (default: Theorem 1's formula)")
-    src.add_argument("--C", dest="C", type=positive_float, default=E.C,
-                     help="--from-target: constant C of the width formula")
-    src.add_argument("--eps", type=positive_float, default=E.eps,
-                     help="--from-target: ε in the width formula")
-    src.add_argument("--input-domain", choices=("nonnegative", "signed"), default=E.input_domain,
-                     help="first layer's input domain for the structured pre-pruning (default: the run's "
-                          "or the target's, else nonnegative as MNIST pixels are)")
-    src.add_argument("--net-seed", type=int_range(0, MAX_SEED), default=E.net_seed,
-                     help="seed of a freshly allocated random network (default: --seed)")
-
-    e = p.add_argument_group("edge-popup")
-    e.add_argument("--keep", type=_fraction, default=E.keep, metavar="K",
-                   help="fraction of weights KEPT (exactly ceil(K*n) per tensor, or over all with --scope global)")
-    e.add_argument("--scope", choices=("layer", "global"), default=E.scope, help="where the top-k is taken")
-    e.add_argument("--structure", choices=("free", "structured"), default=E.structure,
-                   help="structured: only edges of the construction's block-diagonal pre-pruning may be kept")
-    e.add_argument("--epochs", type=int_range(1, MAX_EPOCHS), default=E.epochs,
-                   help=f"passes over the (--train-subset) training images (default: {E.epochs}; with the CPU "
-                        "subset, a budget of a few minutes)")
-    e.add_argument("--lr", type=positive_float, default=E.lr,
-                   help="initial learning rate of the scores (cosine to 0). hidden-networks uses 0.1 on "
-                        "kaiming-scaled networks of moderate width; on g (U[-1, 1] weights, hidden widths "
-                        "in the tens of thousands, loss on logits / T) 0.1 moves the scores of the wide "
-                        "layers by about their own size per step, the top-k reshuffles and the network "
-                        "ends switched off (loss ln 10); 0.02 learns")
-    e.add_argument("--batch-size", type=_count, default=E.batch_size, help="mini-batch size")
-    e.add_argument("--momentum", type=float_range(0.0, 0.999999, lo_open=False), default=E.momentum, help="SGD momentum")
-    e.add_argument("--weight-decay", type=non_negative_float, default=E.weight_decay, help="weight decay on the scores")
-    e.add_argument("--seed", type=int_range(0, MAX_SEED), default=E.seed, help="seeds score initialisation and shuffling")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default=E.device,
-                   help="auto: CUDA when available, else CPU")
-    e.add_argument("--threads", type=int_range(1, MAX_COUNT), default=E.threads, help="torch CPU threads (default: torch's; more than the CPU cores are capped to them, with a note)")
-    e.add_argument("--data", choices=("mnist", "fashion-mnist"), default=E.data,
-                   help="the data set to train and test on (default: the one the run or target records, "
-                        "else mnist); one that contradicts the run's record is refused")
-    e.add_argument("--data-dir", type=Path, default=E.data_dir,
-                   help="folder with the MNIST (or Fashion-MNIST) IDX files")
-    e.add_argument("--train-subset", type=_train_subset, default=E.train_subset, metavar="N",
-                   help="train on the first N training images only; auto: 7680 (60 steps of 128) on CPU, "
-                        "all 60000 on CUDA; all: every image")
-    e.add_argument("--test-subset", type=_count, default=E.test_subset, metavar="N",
-                   help="evaluate on the first N test images only")
-    e.add_argument("--sync-every", type=_count, default=E.sync_every, metavar="STEPS",
-                   help="read loss/accuracy back from the device every STEPS steps (progress bar; "
-                        "default 50 on CUDA, 10 on CPU)")
-    e.add_argument("--no-inner-relu", dest="inner_relu", action="store_false", default=E.inner_relu,
-                   help="use the construction's layers 2i-1 linearly (no ReLU after Linear layers 0, 2, 4, "
-                        "...; Pensia et al.'s Fig. 1c structure without ReLU); needs an even number of "
-                        "Linear layers; for a CNN run the first (k×k) Conv2d of each pair is used linearly; "
-                        "recorded in report.json ('inner_relu', 'modules')")
-    e.add_argument("--temperature", type=_temperature, default=E.temperature, metavar="T",
-                   help="train on CE(logits / T); auto: T = standard deviation of the initial masked "
-                        "network's logits (U[-1, 1] networks have logits in the hundreds); batch: each "
-                        "batch's own logit standard deviation; 1 = plain edge-popup")
-    e.add_argument("--no-epoch-eval", dest="eval_every_epoch", action="store_false", default=E.eval_every_epoch,
-                   help="evaluate the test accuracy only after the last epoch")
-
-    o = p.add_argument_group("output")
-    o.add_argument("--out", type=Path, required=True, help="run folder to write")
-    o.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    o.add_argument("--no-plots", action="store_true", help="do not write the training-curve PNG")
-    o.add_argument("--no-progress", action="store_true",
-                   help="no progress output (a bar on a terminal, else a line every ~10 s)")
-    o.add_argument("--json", action="store_true", help="print report.json to stdout")
+    # every default is EdgePopupConfig's (the options are generated from its fields; tests/test_cli_config.py)
+    EdgePopupRequest.add_arguments(p)
 
 
 def _header_lines(h: dict) -> list[str]:
@@ -167,22 +63,9 @@ def _epoch_line(c: dict) -> str:
             f"{100 * c['epoch_train_accuracy']:.2f}%{test}, {c['epoch_seconds']:.1f} s")
 
 
-def run(args) -> int:
-    from subsetsum_lth.edge_popup import EdgePopupConfig, run_edge_popup
+def run(req: EdgePopupRequest) -> int:
+    from subsetsum_lth.edge_popup import run_edge_popup
 
-    config = EdgePopupConfig(
-        from_run=args.from_run, from_target=args.from_target, wide=args.wide,
-        param_budget=args.param_budget, wide_init=args.wide_init, wide_bias=args.wide_bias,
-        block_width=args.block_width, C=args.C, eps=args.eps, input_domain=args.input_domain,
-        net_seed=args.net_seed, keep=args.keep, scope=args.scope, structure=args.structure,
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, momentum=args.momentum,
-        weight_decay=args.weight_decay, seed=args.seed, device=args.device, threads=args.threads,
-        data_dir=None if args.data_dir is None else str(args.data_dir), data=args.data,
-        train_subset=args.train_subset, test_subset=args.test_subset, sync_every=args.sync_every,
-        eval_every_epoch=args.eval_every_epoch, temperature=args.temperature, inner_relu=args.inner_relu,
-        plots=not args.no_plots,
-        overwrite=args.overwrite,
-    )
     from subsetsum_lth.commands._progress import progress_factory, say
 
     def on_start(header: dict) -> None:
@@ -193,12 +76,12 @@ def run(args) -> int:
         say(_epoch_line(point))
 
     # a bar on a terminal, else a plain line every ~10 s (loss, accuracy, time left) on stderr
-    report = run_edge_popup(config, args.out, progress=progress_factory(not args.no_progress),
+    report = run_edge_popup(req.config, req.out, progress=progress_factory(not req.no_progress),
                             on_start=on_start, on_epoch=on_epoch)
-    if args.json:
+    if req.json:
         print_json(report)
     else:
-        _summary(report, args.out)
+        _summary(report, req.out)
     return 0
 
 

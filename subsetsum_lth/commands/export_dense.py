@@ -1,9 +1,8 @@
 """`subsetsum-lth export-dense RUN`: write the dense files of a compact run folder."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from subsetsum_lth.commands._common import print_json
+from subsetsum_lth.request import ExportDenseRequest
 
 HELP = "write random_net.safetensors and masks.safetensors of a run stored with --store compact"
 DESCRIPTION = (
@@ -14,16 +13,19 @@ DESCRIPTION = (
     "approximate --store dense writes for the same run. Needs about 5 bytes of disk per entry of g.")
 
 
+#: the request `run` takes (subsetsum_lth.request)
+REQUEST = ExportDenseRequest
+
+
 def add_arguments(p) -> None:
-    p.add_argument("run", type=Path, help="run folder written by 'approximate --store compact'")
-    p.add_argument("--json", action="store_true", help="print the written files as JSON")
+    ExportDenseRequest.add_arguments(p)
 
 
-def run(args) -> int:
+def run(req: ExportDenseRequest) -> int:
     from subsetsum_lth.runwriter import export_dense
-    paths = export_dense(args.run)
-    if args.json:
-        print_json({"run": str(args.run), "files": [str(p) for p in paths]})
+    paths = export_dense(req.run)
+    if req.json:
+        print_json({"run": str(req.run), "files": [str(p) for p in paths]})
         return 0
     for p in paths:
         print(f"wrote {p} ({p.stat().st_size:,} bytes)")

@@ -1,13 +1,10 @@
 """``subsetsum-lth inspect FILE``: what the loader sees in a checkpoint, and what it refuses."""
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from subsetsum_lth.commands._target_args import (add_layers_argument, add_preprocessing_arguments,
-                                                 preprocessing_from_args)
 from subsetsum_lth.assumptions import mismatch_warning, read_from, target_assumptions
+from subsetsum_lth.request import InspectRequest
 from subsetsum_lth.safetext import escape
 
 HELP = ("show how a checkpoint or graph loads as a target: layers, order, shapes, norms, accuracy, "
@@ -24,18 +21,12 @@ DESCRIPTION = (
     "assumptions are listed.")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", type=Path, metavar="FILE",
-                   help="graph (.pt2, TorchScript .ts/.pt), checkpoint (.pt/.pth/.ckpt/.bin/.tar/.safetensors) "
-                        "or a train-target folder")
-    add_layers_argument(p)
-    from subsetsum_lth.commands._target_args import add_arch_argument
-    add_arch_argument(p)
-    add_preprocessing_arguments(p)
-    p.add_argument("--data", choices=("mnist", "fashion-mnist"), default=None,
-                   help="also measure the test accuracy on this data set (inputs pixels/255)")
-    p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set files")
-    p.add_argument("--json", action="store_true", help="print what the loader sees as JSON")
+#: the request `run` takes (subsetsum_lth.request)
+REQUEST = InspectRequest
+
+
+def add_arguments(p) -> None:
+    InspectRequest.add_arguments(p)
 
 
 def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None,
@@ -98,15 +89,13 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def run(req: InspectRequest) -> int:
     from subsetsum_lth.commands._common import print_json
-    from subsetsum_lth.commands._target_args import check_expected_accuracy
     from subsetsum_lth.errors import TargetError
-    check_expected_accuracy(args)
-    info = inspect_file(args.file, layers=args.layers, arch=args.arch, preprocessing=preprocessing_from_args(args),
-                        data=args.data, data_dir=args.data_dir, expected_accuracy=args.expected_accuracy,
-                        fold_preprocessing=bool(args.fold_preprocessing))
-    if args.json:
+    info = inspect_file(req.target, layers=req.layers, arch=req.arch, preprocessing=req.preprocessing(),
+                        data=req.data, data_dir=req.data_dir, expected_accuracy=req.expected_accuracy,
+                        fold_preprocessing=bool(req.fold_preprocessing))
+    if req.json:
         print_json(info)
     else:
         _print(info)

@@ -3,17 +3,21 @@ of the default portfolio ``auto``."""
 from __future__ import annotations
 
 from subsetsum_lth.commands._common import print_json
+from subsetsum_lth.request import SolversRequest
 
 HELP = ("list solver backends, whether they are available here, what they can do, and which "
         "engine the default 'auto' sends each instance to")
 
 
+#: the request `run` takes (subsetsum_lth.request)
+REQUEST = SolversRequest
+
+
 def add_arguments(p) -> None:
-    p.add_argument("--json", action="store_true",
-                   help="print a JSON list; auto's entry holds its routing table ('routing')")
+    SolversRequest.add_arguments(p)
 
 
-def run(args) -> int:
+def run(req: SolversRequest) -> int:
     from subsetsum_lth.solvers.portfolio import routing_table
     from subsetsum_lth.solvers.registry import DEFAULT_SOLVER, backend_info, list_backends
     infos = [backend_info(n) for n in list_backends()]
@@ -23,7 +27,7 @@ def run(args) -> int:
     for info in infos:
         if info["name"] == "auto":
             info["routing"] = routes
-    if args.json:
+    if req.json:
         print_json(infos)
         return 0
     w = max([len(i["name"]) + 2 for i in infos] + [10])     # the name, its mark, a space

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.options import option
 
 SCOPES = ("layer", "global")
 STRUCTURES = ("free", "structured")
@@ -22,6 +23,8 @@ CPU_TRAIN_SUBSET = 7680
 
 METHOD = "edge-popup"
 
+EPOCHS = 1      #: the default --epochs
+
 
 @dataclass
 class EdgePopupConfig:
@@ -34,41 +37,92 @@ class EdgePopupConfig:
     width with at most ``param_budget`` parameters).
     """
 
-    from_run: str | None = None
-    from_target: str | None = None
-    wide: str | Sequence | None = None
-    param_budget: int | None = None
-    wide_init: str = "uniform"
-    wide_bias: bool = True
-    block_width: int | None = None
-    C: float = 1.5
-    eps: float = 0.01
-    input_domain: str | None = None
-    net_seed: int | None = None        #: seed of a freshly allocated g (default: ``seed``)
+    from_run: str | None = option(None, flag="--from-run", metavar="RUN",
+                                  help="a run folder: its random_net.safetensors (copied byte for byte)")
+    from_target: str | None = option(
+        None, flag="--from-target", metavar="TARGET",
+        help="allocate the construction's random network for this target (as 'approximate')")
+    wide: str | Sequence | None = option(
+        None, flag="--wide", metavar="SIZES",
+        help="a plain random MLP, e.g. 784,1000,10, or 784,H,10 with --param-budget")
+    param_budget: int | None = option(
+        None, flag="--param-budget", metavar="N",
+        help="--wide: H = the largest width with at most N parameters (biases counted)")
+    wide_init: str = option("uniform", flag="--wide-init", choices=WIDE_INITS,
+                            help="--wide: weight distribution (uniform = U[-1, 1], g's distribution; "
+                                 "kaiming-uniform = U[±sqrt(6/fan_in)])")
+    wide_bias: bool = option(True, flag="--no-bias", help="--wide: zero biases (not scored)")
+    block_width: int | None = option(None, flag="--block-width",
+                                     help="--from-target: units per block m (default: Theorem 1's formula)")
+    C: float = option(1.5, flag="--C", help="--from-target: constant C of the width formula")
+    eps: float = option(0.01, flag="--eps", help="--from-target: ε in the width formula")
+    input_domain: str | None = option(
+        None, flag="--input-domain", choices=("nonnegative", "signed"),
+        help="first layer's input domain for the structured pre-pruning (default: the run's "
+             "or the target's, else nonnegative as MNIST pixels are)")
+    #: seed of a freshly allocated g (default: ``seed``)
+    net_seed: int | None = option(None, flag="--net-seed",
+                                  help="seed of a freshly allocated random network (default: --seed)")
 
-    keep: float = 0.5
-    scope: str = "layer"
-    structure: str = "free"
-    epochs: int = 1
-    lr: float = 0.02
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    data_dir: str | None = None
+    keep: float = option(0.5, flag="--keep", metavar="K",
+                         help="fraction of weights KEPT (exactly ceil(K*n) per tensor, or over all with "
+                              "--scope global)")
+    scope: str = option("layer", flag="--scope", choices=SCOPES, help="where the top-k is taken")
+    structure: str = option("free", flag="--structure", choices=STRUCTURES,
+                            help="structured: only edges of the construction's block-diagonal pre-pruning may "
+                                 "be kept")
+    epochs: int = option(EPOCHS, flag="--epochs",
+                         help=f"passes over the (--train-subset) training images (default: {EPOCHS}; with the CPU "
+                              "subset, a budget of a few minutes)")
+    lr: float = option(0.02, flag="--lr",
+                       help="initial learning rate of the scores (cosine to 0). hidden-networks uses 0.1 on "
+                            "kaiming-scaled networks of moderate width; on g (U[-1, 1] weights, hidden widths "
+                            "in the tens of thousands, loss on logits / T) 0.1 moves the scores of the wide "
+                            "layers by about their own size per step, the top-k reshuffles and the network "
+                            "ends switched off (loss ln 10); 0.02 learns")
+    batch_size: int = option(128, flag="--batch-size", help="mini-batch size")
+    momentum: float = option(0.9, flag="--momentum", help="SGD momentum")
+    weight_decay: float = option(5e-4, flag="--weight-decay", help="weight decay on the scores")
+    seed: int = option(0, flag="--seed", help="seeds score initialisation and shuffling")
+    device: str = option("auto", flag="--device", choices=DEVICES, help="auto: CUDA when available, else CPU")
+    threads: int | None = option(None, flag="--threads",
+                                 help="torch CPU threads (default: torch's; more than the CPU cores are capped "
+                                      "to them, with a note)")
+    data_dir: str | None = option(None, flag="--data-dir",
+                                  help="folder with the MNIST (or Fashion-MNIST) IDX files")
     #: the data set to train and test on; None: the one the run (or target) records, else MNIST
-    data: str | None = None
-    train_subset: int | str | None = "auto"   #: first N training images; "auto": CPU_TRAIN_SUBSET on CPU, all on CUDA
-    test_subset: int | None = None
-    sync_every: int | None = None      #: steps between reads of loss/accuracy (None: 50 on CUDA, 10 on CPU)
-    eval_every_epoch: bool = True
+    data: str | None = option(None, flag="--data", choices=("mnist", "fashion-mnist"),
+                              help="the data set to train and test on (default: the one the run or target "
+                                   "records, else mnist); one that contradicts the run's record is refused")
+    #: first N training images; "auto": CPU_TRAIN_SUBSET on CPU, all on CUDA
+    train_subset: int | str | None = option(
+        "auto", flag="--train-subset", metavar="N",
+        help="train on the first N training images only; auto: 7680 (60 steps of 128) on CPU, "
+             "all 60000 on CUDA; all: every image")
+    test_subset: int | None = option(None, flag="--test-subset", metavar="N",
+                                     help="evaluate on the first N test images only")
+    #: steps between reads of loss/accuracy (None: 50 on CUDA, 10 on CPU)
+    sync_every: int | None = option(None, flag="--sync-every", metavar="STEPS",
+                                    help="read loss/accuracy back from the device every STEPS steps (progress "
+                                         "bar; default 50 on CUDA, 10 on CPU)")
+    eval_every_epoch: bool = option(True, flag="--no-epoch-eval",
+                                    help="evaluate the test accuracy only after the last epoch")
     selection: str = "auto"            #: top-k method: auto (partition on CPU, topk elsewhere)
-    temperature: float | str = "auto"  #: loss on logits / T; "auto": T = std of the initial logits
-    inner_relu: bool = True            #: False: Linear layers 1, 3, 5, ... (g's layers 2i-1) used linearly
-    plots: bool = True
-    overwrite: bool = False
+    #: loss on logits / T; "auto": T = std of the initial logits
+    temperature: float | str = option(
+        "auto", flag="--temperature", metavar="T",
+        help="train on CE(logits / T); auto: T = standard deviation of the initial masked "
+             "network's logits (U[-1, 1] networks have logits in the hundreds); batch: each "
+             "batch's own logit standard deviation; 1 = plain edge-popup")
+    #: False: Linear layers 1, 3, 5, ... (g's layers 2i-1) used linearly
+    inner_relu: bool = option(
+        True, flag="--no-inner-relu",
+        help="use the construction's layers 2i-1 linearly (no ReLU after Linear layers 0, 2, 4, "
+             "...; Pensia et al.'s Fig. 1c structure without ReLU); needs an even number of "
+             "Linear layers; for a CNN run the first (k×k) Conv2d of each pair is used linearly; "
+             "recorded in report.json ('inner_relu', 'modules')")
+    plots: bool = option(True, flag="--no-plots", help="do not write the training-curve PNG")
+    overwrite: bool = option(False, flag="--overwrite", help="replace a run already in --out")
 
     def validate(self) -> None:
         sources = [s for s in ("from_run", "from_target", "wide") if getattr(self, s) is not None]
