@@ -217,39 +217,32 @@ def _first_line(exc: Exception) -> str:
     return clean_message(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
-def graph_target(ep, source: str, info: dict, kind: str):
-    """A Target from an ExportedProgram (its input preprocessing, if the graph has one, in the metadata)."""
-    from subsetsum_lth.target import from_arch_state
+def graph_parts(ep, source: str, info: dict, kind: str) -> dict:
+    """What :func:`subsetsum_lth.target.from_arch_state` needs to build the target of an
+    ExportedProgram (its input preprocessing, if the graph has one, in the metadata)."""
     info["format"] = kind
     info["read_from"] = "graph"
     arch, state, input_shape, prep = read_exported(ep, info)
     metadata = {} if prep is None else prep.to_metadata()
     if prep is not None:
         info["graph_preprocessing"] = prep.describe()
-    return from_arch_state(state, arch, input_shape, source, metadata)
+    return {"state": state, "arch": arch, "input_shape": input_shape, "source": source, "metadata": metadata}
 
 
-def load_graph_file(path: Path, kind: str, info: dict):
-    """The target of a ``.pt2`` (kind 'export') or TorchScript (kind 'torchscript') file."""
+def graph_file_parts(path: Path, kind: str, info: dict) -> dict:
+    """The target's parts of a ``.pt2`` (kind 'export') or TorchScript (kind 'torchscript') file."""
     info["file"] = str(path)
     ep = load_exported(path) if kind == "export" else load_torchscript(path)
-    return graph_target(ep, str(path), info, "torch.export archive" if kind == "export" else "TorchScript")
+    return graph_parts(ep, str(path), info, "torch.export archive" if kind == "export" else "TorchScript")
 
 
-def module_target(model: torch.nn.Module, example_input: torch.Tensor, info: dict | None = None,
-                  check: bool = True):
-    """The target of a live module, read from ``torch.export.export(model.eval(), (x,))``; with
-    ``check`` its output on the example input is compared with the module's."""
-    info = {} if info is None else info
+def module_parts(model: torch.nn.Module, example_input: torch.Tensor, info: dict) -> dict:
+    """The target's parts of a live module, read from ``torch.export.export(model.eval(), (x,))``."""
     ep = export_module(model, example_input)
-    name = type(model).__name__
-    target = graph_target(ep, name, info, "nn.Module")
-    if check:
-        _check_same(model, target, example_input, name)
-    return target
+    return graph_parts(ep, type(model).__name__, info, "nn.Module")
 
 
-def _check_same(model, target, example_input, name: str) -> None:
+def check_same(model, target, example_input, name: str) -> None:
     """f read from the graph must compute what the module computes (float32 tolerance)."""
     from subsetsum_lth import preprocess
     x = example_input.detach().to(torch.float32)

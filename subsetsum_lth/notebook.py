@@ -1,10 +1,10 @@
-"""One call from a module to a ticket: :func:`ticket` (also ``subsetsum_lth.ticket``).
+"""One call from a module to a ticket: :func:`ticket` (``from subsetsum_lth.notebook import ticket``).
 
-    ticket = subsetsum_lth.ticket(model, example_input, eps=0.5, data="mnist")
-    ticket.module          # the pruned random network (nn.Module), same inputs as ``model``
-    ticket.masks           # {"0.weight": bool tensor, ...} of the random network
-    ticket.certificate     # {"bound": ..., "set": "‖x‖₂ ≤ r, x ≥ 0", ...}
-    ticket.report          # report.json as a dict
+    t = ticket(model, example_input, eps=0.5, data="mnist")
+    t.module          # the pruned random network (nn.Module), same inputs as ``model``
+    t.masks           # {"0.weight": bool tensor, ...} of the random network
+    t.certificate     # {"bound": ..., "set": "‖x‖₂ ≤ r, x ≥ 0", ...}
+    t.report          # report.json as a dict
 
 The model is read from its graph (``torch.export.export(model.eval(), (example_input,))``, see
 :mod:`subsetsum_lth.graph_reader`): exactly what it computes, or a one-line refusal naming the op
@@ -25,7 +25,7 @@ from subsetsum_lth import api, preprocess
 from subsetsum_lth.approximate import ApproximateConfig, approximate
 from subsetsum_lth.construction import ConstructionConfig
 from subsetsum_lth.errors import UserError
-from subsetsum_lth.graph_files import module_target
+from subsetsum_lth.target import module_target
 from subsetsum_lth.solve import SolveConfig
 from subsetsum_lth.target import Target
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from subsetsum_lth.errors import TargetError
+from subsetsum_lth.graph_files import check_same, graph_file_kind, graph_file_parts, module_parts
 
 log = logging.getLogger(__name__)
 
@@ -256,12 +257,27 @@ def from_state_dict(state: dict, source: str = "", metadata: dict | None = None,
     return Target(out, metadata, source)
 
 
+def _from_parts(parts: dict) -> Target:
+    return from_arch_state(parts["state"], parts["arch"], parts["input_shape"], parts["source"], parts["metadata"])
+
+
+def module_target(model: nn.Module, example_input: torch.Tensor, info: dict | None = None,
+                  check: bool = True) -> Target:
+    """The target of a live module, read from ``torch.export.export(model.eval(), (x,))`` (see
+    :mod:`subsetsum_lth.graph_files`); with ``check`` its output on the example input is compared
+    with the module's."""
+    info = {} if info is None else info
+    target = _from_parts(module_parts(model, example_input, info))
+    if check:
+        check_same(model, target, example_input, type(model).__name__)
+    return target
+
+
 def from_module(module: nn.Module, example_input: torch.Tensor | None = None) -> Target:
     """Validate an ``nn.Sequential`` of Linear/ReLU modules (ReLU between Linear layers); with
     an ``example_input``, any module, read from its graph (``torch.export``, see
-    :func:`subsetsum_lth.graph_files.module_target`): what it computes, or a refusal naming the op."""
+    :func:`module_target`): what it computes, or a refusal naming the op."""
     if example_input is not None:
-        from subsetsum_lth.graph_files import module_target
         return module_target(module, example_input)
     if not isinstance(module, nn.Sequential):
         raise TargetError(f"expected an nn.Sequential of Linear and ReLU modules, got {type(module).__name__}")
@@ -309,7 +325,6 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
         path = candidate
     if not path.exists():
         raise TargetError(f"target file {path} does not exist")
-    from subsetsum_lth.graph_files import graph_file_kind, load_graph_file
     kind = graph_file_kind(path)
     if kind is not None:     # a graph (.pt2, TorchScript): it records its layers, activations, order
         given = [flag for flag, v in (("--layers", layers), ("--arch", arch)) if v is not None]
@@ -317,7 +332,7 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
             raise TargetError(f"{' and '.join(given)} describe a state_dict, but {path} is a "
                               f"{'torch.export archive' if kind == 'export' else 'TorchScript file'} whose graph "
                               "records its layers: drop them")
-        target = load_graph_file(path, kind, info)
+        target = _from_parts(graph_file_parts(path, kind, info))
         target = preprocess.apply(target, preprocessing)
         info["preprocessing"] = preprocess.report(target)
         return target

@@ -14,13 +14,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from subsetsum_lth.cli import main
 from subsetsum_lth.errors import TargetError
-from subsetsum_lth.graph_files import module_target
+from subsetsum_lth.target import module_target
 from subsetsum_lth.target import load_target
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -267,7 +268,9 @@ def test_a_normalize_inside_the_model_becomes_its_input_preprocessing(tmp_path, 
     f = _save(model, x, "pt2", tmp_path)
     target = load_target(f)
     assert target.metadata["input_normalize"] == "0.1307,0.3081"
-    assert target.metadata["preprocessing_folded"] == "true"
+    # an input op in front of the layers (not folded): the layers are the model's own Linear weights
+    assert target.preprocessing is not None and "preprocessing_folded" not in target.metadata
+    assert np.allclose(target.layers[0].weight, model[2].weight.detach().double().numpy(), atol=1e-7)
     _same_outputs(target, model, x)
     assert main(["inspect", str(f)]) == 0, _error(capsys)
     assert "input preprocessing in the graph: (pixels/255 − mean [0.1307]) / std [0.3081]" in capsys.readouterr().out
@@ -399,11 +402,11 @@ def test_a_pt2_whose_weight_is_a_malicious_pickle_is_never_unpickled(tmp_path, c
 # ------------------------------------------------------------------ the notebook API and its README example
 
 def test_ticket_from_a_live_module(tmp_path):
-    import subsetsum_lth
+    from subsetsum_lth.notebook import ticket as make_ticket
     torch.manual_seed(8)
     model = TutorialMLP().eval()
     x = torch.rand(32, 16)
-    ticket = subsetsum_lth.ticket(model, x, eps=0.5, out=tmp_path / "run")
+    ticket = make_ticket(model, x, eps=0.5, out=tmp_path / "run")
     assert ticket.certificate["bound"] <= 0.5 and ticket.out == tmp_path / "run"
     assert (tmp_path / "run" / "report.json").is_file()
     assert main(["certify", str(tmp_path / "run"), "--samples", "8", "--steps", "2"]) == 0
@@ -416,9 +419,9 @@ def test_ticket_from_a_live_module(tmp_path):
 
 
 def test_ticket_refuses_a_tanh_module_naming_the_op():
-    import subsetsum_lth
+    from subsetsum_lth.notebook import ticket as make_ticket
     with pytest.raises(TargetError, match=r"activation tanh .* \(module 2: Tanh\)"):
-        subsetsum_lth.ticket(_mlp_with(nn.Tanh()), torch.rand(2, 16), eps=0.5)
+        make_ticket(_mlp_with(nn.Tanh()), torch.rand(2, 16), eps=0.5)
 
 
 def test_the_readme_ticket_example_runs(tmp_path, monkeypatch):
@@ -430,7 +433,7 @@ def test_the_readme_ticket_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
-    ticket = scope["ticket"]
+    ticket = scope["t"]
     assert ticket.certificate["bound"] <= 0.5
     x = torch.rand(4, 1, 28, 28)
     assert scope["pruned"](x).shape == (4, 10)

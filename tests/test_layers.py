@@ -110,6 +110,7 @@ LAYERS = [
     ("foundation", {"__init__", "errors", "atomic", "progress", "runfolder", "manifest", "overwrite", "netdigest",
                     "resources", "safetext", "report_fields", "options"}),
     ("network", {"ops", "layerkinds", "arch", "arch_state", "pickle_scan", "checkpoint", "preprocess", "target",
+                 "graph_reader", "graph_files", "assumptions",
                  "construction", "mask_rules", "gnet", "data"}),
     ("solve", {"solve", "solve_config", "resume_store", "executors", "limits", "growth"}),
     ("certificate", {"certify", "tolerance", "box_crown", "box_zonotope", "box_attack", "box_agreement",
@@ -118,7 +119,7 @@ LAYERS = [
     ("run folders: reading and writing", {"gstore", "run_dataset", "runcheck", "report_check", "runwriter", "run_report",
                                           "certify_run"}),
     ("gradient training: targets and edge-popup", {"train", "edge_popup"}),
-    ("the subset-sum pipeline and the API", {"layer_solve", "approximate", "default_target", "api"}),
+    ("the subset-sum pipeline and the API", {"layer_solve", "approximate", "default_target", "api", "notebook"}),
     ("analysis", {"compare", "bench", "width_law", "baselines"}),
     ("interface", {"cli", "commands", "request", "__main__"}),
 ]

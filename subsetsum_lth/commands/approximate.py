@@ -58,13 +58,14 @@ def run(req: ApproximateRequest) -> int:
             req = replace(req, data="mnist", data_dir=dt.data_dir)
     else:
         target = req.load(info=target_info)
-        header = header_line(target_info, req.arch)
-        if header:      # a state_dict does not record the computation: say what was assumed
-            print(escape(header), file=sys.stderr)
 
+    req.check_data()
     eval_data = emp_data = None
     radius = req.input_radius
     box = req.box_for(target)   # --input-domain box: the box, and the construction's domain
+    header = header_line(target_info, req.arch) if req.target is not None else None
+    if header:      # a state_dict does not record the computation: say what was assumed
+        print(escape(header), file=sys.stderr)
     domain = (box.domain if box is not None else req.input_domain) or target.metadata.get("input_domain")
     if req.data is not None:
         from subsetsum_lth.data.mnist import evaluation_inputs
@@ -72,7 +73,6 @@ def run(req: ApproximateRequest) -> int:
                                                         radius=radius, dataset=req.data)
         domain = domain or "nonnegative"
         _check_accuracy(target, eval_data, req.expected_accuracy, target_assumptions(target_info, req.arch))
-    req.check_data()
     if radius is None:   # the ball around the box, else the config default
         radius = (ApproximateConfig.input_radius if box is None
                   else max(abs(box.lo), abs(box.hi)) * target.input_dim ** 0.5)
