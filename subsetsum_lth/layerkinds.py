@@ -368,4 +368,7 @@ def describe_arch(arch: list[dict]) -> str:
             parts.append(("maxpool" if name == "maxpool2d" else "avgpool") + str(k))
         elif name == "flatten":
             parts.append("flatten")
+        elif name == "residual":
+            body = describe_arch(op["body"])
+            parts.append(f"res({body}" + (f" | {describe_arch(op['shortcut'])})" if op.get("shortcut") else ")"))
     return "-".join(parts)

@@ -348,6 +348,23 @@ def substitute_params(ops: list[dict], replace) -> tuple[list[dict], list[bool]]
     return walk(ops), flags
 
 
+def relu_follows(ops: list[dict]) -> list[bool]:
+    """For every conv2d/linear (forward order): whether a ReLU comes right after it in its list
+    (a residual body's last conv has none: the add comes first)."""
+    out: list[bool] = []
+
+    def walk(seq):
+        for i, op in enumerate(seq):
+            if op["op"] in PARAMETRIC:
+                out.append(i + 1 < len(seq) and seq[i + 1]["op"] == "relu")
+            elif op["op"] == "residual":
+                walk(op["body"])
+                walk(op["shortcut"])
+
+    walk(ops)
+    return out
+
+
 def signed_inputs(ops: list[dict], input_signed: bool) -> list[bool]:
     """For every conv2d/linear (forward order): whether its input can be negative. The network's
     input is signed iff ``input_signed``; a ReLU's output is non-negative; pools and flatten keep

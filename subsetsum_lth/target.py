@@ -102,6 +102,14 @@ class Target:
             return signed_inputs(self.graph, input_domain == "signed")
         return [i == 0 and input_domain == "signed" for i in range(self.depth)]
 
+    def relu_after(self, i: int) -> bool:
+        """Whether a ReLU comes right after layer i (every layer but the last of a chain; in a
+        residual network where its architecture puts one)."""
+        if self.graph is not None:
+            from subsetsum_lth.ops import relu_follows
+            return relu_follows(self.graph)[i]
+        return i < self.depth - 1
+
     def arch(self) -> list[dict]:
         if self.graph is not None:
             return json.loads(json.dumps(self.graph))
