@@ -408,7 +408,7 @@ def from_arch_state(state: dict, arch: list[dict], input_shape, source: str = ""
     if extra:
         raise TargetError(f"the target{where} holds tensors its architecture does not use: "
                           f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
-    if all(k.name == "linear" for k in kinds) and not any(after):
+    if all(k.name == "linear" for k in kinds) and not any(after) and graph is None:
         # a fully connected architecture (e.g. --arch fc256,fc128,fc10, a flatten first) is a
         # plain MLP on flat inputs: the same target, keys and behaviour as one read without --arch
         return Target([Layer(L.weight, L.bias) for L in layers], dict(metadata or {}), source)
