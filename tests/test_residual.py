@@ -270,3 +270,10 @@ def test_tampered_residual_run_is_refused(tmp_path, capsys):
     save_file(m, str(bad2 / "masks.safetensors"))
     with pytest.raises(RunFolderError, match="4.body.4.weight"):
         api.load_run(bad2)
+
+
+def test_box_domain_is_refused_for_residual_targets_in_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = _approximate(_target(tmp_path, 2), out, "--input-domain", "box")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--input-domain nonnegative" in err[0]
