@@ -77,14 +77,14 @@ SPEC_HELP = (
     "(zero padding, 0 if absent); fcN = linear with N outputs; mpK / apK = max / average pooling "
     "with kernel K and stride K (mpKsS for stride S); flatten (optional: it is inserted before the "
     "first fc that follows a conv or pool); the suffix nb (c6k5nb, fc10nb) drops the bias. A ReLU "
-    "follows every conv and fc except the last, which gives the logits. Examples: "
+    "follows every conv and fc except the last, which gives the logits. Residual nets: rbN[sS] is "
+    "a basic block x -> relu(conv3x3(relu(conv3x3(x))) + skip(x)) with N channels (the first conv "
+    "strided by S; the skip is the identity when the shape is kept, else a 1x1 conv with stride S: "
+    "a projection); the presets resnet8 (c16k3p1 rb16 rb32s2 rb64s2 ap7 fc10), resnet20 (3 stages "
+    "of 3 blocks, 16/32/64 channels) and resnet-tiny (c8k3p1 rb8 rb16s2 ap14 fc10); a JSON list of "
+    "ops with {\"op\": \"residual\", \"body\": [...], \"shortcut\": [...]} is read too. Examples: "
     "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10 (LeNet-5); c8k3s2,c16k3s2,fc10; fc300,fc100,fc10 (an MLP "
-    "on flattened images). Residual nets: rbN[sS] is a basic block x -> relu(conv3x3(relu(conv3x3(x))) "
-    "+ skip(x)) with N channels (the first conv strided by S; the skip is the identity when the "
-    "shape is kept, else a 1x1 conv with stride S: a projection); presets resnet8 "
-    "(c16k3p1,rb16,rb32s2,rb64s2,ap7,fc10), resnet20 (3 stages of 3 blocks, 16/32/64 channels) and "
-    "resnet-tiny (c8k3p1,rb8,rb16s2,ap14,fc10); a JSON list of ops with "
-    "{\"op\": \"residual\", \"body\": [...], \"shortcut\": [...]} is read too.")
+    "on flattened images).")
 
 
 # --------------------------------------------------------------------------------------------

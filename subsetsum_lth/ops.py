@@ -102,7 +102,7 @@ def canonical_op(op: dict, i: int = 0) -> dict:
         if kind in _OTHER_ACTIVATIONS:
             raise TargetError(f"{where}: activation {op['op']!r} is not supported; only ReLU networks are")
         if kind in _RESIDUAL:
-            raise TargetError(f"{where}: skip connections are written as one op {{'op': 'residual', "
+            raise TargetError(f"{where}: residual/skip connections are written as one op {{'op': 'residual', "
                               f"'body': [ops], 'shortcut': [ops]}} (an empty shortcut is the identity), "
                               f"not {op['op']!r}")
         raise TargetError(f"{where}: unknown op {op['op']!r}; the ops are {', '.join(OPS)}")
