@@ -277,3 +277,30 @@ def test_box_domain_is_refused_for_residual_targets_in_one_line(tmp_path, capsys
     code = _approximate(_target(tmp_path, 2), out, "--input-domain", "box")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--input-domain nonnegative" in err[0]
+
+
+@pytest.mark.slow
+def test_edge_popup_from_a_residual_run_and_compare(tmp_path, capsys, mnist_dir):
+    """edge-popup --from-run on a residual run (with and without the inner ReLUs), read back by
+    the public API, and compare of the two runs."""
+    torch.manual_seed(0)
+    shape = [1, 28, 28]
+    arch = parse_arch("c2k3s2p1,rb2,rb4s2,ap7,fc10", shape)
+    tpath = tmp_path / "t.safetensors"
+    save_arch_target(module_from_arch(arch), tpath, arch, shape, {"dataset": "mnist"})
+    run = tmp_path / "run"
+    assert cli.main(["approximate", "--target", str(tpath), "--weight-eps", "0.05", "--samples", "32",
+                     "--steps", "5", "--no-plots", "--workers", "1", "--data", "mnist",
+                     "--data-dir", str(mnist_dir), "--out", str(run)]) == 0
+    for inner in ([], ["--no-inner-relu"]):
+        ep = tmp_path / f"ep{len(inner)}"
+        assert cli.main(["edge-popup", "--from-run", str(run), "--epochs", "1", "--train-subset", "256",
+                         "--test-subset", "256", "--data-dir", str(mnist_dir), "--out", str(ep), *inner]) == 0
+        r = api.load_run(ep)
+        inner_flags = r.layout.inner_relus()
+        assert all(a or (inner and i) for a, i in zip(r.relu_after, inner_flags))
+        with torch.no_grad():
+            assert api.export_pruned(r)(torch.rand(2, *shape)).shape == (2, 10)
+    capsys.readouterr()
+    assert cli.main(["compare", str(run), str(tmp_path / "ep0"), "--out", str(tmp_path / "cmp"),
+                     "--data-dir", str(mnist_dir)]) == 0
