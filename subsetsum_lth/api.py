@@ -10,6 +10,7 @@ from torch.nn.utils import prune
 
 from subsetsum_lth import runcheck
 from subsetsum_lth.errors import RunFolderError
+from subsetsum_lth.ops import Residual
 from subsetsum_lth.preprocess import RawInputSequential
 
 
@@ -33,7 +34,7 @@ def random_module(state: dict, dtype=torch.float32, relu_after=None, layout=None
     ``relu_after`` (one bool per ReLU; default all True, as every construction run): False
     puts ``nn.Identity`` in that ReLU's place (edge-popup's ``--no-inner-relu`` runs), so the
     state_dict keys stay ``0.weight``, ``2.weight``, ..."""
-    from subsetsum_lth.ops import module_from_ops
+    from subsetsum_lth.ops import count_relus, module_from_ops
     if layout is None:
         depth2 = len([k for k in state if k.endswith(".weight")])
         ops = []
@@ -44,7 +45,7 @@ def random_module(state: dict, dtype=torch.float32, relu_after=None, layout=None
                 ops.append({"op": "relu"})
     else:
         ops = layout.ops()
-    n_relu = sum(op["op"] == "relu" for op in ops)
+    n_relu = count_relus(ops)
     if relu_after is not None and len(relu_after) != n_relu:
         raise RunFolderError(f"relu_after has {len(relu_after)} entries for {n_relu + 1} Linear layers")
     return module_from_ops(ops, state, None, dtype, relu_after)
@@ -53,16 +54,20 @@ def random_module(state: dict, dtype=torch.float32, relu_after=None, layout=None
 def masked_model(run: Run | str | Path, dtype=torch.float32) -> nn.Sequential:
     """g with its masks attached through ``torch.nn.utils.prune.custom_from_mask``
     (weights stay in ``weight_orig``; ``weight = weight_orig * weight_mask``). An image
-    network's model takes N×C×H×W tensors. A run made with an input op (``--input-normalize``,
-    report.json ``preprocessing``) gives a :class:`RawInputSequential`: it takes pixels/255 and
-    applies the recorded map first; its modules and state_dict keys are the plain Sequential's."""
+    network's model takes N×C×H×W tensors. A residual run's g is an nn.Sequential whose skip
+    connections are :class:`subsetsum_lth.ops.Residual` modules (``body(x) + shortcut(x)``);
+    its layers are keyed by their module path (``3.body.0.weight``). A run made with an input op
+    (``--input-normalize``, report.json ``preprocessing``) gives a :class:`RawInputSequential`: it
+    takes pixels/255 and applies the recorded map first; its modules and state_dict keys are the
+    plain Sequential's."""
     run = run if isinstance(run, Run) else load_run(run)
     layout = run.layout_ if run.layout_ is not None else None
     model = random_module(run.random_state, dtype, run.relu_after, layout)
-    for idx, mod in enumerate(model):
+    # named_modules: a residual g's layers sit inside Residual modules ('3.body.0'), keyed so
+    for path, mod in model.named_modules():
         if isinstance(mod, (nn.Linear, nn.Conv2d)):
             for name in ("weight", "bias"):
-                mask = torch.as_tensor(np.asarray(run.masks[f"{idx}.{name}"]).astype(bool))
+                mask = torch.as_tensor(np.asarray(run.masks[f"{path}.{name}"]).astype(bool))
                 prune.custom_from_mask(mod, name, mask)
     return _raw_input(model, run)
 
@@ -78,11 +83,16 @@ def _raw_input(model: nn.Sequential, run: Run) -> nn.Sequential:
 _PARAMETER_FREE = (nn.ReLU, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten)
 
 
-def export_pruned(run_or_model: Run | str | Path | nn.Sequential, dtype=torch.float32) -> nn.Sequential:
+def export_pruned(run_or_model: Run | str | Path | nn.Module, dtype=torch.float32) -> nn.Module:
     """A plain nn.Sequential with the masks baked in (no pruning hooks, zeros where pruned).
-    Accepts a run (folder) or a model masked with ``torch.nn.utils.prune``; never modifies it."""
+    Accepts a run (folder) or a model masked with ``torch.nn.utils.prune``; never modifies it.
+    A residual run's network (an nn.Sequential holding :class:`subsetsum_lth.ops.Residual`
+    modules, or any other nested model) comes back as a copy of that model with the masks made
+    permanent, under the same keys."""
     import copy
     model = run_or_model if isinstance(run_or_model, nn.Module) else masked_model(run_or_model, dtype)
+    if not isinstance(model, nn.Sequential) or any(isinstance(m, Residual) for m in model.modules()):
+        return _export_nested(model)
     mods: list[nn.Module] = []
     for mod in model:
         if isinstance(mod, nn.Linear):
@@ -104,6 +114,31 @@ def export_pruned(run_or_model: Run | str | Path | nn.Sequential, dtype=torch.fl
     if a is not None:        # the run's input op (RawInputSequential): the export takes pixels/255 too
         return RawInputSequential(*mods, input_op=(a.detach().cpu().numpy(), model.input_c.detach().cpu().numpy()))
     return nn.Sequential(*mods)
+
+
+def _export_nested(model: nn.Module) -> nn.Module:
+    """A rebuilt copy of a model with nested modules (a residual g: :class:`subsetsum_lth.ops.Residual`
+    inside Sequentials) whose weights are the masked ones (``weight_orig * weight_mask``; no
+    pruning hooks); the same keys as the random network."""
+    import copy
+    if isinstance(model, nn.Sequential):
+        return nn.Sequential(*[_export_nested(m) for m in model])
+    if isinstance(model, Residual):
+        return Residual(_export_nested(model.body), _export_nested(model.shortcut))
+    if isinstance(model, (nn.Linear, nn.Conv2d)):
+        if isinstance(model, nn.Linear):
+            new = nn.Linear(model.in_features, model.out_features, bias=model.bias is not None)
+        else:
+            new = nn.Conv2d(model.in_channels, model.out_channels, model.kernel_size, model.stride,
+                            model.padding, bias=model.bias is not None)
+        with torch.no_grad():
+            new.weight.copy_(model.weight.detach())
+            if model.bias is not None:
+                new.bias.copy_(model.bias.detach())
+        return new.to(model.weight.dtype)
+    if isinstance(model, _PARAMETER_FREE):
+        return copy.deepcopy(model)
+    raise TypeError(f"unsupported module {type(model).__name__} in export")
 
 
 def export_dense(run: str | Path) -> list[Path]:

@@ -40,6 +40,7 @@ from subsetsum_lth.errors import TargetError, UserError
 # and tests import canonical_arch/check_arch from here
 from subsetsum_lth.ops import (  # noqa: F401
     PARAMETRIC, _OTHER_ACTIVATIONS, module_from_ops, _check_input_shape, _fmt_shape, _op_shape, _pair, canonical_arch, canonical_op, check_arch,
+    is_residual, param_paths,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,17 @@ LENET5: list[dict] = [
     {"op": "linear", "in_features": 120, "out_features": 84, "bias": True}, {"op": "relu"},
     {"op": "linear", "in_features": 84, "out_features": 10, "bias": True},
 ]
+
+#: residual presets for 1x28x28 inputs, as SPECs (rbN[sS]: a basic block, see SPEC_HELP)
+RESIDUAL_SPECS = {
+    # ResNet-8 style: stem, one block per stage (16, 32, 64 channels; the last two halve the
+    # resolution with a strided body and a 1x1 projection skip), 7x7 average pool, linear head
+    "resnet8": "c16k3p1,rb16,rb32s2,rb64s2,ap7,fc10",
+    # ResNet-20 style (He et al. 2016's CIFAR net, on 28x28): 3 stages of 3 blocks
+    "resnet20": "c16k3p1,rb16,rb16,rb16,rb32s2,rb32,rb32,rb64s2,rb64,rb64,ap7,fc10",
+    # a small one for CPUs and tests: 8 and 16 channels
+    "resnet-tiny": "c8k3p1,rb8,rb16s2,ap14,fc10",
+}
 PRESETS = {"lenet5": LENET5}
 
 SPEC_HELP = (
@@ -65,7 +77,12 @@ SPEC_HELP = (
     "(zero padding, 0 if absent); fcN = linear with N outputs; mpK / apK = max / average pooling "
     "with kernel K and stride K (mpKsS for stride S); flatten (optional: it is inserted before the "
     "first fc that follows a conv or pool); the suffix nb (c6k5nb, fc10nb) drops the bias. A ReLU "
-    "follows every conv and fc except the last, which gives the logits. Examples: "
+    "follows every conv and fc except the last, which gives the logits. Residual nets: rbN[sS] is "
+    "a basic block x -> relu(conv3x3(relu(conv3x3(x))) + skip(x)) with N channels (the first conv "
+    "strided by S; the skip is the identity when the shape is kept, else a 1x1 conv with stride S: "
+    "a projection); the presets resnet8 (c16k3p1 rb16 rb32s2 rb64s2 ap7 fc10), resnet20 (3 stages "
+    "of 3 blocks, 16/32/64 channels) and resnet-tiny (c8k3p1 rb8 rb16s2 ap14 fc10); a JSON list of "
+    "ops with {\"op\": \"residual\", \"body\": [...], \"shortcut\": [...]} is read too. Examples: "
     "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10 (LeNet-5); c8k3s2,c16k3s2,fc10; fc300,fc100,fc10 (an MLP "
     "on flattened images).")
 
@@ -78,6 +95,26 @@ _CONV = re.compile(r"^c(?P<n>\d+)(?P<rest>(?:[ksp]\d+(?:x\d+)?)*)(?P<nb>nb)?$")
 _CONV_PART = re.compile(r"([ksp])(\d+)(?:x(\d+))?")
 _FC = re.compile(r"^fc(?P<n>\d+)(?P<nb>nb)?$")
 _POOL = re.compile(r"^(?P<kind>mp|ap)(?P<k>\d+(?:x\d+)?)(?:s(?P<s>\d+(?:x\d+)?))?$")
+
+
+_RB = re.compile(r"^rb(?P<n>\d+)(?:s(?P<s>\d+))?$")
+
+
+def _basic_block(shape, n: int, stride: int, where: str) -> dict:
+    """A ResNet basic block on inputs of ``shape``: body conv3x3 (stride), relu, conv3x3; skip the
+    identity when the shape is kept, else a 1x1 conv with the stride (a projection)."""
+    if n < 1 or stride < 1:
+        raise UserError(f"{where}: channels and stride must be >= 1")
+    c = int(shape[0])
+    body = [{"op": "conv2d", "in_channels": c, "out_channels": n, "kernel": [3, 3], "stride": [stride, stride],
+             "padding": [1, 1], "bias": True},
+            {"op": "relu"},
+            {"op": "conv2d", "in_channels": n, "out_channels": n, "kernel": [3, 3], "stride": [1, 1],
+             "padding": [1, 1], "bias": True}]
+    shortcut = [] if (stride == 1 and c == n) else [
+        {"op": "conv2d", "in_channels": c, "out_channels": n, "kernel": [1, 1], "stride": [stride, stride],
+         "padding": [0, 0], "bias": True}]
+    return {"op": "residual", "body": body, "shortcut": shortcut}
 
 
 def _hw(text: str) -> list[int]:
@@ -94,6 +131,11 @@ def parse_arch(spec: str, input_shape) -> list[dict]:
                         "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10")
     text = spec.strip()
     shape = _check_input_shape(input_shape)
+    if text.lower() in RESIDUAL_SPECS:
+        try:
+            return parse_arch(RESIDUAL_SPECS[text.lower()], shape)
+        except UserError as exc:
+            raise UserError(f"preset {text!r} does not fit inputs of shape {_fmt_shape(shape)}: {exc}") from None
     if text.lower() in PRESETS:
         arch = copy.deepcopy(PRESETS[text.lower()])
         try:
@@ -118,7 +160,17 @@ def parse_arch(spec: str, input_shape) -> list[dict]:
                             "leave it out")
         if low in _OTHER_ACTIVATIONS:
             raise UserError(f"{where}: only ReLU networks are supported (relu is implied)")
-        if low in PRESETS:
+        m = _RB.match(low)
+        if m:
+            if len(cur) != 3:
+                raise UserError(f"{where}: a residual block needs a CxHxW input, but its input is a vector")
+            layers.append(_basic_block(cur, int(m.group("n")), int(m.group("s") or 1), where))
+            try:
+                cur = _op_shape(layers[-1], cur, where)
+            except TargetError as exc:
+                raise UserError(f"{where}: {exc}") from None
+            continue
+        if low in PRESETS or low in RESIDUAL_SPECS:
             raise UserError(f"{where}: the preset {low} is a whole architecture; pass it alone (--arch {low})")
         if low == "flatten":
             if len(cur) == 1:
@@ -166,7 +218,7 @@ def parse_arch(spec: str, input_shape) -> list[dict]:
         except TargetError as exc:
             raise UserError(f"{where}: {exc}") from None
         layers.append(checked)
-    param = [i for i, op in enumerate(layers) if op["op"] in PARAMETRIC]
+    param = [i for i, op in enumerate(layers) if op["op"] in PARAMETRIC or op["op"] == "residual"]
     if not param:
         raise UserError(f"--arch {spec!r} has no conv (cN...) or fc (fcN) layer")
     last = param[-1]
@@ -177,7 +229,7 @@ def parse_arch(spec: str, input_shape) -> list[dict]:
     arch: list[dict] = []
     for i, op in enumerate(layers):
         arch.append(op)
-        if op["op"] in PARAMETRIC and i != last:
+        if (op["op"] in PARAMETRIC or op["op"] == "residual") and i != last:
             arch.append({"op": "relu"})
     try:
         check_arch(arch, shape)
@@ -198,9 +250,13 @@ def module_from_arch(arch) -> nn.Sequential:
     return module_from_ops(canonical_arch(arch), None, None, torch.float32)
 
 
-def parametric_keys(arch) -> list[tuple[int, dict]]:
-    """(index in ``module_from_arch(arch)``, op) of every conv2d/linear, in order."""
-    return [(i, op) for i, op in enumerate(canonical_arch(arch)) if op["op"] in PARAMETRIC]
+def parametric_keys(arch) -> list[tuple[int | str, dict]]:
+    """(index in ``module_from_arch(arch)``, op) of every conv2d/linear, in order; inside a
+    residual op the module path (``3.body.0``, :func:`subsetsum_lth.ops.param_paths`)."""
+    ops = canonical_arch(arch)
+    if is_residual(ops):
+        return param_paths(ops)
+    return [(i, op) for i, op in enumerate(ops) if op["op"] in PARAMETRIC]
 
 
 def expected_shapes(op: dict) -> dict[str, tuple[int, ...]]:

@@ -116,6 +116,76 @@ def compose(norms_W, norms_E, norms_eb, norms_b, r, lips=None):
     return radii, ins, outs
 
 
+def layer_step(R: float, delta: float, nW: float, nE: float, neb: float, nb: float) -> tuple[float, float]:
+    """One conv2d/linear of the ball recursion: (R', δ') = (‖W‖R + ‖b‖, ‖W‖δ + (R + δ)‖E‖ + ‖e_b‖)
+    (see :func:`compose`; a ReLU after it is applied by the caller, and changes neither)."""
+    return nW * R + nb, nW * delta + (R + delta) * nE + neb
+
+
+def add_step(body: tuple[float, float], shortcut: tuple[float, float]) -> tuple[float, float]:
+    """A residual add: (R_body + R_shortcut, δ_body + δ_shortcut) (proof in :func:`compose_graph`)."""
+    return body[0] + shortcut[0], body[1] + shortcut[1]
+
+
+def compose_graph(ops: list[dict], kinds: list, norms: list[tuple], r: float, input_shape):
+    """The ball recursion of :func:`compose` on a network with residual adds (a canonical
+    architecture list, :mod:`subsetsum_lth.ops`), a pure function of per-layer norms.
+
+    State: for the input x of an op, ``R ≥ ‖f_•(x)‖`` (the target's activation there) and
+    ``δ ≥ ‖f_•(x) − ĝ_•(x)‖`` (the error of the pruned network's activation), for every x in the
+    ball ``‖x‖ ≤ r``; initially (r, 0).
+
+    * conv2d/linear k with ``norms[k] = (‖W‖, ‖[E⁺ E⁻]‖, ‖e_b‖, ‖b‖)`` (ĝ computes
+      ``Ŵ⁺y⁺ + Ŵ⁻y⁻ + b̂`` with ``W − Ŵ^± = E^±``; for a non-negative input y = y⁺):
+      ``‖Wy + b − Ŵŷ − b̂‖ ≤ ‖W(y − ŷ)‖ + ‖E(ŷ⁺, ŷ⁻)‖ + ‖e_b‖ ≤ ‖W‖δ + ‖E‖(R + δ) + ‖e_b‖``
+      since ‖ŷ‖ ≤ ‖y‖ + ‖y − ŷ‖ ≤ R + δ, and ``‖Wy + b‖ ≤ ‖W‖R + ‖b‖`` (:func:`layer_step`).
+    * ReLU: 1-Lipschitz and ReLU(0) = 0, so (R, δ) is kept.
+    * a pool / flatten with Lipschitz constant L (:meth:`subsetsum_lth.layerkinds.Op.lipschitz`,
+      op(0) = 0): (L·R, L·δ).
+    * a residual add ``B(y) + S(y)`` (S = identity for an empty shortcut): run each branch from
+      the same (R, δ) — each branch's own layers give its own factors, so a branch's Lipschitz
+      constant is never borrowed from the other — to (R_B, δ_B), (R_S, δ_S); then by the
+      triangle inequality ``‖B(y) + S(y)‖ ≤ R_B + R_S`` and
+      ``‖B(y) + S(y) − B̂(ŷ) − Ŝ(ŷ)‖ ≤ ‖B(y) − B̂(ŷ)‖ + ‖S(y) − Ŝ(ŷ)‖ ≤ δ_B + δ_S``
+      (:func:`add_step`). Both are attained when the two branches' errors (or outputs) point the
+      same way, e.g. 1-d linear branches with errors of one sign (tests/test_residual_certify.py).
+
+    The final δ bounds sup over the ball of ‖f(x) − ĝ(x)‖. Returns (radii_in, bounds_in,
+    bounds_out, R_final, δ_final) with one entry per conv2d/linear (forward order) in the
+    three lists (bounds_out before any ReLU/pool after the layer)."""
+    from subsetsum_lth.layerkinds import op_lipschitz
+    radii, ins, outs = [], [], []
+    counter = [0]
+
+    def walk(seq, R, delta, shape):
+        for op in seq:
+            name = op["op"]
+            if name in ("linear", "conv2d"):
+                k = counter[0]
+                counter[0] += 1
+                radii.append(R)
+                ins.append(delta)
+                R, delta = layer_step(R, delta, *norms[k])
+                outs.append(delta)
+                shape = kinds[k].out_shape
+            elif name == "residual":
+                b = walk(op["body"], R, delta, shape)
+                sc = walk(op["shortcut"], R, delta, shape)
+                R, delta = add_step(b[:2], sc[:2])
+                shape = b[2]
+            elif name in ("maxpool2d", "avgpool2d"):
+                L = op_lipschitz(op, shape)
+                R, delta = L * R, L * delta
+                c, h, w = shape
+                shape = (c, (h - op["kernel"][0]) // op["stride"][0] + 1, (w - op["kernel"][1]) // op["stride"][1] + 1)
+            elif name == "flatten":
+                shape = (int(np.prod(shape)),)
+        return R, delta, shape
+
+    R, delta, _ = walk(ops, float(r), 0.0, tuple(int(v) for v in input_shape))
+    return radii, ins, outs, R, delta
+
+
 def error_matrix(W: np.ndarray, M: LayerMap, signed: bool) -> np.ndarray:
     """[E⁺ E⁻] (q × 2p) for a layer with signed inputs, E⁺ alone where inputs are ≥ 0."""
     Ep = W - M.w_plus
@@ -150,13 +220,13 @@ def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,
     # an input op (declared preprocessing) maps the ball into the layers' input ball (preprocess.py)
     net_radius, net_domain = target.network_ball(input_radius, input_domain)
     rows = []
+    signed_in = target.signed_inputs(net_domain)
     for i, (L, M) in enumerate(zip(target.layers, maps)):
         W = L.weight
         b = np.zeros(W.shape[0]) if L.bias is None else L.bias
         if M.w_plus.shape != W.shape:
             raise RunFolderError(f"layer {i}: pruned map has shape {M.w_plus.shape}, target {W.shape}")
-        signed = (i == 0 and net_domain == "signed")
-        E = error_matrix(W, M, signed)
+        E = error_matrix(W, M, signed_in[i])
         e_b = b - M.bias
         kind = L.kind
         nW, how_W = kind.op_norm(W)
@@ -169,7 +239,13 @@ def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,
                      lip, how_W, how_E))
         advance(bar)
     nWs, nEs, nebs, nbs = ([r[k] for r in rows] for k in range(4))
-    radii, ins, outs = compose(nWs, nEs, nebs, nbs, float(net_radius), [r[6] for r in rows])
+    if target.graph is not None:
+        radii, ins, outs, _, final = compose_graph(target.graph, [L.kind for L in target.layers],
+                                                    list(zip(nWs, nEs, nebs, nbs)), float(net_radius),
+                                                    target.input_shape)
+    else:
+        radii, ins, outs = compose(nWs, nEs, nebs, nbs, float(net_radius), [r[6] for r in rows])
+        final = outs[-1] if outs else 0.0
     details = []
     for i, (nW, nE, neb, _nb, E, e_b, lip, how_W, how_E) in enumerate(rows):
         d = {
@@ -178,13 +254,15 @@ def certified_bound(target: Target, maps: list[LayerMap], input_radius: float,
             "max_weight_error": float(np.abs(E).max(initial=0.0)),
             "max_bias_error": float(np.abs(e_b).max(initial=0.0)),
         }
+        if target.graph is not None:
+            d["path"] = target.arch_indices()[i]
+            d["signed_input"] = bool(signed_in[i])
         if target.layers[i].kind.name != "linear" or target.ops_after(i):
             d.update({"kind": target.layers[i].kind.name, "weight_norm_bound": how_W,
                       "error_norm_bound": how_E, "lipschitz_after": lip,
                       "ops_after": [op.name for op in target.ops_after(i)]})
         details.append(d)
-    delta = outs[-1] if outs else 0.0
-    bound = delta * (1 + NUMERIC_SLACK) + 1e-300
+    bound = final * (1 + NUMERIC_SLACK) + 1e-300
     return Certificate(bound, float(input_radius), input_domain, details)
 
 
@@ -330,9 +408,23 @@ class CollapsedNet(nn.Module):
             self.kinds = [L.kind for L in target.layers]
             self.after = [target.ops_after(i) for i in range(len(maps))]
             self.input_op = target.preprocessing
+        self.graph = None if target is None else target.graph
+        self.input_shape = None if target is None else target.input_shape
+
+    def _layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        dt = h.dtype
+        kind = self.kinds[i]
+        out = kind.apply(h.clamp_min(0), self.wp[i].to(dt), self.b[i].to(dt))
+        if self.signed[i]:
+            out = out + kind.apply(h.clamp_max(0), self.wm[i].to(dt), None)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.input_op is None else self.input_op.transform(x)
+        if self.graph is not None:
+            from subsetsum_lth.layerkinds import forward_graph
+            h = forward_graph(self.graph, h.reshape(h.shape[0], *self.input_shape), self._layer)
+            return h.reshape(h.shape[0], -1)
         n = len(self.wp)
         for i, kind in enumerate(self.kinds):
             dt = h.dtype

@@ -148,7 +148,8 @@ class LayerPlan:
     m: int              #: units per block at the start
     formula_m: int      #: what the formula gives (for the report)
     has_bias: bool
-    signed_input: bool  #: True only for layer 0 with a signed input domain
+    signed_input: bool  #: the layer's input can be negative (layer 0 with a signed input domain; in a
+    #: residual network also a layer whose input is not after a ReLU: Target.signed_inputs)
     grow: int = 0       #: units appended to a block per growth step (adaptive widths)
     extensions: np.ndarray | None = None  #: growth steps taken per block (p blocks + bias block)
     kind: object = None  #: the target layer's kind (layerkinds.Linear/Conv2d); None: Linear
@@ -185,6 +186,7 @@ class LayerPlan:
 def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
     plans = []
     l = target.depth
+    signed = target.signed_inputs(config.input_domain)
     for i, L in enumerate(target.layers):
         q, p = L.weight.shape
         fm = formula_width(p, q, l, config.eps, config.delta, config.C)
@@ -193,8 +195,7 @@ def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
             m = adaptive_width(float(np.abs(L.weight).max(initial=0.0)), config.tau or config.eps)
         grow = 0 if config.width == "formula" else (config.grow or max(4, m // 4))
         plans.append(LayerPlan(i, p, q, m, fm, L.bias is not None,
-                               signed_input=(i == 0 and config.input_domain == "signed"), grow=grow,
-                               kind=L.kind))
+                               signed_input=signed[i], grow=grow, kind=L.kind))
     entries = sum((pl.hidden + pl.grow * (config.max_growth or 0)) * (pl.p + pl.q) for pl in plans)
     if entries > MAX_RANDOM_ENTRIES:
         gb = entries * 4 / 1e9
@@ -552,10 +553,11 @@ class Construction:
     pairs: list[RandomLayerPair] = field(default_factory=list)
     after: tuple = ()                 #: the target's parameter-free ops after each layer
     input_shape: tuple | None = None  #: (C, H, W) for an image network
+    graph: list | None = None         #: a residual target's architecture (Target.graph)
 
     @property
     def layout(self):
-        return layout_of(self.plans, self.after, self.input_shape)
+        return layout_of(self.plans, self.after, self.input_shape, self.graph)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The dense g (float32, every w1 regenerated from the seed): what random_net.safetensors holds."""
@@ -578,18 +580,18 @@ class Construction:
         return total
 
 
-def layout_of(plans: list[LayerPlan], after=(), input_shape=None):
+def layout_of(plans: list[LayerPlan], after=(), input_shape=None, graph=None):
     """The :class:`subsetsum_lth.gnet.GLayout` of the g these plans describe."""
     from subsetsum_lth.gnet import GLayout
     from subsetsum_lth.layerkinds import Linear
     kinds = tuple(pl.kind if pl.kind is not None else Linear(pl.p, pl.q, pl.has_bias) for pl in plans)
     after = tuple(tuple(a) for a in after) if after else tuple(() for _ in plans)
     return GLayout(kinds, tuple(pl.hidden for pl in plans), after,
-                   None if input_shape is None else tuple(input_shape))
+                   None if input_shape is None else tuple(input_shape), graph)
 
 
 def build_construction(target: Target, config: ConstructionConfig) -> Construction:
     plans = plan_layers(target, config)
     pairs = [draw_layer_pair(pl, config.seed, config.distribution) for pl in plans]
     return Construction(config, plans, pairs, tuple(tuple(target.ops_after(i)) for i in range(target.depth)),
-                        target.input_shape)
+                        target.input_shape, target.graph)

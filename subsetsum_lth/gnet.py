@@ -19,7 +19,7 @@ from torch import nn
 
 from subsetsum_lth.errors import RunFolderError
 from subsetsum_lth.layerkinds import Linear
-from subsetsum_lth.ops import module_from_ops
+from subsetsum_lth.ops import module_from_ops, param_paths, substitute_params
 
 PARAM_OPS = ("linear", "conv2d")
 
@@ -48,12 +48,17 @@ class GLayout:
     hidden: tuple
     after: tuple = ()
     input_shape: tuple | None = None
+    #: a residual target's architecture (``Target.graph``): g is that list with every
+    #: conv2d/linear replaced by its pair and the ReLU between them, every other op (ReLU, pool,
+    #: flatten, residual add) kept where it is; None for a chain
+    graph: list | None = field(default=None, compare=True, hash=False)
 
     @classmethod
     def for_target(cls, target, hidden) -> "GLayout":
         return cls(tuple(L.kind for L in target.layers), tuple(int(h) for h in hidden),
                    tuple(tuple(target.ops_after(i)) for i in range(target.depth)),
-                   None if target.input_shape is None else tuple(target.input_shape))
+                   None if target.input_shape is None else tuple(target.input_shape),
+                   getattr(target, "graph", None))
 
     @property
     def depth(self) -> int:
@@ -64,6 +69,8 @@ class GLayout:
 
     def ops(self) -> list[dict]:
         """g as an architecture list (the order of its nn.Sequential)."""
+        if self.graph is not None:
+            return self._graph_ops()[0]
         out = []
         for i, (kind, h) in enumerate(zip(self.kinds, self.hidden)):
             out += [_first_op(kind, h), {"op": "relu"}, _second_op(kind, h)]
@@ -72,7 +79,25 @@ class GLayout:
             out += [o.arch() for o in self.ops_after(i)]
         return out
 
-    def param_indices(self) -> list[int]:
+    def _graph_ops(self) -> tuple[list[dict], list[bool]]:
+        def pair(k, op):
+            kind, h = self.kinds[k], self.hidden[k]
+            return [_first_op(kind, h), {"op": "relu"}, _second_op(kind, h)]
+        return substitute_params(self.graph, pair)
+
+    def inner_relus(self) -> list[bool]:
+        """One flag per ReLU of g (forward order): True for the ReLU inside a pair (the one
+        edge-popup's ``--no-inner-relu`` drops), False for the target's own ReLUs."""
+        if self.graph is not None:
+            return self._graph_ops()[1]
+        n = sum(op["op"] == "relu" for op in self.ops())
+        return [k % 2 == 0 for k in range(n)]
+
+    def param_indices(self) -> list:
+        """The module path of every conv2d/linear of g in forward order: its index in the
+        Sequential for a chain (ints), ``3.body.0``-style paths for a residual g (str)."""
+        if self.graph is not None:
+            return [p for p, _ in param_paths(self.ops())]
         return [i for i, op in enumerate(self.ops()) if op["op"] in PARAM_OPS]
 
     def pair_keys(self, i: int) -> tuple[str, str, str, str]:
@@ -116,6 +141,10 @@ class GLayout:
 
     def describe(self) -> dict:
         return {"g_arch": self.ops(), "input_shape": None if self.input_shape is None else list(self.input_shape)}
+
+    @property
+    def is_residual(self) -> bool:
+        return self.graph is not None
 
 
 def mlp_layout(state: dict) -> GLayout:

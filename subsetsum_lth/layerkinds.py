@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from subsetsum_lth.errors import TargetError
-from subsetsum_lth.ops import canonical_arch, check_arch, parameter_free_module
+from subsetsum_lth.ops import canonical_arch, check_arch, is_residual, parameter_free_module
 
 #: kinds of parametric layers and of parameter-free ops, by their name in an architecture list
 PARAMETRIC = ("linear", "conv2d")
@@ -234,6 +234,12 @@ def kinds_from_arch(arch: list[dict], input_shape) -> tuple[list, list[list[Op]]
     the parameter-free ops that follow its ReLU."""
     check_arch(arch, input_shape)
     shape = tuple(int(s) for s in input_shape)
+    if is_residual(arch):
+        # a residual network keeps its ops in its graph (Target.graph / GLayout.graph): the
+        # kinds of its conv2d/linear layers in forward order (a body before its shortcut), and
+        # nothing "after" any of them
+        kinds = graph_kinds(canonical_arch(arch), shape)
+        return kinds, [[] for _ in kinds]
     kinds: list = []
     after: list[list[Op]] = []
     for op in canonical_arch(arch):
@@ -260,6 +266,76 @@ def kinds_from_arch(arch: list[dict], input_shape) -> tuple[list, list[list[Op]]
         after.append([])
         shape = kind.out_shape
     return kinds, after
+
+
+def _kind_of(op: dict, shape: tuple):
+    if op["op"] == "linear":
+        return Linear(int(np.prod(shape)), int(op["out_features"]), bool(op["bias"]))
+    return Conv2d(shape[0], int(op["out_channels"]), _pair(op["kernel"]), _pair(op["stride"]),
+                  _pair(op["padding"]), (shape[1], shape[2]), bool(op["bias"]))
+
+
+def graph_kinds(ops: list[dict], input_shape) -> list:
+    """The kinds of the conv2d/linear layers of a (checked, canonical) architecture that may hold
+    residual ops, in forward order, a residual's body before its shortcut."""
+    kinds: list = []
+
+    def walk(seq, shape):
+        for op in seq:
+            name = op["op"]
+            if name in PARAMETRIC:
+                k = _kind_of(op, shape)
+                kinds.append(k)
+                shape = k.out_shape
+            elif name == "residual":
+                out = walk(op["body"], shape)
+                walk(op["shortcut"], shape)
+                shape = out
+            elif name == "flatten":
+                shape = (int(np.prod(shape)),)
+            elif name in ("maxpool2d", "avgpool2d"):
+                shape = Op(name, shape, _pair(op["kernel"]), _pair(op["stride"])).out_shape
+        return shape
+
+    walk(ops, tuple(int(s) for s in input_shape))
+    return kinds
+
+
+def forward_graph(ops: list[dict], x: torch.Tensor, layer) -> torch.Tensor:
+    """Run an architecture list that may hold residual ops on ``x`` (N×C×H×W or N×D):
+    ``layer(k, h)`` computes its k-th conv2d/linear (forward order, as
+    :func:`subsetsum_lth.ops.param_paths`); ReLU, pools and flatten act as in torch; a residual op
+    adds its body's and its shortcut's outputs. The one interpreter of residual graphs (the
+    target f, the collapsed ĝ)."""
+    counter = [0]
+
+    def walk(seq, h):
+        for op in seq:
+            name = op["op"]
+            if name in PARAMETRIC:
+                h = layer(counter[0], h)
+                counter[0] += 1
+            elif name == "relu":
+                h = torch.relu(h)
+            elif name == "maxpool2d":
+                h = F.max_pool2d(h, tuple(op["kernel"]), tuple(op["stride"]))
+            elif name == "avgpool2d":
+                h = F.avg_pool2d(h, tuple(op["kernel"]), tuple(op["stride"]))
+            elif name == "flatten":
+                h = h.reshape(h.shape[0], -1)
+            elif name == "residual":
+                h = walk(op["body"], h) + walk(op["shortcut"], h)
+        return h
+
+    return walk(ops, x)
+
+
+def op_lipschitz(op: dict, shape: tuple) -> float:
+    """The proven ℓ2 Lipschitz constant of a parameter-free op of a canonical architecture (see
+    :meth:`Op.lipschitz`); ReLU and flatten: 1."""
+    if op["op"] in ("maxpool2d", "avgpool2d"):
+        return Op(op["op"], tuple(shape), _pair(op["kernel"]), _pair(op["stride"])).lipschitz()
+    return 1.0
 
 
 def arch_of(kinds: list, after: list[list[Op]]) -> list[dict]:
@@ -292,4 +368,7 @@ def describe_arch(arch: list[dict]) -> str:
             parts.append(("maxpool" if name == "maxpool2d" else "avgpool") + str(k))
         elif name == "flatten":
             parts.append("flatten")
+        elif name == "residual":
+            body = describe_arch(op["body"])
+            parts.append(f"res({body}" + (f" | {describe_arch(op['shortcut'])})" if op.get("shortcut") else ")"))
     return "-".join(parts)

@@ -20,7 +20,7 @@ from subsetsum_lth.errors import RunFolderError, TargetError
 
 PARAMETRIC = ("conv2d", "linear")
 POOLS = ("maxpool2d", "avgpool2d")
-OPS = (*PARAMETRIC, "relu", *POOLS, "flatten")
+OPS = (*PARAMETRIC, "relu", *POOLS, "flatten", "residual")
 
 #: the keys each op may carry (besides "op"), with the values that are the only ones accepted
 #: for the keys the construction does not handle (a user's arch may state them explicitly)
@@ -31,6 +31,7 @@ _KEYS = {
     "maxpool2d": {"kernel", "stride"},
     "avgpool2d": {"kernel", "stride"},
     "flatten": set(),
+    "residual": {"body", "shortcut"},
 }
 _NEUTRAL = {   # op -> key -> (accepted values, what to say)
     "conv2d": {"dilation": ((1, [1, 1], (1, 1)), "dilation is not supported (only 1)"),
@@ -47,7 +48,7 @@ _NEUTRAL = {   # op -> key -> (accepted values, what to say)
 _OTHER_ACTIVATIONS = {"tanh", "sigmoid", "gelu", "elu", "selu", "silu", "swish", "leakyrelu",
                       "leaky_relu", "relu6", "softplus", "hardtanh", "prelu", "mish", "softmax",
                       "log_softmax", "logsoftmax", "hardswish", "hardsigmoid", "celu", "rrelu"}
-_RESIDUAL = {"add", "residual", "skip", "concat", "cat", "shortcut"}
+_RESIDUAL = {"add", "skip", "concat", "cat", "shortcut"}
 
 def _pair(value, what: str) -> list[int]:
     """[a, b] from an int or a 2-sequence of ints (bools refused)."""
@@ -101,8 +102,9 @@ def canonical_op(op: dict, i: int = 0) -> dict:
         if kind in _OTHER_ACTIVATIONS:
             raise TargetError(f"{where}: activation {op['op']!r} is not supported; only ReLU networks are")
         if kind in _RESIDUAL:
-            raise TargetError(f"{where}: residual/skip connections ({op['op']!r}) are not supported; "
-                              "only a plain chain of conv2d/linear/relu/pool/flatten ops is")
+            raise TargetError(f"{where}: residual/skip connections are written as one op {{'op': 'residual', "
+                              f"'body': [ops], 'shortcut': [ops]}} (an empty shortcut is the identity), "
+                              f"not {op['op']!r}")
         raise TargetError(f"{where}: unknown op {op['op']!r}; the ops are {', '.join(OPS)}")
     neutral = _NEUTRAL.get(kind, {})
     for key, value in op.items():
@@ -141,6 +143,16 @@ def canonical_op(op: dict, i: int = 0) -> dict:
         out["in_features"] = _int(op["in_features"], f"{where} in_features")
         out["out_features"] = _int(op["out_features"], f"{where} out_features")
         out["bias"] = _bool(op.get("bias", True), f"{where} bias")
+    elif kind == "residual":
+        body = op.get("body")
+        shortcut = op.get("shortcut", [])
+        for name, branch in (("body", body), ("shortcut", shortcut)):
+            if not isinstance(branch, (list, tuple)):
+                raise TargetError(f"{where}: {name!r} must be a list of ops, got {branch!r}")
+        if not body:
+            raise TargetError(f"{where}: a residual op needs a non-empty 'body' (the branch F of x + F(x))")
+        out["body"] = [canonical_op(o, j) for j, o in enumerate(body)]
+        out["shortcut"] = [canonical_op(o, j) for j, o in enumerate(shortcut)]
     elif kind in POOLS:
         if "kernel" not in op:
             raise TargetError(f"{where}: missing 'kernel'")
@@ -186,13 +198,28 @@ def check_arch(arch, input_shape) -> list[tuple[int, ...]]:
     for i, op in enumerate(ops):
         shape = _op_shape(op, shape, _describe(i, op), i)
         shapes.append(shape)
-    _check_class(ops)
+    if is_residual(ops):
+        _check_residual_class(ops)
+    else:
+        _check_class(ops)
     return shapes
 
 
 def _op_shape(op: dict, shape: tuple, where: str, i: int = 0) -> tuple[int, ...]:
     """Output shape of the canonical ``op`` on an input of ``shape``; TargetError on a mismatch."""
     kind = op["op"]
+    if kind == "residual":
+        outs = []
+        for name in ("body", "shortcut"):
+            s = tuple(shape)
+            for j, sub in enumerate(op[name]):
+                s = _op_shape(sub, s, f"{where} {name} {_describe(j, sub)}", j)
+            outs.append(s)
+        if outs[0] != outs[1]:
+            raise TargetError(f"{where}: its body gives {_fmt_shape(outs[0])} but its shortcut "
+                              f"{_fmt_shape(outs[1])}; the two branches of an add must have the same shape "
+                              "(a 1x1 conv2d shortcut, stride as the body's, projects the input)")
+        return outs[0]
     if kind == "conv2d":
         if len(shape) != 3:
             raise TargetError(f"{where} needs a CxHxW input but gets a vector of {shape[0]} features"
@@ -270,6 +297,130 @@ def _check_class(ops: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# residual architectures: a nested op {"op": "residual", "body": [...], "shortcut": [...]}
+# --------------------------------------------------------------------------------------------
+
+def is_residual(ops) -> bool:
+    """Whether an architecture list holds a residual op (anywhere)."""
+    return any(isinstance(op, dict) and str(op.get("op", "")).lower() == "residual" for op in ops)
+
+
+def param_paths(ops: list[dict], prefix: str = "") -> list[tuple[str, dict]]:
+    """(module path, op) of every conv2d/linear in forward order, depth first, a residual's body
+    before its shortcut: the path is the op's name in ``module_from_ops(ops)`` (``3`` for the op
+    at index 3 of the list, ``3.body.0`` for the first op of the body of the residual op at 3), so
+    its tensors are ``{path}.weight`` / ``{path}.bias``."""
+    out = []
+    for i, op in enumerate(ops):
+        name = op["op"]
+        if name in PARAMETRIC:
+            out.append((f"{prefix}{i}", op))
+        elif name == "residual":
+            out += param_paths(op["body"], f"{prefix}{i}.body.")
+            out += param_paths(op["shortcut"], f"{prefix}{i}.shortcut.")
+    return out
+
+
+def substitute_params(ops: list[dict], replace) -> tuple[list[dict], list[bool]]:
+    """``ops`` with the k-th conv2d/linear (forward order, as :func:`param_paths`) replaced by the
+    list of ops ``replace(k, op)``, residual ops rebuilt around their substituted branches; and
+    one flag per ReLU of the result (forward order): True for a ReLU that ``replace`` put in."""
+    counter = [0]
+    flags: list[bool] = []
+
+    def walk(seq):
+        out = []
+        for op in seq:
+            name = op["op"]
+            if name in PARAMETRIC:
+                new = replace(counter[0], op)
+                counter[0] += 1
+                flags.extend(True for o in new if o["op"] == "relu")
+                out.extend(new)
+            elif name == "residual":
+                out.append({"op": "residual", "body": walk(op["body"]), "shortcut": walk(op["shortcut"])})
+            else:
+                if name == "relu":
+                    flags.append(False)
+                out.append(dict(op))
+        return out
+
+    return walk(ops), flags
+
+
+def relu_follows(ops: list[dict]) -> list[bool]:
+    """For every conv2d/linear (forward order): whether a ReLU comes right after it in its list
+    (a residual body's last conv has none: the add comes first)."""
+    out: list[bool] = []
+
+    def walk(seq):
+        for i, op in enumerate(seq):
+            if op["op"] in PARAMETRIC:
+                out.append(i + 1 < len(seq) and seq[i + 1]["op"] == "relu")
+            elif op["op"] == "residual":
+                walk(op["body"])
+                walk(op["shortcut"])
+
+    walk(ops)
+    return out
+
+
+def signed_inputs(ops: list[dict], input_signed: bool) -> list[bool]:
+    """For every conv2d/linear (forward order): whether its input can be negative. The network's
+    input is signed iff ``input_signed``; a ReLU's output is non-negative; pools and flatten keep
+    the sign; a conv2d/linear output is signed; an add is non-negative iff both branches are."""
+    out: list[bool] = []
+
+    def walk(seq, nonneg: bool) -> bool:
+        for op in seq:
+            name = op["op"]
+            if name in PARAMETRIC:
+                out.append(not nonneg)
+                nonneg = False
+            elif name == "relu":
+                nonneg = True
+            elif name == "residual":
+                a = walk(op["body"], nonneg)
+                b = walk(op["shortcut"], nonneg)
+                nonneg = a and b
+        return nonneg
+
+    walk(ops, not input_signed)
+    return out
+
+
+def _check_residual_class(ops: list[dict]) -> None:
+    """The class of a residual network (ReLUs explicit, anywhere): it starts with a conv2d/linear
+    (the stem, into which input preprocessing folds), ends with the conv2d/linear that gives the
+    logits (a flatten after it allowed), every residual body holds a conv2d/linear, and no
+    residual op is nested in another's shortcut."""
+    if ops[0]["op"] not in PARAMETRIC:
+        raise TargetError(f"{_describe(0, ops[0])}: a residual network must start with a conv2d/linear "
+                          "(the stem) before its first residual op")
+    param = [i for i, op in enumerate(ops) if op["op"] in PARAMETRIC or op["op"] == "residual"]
+    last = param[-1]
+    if ops[last]["op"] != "linear" and ops[last]["op"] != "conv2d":
+        raise TargetError(f"{_describe(last, ops[last])} ends the network; a residual network must end "
+                          "with the conv2d/linear that gives the logits (e.g. avgpool, flatten, linear)")
+    for i, op in enumerate(ops[last + 1:], last + 1):
+        if op["op"] != "flatten":
+            raise TargetError(f"{_describe(i, op)} comes after the last conv2d/linear (layer {last}); the "
+                              "network must end with that layer (a flatten after it is allowed)")
+
+    def check(seq, where):
+        for j, op in enumerate(seq):
+            if op["op"] != "residual":
+                continue
+            w = f"{where}{_describe(j, op)}"
+            if not param_paths(op["body"]):
+                raise TargetError(f"{w}: its body has no conv2d/linear")
+            if any(o["op"] == "residual" for o in op["shortcut"]):
+                raise TargetError(f"{w}: a residual op inside a shortcut is not supported")
+            check(op["body"], f"{w} body ")
+    check(ops, "")
+
+
+# --------------------------------------------------------------------------------------------
 # the one builder
 # --------------------------------------------------------------------------------------------
 
@@ -281,17 +432,43 @@ def parameter_free_module(name: str, kernel=(1, 1), stride=(1, 1)) -> nn.Module:
     return cls(tuple(kernel), tuple(stride))
 
 
+class Residual(nn.Module):
+    """``body(x) + shortcut(x)`` (an empty shortcut Sequential is the identity): the module of a
+    residual op; its tensors are keyed ``body.{j}.*`` and ``shortcut.{j}.*``."""
+
+    def __init__(self, body: nn.Sequential, shortcut: nn.Sequential):
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+
+
 def module_from_ops(ops: list[dict], state: dict | None = None, masks: dict | None = None,
                     dtype=torch.float32, relu_after=None) -> nn.Sequential:
     """An nn.Sequential from an architecture list, its parametric layers loaded from ``state``
-    (keyed ``{index}.weight``/``{index}.bias``) and multiplied by ``masks`` when given.
-    ``relu_after`` (one bool per ReLU of ``ops``, in order): False puts ``nn.Identity`` in
-    that ReLU's place, so the keys stay the same (edge-popup's ``--no-inner-relu``)."""
+    (keyed ``{index}.weight``/``{index}.bias``; inside a residual op ``{index}.body.{j}.weight``,
+    see :func:`param_paths`) and multiplied by ``masks`` when given. A residual op becomes a
+    :class:`Residual` module. ``relu_after`` (one bool per ReLU of ``ops``, in forward order,
+    depth first): False puts ``nn.Identity`` in that ReLU's place, so the keys stay the same
+    (edge-popup's ``--no-inner-relu``)."""
+    n_relu = count_relus(ops)
+    if relu_after is not None and len(relu_after) != n_relu:
+        raise RunFolderError(f"relu_after has {len(relu_after)} entries for {n_relu} ReLUs")
+    keep = iter([True] * n_relu if relu_after is None else [bool(r) for r in relu_after])
+    return _build(ops, state, masks, dtype, keep, "")
+
+
+def count_relus(ops) -> int:
+    """The ReLUs of an architecture list, those inside residual ops included."""
+    return sum(1 if op["op"] == "relu" else
+               (count_relus(op["body"]) + count_relus(op["shortcut"]) if op["op"] == "residual" else 0)
+               for op in ops)
+
+
+def _build(ops, state, masks, dtype, keep, prefix: str) -> nn.Sequential:
     mods: list[nn.Module] = []
-    relus = [i for i, op in enumerate(ops) if op["op"] == "relu"]
-    if relu_after is not None and len(relu_after) != len(relus):
-        raise RunFolderError(f"relu_after has {len(relu_after)} entries for {len(relus)} ReLUs")
-    keep_relu = dict(zip(relus, [True] * len(relus) if relu_after is None else [bool(r) for r in relu_after]))
     for idx, op in enumerate(ops):
         name = op["op"]
         if name == "linear":
@@ -301,10 +478,15 @@ def module_from_ops(ops: list[dict], state: dict | None = None, masks: dict | No
                             tuple(op.get("stride", (1, 1))), tuple(op.get("padding", (0, 0))),
                             bias=op.get("bias", True))
         elif name == "relu":
-            mods.append(nn.ReLU() if keep_relu[idx] else nn.Identity())
+            mods.append(nn.ReLU() if next(keep) else nn.Identity())
             continue
         elif name in ("maxpool2d", "avgpool2d", "flatten"):
             mods.append(parameter_free_module(name, tuple(op.get("kernel", (1, 1))), tuple(op.get("stride", (1, 1)))))
+            continue
+        elif name == "residual":
+            body = _build(op["body"], state, masks, dtype, keep, f"{prefix}{idx}.body.")
+            shortcut = _build(op.get("shortcut", []), state, masks, dtype, keep, f"{prefix}{idx}.shortcut.")
+            mods.append(Residual(body, shortcut))
             continue
         else:
             raise RunFolderError(f"unsupported layer {idx} ({name}) in an architecture")
@@ -312,7 +494,7 @@ def module_from_ops(ops: list[dict], state: dict | None = None, masks: dict | No
         if state is not None:
             with torch.no_grad():
                 for t in ("weight", "bias"):
-                    key = f"{idx}.{t}"
+                    key = f"{prefix}{idx}.{t}"
                     if getattr(mod, t) is None:
                         continue
                     v = torch.as_tensor(np.asarray(state[key]), dtype=dtype)

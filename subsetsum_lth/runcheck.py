@@ -43,6 +43,7 @@ from subsetsum_lth.gstore import DenseMasks, DenseState, generator_spec, read_co
 from subsetsum_lth.layerkinds import arch_of, kinds_from_arch
 from subsetsum_lth.manifest import KIND_NAMES, MANIFEST, read_manifest
 from subsetsum_lth.mask_rules import eligible_masks, prepruning_masks
+from subsetsum_lth.ops import canonical_arch, is_residual, signed_inputs
 from subsetsum_lth.preprocess import recorded_input_op
 from subsetsum_lth.report_fields import Fields, short
 # which data set a run was made on; certify_run, compare, edge-popup and the CLI import them from here
@@ -108,6 +109,9 @@ class Run:
 
     @property
     def n_linear(self) -> int:
+        """The conv2d/linear layers of g (a residual g has more or fewer ReLUs than layers − 1)."""
+        if self.layout_ is not None and self.layout_.graph is not None:
+            return len(self.layout_.param_indices())
         return len(self.relu_after) + 1
 
     @property
@@ -152,9 +156,10 @@ def _check_mlp_shapes(state: dict, n: int, where: Path) -> list[int]:
     return sizes
 
 
-def _plans(entries, sizes: list[int], domain: str, where: str, shapes=None):
+def _plans(entries, sizes: list[int], domain: str, where: str, shapes=None, signed=None):
     """LayerPlans from report.json's per-layer block widths (validated). ``shapes``: the
-    (q, p) of each layer's matrix view where they do not chain (conv layers)."""
+    (q, p) of each layer's matrix view where they do not chain (conv layers); ``signed``: per
+    layer, whether its input can be negative (default: only layer 0, under the signed domain)."""
 
     depth = len(sizes) - 1
     shapes = shapes or [(sizes[i + 1], sizes[i]) for i in range(depth)]
@@ -177,7 +182,8 @@ def _plans(entries, sizes: list[int], domain: str, where: str, shapes=None):
         ext = f.int_list("block_extensions", length=p + (1 if has_bias else 0), minimum=0, optional=True)
         if ext is not None and any(ext) and grow == 0:
             raise RunFolderError(f"{where}[{i}]: block_extensions without growth_units; {RECREATE}")
-        plan = LayerPlan(i, p, q, m, fm, has_bias, signed_input=(i == 0 and domain == "signed"), grow=grow,
+        signed_i = (i == 0 and domain == "signed") if signed is None else bool(signed[i])
+        plan = LayerPlan(i, p, q, m, fm, has_bias, signed_input=signed_i, grow=grow,
                          extensions=None if ext is None else np.asarray(ext, dtype=np.int64))
         hidden = f.integer("hidden_units", minimum=1, optional=True)
         if hidden is not None and hidden != plan.hidden:
@@ -489,8 +495,10 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
         raise f.fail("target_arch", "a list of layer objects", arch)
     try:
         kinds, after = kinds_from_arch(arch, shape)
+        graph = canonical_arch(arch) if is_residual(arch) else None
     except (UserError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RunFolderError(f"{where}: 'target_arch' is not a supported architecture ({exc}); {RECREATE}") from None
+    signed = None if graph is None else signed_inputs(graph, (domain or "nonnegative") == "signed")
     arch_sizes = [kinds[0].p] + [k.q for k in kinds]
     if kind == "subset-sum":
         if arch_sizes != sizes:
@@ -502,10 +510,11 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
                                  f"network, which an edge-popup run of an image network records); {RECREATE}")
         entries, entries_name = report["construction_plan"], "construction_plan"
         sizes = arch_sizes
-    plans = _plans(entries, sizes, domain or "nonnegative", f"{where} '{entries_name}'", [(k.q, k.p) for k in kinds])
+    plans = _plans(entries, sizes, domain or "nonnegative", f"{where} '{entries_name}'", [(k.q, k.p) for k in kinds],
+                   signed)
     for pl, k in zip(plans, kinds):
         pl.kind = k
-    layout = layout_of(plans, after, shape)
+    layout = layout_of(plans, after, shape, graph)
     if report.get("g_arch") is not None and report["g_arch"] != layout.ops():
         raise RunFolderError(f"{where}: 'g_arch' is not the construction's network for 'target_arch' and the "
                              f"recorded block widths; {RECREATE}")
@@ -526,8 +535,8 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
             raise RunFolderError(f"{path / rf.MASKS}: mask {k} has dtype {masks[k].dtype}; masks are uint8 0/1; {RECREATE}")
         if masks[k].size and int(masks[k].max()) > 1:
             raise RunFolderError(f"{path / rf.MASKS}: mask {k} holds values other than 0 and 1; {RECREATE}")
-    n_param = len(layout.param_indices())
-    relu_after = _relu_after(report, kind, n_param, path)
+    # one relu_after entry per ReLU of g (for a chain: one fewer than its conv2d/linear layers)
+    relu_after = _relu_after(report, kind, len(layout.inner_relus()) + 1, path)
     allowed = None
     if kind == "subset-sum":
         allowed = prepruning_masks(plans, state, layout)
@@ -536,19 +545,21 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
         allowed = eligible_masks(plans, {k: np.ascontiguousarray(v) for k, v in state.items()}, layout,
                                  f.boolean("inner_relu", optional=True, default=True))
     if kind == "edge-popup":
-        # ReLUs alternate: after the first layer of pair i (even positions; dropped only by
-        # --no-inner-relu), then the target's own ReLU between pairs (odd positions; always there)
-        if not all(relu_after[1::2]):
-            raise RunFolderError(f"{where}: 'relu_after' drops a ReLU between two target layers (odd "
-                                 f"positions); edge-popup only drops the inner ReLUs; {RECREATE}")
-        if f.boolean("inner_relu", optional=True, default=True) != all(relu_after[0::2]):
+        # the ReLU after the first layer of each pair (layout.inner_relus(); for a chain the even
+        # positions) is dropped only by --no-inner-relu; the target's own ReLUs are always there
+        inner = layout.inner_relus()
+        if not all(r for r, i in zip(relu_after, inner) if not i):
+            raise RunFolderError(f"{where}: 'relu_after' drops a ReLU of the target (not one inside a pair "
+                                 f"of g); edge-popup only drops the inner ReLUs; {RECREATE}")
+        if f.boolean("inner_relu", optional=True, default=True) != all(r for r, i in zip(relu_after, inner) if i):
             raise RunFolderError(f"{where}: 'inner_relu' and 'relu_after' disagree; {RECREATE}")
     _check_allowed(path, masks, allowed)
     target = None
     tpath = path / rf.TARGET
     if tpath.exists() or tpath.is_symlink():
         target = _load_target(tpath)
-        if target.is_mlp or target.arch() != arch_of(kinds, after) or list(target.input_shape) != shape:
+        want_arch = graph if graph is not None else arch_of(kinds, after)
+        if target.is_mlp or target.arch() != want_arch or list(target.input_shape) != shape:
             raise RunFolderError(f"{tpath} is not the network report.json records ('target_arch', "
                                  f"'input_shape'); {RECREATE}")
         _check_target_bias(tpath, plans, target)

@@ -70,6 +70,10 @@ class Target:
     #: the input op (a :class:`subsetsum_lth.preprocess.Preprocessing`) applied before the first
     #: layer: ``forward`` takes pixels/255 and the layers see ``a ⊙ x + c``; None: inputs as given
     preprocessing: object = None
+    #: a residual network's canonical architecture list (ReLUs explicit, residual ops nested;
+    #: docs/cnn.md): its layers are its conv2d/linear ops in forward order (a body before its
+    #: shortcut) and ``after`` is empty for each; None for a chain (MLP or plain CNN)
+    graph: list | None = None
 
     @property
     def depth(self) -> int:
@@ -108,7 +112,26 @@ class Target:
     def ops_after(self, i: int) -> list:
         return [] if self.after is None else list(self.after[i])
 
+    def signed_inputs(self, input_domain: str) -> list[bool]:
+        """Per layer, whether its input can be negative (the construction then uses both sign
+        halves of its blocks, the certificate [E⁺ E⁻]): the first layer's under the signed input
+        domain; in a residual network also any layer whose input is not after a ReLU."""
+        if self.graph is not None:
+            from subsetsum_lth.ops import signed_inputs
+            return signed_inputs(self.graph, input_domain == "signed")
+        return [i == 0 and input_domain == "signed" for i in range(self.depth)]
+
+    def relu_after(self, i: int) -> bool:
+        """Whether a ReLU comes right after layer i (every layer but the last of a chain; in a
+        residual network where its architecture puts one)."""
+        if self.graph is not None:
+            from subsetsum_lth.ops import relu_follows
+            return relu_follows(self.graph)[i]
+        return i < self.depth - 1
+
     def arch(self) -> list[dict]:
+        if self.graph is not None:
+            return json.loads(json.dumps(self.graph))
         from subsetsum_lth.layerkinds import arch_of
         return arch_of([L.kind for L in self.layers], [self.ops_after(i) for i in range(self.depth)])
 
@@ -125,6 +148,16 @@ class Target:
         or (N, C, H, W) images; the output is (N, outputs) flat. With an input op
         (``preprocessing``) ``x`` is in pixels/255 and the layers see ``a ⊙ x + c``."""
         h = x if self.preprocessing is None else self.preprocessing.transform(x)
+        if self.graph is not None:
+            from subsetsum_lth.layerkinds import forward_graph
+
+            def layer(k, h):
+                L = self.layers[k]
+                W = torch.as_tensor(L.weight, dtype=h.dtype, device=h.device)
+                b = None if L.bias is None else torch.as_tensor(L.bias, dtype=h.dtype, device=h.device)
+                return L.kind.apply(h, W, b)
+            h = forward_graph(self.graph, h.reshape(h.shape[0], *self.input_shape), layer)
+            return h.reshape(h.shape[0], -1)
         for i, L in enumerate(self.layers):
             W = torch.as_tensor(L.weight, dtype=x.dtype, device=x.device)
             b = None if L.bias is None else torch.as_tensor(L.bias, dtype=x.dtype, device=x.device)
@@ -139,6 +172,14 @@ class Target:
         """f as an nn.Sequential (with an nn.Unflatten first for image networks, so it takes
         flat vectors like the rest of the package; ``module[1:]`` takes N×C×H×W images). With an
         input op it comes first (an InputNormalize: the module takes pixels/255 like ``forward``)."""
+        if self.graph is not None:
+            from subsetsum_lth.ops import module_from_ops
+            body = module_from_ops(self.graph, self.state_dict(), None, dtype)
+            first = []
+            if self.preprocessing is not None:
+                from subsetsum_lth.preprocess import input_module
+                first.append(input_module(self.preprocessing, self.input_dim))
+            return nn.Sequential(*first, nn.Unflatten(1, tuple(self.input_shape)), *body, nn.Flatten()).to(dtype)
         mods: list[nn.Module] = []
         if self.preprocessing is not None:    # the input op first: the module takes pixels/255 too
             from subsetsum_lth.preprocess import input_module
@@ -186,8 +227,12 @@ class Target:
         dtype = torch.float32 if exact32 else torch.float64
         return {k: torch.as_tensor(a, dtype=dtype).contiguous() for k, a in arrays.items()}
 
-    def arch_indices(self) -> list[int]:
-        """The index in :meth:`arch` (= in ``module_from_arch``) of each parametric layer."""
+    def arch_indices(self) -> list:
+        """The index in :meth:`arch` (= in ``module_from_arch``) of each parametric layer; for a
+        residual network its module path (``3.body.0``, :func:`subsetsum_lth.ops.param_paths`)."""
+        if self.graph is not None:
+            from subsetsum_lth.ops import param_paths
+            return [p for p, _ in param_paths(self.graph)]
         return [i for i, op in enumerate(self.arch()) if op["op"] in ("linear", "conv2d")]
 
 
@@ -386,8 +431,10 @@ def from_arch_state(state: dict, arch: list[dict], input_shape, source: str = ""
     where = f" in {source}" if source else ""
     if input_shape is None or len(input_shape) == 0:
         raise TargetError(f"the target{where} has an architecture but no input shape")
+    from subsetsum_lth.ops import canonical_arch, is_residual, param_paths
     kinds, after = kinds_from_arch(arch, input_shape)
-    idxs = [i for i, op in enumerate(arch) if str(op.get("op", "")).lower() in ("linear", "conv2d")]
+    graph = canonical_arch(arch) if is_residual(arch) else None
+    idxs = [p for p, _ in param_paths(canonical_arch(arch))]
     used, layers = set(), []
     for idx, kind in zip(idxs, kinds):
         wkey, bkey = f"{idx}.weight", f"{idx}.bias"
@@ -422,11 +469,12 @@ def from_arch_state(state: dict, arch: list[dict], input_shape, source: str = ""
     if extra:
         raise TargetError(f"the target{where} holds tensors its architecture does not use: "
                           f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
-    if all(k.name == "linear" for k in kinds) and not any(after):
+    if all(k.name == "linear" for k in kinds) and not any(after) and graph is None:
         # a fully connected architecture (e.g. --arch fc256,fc128,fc10, a flatten first) is a
         # plain MLP on flat inputs: the same target, keys and behaviour as one read without --arch
         return Target([Layer(L.weight, L.bias) for L in layers], dict(metadata or {}), source)
-    return Target(layers, dict(metadata or {}), source, after=after, input_shape=tuple(int(v) for v in input_shape))
+    return Target(layers, dict(metadata or {}), source, after=after, input_shape=tuple(int(v) for v in input_shape),
+                  graph=graph)
 
 
 def random_target(sizes, bias=True, seed=0, scale: float | None = None,

@@ -16,10 +16,12 @@ def apriori_bound(target: Target, tau: float, radius: float, domain: str, typica
     the Lipschitz constants of pooling layers multiply as in the certificate."""
     R, delta = radius, 0.0
     norms = weight_norms(target)
+    signed = target.signed_inputs(domain)
+    per_layer = []
     for i, L in enumerate(target.layers):
         q, p = L.weight.shape
         kind = L.kind
-        h = 2 if (i == 0 and domain == "signed") else 1
+        h = 2 if signed[i] else 1
         cover = math.sqrt(kind.covering()) if kind.name == "conv2d" else 1.0
         rep = math.sqrt(kind.bias_repeat)
         nE = cover * tau * ((math.sqrt(q) + math.sqrt(p * h)) if typical else math.sqrt(q * p * h))
@@ -28,8 +30,14 @@ def apriori_bound(target: Target, tau: float, radius: float, domain: str, typica
         for op in target.ops_after(i):
             lip *= op.lipschitz()
         nW = norms[i]
+        nb = 0.0 if L.bias is None else rep * float(np.linalg.norm(L.bias))
+        per_layer.append((nW, nE, neb, nb))
         delta = lip * (nW * delta + (R + delta) * nE + neb)
-        R = lip * (nW * R + (0.0 if L.bias is None else rep * float(np.linalg.norm(L.bias))))
+        R = lip * (nW * R + nb)
+    if target.graph is not None:    # the same terms through the residual adds (certify.compose_graph)
+        from subsetsum_lth.certify import compose_graph
+        return compose_graph(target.graph, [L.kind for L in target.layers], per_layer, radius,
+                             target.input_shape)[4]
     return delta
 
 

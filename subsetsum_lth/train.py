@@ -164,7 +164,11 @@ INPUT_SHAPE = (1, 28, 28)
 def arch_sizes(arch: list[dict], input_shape: Sequence[int]) -> list[int]:
     """The input size followed by the output size (all channels and positions) of every
     conv2d/linear of ``arch``: an MLP's layer sizes, the widths of a CNN."""
-    from subsetsum_lth.arch import PARAMETRIC, check_arch
+    from subsetsum_lth.arch import PARAMETRIC, canonical_arch, check_arch, is_residual
+    if is_residual(arch):
+        from subsetsum_lth.layerkinds import graph_kinds
+        check_arch(arch, input_shape)
+        return [math.prod(input_shape)] + [math.prod(k.out_shape) for k in graph_kinds(canonical_arch(arch), input_shape)]
     shapes = check_arch(arch, input_shape)
     return [math.prod(input_shape)] + [math.prod(sh) for op, sh in zip(arch, shapes)
                                        if op["op"] in PARAMETRIC]

@@ -60,7 +60,7 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
     if not target.is_mlp:
         rows = [{"layer": i + 1, "name": str(idx), "kind": L.kind.name, "shape": list(L.tensor().shape),
                  "bias": L.bias is not None, "operator_norm_bound": L.kind.op_norm(L.weight)[0],
-                 "relu_after": i < target.depth - 1, "then": [op.name for op in target.ops_after(i)]}
+                 "relu_after": target.relu_after(i), "then": [op.name for op in target.ops_after(i)]}
                 for i, (idx, L) in enumerate(zip(target.arch_indices(), target.layers))]
         info["arch"] = target.arch()
         info["input_shape"] = list(target.input_shape)

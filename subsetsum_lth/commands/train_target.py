@@ -12,7 +12,7 @@ DESCRIPTION = (
     "Train a ReLU MLP 784-H1-...-10 on MNIST (pixels / 255, a non-negative input domain) with "
     "SGD (momentum 0.9, weight decay 5e-4, cosine schedule) and write OUT/target.safetensors "
     "(an nn.Sequential state_dict: keys 0.weight, 0.bias, 2.weight, ...) and OUT/target.json. "
-    "With --arch (e.g. lenet5) the target is that CNN instead, trained on 1x28x28 images with Adam "
+    "With --arch (e.g. lenet5, or resnet8 for a residual net) the target is that CNN instead, trained on 1x28x28 images with Adam "
     "(lr 1e-3, batch 128, 10 epochs, cosine schedule, no weight decay); its target.safetensors "
     "also records the architecture. "
     "MNIST is read from --data-dir, else $SUBSETSUM_LTH_DATA, else the user cache "

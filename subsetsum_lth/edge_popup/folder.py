@@ -66,7 +66,7 @@ def image_fields(net: RandomNet) -> dict:
         return {}
     from subsetsum_lth.layerkinds import arch_of
     lay = net.layout
-    out = {"target_arch": arch_of(list(lay.kinds), [list(a) for a in lay.after]),
+    out = {"target_arch": lay.graph if lay.graph is not None else arch_of(list(lay.kinds), [list(a) for a in lay.after]),
            "input_shape": list(lay.input_shape), "g_arch": lay.ops()}
     if net.input_radius is not None:
         # the source run's radius: compare certifies structured masks on the same input ball

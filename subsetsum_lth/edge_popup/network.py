@@ -21,6 +21,7 @@ from torch import nn
 
 from subsetsum_lth.edge_popup.scores import GetSubnet, MaskedValues, kept_count
 from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.ops import count_relus, param_paths
 
 #: a weight tensor whose eligible entries are at most this fraction of it is computed by a
 #: gather/scatter over the eligible entries instead of a dense matrix product
@@ -68,7 +69,7 @@ def _checked_ops(state: dict, ops: list[dict] | None) -> list[dict]:
                 ops.append({"op": "relu"})
     else:
         ops = [dict(op) for op in ops]
-        param = [i for i, op in enumerate(ops) if op.get("op") in ("linear", "conv2d")]
+        param = [p for p, _ in param_paths(ops)]
         expected = {f"{i}.{t}" for i in param for t in ("weight", "bias")}
         if set(state) != expected:
             raise RunFolderError(f"the random network's keys {sorted(state)[:6]} are not those of its "
@@ -94,8 +95,11 @@ class EdgePopupNet(nn.Module):
         ops = _checked_ops(state, ops)
         self.ops = ops
         self.input_shape = None if input_shape is None else tuple(int(v) for v in input_shape)
-        self.param_index = [i for i, op in enumerate(ops) if op["op"] in ("linear", "conv2d")]
-        n_relu = sum(op["op"] == "relu" for op in ops)
+        # module paths of the conv2d/linear layers: Sequential indices, '3.body.0' inside a residual op
+        paths = param_paths(ops)
+        self.param_index = [int(p) if p.isdigit() else p for p, _ in paths]
+        param_ops = [op for _, op in paths]
+        n_relu = count_relus(ops)
         fixed = set(fixed)
         if fixed - set(state):
             raise UserError(f"fixed tensors {sorted(fixed - set(state))} are not in the random network")
@@ -111,7 +115,7 @@ class EdgePopupNet(nn.Module):
         #: per parametric layer: its matrix view (q, p) (a conv kernel as (c_out, c_in*k*k))
         self.kinds: list[str] = []
         for j, idx in enumerate(self.param_index):
-            op = ops[idx]
+            op = param_ops[j]
             w = _to_tensor(state[f"{idx}.weight"])
             b = _to_tensor(state[f"{idx}.bias"])
             want_dim = 2 if op["op"] == "linear" else 4
@@ -296,34 +300,42 @@ class EdgePopupNet(nn.Module):
     def apply_values(self, x: torch.Tensor, values: list) -> torch.Tensor:
         """g(x) with the given effective eligible values (see ``effective_values``)."""
         h = x if self.input_shape is None or self.kinds[0] == "linear" else x.reshape(x.shape[0], *self.input_shape)
-        j = r = 0
-        for op in self.ops:
-            name = op["op"]
-            if name in ("linear", "conv2d"):
-                tw, tb = self.tensors[2 * j], self.tensors[2 * j + 1]
-                if name == "linear":
-                    h = self._weight_product(tw, values[2 * j], h.reshape(h.shape[0], -1) if h.dim() != 2 else h)
-                    b = self._bias(tb, values[2 * j + 1])
-                    if b is not None:
-                        h = h + b
+        count = {"j": 0, "r": 0}
+
+        def walk(seq, h):
+            for op in seq:
+                name = op["op"]
+                if name in ("linear", "conv2d"):
+                    j = count["j"]
+                    tw, tb = self.tensors[2 * j], self.tensors[2 * j + 1]
+                    if name == "linear":
+                        h = self._weight_product(tw, values[2 * j], h.reshape(h.shape[0], -1) if h.dim() != 2 else h)
+                        b = self._bias(tb, values[2 * j + 1])
+                        if b is not None:
+                            h = h + b
+                    else:
+                        h = self._conv(tw, values[2 * j], h, op)
+                        b = self._bias(tb, values[2 * j + 1])
+                        if b is not None:
+                            h = h + b.reshape(1, -1, 1, 1)
+                    count["j"] += 1
+                elif name == "relu":
+                    if self.relu_after[count["r"]]:
+                        h = torch.relu(h)
+                    count["r"] += 1
+                elif name == "maxpool2d":
+                    h = F.max_pool2d(h, tuple(op["kernel"]), tuple(op.get("stride") or op["kernel"]))
+                elif name == "avgpool2d":
+                    h = F.avg_pool2d(h, tuple(op["kernel"]), tuple(op.get("stride") or op["kernel"]))
+                elif name == "flatten":
+                    h = h.reshape(h.shape[0], -1)
+                elif name == "residual":     # body before shortcut: the order of param_paths
+                    h = walk(op["body"], h) + walk(op["shortcut"], h)
                 else:
-                    h = self._conv(tw, values[2 * j], h, op)
-                    b = self._bias(tb, values[2 * j + 1])
-                    if b is not None:
-                        h = h + b.reshape(1, -1, 1, 1)
-                j += 1
-            elif name == "relu":
-                if self.relu_after[r]:
-                    h = torch.relu(h)
-                r += 1
-            elif name == "maxpool2d":
-                h = F.max_pool2d(h, tuple(op["kernel"]), tuple(op.get("stride") or op["kernel"]))
-            elif name == "avgpool2d":
-                h = F.avg_pool2d(h, tuple(op["kernel"]), tuple(op.get("stride") or op["kernel"]))
-            elif name == "flatten":
-                h = h.reshape(h.shape[0], -1)
-            else:
-                raise RunFolderError(f"unsupported layer {name!r} in the random network")
+                    raise RunFolderError(f"unsupported layer {name!r} in the random network")
+            return h
+
+        h = walk(self.ops, h)
         return h.reshape(h.shape[0], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -335,9 +347,19 @@ def _largest_activation(ops: list[dict], input_shape) -> int:
     if input_shape is None:
         return 0
     shape = tuple(int(v) for v in input_shape)
+    return _largest(ops, shape)[0]
+
+
+def _largest(ops: list[dict], shape: tuple) -> tuple[int, tuple]:
+    """(largest activation, output shape) of ``ops`` on inputs of ``shape``."""
     best = int(np.prod(shape))
     for op in ops:
         name = op["op"]
+        if name == "residual":
+            b_best, out = _largest(op["body"], shape)
+            s_best, _ = _largest(op["shortcut"], shape)
+            best, shape = max(best, b_best, s_best), out
+            continue
         if name == "conv2d":
             k, s, p = (tuple(op.get(a, d)) for a, d in (("kernel", None), ("stride", (1, 1)), ("padding", (0, 0))))
             shape = (int(op["out_channels"]),
@@ -351,7 +373,7 @@ def _largest_activation(ops: list[dict], input_shape) -> int:
         elif name == "linear":
             shape = (int(op["out_features"]),)
         best = max(best, int(np.prod(shape)))
-    return best
+    return best, shape
 
 
 def relu_layout(n_linear: int, inner_relu: bool = True) -> list[bool]:
@@ -373,7 +395,15 @@ def module_names(relu_after: Sequence[bool], ops: list[dict] | None = None) -> l
         names = {"linear": "Linear", "conv2d": "Conv2d", "maxpool2d": "MaxPool2d", "avgpool2d": "AvgPool2d",
                  "flatten": "Flatten"}
         relus = iter(relu_after)
-        return [("ReLU" if next(relus) else "Identity") if op["op"] == "relu" else names[op["op"]] for op in ops]
+        out = []
+        for op in ops:
+            if op["op"] == "residual":      # its ReLUs are inside it
+                for _ in range(count_relus([op])):
+                    next(relus)
+                out.append("Residual")
+            else:
+                out.append(("ReLU" if next(relus) else "Identity") if op["op"] == "relu" else names[op["op"]])
+        return out
     out = []
     for r in relu_after:
         out += ["Linear", "ReLU" if r else "Identity"]

@@ -70,7 +70,11 @@ def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress
         xs, ys = load_data(config, net.state, device, data, net.layout, dataset or "mnist")
         timings["data"] = time.perf_counter() - t
 
-        relu_after = relu_layout(len([k for k in net.state if k.endswith(".weight")]), config.inner_relu)
+        if net.layout is not None and net.layout.graph is not None:
+            # a residual g: the ReLUs inside its pairs are those layout.inner_relus() flags
+            relu_after = [config.inner_relu or not inner for inner in net.layout.inner_relus()]
+        else:
+            relu_after = relu_layout(len([k for k in net.state if k.endswith(".weight")]), config.inner_relu)
         t = time.perf_counter()
         model = EdgePopupNet(net.state, allowed, config.keep, config.scope, config.seed, device,
                              config.selection, relu_after, ops=net.ops(), input_shape=net.input_shape)
