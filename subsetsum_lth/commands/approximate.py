@@ -1,6 +1,8 @@
 """`subsetsum-lth approximate`: build g, solve, certify, write the run folder."""
 from __future__ import annotations
 
+import math
+
 import sys
 from pathlib import Path
 
@@ -289,9 +291,6 @@ def _box_args(args, target):
             raise UserError("--input-box, --local-radius and --bab-seconds need --input-domain box")
         return None
     from subsetsum_lth.certify_box import DEFAULT_LOCAL_RADII, BoxConfig, parse_box
-    if not target.is_mlp:
-        raise UserError("--input-domain box is implemented for fully connected targets; for a network with "
-                        "conv/pooling layers use --input-domain nonnegative (or signed) and its ball certificate")
     if args.input_box is None and args.data is None:
         raise UserError("--input-domain box needs --input-box LO,HI (e.g. --input-box 0,1), or --data mnist "
                         "whose pixels lie in [0, 1]")
@@ -392,10 +391,12 @@ def _summary(r: dict, out: Path) -> None:
     print(f"  {scale}" if scale else "  (no test data: give --data to see the bound beside ‖f(x)‖₂ and the class margins)")
     bc = r.get("box_certificate")
     if bc:
-        box_where = bc.get("set") or box_set(bc["box"][0], bc["box"][1], r["target_sizes"][0])
+        dim = math.prod(r["input_shape"]) if r.get("input_shape") else r["target_sizes"][0]
+        box_where = bc.get("set") or box_set(bc["box"][0], bc["box"][1], dim)
+        zono = "" if bc.get("bound_zonotope") is None else f", zonotope {bc['bound_zonotope']:.4g}"
         print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]: certified {bound_text(bc['bound'], box_where)}   box attack "
               f"{bc['empirical_bound']:.4g}   ratio {bc['ratio']:.3g}   ({bc['seconds']:.1f} s; l2 of the per-output "
-              f"intervals {bc['bound_intervals']:.4g}, zonotope {bc['bound_zonotope']:.4g})")
+              f"intervals {bc['bound_intervals']:.4g}{zono})")
         bs = r.get("bound_scale") or {}
         if "box_certified_same_class_fraction" in bs:
             print(f"  the box bound guarantees f's class on {100 * bs['box_certified_same_class_fraction']:.2f}% of the "
