@@ -79,15 +79,22 @@ def input_box(split: str, lo: torch.Tensor, hi: torch.Tensor):
     return (torch.cat([lo.clamp_min(0), lo.clamp_max(0)], -1), torch.cat([hi.clamp_min(0), hi.clamp_max(0)], -1))
 
 
-def backward(ops: list[BoxOp], bounds: list, k: int, lam_z, lam_d, Xlo, Xhi, split: str, params=None):
+def backward(ops: list[BoxOp], bounds: list, k: int, lam_z, lam_d, Xlo, Xhi, split: str, params=None,
+             stop: int = -1):
     """Lower bound (B, m) of Λz·x'_k + Λd·d_k over the box (x'_k, d_k: op k's output) and the
-    coefficients on X. ``bounds[j]``: bounds of op j's output (None where not needed)."""
+    coefficients on X. ``bounds[j]``: bounds of op j's output (None where not needed). ``stop`` >= 0:
+    go back to op ``stop``'s output only and minimise there over its bounds (x' and d each over
+    their interval: sound, looser, much cheaper); the coefficients returned are then on that output."""
     const = torch.zeros(lam_z.shape[:2], dtype=DT)
-    for j in range(k, -1, -1):
+    for j in range(k, stop, -1):
         b_in = bounds[j - 1] if j > 0 else None
         p = None if params is None else params[j]
         lam_z, lam_d, c = ops[j].backward(lam_z, lam_d, b_in, p)
         const = const + c
+    if stop >= 0:
+        b = bounds[stop].map(lambda t: t[:, None, :])
+        lo = (lam_z.clamp_min(0) * b.l + lam_z.clamp_max(0) * b.u).sum(-1)
+        return const + lo + (lam_d.clamp_min(0) * b.dl + lam_d.clamp_max(0) * b.du).sum(-1), lam_z
     return const + _concretize(lam_z, Xlo, Xhi, split), lam_z
 
 
@@ -216,8 +223,11 @@ def twin_chain(target: Target, weights: list, biases: list) -> list[BoxOp]:
 
 def chain_robust_lower(ops: list[BoxOp], Xlo, Xhi, cls: torch.Tensor) -> torch.Tensor:
     """Lower bounds (N, q−1) of out_c − out_k over the boxes [Xlo, Xhi] (N, p) of a twin chain:
-    interval bounds of the hidden ops (cheap for thousands of small balls), CROWN on the output."""
+    interval bounds of the hidden ops (cheap for thousands of small balls), CROWN from the output
+    back to the last conv/pooling op."""
     bounds = hidden_bounds(ops, Xlo, Xhi, "plus", twin=True, ibp=True)
+    # CROWN back to the last conv/pooling op's output, intervals there (the wide maps are skipped)
+    stop = max((j for j, op in enumerate(ops) if op.name in ("conv2d", "maxpool2d", "avgpool2d")), default=-1)
     q = ops[-1].n_out
     N = len(Xlo)
     eye = torch.eye(q, dtype=DT)
@@ -225,5 +235,5 @@ def chain_robust_lower(ops: list[BoxOp], Xlo, Xhi, cls: torch.Tensor) -> torch.T
     keep = torch.ones(N, q, dtype=torch.bool)
     keep[torch.arange(N), cls] = False
     lam = lam[keep].reshape(N, q - 1, q)
-    val, _ = backward(ops, bounds, len(ops) - 1, lam, torch.zeros_like(lam), Xlo, Xhi, "plus")
+    val, _ = backward(ops, bounds, len(ops) - 1, lam, torch.zeros_like(lam), Xlo, Xhi, "plus", stop=stop)
     return val
