@@ -102,10 +102,11 @@ def _chunk(n_units: int, widest: int, per_unit: int) -> int:
     return max(1, min(n_units, CHUNK_ELEMENTS // (per_unit * max(widest, 1))))
 
 
-def hidden_bounds(ops: list[BoxOp], Xlo, Xhi, split: str, twin: bool = False, ibp: bool = False) -> list:
+def hidden_bounds(ops: list[BoxOp], Xlo, Xhi, split: str, twin: bool = False, ibp: bool | int = False) -> list:
     """Bounds of every op's output that a later op's relaxation needs: CROWN (default slopes) for
     the affine ops' outputs, in chunks of units; :meth:`BoxOp.interval` for the others (and for
-    the first affine op when X is x itself: exact there; for every op with ``ibp``). ``twin``: f and ĝ
+    the first affine op when X is x itself: exact there; for every op with ``ibp`` True, for the ops
+    after op ``ibp`` when it is an int). ``twin``: f and ĝ
     are the same network (d ≡ 0), only z' is bounded."""
     bounds: list = [None] * len(ops)
     B = Xlo.shape[0]
@@ -113,7 +114,8 @@ def hidden_bounds(ops: list[BoxOp], Xlo, Xhi, split: str, twin: bool = False, ib
     zero = torch.zeros_like(Xlo)
     X = Bounds(Xlo, Xhi, zero, zero, Xlo, Xhi)
     for k, op in enumerate(ops[:-1]):
-        if not op.affine or ibp or (k == 0 and split != "both"):
+        use_ibp = ibp is True or (ibp is not False and k > ibp)
+        if not op.affine or use_ibp or (k == 0 and split != "both"):
             bounds[k] = op.interval(bounds[k - 1] if k else X)
             continue
         n = op.n_out
@@ -194,10 +196,10 @@ def chain_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
     split = _split_of(lo, hi)
     ops = op_chain(target, maps, split)
     Xlo, Xhi = input_box(split, torch.as_tensor(lo, dtype=DT)[None], torch.as_tensor(hi, dtype=DT)[None])
-    deadline = None if time_budget is None else time.perf_counter() + time_budget
     t0 = time.perf_counter()
     with torch.no_grad():
         bounds = hidden_bounds(ops, Xlo, Xhi, split)
+    deadline = None if time_budget is None else time.perf_counter() + time_budget   # α's own budget
     note(progress, f"box certificate: hidden bounds of {len(ops)} ops done ({time.perf_counter() - t0:.0f} s); "
                    f"alpha-CROWN on the outputs")
     q = ops[-1].n_out
@@ -225,9 +227,10 @@ def chain_robust_lower(ops: list[BoxOp], Xlo, Xhi, cls: torch.Tensor) -> torch.T
     """Lower bounds (N, q−1) of out_c − out_k over the boxes [Xlo, Xhi] (N, p) of a twin chain:
     interval bounds of the hidden ops (cheap for thousands of small balls), CROWN from the output
     back to the last conv/pooling op."""
-    bounds = hidden_bounds(ops, Xlo, Xhi, "plus", twin=True, ibp=True)
-    # CROWN back to the last conv/pooling op's output, intervals there (the wide maps are skipped)
+    # interval bounds of the hidden ops, and CROWN from the output back to the last conv/pooling
+    # op's output (the wide maps are not crossed: CROWN bounds there cost ~100× more per image)
     stop = max((j for j, op in enumerate(ops) if op.name in ("conv2d", "maxpool2d", "avgpool2d")), default=-1)
+    bounds = hidden_bounds(ops, Xlo, Xhi, "plus", twin=True, ibp=True)
     q = ops[-1].n_out
     N = len(Xlo)
     eye = torch.eye(q, dtype=DT)

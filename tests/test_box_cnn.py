@@ -22,7 +22,7 @@ from subsetsum_lth import box_ops as bo
 from subsetsum_lth import certify_box as cb
 from subsetsum_lth.box_crown import DT, Bounds
 from subsetsum_lth.certify import CollapsedNet, LayerMap
-from subsetsum_lth.target import Layer, Target, from_arch_state
+from subsetsum_lth.target import from_arch_state
 from subsetsum_lth.layerkinds import kinds_from_arch
 
 sys.path.insert(0, str(Path(__file__).parent))
