@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth.box_crown import DT, DiffNet, _backward, _hidden_bounds, box_arrays, twin_net
+from subsetsum_lth.box_net import chain_robust_lower, twin_chain
 from subsetsum_lth.certify import LayerMap
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.progress import advance
@@ -40,20 +41,28 @@ def local_agreement(target: Target, maps: list[LayerMap], x: np.ndarray, rho: fl
     if not (math.isfinite(rho) and rho >= 0):
         raise UserError(f"--local-radius must be a non-negative number, got {rho}")
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    p = target.sizes[0]
+    p = target.input_dim
     lo_a, hi_a = box_arrays(lo, hi, p)
     if np.any(lo_a < 0):
         raise UserError("local agreement needs a non-negative box (LO >= 0), e.g. --input-box 0,1")
-    fnet = twin_net([L.weight for L in target.layers], [L.bias for L in target.layers])
-    gnet = twin_net([M.w_plus for M in maps], [M.bias for M in maps])
+    if not target.is_mlp:        # conv/pooling: the op chains of f and of ĝ
+        fops = twin_chain(target, [L.weight for L in target.layers], [L.bias for L in target.layers])
+        gops = twin_chain(target, [M.w_plus for M in maps], [M.bias for M in maps])
+        robust = lambda ops, x0, cls, lo_t, hi_t: chain_robust_lower(
+            ops, torch.maximum(x0 - rho, lo_t), torch.minimum(x0 + rho, hi_t), cls)
+        fnet, gnet = fops, gops
+    else:
+        fnet = twin_net([L.weight for L in target.layers], [L.bias for L in target.layers])
+        gnet = twin_net([M.w_plus for M in maps], [M.bias for M in maps])
+        robust = lambda net, x0, cls, lo_t, hi_t: _robust_lower(net, x0, cls, rho, lo_t, hi_t)
     lo_t, hi_t = torch.as_tensor(lo_a, dtype=DT), torch.as_tensor(hi_a, dtype=DT)
     ok = []
     with torch.no_grad():
         for i in range(0, len(x), chunk):
             x0 = torch.minimum(torch.maximum(torch.as_tensor(x[i:i + chunk], dtype=DT), lo_t), hi_t)
             cls = target.forward(x0).argmax(1)
-            a = _robust_lower(fnet, x0, cls, rho, lo_t, hi_t)
-            b = _robust_lower(gnet, x0, cls, rho, lo_t, hi_t)
+            a = robust(fnet, x0, cls, lo_t, hi_t)
+            b = robust(gnet, x0, cls, lo_t, hi_t)
             ok.append(((a > 0).all(1) & (b > 0).all(1)))
             advance(bar)
     mask = torch.cat(ok).numpy() if ok else np.zeros(0, dtype=bool)

@@ -46,7 +46,7 @@ def box_attack(target: Target, maps: list[LayerMap], lo, hi, data: np.ndarray | 
     ‖f − ĝ‖₂ and by per-output ±(f − ĝ)_k ascent. Computed on the collapsed ĝ; the best points are
     re-evaluated on ``g`` (the real pruned network, float64) when given, and that value is reported.
     ``witness``: the best x (float64, (p,)) and its error."""
-    p = target.sizes[0]
+    p = target.input_dim
     lo_a, hi_a = box_arrays(lo, hi, p)
     rng = np.random.default_rng(seed)
     lo_t, hi_t = torch.as_tensor(lo_a, dtype=DT), torch.as_tensor(hi_a, dtype=DT)
@@ -85,7 +85,7 @@ def box_attack(target: Target, maps: list[LayerMap], lo, hi, data: np.ndarray | 
     cand_x.append(x1)
     cand_e.append(e1)
     # per-output directions: maximise ±(f − ĝ)_k from the best seeds, then the norm again
-    q = target.sizes[-1]
+    q = int(diff(X[:1]).shape[1])
     best8 = x1[torch.topk(e1, min(8, len(e1))).indices]
     for kk in range(q):
         for sgn in (1.0, -1.0):

@@ -59,6 +59,7 @@ from subsetsum_lth.box_agreement import local_agreement
 from subsetsum_lth.box_attack import box_attack
 from subsetsum_lth.box_crown import (DT, Bounds, DiffNet, _argmin_corner, _hidden_bounds, _optimise, _split_of,
                                      box_arrays, branch_and_bound, diff_net, twin_net)
+from subsetsum_lth.box_net import chain_intervals
 from subsetsum_lth.box_zonotope import Zonotope, psd_l2_bound, refined_l2_bound, zonotope_l2
 
 __all__ = ["DT", "Bounds", "DiffNet", "Zonotope", "diff_net", "twin_net", "branch_and_bound", "psd_l2_bound",
@@ -71,6 +72,8 @@ ABS_SLACK = 1e-12
 METHOD = ("differential alpha-CROWN (joint bounds on z' and d = z - z'), per-output intervals; l2: the smaller of "
           "the l2 of their maxima and a zonotope of f - g (|.| forms of the hidden units' residuals) with "
           "semidefinite-dual norm bounds")
+METHOD_CHAIN = ("differential alpha-CROWN over the op chain (conv2d, relu, max/avg pooling, flatten, linear; joint "
+                "bounds on z' and d = z - z'), per-output intervals; l2 of their maxima")
 
 
 # ----------------------------------------------------------------------------- the certificate
@@ -126,6 +129,15 @@ def widen(bound: float) -> float:
     return float(bound) * (1 + NUMERIC_SLACK) + ABS_SLACK
 
 
+def _raw_corners(target: Target, corners):
+    """Corners found on the layers' input box, mapped back to ``target.forward``'s inputs (pixels)
+    through the inverse of the target's input op (none: unchanged)."""
+    if target.preprocessing is None:
+        return corners
+    a, c = target.preprocessing.affine(target.input_dim)
+    return (np.asarray(corners, dtype=np.float64).reshape(-1, target.input_dim) - c) / a
+
+
 def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 60, lr: float = 0.1,
                     time_budget: float | None = 50.0, bab_seconds: float = 0.0, bab_domains: int = 256,
                     progress=None) -> dict:
@@ -137,12 +149,21 @@ def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
     # an input op (declared preprocessing) maps the box onto the box a·lo + c ≤ z ≤ a·hi + c of the
     # layers' inputs, exactly (preprocess.py); the corners are mapped back to forward's inputs
     z_lo, z_hi = target.network_box(lo, hi)
+    if not target.is_mlp:        # conv/pooling: the op chain (box_net), the ℓ2 of the intervals
+        lower, upper, corners, info = chain_intervals(target, maps, z_lo, z_hi, iters=iters, lr=lr,
+                                                      time_budget=time_budget, progress=progress)
+        corners = _raw_corners(target, corners)
+        bound = l2_of_intervals(lower, upper)
+        if not math.isfinite(bound):
+            raise UserError("the box certificate overflows: the box is too large for this target; use a smaller --input-box")
+        return {"bound": bound, "bound_intervals": bound, "bound_zonotope": None, "l2_from": "intervals",
+                "zonotope_generators": 0, "lower": lower.tolist(), "upper": upper.tolist(),
+                "method": METHOD_CHAIN, "alpha_iterations": info["iterations"],
+                "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "corners": corners}
     lower, upper, corners, info = output_intervals(target, maps, z_lo, z_hi, iters=iters, lr=lr,
                                                    time_budget=time_budget, bab_seconds=bab_seconds,
                                                    bab_domains=bab_domains, progress=progress)
-    if target.preprocessing is not None:
-        a, c = target.preprocessing.affine(target.input_dim)
-        corners = (np.asarray(corners, dtype=np.float64).reshape(-1, target.input_dim) - c) / a
+    corners = _raw_corners(target, corners)
     by_intervals = l2_of_intervals(lower, upper)
     by_zonotope = widen(info["zonotope"]["bound"])
     bound = min(by_intervals, by_zonotope)

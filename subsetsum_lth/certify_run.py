@@ -147,7 +147,7 @@ def certify_run_box(run, target, maps, g: torch.nn.Module, box, progress=None):
     wpath = run.path / BOX_WITNESS
     x = None
     if same_box and wpath.exists():      # checked before any work is announced: bad input gets one line alone
-        p = target.sizes[0]
+        p = target.input_dim
         check_regular(wpath)
         if os.stat(wpath).st_size > 8 * p + (1 << 20):
             raise RunFolderError(f"{wpath} must hold one tensor 'x' of shape ({p},); {RECREATE}")

@@ -1,6 +1,7 @@
 """`subsetsum-lth approximate`: build g, solve, certify, write the run folder."""
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -221,10 +222,12 @@ def _summary(r: dict, out: Path) -> None:
     print(f"  {scale}" if scale else "  (no test data: give --data to see the bound beside ‖f(x)‖₂ and the class margins)")
     bc = r.get("box_certificate")
     if bc:
-        box_where = bc.get("set") or box_set(bc["box"][0], bc["box"][1], r["target_sizes"][0])
+        dim = math.prod(r["input_shape"]) if r.get("input_shape") else r["target_sizes"][0]
+        box_where = bc.get("set") or box_set(bc["box"][0], bc["box"][1], dim)
+        zono = "" if bc.get("bound_zonotope") is None else f", zonotope {bc['bound_zonotope']:.4g}"
         print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]: certified {bound_text(bc['bound'], box_where)}   box attack "
               f"{bc['empirical_bound']:.4g}   ratio {bc['ratio']:.3g}   ({bc['seconds']:.1f} s; l2 of the per-output "
-              f"intervals {bc['bound_intervals']:.4g}, zonotope {bc['bound_zonotope']:.4g})")
+              f"intervals {bc['bound_intervals']:.4g}{zono})")
         bs = r.get("bound_scale") or {}
         if "box_certified_same_class_fraction" in bs:
             print(f"  the box bound guarantees f's class on {100 * bs['box_certified_same_class_fraction']:.2f}% of the "

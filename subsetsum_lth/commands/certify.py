@@ -64,7 +64,8 @@ def run(req: CertifyRequest) -> int:
         print(f"box [{bc['box'][0]:g}, {bc['box'][1]:g}]:  certified {bound_text(bc['bound'], bc['set'], 6)}   box attack "
               f"{bc['empirical_bound']:.6g} ({bc['attack']['source']})   ratio {bc['ratio']:.3g}   "
               f"{bc['seconds']:.1f} s")
-        print(f"  l2 of the per-output intervals {bc['bound_intervals']:.6g}, zonotope {bc['bound_zonotope']:.6g}")
+        zono = "" if bc.get("bound_zonotope") is None else f", zonotope {bc['bound_zonotope']:.6g}"
+        print(f"  l2 of the per-output intervals {bc['bound_intervals']:.6g}{zono}")
         bw = bc.get("witness")
         if bw is not None and "error" in bw:
             print(f"stored box witness: error {bw['error']:.6g} at the x* in {bw['file']}, <= certified")

@@ -138,10 +138,9 @@ class ApproximateRequest(TargetFile):
         if self.input_domain != "box":
             return None
         from subsetsum_lth.certify_box import DEFAULT_LOCAL_RADII, BoxConfig, parse_box
-        if not target.is_mlp:
-            raise UserError("--input-domain box is implemented for fully connected targets; for a network with "
-                            "conv/pooling layers use --input-domain nonnegative (or signed) and its ball "
-                            "certificate")
+        if target.graph is not None:
+            raise UserError("--input-domain box is not available for residual networks yet (the box "
+                            "certificate has no skip connections); use the ball (--input-domain nonnegative)")
         if self.input_box is None and self.data is None:
             raise UserError("--input-domain box needs --input-box LO,HI (e.g. --input-box 0,1), or --data mnist "
                             "whose pixels lie in [0, 1]")

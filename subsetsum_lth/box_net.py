@@ -1,0 +1,242 @@
+"""The box certificate for any target built of the ops of :mod:`subsetsum_lth.box_ops` (CNNs:
+conv2d, max/average pooling, flatten, linear, ReLU): the pair (f, ĝ) as a chain of op objects
+(:func:`op_chain`), intermediate bounds by differential CROWN over chunks of objectives (memory
+bounded: at most :data:`CHUNK_ELEMENTS` coefficients per tensor, whatever the width of the maps),
+the output intervals by α-CROWN (the ReLUs' α/θ optimised), the ℓ2 bound of the intervals.
+
+The MLP path of :mod:`subsetsum_lth.certify_box` (with its zonotope) is unchanged; on an MLP this
+chain gives the same intervals (``tests/test_box_cnn.py`` checks it).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from subsetsum_lth.box_crown import DT, Bounds, _argmin_corner, _concretize, _split_of, box_arrays
+from subsetsum_lth.box_ops import (AvgPool2dOp, BoxOp, Conv2dOp, FlattenOp, LinearOp, MaxPool2dOp, ReluOp,
+                                   op_class)
+from subsetsum_lth.certify import LayerMap
+from subsetsum_lth.errors import RunFolderError
+from subsetsum_lth.target import Target
+
+#: at most this many coefficients in one (B, m, n) tensor of an intermediate-bound pass
+CHUNK_ELEMENTS = 4_000_000
+
+
+def op_chain(target: Target, maps: list[LayerMap], split: str = "plus") -> list[BoxOp]:
+    """The pair (f, ĝ) as op objects. The first parametric op acts on X: x ('plus'), x⁻ ('minus')
+    or (x⁺, x⁻) stacked as extra input channels / columns ('both')."""
+    if len(maps) != target.depth:
+        raise RunFolderError(f"the run has {len(maps)} layer pairs but the target has {target.depth} layers")
+    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=DT)
+    ops: list[BoxOp] = []
+    for i, (L, M) in enumerate(zip(target.layers, maps)):
+        kind = L.kind
+        if M.w_plus.shape != L.weight.shape:
+            raise RunFolderError(f"layer {i}: pruned map has shape {M.w_plus.shape}, target {L.weight.shape}")
+        W = t(L.weight)
+        b = torch.zeros(W.shape[0], dtype=DT) if L.bias is None else t(L.bias)
+        Wp, Wm, bg = t(M.w_plus), t(M.w_minus), t(M.bias)
+        if i == 0 and split == "both":
+            Wf, Wg = torch.cat([W, W], 1), None
+        else:
+            Wf, Wg = W, (Wm if (i == 0 and split == "minus") else Wp)
+        if kind.name == "linear":
+            if Wg is None:
+                Wg = torch.cat([Wp, Wm], 1)
+            ops.append(LinearOp(Wf, b, Wg, bg))
+        else:
+            op_class(kind.name)
+            ks = kind.weight_shape()
+            K = lambda A: A.reshape(ks)
+            if i == 0 and split == "both":
+                kf, kg = torch.cat([K(W), K(W)], 1), torch.cat([K(Wp), K(Wm)], 1)
+                shape = (2 * kind.in_channels, *kind.in_hw)
+            else:
+                kf, kg, shape = K(W), K(Wg), kind.in_shape
+            ops.append(Conv2dOp(kf, b, kg, bg, shape, kind.stride, kind.padding))
+        shape = ops[-1].out_shape
+        if i < target.depth - 1:
+            ops.append(ReluOp(shape))
+        for op in target.ops_after(i):
+            op_class(op.name)
+            if op.name == "flatten":
+                ops.append(FlattenOp(shape))
+            elif op.name == "maxpool2d":
+                ops.append(MaxPool2dOp(shape, op.kernel, op.stride))
+            else:
+                ops.append(AvgPool2dOp(shape, op.kernel, op.stride))
+            shape = ops[-1].out_shape
+    return ops
+
+
+def input_box(split: str, lo: torch.Tensor, hi: torch.Tensor):
+    """The box of X for boxes of x (B, p) (as :meth:`subsetsum_lth.box_crown.DiffNet.input_box`)."""
+    if split != "both":
+        return lo, hi
+    return (torch.cat([lo.clamp_min(0), lo.clamp_max(0)], -1), torch.cat([hi.clamp_min(0), hi.clamp_max(0)], -1))
+
+
+def backward(ops: list[BoxOp], bounds: list, k: int, lam_z, lam_d, Xlo, Xhi, split: str, params=None,
+             stop: int = -1):
+    """Lower bound (B, m) of Λz·x'_k + Λd·d_k over the box (x'_k, d_k: op k's output) and the
+    coefficients on X. ``bounds[j]``: bounds of op j's output (None where not needed). ``stop`` >= 0:
+    go back to op ``stop``'s output only and minimise there over its bounds (x' and d each over
+    their interval: sound, looser, much cheaper); the coefficients returned are then on that output."""
+    const = torch.zeros(lam_z.shape[:2], dtype=DT)
+    for j in range(k, stop, -1):
+        b_in = bounds[j - 1] if j > 0 else None
+        p = None if params is None else params[j]
+        lam_z, lam_d, c = ops[j].backward(lam_z, lam_d, b_in, p)
+        const = const + c
+    if stop >= 0:
+        b = bounds[stop].map(lambda t: t[:, None, :])
+        lo = (lam_z.clamp_min(0) * b.l + lam_z.clamp_max(0) * b.u).sum(-1)
+        return const + lo + (lam_d.clamp_min(0) * b.dl + lam_d.clamp_max(0) * b.du).sum(-1), lam_z
+    return const + _concretize(lam_z, Xlo, Xhi, split), lam_z
+
+
+def _chunk(n_units: int, widest: int, per_unit: int) -> int:
+    return max(1, min(n_units, CHUNK_ELEMENTS // (per_unit * max(widest, 1))))
+
+
+def hidden_bounds(ops: list[BoxOp], Xlo, Xhi, split: str, twin: bool = False, ibp: bool | int = False) -> list:
+    """Bounds of every op's output that a later op's relaxation needs: CROWN (default slopes) for
+    the affine ops' outputs, in chunks of units; :meth:`BoxOp.interval` for the others (and for
+    the first affine op when X is x itself: exact there; for every op with ``ibp`` True, for the ops
+    after op ``ibp`` when it is an int). ``twin``: f and ĝ
+    are the same network (d ≡ 0), only z' is bounded."""
+    bounds: list = [None] * len(ops)
+    B = Xlo.shape[0]
+    widest = max(max(op.n_in, op.n_out) for op in ops)
+    zero = torch.zeros_like(Xlo)
+    X = Bounds(Xlo, Xhi, zero, zero, Xlo, Xhi)
+    for k, op in enumerate(ops[:-1]):
+        use_ibp = ibp is True or (ibp is not False and k > ibp)
+        if not op.affine or use_ibp or (k == 0 and split != "both"):
+            bounds[k] = op.interval(bounds[k - 1] if k else X)
+            continue
+        n = op.n_out
+        parts = []
+        kinds = 2 if twin else 6
+        step = _chunk(n, widest, kinds * B)
+        for s in range(0, n, step):
+            c = min(step, n - s)
+            I = torch.zeros(c, n, dtype=DT)
+            I[torch.arange(c), s + torch.arange(c)] = 1.0
+            I = I.expand(B, c, n)
+            Z = torch.zeros_like(I)
+            if twin:
+                v, _ = backward(ops, bounds, k, torch.cat([I, -I], 1), torch.cat([Z, Z], 1), Xlo, Xhi, split)
+                parts.append(v.reshape(B, 2, c))
+                continue
+            lam_z = torch.cat([I, -I, Z, Z, I, -I], 1)
+            lam_d = torch.cat([Z, Z, I, -I, I, -I], 1)
+            v, _ = backward(ops, bounds, k, lam_z, lam_d, Xlo, Xhi, split)
+            parts.append(v.reshape(B, 6, c))
+        v = torch.cat(parts, 2)
+        if twin:
+            l, u = v[:, 0], -v[:, 1]
+            zero = torch.zeros_like(l)
+            bounds[k] = Bounds(l, u, zero, zero, l, u)
+            continue
+        l, u, dl, du, lf, uf = v[:, 0], -v[:, 1], v[:, 2], -v[:, 3], v[:, 4], -v[:, 5]
+        lf = torch.maximum(lf, l + dl)
+        uf = torch.minimum(uf, u + du)
+        bounds[k] = Bounds(l, u, dl, du, lf, uf)
+    return bounds
+
+
+def optimise(ops, bounds, lam_z, lam_d, Xlo, Xhi, split, iters: int, lr: float, deadline: float | None):
+    """α-CROWN on the output objectives: Adam on the ReLUs' α/θ (projected to [0, 1]); the best
+    bound per objective over all iterates (each a sound bound) and its X coefficients."""
+    k = len(ops) - 1
+    with torch.no_grad():
+        best, best_cX = backward(ops, bounds, k, lam_z, lam_d, Xlo, Xhi, split)
+    m = lam_z.shape[1]
+    params, leaves = [None] * len(ops), []
+    for j, op in enumerate(ops):
+        if j == 0 or not isinstance(op, ReluOp):
+            continue
+        bb = bounds[j - 1].map(lambda t: t[:, None, :].expand(-1, m, -1))
+        p = {key: v.clone().requires_grad_(True) for key, v in op.default_params(bb).items()}
+        params[j] = p
+        leaves += list(p.values())
+    if iters <= 0 or not leaves:
+        return best, best_cX, 0
+    opt = torch.optim.Adam(leaves, lr=lr)
+    done = 0
+    for it in range(iters):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        val, cX = backward(ops, bounds, k, lam_z, lam_d, Xlo, Xhi, split, params)
+        with torch.no_grad():
+            better = val > best
+            best = torch.where(better, val, best)
+            best_cX = torch.where(better[..., None], cX, best_cX)
+        opt.zero_grad()
+        (-val.sum()).backward()
+        opt.step()
+        with torch.no_grad():
+            for v in leaves:
+                v.clamp_(0.0, 1.0)
+        done = it + 1
+    return best.detach(), best_cX.detach(), done
+
+
+def chain_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 60, lr: float = 0.1,
+                    time_budget: float | None = None, progress=None):
+    """Sound per-output intervals of (f − ĝ)_k over the box, the X-corner minimising each
+    objective's final linear bound, and an info dict (as :func:`certify_box.output_intervals`)."""
+    from subsetsum_lth.progress import note
+    p = target.input_dim
+    lo, hi = box_arrays(lo, hi, p)
+    split = _split_of(lo, hi)
+    ops = op_chain(target, maps, split)
+    Xlo, Xhi = input_box(split, torch.as_tensor(lo, dtype=DT)[None], torch.as_tensor(hi, dtype=DT)[None])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        bounds = hidden_bounds(ops, Xlo, Xhi, split)
+    deadline = None if time_budget is None else time.perf_counter() + time_budget   # α's own budget
+    note(progress, f"box certificate: hidden bounds of {len(ops)} ops done ({time.perf_counter() - t0:.0f} s); "
+                   f"alpha-CROWN on the outputs")
+    q = ops[-1].n_out
+    I = torch.eye(q, dtype=DT)[None]
+    lam_d = torch.cat([I, -I], 1)
+    val, cX, done = optimise(ops, bounds, torch.zeros_like(lam_d), lam_d, Xlo, Xhi, split, iters, lr, deadline)
+    lower, upper = val[0, :q], -val[0, q:]
+    corners = _argmin_corner(cX, Xlo, Xhi, split, p)
+    return lower.numpy(), upper.numpy(), corners.numpy(), {"iterations": done, "hidden_bounds": bounds,
+                                                           "ops": [op.name for op in ops]}
+
+
+def twin_chain(target: Target, weights: list, biases: list) -> list[BoxOp]:
+    """One network of the target's architecture (weights in each layer's matrix view) paired with
+    itself (d ≡ 0; non-negative inputs): plain CROWN on it through :func:`backward`."""
+    from subsetsum_lth.target import Layer
+    layers = [Layer(np.asarray(W, dtype=np.float64), None if b is None else np.asarray(b, dtype=np.float64), L.kind_)
+              for W, b, L in zip(weights, biases, target.layers)]
+    t = Target(layers, after=target.after, input_shape=target.input_shape)
+    maps = [LayerMap(L.weight, L.weight, np.zeros(L.weight.shape[0]) if L.bias is None else L.bias) for L in layers]
+    return op_chain(t, maps, "plus")
+
+
+def chain_robust_lower(ops: list[BoxOp], Xlo, Xhi, cls: torch.Tensor) -> torch.Tensor:
+    """Lower bounds (N, q−1) of out_c − out_k over the boxes [Xlo, Xhi] (N, p) of a twin chain:
+    interval bounds of the hidden ops (cheap for thousands of small balls), CROWN from the output
+    back to the last conv/pooling op."""
+    # interval bounds of the hidden ops, and CROWN from the output back to the last conv/pooling
+    # op's output (the wide maps are not crossed: CROWN bounds there cost ~100× more per image)
+    stop = max((j for j, op in enumerate(ops) if op.name in ("conv2d", "maxpool2d", "avgpool2d")), default=-1)
+    bounds = hidden_bounds(ops, Xlo, Xhi, "plus", twin=True, ibp=True)
+    q = ops[-1].n_out
+    N = len(Xlo)
+    eye = torch.eye(q, dtype=DT)
+    lam = eye[cls][:, None, :] - eye[None, :, :]
+    keep = torch.ones(N, q, dtype=torch.bool)
+    keep[torch.arange(N), cls] = False
+    lam = lam[keep].reshape(N, q - 1, q)
+    val, _ = backward(ops, bounds, len(ops) - 1, lam, torch.zeros_like(lam), Xlo, Xhi, "plus", stop=stop)
+    return val
