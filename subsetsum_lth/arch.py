@@ -131,6 +131,19 @@ def parse_arch(spec: str, input_shape) -> list[dict]:
                         "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10")
     text = spec.strip()
     shape = _check_input_shape(input_shape)
+    named = _named_arch(text, shape)
+    if named is not None:
+        return named
+    layers: list[dict] = []       # ops without relus, in order
+    cur = shape
+    for pos, tok in enumerate(text.split(","), 1):
+        ops, cur = _token_ops(tok.strip(), pos, cur, spec)
+        layers.extend(ops)
+    return _with_relus(spec, layers, shape)
+
+
+def _named_arch(text: str, shape: tuple) -> list[dict] | None:
+    """A preset (plain or residual) or a JSON list of ops, checked; None for a SPEC."""
     if text.lower() in RESIDUAL_SPECS:
         try:
             return parse_arch(RESIDUAL_SPECS[text.lower()], shape)
@@ -147,77 +160,84 @@ def parse_arch(spec: str, input_shape) -> list[dict]:
         arch = canonical_arch(text)
         check_arch(arch, shape)
         return arch
-    tokens = [t.strip() for t in text.split(",")]
-    layers: list[dict] = []       # ops without relus, in order
-    cur = shape
-    for pos, tok in enumerate(tokens, 1):
-        where = f"--arch token {pos} {tok!r}"
-        low = tok.lower()
-        if not low:
-            raise UserError(f"--arch: empty token at position {pos} in {spec!r} (a doubled or trailing comma?)")
-        if low in ("relu",):
-            raise UserError(f"{where}: relu is implied after every conv and fc except the last; "
-                            "leave it out")
-        if low in _OTHER_ACTIVATIONS:
-            raise UserError(f"{where}: only ReLU networks are supported (relu is implied)")
-        m = _RB.match(low)
-        if m:
-            if len(cur) != 3:
-                raise UserError(f"{where}: a residual block needs a CxHxW input, but its input is a vector")
-            layers.append(_basic_block(cur, int(m.group("n")), int(m.group("s") or 1), where))
-            try:
-                cur = _op_shape(layers[-1], cur, where)
-            except TargetError as exc:
-                raise UserError(f"{where}: {exc}") from None
-            continue
-        if low in PRESETS or low in RESIDUAL_SPECS:
-            raise UserError(f"{where}: the preset {low} is a whole architecture; pass it alone (--arch {low})")
-        if low == "flatten":
-            if len(cur) == 1:
-                raise UserError(f"{where}: the input of flatten is already a vector")
-            layers.append({"op": "flatten"})
-            cur = (math.prod(cur),)
-            continue
-        m = _CONV.match(low)
-        if m:
-            parts = {}
-            for p in _CONV_PART.finditer(m.group("rest")):
-                if p.group(1) in parts:
-                    raise UserError(f"{where}: {p.group(1)!r} given twice")
-                parts[p.group(1)] = [int(p.group(2)), int(p.group(3) or p.group(2))]
-            if "k" not in parts:
-                raise UserError(f"{where}: a conv needs a kernel size, e.g. c{m.group('n')}k5")
-            if len(cur) != 3:
-                raise UserError(f"{where}: a conv needs a CxHxW input, but its input is a vector of "
-                                f"{cur[0]} features (after a flatten or an fc)")
-            op = {"op": "conv2d", "in_channels": cur[0], "out_channels": int(m.group("n")),
-                  "kernel": parts["k"], "stride": parts.get("s", [1, 1]),
-                  "padding": parts.get("p", [0, 0]), "bias": m.group("nb") is None}
-        elif _FC.match(low):
-            m = _FC.match(low)
-            if len(cur) != 1:
-                layers.append({"op": "flatten"})
-                cur = (math.prod(cur),)
-            op = {"op": "linear", "in_features": cur[0], "out_features": int(m.group("n")),
-                  "bias": m.group("nb") is None}
-        elif _POOL.match(low):
-            m = _POOL.match(low)
-            k = _hw(m.group("k"))
-            op = {"op": "maxpool2d" if m.group("kind") == "mp" else "avgpool2d", "kernel": k,
-                  "stride": _hw(m.group("s")) if m.group("s") else list(k)}
-            if len(cur) != 3:
-                raise UserError(f"{where}: pooling needs a CxHxW input, but its input is a vector of "
-                                f"{cur[0]} features")
-        else:
-            raise UserError(f"{where} is not understood; tokens are cN + kK[sS][pP][nb] (conv), fcN[nb] "
-                            "(linear), mpK[sS] / apK[sS] (pools), flatten; e.g. "
-                            "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10")
+    return None
+
+
+def _token_ops(tok: str, pos: int, cur: tuple, spec: str) -> tuple[list[dict], tuple]:
+    """The ops (relus left out) of one SPEC token on inputs of shape ``cur``, and their output shape."""
+    where = f"--arch token {pos} {tok!r}"
+    low = tok.lower()
+    if not low:
+        raise UserError(f"--arch: empty token at position {pos} in {spec!r} (a doubled or trailing comma?)")
+    if low in ("relu",):
+        raise UserError(f"{where}: relu is implied after every conv and fc except the last; "
+                        "leave it out")
+    if low in _OTHER_ACTIVATIONS:
+        raise UserError(f"{where}: only ReLU networks are supported (relu is implied)")
+    if low in PRESETS or low in RESIDUAL_SPECS:
+        raise UserError(f"{where}: the preset {low} is a whole architecture; pass it alone (--arch {low})")
+    m = _RB.match(low)
+    if m:
+        if len(cur) != 3:
+            raise UserError(f"{where}: a residual block needs a CxHxW input, but its input is a vector")
+        block = _basic_block(cur, int(m.group("n")), int(m.group("s") or 1), where)
         try:
-            checked = canonical_op(op)
-            cur = _op_shape(checked, cur, checked["op"])
+            return [block], _op_shape(block, cur, where)
         except TargetError as exc:
             raise UserError(f"{where}: {exc}") from None
-        layers.append(checked)
+    if low == "flatten":
+        if len(cur) == 1:
+            raise UserError(f"{where}: the input of flatten is already a vector")
+        return [{"op": "flatten"}], (math.prod(cur),)
+    ops: list[dict] = []
+    if _FC.match(low) and len(cur) != 1:       # an fc after a conv flattens first
+        ops.append({"op": "flatten"})
+        cur = (math.prod(cur),)
+    op = _layer_op(low, cur, where)
+    try:
+        checked = canonical_op(op)
+        cur = _op_shape(checked, cur, checked["op"])
+    except TargetError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    return ops + [checked], cur
+
+
+def _layer_op(low: str, cur: tuple, where: str) -> dict:
+    """The conv, fc or pooling op of a SPEC token (unchecked)."""
+    m = _CONV.match(low)
+    if m:
+        parts = {}
+        for p in _CONV_PART.finditer(m.group("rest")):
+            if p.group(1) in parts:
+                raise UserError(f"{where}: {p.group(1)!r} given twice")
+            parts[p.group(1)] = [int(p.group(2)), int(p.group(3) or p.group(2))]
+        if "k" not in parts:
+            raise UserError(f"{where}: a conv needs a kernel size, e.g. c{m.group('n')}k5")
+        if len(cur) != 3:
+            raise UserError(f"{where}: a conv needs a CxHxW input, but its input is a vector of "
+                            f"{cur[0]} features (after a flatten or an fc)")
+        return {"op": "conv2d", "in_channels": cur[0], "out_channels": int(m.group("n")),
+                "kernel": parts["k"], "stride": parts.get("s", [1, 1]),
+                "padding": parts.get("p", [0, 0]), "bias": m.group("nb") is None}
+    m = _FC.match(low)
+    if m:
+        return {"op": "linear", "in_features": cur[0], "out_features": int(m.group("n")),
+                "bias": m.group("nb") is None}
+    m = _POOL.match(low)
+    if m:
+        k = _hw(m.group("k"))
+        if len(cur) != 3:
+            raise UserError(f"{where}: pooling needs a CxHxW input, but its input is a vector of "
+                            f"{cur[0]} features")
+        return {"op": "maxpool2d" if m.group("kind") == "mp" else "avgpool2d", "kernel": k,
+                "stride": _hw(m.group("s")) if m.group("s") else list(k)}
+    raise UserError(f"{where} is not understood; tokens are cN + kK[sS][pP][nb] (conv), fcN[nb] "
+                    "(linear), mpK[sS] / apK[sS] (pools), flatten; e.g. "
+                    "c6k5p2,mp2,c16k5,mp2,fc120,fc84,fc10")
+
+
+def _with_relus(spec: str, layers: list[dict], shape: tuple) -> list[dict]:
+    """The SPEC's ops with a relu after every conv, fc and residual block but the last, checked."""
     param = [i for i, op in enumerate(layers) if op["op"] in PARAMETRIC or op["op"] == "residual"]
     if not param:
         raise UserError(f"--arch {spec!r} has no conv (cN...) or fc (fcN) layer")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from subsetsum_lth.gstore import run_layer_maps, run_pruned_module
 from subsetsum_lth.errors import RunFolderError, UserError
 from subsetsum_lth.report_check import Audit, audit_report
 from subsetsum_lth.progress import phase
-from subsetsum_lth.runcheck import MAX_INPUT_RADIUS, RECREATE, WITNESS, read_run, read_witness
+from subsetsum_lth.runcheck import MAX_INPUT_RADIUS, RECREATE, WITNESS, Run, read_run
+from subsetsum_lth.runfolder import check_regular, load_tensors
 
 
 def certify_run(path, input_radius=None, input_domain=None, samples=512, steps=100, box=None,
@@ -188,3 +190,24 @@ def certify_run_box(run, target, maps, g: torch.nn.Module, box, progress=None):
     check_soundness(rep["empirical_bound"], rep["bound"])
     rep["recomputed_from"] = "run folder files" + ("" if not asked else " (box from --input-box)")
     return rep
+
+
+def read_witness(run: Run) -> tuple[np.ndarray, float] | None:
+    """The stored worst point x* (float64, shape (p,)) and its recorded error, or None when
+    report.json lists no witness. Refuses a damaged or misplaced witness file."""
+    if "witness" not in run.report:
+        return None
+    w = run.report["witness"]
+    path = run.path / WITNESS
+    p = run.input_dim
+    check_regular(path)
+    # the tool's witness is p float64 values and one short metadata entry: refuse a file whose
+    # header could make the reader allocate gigabytes before its shape is checked
+    if os.stat(path).st_size > 8 * p + (1 << 20):
+        raise RunFolderError(f"{path} must hold one tensor 'x' of shape ({p},), but it is "
+                             f"{os.stat(path).st_size:,} bytes; {RECREATE}")
+    tensors = load_tensors(path)
+    x = tensors.get("x")
+    if set(tensors) != {"x"} or x is None or x.shape != (p,) or not np.issubdtype(x.dtype, np.floating):
+        raise RunFolderError(f"{path} must hold one tensor 'x' of shape ({p},); {RECREATE}")
+    return np.asarray(x, dtype=np.float64), float(w["error"])

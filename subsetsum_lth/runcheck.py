@@ -581,24 +581,3 @@ def _witness_entry(report: dict, where: str, p: int) -> dict:
         raise f.fail("file", repr(WITNESS), w.get("file"))
     f.number("error", nonneg=True)
     return w
-
-
-def read_witness(run: Run) -> tuple[np.ndarray, float] | None:
-    """The stored worst point x* (float64, shape (p,)) and its recorded error, or None when
-    report.json lists no witness. Refuses a damaged or misplaced witness file."""
-    if "witness" not in run.report:
-        return None
-    w = run.report["witness"]
-    path = run.path / WITNESS
-    p = run.input_dim
-    check_regular(path)
-    # the tool's witness is p float64 values and one short metadata entry: refuse a file whose
-    # header could make the reader allocate gigabytes before its shape is checked
-    if os.stat(path).st_size > 8 * p + (1 << 20):
-        raise RunFolderError(f"{path} must hold one tensor 'x' of shape ({p},), but it is "
-                             f"{os.stat(path).st_size:,} bytes; {RECREATE}")
-    tensors = load_tensors(path)
-    x = tensors.get("x")
-    if set(tensors) != {"x"} or x is None or x.shape != (p,) or not np.issubdtype(x.dtype, np.floating):
-        raise RunFolderError(f"{path} must hold one tensor 'x' of shape ({p},); {RECREATE}")
-    return np.asarray(x, dtype=np.float64), float(w["error"])
