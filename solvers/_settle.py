@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import mitm
 from .instances import InstanceBatch, Status
 
 
@@ -23,8 +24,6 @@ def settle_with_mitm(batch: InstanceBatch, rows, selections: np.ndarray, status:
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
         return
-    from . import mitm
-
     fits = rows[batch.counts[rows] <= mitm.MAX_N]
     if engines is not None:
         engines[fits] = mitm.MeetInTheMiddleSolver.name

@@ -62,7 +62,7 @@ import time
 
 import numpy as np
 
-from . import fixsearch
+from . import fixsearch, mitm
 from ._scaled import cp_solve, cp_solver, scaled_bound, scaled_ints, shift_for
 from ._settle import settle_with_mitm
 from .base import Capabilities, SolverBackend
@@ -78,7 +78,6 @@ MITM = "mitm"
 
 
 def _mitm():
-    from . import mitm
     return mitm
 
 

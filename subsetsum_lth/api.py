@@ -10,8 +10,9 @@ from torch.nn.utils import prune
 
 from subsetsum_lth import runcheck
 from subsetsum_lth.errors import RunFolderError
-from subsetsum_lth.ops import Residual
+from subsetsum_lth.ops import Residual, count_relus, module_from_ops
 from subsetsum_lth.preprocess import RawInputSequential
+from subsetsum_lth.runwriter import export_dense as _export
 
 
 #: a validated run folder (see :mod:`subsetsum_lth.runcheck`)
@@ -34,7 +35,6 @@ def random_module(state: dict, dtype=torch.float32, relu_after=None, layout=None
     ``relu_after`` (one bool per ReLU; default all True, as every construction run): False
     puts ``nn.Identity`` in that ReLU's place (edge-popup's ``--no-inner-relu`` runs), so the
     state_dict keys stay ``0.weight``, ``2.weight``, ..."""
-    from subsetsum_lth.ops import count_relus, module_from_ops
     if layout is None:
         depth2 = len([k for k in state if k.endswith(".weight")])
         ops = []
@@ -147,5 +147,4 @@ def export_dense(run: str | Path) -> list[Path]:
     specification regenerates), byte-identical to what a dense run of the same seed writes.
     Returns the two paths. :func:`load_run`, :func:`masked_model` and :func:`export_pruned` read
     compact runs directly (the dense tensors are generated when needed)."""
-    from subsetsum_lth.runwriter import export_dense as _export
     return _export(run)

@@ -17,21 +17,23 @@ import numpy as np
 import torch
 
 from subsetsum_lth import limits, manifest
+from subsetsum_lth import plots as plot_mod
+from subsetsum_lth.limits import solve_workers
 from subsetsum_lth.overwrite import staged_overwrite
 from subsetsum_lth.certify import (CollapsedNet, ball_set, certified_bound, check_soundness, empirical_bound_fast,
                                    in_ball, pruned_module)
 from subsetsum_lth.certify_box import BOX_WITNESS, box_report
-from subsetsum_lth.construction import ConstructionConfig, build_construction
+from subsetsum_lth.construction import ConstructionConfig, build_construction, plan_layers
 from subsetsum_lth.gstore import (STORES, DenseMasks, DenseState, SupportNet, choose_store, generator_spec,
                                   support_layer_maps)
 from subsetsum_lth.errors import DiskFull, UserError
 from subsetsum_lth.evaluation import evaluate_pair, spot_check  # noqa: F401  (public here too)
-from subsetsum_lth.layer_solve import build_instances, solve_layers
+from subsetsum_lth.layer_solve import build_instances, initial_tau, solve_layers
 from subsetsum_lth.preprocess import with_input_op
 from subsetsum_lth.options import flag, option
 from subsetsum_lth.progress import Progress, note, phase
 from subsetsum_lth.run_report import build_report, raise_if_failed
-from subsetsum_lth.runcheck import WITNESS
+from subsetsum_lth.runcheck import MAX_INPUT_RADIUS, WITNESS
 from subsetsum_lth.runwriter import SOLVER_NAMES, GWrite, completed_run, continue_stage, prepare_folder, write_run
 from subsetsum_lth.solve import SolveConfig, check_solver
 from subsetsum_lth.target import Target, target_digest
@@ -106,7 +108,6 @@ class ApproximateConfig:
         want = self.eps if self.eps is not None else self.weight_eps
         if self.construction.eps != want:
             self.construction = replace(self.construction, eps=want)
-        from subsetsum_lth.runcheck import MAX_INPUT_RADIUS
         if not (math.isfinite(self.input_radius) and 0 < self.input_radius <= MAX_INPUT_RADIUS):
             # beyond it certify, compare and the API refuse the run folder this would write
             raise UserError(f"--input-radius must be a positive number <= {MAX_INPUT_RADIUS:g}, got "
@@ -287,7 +288,6 @@ def _with_initial_tau(target: Target, config: ApproximateConfig) -> ApproximateC
             and config.construction.tau is None:
         # adaptive blocks start from the per-weight τ the run starts with (ε is far looser)
         from dataclasses import replace
-        from subsetsum_lth.layer_solve import initial_tau
         return replace(config, construction=replace(config.construction, tau=initial_tau(target, config)))
     return config
 
@@ -323,7 +323,6 @@ def _write_folder(out: Path, target: Target, config: ApproximateConfig, construc
         meta.update({"g_arch": layout.ops(), "input_shape": list(target.input_shape)})
     plots = None
     if config.plots:
-        from subsetsum_lth import plots as plot_mod
         plots = lambda: plot_mod.run_plots(out, solved.layers, solved.results, report)  # noqa: E731
     with phase(progress, "writing", f"the run folder {out}" + (" and its plots" if plots else "")):
         write_run(out, masks=None, meta=meta, report=report, metrics=metrics, t_start=t_start, timings=timings,
@@ -356,8 +355,6 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
     check_solver(sc)
     fingerprint = config.fingerprint(target)
     # refuse absurd widths (with the estimate) and a full disk before any file is written
-    from subsetsum_lth import limits
-    from subsetsum_lth.construction import plan_layers
     plans = plan_layers(target, cc)
     entries = sum(pl.hidden * (pl.p + pl.q + 1) + pl.q for pl in plans)
     cost = limits.estimate(plans, sc.solver, _estimate_workers(sc, executor), sc.time_limit)
@@ -384,7 +381,6 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
 
 def _estimate_workers(sc: SolveConfig, executor) -> int:
     """Cores the solve will use, for the cost estimate (never more than this machine's)."""
-    from subsetsum_lth.limits import solve_workers
     return solve_workers(sc, executor)
 
 

@@ -35,11 +35,18 @@ from pathlib import Path
 import numpy as np
 
 from subsetsum_lth import limits
+from subsetsum_lth.approximate import ApproximateConfig, approximate
+from subsetsum_lth.construction import ConstructionConfig
+from subsetsum_lth.default_target import synthetic_target
+from subsetsum_lth.data.mnist import evaluation_inputs
 from subsetsum_lth.errors import UserError
-from subsetsum_lth.limits import instance_time_limit
+from subsetsum_lth.limits import DEFAULT_TIME_LIMIT, instance_time_limit
 from subsetsum_lth.options import option
+from subsetsum_lth.solve import SolveConfig, default_batch, solve_batch
 from subsetsum_lth.solvers.instances import OBJECTIVES, InstanceBatch, Status
-from subsetsum_lth.solvers.registry import DEFAULT_SOLVER
+from subsetsum_lth.solvers.registry import DEFAULT_SOLVER, backend_info, get_backend_class, list_backends
+from subsetsum_lth.solvers.mitm import single_thread_blas
+from subsetsum_lth.target import load_target
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +159,6 @@ def parse_solver_spec(spec: str) -> tuple[str, dict]:
     where it can be loaded (an unknown solver fails later, with the known ones)."""
     import inspect
 
-    from subsetsum_lth.solvers.registry import get_backend_class
     spec = spec.strip()
     if "[" not in spec:
         return spec, {}
@@ -213,7 +219,6 @@ class SolverBenchRow:
 def draw_targets(config: SolverBenchConfig, rng: np.random.Generator) -> np.ndarray:
     if config.targets is None:
         return np.clip(rng.normal(0.0, config.target_std, config.count), -1.0, 1.0)
-    from subsetsum_lth.target import load_target
     weights = load_target(config.targets).layers[0].weight.ravel()
     if weights.size == 0:
         raise UserError(f"the first layer of {config.targets} has no weights")
@@ -248,7 +253,6 @@ def _threads() -> list[int]:
 def one_core(enabled: bool = True):
     """Run on one core: every thread of this process pinned to one CPU (Linux), and numpy's
     BLAS held to one thread; both restored afterwards."""
-    from subsetsum_lth.solvers.mitm import single_thread_blas
 
     if not (enabled and hasattr(os, "sched_getaffinity")):
         with single_thread_blas():
@@ -278,9 +282,7 @@ def one_core(enabled: bool = True):
 def _time_backend(spec: str, batch: InstanceBatch, limit: int, config: SolverBenchConfig):
     """Solve a prefix (<= limit instances, within the time budget) with solve_batch on one core.
     Returns (rows solved, selections, errors, status, wall seconds, cpu seconds)."""
-    from subsetsum_lth.solve import default_batch, solve_batch
 
-    from subsetsum_lth.limits import DEFAULT_TIME_LIMIT
 
     name, options = parse_solver_spec(spec)
     # as approximate's solve driver: every backend gets the per-instance time limit
@@ -320,7 +322,6 @@ def _time_backend(spec: str, batch: InstanceBatch, limit: int, config: SolverBen
 
 def bench_solvers(config: SolverBenchConfig) -> list[SolverBenchRow]:
     """Time every requested backend on the same instances; see the module docstring."""
-    from subsetsum_lth.solvers.registry import backend_info, get_backend_class, list_backends
 
     known = list_backends()
     if config.solvers:
@@ -470,11 +471,6 @@ def _cpu_seconds() -> tuple[float, float]:
 
 def bench_approximate(config: ApproximateBenchConfig, progress=None) -> dict:
     """Run `approximate` once; wall time, core-seconds, peak memory and stage timings."""
-    from subsetsum_lth.approximate import ApproximateConfig, approximate
-    from subsetsum_lth.construction import ConstructionConfig
-    from subsetsum_lth.solve import SolveConfig
-    from subsetsum_lth.default_target import synthetic_target
-    from subsetsum_lth.target import load_target
 
     if config.target is None:
         target = synthetic_target(config.seed).target
@@ -484,7 +480,6 @@ def bench_approximate(config: ApproximateBenchConfig, progress=None) -> dict:
     radius = None
     domain = config.input_domain or target.metadata.get("input_domain")
     if config.data == "mnist":
-        from subsetsum_lth.data.mnist import evaluation_inputs
         eval_data, emp_data, radius = evaluation_inputs(target.sizes[0], config.data_dir, config.seed)
         domain = domain or "nonnegative"
     elif config.data is not None:

@@ -19,7 +19,8 @@ from subsetsum_lth.box_ops import (AvgPool2dOp, BoxOp, Conv2dOp, FlattenOp, Line
                                    op_class)
 from subsetsum_lth.certify import LayerMap
 from subsetsum_lth.errors import RunFolderError
-from subsetsum_lth.target import Target
+from subsetsum_lth.progress import note
+from subsetsum_lth.target import Layer, Target
 
 #: at most this many coefficients in one (B, m, n) tensor of an intermediate-bound pass
 CHUNK_ELEMENTS = 4_000_000
@@ -190,7 +191,6 @@ def chain_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
                     time_budget: float | None = None, progress=None):
     """Sound per-output intervals of (f − ĝ)_k over the box, the X-corner minimising each
     objective's final linear bound, and an info dict (as :func:`certify_box.output_intervals`)."""
-    from subsetsum_lth.progress import note
     p = target.input_dim
     lo, hi = box_arrays(lo, hi, p)
     split = _split_of(lo, hi)
@@ -215,7 +215,6 @@ def chain_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
 def twin_chain(target: Target, weights: list, biases: list) -> list[BoxOp]:
     """One network of the target's architecture (weights in each layer's matrix view) paired with
     itself (d ≡ 0; non-negative inputs): plain CROWN on it through :func:`backward`."""
-    from subsetsum_lth.target import Layer
     layers = [Layer(np.asarray(W, dtype=np.float64), None if b is None else np.asarray(b, dtype=np.float64), L.kind_)
               for W, b, L in zip(weights, biases, target.layers)]
     t = Target(layers, after=target.after, input_shape=target.input_shape)

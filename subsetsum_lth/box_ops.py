@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from subsetsum_lth.box_crown import DT, Bounds, _d_planes, _default_alpha, _default_theta, _relu
+from subsetsum_lth.errors import UserError
 
 __all__ = ["OPS", "BoxOp", "LinearOp", "Conv2dOp", "ReluOp", "MaxPool2dOp", "AvgPool2dOp", "FlattenOp", "AddOp",
            "relu_interval", "op_class"]
@@ -388,7 +389,6 @@ OPS = {c.name: c for c in (LinearOp, Conv2dOp, ReluOp, MaxPool2dOp, AvgPool2dOp,
 
 def op_class(name: str) -> type:
     """The bound class of an op name (one clear error for an op without one)."""
-    from subsetsum_lth.errors import UserError
     if name not in OPS:
         raise UserError(f"the box certificate has no bounds for op {name!r}; it handles {', '.join(OPS)}")
     return OPS[name]

@@ -15,6 +15,7 @@ from torch import nn
 
 from subsetsum_lth import limits
 from subsetsum_lth.errors import CertificateViolation, RunFolderError
+from subsetsum_lth.gnet import GLayout, mlp_layout
 from subsetsum_lth.progress import advance
 from subsetsum_lth.target import Target
 
@@ -34,7 +35,6 @@ class LayerMap:
 
 
 def _layout(state: dict, depth_or_layout):
-    from subsetsum_lth.gnet import GLayout, mlp_layout
     if isinstance(depth_or_layout, GLayout):
         return depth_or_layout
     layout = mlp_layout(state)
@@ -90,7 +90,7 @@ class Certificate:
                 "input_domain": self.input_domain, "layers": self.layers}
 
 
-from subsetsum_lth.layerkinds import spectral_norm  # noqa: E402  (re-exported)
+from subsetsum_lth.layerkinds import Linear, forward_graph, op_lipschitz, spectral_norm
 
 _spec = spectral_norm
 
@@ -153,7 +153,6 @@ def compose_graph(ops: list[dict], kinds: list, norms: list[tuple], r: float, in
     The final δ bounds sup over the ball of ‖f(x) − ĝ(x)‖. Returns (radii_in, bounds_in,
     bounds_out, R_final, δ_final) with one entry per conv2d/linear (forward order) in the
     three lists (bounds_out before any ReLU/pool after the layer)."""
-    from subsetsum_lth.layerkinds import op_lipschitz
     radii, ins, outs = [], [], []
     counter = [0]
 
@@ -401,7 +400,6 @@ class CollapsedNet(nn.Module):
         #: the target's input op, applied first (ĝ takes the same inputs as ``target.forward``)
         self.input_op = None
         if target is None:
-            from subsetsum_lth.layerkinds import Linear
             self.kinds = [Linear(M.w_plus.shape[1], M.w_plus.shape[0]) for M in maps]
             self.after = [[] for _ in maps]
         else:
@@ -422,7 +420,6 @@ class CollapsedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.input_op is None else self.input_op.transform(x)
         if self.graph is not None:
-            from subsetsum_lth.layerkinds import forward_graph
             h = forward_graph(self.graph, h.reshape(h.shape[0], *self.input_shape), self._layer)
             return h.reshape(h.shape[0], -1)
         n = len(self.wp)

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth import limits
-from subsetsum_lth.certify import NUMERIC_SLACK, LayerMap
+from subsetsum_lth.certify import LayerMap, NUMERIC_SLACK, check_soundness
 from subsetsum_lth.errors import RunFolderError, UserError
 from subsetsum_lth.options import option
 from subsetsum_lth.progress import note, phase
@@ -239,7 +239,6 @@ def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, 
     """The ``box_certificate`` object of report.json and the attack's witness x*: the bound, the
     box attack (checked to stay under it), their ratio, and the certified agreement per ρ on
     ``eval_x`` when given. ``progress``: announces each stage (:func:`subsetsum_lth.progress.phase`)."""
-    from subsetsum_lth.certify import check_soundness
     where = box_set(box.lo, box.hi, target.input_dim)
     bab = f", then branch and bound for {box.bab_seconds:g} s" if box.bab_seconds else ""
     with phase(progress, "box certificate", f"bounding sup over {where} of ‖f(x) − ĝ(x)‖₂ (intervals, "

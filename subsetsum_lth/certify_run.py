@@ -126,8 +126,6 @@ def certify_run_box(run, target, maps, g: torch.nn.Module, box, progress=None):
     believed. None when the run has no box and none is asked for."""
     import os
 
-    from subsetsum_lth.certify import check_soundness
-    from subsetsum_lth.runfolder import check_regular, load_tensors
     where = f"{run.path}/report.json"
     if target.graph is not None and box:
         raise UserError("the box certificate is not available for residual networks yet (it has no skip "

@@ -25,12 +25,18 @@ import torch
 from torch import nn
 
 from subsetsum_lth import runfolder as rf
-from subsetsum_lth.certify import ball_set, in_ball
+from subsetsum_lth import manifest
+from subsetsum_lth.api import load_run, random_module
+from subsetsum_lth.certify import ball_set, certified_bound, flat_input, in_ball, layer_maps
+from subsetsum_lth.data.mnist import input_radius, load_mnist
+from subsetsum_lth.edge_popup import resolve_device
 from subsetsum_lth.errors import RunFolderError, UserError
 from subsetsum_lth.evaluation import bound_scale, class_margins
 from subsetsum_lth.netdigest import short, weights_digest
 from subsetsum_lth.preprocess import from_report, input_module
 from subsetsum_lth.progress import advance, note, phase
+from subsetsum_lth.target import Target, load_target
+from subsetsum_lth.runcheck import choose_dataset, read_json
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,6 @@ def masked_sequential(state: dict, masks: dict, device="cpu", dtype=torch.float3
     MLP, the layout's network (taking flat vectors) for an image network. ``relu_after`` (one
     bool per ReLU, default all True): False puts an ``nn.Identity`` where the ReLU would be
     (edge-popup's ``--no-inner-relu`` runs); the state_dict keys stay the same."""
-    from subsetsum_lth.api import random_module
-    from subsetsum_lth.certify import flat_input
     g = random_module({k: np.asarray(v) * (np.asarray(masks[k]) != 0) for k, v in state.items()},
                       dtype, relu_after, layout)
     g = g.to(device).requires_grad_(False)
@@ -120,7 +124,6 @@ def _evaluate(g: nn.Module, target, x: torch.Tensor, y: torch.Tensor, batch: int
 
 def _certificate(state: dict, masks: dict, target, report: dict, radius_fn, relu_after=None, layout=None) -> dict:
     """The certified bound if the masks have the construction's form, else n/a with the reason."""
-    from subsetsum_lth.certify import certified_bound, layer_maps
     if target is None:
         return {"certified_bound": NA, "certified_reason": "no target (give --target)"}
     if relu_after is not None and not all(relu_after):
@@ -174,7 +177,6 @@ def check_input_radius(path: Path, rep: dict, x_norm: float, radius_fn, data_set
     where = f"{path / rf.REPORT}"
     cfg_path = path / "run_config.json"
     if cfg_path.exists():
-        from subsetsum_lth.runcheck import read_json
         want = read_json(cfg_path).get("input_radius")
         if isinstance(want, (int, float)) and not math.isclose(r, want, rel_tol=1e-12):
             raise RunFolderError(f"{where}: input_radius {r:g}, but the run was made with {want:g} (run_config.json); "
@@ -233,7 +235,6 @@ def compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | N
     """Compare the masks of ``runs`` and write ``out`` (locked and listed in its manifest while
     this runs; see :mod:`subsetsum_lth.manifest`). See :func:`_compare_runs`. ``progress``: the
     stages are announced and shown (:mod:`subsetsum_lth.progress`)."""
-    from subsetsum_lth import manifest
     with manifest.session(out):
         return _compare_runs(runs, out, target, data_dir, device, test_subset, labels, plots, data, dataset,
                              progress)
@@ -270,7 +271,6 @@ def _labels(runs: list[Path], labels: list[str] | None) -> list[str]:
 
 def _read_runs(paths: list[Path], labels: list[str]) -> _Runs:
     """Every run through runcheck; refused unless all hold the same random weights (content hash)."""
-    from subsetsum_lth.api import load_run
     runs, digests = None, []
     for r in paths:
         run = load_run(r)          # the one validated reader (runcheck): layout, fields, relu_after
@@ -294,7 +294,6 @@ def _read_runs(paths: list[Path], labels: list[str]) -> _Runs:
 
 def _choose_target(target, runs: _Runs):
     """(target, where it came from, warnings): the given one, else the first run's."""
-    from subsetsum_lth.target import Target, load_target
     if target is not None:
         tgt, src = (target, target.source) if isinstance(target, Target) else (load_target(target), str(target))
         return tgt, src, []
@@ -314,7 +313,6 @@ def _dataset(runs: _Runs, given: str | None = None) -> str:
     """The data set the runs were made on (report.json 'data', else their target's metadata):
     ``given`` (``--data``) must agree with it, and runs made on different data sets are
     refused; with nothing recorded, ``given`` or MNIST (with a logged note)."""
-    from subsetsum_lth.runcheck import choose_dataset
     made = {}
     for path, (name, source) in zip(runs.paths, runs.recorded):
         if name is not None:
@@ -330,7 +328,6 @@ def _dataset(runs: _Runs, given: str | None = None) -> str:
 
 def _test_data(data, data_dir, test_subset, runs: _Runs, tgt):
     if data is None:
-        from subsetsum_lth.data.mnist import load_mnist
         x, y = load_mnist("test", data_dir, dataset=runs.dataset)
     else:
         x, y = data["x"], data["y"]
@@ -414,8 +411,6 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
     set the runs record (MNIST or Fashion-MNIST). ``dataset`` (``--data``): the data set to use;
     one that contradicts the runs' record is refused (UserError, exit 2).
     """
-    from subsetsum_lth import manifest
-    from subsetsum_lth.edge_popup import resolve_device
 
     t_start = time.perf_counter()
     paths = [Path(r) for r in runs]
@@ -436,7 +431,6 @@ def _compare_runs(runs: list[str | Path], out: str | Path, target: str | Path | 
 
     def radius_fn() -> float:
         if not radius_cache:
-            from subsetsum_lth.data.mnist import input_radius
             radius_cache.append(input_radius(data_dir, dataset=rs.dataset))
         return radius_cache[0]
 

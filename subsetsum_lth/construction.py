@@ -26,6 +26,8 @@ import numpy as np
 
 from subsetsum_lth import resources
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.gnet import GLayout
+from subsetsum_lth.layerkinds import Linear
 from subsetsum_lth.options import option
 from subsetsum_lth.solvers.instances import InstanceBatch
 from subsetsum_lth.target import Target
@@ -582,8 +584,6 @@ class Construction:
 
 def layout_of(plans: list[LayerPlan], after=(), input_shape=None, graph=None):
     """The :class:`subsetsum_lth.gnet.GLayout` of the g these plans describe."""
-    from subsetsum_lth.gnet import GLayout
-    from subsetsum_lth.layerkinds import Linear
     kinds = tuple(pl.kind if pl.kind is not None else Linear(pl.p, pl.q, pl.has_bias) for pl in plans)
     after = tuple(tuple(a) for a in after) if after else tuple(() for _ in plans)
     return GLayout(kinds, tuple(pl.hidden for pl in plans), after,

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from subsetsum_lth.data.mnist import default_cache_dir, resolve_data_dir
 from subsetsum_lth.errors import DataError
+from subsetsum_lth.manifest import verify_file
 from subsetsum_lth.target import Target, load_target, random_target
+from subsetsum_lth.train import TrainConfig, train_target
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,6 @@ class DefaultTarget:
 
 
 def targets_cache_dir() -> Path:
-    from subsetsum_lth.data.mnist import default_cache_dir
     return default_cache_dir().parent / "targets"
 
 
@@ -58,7 +60,6 @@ def default_target(seed: int = 0, data_dir=None, synthetic: bool = False,
     ``train.train_target``)."""
     if synthetic:
         return synthetic_target(seed, asked=True)
-    from subsetsum_lth.data.mnist import resolve_data_dir
     try:
         found = resolve_data_dir(data_dir, download=True, progress=progress)
     except DataError as exc:
@@ -68,12 +69,10 @@ def default_target(seed: int = 0, data_dir=None, synthetic: bool = False,
     folder = Path(cache_dir or targets_cache_dir()) / f"mnist-784-500-10-seed{seed}"
     training_seconds = None
     if (folder / "target.safetensors").exists():
-        from subsetsum_lth.manifest import verify_file
         verify_file(folder, "target.safetensors")     # the cache is checked, not believed
         target = load_target(folder)
         how = f"cached in {folder}"
     else:
-        from subsetsum_lth.train import TrainConfig, train_target
         config = TrainConfig(hidden=MNIST_HIDDEN, seed=seed, data_dir=str(found))
         log.info("training the default MNIST target into %s", folder)
         if announce is not None:

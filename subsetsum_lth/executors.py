@@ -44,6 +44,7 @@ import threading
 import time
 
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.limits import cap_workers
 
 log = logging.getLogger(__name__)
 
@@ -498,7 +499,6 @@ def make_pool(kind: str = "process", workers: int | None = None, scheduler: str 
         return DaskPool(address=scheduler)
     # local workers: never more processes than cores (the driver also keeps no more batches in
     # flight than there are batches, so a small run starts few of them)
-    from subsetsum_lth.limits import cap_workers
     workers = cap_workers(workers)
     if kind == "process":
         return ProcessPool(workers)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from subsetsum_lth import preprocess
 from subsetsum_lth.errors import TargetError
 from subsetsum_lth.graph_reader import read_exported
 from subsetsum_lth.pickle_scan import clean_message
@@ -244,7 +245,6 @@ def module_parts(model: torch.nn.Module, example_input: torch.Tensor, info: dict
 
 def check_same(model, target, example_input, name: str) -> None:
     """f read from the graph must compute what the module computes (float32 tolerance)."""
-    from subsetsum_lth import preprocess
     x = example_input.detach().to(torch.float32)
     x = x.unsqueeze(0) if x.dim() in (1, 3) else x
     was_training = model.training

@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from subsetsum_lth import limits
 from subsetsum_lth.certify import certified_bound
+from subsetsum_lth.certify_box import box_bound
 from subsetsum_lth.construction import (Construction, LayerInstances, compact_masks_from_selections, dense_masks,
                                         layer_instances)
 from subsetsum_lth.growth import grow_layer
+from subsetsum_lth.gstore import support_layer_maps
 from subsetsum_lth.limits import EXACT_MAX_N
 from subsetsum_lth.progress import close, note, phase
 from subsetsum_lth.solve import solve_all
@@ -180,7 +183,6 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
     solved.solved_counts = [None] * len(layers)
     budget = None
     if cc.width != "formula":      # one growth budget for every layer and round of the run
-        from subsetsum_lth import limits
         budget = limits.growth_budget(construction.plans, getattr(config, "max_hours", limits.DEFAULT_MAX_HOURS))
     for rnd in range(config.max_rounds if config.mode == "network" else 1):
         for li, inst in enumerate(layers):
@@ -205,12 +207,10 @@ def solve_layers(target: Target, construction: Construction, layers: list[LayerI
         solved.tau = tau
         if config.mode == "weight":
             break
-        from subsetsum_lth.gstore import support_layer_maps
         with phase(progress, f"round {rnd + 1}", f"certifying the bound at τ={tau:.3g} against ε={config.eps:g}"):
             maps = support_layer_maps(construction.pairs, solved.compact_masks())
             bound = certified_bound(target, maps, config.input_radius, cc.input_domain).bound
             if getattr(config, "box", None) is not None:     # --eps is checked on the box certificate
-                from subsetsum_lth.certify_box import box_bound
                 bound = box_bound(target, maps, config.box)
         n_out = sum(int((r.status == Status.INFEASIBLE).sum()) for r in results)
         solved.rounds.append({"round": rnd, "weight_eps": tau, "certified_bound": bound,

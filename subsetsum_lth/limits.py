@@ -20,12 +20,14 @@ import logging
 import math
 from dataclasses import dataclass
 
+from subsetsum_lth.construction import MAX_RANDOM_ENTRIES
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.resources import (  # noqa: F401  (re-exported: the solve layer's callers use them here)
     MAX_COUNT, MAX_EPOCHS, MAX_HOURS, MAX_RETRIES, MAX_SAMPLES, MAX_SECONDS, MAX_SEED, MAX_STEPS, available_cores, cap_threads, cap_workers, check_float, check_int, check_memory, check_seconds, human_bytes, memory_limit, physical_memory)
 from subsetsum_lth.solvers.interrupt import MAX_TIME_LIMIT
 from subsetsum_lth.solvers.fixsearch import DEFAULT_ROUNDS, MIN_FREE
 from subsetsum_lth.solvers.mitm import MAX_N as MITM_MAX_N
+from subsetsum_lth.solvers.registry import get_backend_class
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,6 @@ def _solver_reach(solver: str) -> int | None:
     """Exact enumeration reach of a backend: its ``capabilities.reach`` (mitm, torch-mitm and
     auto, which routes what it reaches to mitm: EXACT_MAX_N); None for OR-Tools only and the MIP
     backends (no enumeration limit), and for a backend that cannot be loaded."""
-    from subsetsum_lth.solvers.registry import get_backend_class
     try:
         return getattr(get_backend_class(solver).capabilities, "reach", None)
     except Exception:
@@ -264,7 +265,6 @@ class GrowthBudget:
     def charge(self, core_seconds: float, entries: int) -> str | None:
         """Spend, or return why not (and spend nothing)."""
         if entries > self.entries:
-            from subsetsum_lth.construction import MAX_RANDOM_ENTRIES
             return f"g would exceed the {MAX_RANDOM_ENTRIES:,} float32 weights this tool allocates"
         if core_seconds > self.core_seconds:
             return ("the re-solves would pass the --max-hours budget of the estimated solve time "
@@ -279,7 +279,6 @@ def growth_budget(plans, max_hours: float) -> GrowthBudget:
     estimated single-core re-solving — not scaled by the worker count, so that where growth stops
     (and so the masks of a seed) never depends on ``--workers`` — and the entries g may still
     add before the construction's allocation cap."""
-    from subsetsum_lth.construction import MAX_RANDOM_ENTRIES
     entries = sum(pl.hidden * (pl.p + pl.q) for pl in plans)
     return GrowthBudget(max_hours * 3600.0, MAX_RANDOM_ENTRIES - entries)
 

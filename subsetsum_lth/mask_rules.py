@@ -12,16 +12,15 @@ import numpy as np
 
 from subsetsum_lth.construction import LayerPlan, layout_of
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.layerkinds import Linear
+from subsetsum_lth.gnet import GLayout, Masks
 
 
 def masks_state_dict(layer_masks: list[dict[str, np.ndarray]], layout=None) -> dict[str, np.ndarray]:
     """The stored mask tensors of per-layer {w1, b1, w2, b2} masks (MLP keys without a layout)."""
     if layout is None:
-        from subsetsum_lth.gnet import GLayout
-        from subsetsum_lth.layerkinds import Linear
         layout = GLayout(tuple(Linear(m["w1"].shape[1], m["w2"].shape[0]) for m in layer_masks),
                          tuple(m["w1"].shape[0] for m in layer_masks))
-    from subsetsum_lth.gnet import Masks
     return Masks.from_pairs(layout, layer_masks).state_dict()     # validated: keys, shapes, 0/1
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from subsetsum_lth.runfolder import load_safetensors
 
 #: length of the short form shown in messages
 SHORT = 12
@@ -48,7 +49,6 @@ def weights_digest(state: Mapping[str, object]) -> str:
 
 def file_weights_digest(path: str | Path) -> str:
     """:func:`weights_digest` of a safetensors file (e.g. a run's ``random_net.safetensors``)."""
-    from subsetsum_lth.runfolder import load_safetensors
     state, _ = load_safetensors(path, as_numpy=True)
     return weights_digest(state)
 

@@ -24,6 +24,7 @@ from torch import nn
 from subsetsum_lth import api, preprocess
 from subsetsum_lth.approximate import ApproximateConfig, approximate
 from subsetsum_lth.construction import ConstructionConfig
+from subsetsum_lth.data.mnist import evaluation_inputs
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.target import module_target
 from subsetsum_lth.solve import SolveConfig
@@ -65,7 +66,6 @@ def ticket(model: nn.Module, example_input: torch.Tensor, eps: float | None = No
     eval_data = emp_data = None
     radius, domain = input_radius, input_domain or target.metadata.get("input_domain")
     if data is not None:
-        from subsetsum_lth.data.mnist import evaluation_inputs
         eval_data, emp_data, radius = evaluation_inputs(target.input_dim, data_dir, seed, radius=radius,
                                                         dataset=data)
         domain = domain or "nonnegative"

@@ -32,8 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from subsetsum_lth import runfolder as rf
+from subsetsum_lth.data.mnist import input_radius, load_mnist
+from subsetsum_lth.certify import CollapsedNet
 from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.evaluation import evaluate_pair
 from subsetsum_lth.manifest import sha256_file
+from subsetsum_lth.solvers.portfolio import LEGACY_NAMES
 from subsetsum_lth.target import target_digest
 
 #: the relative tolerance for figures recomputed in float64 by the same arithmetic
@@ -168,7 +172,6 @@ def _kept(a: Audit, run) -> None:
 def _solver_name(name, legacy: bool):
     """``name`` as this version calls it: in a file written before ``auto`` existed (``legacy``),
     ``ortools`` named the portfolio that is ``auto`` now."""
-    from subsetsum_lth.solvers.portfolio import LEGACY_NAMES
     return LEGACY_NAMES.get(name, name) if legacy and isinstance(name, str) else name
 
 
@@ -267,7 +270,6 @@ def _data(a: Audit, run, maps, data_dir) -> None:
         return
     if run.target is None:
         return
-    from subsetsum_lth.data.mnist import input_radius, load_mnist
     try:
         x, y = load_mnist("test", data_dir=data_dir, download=False, dataset=dataset)
         data_radius = input_radius(data_dir, download=False, dataset=dataset)
@@ -289,8 +291,6 @@ def _data(a: Audit, run, maps, data_dir) -> None:
         a.notes.append(f"accuracies not checked: report.json counts {rep.get('eval_examples')} test images, "
                        f"the {dataset} test set has {len(x)}")
         return
-    from subsetsum_lth.certify import CollapsedNet
-    from subsetsum_lth.evaluation import evaluate_pair
     ev = evaluate_pair(run.target, CollapsedNet(maps, target=run.target), x, y)
     half = 0.5 / max(1, len(x))          # fractions of the test set: one image apart is a difference
     for key in keys:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status, row_engines
+from subsetsum_lth.runfolder import _atomic_write_bytes
+from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status, recompute_errors, row_engines
+from subsetsum_lth.solvers.portfolio import LEGACY_NAMES, route
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,6 @@ def stored_engines(solver: str, batch: InstanceBatch) -> np.ndarray:
     """The engines of a stored batch written before rows recorded theirs: the engine its routing
     table gives each row for a portfolio (``auto``, or ``ortools`` as old folders name it),
     else the backend's own name."""
-    from subsetsum_lth.solvers.portfolio import LEGACY_NAMES, route
     if LEGACY_NAMES.get(solver, solver) == "auto":
         return np.array([route(batch.objective, int(n)).engine for n in batch.counts], dtype=str)
     return np.full(len(batch), solver, dtype=object).astype(str)
@@ -74,7 +75,6 @@ class ResumeStore:
 
     def get(self, key: str, batch: InstanceBatch, solver: str | None = None) -> BatchResult | None:
         import stat as _stat
-        from subsetsum_lth.solvers.instances import recompute_errors
         path = self._path(key)
         try:
             st = os.stat(path)
@@ -125,7 +125,6 @@ class ResumeStore:
     def put(self, key: str, res: BatchResult, batch: InstanceBatch | None = None,
             solver: str | None = None) -> None:
         import io
-        from subsetsum_lth.runfolder import _atomic_write_bytes
         ids = np.ascontiguousarray(res.ids, dtype=np.int64)
         sel = np.ascontiguousarray(res.selections, dtype=bool)
         status = np.ascontiguousarray(res.status, dtype=np.int8)

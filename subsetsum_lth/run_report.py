@@ -11,6 +11,7 @@ from subsetsum_lth.certify import ball_set
 from subsetsum_lth.certify_box import box_set
 from subsetsum_lth.errors import IncompleteRun
 from subsetsum_lth.gstore import generator_spec
+from subsetsum_lth.preprocess import report
 from subsetsum_lth.runcheck import WITNESS
 from subsetsum_lth.solvers.instances import Status
 
@@ -28,7 +29,6 @@ def versions() -> dict:
 
 
 def preprocess_report(target) -> dict:
-    from subsetsum_lth.preprocess import report
     return report(target)
 
 

@@ -22,6 +22,7 @@ from subsetsum_lth.overwrite import STAGE_SUFFIX
 from subsetsum_lth.report_check import target_sha256
 from subsetsum_lth.runcheck import read_run
 from subsetsum_lth.solve import ResumeStore
+from subsetsum_lth.solvers.portfolio import LEGACY_NAMES
 from subsetsum_lth.target import save_target
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,6 @@ def upgrade_settings(old: dict) -> dict:
     ``auto`` existed (no "solver_names") resumes as the portfolio it ran, ``auto``."""
     if not isinstance(old, dict) or "solver_names" in old:
         return old
-    from subsetsum_lth.solvers.portfolio import LEGACY_NAMES
     solver = old.get("solver")
     return {**old, "solver": LEGACY_NAMES.get(solver, solver) if isinstance(solver, str) else solver,
             "solver_names": SOLVER_NAMES}

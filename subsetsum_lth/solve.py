@@ -18,12 +18,14 @@ import numpy as np
 
 from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
-from subsetsum_lth.executors import Pool, _watch_parent, as_pool, make_pool  # noqa: F401
+from subsetsum_lth.executors import Pool, _watch_parent, as_pool, check_executor, deferred_signals, make_pool
 from subsetsum_lth.progress import Bar, advance
 from subsetsum_lth.resume_store import (ResumeStore, _result_digest, batch_digest, batch_key,  # noqa: F401
                                         stored_engines)
+from subsetsum_lth.solvers.base import SolverUnavailable
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status, row_engines
 from subsetsum_lth.solve_config import SolveConfig, backend_fact, default_batch  # noqa: F401  (public here too)
+from subsetsum_lth.solvers.registry import get_backend, get_backend_class, list_backends
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,6 @@ def in_process(config: SolveConfig, solver: str | None = None, n_batches: int | 
 
 def check_solver(config: SolveConfig) -> None:
     """Fail early, with the fix, if the solver is unknown, unavailable or lacks the objective."""
-    from subsetsum_lth.solvers.base import SolverUnavailable
-    from subsetsum_lth.solvers.registry import get_backend_class, list_backends
 
     try:
         cls = get_backend_class(config.solver)
@@ -59,7 +59,6 @@ def check_solver(config: SolveConfig) -> None:
     if config.objective not in cls.capabilities.objectives:
         raise UserError(f"solver {config.solver!r} does not support objective {config.objective!r}; "
                         f"it supports {', '.join(cls.capabilities.objectives)}")
-    from subsetsum_lth.executors import check_executor
     check_executor(config.executor, config.scheduler)
     _ = SolverUnavailable
 
@@ -69,7 +68,6 @@ _BACKENDS: dict = {}
 
 def solve_batch(solver: str, options: dict, batch: InstanceBatch) -> BatchResult:
     """Worker entry point: one backend object per process, reused across batches."""
-    from subsetsum_lth.solvers.registry import get_backend
 
     key = (solver, tuple(sorted(options.items())))
     backend = _BACKENDS.get(key)
@@ -93,7 +91,6 @@ def _failed(sub: InstanceBatch, solver: str, reason: str) -> BatchResult:
 def fallback_order() -> list[str]:
     """The backends that may re-solve failed instances, by their ``fallback_rank`` (lowest first;
     ties by name); backends that cannot be loaded or have no rank are left out."""
-    from subsetsum_lth.solvers.registry import list_backends
 
     ranked = []
     for name in list_backends():
@@ -107,7 +104,6 @@ def fallback_solver(solver: str, objective: str, max_count: int) -> str | None:
     """Another exact backend for instances the first one could not finish (TIMEOUT/ERROR): the
     first of :func:`fallback_order` (mitm, auto, then ortools) that is exact, takes the objective, fits
     every instance (``max_n``) and is available; None if there is none."""
-    from subsetsum_lth.solvers.registry import get_backend_class
 
     for name in fallback_order():
         if name == solver:
@@ -146,7 +142,6 @@ def _run_in_pool(pool: Pool, todo, solver, options, config: SolveConfig, done) -
     """Submit batches (at most ``pool.capacity`` in flight), retry a batch whose worker died or that
     ran past ``config.batch_timeout`` (bounded by ``config.retries``), then report it as failed.
     SIGINT/SIGTERM are delivered between two waits, never inside one (see ``deferred_signals``)."""
-    from subsetsum_lth.executors import deferred_signals
 
     with deferred_signals() as signals:
         _drive_pool(pool, todo, solver, options, config, done, signals)

@@ -10,7 +10,8 @@ import numpy as np
 from subsetsum_lth import limits
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.options import option
-from subsetsum_lth.solvers.registry import DEFAULT_SOLVER
+from subsetsum_lth.solvers.base import SolverBackend
+from subsetsum_lth.solvers.registry import DEFAULT_SOLVER, get_backend_class
 
 
 def backend_fact(solver: str, fact: str):
@@ -18,8 +19,6 @@ def backend_fact(solver: str, fact: str):
     ``fallback_rank``, ``uses_pool``): SolverBackend's default where the backend does not set it
     (a plug-in that does not subclass SolverBackend) or cannot be loaded (an unknown or broken
     solver fails elsewhere, with its own message)."""
-    from subsetsum_lth.solvers.base import SolverBackend
-    from subsetsum_lth.solvers.registry import get_backend_class
     try:
         cls = get_backend_class(solver)
     except Exception:

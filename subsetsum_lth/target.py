@@ -23,8 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from subsetsum_lth.checkpoint import collect_layers, fold_state_batchnorm, order_layers, parse_layers, read_checkpoint
+from subsetsum_lth.arch import fold_batchnorm
+from subsetsum_lth import preprocess
+from subsetsum_lth.arch_state import state_for_arch
 from subsetsum_lth.errors import TargetError
+from subsetsum_lth import arch as arch_mod
 from subsetsum_lth.graph_files import check_same, graph_file_kind, graph_file_parts, module_parts
+from subsetsum_lth.preprocess import input_module
+from subsetsum_lth.ops import canonical_arch, is_residual, module_from_ops, param_paths, relu_follows, signed_inputs
+from subsetsum_lth.layerkinds import Linear, arch_of, forward_graph, kinds_from_arch
+from subsetsum_lth.runfolder import atomic_save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +57,6 @@ class Layer:
     @property
     def kind(self):
         if self.kind_ is None:
-            from subsetsum_lth.layerkinds import Linear
             q, p = self.weight.shape
             return Linear(p, q, self.bias is not None)
         return self.kind_
@@ -117,7 +125,6 @@ class Target:
         halves of its blocks, the certificate [E⁺ E⁻]): the first layer's under the signed input
         domain; in a residual network also any layer whose input is not after a ReLU."""
         if self.graph is not None:
-            from subsetsum_lth.ops import signed_inputs
             return signed_inputs(self.graph, input_domain == "signed")
         return [i == 0 and input_domain == "signed" for i in range(self.depth)]
 
@@ -125,14 +132,12 @@ class Target:
         """Whether a ReLU comes right after layer i (every layer but the last of a chain; in a
         residual network where its architecture puts one)."""
         if self.graph is not None:
-            from subsetsum_lth.ops import relu_follows
             return relu_follows(self.graph)[i]
         return i < self.depth - 1
 
     def arch(self) -> list[dict]:
         if self.graph is not None:
             return json.loads(json.dumps(self.graph))
-        from subsetsum_lth.layerkinds import arch_of
         return arch_of([L.kind for L in self.layers], [self.ops_after(i) for i in range(self.depth)])
 
     @property
@@ -149,7 +154,6 @@ class Target:
         (``preprocessing``) ``x`` is in pixels/255 and the layers see ``a ⊙ x + c``."""
         h = x if self.preprocessing is None else self.preprocessing.transform(x)
         if self.graph is not None:
-            from subsetsum_lth.layerkinds import forward_graph
 
             def layer(k, h):
                 L = self.layers[k]
@@ -173,16 +177,13 @@ class Target:
         flat vectors like the rest of the package; ``module[1:]`` takes N×C×H×W images). With an
         input op it comes first (an InputNormalize: the module takes pixels/255 like ``forward``)."""
         if self.graph is not None:
-            from subsetsum_lth.ops import module_from_ops
             body = module_from_ops(self.graph, self.state_dict(), None, dtype)
             first = []
             if self.preprocessing is not None:
-                from subsetsum_lth.preprocess import input_module
                 first.append(input_module(self.preprocessing, self.input_dim))
             return nn.Sequential(*first, nn.Unflatten(1, tuple(self.input_shape)), *body, nn.Flatten()).to(dtype)
         mods: list[nn.Module] = []
         if self.preprocessing is not None:    # the input op first: the module takes pixels/255 too
-            from subsetsum_lth.preprocess import input_module
             mods.append(input_module(self.preprocessing, self.input_dim))
         if self.input_shape is not None:
             mods.append(nn.Unflatten(1, tuple(self.input_shape)))
@@ -231,7 +232,6 @@ class Target:
         """The index in :meth:`arch` (= in ``module_from_arch``) of each parametric layer; for a
         residual network its module path (``3.body.0``, :func:`subsetsum_lth.ops.param_paths`)."""
         if self.graph is not None:
-            from subsetsum_lth.ops import param_paths
             return [p for p, _ in param_paths(self.graph)]
         return [i for i, op in enumerate(self.arch()) if op["op"] in ("linear", "conv2d")]
 
@@ -256,7 +256,6 @@ def from_state_dict(state: dict, source: str = "", metadata: dict | None = None,
     Flatten/Dropout/ReLU offsets) or named modules (``fc1``, ``layers.0``, ...); see
     :mod:`subsetsum_lth.checkpoint` for the order rules. ``layers`` states the order explicitly
     (``--layers``). ``info`` (optional) is filled with what the loader saw."""
-    from subsetsum_lth.checkpoint import collect_layers, fold_state_batchnorm, order_layers
     where = f" in {source}" if source else ""
     info = {} if info is None else info
     if not isinstance(state, dict) or not state:
@@ -327,7 +326,6 @@ def from_module(module: nn.Module, example_input: torch.Tensor | None = None) ->
     if not isinstance(module, nn.Sequential):
         raise TargetError(f"expected an nn.Sequential of Linear and ReLU modules, got {type(module).__name__}")
     if any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in module.modules()):
-        from subsetsum_lth.arch import fold_batchnorm
         module = fold_batchnorm(module)   # eval-mode BatchNorm right after a Linear, or refused naming it
     mods = list(module)
     for i, m in enumerate(mods):
@@ -356,8 +354,6 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
     ``arch``: an architecture (``--arch lenet5`` or a SPEC, or a parsed list) for a plain
     state_dict of a network with conv/pooling layers, whose keys cannot say where pooling and
     flatten go; a file written by this tool carries its architecture in its metadata."""
-    from subsetsum_lth import preprocess
-    from subsetsum_lth.checkpoint import parse_layers, read_checkpoint
     info = {} if info is None else info
     if isinstance(layers, str):
         layers = parse_layers(layers)
@@ -383,8 +379,6 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
         return target
     raw = read_checkpoint(path)
     info.update(raw.info)
-    from subsetsum_lth import arch as arch_mod
-    from subsetsum_lth.arch_state import state_for_arch
     # a file written by this tool (or one with both keys) records its architecture; an 'arch'
     # alone is another program's metadata (e.g. torchvision's ImageNet example: 'resnet18')
     ours = raw.metadata.get("format") == "subsetsum-lth-target" or "input_shape" in raw.metadata
@@ -409,7 +403,6 @@ def load_target(path: str | Path, layers: list[str] | str | None = None,
 
 
 def save_target(target: Target, path: str | Path, metadata: dict | None = None) -> None:
-    from subsetsum_lth.runfolder import atomic_save_safetensors
     meta = {"format": "subsetsum-lth-target", "activation": "relu"}
     meta.update({k: str(v) for k, v in (target.metadata or {}).items()})
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
@@ -427,11 +420,9 @@ def from_arch_state(state: dict, arch: list[dict], input_shape, source: str = ""
     """A target from an architecture list (:mod:`subsetsum_lth.arch`) and a state dict keyed
     like ``module_from_arch(arch)`` (``{index}.weight``/``{index}.bias`` for each conv2d/linear
     entry). Shapes, dtypes and finiteness are checked; every key must be used."""
-    from subsetsum_lth.layerkinds import kinds_from_arch
     where = f" in {source}" if source else ""
     if input_shape is None or len(input_shape) == 0:
         raise TargetError(f"the target{where} has an architecture but no input shape")
-    from subsetsum_lth.ops import canonical_arch, is_residual, param_paths
     kinds, after = kinds_from_arch(arch, input_shape)
     graph = canonical_arch(arch) if is_residual(arch) else None
     idxs = [p for p, _ in param_paths(canonical_arch(arch))]

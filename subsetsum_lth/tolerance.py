@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from subsetsum_lth.certify import compose_graph
 from subsetsum_lth.target import Target
 
 
@@ -35,7 +36,6 @@ def apriori_bound(target: Target, tau: float, radius: float, domain: str, typica
         delta = lip * (nW * delta + (R + delta) * nE + neb)
         R = lip * (nW * R + nb)
     if target.graph is not None:    # the same terms through the residual adds (certify.compose_graph)
-        from subsetsum_lth.certify import compose_graph
         return compose_graph(target.graph, [L.kind for L in target.layers], per_layer, radius,
                              target.input_shape)[4]
     return delta

@@ -31,11 +31,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from subsetsum_lth import limits
-from subsetsum_lth.arch import SPEC_HELP
+from subsetsum_lth import __version__, limits, manifest
+from subsetsum_lth.arch import PARAMETRIC, SPEC_HELP, canonical_arch, check_arch, expected_shapes, is_residual, module_from_arch, parametric_keys, parse_arch
+from subsetsum_lth.data.mnist import DATASETS, load_mnist, resolve_data_dir
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.layerkinds import graph_kinds
 from subsetsum_lth.options import option
+from subsetsum_lth.preprocess import Preprocessing
 from subsetsum_lth.progress import Eta, duration
+from subsetsum_lth.runfolder import _atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +112,6 @@ class TrainConfig:
 
     def parsed_arch(self) -> list[dict]:
         """The architecture (list of ops) of ``arch`` for 1x28x28 inputs; UserError when bad."""
-        from subsetsum_lth.arch import parse_arch
         arch = parse_arch(self.arch, INPUT_SHAPE)
         out = arch_sizes(arch, INPUT_SHAPE)[-1]
         if out != N_CLASSES:
@@ -146,14 +149,12 @@ class TrainConfig:
             raise UserError(f"--threads must be a positive integer, got {self.threads}")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        from subsetsum_lth.data.mnist import DATASETS
         if self.dataset not in DATASETS:
             raise UserError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.arch is not None:
             # checked here (a bad SPEC is one line before any data is read); a normalisation with
             # a zero-padded first conv is fine: it is an input op in front of the network (issue 23)
             self.parsed_arch()
-            from subsetsum_lth.preprocess import Preprocessing
             Preprocessing.parse(self.input_normalize, self.input_scale)
 
 
@@ -164,9 +165,7 @@ INPUT_SHAPE = (1, 28, 28)
 def arch_sizes(arch: list[dict], input_shape: Sequence[int]) -> list[int]:
     """The input size followed by the output size (all channels and positions) of every
     conv2d/linear of ``arch``: an MLP's layer sizes, the widths of a CNN."""
-    from subsetsum_lth.arch import PARAMETRIC, canonical_arch, check_arch, is_residual
     if is_residual(arch):
-        from subsetsum_lth.layerkinds import graph_kinds
         check_arch(arch, input_shape)
         return [math.prod(input_shape)] + [math.prod(k.out_shape) for k in graph_kinds(canonical_arch(arch), input_shape)]
     shapes = check_arch(arch, input_shape)
@@ -229,7 +228,6 @@ def save_target(model: nn.Sequential, path, sizes: Sequence[int], extra: dict | 
     adds metadata (the input preprocessing, the test accuracy)."""
     from safetensors.torch import save
 
-    from subsetsum_lth.runfolder import _atomic_write_bytes
     path = Path(path)
     tensors = {k: v.detach().to(torch.float32).contiguous().clone()
                for k, v in model.state_dict().items()}
@@ -246,7 +244,6 @@ def save_target(model: nn.Sequential, path, sizes: Sequence[int], extra: dict | 
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    from subsetsum_lth.runfolder import _atomic_write_bytes
     _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
@@ -264,7 +261,6 @@ def train_target(config: TrainConfig, out_dir, progress: bool = False,
     training loop itself (the heartbeat lines then carry the estimate, corrected as it goes)."""
     config.validate()
     out_dir = Path(out_dir)
-    from subsetsum_lth import manifest
     # refuse a folder the tool did not write, or one it cannot write, before any training
     n_params = _n_params_arch(config.parsed_arch()) if config.arch is not None else \
         _n_params(config.sizes, config.bias)
@@ -282,7 +278,6 @@ def _n_params(sizes: Sequence[int], bias: bool) -> int:
 
 
 def _n_params_arch(arch: list[dict]) -> int:
-    from subsetsum_lth.arch import expected_shapes, parametric_keys
     return sum(math.prod(s) for _, op in parametric_keys(arch) for s in expected_shapes(op).values())
 
 
@@ -302,7 +297,6 @@ def save_arch_target(model: nn.Module, path, arch: list[dict], input_shape: Sequ
     the output size of every conv2d/linear); ``extra`` adds metadata (``dataset``, ...)."""
     import json as _json
 
-    from subsetsum_lth.arch import canonical_arch, module_from_arch
     arch = canonical_arch(arch)
     want = {k: tuple(v.shape) for k, v in module_from_arch(arch).state_dict().items()}
     have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -316,7 +310,6 @@ def save_arch_target(model: nn.Module, path, arch: list[dict], input_shape: Sequ
 def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
                   heartbeat: Callable[[str], None] | None, heartbeat_seconds: float,
                   on_estimate: Callable[[str], None] | None = None) -> dict:
-    from subsetsum_lth.data.mnist import load_mnist, resolve_data_dir
 
     t_enter = time.perf_counter()
     data_dir = resolve_data_dir(config.data_dir, download=True, progress=progress, dataset=config.dataset)
@@ -324,7 +317,6 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
     x_test, y_test = load_mnist("test", data_dir, dataset=config.dataset)
     if config.train_subset is not None:
         x_train, y_train = x_train[:config.train_subset], y_train[:config.train_subset]
-    from subsetsum_lth.preprocess import Preprocessing
     prep = Preprocessing.parse(config.input_normalize, config.input_scale)
     if not prep.identity:   # train (and measure) on the declared preprocessing
         a, c = prep.affine(INPUT_DIM)
@@ -345,7 +337,6 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             if arch is not None:
-                from subsetsum_lth.arch import module_from_arch
                 torch.use_deterministic_algorithms(True)   # the same seed gives the same weights
                 model = module_from_arch(arch)
             else:
@@ -409,7 +400,6 @@ def _train_target(config: TrainConfig, out_dir: Path, progress: bool,
 
 
 def _version() -> str:
-    from subsetsum_lth import __version__
     return __version__
 
 

@@ -54,7 +54,7 @@ from subsetsum_lth.construction import DISTRIBUTIONS, LayerPlan, draw_layer_pair
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.solvers.instances import InstanceBatch, Status, recompute_errors
 from subsetsum_lth.solve import SolveConfig, check_solver, solve_all
-from subsetsum_lth.target import Target
+from subsetsum_lth.target import Target, load_target
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,6 @@ def weight_samples(target_path, layers, n: int | None, rows_per_block: int, seed
     without a target, one synthetic sample (returns ``(samples, synthetic)``)."""
     if target_path is None:
         return [synthetic_weights(n or 20000, rows_per_block, seed)], True
-    from subsetsum_lth.target import load_target
     target = load_target(target_path)
     if layers is None or layers == "all":
         layers = range(target.depth)

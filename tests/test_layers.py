@@ -304,6 +304,49 @@ def test_the_circle_check_catches_a_planted_circle(tmp_path):
     assert import_circles(import_graph(tmp_path)) == []
 
 
+def hidden_imports(root: Path = ROOT) -> list[str]:
+    """Imports of the package's own modules inside a function (or a class body) that do not say
+    why on their line (``# lazy: <reason>``): a reader of the module's top sees all it depends on."""
+    modules = module_files(root)
+    found = []
+    for name, path in modules.items():
+        source = path.read_text()
+        lines = source.splitlines()
+        tree = ast.parse(source, filename=str(path))
+        for scope in ast.walk(tree):
+            if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            for node in ast.walk(scope):
+                if isinstance(node, ast.Import):
+                    own = any(a.name.split(".")[0] == "subsetsum_lth" for a in node.names)
+                elif isinstance(node, ast.ImportFrom):
+                    own = node.level > 0 or (node.module or "").split(".")[0] == "subsetsum_lth"
+                else:
+                    continue
+                reason = "# lazy:" in " ".join(lines[node.lineno - 1:node.end_lineno])
+                if own and not reason:
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return sorted(set(found))
+
+
+def test_imports_of_the_package_sit_at_the_top_of_their_module():
+    """Issue 22: an import of the package's own modules sits at the top of its module; inside a
+    function only with a one-line reason (``# lazy: ...``, e.g. a measured start-up cost)."""
+    hidden = hidden_imports()
+    assert not hidden, ("move these imports to the top of their module (or give the reason on the "
+                        "line: '# lazy: ...'):\n" + "\n".join(hidden))
+
+
+def test_the_hidden_import_check_catches_one(tmp_path):
+    pkg = tmp_path / "subsetsum_lth"
+    pkg.mkdir()
+    (tmp_path / "solvers").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("import os\nfrom subsetsum_lth import b\n\ndef f():\n    import json\n"
+                              "    from subsetsum_lth import c\n    from . import d  # lazy: start-up\n")
+    assert hidden_imports(tmp_path) == ["subsetsum_lth/a.py:6"]
+
+
 # ----------------------------------------------------------------------------- rooms a reader can hold
 
 MAX_FUNCTION_LINES = 100

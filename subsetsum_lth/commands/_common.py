@@ -7,10 +7,10 @@ import math
 
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.limits import MAX_SECONDS, check_float, check_int
+from subsetsum_lth.runfolder import _json_default
 
 
 def print_json(obj) -> None:
-    from subsetsum_lth.runfolder import _json_default
     print(json.dumps(obj, indent=2, default=_json_default))
 
 

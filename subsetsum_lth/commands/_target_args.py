@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from subsetsum_lth.commands._common import positive_float
 
 
 def add_layers_argument(p: argparse.ArgumentParser) -> None:
@@ -39,7 +40,6 @@ def add_preprocessing_arguments(p: argparse.ArgumentParser, expected: bool = Tru
                        help="fold the declared preprocessing into the first layer instead (W·diag(a), b + W·c; "
                             "refused where not exact: a first conv layer with zero padding and a non-zero mean)")
     if expected:
-        from subsetsum_lth.commands._common import positive_float
         p.add_argument("--expected-accuracy", type=positive_float, default=None, metavar="ACC",
                        help="test accuracy the model reaches on its own preprocessing (fraction or "
                             "percent); with --data, a measured accuracy more than 1 point lower draws a warning "

@@ -6,12 +6,25 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from subsetsum_lth.assumptions import header_line, read_from, target_assumptions
+from subsetsum_lth.approximate import ApproximateConfig, approximate
+from subsetsum_lth import manifest
+from subsetsum_lth import runfolder as rf
+from subsetsum_lth.assumptions import header_line, mismatch_warning, read_from, target_assumptions
+from subsetsum_lth.certify import ball_set
+from subsetsum_lth.certify_box import box_set
 from subsetsum_lth.commands._common import bound_text, print_json, scale_text
+from subsetsum_lth.errors import IncompleteRun, RunFolderError, UserError
+from subsetsum_lth.executors import make_pool
+from subsetsum_lth.default_target import default_target
+from subsetsum_lth.runfolder import read_report
+from subsetsum_lth.runcheck import choose_dataset, read_json
+from subsetsum_lth.preprocess import accuracy_warning, declared_accuracy, measure_accuracy
+from subsetsum_lth.layerkinds import describe_arch
 from subsetsum_lth.safetext import escape
-from subsetsum_lth.commands._progress import progress_factory
-from subsetsum_lth.data.mnist import DATASETS
+from subsetsum_lth.commands._progress import is_terminal, progress_factory, say
+from subsetsum_lth.data.mnist import DATASETS, evaluation_inputs
 from subsetsum_lth.request import ApproximateRequest
+from subsetsum_lth.solve import in_process
 
 HELP = "prune a random network to approximate a target MLP, with a certified error"
 DESCRIPTION = (
@@ -37,8 +50,6 @@ def add_arguments(p) -> None:
 
 def run(req: ApproximateRequest) -> int:
 
-    from subsetsum_lth.approximate import ApproximateConfig, approximate
-    from subsetsum_lth.errors import IncompleteRun
 
     req = _resume_dataset(req)
     progress = progress_factory(not req.no_progress, unit="inst")
@@ -46,8 +57,6 @@ def run(req: ApproximateRequest) -> int:
     target_info: dict = {}
     if req.target is None:
         _check_out_early(req)   # before minutes of training the default target, not after
-        from subsetsum_lth.commands._progress import is_terminal, say
-        from subsetsum_lth.default_target import default_target
         bars = not req.no_progress and is_terminal()
         dt = default_target(seed=req.config.construction.seed, data_dir=req.data_dir, synthetic=req.synthetic,
                             progress=bars, announce=say,
@@ -69,7 +78,6 @@ def run(req: ApproximateRequest) -> int:
         print(escape(header), file=sys.stderr)
     domain = (box.domain if box is not None else req.input_domain) or target.metadata.get("input_domain")
     if req.data is not None:
-        from subsetsum_lth.data.mnist import evaluation_inputs
         eval_data, emp_data, radius = evaluation_inputs(target.input_dim, req.data_dir, req.config.construction.seed,
                                                         radius=radius, dataset=req.data)
         domain = domain or "nonnegative"
@@ -92,8 +100,6 @@ def run(req: ApproximateRequest) -> int:
                                               "approximation; wall_seconds does not include it"})
     config = req.config_for(domain, radius, extra, box)
     status = 0
-    from subsetsum_lth.executors import make_pool
-    from subsetsum_lth.solve import in_process
     # one pool (process pool, Dask cluster or connection) for the whole run, started lazily on the
     # first batch; --workers 1 without --batch-timeout solves in this process
     sc = config.solve
@@ -102,7 +108,6 @@ def run(req: ApproximateRequest) -> int:
         report = approximate(target, config, req.out, progress=progress, eval_data=eval_data,
                              empirical_data=emp_data, executor=pool)
     except IncompleteRun as exc:
-        from subsetsum_lth.runfolder import read_report
         report = read_report(req.out)
         _summary(report, req.out)
         raise exc
@@ -129,9 +134,6 @@ def _resume_dataset(req: ApproximateRequest) -> ApproximateRequest:
     'data'): ``req`` with --data defaulted to it; a --data that contradicts it is refused (exit 2)."""
     if not req.config.resume:
         return req
-    from subsetsum_lth import runfolder as rf
-    from subsetsum_lth.errors import UserError
-    from subsetsum_lth.runcheck import choose_dataset, read_json
     out = Path(req.out)
     for name in ("run_config.json", rf.REPORT):
         path = out / name
@@ -156,9 +158,6 @@ def _resume_dataset(req: ApproximateRequest) -> ApproximateRequest:
 def _check_out_early(req: ApproximateRequest) -> None:
     """Refuse --out as approximate() will (read-only): a folder that is not the tool's, or that
     already holds a run without --resume/--overwrite."""
-    from subsetsum_lth import manifest
-    from subsetsum_lth import runfolder as rf
-    from subsetsum_lth.errors import RunFolderError
     out = Path(req.out)
     manifest.check_folder(out, "approximate")
     existing = [p for p in (out / rf.REPORT, out / rf.MASKS, out / "partial") if p.exists()]
@@ -170,8 +169,6 @@ def _check_out_early(req: ApproximateRequest) -> None:
 def _check_accuracy(target, eval_data, expected, assumed=()) -> None:
     """Warn (before the long run) when the target scores more than ACCURACY_GAP below its declared
     accuracy; for a state_dict the warning names every assumption that could explain it."""
-    from subsetsum_lth.assumptions import mismatch_warning
-    from subsetsum_lth.preprocess import accuracy_warning, declared_accuracy, measure_accuracy
     declared = declared_accuracy(target.metadata or {}, expected)
     if declared is None:
         return
@@ -186,7 +183,6 @@ def _check_accuracy(target, eval_data, expected, assumed=()) -> None:
 def _summary(r: dict, out: Path) -> None:
     sizes = "-".join(map(str, r["target_sizes"]))
     if r.get("target_arch"):
-        from subsetsum_lth.layerkinds import describe_arch
         sizes = f"{describe_arch(r['target_arch'])} on {'×'.join(map(str, r['input_shape']))} inputs"
     print(f"target {sizes} ({r['target_parameters']:,} parameters), input ball r={r['input_radius']:.4g} "
           f"({r['input_domain']})")
@@ -213,8 +209,6 @@ def _summary(r: dict, out: Path) -> None:
     if "target_accuracy" in r:
         print(f"test accuracy: target {100 * r['target_accuracy']:.2f}%, pruned {100 * r['pruned_accuracy']:.2f}%, "
               f"agreement {100 * r['prediction_agreement']:.2f}%")
-    from subsetsum_lth.certify import ball_set
-    from subsetsum_lth.certify_box import box_set
     where = r.get("certified_set") or ball_set(r["input_radius"], r["input_domain"])
     print(f"certified bound: {bound_text(r['certified_bound'], where)}   empirical (lower) bound: "
           f"{r['empirical_bound']:.4g} (the largest error found on that set)")

@@ -1,6 +1,7 @@
 """`subsetsum-lth bench`: solver throughput (`bench solvers`) and a timed run (`bench approximate`)."""
 from __future__ import annotations
 
+from subsetsum_lth.bench import STAGES, bench_approximate, bench_solver_sizes
 from subsetsum_lth.commands._common import print_json
 from subsetsum_lth.commands._progress import progress_factory
 from subsetsum_lth.request import BenchRequest
@@ -34,7 +35,6 @@ def _fmt(x, spec: str, none: str = "-") -> str:
 
 
 def _run_solvers(req: BenchRequest) -> int:
-    from subsetsum_lth.bench import bench_solver_sizes
 
     cfg = req.config
     rows = bench_solver_sizes(cfg, req.sizes)
@@ -62,7 +62,6 @@ def _run_solvers(req: BenchRequest) -> int:
 
 
 def _run_approximate(req: BenchRequest) -> int:
-    from subsetsum_lth.bench import STAGES, bench_approximate
 
     cfg = req.config
     progress = progress_factory(not req.no_progress and not req.json, unit="inst")

@@ -4,8 +4,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from subsetsum_lth.certify_run import certify_run
 from subsetsum_lth.commands._common import bound_text, print_json, scale_text
+from subsetsum_lth.commands._progress import progress_factory
 from subsetsum_lth.errors import REPORT_MISMATCH_EXIT
+from subsetsum_lth.report_check import mismatch_lines
 from subsetsum_lth.request import CertifyRequest
 
 HELP = "recompute the certified and empirical bounds of a run folder from its files"
@@ -26,8 +29,6 @@ def add_arguments(p) -> None:
 
 
 def run(req: CertifyRequest) -> int:
-    from subsetsum_lth.certify_run import certify_run
-    from subsetsum_lth.commands._progress import progress_factory
     res = certify_run(req.run, input_radius=req.input_radius,
                       input_domain=None if req.input_domain == "box" else req.input_domain,
                       samples=req.samples, steps=req.steps, box=req.box, data_dir=req.data_dir,
@@ -76,7 +77,6 @@ def run(req: CertifyRequest) -> int:
 
 
 def _print_mismatches(run: Path, check: dict) -> None:
-    from subsetsum_lth.report_check import mismatch_lines
     if not check["mismatches"]:
         return
     n = len(check["mismatches"])

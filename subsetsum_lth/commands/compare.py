@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from subsetsum_lth.commands._common import bound_text, print_json, scale_text
+from subsetsum_lth.commands._progress import progress_factory
+from subsetsum_lth.compare import compare_runs
 from subsetsum_lth.request import CompareRequest
 
 NAME = "compare"
@@ -53,8 +55,6 @@ def _certified_line(e: dict, n: int) -> str:
 
 
 def run(req: CompareRequest) -> int:
-    from subsetsum_lth.commands._progress import progress_factory
-    from subsetsum_lth.compare import compare_runs
 
     # the target the flags describe (loaded here when they say how), else the --target path as is
     target = req.load() if req.target_flags_given() else req.target

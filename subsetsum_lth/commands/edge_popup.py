@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from subsetsum_lth.commands._common import print_json
+from subsetsum_lth.edge_popup import run_edge_popup
+from subsetsum_lth.commands._progress import progress_factory, say
 from subsetsum_lth.request import EdgePopupRequest
 
 NAME = "edge-popup"
@@ -64,9 +66,7 @@ def _epoch_line(c: dict) -> str:
 
 
 def run(req: EdgePopupRequest) -> int:
-    from subsetsum_lth.edge_popup import run_edge_popup
 
-    from subsetsum_lth.commands._progress import progress_factory, say
 
     def on_start(header: dict) -> None:
         for line in _header_lines(header):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from subsetsum_lth.commands._common import print_json
 from subsetsum_lth.request import ExportDenseRequest
+from subsetsum_lth.runwriter import export_dense
 
 HELP = "write random_net.safetensors and masks.safetensors of a run stored with --store compact"
 DESCRIPTION = (
@@ -22,7 +23,6 @@ def add_arguments(p) -> None:
 
 
 def run(req: ExportDenseRequest) -> int:
-    from subsetsum_lth.runwriter import export_dense
     paths = export_dense(req.run)
     if req.json:
         print_json({"run": str(req.run), "files": [str(p) for p in paths]})

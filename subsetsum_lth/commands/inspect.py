@@ -4,8 +4,14 @@ from __future__ import annotations
 import sys
 
 from subsetsum_lth.assumptions import mismatch_warning, read_from, target_assumptions
+from subsetsum_lth.certify import spectral_norm
+from subsetsum_lth.errors import TargetError, UserError
+from subsetsum_lth.data.mnist import load_mnist
+from subsetsum_lth.preprocess import accuracy_warning, declared_accuracy, measure_accuracy
+from subsetsum_lth.commands._common import print_json
 from subsetsum_lth.request import InspectRequest
 from subsetsum_lth.safetext import escape
+from subsetsum_lth.target import load_target
 
 HELP = ("show how a checkpoint or graph loads as a target: layers, order, shapes, norms, accuracy, "
         "or why it is refused")
@@ -32,9 +38,6 @@ def add_arguments(p) -> None:
 def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None,
                  expected_accuracy=None, arch=None, fold_preprocessing=False) -> dict:
     """The loader's view of ``path`` as a dict; ``ok`` False with ``error`` when refused."""
-    from subsetsum_lth.certify import spectral_norm
-    from subsetsum_lth.errors import TargetError
-    from subsetsum_lth.target import load_target
     info: dict = {"file": str(path)}
     try:
         target = load_target(path, layers=layers, preprocessing=preprocessing, info=info,
@@ -72,9 +75,6 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
            "read_from": read_from(info), "assumptions": target_assumptions(info, arch)}
     out.pop("entries", None)
     if data is not None:
-        from subsetsum_lth.data.mnist import load_mnist
-        from subsetsum_lth.errors import UserError
-        from subsetsum_lth.preprocess import accuracy_warning, declared_accuracy, measure_accuracy
         x, y = load_mnist("test", data_dir=data_dir, dataset=data)
         if target.input_dim != x.shape[1]:
             raise UserError(f"the target takes {target.input_dim} inputs but {data} images have {x.shape[1]}")
@@ -90,8 +90,6 @@ def inspect_file(path, layers=None, preprocessing=None, data=None, data_dir=None
 
 
 def run(req: InspectRequest) -> int:
-    from subsetsum_lth.commands._common import print_json
-    from subsetsum_lth.errors import TargetError
     info = inspect_file(req.target, layers=req.layers, arch=req.arch, preprocessing=req.preprocessing(),
                         data=req.data, data_dir=req.data_dir, expected_accuracy=req.expected_accuracy,
                         fold_preprocessing=bool(req.fold_preprocessing))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from subsetsum_lth.commands._common import print_json
 from subsetsum_lth.request import SolversRequest
+from subsetsum_lth.solvers.registry import DEFAULT_SOLVER, backend_info, list_backends
+from subsetsum_lth.solvers.portfolio import routing_table
 
 HELP = ("list solver backends, whether they are available here, what they can do, and which "
         "engine the default 'auto' sends each instance to")
@@ -18,8 +20,6 @@ def add_arguments(p) -> None:
 
 
 def run(req: SolversRequest) -> int:
-    from subsetsum_lth.solvers.portfolio import routing_table
-    from subsetsum_lth.solvers.registry import DEFAULT_SOLVER, backend_info, list_backends
     infos = [backend_info(n) for n in list_backends()]
     for info in infos:
         info["default"] = info["name"] == DEFAULT_SOLVER

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import sys
 
+from subsetsum_lth.commands._progress import ProgressFactory, say
 from subsetsum_lth.request import TrainTargetRequest
+from subsetsum_lth.train import train_target
 
 NAME = "train-target"
 HELP = "train a target ReLU MLP or CNN on MNIST (writes target.safetensors + target.json)"
@@ -32,13 +34,10 @@ def add_arguments(parser) -> None:
 
 def _say_above_bars(bars: bool):
     """A line on stderr that does not tear a tqdm bar."""
-    from subsetsum_lth.commands._progress import ProgressFactory
     return ProgressFactory(True, terminal=bars).note
 
 
 def run(req: TrainTargetRequest) -> int:
-    from subsetsum_lth.commands._progress import say
-    from subsetsum_lth.train import train_target
 
     config = req.config
     bars = req.progress if req.progress is not None else sys.stderr.isatty()

@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from subsetsum_lth.errors import DataError
+from subsetsum_lth.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,6 @@ def _dataset(name: str = "mnist") -> _Dataset:
         return _Dataset("mnist", "MNIST", MNIST_FILES, MIRRORS, ENV_VAR)
     if name == "fashion-mnist":
         return _Dataset("fashion-mnist", "Fashion-MNIST", FASHION_FILES, FASHION_MIRRORS, FASHION_ENV_VAR)
-    from subsetsum_lth.errors import UserError
     raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
 
 # IDX: magic = 0x00 0x00 <dtype code> <ndim>, then ndim big-endian uint32 sizes, then data.
@@ -505,7 +504,6 @@ def evaluation_inputs(n_inputs: int, data_dir=None, seed: int = 0, samples: int 
     """The test set, ``samples`` seeded test images for the empirical lower bound, and the input
     radius (``radius`` when given, else computed from the data); refuses a target whose input
     size is not MNIST's (``dataset``'s)."""
-    from subsetsum_lth.errors import UserError
 
     x, y = load_mnist("test", data_dir=data_dir, dataset=dataset)
     if n_inputs != x.shape[1]:

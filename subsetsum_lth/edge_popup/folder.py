@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from subsetsum_lth import __version__, manifest
 from subsetsum_lth import runfolder as rf
 from subsetsum_lth.edge_popup.config import METHOD, EdgePopupConfig
 from subsetsum_lth.edge_popup.network import EdgePopupNet, module_names
 from subsetsum_lth.edge_popup.plots import plot_curve
 from subsetsum_lth.edge_popup.sources import RandomNet, _plan_entries
 from subsetsum_lth.errors import RunFolderError
+from subsetsum_lth.layerkinds import arch_of
+from subsetsum_lth.runwriter import write_run as write_folder
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,6 @@ def prepare_out(out: Path, overwrite: bool, sources: list[Path], need_state: dic
                                  "write the edge-popup run to another folder")
     # --out must be new, empty, or an edge-popup run folder written by the tool (manifest.json);
     # it is locked until run_edge_popup() returns; --overwrite removes only the listed files
-    from subsetsum_lth import manifest
     need = 2 * sum(int(t.nbytes) for t in (need_state or {}).values()) + (1 << 20)
     writer = manifest.open_folder(out, "edge-popup", overwrite=overwrite, need_bytes=need)
     existing = [p for p in (out / rf.REPORT, out / rf.MASKS) if p.exists()]
@@ -43,7 +45,6 @@ def prepare_out(out: Path, overwrite: bool, sources: list[Path], need_state: dic
 def _versions() -> dict:
     import platform
 
-    from subsetsum_lth import __version__
     return {"subsetsum_lth": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "torch": torch.__version__}
 
@@ -64,7 +65,6 @@ def image_fields(net: RandomNet) -> dict:
     architecture and input shape and g's architecture; {} for an MLP."""
     if not net.is_image:
         return {}
-    from subsetsum_lth.layerkinds import arch_of
     lay = net.layout
     out = {"target_arch": lay.graph if lay.graph is not None else arch_of(list(lay.kinds), [list(a) for a in lay.after]),
            "input_shape": list(lay.input_shape), "g_arch": lay.ops()}
@@ -208,7 +208,6 @@ def write_run(out: Path, config: EdgePopupConfig, net: RandomNet, masks: dict, r
               metrics: list[dict], digest: str, timings: dict, t_start: float) -> None:
     """Write the run folder's files through the one run writer (the report last) and close its
     manifest."""
-    from subsetsum_lth.runwriter import write_run as write_folder
     curve = report["curve"]
     meta = {"format": "subsetsum-lth-run", "method": METHOD, "seed": int(config.seed),
             "weights_sha256": digest}

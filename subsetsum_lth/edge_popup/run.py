@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from subsetsum_lth import limits
+from subsetsum_lth import limits, manifest
 from subsetsum_lth.edge_popup.config import EdgePopupConfig
 from subsetsum_lth.edge_popup.evaluate import final_test_accuracy
 from subsetsum_lth.edge_popup.folder import (build_report, header, model_input_dim, network_sizes, prepare_out,
@@ -28,7 +28,6 @@ def run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress 
                    on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Search masks on the random network by edge-popup and write a run folder (locked and listed
     in its manifest while this runs; see :mod:`subsetsum_lth.manifest`). See :func:`_run_edge_popup`."""
-    from subsetsum_lth import manifest
     with manifest.session(out):
         return _run_edge_popup(config, out, progress, data, on_start, on_epoch)
 

@@ -12,9 +12,12 @@ import numpy as np
 import torch
 
 from subsetsum_lth import runfolder as rf
+from subsetsum_lth.construction import ConstructionConfig, LayerPlan, MAX_RANDOM_ENTRIES, build_construction
 from subsetsum_lth.mask_rules import eligible_masks
 from subsetsum_lth.edge_popup.config import EdgePopupConfig
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.runcheck import choose_dataset, read_run
+from subsetsum_lth.target import load_target
 
 
 @dataclass
@@ -106,7 +109,6 @@ def wide_network(sizes: Sequence[int], seed: int, init: str = "uniform", bias: b
     'kaiming-uniform': U[-sqrt(6/fan_in), sqrt(6/fan_in)]. Biases drawn the same way (zeros
     without ``bias``). Refuses, before allocating, a network larger than the construction's
     limit (weights, scores, their gradients and momenta: ~16 bytes per entry)."""
-    from subsetsum_lth.construction import MAX_RANDOM_ENTRIES
     entries = mlp_parameters(sizes, bias=True)
     if entries > MAX_RANDOM_ENTRIES:
         raise UserError(f"--wide {','.join(map(str, sizes))} has {entries:,} weights: about "
@@ -133,7 +135,6 @@ def plans_from_report(report: dict, state: dict, input_domain: str | None = None
     ``approximate`` run, or 'construction_plan' of an edge-popup run), else from the shapes
     (H = p*m (+ m with a bias block), a bias block iff the second layer's bias is non-zero).
     Returns None if the network is not construction-shaped."""
-    from subsetsum_lth.construction import LayerPlan
 
     n_linear = len([k for k in state if k.endswith(".weight")])
     if n_linear % 2:
@@ -187,11 +188,8 @@ def _plan_entries(plans) -> list[dict]:
 
 def load_random_net(config: EdgePopupConfig) -> RandomNet:
     """The random network named by the config (run folder, target, or wide MLP)."""
-    from subsetsum_lth.construction import ConstructionConfig, build_construction
-    from subsetsum_lth.target import load_target
 
     if config.from_run is not None:
-        from subsetsum_lth.runcheck import read_run
         run = Path(config.from_run)
         checked = read_run(run)     # the one validated reader (layout, fields) that certify uses
         # a compact run has no dense file to copy: its tensors are generated (checked) and written
@@ -235,7 +233,6 @@ def load_random_net(config: EdgePopupConfig) -> RandomNet:
 def dataset_of(net: RandomNet, config: EdgePopupConfig) -> str:
     """The data set to train and test on: ``--data``, else the one the run (or target) records,
     else MNIST; a ``--data`` that contradicts the record is refused (UserError, exit 2)."""
-    from subsetsum_lth.runcheck import choose_dataset
     if net.source.get("kind") == "run":
         return choose_dataset(config.data, net.data, net.data_source, f"run {config.from_run}")
     if net.data is not None:

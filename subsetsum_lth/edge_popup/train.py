@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from subsetsum_lth.data.mnist import load_mnist
 from subsetsum_lth.edge_popup.config import CPU_TRAIN_SUBSET, EdgePopupConfig
 from subsetsum_lth.edge_popup.evaluate import _frozen_forward, evaluate_on_device
 from subsetsum_lth.edge_popup.network import EdgePopupNet
@@ -52,7 +53,6 @@ def load_data(config: EdgePopupConfig, state: dict, device: torch.device,
     input and output sizes. With the ``layout`` of an image network (``GLayout`` with an
     ``input_shape`` (C, H, W)) the flat images are reshaped to N×C×H×W."""
     if data is None:
-        from subsetsum_lth.data.mnist import load_mnist
         x_tr, y_tr = load_mnist("train", config.data_dir, dataset=dataset)
         x_te, y_te = load_mnist("test", config.data_dir, dataset=dataset)
     else:

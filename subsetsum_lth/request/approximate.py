@@ -6,11 +6,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from subsetsum_lth.approximate import ApproximateConfig
+from subsetsum_lth.certify_box import BoxConfig, DEFAULT_LOCAL_RADII, parse_box
+from subsetsum_lth.commands._target_args import add_arch_argument, add_layers_argument, add_preprocessing_arguments
+from subsetsum_lth.construction import ConstructionConfig
 from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.executors import check_executor
 from subsetsum_lth.options import option
 from subsetsum_lth.request.generate import add_option, add_options, add_remaining, read_fields
 from subsetsum_lth.request.target_file import TargetFile, check_expected_accuracy
+from subsetsum_lth.solve import SolveConfig
 
 @dataclass(frozen=True, kw_only=True)
 class ApproximateRequest(TargetFile):
@@ -61,13 +67,6 @@ class ApproximateRequest(TargetFile):
     @classmethod
     def add_arguments(cls, p) -> None:
         """The options of `approximate`, in the order --help lists them."""
-        from subsetsum_lth.approximate import ApproximateConfig
-        from subsetsum_lth.certify_box import BoxConfig
-        from subsetsum_lth.commands._target_args import (add_arch_argument, add_layers_argument,
-                                                         add_preprocessing_arguments)
-        from subsetsum_lth.construction import ConstructionConfig
-        from subsetsum_lth.solve import SolveConfig
-
         add_option(p, cls, "target")
         add_layers_argument(p)
         add_arch_argument(p)
@@ -96,11 +95,6 @@ class ApproximateRequest(TargetFile):
         """The request the flags describe; every number and every check between flags, before any
         work (training the default target takes minutes). Checks that need the data set, which
         --resume and the default target may fill in, are :meth:`box_for` and :meth:`check_data`."""
-        from subsetsum_lth.approximate import ApproximateConfig
-        from subsetsum_lth.certify_box import BoxConfig
-        from subsetsum_lth.construction import ConstructionConfig
-        from subsetsum_lth.executors import check_executor
-        from subsetsum_lth.solve import SolveConfig
 
         own = read_fields(ns, cls)
         req = cls(**own, **cls.read_target_flags(ns), expected_accuracy=getattr(ns, "expected_accuracy", None),
@@ -137,7 +131,6 @@ class ApproximateRequest(TargetFile):
         error each; ``target``: whether a box certificate applies (fully connected)."""
         if self.input_domain != "box":
             return None
-        from subsetsum_lth.certify_box import DEFAULT_LOCAL_RADII, BoxConfig, parse_box
         if target.graph is not None:
             raise UserError("--input-domain box is not available for residual networks yet (the box "
                             "certificate has no skip connections); use the ball (--input-domain nonnegative)")

@@ -5,7 +5,9 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
+from subsetsum_lth.bench import ApproximateBenchConfig, SolverBenchConfig
 from subsetsum_lth.commands._common import integer
+from subsetsum_lth.commands._help import HelpFormatter
 from subsetsum_lth.options import option
 from subsetsum_lth.request.generate import add_option, add_options, add_remaining, read_fields
 
@@ -48,9 +50,7 @@ class BenchRequest:
 
     @classmethod
     def add_arguments(cls, p) -> None:
-        from subsetsum_lth.bench import ApproximateBenchConfig as A
-        from subsetsum_lth.bench import SolverBenchConfig as B
-        from subsetsum_lth.commands._help import HelpFormatter
+        A, B = ApproximateBenchConfig, SolverBenchConfig
         sub = p.add_subparsers(dest="bench_command", metavar="WHAT")
         sub.required = True
 
@@ -71,7 +71,6 @@ class BenchRequest:
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> BenchRequest:
-        from subsetsum_lth.bench import ApproximateBenchConfig, SolverBenchConfig
         if ns.bench_command == "solvers":
             values = read_fields(ns, SolverBenchConfig)
             sizes = values.pop("n")

@@ -7,9 +7,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from subsetsum_lth.commands._common import int_range, positive_float
+from subsetsum_lth.certify_box import BoxConfig, parse_box
+from subsetsum_lth.commands._common import int_range, positive_float, seconds
+from subsetsum_lth.commands._target_args import add_arch_argument, add_layers_argument, add_preprocessing_arguments
 from subsetsum_lth.data.mnist import DATASETS
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.limits import MAX_SAMPLES, MAX_STEPS
 from subsetsum_lth.options import option
 from subsetsum_lth.request.generate import add_option, add_options, read_fields
 from subsetsum_lth.request.target_file import TargetFile, check_expected_accuracy
@@ -43,8 +46,6 @@ class CertifyRequest:
 
     @classmethod
     def add_arguments(cls, p) -> None:
-        from subsetsum_lth.commands._common import seconds
-        from subsetsum_lth.limits import MAX_SAMPLES, MAX_STEPS
         add_options(p, cls, "run", "input_radius", "input_domain", "input_box", "bab_seconds", "samples", "steps",
                     "data_dir", "json",
                     input_radius={"type": positive_float}, bab_seconds={"type": seconds(zero_ok=True)},
@@ -56,7 +57,6 @@ class CertifyRequest:
         req = cls(**read_fields(ns, cls))
         box = None
         if req.input_domain == "box" or req.input_box is not None:
-            from subsetsum_lth.certify_box import BoxConfig, parse_box
             if req.input_domain != "box":
                 raise UserError("--input-box needs --input-domain box")
             box = BoxConfig(*parse_box(req.input_box)) if req.input_box is not None else True
@@ -90,8 +90,6 @@ class CompareRequest(TargetFile):
 
     @classmethod
     def add_arguments(cls, p) -> None:
-        from subsetsum_lth.commands._target_args import (add_arch_argument, add_layers_argument,
-                                                         add_preprocessing_arguments)
         add_options(p, cls, "runs", "out", "target")
         add_layers_argument(p)
         add_arch_argument(p)
@@ -121,8 +119,6 @@ class InspectRequest(TargetFile):
 
     @classmethod
     def add_arguments(cls, p) -> None:
-        from subsetsum_lth.commands._target_args import (add_arch_argument, add_layers_argument,
-                                                         add_preprocessing_arguments)
         add_option(p, cls, "target")
         add_layers_argument(p)
         add_arch_argument(p)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from subsetsum_lth.errors import UserError
+from subsetsum_lth.target import load_target
+from subsetsum_lth.preprocess import Preprocessing
 
 #: the flags that describe a --target file (their options: commands/_target_args.py)
 TARGET_FLAGS = (("--layers", "layers"), ("--arch", "arch"), ("--input-normalize", "input_normalize"),
@@ -40,12 +42,10 @@ class TargetFile:
         """The Preprocessing the flags declare, or None when none was given."""
         if self.input_normalize is None and self.input_scale is None:
             return None
-        from subsetsum_lth.preprocess import Preprocessing
         return Preprocessing.parse(self.input_normalize, self.input_scale)
 
     def load(self, info: dict | None = None):
         """The target the flags describe (``target`` must be set); ``info`` receives how it was read."""
-        from subsetsum_lth.target import load_target
         return load_target(self.target, layers=self.layers, preprocessing=self.preprocessing(), arch=self.arch,
                            info=info, fold_preprocessing=bool(self.fold_preprocessing))
 

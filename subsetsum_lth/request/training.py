@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from subsetsum_lth.commands._common import float_range, int_range, integer, non_negative_float, positive_float
+from subsetsum_lth.edge_popup import EdgePopupConfig
+from subsetsum_lth.commands._target_args import add_preprocessing_arguments
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.limits import MAX_COUNT, MAX_EPOCHS, MAX_SEED
 from subsetsum_lth.options import option
 from subsetsum_lth.request.generate import add_option, add_options, add_remaining, read_fields
+from subsetsum_lth.train import TrainConfig
 
 _count = int_range(1, MAX_COUNT * 100)   # 1e10: --param-budget's memory is checked by EdgePopupConfig
 
@@ -49,7 +52,7 @@ class EdgePopupRequest:
 
     @classmethod
     def add_arguments(cls, p) -> None:
-        from subsetsum_lth.edge_popup import EdgePopupConfig as E
+        E = EdgePopupConfig
 
         seed = {"type": int_range(0, MAX_SEED)}
         src = p.add_argument_group("random network (exactly one)")
@@ -77,7 +80,6 @@ class EdgePopupRequest:
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> EdgePopupRequest:
-        from subsetsum_lth.edge_popup import EdgePopupConfig
         values = read_fields(ns, EdgePopupConfig)
         if values.get("data_dir") is not None:
             values["data_dir"] = str(values["data_dir"])
@@ -127,8 +129,7 @@ class TrainTargetRequest:
 
     @classmethod
     def add_arguments(cls, p) -> None:
-        from subsetsum_lth.commands._target_args import add_preprocessing_arguments
-        from subsetsum_lth.train import TrainConfig as T
+        T = TrainConfig
         add_option(p, cls, "out")
         # --hidden's default depends on --arch: the action records whether it was given
         add_options(p, T, "hidden", "bias", "arch", "dataset", "epochs", "lr", "batch_size", "seed", "data_dir",
@@ -142,7 +143,6 @@ class TrainTargetRequest:
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> TrainTargetRequest:
-        from subsetsum_lth.train import TrainConfig
         values = read_fields(ns, TrainConfig)
         if values.get("arch") is not None:
             if "hidden" in set(getattr(ns, "_given", ())):
