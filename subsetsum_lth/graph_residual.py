@@ -153,6 +153,8 @@ def _block(node, acts: list, is_const) -> Block:
     if extra:
         return Block(node, region=region, error=_refuse(
             node, f"its fork {fork.name} also feeds {', '.join(extra)} (more than two branches)"))
+    # a branch's tuple outputs that are not used (BatchNorm statistics) go with it
+    region += [u for n in region for u in n.users if u not in real_users(n)]
     return Block(node, fork=fork, branches=branches, region=region)
 
 

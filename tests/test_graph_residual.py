@@ -181,6 +181,32 @@ def test_a_saved_resnet_archive_runs_approximate_within_its_certificate(tmp_path
     assert "shortcut 1x1 conv2d" in shown and "[4.shortcut.0] conv2d" in shown
 
 
+class ConvHead(nn.Module):
+    """Stem conv-bn-relu, one identity BasicBlock, a full-size conv giving the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2)
+        self.layer1 = BasicBlock(2, 2)
+        self.head = nn.Conv2d(2, 3, 8)
+
+    def forward(self, x):
+        return torch.flatten(self.head(self.layer1(torch.relu(self.bn1(self.conv1(x))))), 1)
+
+
+def test_a_core_aten_archive_with_batchnorm_statistics_outputs_in_a_branch_is_read(tmp_path):
+    # run_decompositions() gives _native_batch_norm_legit_no_training with three outputs; the saved
+    # archive keeps the two unused ones (getitem nodes) next to the branch they belong to
+    torch.manual_seed(2)
+    model, x = _trained_looking(ConvHead()), torch.rand(3, *SHAPE)
+    f = tmp_path / "core.pt2"
+    torch.export.save(torch.export.export(model, (x[:1],)).run_decompositions(), f)
+    target = load_target(f)
+    assert [o["op"] for o in _residual_ops(target.arch())[0]["body"]] == ["conv2d", "relu", "conv2d"]
+    with torch.no_grad():
+        assert torch.allclose(target.forward(x.double().reshape(3, -1)), model(x).double(), atol=1e-5)
+
+
 class Joins(nn.Module):
     def __init__(self, forward):
         super().__init__()
