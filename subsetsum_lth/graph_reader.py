@@ -9,8 +9,10 @@ in place), max/avg pooling (module or functional), flatten/view/reshape to ``N Ã
 eval-mode BatchNorm right after a conv/linear (folded exactly, in float64), dropout in eval mode
 and identities (skipped), and a leading ``(x - mean) / std`` (a Normalize inside the model: read
 as the target's input preprocessing). Anything else -- tanh, sigmoid, GELU, LeakyReLU, softmax
-inside the net, attention, a skip connection -- is refused in one line naming the op and where it
-is (module path and node name). :func:`read_graph` fills ``info['graph']`` with one row per node
+inside the net, attention -- is refused in one line naming the op and where it is (module path and
+node name). A skip add of two branches from one value (a ResNet basic block: body + identity or
+1x1-conv shortcut) becomes a ``residual`` op (:mod:`subsetsum_lth.graph_residual` finds the fork
+and the branches); any other join (concatenation, nested forks, a third branch) is refused. :func:`read_graph` fills ``info['graph']`` with one row per node
 (op, shape, what became of it), also when it refuses, for ``subsetsum-lth inspect``.
 """
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch
 
 from subsetsum_lth.checkpoint import fold_bn_tensors
 from subsetsum_lth.errors import TargetError
+from subsetsum_lth.graph_residual import (BOOKKEEPING as _BOOKKEEPING, find_blocks, full_name as _full_name,
+                                          node_shape as _shape, op_name, pick_shortcut, where)
 from subsetsum_lth.ops import check_arch
 
 log = logging.getLogger(__name__)
@@ -43,48 +47,6 @@ GRAPH_OPS = {
 }
 SUPPORTED_TEXT = ("Linear, Conv2d, ReLU, MaxPool2d/AvgPool2d, flatten/view/reshape, eval-mode BatchNorm "
                   "after a Conv2d/Linear, Dropout, Identity, and a leading (x - mean) / std")
-#: ops that are not the network's computation (shape queries, graph bookkeeping)
-_BOOKKEEPING = {"sym_size", "sym_numel", "sym_stride", "_assert_scalar", "sym_constrain_range_for_size",
-                "_assert_tensor_metadata"}
-
-
-def op_name(node) -> str:
-    """``linear`` for ``aten.linear.default`` (the op's name, without namespace and overload)."""
-    packet = getattr(node.target, "_overloadpacket", None)
-    name = getattr(packet if packet is not None else node.target, "__name__", None) or str(node.target)
-    return name.rsplit(".", 1)[-1]
-
-
-def _full_name(node) -> str:
-    return str(node.target).replace("torch.ops.", "")
-
-
-def where(node) -> str:
-    """``node tanh (module act: Tanh)``: the node and the module it came from, when recorded."""
-    stack = []
-    for path, cls in (node.meta.get("nn_module_stack") or {}).values():
-        cls = cls if isinstance(cls, str) else f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', cls)}"
-        if not (cls.startswith("torch.") and "<locals>" in cls):   # torch's own wrappers (the TorchScript converter's)
-            stack.append((path, cls))
-    text = f"node {node.name}"
-    if stack:
-        path, cls = stack[-1]
-        text += f" (module {path or '(root)'}: {cls.rsplit('.', 1)[-1]})"
-    return text
-
-
-def _shape(node) -> tuple | None:
-    val = node.meta.get("val") if hasattr(node, "meta") else None
-    shape = getattr(val, "shape", None)
-    if shape is None:
-        return None
-    return tuple(int(s) if isinstance(s, int) or str(s).isdigit() else str(s) for s in shape)
-
-
-def refuse_skip_connection(node) -> TargetError:
-    """The refusal of a skip add (two tensors computed by the graph added): the one place to wire
-    a residual op in later."""
-    return TargetError(f"skip connection (add) at {where(node)}: residual networks are not supported yet")
 
 
 _SOFTMAX = {"softmax", "_softmax", "log_softmax", "_log_softmax"}
@@ -116,6 +78,9 @@ class _Reader:
         self.errors: list[TargetError] = []
         self.aliases: dict = {}            # tuple-valued nodes (batch norm, pool with indices) -> output 0
         self.param_tail = None             # the node a BatchNorm may follow: a conv/linear (or its dropout)
+        self.nested = False                # reading a branch of a residual block
+        self.blocks: dict = {}             # join node -> graph_residual.Block (the top-level walk's)
+        self.pending: dict = {}            # node between a fork and its join -> that Block
 
     # ------------------------------------------------------------------ helpers
     def const(self, arg):
@@ -160,6 +125,12 @@ class _Reader:
             if node.op != "call_function":
                 raise TargetError(f"{node.op} {node.target} at {where(node)}: the graph is not an ATen graph "
                                   "(export the model with torch.export)")
+            block = self.pending.get(node)
+            if block is not None and block.error is not None:
+                self.row(node, f"refused: {block.error}")
+                raise block.error
+            if block is not None:
+                continue            # a branch of a residual block: read at its add
             try:
                 self.visit(node)
             except TargetError as exc:
@@ -182,13 +153,51 @@ class _Reader:
             raise refuse_op(node)
         if name in _BOOKKEEPING:
             return
-        if name in ("add", "add_") and sum(isinstance(a, torch.fx.Node) and self.const(a) is None
-                                           for a in node.args[:2]) == 2:
-            raise refuse_skip_connection(node)
+        block = self.blocks.get(node)
+        if block is not None:
+            if block.error is not None:
+                raise block.error
+            self._residual(node, block)
+            return
+        if name in ("add", "add_"):
+            raise refuse_op(node, "only a skip add of two branches computed by the network (a residual block) "
+                                  "is read, not an add of a constant")
         kind = GRAPH_OPS.get(name)
         if kind is None:
             raise refuse_op(node)
         getattr(self, f"_{kind}")(node)
+
+    # ------------------------------------------------------------------ residual blocks
+    def _residual(self, node, block) -> None:
+        """The skip add ``node``: each branch from the fork read as an op list, the identity or 1x1
+        projection as the shortcut, emitted as one ``residual`` op (docs/cnn.md)."""
+        self.take(node, [block.fork])
+        subs = [self._branch(nodes, block.fork, operand) for nodes, operand in zip(block.branches, node.args[:2])]
+        s = pick_shortcut([sub.ops for sub in subs], node)
+        body, shortcut = subs[1 - s], subs[s]
+        idx = len(self.ops)
+        for role, sub in (("body", body), ("shortcut", shortcut)):
+            for key, value in sub.state.items():
+                self.state[f"{idx}.{role}.{key}"] = value
+        self.push(node, {"op": "residual", "body": body.ops, "shortcut": shortcut.ops})
+        what = "identity" if not shortcut.ops else f"1x1 conv2d {shortcut.sources[0]}"
+        self.row(node, f"residual (from {block.fork.name}: body {len(body.ops)} ops, shortcut {what})")
+
+    def _branch(self, nodes, fork, operand) -> "_Reader":
+        """The ops of one branch of a residual block: ``nodes`` read from ``fork`` to ``operand``."""
+        sub = _Reader(self.graph, self.tensors, fork, self.info)
+        sub.graph_input, sub.nested = self.graph_input, True
+        for n in nodes:
+            if op_name(n) in _BOOKKEEPING:
+                continue
+            try:
+                sub.visit(n)
+            except TargetError as exc:
+                sub.row(n, f"refused: {exc}")
+                raise
+        if not sub.is_activation(operand):
+            raise TargetError(f"the branch of the add at {where(operand)} does not end at the add's operand")
+        return sub
 
     # ------------------------------------------------------------------ op by op
     def _linear(self, node) -> None:
@@ -357,7 +366,7 @@ class _Reader:
         self.take(node, node.args[:1])
         other = node.args[1]
         value = self.const(other) if isinstance(other, torch.fx.Node) else other
-        if self.ops or value is None or (which == "mean" and self.std is not None) or \
+        if self.ops or self.nested or value is None or (which == "mean" and self.std is not None) or \
                 getattr(self, which) is not None or len(node.args) > 2 or node.kwargs:
             raise refuse_op(node, "only a leading (x - mean) / std before the first layer is read "
                                   "(as the input preprocessing)")
@@ -390,6 +399,9 @@ def read_graph(graph, tensors: dict, input_node, info: dict | None = None):
                           "with known sizes")
     r = _Reader(graph, tensors, input_node, info)
     r.graph_input = input_node
+    r.blocks = find_blocks(graph, lambda n: n.name in tensors or (n.op in ("placeholder", "get_attr")
+                                                                   and n is not input_node))
+    r.pending = {n: b for b in r.blocks.values() for n in b.region}
     r.walk()
     input_shape = tuple(int(s) for s in shape[1:])
     if not r.ops:

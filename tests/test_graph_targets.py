@@ -4,7 +4,7 @@ Each model is written the way tutorials write it (a ``class Net(nn.Module)`` wit
 its forward, an ``nn.Sequential``, functional conv/pool and ``x.view(x.size(0), -1)``) and saved
 the way users save it (``torch.save(state_dict)``, a checkpoint dict, ``torch.jit.script/trace
 (...).save``, ``torch.export.save``) or passed live; the CLI runs on the file and the network it
-read is compared with the module's own outputs. Graphs with Tanh/LeakyReLU/skip connections are
+read is compared with the module's own outputs. Graphs with Tanh/LeakyReLU are
 refused in one line naming the op and where it is; a state_dict run says what it assumed."""
 from __future__ import annotations
 
@@ -316,17 +316,30 @@ def test_a_state_dict_of_a_tanh_model_says_what_it_assumed_activation_first(tmp_
     assert "torch.export.save" in listed     # the fix: hand over the graph
 
 
-def test_a_skip_connection_is_refused_in_one_named_line():
+def test_a_skip_connection_is_read_as_a_residual_op_and_one_without_a_stem_is_refused():
     class Res(nn.Module):
-        def __init__(self):
+        def __init__(self, stem):
             super().__init__()
+            self.fc0 = nn.Linear(8, 8) if stem else None
             self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 3)
 
         def forward(self, x):
+            if self.fc0 is not None:
+                x = F.relu(self.fc0(x))
             return self.fc2(F.relu(self.fc1(x)) + x)
-    with pytest.raises(TargetError, match=r"^skip connection \(add\) at node add \(module \(root\): Res\): "
-                                          r"residual networks are not supported yet$"):
-        module_target(Res().eval(), torch.rand(2, 8))
+    torch.manual_seed(0)
+    model, x = Res(stem=True).eval(), torch.rand(4, 8)
+    info = {}
+    target = module_target(model, x, info)
+    assert info["graph_arch"][2] == {"op": "residual", "shortcut": [], "body": [
+        {"op": "linear", "in_features": 8, "out_features": 8, "bias": True}, {"op": "relu"}]}
+    with torch.no_grad():
+        assert torch.allclose(target.forward(x.double()), model(x).double(), atol=1e-5)
+    # the add right after the input: a residual network starts with its stem layer
+    with pytest.raises(TargetError, match=r"^the graph read is not a network of the supported class: layer 0 "
+                                          r"\(residual, node add\): a residual network must start with a "
+                                          r"conv2d/linear \(the stem\)[^\n]*$"):
+        module_target(Res(stem=False).eval(), torch.rand(2, 8))
 
 
 @pytest.mark.parametrize("forward,needle", [

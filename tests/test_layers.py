@@ -110,7 +110,7 @@ LAYERS = [
     ("foundation", {"__init__", "errors", "atomic", "progress", "runfolder", "manifest", "overwrite", "netdigest",
                     "resources", "safetext", "report_fields", "options"}),
     ("network", {"ops", "layerkinds", "arch", "arch_state", "pickle_scan", "checkpoint", "preprocess", "target",
-                 "graph_reader", "graph_files", "assumptions",
+                 "graph_reader", "graph_residual", "graph_files", "assumptions",
                  "construction", "mask_rules", "gnet", "data"}),
     ("solve", {"solve", "solve_config", "resume_store", "executors", "limits", "growth"}),
     ("certificate", {"certify", "tolerance", "box_ops", "box_net", "box_crown", "box_zonotope", "box_attack", "box_agreement",
