@@ -28,7 +28,8 @@ from subsetsum_lth.checkpoint import fold_bn_tensors
 from subsetsum_lth.errors import TargetError
 from subsetsum_lth.graph_residual import (BOOKKEEPING as _BOOKKEEPING, find_blocks, full_name as _full_name,
                                           node_shape as _shape, op_name, pick_shortcut, where)
-from subsetsum_lth.ops import check_arch
+from subsetsum_lth.ops import _OTHER_ACTIVATIONS, check_arch
+from subsetsum_lth.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ def refuse_op(node, why: str = "") -> TargetError:
     if name in _SOFTMAX and not why:
         why = ("the construction approximates the logits: return them from forward and apply the "
                "(log-)softmax in the loss (F.cross_entropy does)")
-    from subsetsum_lth.ops import _OTHER_ACTIVATIONS
     kind = "activation" if name.rstrip("_").lower() in _OTHER_ACTIVATIONS | {"leaky_relu", "hardtanh"} else "op"
     reason = why or f"only ReLU networks of {SUPPORTED_TEXT} are read"
     return TargetError(f"{kind} {name} ({_full_name(node)}) at {where(node)} is not supported: {reason}")
@@ -416,7 +416,6 @@ def read_graph(graph, tensors: dict, input_node, info: dict | None = None):
         raise TargetError(f"the graph read is not a network of the supported class: {named}") from None
     prep = None
     if r.mean is not None or r.std is not None:
-        from subsetsum_lth.preprocess import Preprocessing
         n = len(r.mean or r.std)
         prep = Preprocessing(mean=tuple(r.mean or [0.0] * n), std=tuple(r.std or [1.0] * n))
     info["graph_arch"] = arch

@@ -533,7 +533,7 @@ def test_command_arch_defaults_and_explicit_values(monkeypatch, tmp_path):
     def fake_train(config, out, **kw):
         seen["config"] = config
         raise SystemExit(0)
-    monkeypatch.setattr("subsetsum_lth.train.train_target", fake_train)
+    monkeypatch.setattr(cmd, "train_target", fake_train)   # the name the command calls
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
     for argv, want in [([], (10, 1e-3, 128, "adam", 0.0)), (["--lr", "0.01", "--epochs", "3"], (3, 0.01, 128, "adam", 0.0))]:

@@ -251,6 +251,7 @@ def test_approximate_refuses_a_bad_number_before_any_work(flag, value, tmp_path,
     def no_training(*a, **k):
         raise AssertionError("the default target was built before the flags were checked")
     monkeypatch.setattr(dt, "default_target", no_training)
+    monkeypatch.setattr("subsetsum_lth.commands.approximate.default_target", no_training)   # the name it calls
     rc = main(["approximate", "--out", str(tmp_path / "run"), flag, value])
     err = capsys.readouterr().err
     assert rc == 2, err

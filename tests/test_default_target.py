@@ -12,7 +12,7 @@ from subsetsum_lth.target import random_target, save_target
 def test_synthetic_when_mnist_is_missing(monkeypatch):
     def missing(*a, **k):
         raise DataError("MNIST files missing")
-    monkeypatch.setattr("subsetsum_lth.data.mnist.resolve_data_dir", missing)
+    monkeypatch.setattr("subsetsum_lth.default_target.resolve_data_dir", missing)
     got = dt.default_target(seed=3)
     assert got.kind == "synthetic" and "could not be downloaded" in got.description
     assert got.target.sizes == list(dt.SYNTHETIC_SIZES) and got.target.has_bias
@@ -30,7 +30,7 @@ def test_mnist_default_is_trained_once_and_cached(mnist_dir, tmp_path, monkeypat
 
     def no_training(*a, **k):
         raise AssertionError("a cached default target must not be trained again")
-    monkeypatch.setattr("subsetsum_lth.train.train_target", no_training)
+    monkeypatch.setattr("subsetsum_lth.default_target.train_target", no_training)
     got = dt.default_target(seed=0, data_dir=mnist_dir, cache_dir=tmp_path)
     assert got.kind == "mnist" and str(folder) in got.description
     assert np.array_equal(got.target.layers[0].weight, cached.layers[0].weight)
@@ -57,7 +57,7 @@ def test_bad_out_is_refused_before_the_default_target_is_trained(tmp_path, capsy
     or an executor it cannot use, is refused before that, not after; nothing changes on disk."""
     def no_training(*a, **k):
         raise AssertionError("the default target was built before --out was checked")
-    monkeypatch.setattr("subsetsum_lth.default_target.default_target", no_training)
+    monkeypatch.setattr("subsetsum_lth.commands.approximate.default_target", no_training)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes")

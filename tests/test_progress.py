@@ -89,7 +89,7 @@ def test_default_target_announces_training_before_it_starts(mnist_dir, tmp_path,
         save_target(random_target((784, 6, 10), bias=True, seed=1), Path(folder) / "target.safetensors")
         return {"seconds": 0.5, "test_accuracy": 0.9}
 
-    monkeypatch.setattr("subsetsum_lth.train.train_target", fake_train)
+    monkeypatch.setattr("subsetsum_lth.default_target.train_target", fake_train)
     got = dt.default_target(seed=0, data_dir=mnist_dir, cache_dir=tmp_path, announce=events.append,
                             heartbeat=events.append)
     assert events[0].startswith("no --target given: training the default 784-500-10 MNIST target first "
@@ -114,7 +114,7 @@ def test_approximate_wall_time_says_it_includes_the_default_target_training(mnis
         save_target(random_target((784, 3, 10), bias=True, seed=1), Path(folder) / "target.safetensors")
         return {"seconds": 0.5, "test_accuracy": 0.9}
 
-    monkeypatch.setattr("subsetsum_lth.train.train_target", fake_train)
+    monkeypatch.setattr("subsetsum_lth.default_target.train_target", fake_train)
     monkeypatch.setattr(dt, "targets_cache_dir", lambda: tmp_path / "cache")
     out = tmp_path / "run"
     rc = main(["approximate", "--out", str(out), "--data-dir", str(mnist_dir), "--block-width", "6",

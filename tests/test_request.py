@@ -67,6 +67,8 @@ def test_a_field_added_to_a_config_dataclass_appears_as_a_flag_with_its_help(mon
         patience: int = option(3, flag="--patience", help="batches to wait for a slow worker")
 
     monkeypatch.setattr(solve, "SolveConfig", Wider)
+    import subsetsum_lth.request.approximate as request_module   # the name the request reads it by
+    monkeypatch.setattr(request_module, "SolveConfig", Wider)
     sub = _sub(build_parser("approximate"), "approximate")
     text = " ".join(sub.format_help().split())
     assert "--patience PATIENCE batches to wait for a slow worker (default: 3)" in text, text
@@ -131,6 +133,7 @@ def test_every_cross_flag_error_names_its_flags(argv, flags, tiny_target, tmp_pa
     def no_training(*a, **k):
         raise AssertionError("the default target was built before the flags were checked")
     monkeypatch.setattr(dt, "default_target", no_training)
+    monkeypatch.setattr("subsetsum_lth.commands.approximate.default_target", no_training)   # the name it calls
     out = tmp_path / "out"
     argv = [str(tiny_target) if a == "TARGET" else str(tmp_path / "run") if a == "RUN" else a for a in argv]
     if argv[0] in ("approximate", "compare", "edge-popup", "train-target"):
