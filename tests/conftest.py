@@ -25,6 +25,17 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (tiny tensors: much faster than several threads contending
+    on a loaded machine); the count is restored after it."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def mnist_dir():
     from tests.helpers import NO_MNIST_REASON, shared_mnist_dir

@@ -92,13 +92,8 @@ def _ascent(fn, x, lo, hi, steps=30, step=0.1):
         return fn(x)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one torch thread (much faster than several on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: tiny convolutions: one torch thread (several contend on a loaded 2-core machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _empirical_extremes(t, maps, lo, hi, n=3000, seed=0):

@@ -24,12 +24,8 @@ from subsetsum_lth.target import load_target, module_target
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: tiny convolutions: one torch thread (several contend on a loaded 2-core machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class BasicBlock(nn.Module):

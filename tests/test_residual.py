@@ -29,12 +29,8 @@ SPEC = "c3k3p1,rb3,rb4s2,ap4,fc3"       # stem, identity block, projection block
 SHAPE = [1, 8, 8]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: tiny convolutions: one torch thread (several contend on a loaded 2-core machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- plain torch (no package code)

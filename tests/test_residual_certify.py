@@ -19,13 +19,8 @@ from subsetsum_lth.errors import CertificateViolation
 from subsetsum_lth.target import from_arch_state
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions: one torch thread (two contend on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: tiny convolutions: one torch thread (several contend on a loaded 2-core machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def lin(i, o, bias=False):
