@@ -40,6 +40,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -159,6 +160,13 @@ def parent_signals_blocked():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def quiet_dask_logs() -> None:
+    """Keep distributed's, tornado's and asyncio's closed-stream tracebacks off the terminal from
+    here on (a run being stopped, or our own LocalCluster torn down: they say nothing about it)."""
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 @contextlib.contextmanager
 def deferred_signals():
     """Hold SIGINT/SIGTERM back while the driver waits on its futures, and deliver them at a safe
@@ -175,6 +183,10 @@ def deferred_signals():
 
     def note(signum, frame):
         pending.append(signum)
+        # Ctrl-C reaches a LocalCluster's scheduler and workers too: the streams they close make
+        # distributed and tornado log tracebacks from their threads before the run can close them
+        if "distributed" in sys.modules:
+            quiet_dask_logs()
     old = {}
     for sig in _PARENT_SIGNALS:
         if signal.getsignal(sig) not in (signal.SIG_IGN, None):
@@ -462,8 +474,7 @@ class DaskPool(Pool):
         # log closed-stream tracebacks, during the close and from its threads afterwards, that say
         # nothing about the run: keep them off the terminal from here on
         if self._cluster is not None:
-            for name in ("distributed", "tornado", "asyncio"):
-                logging.getLogger(name).setLevel(logging.CRITICAL)
+            quiet_dask_logs()
         if self._client is not None:
             try:
                 self._client.close()
