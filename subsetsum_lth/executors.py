@@ -43,6 +43,7 @@ import signal
 import sys
 import threading
 import time
+from multiprocessing import resource_tracker
 
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.limits import cap_workers
@@ -149,10 +150,16 @@ def parent_signals_blocked():
     """Block SIGINT/SIGTERM in this thread while worker processes are started: a started process
     inherits the blocked mask through fork and exec, so a Ctrl-C to the process group during its
     start-up stays pending until its initializer ignores it (no worker traceback). A signal that
-    arrives meanwhile for this process is delivered when the block ends."""
+    arrives meanwhile for this process is delivered when the block ends.
+
+    multiprocessing's resource tracker is started first, outside the block: the first spawn starts
+    it, and its ``ensure_running`` unblocks SIGINT/SIGTERM unconditionally once it has launched
+    (CPython 3.8-3.13), which let the first worker start with Ctrl-C deliverable and print a
+    KeyboardInterrupt traceback from its imports."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
+    resource_tracker.ensure_running()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
     try:
         yield

@@ -4,6 +4,7 @@ Every CLI case runs in a subprocess with a short timeout, so a regression to a h
 instead of hanging the test run."""
 from __future__ import annotations
 
+import ast
 import math
 import os
 import signal
@@ -281,6 +282,37 @@ def test_ctrl_c_to_the_process_group_prints_one_line(sig_target, tmp_path, execu
     assert "Traceback" not in err
     assert err.strip().splitlines() == ["interrupted (SIGINT); finished work is kept in the run folder "
                                         "(use --resume)"], err
+
+
+SPAWN_MASK_SCRIPT = """
+import multiprocessing as mp, signal, sys
+from subsetsum_lth.executors import parent_signals_blocked
+
+def report(conn):
+    conn.send(sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    r, w = ctx.Pipe(duplex=False)          # a Pipe, not a Queue: a Queue's lock starts the tracker early
+    with parent_signals_blocked():
+        p = ctx.Process(target=report, args=(w,))
+        p.start()
+    print(r.recv())
+    p.join()
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="needs POSIX signal masks")
+def test_the_first_spawned_process_starts_with_ctrl_c_blocked(tmp_path):
+    """The first spawn of a fresh process also starts multiprocessing's resource tracker, whose
+    start-up unblocks SIGINT/SIGTERM: the worker started under ``parent_signals_blocked`` must
+    still begin its life with both blocked (else a Ctrl-C during its imports prints a traceback)."""
+    script = tmp_path / "spawn_mask.py"
+    script.write_text(SPAWN_MASK_SCRIPT)
+    r = subprocess.run([sys.executable, str(script)], env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    blocked = set(ast.literal_eval(r.stdout.strip()))
+    assert {int(signal.SIGINT), int(signal.SIGTERM)} <= blocked, r.stdout
 
 
 # ------------------------------------------------------------------ the local cluster is private
