@@ -300,3 +300,33 @@ def test_edge_popup_from_a_residual_run_and_compare(tmp_path, capsys, mnist_dir)
     capsys.readouterr()
     assert cli.main(["compare", str(run), str(tmp_path / "ep0"), "--out", str(tmp_path / "cmp"),
                      "--data-dir", str(mnist_dir)]) == 0
+
+
+def test_the_default_tolerance_is_split_over_the_skip_connections(tmp_path, capsys):
+    """Neither --eps nor --weight-eps: τ = 0.01 / (1 + skip adds) for a residual target (two
+    here), recorded in report.json and used by the solver (every instance within it), and a
+    --resume with the same (default) flags finds the run complete; a given τ is kept as given,
+    and a chain target keeps 0.01."""
+    tpath = _target(tmp_path)
+    out = tmp_path / "run"
+    args = ["approximate", "--target", str(tpath), "--samples", "16", "--steps", "0", "--no-plots",
+            "--no-progress", "--workers", "1", "--out", str(out)]
+    assert cli.main(args) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["weight_eps"] == pytest.approx(0.01 / 3, rel=1e-12)
+    assert rep["outside_tolerance_count"] == 0
+    assert max(L["max_weight_error"] for L in rep["layers"]) <= rep["weight_eps"] < 0.004
+    capsys.readouterr()
+    assert cli.main([*args, "--resume"]) == 0
+    assert "already complete" in capsys.readouterr().err
+    out2 = tmp_path / "given"
+    assert _approximate(tpath, out2, "--workers", "1") == 0
+    assert json.loads((out2 / "report.json").read_text())["weight_eps"] == 0.02
+    chain = tmp_path / "chain.safetensors"
+    torch.manual_seed(0)
+    arch = parse_arch("c3k3p1,ap8,fc3", SHAPE)
+    save_arch_target(module_from_arch(arch), chain, arch, SHAPE)
+    out3 = tmp_path / "chain"
+    assert cli.main(["approximate", "--target", str(chain), "--samples", "16", "--steps", "0", "--no-plots",
+                     "--no-progress", "--workers", "1", "--out", str(out3)]) == 0
+    assert json.loads((out3 / "report.json").read_text())["weight_eps"] == 0.01
