@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ METHOD_CHAIN = ("differential alpha-CROWN over the op chain (conv2d, relu, max/a
 
 def output_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 60, lr: float = 0.1,
                      time_budget: float | None = None, bab_seconds: float = 0.0, bab_domains: int = 256,
-                     progress=None):
+                     progress=None, zonotope_iters: int = 150):
     """Sound per-output intervals [lo_k, hi_k] of (f − ĝ)_k over the box, the X-corner that
     minimises each objective's final linear bound (2q corners, good attack starts), and (in the
     info dict, ``zonotope``) the zonotope bound on the ℓ2 norm (:func:`zonotope_l2`)."""
@@ -97,7 +97,8 @@ def output_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 
     with torch.no_grad():
         bounds = _hidden_bounds(net, Xlo, Xhi)
     stage(f"hidden-unit bounds done; optimising the output bounds (alpha-CROWN, ≤ {iters} iterations"
-          + (f", ≤ {time_budget:g} s with the zonotope)" if time_budget is not None else ")"))
+          + (f", ≤ {time_budget:g} s with the zonotope)" if time_budget is not None and math.isfinite(time_budget)
+             else ")"))
     q = net.wf[-1].shape[0]
     I = torch.eye(q, dtype=DT)[None]
     lam_d = torch.cat([I, -I], 1)
@@ -112,7 +113,7 @@ def output_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 
     corners = _argmin_corner(cX, Xlo, Xhi, net.split, p)    # argmin of each objective's linear bound
     stage("output intervals done; zonotope bound of the ℓ2 norm")
     with torch.no_grad():
-        zono = zonotope_l2(net, bounds, Xlo, Xhi, deadline=deadline)
+        zono = zonotope_l2(net, bounds, Xlo, Xhi, iters=zonotope_iters, deadline=deadline)
     return lower.numpy(), upper.numpy(), corners.numpy(), {"iterations": done, "hidden_bounds": bounds,
                                                            "zonotope": zono}
 
@@ -140,11 +141,14 @@ def _raw_corners(target: Target, corners):
 
 def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 60, lr: float = 0.1,
                     time_budget: float | None = 50.0, bab_seconds: float = 0.0, bab_domains: int = 256,
-                    progress=None) -> dict:
+                    progress=None, zonotope_iters: int = 150) -> dict:
     """sup over lo <= x <= hi of ‖f(x) − ĝ(x)‖₂ <= ``bound`` (see the module docstring): the smaller
     of the ℓ2 of the per-output intervals (``bound_intervals``) and the zonotope bound
     (``bound_zonotope``), both sound. ``lo``, ``hi``: scalars or (p,) arrays. Returns a dict with
-    ``bound``, both ℓ2 bounds, per-output ``lower`` and ``upper``, ``seconds``, ``method`` and ``corners``."""
+    ``bound``, both ℓ2 bounds, per-output ``lower`` and ``upper``, ``seconds``, ``method`` and ``corners``,
+    and the iterations the optimisers took within ``time_budget`` (``alpha_iterations``,
+    ``zonotope_iterations``): the same numbers with no time budget give the same bound, whatever
+    the machine's load (``certify`` replays them)."""
     t0, c0 = time.perf_counter(), time.process_time()
     # an input op (declared preprocessing) maps the box onto the box a·lo + c ≤ z ≤ a·hi + c of the
     # layers' inputs, exactly (preprocess.py); the corners are mapped back to forward's inputs
@@ -158,11 +162,12 @@ def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
             raise UserError("the box certificate overflows: the box is too large for this target; use a smaller --input-box")
         return {"bound": bound, "bound_intervals": bound, "bound_zonotope": None, "l2_from": "intervals",
                 "zonotope_generators": 0, "lower": lower.tolist(), "upper": upper.tolist(),
-                "method": METHOD_CHAIN, "alpha_iterations": info["iterations"],
+                "method": METHOD_CHAIN, "alpha_iterations": info["iterations"], "zonotope_iterations": None,
                 "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "corners": corners}
     lower, upper, corners, info = output_intervals(target, maps, z_lo, z_hi, iters=iters, lr=lr,
                                                    time_budget=time_budget, bab_seconds=bab_seconds,
-                                                   bab_domains=bab_domains, progress=progress)
+                                                   bab_domains=bab_domains, progress=progress,
+                                                   zonotope_iters=zonotope_iters)
     corners = _raw_corners(target, corners)
     by_intervals = l2_of_intervals(lower, upper)
     by_zonotope = widen(info["zonotope"]["bound"])
@@ -174,7 +179,7 @@ def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
             "zonotope_generators": info["zonotope"]["generators"],
             "lower": lower.tolist(), "upper": upper.tolist(),
             "method": METHOD + (f", branch and bound {bab_seconds:g} s" if bab_seconds > 0 else ""),
-            "alpha_iterations": info["iterations"],
+            "alpha_iterations": info["iterations"], "zonotope_iterations": info["zonotope"]["iterations"],
             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "corners": corners}
 
 
@@ -192,7 +197,8 @@ class BoxConfig:
     hi: float = 1.0
     local_radii: tuple = ()          #: ℓ∞ radii ρ of the per-image certified agreement
     iters: int = 60                  #: α-CROWN iterations
-    time_budget: float = 50.0        #: seconds for the α optimisation at most
+    time_budget: float = 50.0        #: seconds for the α optimisation and the zonotope's weights at most
+    zonotope_iters: int = 150        #: iterations of the zonotope's weights (Adam)
     #: seconds of branch and bound on g's unstable units (0: none)
     bab_seconds: float = option(0.0, flag="--bab-seconds", metavar="S",
                                 help="with --input-domain box: refine the box certificate by branch and bound on "
@@ -230,7 +236,7 @@ def parse_box(text: str) -> tuple[float, float]:
 def box_bound(target: Target, maps: list[LayerMap], box: BoxConfig) -> float:
     """The box certificate's bound alone (what ``--eps`` is checked against in the box domain)."""
     return box_certificate(target, maps, box.lo, box.hi, iters=box.iters, time_budget=box.time_budget,
-                           bab_seconds=box.bab_seconds)["bound"]
+                           bab_seconds=box.bab_seconds, zonotope_iters=box.zonotope_iters)["bound"]
 
 
 def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, box: BoxConfig,
@@ -244,7 +250,7 @@ def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, 
     with phase(progress, "box certificate", f"bounding sup over {where} of ‖f(x) − ĝ(x)‖₂ (intervals, "
                                             f"zonotopes, differential alpha-CROWN{bab})"):
         cert = box_certificate(target, maps, box.lo, box.hi, iters=box.iters, time_budget=box.time_budget,
-                               bab_seconds=box.bab_seconds, progress=progress)
+                               bab_seconds=box.bab_seconds, progress=progress, zonotope_iters=box.zonotope_iters)
     t0 = time.perf_counter()
     q = target.sizes[-1]
     with phase(progress, "box attack", f"searching {where} for a large ‖f(x) − ĝ(x)‖₂ (sign-gradient "
@@ -260,7 +266,7 @@ def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, 
            "l2_from": cert["l2_from"],
            "ratio": cert["bound"] / att["empirical_bound"] if att["empirical_bound"] > 0 else None,
            "method": cert["method"], "seconds": cert["seconds"], "cpu_seconds": cert["cpu_seconds"],
-           "alpha_iterations": cert["alpha_iterations"],
+           "alpha_iterations": cert["alpha_iterations"], "zonotope_iterations": cert["zonotope_iterations"],
            "output_lower": cert["lower"], "output_upper": cert["upper"],
            "attack": {**att, "seconds": attack_seconds},
            "witness": {"file": BOX_WITNESS, "error": float(witness["error"])}}
@@ -288,8 +294,20 @@ def box_set(lo: float, hi: float, dim: int) -> str:
     return f"the box [{lo:g}, {hi:g}]^{dim}"
 
 
+#: the most optimiser iterations a stored box certificate may have certify replay
+MAX_REPLAY_ITERATIONS = 10_000
+
+
 def box_from_report(report: dict, where: str) -> BoxConfig | None:
-    """The box a run was certified on (report.json 'box_certificate'), validated, or None."""
+    """The box a run was certified on (report.json 'box_certificate'), validated, or None.
+
+    It replays the stored certificate's work: the iterations its optimisers took within
+    approximate's time budget (``alpha_iterations``, ``zonotope_iterations``) and no budget, so
+    the bound recomputed from it is the recorded one on a loaded machine too (a budget buys a
+    slower machine fewer iterations). A report from before the counts were recorded, or one
+    refined by branch and bound (against the clock), keeps the budget. The counts are checked,
+    never believed: counts made smaller give another bound (certify says it differs), a huge one
+    is refused."""
     bc = report.get("box_certificate")
     if bc is None:
         return None
@@ -298,4 +316,17 @@ def box_from_report(report: dict, where: str) -> BoxConfig | None:
             and math.isfinite(box[0]) and math.isfinite(box[1]) and box[0] < box[1]):
         raise RunFolderError(f"{where}: 'box_certificate.box' must be [LO, HI] with LO < HI, got {box!r}; "
                              "recreate the run with 'subsetsum-lth approximate'")
-    return BoxConfig(float(box[0]), float(box[1]))
+    out = BoxConfig(float(box[0]), float(box[1]))
+    if "zonotope_iterations" not in bc or "branch and bound" in str(bc.get("method", "")):
+        return out
+    counts = {}
+    for key, name in (("alpha_iterations", "iters"), ("zonotope_iterations", "zonotope_iters")):
+        v = bc.get(key)
+        if v is None and key == "zonotope_iterations":      # a CNN's chain has no zonotope
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_REPLAY_ITERATIONS:
+            raise RunFolderError(f"{where}: box_certificate.{key} must be a whole number in "
+                                 f"[0, {MAX_REPLAY_ITERATIONS:,}], got {v!r}; recreate the run with "
+                                 "'subsetsum-lth approximate'")
+        counts[name] = v
+    return replace(out, time_budget=math.inf, **counts)

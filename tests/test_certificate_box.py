@@ -619,6 +619,59 @@ def test_cli_box_run_and_certify_recompute(small_target, tmp_path, capsys):
     assert "branch and bound 1 s" in rb2["method"]
 
 
+class _SlowClock:
+    """A machine so loaded that every look at the clock finds 1,000 s gone: any time budget is
+    spent before the optimisers' first iteration."""
+
+    def __init__(self):
+        import time
+        self.t, self.real = 0.0, time
+
+    def perf_counter(self):
+        self.t += 1000.0
+        return self.t
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_certify_replays_the_recorded_iterations_on_a_loaded_machine(small_target, tmp_path, capsys, monkeypatch):
+    """approximate's box certificate optimises within a time budget; certify must reproduce its
+    bound on a machine where that budget buys no iteration at all (CI on 2 busy cores): it replays
+    the recorded iteration counts with no budget. Counts that are not whole numbers in range are
+    refused in one line; counts made smaller give another bound, which certify reports."""
+    from subsetsum_lth import box_net
+    from subsetsum_lth.cli import main
+    out = tmp_path / "run"
+    assert _approx(small_target, out, "--weight-eps", "0.02", "--input-domain", "box", "--input-box", "0,1") == 0
+    bc = json.loads((out / "report.json").read_text())["box_certificate"]
+    assert bc["alpha_iterations"] == 60 and bc["zonotope_iterations"] >= 1
+    clock = _SlowClock()
+    for mod in (cb, crown, zono, box_net):
+        monkeypatch.setattr(mod, "time", clock)
+    capsys.readouterr()
+    assert main(["certify", str(out), "--json", "--samples", "8", "--steps", "2"]) == 0
+    rb = json.loads(capsys.readouterr().out)["box_certificate"]
+    assert rb["matches_report"] is True and rb["bound"] == pytest.approx(bc["bound"], rel=1e-9)
+    assert (rb["alpha_iterations"], rb["zonotope_iterations"]) == (bc["alpha_iterations"], bc["zonotope_iterations"])
+    monkeypatch.undo()
+    rep = json.loads((out / "report.json").read_text())
+    for bad in (10 ** 9, -1, 2.5, "60", True):
+        edited = json.loads(json.dumps(rep))
+        edited["box_certificate"]["alpha_iterations"] = bad
+        (out / "report.json").write_text(json.dumps(edited))
+        assert main(["certify", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "box_certificate.alpha_iterations must be a whole number" in err and len(err.strip().splitlines()) == 1
+    edited = json.loads(json.dumps(rep))
+    edited["box_certificate"].update(alpha_iterations=0, zonotope_iterations=0)
+    (out / "report.json").write_text(json.dumps(edited))
+    rc = main(["certify", str(out), "--json"])
+    rb0 = json.loads(capsys.readouterr().out)["box_certificate"]
+    if rb0["bound"] != pytest.approx(bc["bound"], rel=1e-6):      # the optimisers had improved it
+        assert rc != 0 and rb0["matches_report"] is False
+
+
 def test_cli_eps_mode_is_checked_on_the_box(small_target, tmp_path):
     out = tmp_path / "run"
     assert _approx(small_target, out, "--eps", "0.05", "--input-domain", "box", "--input-box", "0,1",
