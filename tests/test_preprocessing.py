@@ -223,3 +223,32 @@ def test_tutorial_lenet5_on_mnist_normalize_reports_its_own_accuracy(tmp_path, c
     assert rep["infeasible_count"] == 0 and rep["preprocessing"]["applied"] == "input op"
     assert abs(rep["target_accuracy"] - own) <= 2e-4          # float32 vs float64 ties only
     assert f"test accuracy: target {100 * rep['target_accuracy']:.2f}%" in capsys.readouterr().out
+
+
+def test_edge_popup_on_a_run_with_an_input_op_applies_it_and_compare_reads_the_folder(tmp_path, capsys, mnist_dir):
+    """A user's MLP trained on (x − 0.1307)/0.3081, approximated with --input-normalize: edge-popup
+    on the run's random network must train and evaluate g after the same input op as ĝ (before:
+    it fed raw pixels and wrote a report without 'preprocessing', which compare then refused as
+    contradicting the run's target). compare re-evaluates the edge-popup masks from the files
+    (with the op) and must find the accuracy edge-popup reported; --from-target records it too."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 6), nn.ReLU(), nn.Linear(6, 10))
+    torch.save(net.state_dict(), tmp_path / "mlp.pt")
+    run, ep, cmp = tmp_path / "run", tmp_path / "ep", tmp_path / "cmp"
+    assert main(["approximate", "--target", str(tmp_path / "mlp.pt"), "--input-normalize", "0.1307,0.3081",
+                 "--data", "mnist", "--data-dir", str(mnist_dir), "--weight-eps", "0.05", "--out", str(run),
+                 *FAST]) == 0
+    assert _report(run)["preprocessing"]["applied"] == "input op"
+    ep_args = ["edge-popup", "--epochs", "1", "--train-subset", "256", "--test-subset", "500", "--no-progress",
+               "--no-plots", "--data-dir", str(mnist_dir)]
+    assert main([*ep_args, "--from-run", str(run), "--out", str(ep)]) == 0
+    rep = _report(ep)
+    assert rep["preprocessing"] == _report(run)["preprocessing"]
+    capsys.readouterr()
+    assert main(["compare", "--out", str(cmp), "--no-plots", "--data-dir", str(mnist_dir), "--test-subset", "500",
+                 str(run), str(ep)]) == 0, capsys.readouterr().err
+    runs = {r["label"]: r for r in json.loads((cmp / "comparison.json").read_text())["runs"]}
+    assert runs["ep"]["test_accuracy"] == pytest.approx(rep["test_accuracy"], abs=1e-9)
+    out2 = tmp_path / "ep-target"
+    assert main([*ep_args, "--from-target", str(run / "target.safetensors"), "--out", str(out2)]) == 0
+    assert _report(out2)["preprocessing"]["applied"] == "input op"

@@ -20,6 +20,7 @@ from subsetsum_lth.edge_popup.plots import plot_curve
 from subsetsum_lth.edge_popup.sources import RandomNet, _plan_entries
 from subsetsum_lth.errors import RunFolderError
 from subsetsum_lth.layerkinds import arch_of
+from subsetsum_lth.preprocess import report as preprocess_report
 from subsetsum_lth.runwriter import write_run as write_folder
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,8 @@ def build_report(config: EdgePopupConfig, net: RandomNet, model: EdgePopupNet, m
         "weights_sha256": digest,
         "sizes": network_sizes(model),
         "input_domain": net.input_domain,
+        # the target's input op, which ĝ applies before g (as approximate's report records it)
+        **({} if net.target is None else {"preprocessing": preprocess_report(net.target)}),
         "test_accuracy": float(test_acc),
         "train_accuracy": float(trained["final"]["epoch_train_accuracy"]),
         "final_train_loss": float(trained["final"]["epoch_train_loss"]),

@@ -82,12 +82,15 @@ class EdgePopupNet(nn.Module):
     straight-through top-k masks. Without ``ops``: Sequential(Linear, ReLU, ..., Linear) read
     off the state dict; with ``ops`` (an architecture list, e.g. ``GLayout.ops()``) any network
     of Linear/Conv2d/ReLU/pooling/flatten layers, taking flat or (N, C, H, W) inputs when
-    ``input_shape`` is given. ``relu_after``: one bool per ReLU of the network, in order."""
+    ``input_shape`` is given. ``relu_after``: one bool per ReLU of the network, in order.
+    ``input_op``: the target's input op as (a, c) per flat input (x ↦ a·x + c, e.g. a declared
+    normalisation), applied before g as approximate's ĝ applies it; None: inputs used as given."""
 
     def __init__(self, state: dict, eligible: dict | None, keep: float, scope: str = "layer",
                  seed: int = 0, device: torch.device | str = "cpu", selection: str = "auto",
                  relu_after: Sequence[bool] | None = None, ops: list[dict] | None = None,
-                 input_shape: Sequence[int] | None = None, fixed: Sequence[str] = ()):
+                 input_shape: Sequence[int] | None = None, fixed: Sequence[str] = (),
+                 input_op: tuple | None = None):
         super().__init__()
         device = torch.device(device)
         self.keep, self.scope = float(keep), scope
@@ -135,6 +138,11 @@ class EdgePopupNet(nn.Module):
                 # same seed start from the same scores on the entries they share
                 init = torch.empty(tuple(t.shape)).uniform_(-bound, bound, generator=gen).reshape(-1)
                 self._add_tensor(key, j, kind, t, init, fixed, eligible, device)
+        a = c = None
+        if input_op is not None:
+            a, c = (torch.as_tensor(np.asarray(v, dtype=np.float32), device=device).reshape(-1) for v in input_op)
+        self.register_buffer("input_a", a, persistent=False)
+        self.register_buffer("input_c", c, persistent=False)
         self._activation = _largest_activation(ops, self.input_shape)
         self.n_eligible = sum(t.n_eligible for t in self.tensors)
         self.n_keep_global = kept_count(self.keep, self.n_eligible)
@@ -298,7 +306,10 @@ class EdgePopupNet(nn.Module):
         return sum(t.numel for t in self.tensors if t.fixed)
 
     def apply_values(self, x: torch.Tensor, values: list) -> torch.Tensor:
-        """g(x) with the given effective eligible values (see ``effective_values``)."""
+        """g(x) with the given effective eligible values (see ``effective_values``), after the
+        input op when there is one."""
+        if self.input_a is not None:
+            x = (x.reshape(x.shape[0], -1) * self.input_a.to(x.dtype) + self.input_c.to(x.dtype)).reshape(x.shape)
         h = x if self.input_shape is None or self.kinds[0] == "linear" else x.reshape(x.shape[0], *self.input_shape)
         count = {"j": 0, "r": 0}
 

@@ -15,7 +15,7 @@ from subsetsum_lth.edge_popup.evaluate import final_test_accuracy
 from subsetsum_lth.edge_popup.folder import (build_report, header, model_input_dim, network_sizes, prepare_out,
                                              write_run)
 from subsetsum_lth.edge_popup.network import EdgePopupNet, relu_layout
-from subsetsum_lth.edge_popup.sources import dataset_of, eligibility, load_random_net
+from subsetsum_lth.edge_popup.sources import dataset_of, eligibility, input_op_of, load_random_net
 from subsetsum_lth.edge_popup.train import (Progress, device_description, load_data, resolve_device,
                                             train_scores)
 from subsetsum_lth.netdigest import weights_digest
@@ -76,7 +76,8 @@ def _run_edge_popup(config: EdgePopupConfig, out: str | Path, progress: Progress
             relu_after = relu_layout(len([k for k in net.state if k.endswith(".weight")]), config.inner_relu)
         t = time.perf_counter()
         model = EdgePopupNet(net.state, allowed, config.keep, config.scope, config.seed, device,
-                             config.selection, relu_after, ops=net.ops(), input_shape=net.input_shape)
+                             config.selection, relu_after, ops=net.ops(), input_shape=net.input_shape,
+                             input_op=input_op_of(net))
         timings["setup"] = time.perf_counter() - t
         log.info("edge-popup on %s: %s scored entries, keep %.4g (%s, %s), device %s",
                  "-".join(map(str, network_sizes(model))),

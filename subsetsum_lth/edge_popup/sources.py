@@ -230,6 +230,13 @@ def load_random_net(config: EdgePopupConfig) -> RandomNet:
     return RandomNet(state, src, None, config.input_domain or "nonnegative", None, None, None)
 
 
+def input_op_of(net: RandomNet) -> tuple | None:
+    """The (a, c) of the target's input op (a declared normalisation: x ↦ a·x + c per flat input),
+    which ĝ applies before g as approximate's does; None when there is no target or no op."""
+    prep = None if net.target is None else getattr(net.target, "preprocessing", None)
+    return None if prep is None else prep.affine(net.target.input_dim)
+
+
 def dataset_of(net: RandomNet, config: EdgePopupConfig) -> str:
     """The data set to train and test on: ``--data``, else the one the run (or target) records,
     else MNIST; a ``--data`` that contradicts the record is refused (UserError, exit 2)."""
