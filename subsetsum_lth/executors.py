@@ -170,7 +170,11 @@ def parent_signals_blocked():
 def quiet_dask_logs() -> None:
     """Keep distributed's, tornado's and asyncio's closed-stream tracebacks off the terminal from
     here on (a run being stopped, or our own LocalCluster torn down: they say nothing about it)."""
-    for name in ("distributed", "tornado", "asyncio"):
+    roots = ("distributed", "tornado", "asyncio")
+    # their children too: distributed's logging config gives some their own level (notably
+    # 'tornado.application': error), which a level set on the parent does not override
+    names = [n for n in list(logging.Logger.manager.loggerDict) if n.split(".")[0] in roots]
+    for name in {*roots, *names, "tornado.application", "tornado.general", "tornado.access"}:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 

@@ -315,6 +315,25 @@ def test_the_first_spawned_process_starts_with_ctrl_c_blocked(tmp_path):
     assert {int(signal.SIGINT), int(signal.SIGTERM)} <= blocked, r.stdout
 
 
+def test_quiet_dask_logs_silences_children_that_distributed_gives_their_own_level():
+    """distributed's logging config sets 'tornado.application' to error: a level set on 'tornado'
+    alone let its closed-stream tracebacks through after Ctrl-C (the dask-local flake)."""
+    import logging
+
+    from subsetsum_lth.executors import quiet_dask_logs
+    names = ("tornado.application", "distributed.client", "distributed.comm.tcp")
+    old = {n: logging.getLogger(n).level for n in ("distributed", "tornado", "asyncio", *names)}
+    try:
+        logging.getLogger("tornado.application").setLevel(logging.ERROR)
+        logging.getLogger("distributed.client").setLevel(logging.WARNING)
+        quiet_dask_logs()
+        for n in names:
+            assert not logging.getLogger(n).isEnabledFor(logging.ERROR), n
+    finally:
+        for n, level in old.items():
+            logging.getLogger(n).setLevel(level)
+
+
 # ------------------------------------------------------------------ the local cluster is private
 
 def test_dask_local_is_loopback_tls_only():
