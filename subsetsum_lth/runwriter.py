@@ -154,10 +154,16 @@ def prepare_folder(out: Path, config, fingerprint: dict,
                 new.pop("data", None)
             if new != old:
                 renamed = old is not recorded and old.get("solver") != recorded.get("solver")
+                # earlier versions folded a declared normalisation into the first layer; now it
+                # is an input op unless --fold-preprocessing says otherwise
+                folded = "preprocessing" in new and "preprocessing" not in old
                 raise RunFolderError(f"--resume: the run in {out} was started with different settings "
                                      f"({'; '.join(_setting_diff(old, new))}); use the same options "
                                      "or another --out" + (" (its solver 'ortools' ran the routing called "
-                                                           "'auto' now, the default)" if renamed else ""))
+                                                           "'auto' now, the default)" if renamed else "")
+                                     + (" (it was made with the input normalisation folded into the first "
+                                        "layer, as earlier versions did: add --fold-preprocessing)"
+                                        if folded else ""))
         writer.make_store("partial")
     except BaseException:
         writer.close()

@@ -252,3 +252,21 @@ def test_edge_popup_on_a_run_with_an_input_op_applies_it_and_compare_reads_the_f
     out2 = tmp_path / "ep-target"
     assert main([*ep_args, "--from-target", str(run / "target.safetensors"), "--out", str(out2)]) == 0
     assert _report(out2)["preprocessing"]["applied"] == "input op"
+
+
+def test_resuming_a_folded_run_without_the_flag_names_the_flag(tmp_path, capsys):
+    """A run made with the normalisation folded (what earlier versions always did) resumed with
+    the same command minus --fold-preprocessing: refused, naming the flag; with it: complete."""
+    tutorial_mlp(tmp_path / "mlp.pt")
+    run = tmp_path / "run"
+    args = ["approximate", "--target", str(tmp_path / "mlp.pt"), "--input-normalize", "0.5,0.25",
+            "--weight-eps", "0.05", "--out", str(run), *FAST]
+    assert main([*args, "--fold-preprocessing"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()       # the state_dict's assumptions, then the one error line
+    assert lines[-1].startswith("error: --resume") and "add --fold-preprocessing" in lines[-1], err
+    assert len(lines) == 2 and lines[0].startswith("target read from a state_dict"), err
+    assert main([*args, "--resume", "--fold-preprocessing"]) == 0
+    assert "already complete" in capsys.readouterr().err
