@@ -86,12 +86,7 @@ def op_graph(target: Target, maps: list[LayerMap], split: str = "plus") -> tuple
     non-negative, i.e. after a ReLU; one clear error otherwise)."""
     if len(maps) != target.depth:
         raise RunFolderError(f"the run has {len(maps)} layer pairs but the target has {target.depth} layers")
-    signed = target.signed_inputs("nonnegative")
-    for i, s in enumerate(signed):
-        if i > 0 and s:
-            raise UserError(f"the box certificate needs a ReLU before every conv2d/linear but the first; layer {i} "
-                            f"({target.arch_indices()[i]}) reads a value that can be negative (an add or a "
-                            "conv2d/linear without a ReLU after it); certify the ball (--input-domain nonnegative)")
+    check_box_graph(target)
     ops: list[BoxOp] = []
     inputs: list[list[int]] = []
     counter = [0]
@@ -130,6 +125,18 @@ def op_graph(target: Target, maps: list[LayerMap], split: str = "plus") -> tuple
     shape = tuple(target.input_shape) if target.input_shape is not None else (target.input_dim,)
     walk(target.graph, -1, shape)
     return ops, inputs
+
+
+def check_box_graph(target: Target) -> None:
+    """One clear error for a residual target the box certificate cannot bound: a layer past the
+    first whose input can be negative (ĝ splits its input's signs there, a relaxation not written)."""
+    if target.graph is None:
+        return
+    for i, s in enumerate(target.signed_inputs("nonnegative")):
+        if i > 0 and s:
+            raise UserError(f"the box certificate needs a ReLU before every conv2d/linear but the first; layer {i} "
+                            f"({target.arch_indices()[i]}) reads a value that can be negative (an add or a "
+                            "conv2d/linear without a ReLU after it); certify the ball (--input-domain nonnegative)")
 
 
 def cut_nodes(inputs: list[list[int]]) -> set[int]:

@@ -12,7 +12,6 @@ without unstable ReLUs; the CLI (approximate/certify --input-domain box) on a re
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
