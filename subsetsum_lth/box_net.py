@@ -6,6 +6,11 @@ the output intervals by α-CROWN (the ReLUs' α/θ optimised), the ℓ2 bound of
 
 The MLP path of :mod:`subsetsum_lth.certify_box` (with its zonotope) is unchanged; on an MLP this
 chain gives the same intervals (``tests/test_box_cnn.py`` checks it).
+
+A residual target is a graph (:func:`op_graph`: each op with the ops it reads; a block's body and
+shortcut read one fork and meet at an :class:`AddOp`): the same functions take its ``inputs`` and
+walk it in reverse topological order, an add handing its coefficients to both branches and the
+fork summing them (docs/certificate.md, "Residual networks").
 """
 from __future__ import annotations
 
