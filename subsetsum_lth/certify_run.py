@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,12 @@ def certify_run_box(run, target, maps, g: torch.nn.Module, box, progress=None):
         box = BoxConfig(box.lo, box.hi, bab_seconds=bab)
     stored = run.report.get("box_certificate") if stored_box is not None else None
     same_box = stored_box is not None and [stored_box.lo, stored_box.hi] == [box.lo, box.hi]
+    done = stored.get("alpha_iterations") if isinstance(stored, dict) else None
+    if (same_box and not bab and (not target.is_mlp or target.graph is not None) and type(done) is int
+            and 0 <= done <= box.iters):
+        # a CNN's/residual net's α-CROWN ran against its time budget: the same number of iterations,
+        # unbudgeted, gives the stored bound again on any machine (the MLP path keeps its budget)
+        box = replace(box, iters=done, time_budget=math.inf)
     wpath = run.path / BOX_WITNESS
     x = None
     if same_box and wpath.exists():      # checked before any work is announced: bad input gets one line alone
