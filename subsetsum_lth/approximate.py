@@ -219,9 +219,6 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
-    if config.box is not None and target.graph is not None:
-        raise UserError("--input-domain box is not available for residual networks yet (the box "
-                        "certificate has no skip connections); use the ball (--input-domain nonnegative)")
     config = _with_initial_tau(target, _with_network_domain(target, config))
     cc = config.construction
     store, done = _prepare(target, config, out, executor)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth.box_crown import DT, DiffNet, _backward, _hidden_bounds, box_arrays, twin_net
-from subsetsum_lth.box_net import chain_robust_lower, twin_chain
+from subsetsum_lth.box_net import chain_robust_lower, twin_graph
 from subsetsum_lth.certify import LayerMap
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.progress import advance
@@ -45,11 +45,11 @@ def local_agreement(target: Target, maps: list[LayerMap], x: np.ndarray, rho: fl
     lo_a, hi_a = box_arrays(lo, hi, p)
     if np.any(lo_a < 0):
         raise UserError("local agreement needs a non-negative box (LO >= 0), e.g. --input-box 0,1")
-    if not target.is_mlp:        # conv/pooling: the op chains of f and of ĝ
-        fops = twin_chain(target, [L.weight for L in target.layers], [L.bias for L in target.layers])
-        gops = twin_chain(target, [M.w_plus for M in maps], [M.bias for M in maps])
+    if not target.is_mlp or target.graph is not None:   # conv/pooling/residual: the op chains (graphs) of f, ĝ
+        fops = twin_graph(target, [L.weight for L in target.layers], [L.bias for L in target.layers])
+        gops = twin_graph(target, [M.w_plus for M in maps], [M.bias for M in maps])
         robust = lambda ops, x0, cls, lo_t, hi_t: chain_robust_lower(
-            ops, torch.maximum(x0 - rho, lo_t), torch.minimum(x0 + rho, hi_t), cls)
+            ops[0], torch.maximum(x0 - rho, lo_t), torch.minimum(x0 + rho, hi_t), cls, inputs=ops[1])
         fnet, gnet = fops, gops
     else:
         fnet = twin_net([L.weight for L in target.layers], [L.bias for L in target.layers])

@@ -74,6 +74,9 @@ METHOD = ("differential alpha-CROWN (joint bounds on z' and d = z - z'), per-out
           "semidefinite-dual norm bounds")
 METHOD_CHAIN = ("differential alpha-CROWN over the op chain (conv2d, relu, max/avg pooling, flatten, linear; joint "
                 "bounds on z' and d = z - z'), per-output intervals; l2 of their maxima")
+METHOD_GRAPH = ("differential alpha-CROWN over the op graph (conv2d, relu, max/avg pooling, flatten, linear, residual "
+                "adds: coefficients into both branches, summed at the fork; joint bounds on z' and d = z - z'), "
+                "per-output intervals; l2 of their maxima")
 
 
 # ----------------------------------------------------------------------------- the certificate
@@ -153,7 +156,7 @@ def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
     # an input op (declared preprocessing) maps the box onto the box a·lo + c ≤ z ≤ a·hi + c of the
     # layers' inputs, exactly (preprocess.py); the corners are mapped back to forward's inputs
     z_lo, z_hi = target.network_box(lo, hi)
-    if not target.is_mlp:        # conv/pooling: the op chain (box_net), the ℓ2 of the intervals
+    if not target.is_mlp or target.graph is not None:   # conv/pooling/residual: the op chain/graph (box_net)
         lower, upper, corners, info = chain_intervals(target, maps, z_lo, z_hi, iters=iters, lr=lr,
                                                       time_budget=time_budget, progress=progress)
         corners = _raw_corners(target, corners)
@@ -162,7 +165,8 @@ def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
             raise UserError("the box certificate overflows: the box is too large for this target; use a smaller --input-box")
         return {"bound": bound, "bound_intervals": bound, "bound_zonotope": None, "l2_from": "intervals",
                 "zonotope_generators": 0, "lower": lower.tolist(), "upper": upper.tolist(),
-                "method": METHOD_CHAIN, "alpha_iterations": info["iterations"], "zonotope_iterations": None,
+                "method": METHOD_CHAIN if target.graph is None else METHOD_GRAPH,
+                "alpha_iterations": info["iterations"], "zonotope_iterations": None,
                 "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "corners": corners}
     lower, upper, corners, info = output_intervals(target, maps, z_lo, z_hi, iters=iters, lr=lr,
                                                    time_budget=time_budget, bab_seconds=bab_seconds,

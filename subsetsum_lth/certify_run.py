@@ -11,7 +11,7 @@ import torch
 from subsetsum_lth.certify import ball_set, certified_bound, check_soundness, empirical_bound_fast
 from subsetsum_lth.certify_box import BOX_WITNESS, DT, BoxConfig, box_from_report, box_report, box_set
 from subsetsum_lth.gstore import run_layer_maps, run_pruned_module
-from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.errors import RunFolderError
 from subsetsum_lth.report_check import Audit, audit_report
 from subsetsum_lth.progress import phase
 from subsetsum_lth.runcheck import MAX_INPUT_RADIUS, RECREATE, WITNESS, Run, read_run
@@ -128,9 +128,6 @@ def certify_run_box(run, target, maps, g: torch.nn.Module, box, progress=None):
     import os
 
     where = f"{run.path}/report.json"
-    if target.graph is not None and box:
-        raise UserError("the box certificate is not available for residual networks yet (it has no skip "
-                        "connections); certify the ball (drop --input-domain box / --input-box)")
     stored_box = box_from_report(run.report, where)
     bab = 0.0
     if isinstance(box, tuple):             # (box or True, branch-and-bound seconds) from the CLI

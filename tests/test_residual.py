@@ -268,11 +268,41 @@ def test_tampered_residual_run_is_refused(tmp_path, capsys):
         api.load_run(bad2)
 
 
-def test_box_domain_is_refused_for_residual_targets_in_one_line(tmp_path, capsys):
+def test_box_domain_on_a_residual_target_run_and_certify(tmp_path, capsys, monkeypatch):
+    """approximate/certify --input-domain box on a residual target (identity and projection
+    blocks): the box certificate over the op graph, its attack under it, the witness re-checked.
+    The run's α-CROWN is cut at 3 iterations (as its time budget cuts it on a slow machine):
+    certify repeats that many, so it gives the stored bound again (exit 0, not 5)."""
+    from subsetsum_lth import box_net
+    orig = box_net.optimise
+    with monkeypatch.context() as m:
+        m.setattr(box_net, "optimise", lambda *a, **k: orig(*a[:7], min(a[7], 3), *a[8:], **k))
+        out = tmp_path / "run"
+        code = _approximate(_target(tmp_path, 2), out, "--input-domain", "box", "--input-box", "0,1",
+                            "--workers", "1")
+    assert code == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "box [0, 1]: certified sup over the box [0, 1]^64" in text
+    bc = json.loads((out / "report.json").read_text())["box_certificate"]
+    assert 0 < bc["empirical_bound"] <= bc["bound"] and "op graph" in bc["method"]
+    assert bc["alpha_iterations"] == 3
+    assert cli.main(["certify", str(out), "--input-domain", "box"]) == 0
+    text = capsys.readouterr().out
+    assert "stored box witness" in text and "<= certified" in text
+
+
+def test_box_domain_refuses_a_residual_target_with_a_signed_hidden_input_in_one_line(tmp_path, capsys):
+    """A block whose add feeds the next layer without a ReLU: refused before g is built."""
+    torch.manual_seed(0)
+    arch = parse_arch("c3k3p1,rb3,ap8,fc3", SHAPE)
+    arch = [op for i, op in enumerate(arch) if not (op["op"] == "relu" and i > 0 and arch[i - 1]["op"] == "residual")]
+    path = tmp_path / "t.safetensors"
+    save_arch_target(module_from_arch(arch), path, arch, SHAPE)
     out = tmp_path / "run"
-    code = _approximate(_target(tmp_path, 2), out, "--input-domain", "box")
+    code = _approximate(path, out, "--input-domain", "box", "--input-box", "0,1")
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--input-domain nonnegative" in err[0]
+    assert code == 2 and len(err) == 1 and "can be negative" in err[0] and "--input-domain nonnegative" in err[0]
+    assert not (out / "masks.safetensors").exists()
 
 
 @pytest.mark.slow

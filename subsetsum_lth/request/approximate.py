@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from subsetsum_lth.approximate import ApproximateConfig
+from subsetsum_lth.box_net import check_box_graph
 from subsetsum_lth.certify_box import BoxConfig, DEFAULT_LOCAL_RADII, parse_box
 from subsetsum_lth.commands._target_args import add_arch_argument, add_layers_argument, add_preprocessing_arguments
 from subsetsum_lth.construction import ConstructionConfig
@@ -131,9 +132,7 @@ class ApproximateRequest(TargetFile):
         error each; ``target``: whether a box certificate applies (fully connected)."""
         if self.input_domain != "box":
             return None
-        if target.graph is not None:
-            raise UserError("--input-domain box is not available for residual networks yet (the box "
-                            "certificate has no skip connections); use the ball (--input-domain nonnegative)")
+        check_box_graph(target)        # a residual target: every hidden layer's input after a ReLU
         if self.input_box is None and self.data is None:
             raise UserError("--input-domain box needs --input-box LO,HI (e.g. --input-box 0,1), or --data mnist "
                             "whose pixels lie in [0, 1]")
