@@ -309,7 +309,7 @@ def _evaluation(target: Target, maps, eval_data: dict | None, bound: float, conf
         return {}
     t = time.perf_counter()
     n_eval = len(eval_data["x"])
-    with phase(progress, "evaluation", f"f and ĝ on {n_eval:,} test images", total=-(-n_eval // 4096),
+    with phase(progress, "evaluation", f"f and ĝ on {n_eval:,} test images", total=-(-n_eval // target.chunk_rows()),
                unit="batch") as bar:
         collapsed = CollapsedNet(maps, target=target)
         evaluation = evaluate_pair(target, collapsed, eval_data["x"], eval_data["y"], bar=bar,
