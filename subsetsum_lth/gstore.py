@@ -79,7 +79,8 @@ def choose_store(store: str, plans, image: bool = False) -> str:
     if image:
         if store == "compact":
             raise UserError("--store compact is for MLP targets; a target with conv/pooling layers is "
-                            "stored dense (use --store dense or auto)")
+                            "stored dense unless a layer pair is too large to draw dense (--support-draw-above) "
+                            "(use --store dense or auto)")
         return "dense"
     if store == "auto":
         return "dense" if dense_entries(plans) <= DENSE_MAX_ENTRIES else "compact"
