@@ -10,6 +10,7 @@ from torch.nn.utils import prune
 
 from subsetsum_lth import runcheck
 from subsetsum_lth.errors import RunFolderError
+from subsetsum_lth.gstore import SupportFirst, has_support_pairs, support_module
 from subsetsum_lth.ops import Residual, count_relus, module_from_ops
 from subsetsum_lth.preprocess import RawInputSequential
 from subsetsum_lth.runwriter import export_dense as _export
@@ -59,13 +60,25 @@ def masked_model(run: Run | str | Path, dtype=torch.float32) -> nn.Sequential:
     its layers are keyed by their module path (``3.body.0.weight``). A run made with an input op
     (``--input-normalize``, report.json ``preprocessing``) gives a :class:`RawInputSequential`: it
     takes pixels/255 and applies the recorded map first; its modules and state_dict keys are the
-    plain Sequential's."""
+    plain Sequential's.
+
+    A run whose g has support-drawn pairs (``--support-draw-above``: a first layer too large to
+    draw dense) has a :class:`subsetsum_lth.gstore.SupportFirst` module in each such first
+    layer's place: its ``weight`` and ``bias`` are (H,) vectors (each hidden unit's one input
+    edge and its bias), masked through ``torch.nn.utils.prune`` like the others."""
     run = run if isinstance(run, Run) else load_run(run)
     layout = run.layout_ if run.layout_ is not None else None
-    model = random_module(run.random_state, dtype, run.relu_after, layout)
+    if run.compact is not None and has_support_pairs(run.plans):
+        model = support_module(run.compact.pairs, run.plans, run.layout, None, dtype, run.relu_after)
+    else:
+        model = random_module(run.random_state, dtype, run.relu_after, layout)
     # named_modules: a residual g's layers sit inside Residual modules ('3.body.0'), keyed so
     for path, mod in model.named_modules():
-        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+        if isinstance(mod, SupportFirst):
+            mk = run.compact.cmasks[mod.pair_index]
+            prune.custom_from_mask(mod, "weight", torch.as_tensor(np.asarray(mk["u"]).astype(bool)))
+            prune.custom_from_mask(mod, "bias", torch.as_tensor(np.asarray(mk["b1"]).astype(bool)))
+        elif isinstance(mod, (nn.Linear, nn.Conv2d)):
             for name in ("weight", "bias"):
                 mask = torch.as_tensor(np.asarray(run.masks[f"{path}.{name}"]).astype(bool))
                 prune.custom_from_mask(mod, name, mask)
@@ -95,6 +108,9 @@ def export_pruned(run_or_model: Run | str | Path | nn.Module, dtype=torch.float3
         return _export_nested(model)
     mods: list[nn.Module] = []
     for mod in model:
+        if isinstance(mod, SupportFirst):
+            mods.append(mod.baked())
+            continue
         if isinstance(mod, nn.Linear):
             new = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
         elif isinstance(mod, nn.Conv2d):
@@ -125,6 +141,8 @@ def _export_nested(model: nn.Module) -> nn.Module:
         return nn.Sequential(*[_export_nested(m) for m in model])
     if isinstance(model, Residual):
         return Residual(_export_nested(model.body), _export_nested(model.shortcut))
+    if isinstance(model, SupportFirst):
+        return model.baked()
     if isinstance(model, (nn.Linear, nn.Conv2d)):
         if isinstance(model, nn.Linear):
             new = nn.Linear(model.in_features, model.out_features, bias=model.bias is not None)

@@ -23,9 +23,9 @@ from subsetsum_lth.overwrite import staged_overwrite
 from subsetsum_lth.certify import (CollapsedNet, ball_set, certified_bound, check_soundness, empirical_bound_fast,
                                    in_ball, pruned_module)
 from subsetsum_lth.certify_box import BOX_WITNESS, box_report
-from subsetsum_lth.construction import ConstructionConfig, build_construction, plan_layers
+from subsetsum_lth.construction import MAX_RANDOM_ENTRIES, ConstructionConfig, build_construction, plan_layers
 from subsetsum_lth.gstore import (STORES, DenseMasks, DenseState, SupportNet, choose_store, generator_spec,
-                                  support_layer_maps)
+                                  support_layer_maps, support_pruned_module)
 from subsetsum_lth.errors import DiskFull, UserError
 from subsetsum_lth.evaluation import evaluate_pair, spot_check  # noqa: F401  (public here too)
 from subsetsum_lth.layer_solve import build_instances, initial_tau, solve_layers
@@ -144,8 +144,11 @@ class ApproximateConfig:
             "target_digest": target_digest(target),
             # the input op, only when there is one (fingerprints of runs without one are unchanged)
             **({} if target.preprocessing is None else {"preprocessing": target.preprocessing.to_metadata()}),
-            # tau only when set, so runs recorded before the field existed resume unchanged
-            "construction": {k: v for k, v in asdict(cc).items() if not (k == "tau" and v is None)},
+            # tau only when set, support_draw_above only when not the default, so runs recorded
+            # before the fields existed resume unchanged
+            "construction": {k: v for k, v in asdict(cc).items()
+                             if not ((k == "tau" and v is None)
+                                     or (k == "support_draw_above" and v == MAX_RANDOM_ENTRIES))},
             "solver": sc.solver, "solver_names": SOLVER_NAMES, "objective": sc.objective, "eps": self.eps,
             "weight_eps": self.weight_eps, "input_radius": self.input_radius, "store": self.store,
             **({} if self.box is None else {"input_box": [self.box.lo, self.box.hi]}),
@@ -251,12 +254,19 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
         maps = support_layer_maps(construction.pairs, layer_masks)
         certificate = certified_bound(target, maps, config.input_radius, cc.input_domain, bar=bar)
     note(progress, f"certified: sup over {where} of ‖f(x) − ĝ(x)‖₂ ≤ {certificate.bound:.4g}")
-    if image:   # conv pairs: the dense module (image g's are small; the compact store is MLP-only)
+    if image and store_kind == "compact":   # a g with support-drawn pairs: their first layers as gathers
+        def make_g(dtype):
+            return support_pruned_module(construction.pairs, construction.plans, layout, layer_masks, dtype)
+    elif image:   # conv pairs: the dense module (image g's are small)
         state = DenseState(construction.pairs, layout)
         dmasks = DenseMasks(construction.plans, layer_masks, layout)
-        g64 = pruned_module(state, dmasks, layout, torch.float64)
+
+        def make_g(dtype):
+            return pruned_module(state, dmasks, layout, dtype)
     else:
-        g64 = SupportNet(construction.pairs, layer_masks, torch.float64)
+        def make_g(dtype):
+            return SupportNet(construction.pairs, layer_masks, dtype)
+    g64 = make_g(torch.float64)
     g64 = with_input_op(g64, target)    # ĝ takes the inputs target.forward takes
     n_data = 0 if empirical_data is None else len(empirical_data)
     with phase(progress, "empirical bound", f"searching {where} for a large ‖f(x) − ĝ(x)‖₂ "
@@ -280,9 +290,7 @@ def _approximate(target: Target, config: ApproximateConfig, out: str | Path,
     del g64
 
     evaluation = _evaluation(target, maps, eval_data, certificate.bound, config, box_rep, timings, progress,
-                             lambda: with_input_op(pruned_module(state, dmasks, layout, torch.float32) if image
-                                                   else SupportNet(construction.pairs, layer_masks, torch.float32),
-                                                   target))
+                             lambda: with_input_op(make_g(torch.float32), target))
 
     report, metrics, bad_list, n_bad = build_report(target, config, construction, solved, layer_masks, layout,
                                                     certificate, emp, witness, evaluation, timings, executor,
@@ -325,7 +333,7 @@ def _evaluation(target: Target, maps, eval_data: dict | None, bound: float, conf
         return {}
     t = time.perf_counter()
     n_eval = len(eval_data["x"])
-    with phase(progress, "evaluation", f"f and ĝ on {n_eval:,} test images", total=-(-n_eval // 4096),
+    with phase(progress, "evaluation", f"f and ĝ on {n_eval:,} test images", total=-(-n_eval // target.chunk_rows()),
                unit="batch") as bar:
         collapsed = CollapsedNet(maps, target=target)
         evaluation = evaluate_pair(target, collapsed, eval_data["x"], eval_data["y"], bar=bar,
@@ -380,7 +388,8 @@ def _prepare(target: Target, config: ApproximateConfig, out: Path, executor):
     fingerprint = config.fingerprint(target)
     # refuse absurd widths (with the estimate) and a full disk before any file is written
     plans = plan_layers(target, cc)
-    entries = sum(pl.hidden * (pl.p + pl.q + 1) + pl.q for pl in plans)
+    choose_store(config.store, plans, not target.is_mlp)     # --store dense of a support-drawn g: refused now
+    entries = sum(pl.held_entries() + pl.hidden + pl.q for pl in plans)
     cost = limits.estimate(plans, sc.solver, _estimate_workers(sc, executor), sc.time_limit)
     log.info("estimated solve time %s, memory %.2g GB", cost.describe_time(), cost.memory_bytes / 1e9)
     limits.check_reach(cost, config.max_hours, "--eps" if config.mode == "network" else "--weight-eps")

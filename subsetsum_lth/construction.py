@@ -103,6 +103,16 @@ class ConstructionConfig:
              "step cap, a block grows while it has an instance outside τ, its live units stay "
              "within exact search's reach and its estimated re-solve time within --max-hours")
     tau: float | None = None
+    #: a pair whose dense first layer (H × p) would hold more entries than this is drawn as its
+    #: block support only (its pruned-away entries are implicit zeros, never drawn; the run is
+    #: stored compact). The default is the allocation cap: only pairs the dense draw could not
+    #: hold at all, so every g the dense draw can make is drawn as before.
+    support_draw_above: int = option(
+        MAX_RANDOM_ENTRIES, flag="--support-draw-above", metavar="N",
+        help="draw a layer pair's first random layer as its block support only (each hidden unit's "
+             "one input edge the construction can keep; the pruned-away entries are implicit zeros, "
+             "never drawn) when its dense H×p matrix would hold more than this many entries; such "
+             "a run is stored compact (default 2e9: only where the dense layer could not be held)")
 
     def __post_init__(self) -> None:
         if self.input_domain not in INPUT_DOMAINS:
@@ -125,6 +135,7 @@ class ConstructionConfig:
             raise UserError(f"the adaptive width's τ must be a positive number, got {self.tau!r}")
         if self.grow is not None:
             resources.check_int("--grow", self.grow, 1, resources.MAX_COUNT)
+        resources.check_int("--support-draw-above", self.support_draw_above, 0)
         resources.check_int("--seed", self.seed, 0, resources.MAX_SEED)
 
 
@@ -155,6 +166,9 @@ class LayerPlan:
     grow: int = 0       #: units appended to a block per growth step (adaptive widths)
     extensions: np.ndarray | None = None  #: growth steps taken per block (p blocks + bias block)
     kind: object = None  #: the target layer's kind (layerkinds.Linear/Conv2d); None: Linear
+    #: the first random layer is drawn as its block support only (``--support-draw-above``): each
+    #: unit's own-edge value u from its chunk's stream, the rest of w1 implicit zeros, never drawn
+    lean: bool = False
 
     def __post_init__(self) -> None:
         if self.extensions is None:
@@ -184,6 +198,12 @@ class LayerPlan:
         o = self.offsets
         return slice(int(o[j]), int(o[j + 1]))
 
+    def held_entries(self, hidden: int | None = None) -> int:
+        """float32 weights of the pair as the construction holds it: the dense w1 (H·p) and w2,
+        or for a support-drawn pair its support u (H) and w2."""
+        h = self.hidden if hidden is None else int(hidden)
+        return h * ((1 if self.lean else self.p) + self.q)
+
 
 def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
     plans = []
@@ -196,9 +216,10 @@ def plan_layers(target: Target, config: ConstructionConfig) -> list[LayerPlan]:
         if config.width == "adaptive" and not config.block_width:
             m = adaptive_width(float(np.abs(L.weight).max(initial=0.0)), config.tau or config.eps)
         grow = 0 if config.width == "formula" else (config.grow or max(4, m // 4))
-        plans.append(LayerPlan(i, p, q, m, fm, L.bias is not None,
-                               signed_input=signed[i], grow=grow, kind=L.kind))
-    entries = sum((pl.hidden + pl.grow * (config.max_growth or 0)) * (pl.p + pl.q) for pl in plans)
+        plan = LayerPlan(i, p, q, m, fm, L.bias is not None, signed_input=signed[i], grow=grow, kind=L.kind)
+        plan.lean = plan.hidden * p > config.support_draw_above
+        plans.append(plan)
+    entries = sum(pl.held_entries(pl.hidden + pl.grow * (config.max_growth or 0)) for pl in plans)
     if entries > MAX_RANDOM_ENTRIES:
         gb = entries * 4 / 1e9
         raise UserError(
@@ -269,18 +290,29 @@ def draw_chunk(plan: LayerPlan, seed: int, sample, j: int, e: int, start: int, w
     """Draw chunk e of block j (e = 0: its first m units from SeedSequence(seed, (i, j)); e ≥ 1:
     growth step e's ``grow`` units from SeedSequence(seed, (i, j, e))) into rows ``start...``;
     returns the row after it. ``w1`` may be None (the rows are drawn, in the stream's order, but
-    not kept); ``u`` (H,), when given, receives each unit's own-edge value w1[h, j] (j < p)."""
+    not kept); ``u`` (H,), when given, receives each unit's own-edge value w1[h, j] (j < p). A
+    support-drawn plan (``plan.lean``) draws only the own-edge values (size,) in place of the
+    rows (size, p): a different stream, its w1 zero off the support."""
     if e == 0:
         size, ss = plan.m, block_seed(seed, plan.index, j)
     else:
         size, ss = plan.grow, np.random.SeedSequence(int(seed), spawn_key=(plan.index, j, e))
     rng = np.random.default_rng(ss)
     rows = slice(start, start + size)
-    block = sample(rng, (size, plan.p))
-    if w1 is not None:
-        w1[rows] = block
-    if u is not None and j < plan.p:
-        u[rows] = block[:, j]
+    if plan.lean:       # the support draw: the units' own-edge values only, the rest of w1 is 0
+        own = sample(rng, (size,))
+        if w1 is not None:
+            w1[rows] = 0.0
+            if j < plan.p:
+                w1[rows, j] = own
+        if u is not None and j < plan.p:
+            u[rows] = own
+    else:
+        block = sample(rng, (size, plan.p))
+        if w1 is not None:
+            w1[rows] = block
+        if u is not None and j < plan.p:
+            u[rows] = block[:, j]
     bias = sample(rng, (size,))
     if plan.has_bias:
         b1[rows] = bias
@@ -324,8 +356,8 @@ def extend_layer_pair(pair: RandomLayerPair, plan: LayerPlan, seed: int,
     old = pair.drawn_plan
     old_ext = np.asarray(old.extensions, dtype=np.int64)
     new_ext = np.asarray(plan.extensions, dtype=np.int64)
-    if (old.index, old.p, old.q, old.m, old.grow, old.has_bias) != (plan.index, plan.p, plan.q, plan.m,
-                                                                     plan.grow, plan.has_bias) \
+    if (old.index, old.p, old.q, old.m, old.grow, old.has_bias, old.lean) != (plan.index, plan.p, plan.q, plan.m,
+                                                                               plan.grow, plan.has_bias, plan.lean) \
             or (new_ext < old_ext).any():
         raise ValueError("extend_layer_pair: the new plan must be the old one with more growth steps")
     sample = DISTRIBUTIONS[distribution]

@@ -58,11 +58,12 @@ def bound_scale(norms: torch.Tensor, margins: torch.Tensor, certified: dict | No
 
 
 @torch.no_grad()
-def evaluate_pair(target: Target, g: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 4096,
+def evaluate_pair(target: Target, g: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int | None = None,
                   bar=None, certified: dict | None = None) -> dict:
     """Accuracy of f and ĝ, prediction agreement, output deviation (float32, as deployed), and
     the scale figures of :func:`bound_scale` (``certified``: {name: (bound, which rows of ``x``
-    lie in its set)}). ``bar`` advances by one per batch."""
+    lie in its set)}). ``bar`` advances by one per batch (default: ``target.chunk_rows()`` rows)."""
+    batch = batch or target.chunk_rows()
     f_pred, g_pred, dev, norms, margins = [], [], [], [], []
     for i in range(0, len(x), batch):
         xb = torch.as_tensor(x[i:i + batch], dtype=torch.float32)

@@ -217,7 +217,7 @@ def grow_layer(target: Target, pair, inst: LayerInstances, res, tau, cc: Constru
         if want.size and budget is not None:
             redo = infeasible[np.isin(block_of_row[infeasible], want)]
             cost = sum(instance_seconds(live_after[int(g)], reach, limit, beyond) for g in g_of[redo])
-            why = budget.charge(cost, int(want.size) * plan.grow * (plan.p + plan.q))
+            why = budget.charge(cost, plan.held_entries(int(want.size) * plan.grow))
             if why is not None:
                 for j in want:
                     stopped[int(j)] = STOP_BUDGET.format(why=why)

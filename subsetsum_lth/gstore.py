@@ -34,9 +34,10 @@ import torch
 from torch import nn
 
 from subsetsum_lth import runfolder as rf
-from subsetsum_lth.certify import LayerMap, layer_maps, pruned_module
+from subsetsum_lth.certify import LayerMap, flat_input, layer_maps, pruned_module
 from subsetsum_lth.construction import DISTRIBUTIONS, draw_layer_pair, unit_columns
 from subsetsum_lth.errors import RunFolderError, UserError
+from subsetsum_lth.ops import module_from_ops
 from subsetsum_lth.preprocess import input_module
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ MASKS_COMPACT = "masks.compact.safetensors"
 #: names the generator of :func:`subsetsum_lth.construction.draw_layer_pair` (change it if the
 #: draw ever changes: old compact folders are then refused instead of misread)
 GENERATOR = "subsetsum-lth/block-seeds/v1"
+#: the generator of a g with support-drawn pairs (``--support-draw-above``; their layer entries
+#: say ``"first_layer": "support"``): readers that do not know it refuse the folder
+GENERATOR_SUPPORT = "subsetsum-lth/block-seeds/v1+support-draw"
 ROLES = ("u", "b1", "w2", "b2")
 RECREATE = rf.RECREATE
 
@@ -59,13 +63,24 @@ def dense_entries(plans) -> int:
 
 
 def choose_store(store: str, plans, image: bool = False) -> str:
-    """'dense' or 'compact' for ``--store`` (auto: dense up to :data:`DENSE_MAX_ENTRIES`)."""
+    """'dense' or 'compact' for ``--store`` (auto: dense up to :data:`DENSE_MAX_ENTRIES`). A g
+    with a support-drawn pair (``plan.lean``, MLP or image) is stored compact: its dense first
+    layer was never drawn."""
     if store not in STORES:
         raise UserError(f"--store must be one of {STORES}, got {store!r}")
+    lean = [pl for pl in plans if getattr(pl, "lean", False)]
+    if lean:
+        if store == "dense":
+            pl = lean[0]
+            raise UserError(f"--store dense cannot hold this g: target layer {pl.index + 1}'s first random layer "
+                            f"would hold {pl.hidden * pl.p:,} entries (above --support-draw-above), so it is drawn "
+                            "as its block support only; use --store auto or compact")
+        return "compact"
     if image:
         if store == "compact":
             raise UserError("--store compact is for MLP targets; a target with conv/pooling layers is "
-                            "stored dense (use --store dense or auto)")
+                            "stored dense unless a layer pair is too large to draw dense (--support-draw-above) "
+                            "(use --store dense or auto)")
         return "dense"
     if store == "auto":
         return "dense" if dense_entries(plans) <= DENSE_MAX_ENTRIES else "compact"
@@ -75,11 +90,14 @@ def choose_store(store: str, plans, image: bool = False) -> str:
 # ----------------------------------------------------------------------------- the specification
 
 def generator_spec(seed: int, distribution: str, plans) -> dict:
-    """What regenerates g: the generator, seed, distribution and every layer's block plan."""
-    return {"generator": GENERATOR, "seed": int(seed), "distribution": distribution,
+    """What regenerates g: the generator, seed, distribution and every layer's block plan (a
+    support-drawn layer says so: ``"first_layer": "support"``, under :data:`GENERATOR_SUPPORT`)."""
+    lean = any(getattr(pl, "lean", False) for pl in plans)
+    return {"generator": GENERATOR_SUPPORT if lean else GENERATOR, "seed": int(seed), "distribution": distribution,
             "layers": [{"target_shape": [pl.q, pl.p], "block_width": int(pl.m), "has_bias": bool(pl.has_bias),
                         "growth_units": int(pl.grow),
-                        "block_extensions": [int(v) for v in np.asarray(pl.extensions)]} for pl in plans]}
+                        "block_extensions": [int(v) for v in np.asarray(pl.extensions)],
+                        **({"first_layer": "support"} if getattr(pl, "lean", False) else {})} for pl in plans]}
 
 
 def support_tensors(pairs) -> dict:
@@ -193,6 +211,99 @@ class SupportNet(nn.Module):
         return torch.cat([self._forward(x[s:s + self.rows]) for s in range(0, x.shape[0], self.rows)])
 
 
+class SupportFirst(nn.Module):
+    """The first random layer of a support-drawn pair (``plan.lean``) in the place of its dense
+    ``Linear(p, H)`` / ``Conv2d(c_in, H, k)``: hidden unit h computes ``weight[h]·x[col(h)] +
+    bias[h]`` — for a conv, ``x[col(h)]`` is patch coordinate col(h) (channel, row, column of
+    the kernel, ``F.unfold``'s order, the matrix view's column) at every position. This is what
+    the dense layer computes when every entry off the support is zero (the construction's
+    pre-pruning); bias-block units (no input edge) have weight 0. ``weight`` (H,) and ``bias``
+    (H,) are parameters, so ``torch.nn.utils.prune`` masks them like any layer's;
+    ``columns`` (H,) is a buffer. Holds H values, never H·p."""
+
+    def __init__(self, op: dict, columns: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                 dtype=torch.float32, pair_index: int = 0):
+        super().__init__()
+        self.op = dict(op)
+        self.pair_index = int(pair_index)
+        self.register_buffer("columns", torch.as_tensor(np.where(columns >= 0, columns, 0).astype(np.int64)))
+        self.weight = nn.Parameter(torch.as_tensor(np.asarray(weight), dtype=dtype).clone())
+        self.bias = nn.Parameter(torch.as_tensor(np.asarray(bias), dtype=dtype).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op["op"] == "linear":
+            return x[:, self.columns] * self.weight + self.bias
+        k, s, p = (tuple(self.op.get(n, d)) for n, d in (("kernel", (1, 1)), ("stride", (1, 1)),
+                                                          ("padding", (0, 0))))
+        n, _, h, w = x.shape
+        ho, wo = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
+        patches = torch.nn.functional.unfold(x, k, padding=p, stride=s)          # (N, C·kh·kw, L)
+        z = patches[:, self.columns, :] * self.weight[None, :, None] + self.bias[None, :, None]
+        return z.reshape(n, -1, ho, wo)
+
+    def baked(self) -> "SupportFirst":
+        """A copy whose parameters are the current (masked) weight and bias, without hooks."""
+        new = SupportFirst(self.op, np.zeros(0, np.int64), np.zeros(0), np.zeros(0), self.weight.dtype, self.pair_index)
+        new.columns = self.columns.clone()
+        new.weight = nn.Parameter(self.weight.detach().clone())
+        new.bias = nn.Parameter(self.bias.detach().clone())
+        return new
+
+
+class RowChunks(nn.Module):
+    """``module`` applied ``rows`` inputs at a time (the hidden activations of a wide conv pair
+    are N·H·L values)."""
+
+    def __init__(self, module: nn.Module, rows: int):
+        super().__init__()
+        self.module, self.rows = module, max(1, int(rows))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.rows:
+            return self.module(x)
+        return torch.cat([self.module(x[s:s + self.rows]) for s in range(0, x.shape[0], self.rows)])
+
+
+def has_support_pairs(plans) -> bool:
+    return any(getattr(pl, "lean", False) for pl in plans)
+
+
+def support_module(pairs, plans, layout, cmasks=None, dtype=torch.float64, relu_after=None) -> nn.Sequential:
+    """g (``cmasks`` None) or ĝ (masks baked in) as an nn.Sequential whose support-drawn pairs'
+    first layers are :class:`SupportFirst` modules; every other layer is built dense as
+    :meth:`GLayout.module` builds it (its w1 regenerated from the seed). Takes what the
+    layout's dense module takes (N×C×H×W for an image g)."""
+    first = {str(layout.param_indices()[2 * i]): i for i, pl in enumerate(plans) if getattr(pl, "lean", False)}
+
+    def replace(path, op):
+        i = first.get(path)
+        if i is None:
+            return None
+        pair = pairs[i]
+        u, b1 = pair.u, pair.b1
+        if cmasks is not None:
+            u = u * (np.asarray(cmasks[i]["u"]) != 0)
+            b1 = b1 * (np.asarray(cmasks[i]["b1"]) != 0)
+        return SupportFirst(op, pair.columns, u, b1, dtype, i)
+
+    masks = None if cmasks is None else DenseMasks(plans, cmasks, layout)
+    return module_from_ops(layout.ops(), DenseState(pairs, layout), masks, dtype, relu_after, replace)
+
+
+def support_pruned_module(pairs, plans, layout, cmasks, dtype=torch.float64) -> nn.Module:
+    """ĝ of a compact run with support-drawn pairs, on flat inputs (as :func:`pruned_module`),
+    evaluated a few rows at a time (at most ~2e7 hidden activations of a pair per chunk)."""
+    g = support_module(pairs, plans, layout, cmasks, dtype)
+    widest = 1
+    if layout.input_shape is not None:
+        hw = int(np.prod(layout.input_shape[1:]))
+        widest = max(pl.hidden * (hw if pl.kind is not None and pl.kind.name == "conv2d" else 1) for pl in plans)
+    else:
+        widest = max(pl.hidden for pl in plans)
+    g = g if layout.input_shape is None else flat_input(g, layout.input_shape)
+    return RowChunks(g, max(1, 20_000_000 // max(1, widest)))
+
+
 def run_layer_maps(run) -> list:
     """The layer maps of a validated run (:class:`subsetsum_lth.runcheck.Run`): from the support
     for a compact run (never the dense g), from the dense files otherwise."""
@@ -205,7 +316,9 @@ def run_pruned_module(run, dtype=torch.float64) -> nn.Module:
     """ĝ of a validated run as a module on flat inputs: :class:`subsetsum_lth.gstore.SupportNet`
     for a compact run, the dense masked nn.Sequential otherwise; preceded by the run's input op
     (recorded preprocessing) when it has one, so it takes the inputs ``run.target.forward`` takes."""
-    if getattr(run, "compact", None) is not None:
+    if getattr(run, "compact", None) is not None and run.layout.input_shape is not None:
+        g = support_pruned_module(run.compact.pairs, run.plans, run.layout, run.compact.cmasks, dtype)
+    elif getattr(run, "compact", None) is not None:
         g = SupportNet(run.compact.pairs, run.compact.cmasks, dtype)
     else:
         g = pruned_module(run.random_state, run.masks, run.layout, dtype)
@@ -365,7 +478,7 @@ def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a.view(np.uint8), b.view(np.uint8)))
 
 
-def read_compact(path: Path, plans, seed: int, distribution, domain: str) -> CompactG:
+def read_compact(path: Path, plans, seed: int, distribution, domain: str, signed=None) -> CompactG:
     """Read and validate a compact run's two files against the plans recorded in report.json:
     keys, shapes and dtypes exactly those of the construction, the file's generator
     specification equal to the one report.json implies, every stored support value equal (bit
@@ -412,7 +525,8 @@ def read_compact(path: Path, plans, seed: int, distribution, domain: str) -> Com
         for r, a in mk.items():
             if a.size and int(a.max()) > 1:
                 raise RunFolderError(f"{path / MASKS_COMPACT}: pair{i}.{r} holds values other than 0 and 1; {RECREATE}")
-        _check_prepruning(pair, mk, domain == "signed" and i == 0, path / MASKS_COMPACT, i)
+        _check_prepruning(pair, mk, (domain == "signed" and i == 0) if signed is None else bool(signed[i]),
+                          path / MASKS_COMPACT, i)
         pairs.append(pair)
         cmasks.append(mk)
     return CompactG(pairs, cmasks, spec)

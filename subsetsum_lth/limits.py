@@ -191,7 +191,7 @@ def estimate(plans, solver: str, workers: int, time_limit: float | None) -> Cost
         layers.append(LayerEstimate(pl.index, m, instances, m / 2,
                                     math.log2(max(instances, 1)) + log2_instance_seconds(m, reach, limit),
                                     instances * n_max * _BYTES_PER_COEF))
-        params += pl.hidden * (pl.p + pl.q + 1) + pl.q
+        params += pl.held_entries() + pl.hidden + pl.q
     return CostEstimate(layers, max(1, int(workers)), params, reach)
 
 
@@ -279,7 +279,7 @@ def growth_budget(plans, max_hours: float) -> GrowthBudget:
     estimated single-core re-solving — not scaled by the worker count, so that where growth stops
     (and so the masks of a seed) never depends on ``--workers`` — and the entries g may still
     add before the construction's allocation cap."""
-    entries = sum(pl.hidden * (pl.p + pl.q) for pl in plans)
+    entries = sum(pl.held_entries() for pl in plans)
     return GrowthBudget(max_hours * 3600.0, MAX_RANDOM_ENTRIES - entries)
 
 

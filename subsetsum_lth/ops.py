@@ -446,18 +446,20 @@ class Residual(nn.Module):
 
 
 def module_from_ops(ops: list[dict], state: dict | None = None, masks: dict | None = None,
-                    dtype=torch.float32, relu_after=None) -> nn.Sequential:
+                    dtype=torch.float32, relu_after=None, replace=None) -> nn.Sequential:
     """An nn.Sequential from an architecture list, its parametric layers loaded from ``state``
     (keyed ``{index}.weight``/``{index}.bias``; inside a residual op ``{index}.body.{j}.weight``,
     see :func:`param_paths`) and multiplied by ``masks`` when given. A residual op becomes a
     :class:`Residual` module. ``relu_after`` (one bool per ReLU of ``ops``, in forward order,
     depth first): False puts ``nn.Identity`` in that ReLU's place, so the keys stay the same
-    (edge-popup's ``--no-inner-relu``)."""
+    (edge-popup's ``--no-inner-relu``). ``replace(path, op)``, when given, may return the module
+    to put in a conv2d/linear op's place (its path as in the keys, e.g. ``'0'``); None builds it
+    as usual."""
     n_relu = count_relus(ops)
     if relu_after is not None and len(relu_after) != n_relu:
         raise RunFolderError(f"relu_after has {len(relu_after)} entries for {n_relu} ReLUs")
     keep = iter([True] * n_relu if relu_after is None else [bool(r) for r in relu_after])
-    return _build(ops, state, masks, dtype, keep, "")
+    return _build(ops, state, masks, dtype, keep, "", replace)
 
 
 def count_relus(ops) -> int:
@@ -467,10 +469,15 @@ def count_relus(ops) -> int:
                for op in ops)
 
 
-def _build(ops, state, masks, dtype, keep, prefix: str) -> nn.Sequential:
+def _build(ops, state, masks, dtype, keep, prefix: str, replace=None) -> nn.Sequential:
     mods: list[nn.Module] = []
     for idx, op in enumerate(ops):
         name = op["op"]
+        if replace is not None and name in ("linear", "conv2d"):
+            mod = replace(f"{prefix}{idx}", op)
+            if mod is not None:
+                mods.append(mod)
+                continue
         if name == "linear":
             mod = nn.Linear(int(op["in_features"]), int(op["out_features"]), bias=op.get("bias", True))
         elif name == "conv2d":
@@ -484,8 +491,8 @@ def _build(ops, state, masks, dtype, keep, prefix: str) -> nn.Sequential:
             mods.append(parameter_free_module(name, tuple(op.get("kernel", (1, 1))), tuple(op.get("stride", (1, 1)))))
             continue
         elif name == "residual":
-            body = _build(op["body"], state, masks, dtype, keep, f"{prefix}{idx}.body.")
-            shortcut = _build(op.get("shortcut", []), state, masks, dtype, keep, f"{prefix}{idx}.shortcut.")
+            body = _build(op["body"], state, masks, dtype, keep, f"{prefix}{idx}.body.", replace)
+            shortcut = _build(op.get("shortcut", []), state, masks, dtype, keep, f"{prefix}{idx}.shortcut.", replace)
             mods.append(Residual(body, shortcut))
             continue
         else:

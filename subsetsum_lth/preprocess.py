@@ -404,8 +404,10 @@ def accuracy_warning(measured: float, declared: tuple[float, str] | None, target
             "Normalize) and/or --input-scale (1 for raw 0..255 pixels)")
 
 
-def measure_accuracy(target, x, y, batch: int = 4096) -> float:
-    """Accuracy of the target (as loaded, float64) on inputs ``x`` with labels ``y``."""
+def measure_accuracy(target, x, y, batch: int | None = None) -> float:
+    """Accuracy of the target (as loaded, float64) on inputs ``x`` with labels ``y``, ``batch``
+    inputs at a time (default ``target.chunk_rows()``: 4096, fewer for a wide conv target)."""
+    batch = batch or target.chunk_rows()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), batch):

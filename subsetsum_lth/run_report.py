@@ -154,6 +154,8 @@ def _layer_report(li: int, inst, res, mk: dict, network_ok: bool, cc, layout, co
         "hidden_units": plan.hidden,
         "growth_units": plan.grow,
         "block_extensions": plan.extensions.tolist(),
+        # a support-drawn pair (--support-draw-above): its first layer holds only the block support
+        **({"first_layer": "support"} if plan.lean else {}),
         "random_shapes": [list(s) for s in layout.kinds[li].g_shapes(plan.hidden)],
         "instances": len(inst), "weight_instances": int((~is_bias).sum()),
         "bias_instances": int(is_bias.sum()),

@@ -183,8 +183,9 @@ def _plans(entries, sizes: list[int], domain: str, where: str, shapes=None, sign
         if ext is not None and any(ext) and grow == 0:
             raise RunFolderError(f"{where}[{i}]: block_extensions without growth_units; {RECREATE}")
         signed_i = (i == 0 and domain == "signed") if signed is None else bool(signed[i])
+        lean = f.choice("first_layer", ("dense", "support"), optional=True) == "support"
         plan = LayerPlan(i, p, q, m, fm, has_bias, signed_input=signed_i, grow=grow,
-                         extensions=None if ext is None else np.asarray(ext, dtype=np.int64))
+                         extensions=None if ext is None else np.asarray(ext, dtype=np.int64), lean=lean)
         hidden = f.integer("hidden_units", minimum=1, optional=True)
         if hidden is not None and hidden != plan.hidden:
             raise RunFolderError(f"{where}[{i}]: hidden_units {hidden} but the block widths give {plan.hidden}; {RECREATE}")
@@ -452,9 +453,9 @@ def _read_compact_run(path: Path, report: dict, f, sizes, domain, radius, seed, 
     and in both compact files, and every stored support value must be what that specification
     regenerates (read_compact). random_state and masks are lazy dense views."""
     where = str(path / rf.REPORT)
-    if "target_arch" in report:
-        raise RunFolderError(f"{where}: a compact run is of an MLP target, but 'target_arch' is recorded; {RECREATE}")
     dist = f.choice("distribution", tuple(sorted(DISTRIBUTIONS)))
+    if "target_arch" in report or "input_shape" in report or "g_arch" in report:
+        return _read_compact_image_run(path, report, f, sizes, domain, radius, seed, need_target, dist)
     plans = _plans(report.get("layers"), sizes, domain, f"{where} 'layers'")
     if report.get("generator") != generator_spec(seed, dist, plans):
         raise RunFolderError(f"{where}: 'generator' is not the specification of the recorded seed, distribution and "
@@ -479,16 +480,11 @@ def _read_compact_run(path: Path, report: dict, f, sizes, domain, radius, seed, 
                "subset-sum", relu_after, plans, target, domain, radius, seed, None, compact)
 
 
-def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes, domain, radius, seed,
-                    kind: str = "subset-sum") -> Run:
-    """A run of a network with conv/pooling layers: report.json records the target's
-    architecture and input shape; g's layout is rebuilt from them and the block widths
-    (``layers`` of a subset-sum run, ``construction_plan`` of an edge-popup run; never taken
-    from the stored ``g_arch``, which must equal the rebuilt one), then every tensor's key and
-    shape is checked against it. Subset-sum masks and structured edge-popup masks keep nothing
-    the construction's pre-pruning removes; an edge-popup run's ``relu_after`` has one boolean
-    per ReLU of g."""
-    where = str(path / rf.REPORT)
+def _image_plans(report: dict, f, where: str, sizes, domain, kind: str):
+    """(plans, layout, kinds, after, graph, input shape) of an image run: the target's
+    architecture and input shape from report.json, the block widths (``layers`` of a subset-sum
+    run, ``construction_plan`` of an edge-popup run), g's layout rebuilt from them (the stored
+    ``g_arch``, when recorded, must equal it)."""
     arch = report.get("target_arch")
     shape = f.int_list("input_shape", minimum=1)
     if not isinstance(arch, list) or not arch:
@@ -518,6 +514,54 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
     if report.get("g_arch") is not None and report["g_arch"] != layout.ops():
         raise RunFolderError(f"{where}: 'g_arch' is not the construction's network for 'target_arch' and the "
                              f"recorded block widths; {RECREATE}")
+    return plans, layout, kinds, after, graph, shape
+
+
+def _image_target(path: Path, plans, kinds, after, graph, shape):
+    """The target of an image run folder, when it holds one, checked against report.json."""
+    tpath = path / rf.TARGET
+    if not (tpath.exists() or tpath.is_symlink()):
+        return None
+    target = _load_target(tpath)
+    want_arch = graph if graph is not None else arch_of(kinds, after)
+    if target.is_mlp or target.arch() != want_arch or list(target.input_shape) != shape:
+        raise RunFolderError(f"{tpath} is not the network report.json records ('target_arch', "
+                             f"'input_shape'); {RECREATE}")
+    _check_target_bias(tpath, plans, target)
+    return target
+
+
+def _read_compact_image_run(path: Path, report: dict, f, sizes, domain, radius, seed, need_target: bool,
+                            dist: str) -> Run:
+    """An image run stored compact (a g with support-drawn pairs, ``--support-draw-above``): the
+    layout as :func:`_read_image_run` rebuilds it, the support checked as for an MLP compact run."""
+    where = str(path / rf.REPORT)
+    plans, layout, kinds, after, graph, shape = _image_plans(report, f, where, sizes, domain, "subset-sum")
+    if report.get("generator") != generator_spec(seed, dist, plans):
+        raise RunFolderError(f"{where}: 'generator' is not the specification of the recorded seed, distribution and "
+                             f"block plan; {RECREATE}")
+    compact = read_compact(path, plans, seed, dist, domain, [pl.signed_input for pl in plans])
+    relu_after = _relu_after(report, "subset-sum", len(layout.inner_relus()) + 1, path)
+    target = _image_target(path, plans, kinds, after, graph, shape)
+    if target is None and need_target:
+        raise RunFolderError(f"{path} has no {rf.TARGET}; a certificate needs the target: {RECREATE}")
+    if "witness" in report:
+        _witness_entry(report, where, int(np.prod(shape)))
+    return Run(path, DenseState(compact.pairs, layout), DenseMasks(plans, compact.cmasks, layout), report,
+               "subset-sum", relu_after, plans, target, domain, radius, seed, layout, compact)
+
+
+def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes, domain, radius, seed,
+                    kind: str = "subset-sum") -> Run:
+    """A run of a network with conv/pooling layers: report.json records the target's
+    architecture and input shape; g's layout is rebuilt from them and the block widths
+    (``layers`` of a subset-sum run, ``construction_plan`` of an edge-popup run; never taken
+    from the stored ``g_arch``, which must equal the rebuilt one), then every tensor's key and
+    shape is checked against it. Subset-sum masks and structured edge-popup masks keep nothing
+    the construction's pre-pruning removes; an edge-popup run's ``relu_after`` has one boolean
+    per ReLU of g."""
+    where = str(path / rf.REPORT)
+    plans, layout, kinds, after, graph, shape = _image_plans(report, f, where, sizes, domain, kind)
     want = layout.shapes()
     for fname, tensors in ((rf.RANDOM_NET, state), (rf.MASKS, masks)):
         if set(tensors) != set(want):
@@ -554,15 +598,7 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
         if f.boolean("inner_relu", optional=True, default=True) != all(r for r, i in zip(relu_after, inner) if i):
             raise RunFolderError(f"{where}: 'inner_relu' and 'relu_after' disagree; {RECREATE}")
     _check_allowed(path, masks, allowed)
-    target = None
-    tpath = path / rf.TARGET
-    if tpath.exists() or tpath.is_symlink():
-        target = _load_target(tpath)
-        want_arch = graph if graph is not None else arch_of(kinds, after)
-        if target.is_mlp or target.arch() != want_arch or list(target.input_shape) != shape:
-            raise RunFolderError(f"{tpath} is not the network report.json records ('target_arch', "
-                                 f"'input_shape'); {RECREATE}")
-        _check_target_bias(tpath, plans, target)
+    target = _image_target(path, plans, kinds, after, graph, shape)
     n_in = int(np.prod(shape))
     if "witness" in report:
         _witness_entry(report, where, n_in)

@@ -231,6 +231,11 @@ def export_dense(run_path) -> list[Path]:
     run = read_run(run_path)
     if run.compact is None:
         raise UserError(f"{run_path} is stored dense already ({rf.RANDOM_NET}, {rf.MASKS}); nothing to export")
+    if gstore.has_support_pairs(run.plans):
+        pl = next(pl for pl in run.plans if pl.lean)
+        raise UserError(f"{run_path} has no dense files to export: target layer {pl.index + 1}'s first random layer "
+                        f"was drawn as its block support only (--support-draw-above; dense it would hold "
+                        f"{pl.hidden * pl.p:,} entries); load it with api.load_run / masked_model / export_pruned")
     paths = [run_path / rf.RANDOM_NET, run_path / rf.MASKS]
     with manifest.session(run_path):
         writer = manifest.open_folder(run_path, "approximate", need_bytes=int(gstore.dense_entries(run.plans) * 5 * 1.05))

@@ -92,6 +92,22 @@ class Target:
         """[p, q_1, ..., q_l] of the layers' matrix views (for an MLP its layer widths)."""
         return [self.layers[0].weight.shape[1]] + [L.weight.shape[0] for L in self.layers]
 
+    def chunk_rows(self, cap: int = 4096, budget: int = 64_000_000) -> int:
+        """Inputs to evaluate at once: ``cap``, fewer where one input's widest tensor times ``cap``
+        would pass ``budget`` values (512 MB in float64). A conv counts its output and the
+        patch matrix torch's CPU convolution unfolds its input into (c_in·k_h·k_w × positions):
+        for 32→32 channels, 3×3, at 28×28 that is 225,792 values, so 283 rows (4096 rows of it
+        peaked at 9 GB). An MLP's stays at ``cap``."""
+        widest = self.input_dim
+        for L in self.layers:
+            kind = L.kind
+            if kind.name == "conv2d":
+                positions = int(np.prod(kind.out_hw))
+                widest = max(widest, kind.q * positions, kind.p * positions)
+            else:
+                widest = max(widest, int(kind.q))
+        return max(1, min(int(cap), int(budget) // max(1, widest)))
+
     @property
     def is_mlp(self) -> bool:
         return self.input_shape is None and all(L.kind_ is None or L.kind.name == "linear" for L in self.layers) \

@@ -41,7 +41,8 @@ def _hidden(value):            # train-target --hidden parses to a tuple of widt
 MAPS = {
     "approximate": (["--out", "x"], "approximate.py", {
         **{d: (ConstructionConfig, d, _same) for d in
-           ("seed", "delta", "C", "block_width", "distribution", "width", "grow", "max_growth")},
+           ("seed", "delta", "C", "block_width", "distribution", "width", "grow", "max_growth",
+            "support_draw_above")},
         **{d: (SolveConfig, d, _same) for d in
            ("solver", "objective", "workers", "batch_size", "time_limit", "executor", "scheduler",
             "batch_timeout", "retries", "fallback")},
