@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     import torch
     from subsetsum_lth import gstore
     from subsetsum_lth.certify import certified_bound, empirical_bound_fast
-    from subsetsum_lth.construction import ConstructionConfig, build_construction, compact_masks_from_selections
+    from subsetsum_lth.construction import ConstructionConfig, build_construction
+    from subsetsum_lth.layer_instances import compact_masks_from_selections
     from subsetsum_lth.layer_solve import SLICE_BYTES, build_instances
     from subsetsum_lth.target import random_target
 

@@ -228,7 +228,7 @@ def draw_targets(config: SolverBenchConfig, rng: np.random.Generator) -> np.ndar
 def draw_instances(config: SolverBenchConfig) -> InstanceBatch:
     """``count`` construction-shaped instances of exactly ``n`` live coefficients.
 
-    As in :func:`subsetsum_lth.construction.layer_instances`, a coefficient is
+    As in :func:`subsetsum_lth.layer_instances.layer_instances`, a coefficient is
     ``float64(v) * float64(u)`` with ``u, v ~ U[-1, 1]`` drawn in float32 and only units with
     ``u > 0`` live; ``u`` conditioned on ``u > 0`` is drawn directly as ``|U[-1, 1]|``.
     """

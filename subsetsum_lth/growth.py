@@ -27,8 +27,8 @@ import logging
 
 import numpy as np
 
-from subsetsum_lth.construction import (DISTRIBUTIONS, ConstructionConfig, LayerInstances, draw_chunk,
-                                        extend_instances, extend_layer_pair)
+from subsetsum_lth.construction import DISTRIBUTIONS, ConstructionConfig, draw_chunk, extend_layer_pair
+from subsetsum_lth.layer_instances import LayerInstances, extend_instances
 from subsetsum_lth.limits import (GrowthBudget, _solver_reach, growth_reach, growth_within_reach,
                                   instance_seconds, instance_time_limit)
 from subsetsum_lth.progress import close

@@ -11,8 +11,8 @@ import numpy as np
 from subsetsum_lth import limits
 from subsetsum_lth.certify import certified_bound
 from subsetsum_lth.certify_box import box_bound
-from subsetsum_lth.construction import (Construction, LayerInstances, compact_masks_from_selections, dense_masks,
-                                        layer_instances)
+from subsetsum_lth.construction import Construction
+from subsetsum_lth.layer_instances import LayerInstances, compact_masks_from_selections, dense_masks, layer_instances
 from subsetsum_lth.growth import grow_layer
 from subsetsum_lth.gstore import support_layer_maps
 from subsetsum_lth.limits import EXACT_MAX_N
@@ -57,7 +57,7 @@ class Solved:
 
     def compact_masks(self) -> list[dict]:
         """Per layer pair, the masks in the support's form ({u, b1, w2, b2}, see
-        :func:`subsetsum_lth.construction.compact_masks_from_selections`)."""
+        :func:`subsetsum_lth.layer_instances.compact_masks_from_selections`)."""
         return [compact_masks_from_selections(i, r.selections) for i, r in zip(self.layers, self.results)]
 
     def layer_masks(self) -> list[dict]:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from subsetsum_lth import runfolder as rf
-from subsetsum_lth.construction import DISTRIBUTIONS, LayerPlan, layout_of
+from subsetsum_lth.construction import DISTRIBUTIONS, layout_of
 from subsetsum_lth.errors import RunFolderError, UserError
 from subsetsum_lth.gnet import mlp_layout
 from subsetsum_lth.gstore import DenseMasks, DenseState, generator_spec, read_compact
@@ -46,6 +46,8 @@ from subsetsum_lth.mask_rules import eligible_masks, prepruning_masks
 from subsetsum_lth.ops import canonical_arch, is_residual, signed_inputs
 from subsetsum_lth.preprocess import recorded_input_op
 from subsetsum_lth.report_fields import Fields, short
+from subsetsum_lth.run_shapes import (block_plans, check_construction_shapes, check_mlp_shapes, linear_count,
+                                     relu_after_of)
 # which data set a run was made on; certify_run, compare, edge-popup and the CLI import them from here
 from subsetsum_lth.run_dataset import choose_dataset, recorded_dataset  # noqa: F401
 # the readers of one file live in runfolder (below gstore); certify_run and the CLI import them from here
@@ -123,102 +125,6 @@ class Run:
         return all(self.relu_after)
 
 
-def _linear_count(state: dict, fname: str, where: Path) -> int:
-    """n such that the keys are exactly {2k}.weight, {2k}.bias for k < n."""
-    weights = [k for k in state if k.endswith(".weight")]
-    n = len(weights)
-    want = {f"{2 * k}.{t}" for k in range(n) for t in ("weight", "bias")}
-    if n == 0 or set(state) != want:
-        extra = sorted(set(state) - want)[:4]
-        missing = sorted(want - set(state), key=lambda s: (int(s.split(".")[0]), s))[:4]
-        detail = (f"unexpected {', '.join(extra)}" if extra else "") + \
-                 ("; " if extra and missing else "") + (f"missing {', '.join(missing)}" if missing else "")
-        raise RunFolderError(f"{where / fname}: keys are not those of Sequential(Linear, ReLU, ..., Linear) "
-                             f"({detail or 'no Linear layers'}); {RECREATE}")
-    return n
-
-
-def _check_mlp_shapes(state: dict, n: int, where: Path) -> list[int]:
-    sizes = []
-    for k in range(n):
-        w, b = state[f"{2 * k}.weight"], state[f"{2 * k}.bias"]
-        if w.ndim != 2 or b.ndim != 1 or b.shape[0] != w.shape[0] or 0 in w.shape:
-            raise RunFolderError(f"{where / rf.RANDOM_NET}: layer {2 * k} has weight {tuple(w.shape)} and bias "
-                                 f"{tuple(b.shape)}; not a Linear layer; {RECREATE}")
-        if not np.issubdtype(w.dtype, np.floating) or not np.issubdtype(b.dtype, np.floating):
-            raise RunFolderError(f"{where / rf.RANDOM_NET}: layer {2 * k} is not floating point ({w.dtype}); {RECREATE}")
-        if k == 0:
-            sizes.append(int(w.shape[1]))
-        elif w.shape[1] != sizes[-1]:
-            raise RunFolderError(f"{where / rf.RANDOM_NET}: layer {2 * k} takes {w.shape[1]} inputs but layer "
-                                 f"{2 * k - 2} gives {sizes[-1]}; {RECREATE}")
-        sizes.append(int(w.shape[0]))
-    return sizes
-
-
-def _plans(entries, sizes: list[int], domain: str, where: str, shapes=None, signed=None):
-    """LayerPlans from report.json's per-layer block widths (validated). ``shapes``: the
-    (q, p) of each layer's matrix view where they do not chain (conv layers); ``signed``: per
-    layer, whether its input can be negative (default: only layer 0, under the signed domain)."""
-
-    depth = len(sizes) - 1
-    shapes = shapes or [(sizes[i + 1], sizes[i]) for i in range(depth)]
-    if not isinstance(entries, list) or len(entries) != depth:
-        raise RunFolderError(f"{where} must list {depth} layers (one per target layer), got "
-                             f"{short(entries) if not isinstance(entries, list) else f'{len(entries)} entries'}; {RECREATE}")
-    plans = []
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict):
-            raise RunFolderError(f"{where}[{i}] must be an object, got {short(e)}; {RECREATE}")
-        f = Fields(e, f"{where}[{i}]")
-        q, p = shapes[i]
-        shape = f.int_list("target_shape", length=2, minimum=1)
-        if shape != [q, p]:
-            raise RunFolderError(f"{where}[{i}]: target_shape {shape} but the target's layer {i} is {[q, p]}; {RECREATE}")
-        m = f.integer("block_width", minimum=1)
-        has_bias = f.boolean("has_bias")
-        fm = f.integer("formula_block_width", minimum=1, optional=True) or m
-        grow = f.integer("growth_units", minimum=0, optional=True) or 0
-        ext = f.int_list("block_extensions", length=p + (1 if has_bias else 0), minimum=0, optional=True)
-        if ext is not None and any(ext) and grow == 0:
-            raise RunFolderError(f"{where}[{i}]: block_extensions without growth_units; {RECREATE}")
-        signed_i = (i == 0 and domain == "signed") if signed is None else bool(signed[i])
-        lean = f.choice("first_layer", ("dense", "support"), optional=True) == "support"
-        plan = LayerPlan(i, p, q, m, fm, has_bias, signed_input=signed_i, grow=grow,
-                         extensions=None if ext is None else np.asarray(ext, dtype=np.int64), lean=lean)
-        hidden = f.integer("hidden_units", minimum=1, optional=True)
-        if hidden is not None and hidden != plan.hidden:
-            raise RunFolderError(f"{where}[{i}]: hidden_units {hidden} but the block widths give {plan.hidden}; {RECREATE}")
-        plans.append(plan)
-    return plans
-
-
-def _check_construction_shapes(state: dict, plans, where: Path, fname: str) -> None:
-    for i, pl in enumerate(plans):
-        want = {f"{4 * i}.weight": (pl.hidden, pl.p), f"{4 * i}.bias": (pl.hidden,),
-                f"{4 * i + 2}.weight": (pl.q, pl.hidden), f"{4 * i + 2}.bias": (pl.q,)}
-        for k, shp in want.items():
-            if tuple(state[k].shape) != shp:
-                raise RunFolderError(
-                    f"{where / fname}: {k} has shape {tuple(state[k].shape)}, but the construction recorded in "
-                    f"report.json (target layer {i}: {pl.q}x{pl.p}, {pl.hidden} hidden units) needs {shp}; {RECREATE}")
-
-
-def _relu_after(report: dict, kind: str, n: int, where: Path) -> list[bool]:
-    if kind == "subset-sum":
-        if "relu_after" in report:
-            raise RunFolderError(f"{where / rf.REPORT}: a subset-sum run has no 'relu_after' entry (the "
-                                 f"construction has a ReLU after every hidden layer); {RECREATE}")
-        return [True] * (n - 1)
-    r = report.get("relu_after")
-    if r is None:
-        return [True] * (n - 1)
-    if not isinstance(r, list) or len(r) != n - 1 or not all(isinstance(v, bool) for v in r):
-        raise RunFolderError(f"{where / rf.REPORT}: 'relu_after' must list {n - 1} booleans (one per hidden "
-                             f"Linear layer), got {short(r)}; {RECREATE}")
-    return list(r)
-
-
 def _load_target(path: Path):
     check_regular(path)
     return load_target(path)
@@ -255,12 +161,12 @@ def _read_run(path: str | Path, *, need_target: bool = False) -> Run:
     if "target_arch" in report or "input_shape" in report or "g_arch" in report:
         return _read_image_run(path, report, f, state, masks, sizes, domain, radius, seed, kind)
     n, net_sizes = _check_mlp_tensors(path, state, masks)
-    relu_after = _relu_after(report, kind, n, path)
+    relu_after = relu_after_of(report, kind, n, path)
 
     # --- the construction recorded for the target
     plans, sizes = _mlp_plans(path, report, f, kind, n, sizes, domain)
     if plans is not None:
-        _check_construction_shapes(state, plans, path, rf.RANDOM_NET)
+        check_construction_shapes(state, plans, path, rf.RANDOM_NET)
     _check_allowed(path, masks, _allowed_masks(f, kind, plans, state))
 
     target = _mlp_target(path, sizes, plans, net_sizes, need_target)
@@ -351,11 +257,11 @@ def _report_fields(f: Fields, kind: str):
 def _check_mlp_tensors(path: Path, state: dict, masks: dict) -> tuple[int, list[int]]:
     """An MLP run's random net and masks: the same Linear layers, masks uint8 0/1 of the weights'
     shapes. Returns (the number of Linear layers, the random net's layer sizes)."""
-    n = _linear_count(state, rf.RANDOM_NET, path)
-    n_m = _linear_count(masks, rf.MASKS, path)
+    n = linear_count(state, rf.RANDOM_NET, path)
+    n_m = linear_count(masks, rf.MASKS, path)
     if n_m != n:
         raise RunFolderError(f"{path / rf.MASKS} has {n_m} Linear layers but {rf.RANDOM_NET} {n}; {RECREATE}")
-    net_sizes = _check_mlp_shapes(state, n, path)
+    net_sizes = check_mlp_shapes(state, n, path)
     for k in state:
         if masks[k].shape != state[k].shape:
             raise RunFolderError(f"{path / rf.MASKS}: mask {k} has shape {tuple(masks[k].shape)}, the random "
@@ -377,7 +283,7 @@ def _mlp_plans(path: Path, report: dict, f: Fields, kind: str, n: int, sizes, do
             raise RunFolderError(f"{path / rf.RANDOM_NET} has {n} Linear layers, but the construction for the "
                                  f"{len(sizes) - 1}-layer target recorded in report.json has exactly "
                                  f"{2 * (len(sizes) - 1)}; {RECREATE}")
-        plans = _plans(report.get("layers"), sizes, domain, f"{where} 'layers'")
+        plans = block_plans(report.get("layers"), sizes, domain, f"{where} 'layers'")
     elif "construction_plan" in report:
         entries = report["construction_plan"]
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
@@ -395,7 +301,7 @@ def _mlp_plans(path: Path, report: dict, f: Fields, kind: str, n: int, sizes, do
             raise RunFolderError(f"{path / rf.RANDOM_NET} has {n} Linear layers, but the construction recorded in "
                                  f"report.json ('construction_plan', {len(entries)} target layers) has exactly "
                                  f"{2 * len(entries)}; {RECREATE}")
-        plans = _plans(entries, sizes, domain or "nonnegative", f"{where} 'construction_plan'")
+        plans = block_plans(entries, sizes, domain or "nonnegative", f"{where} 'construction_plan'")
     return plans, sizes
 
 
@@ -456,14 +362,14 @@ def _read_compact_run(path: Path, report: dict, f, sizes, domain, radius, seed, 
     dist = f.choice("distribution", tuple(sorted(DISTRIBUTIONS)))
     if "target_arch" in report or "input_shape" in report or "g_arch" in report:
         return _read_compact_image_run(path, report, f, sizes, domain, radius, seed, need_target, dist)
-    plans = _plans(report.get("layers"), sizes, domain, f"{where} 'layers'")
+    plans = block_plans(report.get("layers"), sizes, domain, f"{where} 'layers'")
     if report.get("generator") != generator_spec(seed, dist, plans):
         raise RunFolderError(f"{where}: 'generator' is not the specification of the recorded seed, distribution and "
                              f"block plan; {RECREATE}")
     compact = read_compact(path, plans, seed, dist, domain)
     layout = layout_of(plans)
     n = 2 * len(plans)
-    relu_after = _relu_after(report, "subset-sum", n, path)
+    relu_after = relu_after_of(report, "subset-sum", n, path)
     target = None
     tpath = path / rf.TARGET
     if tpath.exists() or tpath.is_symlink():
@@ -506,7 +412,7 @@ def _image_plans(report: dict, f, where: str, sizes, domain, kind: str):
                                  f"network, which an edge-popup run of an image network records); {RECREATE}")
         entries, entries_name = report["construction_plan"], "construction_plan"
         sizes = arch_sizes
-    plans = _plans(entries, sizes, domain or "nonnegative", f"{where} '{entries_name}'", [(k.q, k.p) for k in kinds],
+    plans = block_plans(entries, sizes, domain or "nonnegative", f"{where} '{entries_name}'", [(k.q, k.p) for k in kinds],
                    signed)
     for pl, k in zip(plans, kinds):
         pl.kind = k
@@ -541,7 +447,7 @@ def _read_compact_image_run(path: Path, report: dict, f, sizes, domain, radius, 
         raise RunFolderError(f"{where}: 'generator' is not the specification of the recorded seed, distribution and "
                              f"block plan; {RECREATE}")
     compact = read_compact(path, plans, seed, dist, domain, [pl.signed_input for pl in plans])
-    relu_after = _relu_after(report, "subset-sum", len(layout.inner_relus()) + 1, path)
+    relu_after = relu_after_of(report, "subset-sum", len(layout.inner_relus()) + 1, path)
     target = _image_target(path, plans, kinds, after, graph, shape)
     if target is None and need_target:
         raise RunFolderError(f"{path} has no {rf.TARGET}; a certificate needs the target: {RECREATE}")
@@ -580,7 +486,7 @@ def _read_image_run(path: Path, report: dict, f, state: dict, masks: dict, sizes
         if masks[k].size and int(masks[k].max()) > 1:
             raise RunFolderError(f"{path / rf.MASKS}: mask {k} holds values other than 0 and 1; {RECREATE}")
     # one relu_after entry per ReLU of g (for a chain: one fewer than its conv2d/linear layers)
-    relu_after = _relu_after(report, kind, len(layout.inner_relus()) + 1, path)
+    relu_after = relu_after_of(report, kind, len(layout.inner_relus()) + 1, path)
     allowed = None
     if kind == "subset-sum":
         allowed = prepruning_masks(plans, state, layout)

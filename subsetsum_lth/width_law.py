@@ -50,7 +50,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from subsetsum_lth.construction import DISTRIBUTIONS, LayerPlan, draw_layer_pair, formula_width, layer_instances
+from subsetsum_lth.construction import DISTRIBUTIONS, LayerPlan, draw_layer_pair, formula_width
+from subsetsum_lth.layer_instances import layer_instances
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.solvers.instances import InstanceBatch, Status, recompute_errors
 from subsetsum_lth.solve import SolveConfig, check_solver, solve_all

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from subsetsum_lth import cli, gstore, runwriter
 from subsetsum_lth import runfolder as rf
 from subsetsum_lth.certify import layer_maps, pruned_module
-from subsetsum_lth.construction import (ConstructionConfig, build_construction, compact_masks_from_selections,
-                                        dense_masks, draw_layer_pair, layer_instances, plan_layers, unit_columns)
+from subsetsum_lth.construction import ConstructionConfig, build_construction, draw_layer_pair, plan_layers, unit_columns
+from subsetsum_lth.layer_instances import compact_masks_from_selections, dense_masks, layer_instances
 from subsetsum_lth.mask_rules import masks_state_dict
 from subsetsum_lth.errors import RunFolderError, UserError
 from subsetsum_lth.runcheck import read_run

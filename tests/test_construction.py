@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from subsetsum_lth.certify import layer_maps
-from subsetsum_lth.construction import (ConstructionConfig, build_construction, formula_width,
-                                        layer_instances, masks_from_selections)
+from subsetsum_lth.construction import ConstructionConfig, build_construction, formula_width
+from subsetsum_lth.layer_instances import layer_instances, masks_from_selections
 from subsetsum_lth.mask_rules import masks_state_dict, prepruning_masks
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.target import random_target
@@ -215,8 +215,8 @@ def test_extending_a_pair_equals_drawing_it(before, more, domain, bias):
     to drawing the grown plan from scratch (every chunk has its own seed)."""
     from dataclasses import replace
 
-    from subsetsum_lth.construction import (draw_layer_pair, extend_instances, extend_layer_pair,
-                                            layer_instances, plan_layers)
+    from subsetsum_lth.construction import draw_layer_pair, extend_layer_pair, plan_layers
+    from subsetsum_lth.layer_instances import extend_instances, layer_instances
     t = random_target((4, 3), bias=bias, seed=2)
     plan = plan_layers(t, ConstructionConfig(seed=7, block_width=5, width="auto", grow=3, input_domain=domain))[0]
     n = plan.n_blocks

@@ -76,7 +76,8 @@ def _issue_block(extensions: int):
     non-negative inputs, seed 1; adaptive blocks of 20 units growing by 5."""
     from dataclasses import replace
 
-    from subsetsum_lth.construction import draw_layer_pair, layer_instances, plan_layers
+    from subsetsum_lth.construction import draw_layer_pair, plan_layers
+    from subsetsum_lth.layer_instances import layer_instances
     from subsetsum_lth.target import random_target
     t = random_target((784, 500, 10), bias=True, seed=1, scale=0.15)
     plan = plan_layers(t, ConstructionConfig(input_domain="nonnegative", seed=1, width="adaptive", eps=0.01))[0]
