@@ -181,7 +181,8 @@ def local_diff_intervals(target: Target, maps: list[LayerMap], x: np.ndarray, ra
     :func:`copy_maps`, :func:`network_maps`). ``method``: the intermediate bounds — "refined"
     (:func:`refined_bounds`), "interval" (intervals alone) or "crown" (differential CROWN on every
     unit, :func:`subsetsum_lth.box_net.hidden_bounds`: the box certificate's, per ball). Returns
-    ``lower``, ``upper``, ``seconds`` (wall, all images) and ``alpha_iterations``."""
+    ``lower``, ``upper``, ``seconds`` (wall, all images), ``cpu_seconds`` (this process) and
+    ``alpha_iterations``."""
     if method not in METHODS:
         raise UserError(f"unknown local bound method {method!r}; use one of {', '.join(METHODS)}")
     if not (math.isfinite(radius) and radius >= 0):
@@ -199,7 +200,7 @@ def local_diff_intervals(target: Target, maps: list[LayerMap], x: np.ndarray, ra
     ops = op_chain(target, maps, "plus")
     lo_t, hi_t = torch.as_tensor(lo_a, dtype=DT), torch.as_tensor(hi_a, dtype=DT)
     q = ops[-1].n_out
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     lower, upper, done = [], [], 0
     for i in range(0, len(x), batch):
         x0 = torch.minimum(torch.maximum(torch.as_tensor(x[i:i + batch], dtype=DT), lo_t), hi_t)
@@ -217,7 +218,8 @@ def local_diff_intervals(target: Target, maps: list[LayerMap], x: np.ndarray, ra
     upper = torch.cat(upper).numpy() if upper else np.zeros((0, q))
     lower = lower - (np.abs(lower) * NUMERIC_SLACK + ABS_SLACK)
     upper = upper + (np.abs(upper) * NUMERIC_SLACK + ABS_SLACK)
-    return {"lower": lower, "upper": upper, "seconds": time.perf_counter() - t0, "alpha_iterations": done,
+    return {"lower": lower, "upper": upper, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0, "alpha_iterations": done,
             "radius": float(radius), "images": int(len(x)), "method": method}
 
 
