@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth.box_crown import DT, DiffNet, _backward, _hidden_bounds, box_arrays, twin_net
+from subsetsum_lth.box_local import robust_lower as refined_robust_lower
 from subsetsum_lth.box_net import chain_robust_lower, twin_graph
 from subsetsum_lth.certify import LayerMap
 from subsetsum_lth.errors import UserError
@@ -34,10 +35,14 @@ def _robust_lower(net: DiffNet, x0: torch.Tensor, cls: torch.Tensor, rho: float,
 
 
 def local_agreement(target: Target, maps: list[LayerMap], x: np.ndarray, rho: float, lo=0.0, hi=1.0,
-                    chunk: int = 500, return_mask: bool = False, bar=None):
+                    chunk: int = 500, return_mask: bool = False, bar=None, refine: bool = True):
     """Fraction of the points ``x`` (N, p) around which f and ĝ provably predict the same class
     everywhere in the ℓ∞ ball of radius ρ (intersected with the box): f's class c at the point,
-    and lower bounds of f_c − f_k and ĝ_c − ĝ_k (CROWN on each network) positive for every k ≠ c."""
+    and lower bounds of f_c − f_k and ĝ_c − ĝ_k (CROWN on each network) positive for every k ≠ c.
+    CNNs: interval bounds of the hidden ops, CROWN on each image's units they leave unstable
+    (:func:`subsetsum_lth.box_local.refined_bounds`), CROWN on the margins; ``refine`` False: the
+    intervals alone and CROWN on the margins back to the last conv/pooling op (the cheaper, far
+    looser bounds used before)."""
     if not (math.isfinite(rho) and rho >= 0):
         raise UserError(f"--local-radius must be a non-negative number, got {rho}")
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
@@ -48,8 +53,12 @@ def local_agreement(target: Target, maps: list[LayerMap], x: np.ndarray, rho: fl
     if not target.is_mlp or target.graph is not None:   # conv/pooling/residual: the op chains (graphs) of f, ĝ
         fops = twin_graph(target, [L.weight for L in target.layers], [L.bias for L in target.layers])
         gops = twin_graph(target, [M.w_plus for M in maps], [M.bias for M in maps])
-        robust = lambda ops, x0, cls, lo_t, hi_t: chain_robust_lower(
-            ops[0], torch.maximum(x0 - rho, lo_t), torch.minimum(x0 + rho, hi_t), cls, inputs=ops[1])
+        if refine and fops[1] is None:      # a chain: CROWN on each ball's unstable units (box_local)
+            robust = lambda ops, x0, cls, lo_t, hi_t: refined_robust_lower(
+                ops[0], torch.maximum(x0 - rho, lo_t), torch.minimum(x0 + rho, hi_t), cls)
+        else:                               # a residual graph (or refine=False): interval bounds
+            robust = lambda ops, x0, cls, lo_t, hi_t: chain_robust_lower(
+                ops[0], torch.maximum(x0 - rho, lo_t), torch.minimum(x0 + rho, hi_t), cls, inputs=ops[1])
         fnet, gnet = fops, gops
     else:
         fnet = twin_net([L.weight for L in target.layers], [L.bias for L in target.layers])

@@ -204,6 +204,8 @@ class ReluOp(BoxOp):
         pos = Ca >= 0
         lam_z = Ca * torch.where(pos, ls, us)
         const = (Ca * torch.where(pos, torch.zeros_like(ub), ub)).sum(-1)
+        if params is None and not bool(CD.any()):     # no d term (a twin chain): D's planes add 0
+            return lam_z, CD, const
         dlo, dup = _d_planes(bb, af, ag, th_u, th_l)
         posD = CD >= 0
         pz = torch.where(posD, dlo[0], dup[0])
@@ -306,6 +308,8 @@ class MaxPool2dOp(BoxOp):
 
     def backward(self, Cy, CY, b: Bounds, params=None):
         bb = b.map(lambda t: t[:, None, :])
+        if not bool(CY.any()):      # no d term (a twin chain): y' only, Y's planes add 0
+            return self._backward_g(Cy, bb)
         (gz_lo, _, gc_lo), (gz_up, _, gc_up), Y_lo, Y_up = self.planes(bb)
         pos, posY = (Cy >= 0)[..., None], (CY >= 0)[..., None]
         zc = torch.where(pos, gz_lo, gz_up) * Cy[..., None] + torch.where(posY, Y_lo[0], Y_up[0]) * CY[..., None]
@@ -317,6 +321,19 @@ class MaxPool2dOp(BoxOp):
         lam_z = torch.zeros(B, m, self.n_in, dtype=DT).index_add(2, flat, zc.reshape(B, m, -1))
         lam_d = torch.zeros(B, m, self.n_in, dtype=DT).index_add(2, flat, dc.reshape(B, m, -1))
         return lam_z, lam_d, const
+
+    def _backward_g(self, Cy, bb: Bounds):
+        """:meth:`backward` when CY = 0: the planes of y' = max_j a'_j alone."""
+        L, U = self._gather(bb.l), self._gather(bb.u)
+        jg, domg, ug = _max_planes(L, U)
+        eg = F.one_hot(jg, L.shape[-1]).to(DT)
+        dg = domg[..., None].to(DT)
+        pos = (Cy >= 0)[..., None]
+        zc = torch.where(pos, eg, dg * eg) * Cy[..., None]
+        const = (Cy * torch.where(pos[..., 0], torch.zeros_like(ug), (1 - dg[..., 0]) * ug)).sum(-1)
+        B, m = Cy.shape[:2]
+        lam_z = torch.zeros(B, m, self.n_in, dtype=DT).index_add(2, self.idx.flatten(), zc.reshape(B, m, -1))
+        return lam_z, torch.zeros_like(lam_z), const
 
 
 class AvgPool2dOp(BoxOp):

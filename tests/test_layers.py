@@ -114,6 +114,7 @@ LAYERS = [
                  "construction", "layer_instances", "mask_rules", "gnet", "data"}),
     ("solve", {"solve", "solve_config", "resume_store", "executors", "limits", "growth"}),
     ("certificate", {"certify", "tolerance", "box_ops", "box_net", "box_crown", "box_zonotope", "box_attack", "box_agreement",
+                     "box_local",
                      "certify_box"}),
     ("measurement", {"evaluation", "plots"}),
     ("run folders: reading and writing", {"gstore", "run_dataset", "runcheck", "run_shapes", "report_check", "runwriter", "run_report",
