@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from subsetsum_lth.box_crown import DT, Bounds, box_arrays
-from subsetsum_lth.box_net import backward, hidden_bounds, op_chain, optimise
+from subsetsum_lth.box_net import backward, hidden_bounds, margin_objectives, op_chain, optimise
 from subsetsum_lth.box_ops import BoxOp, ReluOp
 from subsetsum_lth.certify import NUMERIC_SLACK, LayerMap
 from subsetsum_lth.errors import UserError
@@ -161,13 +161,7 @@ def robust_lower(ops: list[BoxOp], Xlo, Xhi, cls: torch.Tensor) -> torch.Tensor:
     of a twin chain (:func:`subsetsum_lth.box_net.twin_chain`): :func:`refined_bounds` for the
     hidden ops, CROWN from the margins back to the input."""
     bounds = refined_bounds(ops, Xlo, Xhi, twin=True)
-    q = ops[-1].n_out
-    N = len(Xlo)
-    eye = torch.eye(q, dtype=DT)
-    lam = eye[cls][:, None, :] - eye[None, :, :]
-    keep = torch.ones(N, q, dtype=torch.bool)
-    keep[torch.arange(N), cls] = False
-    lam = lam[keep].reshape(N, q - 1, q)
+    lam = margin_objectives(cls, ops[-1].n_out)
     val, _ = backward(ops, bounds, len(ops) - 1, lam, torch.zeros_like(lam), Xlo, Xhi, "plus")
     return val
 

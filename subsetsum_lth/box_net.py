@@ -237,8 +237,6 @@ def hidden_bounds(ops: list[BoxOp], Xlo, Xhi, split: str, twin: bool = False, ib
     if inputs is not None:
         return _hidden_bounds_graph(ops, Xlo, Xhi, split, twin, ibp, inputs)
     bounds: list = [None] * len(ops)
-    B = Xlo.shape[0]
-    widest = max(max(op.n_in, op.n_out) for op in ops)
     zero = torch.zeros_like(Xlo)
     X = Bounds(Xlo, Xhi, zero, zero, Xlo, Xhi)
     for k, op in enumerate(ops[:-1]):
@@ -246,34 +244,7 @@ def hidden_bounds(ops: list[BoxOp], Xlo, Xhi, split: str, twin: bool = False, ib
         if not op.affine or use_ibp or (k == 0 and split != "both"):
             bounds[k] = op.interval(bounds[k - 1] if k else X)
             continue
-        n = op.n_out
-        parts = []
-        kinds = 2 if twin else 6
-        step = _chunk(n, widest, kinds * B)
-        for s in range(0, n, step):
-            c = min(step, n - s)
-            I = torch.zeros(c, n, dtype=DT)
-            I[torch.arange(c), s + torch.arange(c)] = 1.0
-            I = I.expand(B, c, n)
-            Z = torch.zeros_like(I)
-            if twin:
-                v, _ = backward(ops, bounds, k, torch.cat([I, -I], 1), torch.cat([Z, Z], 1), Xlo, Xhi, split)
-                parts.append(v.reshape(B, 2, c))
-                continue
-            lam_z = torch.cat([I, -I, Z, Z, I, -I], 1)
-            lam_d = torch.cat([Z, Z, I, -I, I, -I], 1)
-            v, _ = backward(ops, bounds, k, lam_z, lam_d, Xlo, Xhi, split)
-            parts.append(v.reshape(B, 6, c))
-        v = torch.cat(parts, 2)
-        if twin:
-            l, u = v[:, 0], -v[:, 1]
-            zero = torch.zeros_like(l)
-            bounds[k] = Bounds(l, u, zero, zero, l, u)
-            continue
-        l, u, dl, du, lf, uf = v[:, 0], -v[:, 1], v[:, 2], -v[:, 3], v[:, 4], -v[:, 5]
-        lf = torch.maximum(lf, l + dl)
-        uf = torch.minimum(uf, u + du)
-        bounds[k] = Bounds(l, u, dl, du, lf, uf)
+        bounds[k] = _crown_bounds(ops, bounds, k, Xlo, Xhi, split, twin, None)
     return bounds
 
 
@@ -428,6 +399,16 @@ def twin_graph(target: Target, weights: list, biases: list) -> tuple[list[BoxOp]
     return op_graph(t, maps, "plus")
 
 
+def margin_objectives(cls: torch.Tensor, q: int) -> torch.Tensor:
+    """(N, q−1, q) coefficients of the margins out_c − out_k, k ≠ c = ``cls`` (one row per point)."""
+    N = len(cls)
+    eye = torch.eye(q, dtype=DT)
+    lam = eye[cls][:, None, :] - eye[None, :, :]
+    keep = torch.ones(N, q, dtype=torch.bool)
+    keep[torch.arange(N), cls] = False
+    return lam[keep].reshape(N, q - 1, q)
+
+
 def chain_robust_lower(ops: list[BoxOp], Xlo, Xhi, cls: torch.Tensor,
                        inputs: list[list[int]] | None = None) -> torch.Tensor:
     """Lower bounds (N, q−1) of out_c − out_k over the boxes [Xlo, Xhi] (N, p) of a twin chain
@@ -440,13 +421,7 @@ def chain_robust_lower(ops: list[BoxOp], Xlo, Xhi, cls: torch.Tensor,
     stop = max((j for j, op in enumerate(ops) if op.name in ("conv2d", "maxpool2d", "avgpool2d") and j in cuts),
                default=-1)
     bounds = hidden_bounds(ops, Xlo, Xhi, "plus", twin=True, ibp=True, inputs=inputs)
-    q = ops[-1].n_out
-    N = len(Xlo)
-    eye = torch.eye(q, dtype=DT)
-    lam = eye[cls][:, None, :] - eye[None, :, :]
-    keep = torch.ones(N, q, dtype=torch.bool)
-    keep[torch.arange(N), cls] = False
-    lam = lam[keep].reshape(N, q - 1, q)
+    lam = margin_objectives(cls, ops[-1].n_out)
     val, _ = backward(ops, bounds, len(ops) - 1, lam, torch.zeros_like(lam), Xlo, Xhi, "plus", stop=stop,
                       inputs=inputs)
     return val

@@ -120,3 +120,38 @@ def subprocess_env(**extra) -> dict:
                MPLBACKEND="Agg")
     env.update(extra)
     return fault_env(env) if FAULT_ENV in extra or WORKER_FAULT_ENV in extra else env
+
+
+def pair_difference(t, maps):
+    """x ↦ f(x) − ĝ(x) of a target and layer maps (certify.LayerMap), both on the same inputs."""
+    from subsetsum_lth.certify import CollapsedNet
+    g = CollapsedNet(maps, target=t)
+    return lambda x: t.forward(x) - g(x)
+
+
+def sign_ascent(fn, x, lo, hi, steps=30, step=0.1):
+    """Sign-gradient ascent on fn (N,) from x, projected to the box [lo, hi] (the attack the
+    box-certificate tests use, written outside the package). Returns (fn at the end, the points)."""
+    x = x.clone()
+    for i in range(steps):
+        x.requires_grad_(True)
+        v = fn(x)
+        (gr,) = torch.autograd.grad(v.sum(), x)
+        with torch.no_grad():
+            x = torch.clamp(x + step * (1 - i / steps) * torch.sign(gr) * (hi - lo), lo, hi)
+    with torch.no_grad():
+        return fn(x), x
+
+
+def assert_no_ball_point_changes_the_class(t, maps, x, rho, mask, rng):
+    """For every point x[i] where ``mask`` says f and ĝ are certified to keep f's class on the ℓ∞
+    ball of radius ρ (within [0, 1]): random points and random corners of the ball keep it."""
+    from subsetsum_lth.certify import CollapsedNet
+    g = CollapsedNet(maps, target=t)
+    for i in np.nonzero(mask)[0]:
+        pts = np.clip(x[i] + rho * (2 * rng.random((200, t.input_dim)) - 1), 0, 1)
+        pts = np.vstack([pts, np.clip(x[i] + rho * np.sign(rng.standard_normal((50, t.input_dim))), 0, 1)])
+        X = torch.as_tensor(pts, dtype=torch.float64)
+        c = int(t.forward(torch.as_tensor(x[i:i + 1], dtype=torch.float64)).argmax())
+        with torch.no_grad():
+            assert (t.forward(X).argmax(1) == c).all() and (g(X).argmax(1) == c).all()

@@ -24,6 +24,7 @@ from subsetsum_lth.box_crown import DT, Bounds
 from subsetsum_lth.certify import CollapsedNet, LayerMap
 from subsetsum_lth.target import from_arch_state
 from subsetsum_lth.layerkinds import kinds_from_arch
+from tests.helpers import assert_no_ball_point_changes_the_class, pair_difference, sign_ascent
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_certificate_box import CASES as MLP_CASES  # noqa: E402
@@ -74,31 +75,13 @@ CASES = {
 }
 
 
-def _diff(t, maps):
-    g = CollapsedNet(maps, target=t)
-    return lambda x: t.forward(x) - g(x)
-
-
-def _ascent(fn, x, lo, hi, steps=30, step=0.1):
-    """Sign-gradient ascent on fn (N,) from x, projected to the box (written here)."""
-    x = x.clone()
-    for i in range(steps):
-        x.requires_grad_(True)
-        v = fn(x)
-        (gr,) = torch.autograd.grad(v.sum(), x)
-        with torch.no_grad():
-            x = torch.clamp(x + step * (1 - i / steps) * torch.sign(gr) * (hi - lo), lo, hi)
-    with torch.no_grad():
-        return fn(x)
-
-
 #: tiny convolutions: one torch thread (several contend on a loaded 2-core machine)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _empirical_extremes(t, maps, lo, hi, n=3000, seed=0):
     """Largest / smallest (f − ĝ)_k found by random points, random corners and ascent."""
-    diff = _diff(t, maps)
+    diff = pair_difference(t, maps)
     p = t.input_dim
     gen = torch.Generator().manual_seed(seed)
     x = lo + (hi - lo) * torch.rand(n, p, generator=gen, dtype=DT)
@@ -111,7 +94,7 @@ def _empirical_extremes(t, maps, lo, hi, n=3000, seed=0):
     for k in range(q):
         for sgn in (1.0, -1.0):
             top = X[torch.topk(sgn * d[:, k], 8).indices]
-            v = _ascent(lambda z: sgn * diff(z)[:, k], top, lo, hi)
+            v, _ = sign_ascent(lambda z: sgn * diff(z)[:, k], top, lo, hi)
             if sgn > 0:
                 mx[k] = max(mx[k], v.max())
             else:
@@ -132,7 +115,7 @@ def test_cnn_intervals_contain_every_value_found(name):
 
 
 def _grid_extremes(t, maps, lo, hi, n=201):
-    diff = _diff(t, maps)
+    diff = pair_difference(t, maps)
     a = torch.linspace(lo, hi, n, dtype=DT)
     X = torch.cartesian_prod(a, a)
     with torch.no_grad():
@@ -329,14 +312,7 @@ def test_cnn_local_agreement_is_sound():
     rho = 0.02
     frac, mask = local_agreement(t, maps, x, rho, 0.0, 1.0, return_mask=True)
     assert 0 < frac <= 1
-    g = CollapsedNet(maps, target=t)
-    for i in np.nonzero(mask)[0]:
-        pts = np.clip(x[i] + rho * (2 * rng.random((200, t.input_dim)) - 1), 0, 1)
-        pts = np.vstack([pts, np.clip(x[i] + rho * np.sign(rng.standard_normal((50, t.input_dim))), 0, 1)])
-        X = torch.as_tensor(pts, dtype=DT)
-        c = int(t.forward(torch.as_tensor(x[i:i + 1], dtype=DT)).argmax())
-        with torch.no_grad():
-            assert (t.forward(X).argmax(1) == c).all() and (g(X).argmax(1) == c).all()
+    assert_no_ball_point_changes_the_class(t, maps, x, rho, mask, rng)
 
 
 # ----------------------------------------------------------------------------- the CLI

@@ -23,6 +23,7 @@ from subsetsum_lth.box_net import twin_chain
 from subsetsum_lth.certify import CollapsedNet, LayerMap
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.target import random_target
+from tests.helpers import pair_difference
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_box_cnn import ARCH_A, make  # noqa: E402
@@ -42,11 +43,6 @@ def mlp_pair(seed=0, tau=0.05, sizes=(12, 16, 16, 16, 4)):
     e = lambda a: tau * (2 * rng.random(a.shape) - 1)
     maps = [LayerMap(L.weight - e(L.weight), L.weight - e(L.weight), L.bias - e(L.bias)) for L in t.layers]
     return t, maps
-
-
-def diff_fn(t, maps):
-    g = CollapsedNet(maps, target=t)
-    return lambda X: t.forward(X) - g(X)
 
 
 def attack_values(fn, x0, r, rng, n_random=300, steps=30):
@@ -109,7 +105,7 @@ def test_local_intervals_contain_attacked_points(name, method):
     for r in (0.03, 0.15):
         res = bl.local_diff_intervals(t, maps, x, r, iters=8, batch=3, method=method)
         assert res["lower"].shape == (5, t.sizes[-1]) and np.all(res["lower"] <= res["upper"])
-        assert worst_violation(diff_fn(t, maps), x, r, res["lower"], res["upper"]) <= 1e-12
+        assert worst_violation(pair_difference(t, maps), x, r, res["lower"], res["upper"]) <= 1e-12
 
 
 def test_refined_is_tighter_than_intervals_and_not_vacuous():
@@ -127,7 +123,7 @@ def test_zero_radius_gives_the_difference_at_the_point():
     x = _images(t, 3, 4)
     res = bl.local_diff_intervals(t, maps, x, 0.0, iters=0)
     with torch.no_grad():
-        v = diff_fn(t, maps)(torch.as_tensor(x, dtype=DT)).numpy()
+        v = pair_difference(t, maps)(torch.as_tensor(x, dtype=DT)).numpy()
     np.testing.assert_allclose(res["lower"], v, atol=1e-9)
     np.testing.assert_allclose(res["upper"], v, atol=1e-9)
 
@@ -197,7 +193,7 @@ def test_mutant_shrunk_intermediate_bound_is_caught(monkeypatch):
     x = _images(t, 5, 1)
     monkeypatch.setattr(bl, "_crown_units", _shrunk_units(bl._crown_units))
     res = bl.local_diff_intervals(t, maps, x, 0.15, iters=8)
-    assert worst_violation(diff_fn(t, maps), x, 0.15, res["lower"], res["upper"]) > 1e-6
+    assert worst_violation(pair_difference(t, maps), x, 0.15, res["lower"], res["upper"]) > 1e-6
 
 
 def test_mutant_shrunk_bound_is_caught_on_agreement_margins(monkeypatch):
@@ -235,4 +231,4 @@ def test_mutant_relu_upper_slope_is_caught(monkeypatch):
     monkeypatch.setattr(box_ops, "_relu", mutant)
     monkeypatch.setattr(box_crown, "_relu", mutant)
     res = bl.local_diff_intervals(t, maps, x, 0.15, iters=0)
-    assert worst_violation(diff_fn(t, maps), x, 0.15, res["lower"], res["upper"]) > 1e-6
+    assert worst_violation(pair_difference(t, maps), x, 0.15, res["lower"], res["upper"]) > 1e-6

@@ -28,6 +28,7 @@ from subsetsum_lth.box_crown import DT
 from subsetsum_lth.certify import CollapsedNet, LayerMap, certified_bound
 from subsetsum_lth.ops import canonical_arch, param_paths
 from subsetsum_lth.target import from_arch_state
+from tests.helpers import assert_no_ball_point_changes_the_class, pair_difference, sign_ascent
 
 #: tiny convolutions: one torch thread (several contend on a loaded 2-core machine)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -88,27 +89,9 @@ def make(arch, shape, seed, tau, positive=False):
     return t, maps
 
 
-def _diff(t, maps):
-    g = CollapsedNet(maps, target=t)
-    return lambda x: t.forward(x) - g(x)
-
-
-def _ascent(fn, x, lo, hi, steps=30, step=0.1):
-    """Sign-gradient ascent on fn (N,) from x, projected to the box (the attack, written here)."""
-    x = x.clone()
-    for i in range(steps):
-        x.requires_grad_(True)
-        v = fn(x)
-        (gr,) = torch.autograd.grad(v.sum(), x)
-        with torch.no_grad():
-            x = torch.clamp(x + step * (1 - i / steps) * torch.sign(gr) * (hi - lo), lo, hi)
-    with torch.no_grad():
-        return fn(x), x
-
-
 def _extremes(t, maps, lo, hi, n=1500, seed=0):
     """Largest / smallest (f − ĝ)_k found by random points, random corners and the attack on ±(f − ĝ)_k."""
-    diff = _diff(t, maps)
+    diff = pair_difference(t, maps)
     gen = torch.Generator().manual_seed(seed)
     x = lo + (hi - lo) * torch.rand(n, t.input_dim, generator=gen, dtype=DT)
     corner = torch.where(torch.rand(n, t.input_dim, generator=gen, dtype=DT) < 0.5, lo, hi).to(DT)
@@ -118,7 +101,7 @@ def _extremes(t, maps, lo, hi, n=1500, seed=0):
     mx, mn = d.max(0).values, d.min(0).values
     for k in range(d.shape[1]):
         for sgn in (1.0, -1.0):
-            v, _ = _ascent(lambda z: sgn * diff(z)[:, k], X[torch.topk(sgn * d[:, k], 8).indices], lo, hi)
+            v, _ = sign_ascent(lambda z: sgn * diff(z)[:, k], X[torch.topk(sgn * d[:, k], 8).indices], lo, hi)
             if sgn > 0:
                 mx[k] = max(mx[k], v.max())
             else:
@@ -245,7 +228,7 @@ def _hand_caught() -> bool:
         low, up, _, _ = box_net.chain_intervals(t, maps, 0.0, 1.0, iters=0)
         x1 = torch.ones(1, 1, dtype=DT)
         with torch.no_grad():
-            actual = float(_diff(t, maps)(x1)[0, 0])
+            actual = float(pair_difference(t, maps)(x1)[0, 0])
         assert math.isclose(actual, attained, rel_tol=1e-12)
         if up[0] < actual - 1e-12 or low[0] > 1e-12:
             return True
@@ -360,14 +343,7 @@ def test_residual_local_agreement_is_sound():
     rho = 0.02
     frac, mask = local_agreement(t, maps, x, rho, 0.0, 1.0, return_mask=True)
     assert 0 < frac <= 1
-    g = CollapsedNet(maps, target=t)
-    for i in np.nonzero(mask)[0]:
-        pts = np.clip(x[i] + rho * (2 * rng.random((200, t.input_dim)) - 1), 0, 1)
-        pts = np.vstack([pts, np.clip(x[i] + rho * np.sign(rng.standard_normal((50, t.input_dim))), 0, 1)])
-        X = torch.as_tensor(pts, dtype=DT)
-        c = int(t.forward(torch.as_tensor(x[i:i + 1], dtype=DT)).argmax())
-        with torch.no_grad():
-            assert (t.forward(X).argmax(1) == c).all() and (g(X).argmax(1) == c).all()
+    assert_no_ball_point_changes_the_class(t, maps, x, rho, mask, rng)
 
 
 # ----------------------------------------------------------------------------- a property
