@@ -336,3 +336,31 @@ def test_cli_cnn_box_run_and_certify(tmp_path, capsys):
     assert main(["certify", str(out), "--input-domain", "box"]) == 0
     text = capsys.readouterr().out
     assert "stored box witness" in text and "<= certified" in text
+
+
+def test_cli_local_images_refines_the_cnn_agreement_on_the_first_n_images(tmp_path, capsys, mnist_dir):
+    """--local-images N: certified agreement on the first N test images with the refined bounds
+    (recorded and printed as such); without it every test image, interval bounds; outside the box
+    domain, or without test images, refused in one line."""
+    from subsetsum_lth.cli import main
+    from subsetsum_lth.target import save_target
+    t, _ = make([conv(1, 2, 7, 7), RELU, FLAT, fc(32, 10)], (1, 28, 28), 0, 0.0)
+    path = tmp_path / "cnn.safetensors"
+    save_target(t, path)
+    base = ["approximate", "--target", str(path), "--solver", "mitm", "--block-width", "24", "--no-progress",
+            "--no-plots", "--samples", "8", "--steps", "0", "--workers", "1", "--weight-eps", "0.02",
+            "--data", "mnist", "--data-dir", str(mnist_dir)]
+    out = tmp_path / "run"
+    assert main([*base, "--out", str(out), "--input-domain", "box", "--local-radius", "0.002",
+                 "--local-images", "12"]) == 0
+    text = capsys.readouterr().out
+    assert "of 12 test images (CROWN on each ball's unstable units (refined))" in text
+    bc = json.loads((out / "report.json").read_text())["box_certificate"]
+    assert bc["local_agreement_examples"] == 12 and set(bc["local_agreement"]) == {"0.002"}
+    assert 0.0 <= bc["local_agreement"]["0.002"] <= 1.0
+    for extra, words in ((["--local-images", "5"], "need --input-domain box"),
+                         (["--input-domain", "box", "--input-box", "0,1", "--local-images", "0"], "--local-images")):
+        args = [a for a in base if a not in ("--data", "mnist")] if "--input-box" in extra else base
+        assert main([*args, "--out", str(tmp_path / "no"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err

@@ -57,6 +57,7 @@ MAPS = {
         "max_hours": (ApproximateConfig, "max_hours", _same),
         "store": (ApproximateConfig, "store", _same),
         "bab_seconds": (BoxConfig, "bab_seconds", _same),
+        "local_images": (BoxConfig, "local_images", _same),
     }),
     "edge-popup": (["--wide", "4,3,2", "--out", "x"], "edge_popup.py", {
         **{d: (EdgePopupConfig, d, _same) for d in

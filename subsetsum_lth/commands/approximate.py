@@ -227,8 +227,9 @@ def _summary(r: dict, out: Path) -> None:
             print(f"  the box bound guarantees f's class on {100 * bs['box_certified_same_class_fraction']:.2f}% of the "
                   f"{bs['examples']:,} test images ({bs['box_examples_in_certified_set']:,} lie in the box)")
         for rho, frac in (bc.get("local_agreement") or {}).items():
+            how = bc.get("local_agreement_bounds")
             print(f"  certified agreement at l-inf radius {rho}: {100 * frac:.2f}% of "
-                  f"{bc['local_agreement_examples']} test images")
+                  f"{bc['local_agreement_examples']:,} test images" + (f" ({how})" if how else ""))
     print(f"kept parameters: {r['kept_parameters']:,} of {r['total_parameters']:,} in g "
           f"({r['prepruned_parameters']:,} after block pre-pruning)")
     print(f"infeasible/failed instances: {r['infeasible_count']}")
