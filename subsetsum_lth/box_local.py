@@ -184,6 +184,10 @@ def local_diff_intervals(target: Target, maps: list[LayerMap], x: np.ndarray, ra
     if target.preprocessing is not None:
         raise UserError("local certificates are implemented for targets on pixels/255 (no input op); "
                         "use a target without --input-normalize")
+    if target.graph is not None:
+        raise UserError("local certificates (box_local) are implemented for chains (MLPs, CNNs), not for "
+                        "residual targets yet; for those use box_agreement.local_agreement or the box "
+                        "certificate (certify_box.box_certificate), which walk the skip connections")
     p = target.input_dim
     lo_a, hi_a = box_arrays(lo, hi, p)
     if np.any(lo_a < 0):

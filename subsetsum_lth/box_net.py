@@ -62,6 +62,8 @@ def _param_op(i: int, L: Layer, M: LayerMap, split: str) -> BoxOp:
 def op_chain(target: Target, maps: list[LayerMap], split: str = "plus") -> list[BoxOp]:
     """The pair (f, ĝ) as op objects. The first parametric op acts on X: x ('plus'), x⁻ ('minus')
     or (x⁺, x⁻) stacked as extra input channels / columns ('both')."""
+    if target.graph is not None:        # a chain of its layers would drop the skip connections' adds
+        raise ValueError("op_chain on a residual target; use op_graph")
     if len(maps) != target.depth:
         raise RunFolderError(f"the run has {len(maps)} layer pairs but the target has {target.depth} layers")
     ops: list[BoxOp] = []

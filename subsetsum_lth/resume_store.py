@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from subsetsum_lth.executors import deferred_signals
 from subsetsum_lth.runfolder import _atomic_write_bytes
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status, recompute_errors, row_engines
 from subsetsum_lth.solvers.portfolio import LEGACY_NAMES, route
@@ -124,6 +125,13 @@ class ResumeStore:
 
     def put(self, key: str, res: BatchResult, batch: InstanceBatch | None = None,
             solver: str | None = None) -> None:
+        """Store one finished batch. SIGINT/SIGTERM are held while it is serialised and written and
+        take their effect right after: a handler that raises inside numpy's zip writer left it
+        half-closed and replaced the interruption by a ValueError (exit 1 with a traceback)."""
+        with deferred_signals():
+            self._put(key, res, batch, solver)
+
+    def _put(self, key: str, res: BatchResult, batch: InstanceBatch | None, solver: str | None) -> None:
         import io
         ids = np.ascontiguousarray(res.ids, dtype=np.int64)
         sel = np.ascontiguousarray(res.selections, dtype=bool)

@@ -232,3 +232,31 @@ def test_mutant_relu_upper_slope_is_caught(monkeypatch):
     monkeypatch.setattr(box_crown, "_relu", mutant)
     res = bl.local_diff_intervals(t, maps, x, 0.15, iters=0)
     assert worst_violation(pair_difference(t, maps), x, 0.15, res["lower"], res["upper"]) > 1e-6
+
+
+def test_a_residual_target_is_refused_not_read_as_a_chain():
+    """An outside audit found local_diff_intervals reading a residual target as the chain of its
+    layers (the skip connections' adds dropped): intervals that missed f − f′ at the ball's own
+    centre. Residual targets are refused in one line until the local bounds walk the graph."""
+    from subsetsum_lth.box_net import op_chain
+    from subsetsum_lth.ops import canonical_arch, param_paths
+    from subsetsum_lth.target import from_arch_state
+    conv = {"op": "conv2d", "in_channels": 2, "out_channels": 2, "kernel": [3, 3], "stride": [1, 1],
+            "padding": [1, 1], "bias": True}
+    arch = [{**conv, "in_channels": 1}, {"op": "relu"},
+            {"op": "residual", "body": [conv, {"op": "relu"}, conv], "shortcut": []}, {"op": "relu"},
+            {"op": "flatten"}, {"op": "linear", "in_features": 32, "out_features": 2, "bias": True}]
+    rng = np.random.default_rng(0)
+    state = {}
+    for path, op in param_paths(canonical_arch(arch)):
+        shp = ((op["out_channels"], op["in_channels"], *op["kernel"]) if op["op"] == "conv2d"
+               else (op["out_features"], op["in_features"]))
+        state[f"{path}.weight"] = torch.as_tensor(rng.standard_normal(shp))
+        state[f"{path}.bias"] = torch.as_tensor(rng.standard_normal(shp[0]))
+    t = from_arch_state(state, arch, (1, 4, 4), "residual")
+    maps = bl.copy_maps(t)
+    with pytest.raises(UserError, match="not for residual targets") as exc:
+        bl.local_diff_intervals(t, maps, rng.random((2, 16)), 0.0)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ValueError, match="op_graph"):
+        op_chain(t, maps)

@@ -154,6 +154,42 @@ def test_truncated_partial_batch_is_recomputed(tmp_path):
     assert batch_key("mitm", b) != batch_key("ortools", b)
 
 
+class _Stopped(Exception):
+    pass
+
+
+def test_a_signal_during_a_batch_write_takes_effect_after_the_file_is_whole(tmp_path, monkeypatch):
+    """SIGTERM arriving while a finished batch is serialised (CI: the CLI's handler raised inside
+    numpy's zip writer, which then raised "Can't close the ZIP file" instead: exit 1, traceback).
+    Now the signal is held until the batch file is written, then its handler runs: the file is
+    complete and read back, and the handler's exception still stops the caller."""
+    import signal
+
+    from subsetsum_lth import resume_store
+    from subsetsum_lth.solve import ResumeStore, batch_key
+    b = _batch()
+    res = solve_all(b, SolveConfig(solver="mitm", workers=1))
+    real = resume_store.np.savez
+
+    def savez_interrupted(*a, **k):
+        signal.raise_signal(signal.SIGTERM)       # the signal lands mid-write
+        return real(*a, **k)
+
+    def stop(signum, frame):
+        raise _Stopped()
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        monkeypatch.setattr(resume_store.np, "savez", savez_interrupted)
+        store = ResumeStore(tmp_path / "partial")
+        with pytest.raises(_Stopped):
+            store.put(batch_key("mitm", b), res, b, "mitm")
+        monkeypatch.undo()
+        got = store.get(batch_key("mitm", b), b, "mitm")
+        assert got is not None and np.array_equal(got.selections, res.selections)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 # ----------------------------------------------------------------------------- backend facts
 
 def test_driver_reads_batch_size_and_fallback_order_from_the_backends(monkeypatch):
