@@ -260,7 +260,14 @@ class RandomLayerPair:
         """The dense (H, p) first-layer matrix, regenerated from the seed when not kept."""
         if self.dense_w1 is not None:
             return self.dense_w1
-        return draw_layer_pair(self.drawn_plan, self.seed, self.distribution, dense=True).dense_w1
+        pl = self.drawn_plan
+        if pl.lean and pl.hidden * pl.p > MAX_RANDOM_ENTRIES:
+            raise UserError(f"layer {pl.index} of g was drawn as its block support only (--support-draw-above): "
+                            f"its dense first layer would hold {pl.hidden * pl.p:,} weights "
+                            f"(≈{4 * pl.hidden * pl.p / 1e9:.1f} GB as float32), more than can be held; this "
+                            "command needs the dense g (certify, --resume and the API's export_pruned read "
+                            "such a run)")
+        return draw_layer_pair(pl, self.seed, self.distribution, dense=True).dense_w1
 
     @property
     def columns(self) -> np.ndarray:

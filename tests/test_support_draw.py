@@ -199,3 +199,21 @@ def test_killed_run_resumes_to_the_same_masks(made, tmp_path):
     before = (cut / rf.REPORT).read_bytes()
     assert cli.main(["approximate", "--target", str(tfile), "--out", str(cut), *ARGS, *LOW, "--resume"]) == 0
     assert (cut / rf.REPORT).read_bytes() == before       # finished: nothing redone
+
+
+def test_the_dense_form_of_a_support_pair_too_large_to_hold_is_refused_in_one_line(made, monkeypatch, capsys):
+    """Commands that build g dense (compare, edge-popup --from-run) would try to allocate a
+    support-drawn pair's whole first layer (LT-existence's: ~50 GB): refused in one line naming the
+    reason, while certify, which needs only the support, still reads the run. The cap is lowered
+    here so that this small run stands for one beyond it."""
+    from subsetsum_lth import construction
+    from subsetsum_lth.runcheck import read_run
+    _, out = made
+    run = read_run(out)
+    lean = [p for p in run.compact.pairs if p.drawn_plan.lean]
+    assert lean
+    monkeypatch.setattr(construction, "MAX_RANDOM_ENTRIES", 1000)
+    with pytest.raises(UserError, match="drawn as its block support only") as exc:
+        lean[0].w1
+    assert "\n" not in str(exc.value) and "GB" in str(exc.value)
+    assert cli.main(["certify", str(out), "--samples", "8", "--steps", "1"]) == 0
