@@ -335,12 +335,22 @@ def _optimise(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters: int, lr: float, dea
         params.append(p)
         leaves += list(p.values())
     beta = torch.zeros(lam_z.shape[:2] + (len(splits),), dtype=DT, requires_grad=True) if splits else None
-    opt = torch.optim.Adam(leaves + ([beta] if splits else []), lr=lr)
+    return adam_ascent(lambda: _backward(net, bounds, k, lam_z, lam_d, Xlo, Xhi, params, splits=splits, beta=beta),
+                       leaves, best, best_cX, iters, lr, deadline, nonneg=[beta] if splits else [])
+
+
+def adam_ascent(evaluate, leaves: list, best, best_cX, iters: int, lr: float, deadline: float | None,
+                nonneg: list = ()):
+    """α-CROWN's loop: Adam on ``leaves`` (slopes, projected to [0, 1]) and ``nonneg`` (β, projected
+    to ≥ 0) raising the lower bounds ``evaluate() -> (val, cX)``; keeps the best bound per objective
+    over all iterates (each is sound) and its X coefficients. Returns (best, best_cX, iterations)."""
+    nonneg = list(nonneg)
+    opt = torch.optim.Adam(leaves + nonneg, lr=lr)
     done = 0
     for it in range(iters):
         if deadline is not None and time.perf_counter() > deadline:
             break
-        val, cX = _backward(net, bounds, k, lam_z, lam_d, Xlo, Xhi, params, splits=splits, beta=beta)
+        val, cX = evaluate()
         with torch.no_grad():
             better = val > best
             best = torch.where(better, val, best)
@@ -351,8 +361,8 @@ def _optimise(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters: int, lr: float, dea
         with torch.no_grad():
             for v in leaves:
                 v.clamp_(0.0, 1.0)
-            if beta is not None:
-                beta.clamp_(min=0.0)
+            for v in nonneg:
+                v.clamp_(min=0.0)
         done = it + 1
     return best.detach(), best_cX.detach(), done
 

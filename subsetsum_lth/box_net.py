@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from subsetsum_lth.box_crown import DT, Bounds, _argmin_corner, _concretize, _split_of, box_arrays
+from subsetsum_lth.box_crown import DT, Bounds, _argmin_corner, _concretize, _split_of, adam_ascent, box_arrays
 from subsetsum_lth.box_ops import (AddOp, AvgPool2dOp, BoxOp, Conv2dOp, FlattenOp, LinearOp, MaxPool2dOp,
                                    ReluOp, op_class)
 from subsetsum_lth.certify import LayerMap
@@ -335,24 +335,8 @@ def optimise(ops, bounds, lam_z, lam_d, Xlo, Xhi, split, iters: int, lr: float, 
         leaves += list(p.values())
     if iters <= 0 or not leaves:
         return best, best_cX, 0
-    opt = torch.optim.Adam(leaves, lr=lr)
-    done = 0
-    for it in range(iters):
-        if deadline is not None and time.perf_counter() > deadline:
-            break
-        val, cX = backward(ops, bounds, k, lam_z, lam_d, Xlo, Xhi, split, params, inputs=inputs)
-        with torch.no_grad():
-            better = val > best
-            best = torch.where(better, val, best)
-            best_cX = torch.where(better[..., None], cX, best_cX)
-        opt.zero_grad()
-        (-val.sum()).backward()
-        opt.step()
-        with torch.no_grad():
-            for v in leaves:
-                v.clamp_(0.0, 1.0)
-        done = it + 1
-    return best.detach(), best_cX.detach(), done
+    return adam_ascent(lambda: backward(ops, bounds, k, lam_z, lam_d, Xlo, Xhi, split, params, inputs=inputs),
+                       leaves, best, best_cX, iters, lr, deadline)
 
 
 def chain_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 60, lr: float = 0.1,
