@@ -6,6 +6,9 @@ A *pool* here is a thin handle around an executor that the solve driver
 * ``capacity`` — how many batches may be in flight at once (the driver keeps no more than this
   submitted, so that a batch's submission time is close to its start time, which is what the
   per-batch time limit measures);
+* ``ready_since()`` — when the workers were all up (a fresh process pool spawns its workers and
+  imports torch in each, seconds on a busy machine): the per-batch time limit counts from the
+  later of a batch's submission and this, so start-up is never taken for a hung batch;
 * ``recover()`` — after a worker died (``BrokenProcessPool``), build a fresh pool;
 * ``kill_running()`` — after a batch ran past its time limit, stop the workers that run it
   (a process pool's workers are killed and the pool rebuilt; Dask cannot interrupt a running
@@ -106,6 +109,15 @@ class Pool:
         """Stop the workers running the ``expired`` futures (past their time limit); True if the
         other in-flight futures were lost too and must be resubmitted by the caller."""
         return False
+
+    def ready_since(self) -> float | None:
+        """``time.monotonic()`` from which the workers are up (None: still starting); by default
+        the executor's workers are taken as running already."""
+        return 0.0
+
+    def starting_for(self) -> float:
+        """Seconds the workers have been starting (0 once they are up)."""
+        return 0.0
 
     def start(self) -> None:
         """Start the workers, or connect, now (a failure is a UserError before anything is written);
@@ -316,13 +328,30 @@ class ProcessPool(Pool):
         super().__init__(None, workers)
         self.workers = int(workers)
         self.rebuilds = 0
+        self._up: list[cf.Future] = []
+        self._created = 0.0
+        self._ready_at: float | None = None
 
     @property
     def executor(self) -> cf.Executor:
         if self._executor is None:
             self._executor = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
                                                     initializer=_worker_init)
+            self._created, self._ready_at = time.monotonic(), None
+            # one start-up call per worker, queued ahead of any batch (each submit spawns a worker
+            # while none is idle): once all are back, every worker has started and imported
+            self._up = [self._executor.submit(_worker_up) for _ in range(self.workers)]
         return self._executor
+
+    def ready_since(self) -> float | None:
+        if self._ready_at is None and self._executor is not None and all(f.done() for f in self._up):
+            self._ready_at = time.monotonic()
+        return self._ready_at
+
+    def starting_for(self) -> float:
+        if self._executor is None or self.ready_since() is not None:
+            return 0.0
+        return time.monotonic() - self._created
 
     def submit(self, fn, *args) -> cf.Future:
         with parent_signals_blocked():      # a submit may start a worker process
@@ -354,6 +383,12 @@ class ProcessPool(Pool):
             _kill_processes(self._executor)
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+
+
+def _worker_up() -> int:
+    """A process-pool worker's first call: returns once the worker has started and imported the
+    package (its initializer ran), so that the driver knows when batch clocks may start."""
+    return os.getpid()
 
 
 def _kill_processes(ex: cf.ProcessPoolExecutor) -> None:

@@ -46,6 +46,9 @@ DEFAULT_TIME_LIMIT = 10.0
 #: a longer native solve is not a per-instance limit any more, and it is what a stop waits for
 #: where the solver cannot be stopped from outside
 MAX_INSTANCE_SECONDS = MAX_TIME_LIMIT
+#: a fresh process pool whose workers are not all up (spawned, package imported) after this many
+#: seconds counts as broken (only with --batch-timeout, whose clocks wait for the workers)
+WORKER_START_SECONDS = 300.0
 #: default budget of the estimated solve time (hours), ``--max-hours``
 DEFAULT_MAX_HOURS = 24.0
 #: bytes per parameter of g held at the peak: float32 weights, uint8 masks, float64 certificate copy

@@ -200,8 +200,13 @@ def _drive_pool(pool: Pool, todo, solver, options, config: SolveConfig, done, si
         if not inflight:
             continue
         wait_s = _POLL_SECONDS
-        if limit:
-            oldest = min(t for _, t in inflight.values())
+        ready = pool.ready_since() if limit else None
+        if limit and ready is None and pool.starting_for() > limits.WORKER_START_SECONDS:
+            broken(f"the worker processes did not start within {limits.WORKER_START_SECONDS:g}s")
+            continue
+        if ready is not None:
+            # a batch's clock starts at its submission, or once the workers are up if later
+            oldest = max(ready, min(t for _, t in inflight.values()))
             wait_s = min(wait_s, max(0.05, oldest + limit - time.monotonic()))
         finished, _ = cf.wait(list(inflight), timeout=wait_s, return_when=cf.FIRST_COMPLETED)
         pool_broke = None
@@ -222,9 +227,9 @@ def _drive_pool(pool: Pool, todo, solver, options, config: SolveConfig, done, si
         if pool_broke:
             broken(pool_broke)
             continue
-        if limit:
+        if ready is not None:
             now = time.monotonic()
-            expired = [f for f, (_, t) in inflight.items() if now - t > limit]
+            expired = [f for f, (_, t) in inflight.items() if now - max(t, ready) > limit]
             if expired:
                 lost_all = pool.kill_running(expired)
                 for f in expired:

@@ -15,6 +15,7 @@ FAULTS = Path(__file__).resolve().parent / "faults"
 FAULT_ENV = "SUBSETSUM_LTH_FAULT_AFTER_BATCHES"
 #: a worker dies or hangs at its N-th batch, once over all workers: "kill|hang:N:MARKER"
 WORKER_FAULT_ENV = "SUBSETSUM_LTH_WORKER_FAULT"
+SLOW_START_ENV = "SUBSETSUM_LTH_WORKER_SLOW_START"
 
 
 def fault_env(env: dict | None = None, **faults) -> dict:

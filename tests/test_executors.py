@@ -9,7 +9,7 @@ from subsetsum_lth.cli import main
 from subsetsum_lth.solvers.instances import BatchResult, InstanceBatch, Status
 from subsetsum_lth.solve import SolveConfig, solve_all
 from subsetsum_lth.target import random_target, save_target
-from tests.helpers import WORKER_FAULT_ENV, install_faults
+from tests.helpers import SLOW_START_ENV, WORKER_FAULT_ENV, install_faults
 
 ARGS = ["--solver", "mitm", "--weight-eps", "0.01", "--batch-size", "64", "--no-progress", "--no-plots",
         "--samples", "16", "--steps", "5", "--seed", "2"]
@@ -106,6 +106,26 @@ def test_hung_batch_reported_failed_without_retries(tmp_path, monkeypatch):
     failed = res.status == Status.ERROR
     assert failed.sum() == 20 and (~failed).sum() == 20          # one batch failed, never dropped
     assert all("batch-timeout" in res.messages[int(i)] for i in b.ids[failed])
+
+
+def test_the_batch_clock_waits_for_the_workers_to_start(monkeypatch):
+    """Workers that take 3 s to start (spawn and import on a busy machine) under a 1 s batch limit:
+    no batch is taken for hung (CI's flake: the batch after a rebuilt pool timed out during start-up)."""
+    install_faults(monkeypatch, **{SLOW_START_ENV: "3"})
+    b = _batch()
+    res = solve_all(b, SolveConfig(solver="mitm", workers=1, batch_size=20, batch_timeout=1.0, retries=0,
+                                   fallback=False))
+    assert (res.status != Status.ERROR).all(), res.messages
+
+
+def test_workers_that_never_start_are_a_broken_pool_not_a_hang(monkeypatch):
+    from subsetsum_lth import limits
+    from subsetsum_lth.errors import UserError
+    install_faults(monkeypatch, **{SLOW_START_ENV: "3600"})
+    monkeypatch.setattr(limits, "WORKER_START_SECONDS", 1.0)
+    with pytest.raises(UserError, match="did not start within 1s"):
+        solve_all(_batch(), SolveConfig(solver="mitm", workers=1, batch_size=20, batch_timeout=1.0,
+                                        retries=0, fallback=False))
 
 
 class _Broken:

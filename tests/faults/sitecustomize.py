@@ -9,11 +9,14 @@ two variables below it does nothing.
 * ``SUBSETSUM_LTH_WORKER_FAULT=MODE:N:MARKER``: the worker process that starts its N-th batch
   dies abruptly (MODE ``kill``) or hangs (MODE ``hang``), exactly once over all workers (the
   first to create the file MARKER does it); never in the parent process.
+* ``SUBSETSUM_LTH_WORKER_SLOW_START=SECONDS``: every process-pool worker sleeps that long in its
+  initializer before taking any call (a worker spawned on a busy machine).
 """
 import os
 
 FAULT_ENV = "SUBSETSUM_LTH_FAULT_AFTER_BATCHES"
 WORKER_FAULT_ENV = "SUBSETSUM_LTH_WORKER_FAULT"
+SLOW_START_ENV = "SUBSETSUM_LTH_WORKER_SLOW_START"
 
 
 def _install_store_fault(spec: str) -> None:
@@ -67,7 +70,25 @@ def _install_worker_fault(spec: str) -> None:
     solve.solve_batch = solve_batch
 
 
+def _install_slow_start(seconds: str) -> None:
+    import multiprocessing as mp
+    import time
+
+    from subsetsum_lth import executors
+    real = executors._worker_init
+
+    def _worker_init(*args, **kwargs):
+        if mp.parent_process() is not None:
+            time.sleep(float(seconds))
+        return real(*args, **kwargs)
+
+    _worker_init.__module__, _worker_init.__qualname__ = real.__module__, real.__qualname__
+    executors._worker_init = _worker_init
+
+
 if os.environ.get(FAULT_ENV):
     _install_store_fault(os.environ[FAULT_ENV])
 if os.environ.get(WORKER_FAULT_ENV):
     _install_worker_fault(os.environ[WORKER_FAULT_ENV])
+if os.environ.get(SLOW_START_ENV):
+    _install_slow_start(os.environ[SLOW_START_ENV])
