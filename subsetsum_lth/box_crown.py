@@ -1,7 +1,8 @@
 """Differential α-CROWN: joint backward linear bounds on g's pre-activations z' and d = z − z'.
 
 The pair of networks (:class:`DiffNet`: f and ĝ of the same shape), the relaxations of σ(z') and
-of D = σ(z) − σ(z') (:func:`_relu`, :func:`_d_planes`), the backward bounds (:func:`_backward`),
+of D = σ(z) − σ(z') (:mod:`subsetsum_lth.box_relax`), the backward bounds (:func:`_backward`,
+the chain of :mod:`subsetsum_lth.box_ops`' linear and ReLU ops),
 their α/θ optimisation (:func:`_optimise`) and branch and bound on unstable units
 (:func:`branch_and_bound`). The method is described in :mod:`subsetsum_lth.certify_box`.
 """
@@ -13,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from subsetsum_lth.box_ops import LinearOp, ReluOp
+from subsetsum_lth.box_relax import DT, Bounds
 from subsetsum_lth.certify import LayerMap
 from subsetsum_lth.errors import RunFolderError, UserError
 from subsetsum_lth.target import Target
 
-DT = torch.float64
 
 
 # ----------------------------------------------------------------------------- the pair of networks
@@ -98,123 +100,23 @@ def twin_net(weights: list[np.ndarray], biases: list[np.ndarray | None]) -> Diff
     return DiffNet(ws, bs, ws, bs, "plus")
 
 
-# ----------------------------------------------------------------------------- relaxations
-
-@dataclass
-class Bounds:
-    """Bounds of one hidden layer's pre-activations, each (B, n): g's z', the difference d, f's z."""
-
-    l: torch.Tensor
-    u: torch.Tensor
-    dl: torch.Tensor
-    du: torch.Tensor
-    lf: torch.Tensor
-    uf: torch.Tensor
-
-    def map(self, fn) -> "Bounds":
-        """The same six bounds with ``fn`` applied to each (a view, a copy, a batch index)."""
-        return Bounds(*(fn(t) for t in (self.l, self.u, self.dl, self.du, self.lf, self.uf)))
-
-
-def _relu(l, u, alpha):
-    """σ on [l, u]: lower slope (α for unstable units), upper slope s and bias (chord)."""
-    act, ina = l >= 0, u <= 0
-    uns = ~act & ~ina
-    width = (u - l).clamp_min(1e-300)
-    s = torch.where(uns, u / width, act.to(DT))
-    sb = torch.where(uns, -s * l, torch.zeros_like(l))
-    ls = torch.where(uns, alpha, act.to(DT))
-    return ls, s, sb
-
-
-def _default_alpha(l, u):
-    return (u >= -l).to(DT)
-
-
-def _clip_planes(dl, du):
-    """Planes of min(d, 0) (lower) and max(d, 0) (upper) over [dl, du], in d only:
-    (lower slope, lower bias, upper slope, upper bias)."""
-    pos, neg = dl >= 0, du <= 0
-    uns = ~pos & ~neg
-    width = (du - dl).clamp_min(1e-300)
-    us = torch.where(uns, du / width, pos.to(DT))
-    ub = torch.where(uns, -us * dl, torch.zeros_like(dl))
-    ls = torch.where(uns, -dl / width, neg.to(DT))
-    lb = torch.where(uns, dl - ls * dl, torch.zeros_like(dl))
-    return ls, lb, us, ub
-
-
-def _d_planes(b: Bounds, af, ag, th_u, th_l):
-    """Lower and upper planes of D = σ(z' + d) − σ(z') in (z', d): each (slope z', slope d, bias)."""
-    lfs, ufs, ufb = _relu(b.lf, b.uf, af)
-    lgs, ugs, ugb = _relu(b.l, b.u, ag)
-    cls_, clb, cus, cub = _clip_planes(b.dl, b.du)
-    # separate: U_f(z) − L_g(z') and L_f(z) − U_g(z'), with z = z' + d
-    up = (th_u * (ufs - lgs), th_u * ufs + (1 - th_u) * cus, th_u * ufb + (1 - th_u) * cub)
-    lo = (th_l * (lfs - ugs), th_l * lfs + (1 - th_l) * cls_, -th_l * ugb + (1 - th_l) * clb)
-    return lo, up
-
-
-def _plane_range(p, b: Bounds):
-    z, d, c = p
-    return (c + torch.minimum(z * b.l, z * b.u) + torch.minimum(d * b.dl, d * b.du),
-            c + torch.maximum(z * b.l, z * b.u) + torch.maximum(d * b.dl, d * b.du))
-
-
-def _default_theta(b: Bounds):
-    """θ = 1 (separate planes) where their range over the box is tighter than the clip planes'."""
-    one, zero = torch.ones_like(b.l), torch.zeros_like(b.l)
-    af, ag = _default_alpha(b.lf, b.uf), _default_alpha(b.l, b.u)
-    lo_s, up_s = _d_planes(b, af, ag, one, one)
-    lo_c, up_c = _d_planes(b, af, ag, zero, zero)
-    th_u = (_plane_range(up_s, b)[1] <= _plane_range(up_c, b)[1]).to(DT)
-    th_l = (_plane_range(lo_s, b)[0] >= _plane_range(lo_c, b)[0]).to(DT)
-    return th_u, th_l
-
-
 # ----------------------------------------------------------------------------- backward bounds
 
 def _backward(net: DiffNet, bounds: list[Bounds], k: int, lam_z, lam_d, Xlo, Xhi, params=None, record=None,
               splits=(), beta=None):
-    """Lower bound of Λz·z'_k + Λd·d_k over the box (layer k's pre-activations; Λ: (B, m, n_k)).
-    ``params[i]``: None or a dict of per-objective α (``a``, ``f``, ``g``) and θ (``u``, ``l``),
-    each (B, m, n_i), for hidden layer i. Returns (lower bound (B, m), coefficients on X)."""
+    """Lower bound of Λz·z'_k + Λd·d_k over the box (layer k's pre-activations; Λ: (B, m, n_k)):
+    the chain of :class:`~subsetsum_lth.box_ops.LinearOp` and :class:`~subsetsum_lth.box_ops.ReluOp`
+    walked backwards. ``params[i]``: None or the ReLU's dict of per-objective α (``a``, ``f``, ``g``)
+    and θ (``u``, ``l``), each (B, m, n_i), for hidden layer i; ``record[i]`` receives its branching
+    scores. Returns (lower bound (B, m), coefficients on X)."""
     const = torch.zeros(lam_z.shape[:2], dtype=DT)
     for i in range(k, 0, -1):
-        E = net.wf[i] - net.wg[i]
-        e = net.bf[i] - net.bg[i]
-        const = const + lam_z @ net.bg[i] + lam_d @ e
-        Ca = lam_z @ net.wg[i] + lam_d @ E
-        CD = lam_d @ net.wf[i]
-        b = bounds[i - 1]
-        bb = b.map(lambda t: t[:, None, :])
-        p = (params or [None] * k)[i - 1]
-        if p is None:
-            ag = _default_alpha(bb.l, bb.u)
-            af = _default_alpha(bb.lf, bb.uf)
-            th_u, th_l = _default_theta(bb)
-            aa = ag
-        else:
-            aa, af, ag, th_u, th_l = p["a"], p["f"], p["g"], p["u"], p["l"]
-        ls, us, ub = _relu(bb.l, bb.u, aa)
-        pos = Ca >= 0
-        new_z = Ca * torch.where(pos, ls, us)
-        const = const + (Ca * torch.where(pos, torch.zeros_like(ub), ub)).sum(-1)
-        dlo, dup = _d_planes(bb, af, ag, th_u, th_l)
-        posD = CD >= 0
-        pz = torch.where(posD, dlo[0], dup[0])
-        pd = torch.where(posD, dlo[1], dup[1])
-        pc = torch.where(posD, dlo[2], dup[2])
-        if record is not None:      # branching scores: |coefficient| × relaxation gap, per unit
-            gap_a = torch.where((bb.l < 0) & (bb.u > 0), -bb.l * bb.u / (bb.u - bb.l).clamp_min(1e-300), 0 * bb.l)
-            gap_d = (dup[2] - dlo[2]).abs() + (dup[0] - dlo[0]).abs() * (bb.u - bb.l) + (dup[1] - dlo[1]).abs() * (bb.du - bb.dl)
-            record[i - 1] = (Ca.abs() * gap_a + CD.abs() * gap_d).detach()
-        lam_z = new_z + CD * pz
-        lam_d = CD * pd
-        const = const + (CD * pc).sum(-1)
-    E0 = net.wf[0] - net.wg[0]
-    const = const + lam_z @ net.bg[0] + lam_d @ (net.bf[0] - net.bg[0])
-    cX = lam_z @ net.wg[0] + lam_d @ E0
+        Ca, CD, const = LinearOp(net.wf[i], net.bf[i], net.wg[i], net.bg[i]).backward(lam_z, lam_d, acc=const)
+        scores = None if record is None else (lambda s, i=i: record.__setitem__(i - 1, s))
+        lam_z, lam_d, const = ReluOp(bounds[i - 1].l.shape[1:]).backward(
+            Ca, CD, bounds[i - 1], (params or [None] * k)[i - 1], acc=const, scores=scores)
+    cX, _, const = LinearOp(net.wf[0], net.bf[0], net.wg[0], net.bg[0]).backward(lam_z, lam_d, acc=const,
+                                                                               d_in=False)
     if splits and beta is not None:
         cX, const = _beta_term(net, cX, const, splits, beta)
     return const + _concretize(cX, Xlo, Xhi, net.split), cX
@@ -328,9 +230,7 @@ def _optimise(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters: int, lr: float, dea
     params, leaves = [], []
     for b in bounds:
         bb = b.map(lambda t: t[:, None, :].expand(-1, m, -1))
-        th_u, th_l = _default_theta(bb)
-        p = {"a": _default_alpha(bb.l, bb.u), "f": _default_alpha(bb.lf, bb.uf),
-             "g": _default_alpha(bb.l, bb.u), "u": th_u, "l": th_l}
+        p = ReluOp(b.l.shape[1:]).default_params(bb)
         p = {key: v.clone().requires_grad_(True) for key, v in p.items()}
         params.append(p)
         leaves += list(p.values())

@@ -13,8 +13,9 @@ Registry :data:`OPS`: op name -> class (``linear``, ``conv2d``, ``relu``, ``maxp
 The relaxations (derivations in docs/certificate.md, "CNNs in the box domain"):
 
 * affine (``linear``/``conv2d``): exact, x'_out = W̃ x' + b̃, d_out = W d + (W − W̃) x' + (b − b̃);
-* ``relu``: the MLP's (:func:`subsetsum_lth.box_crown._relu`, ``_d_planes``: α for σ(z'), σ(z)
-  and θ mixing the "separate" and "clip" planes of D = σ(z) − σ(z'));
+* ``relu``: :mod:`subsetsum_lth.box_relax`'s (``relu_planes``, ``d_planes``: α for σ(z'), σ(z)
+  and θ mixing the "separate" and "clip" planes of D = σ(z) − σ(z')); the MLP certificate's
+  backward bounds (:func:`subsetsum_lth.box_crown._backward`) are this op and ``linear`` in turn;
 * ``maxpool2d``: y' = max_j a'_j is >= a'_{j*} (j* the largest lower bound) and <= max_j u_j (or
   = a'_{j*} when j* dominates its window); Y = max_j (a'_j + D_j) − max_j a'_j lies between
   min_j D_j and max_j D_j ("clip", bounded the same way) and between L_f − U_g and U_f − L_g
@@ -27,7 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from subsetsum_lth.box_crown import DT, Bounds, _d_planes, _default_alpha, _default_theta, _relu
+from subsetsum_lth import box_relax as rx
+from subsetsum_lth.box_relax import DT, Bounds
 from subsetsum_lth.errors import UserError
 
 __all__ = ["OPS", "BoxOp", "LinearOp", "Conv2dOp", "ReluOp", "MaxPool2dOp", "AvgPool2dOp", "FlattenOp", "AddOp",
@@ -100,9 +102,12 @@ class LinearOp(BoxOp):
     def interval(self, b: Bounds) -> Bounds:
         return self.affine_interval(b)
 
-    def backward(self, lam_z, lam_d, b=None, params=None):
-        const = lam_z @ self.bg + lam_d @ self.e
-        return lam_z @ self.wg + lam_d @ self.E, lam_d @ self.wf, const
+    def backward(self, lam_z, lam_d, b=None, params=None, acc=None, d_in=True):
+        """``acc``: a constant (B, m) the op's own is added to (term by term, in the order the MLP
+        certificate always summed them); ``d_in=False``: the input's difference is 0 (the network
+        input), so its coefficient is not computed (None)."""
+        const = (lam_z @ self.bg if acc is None else acc + lam_z @ self.bg) + lam_d @ self.e
+        return lam_z @ self.wg + lam_d @ self.E, (lam_d @ self.wf if d_in else None), const
 
     def forward(self, x_g, x_f):
         """(ĝ's, f's) outputs on flat inputs (N, n_in): for tests and the twin evaluation."""
@@ -187,30 +192,38 @@ class ReluOp(BoxOp):
         return relu_interval(b)
 
     def default_params(self, bb: Bounds) -> dict:
-        th_u, th_l = _default_theta(bb)
-        return {"a": _default_alpha(bb.l, bb.u), "f": _default_alpha(bb.lf, bb.uf),
-                "g": _default_alpha(bb.l, bb.u), "u": th_u, "l": th_l}
+        th_u, th_l = rx.default_theta(bb)
+        return {"a": rx.default_alpha(bb.l, bb.u), "f": rx.default_alpha(bb.lf, bb.uf),
+                "g": rx.default_alpha(bb.l, bb.u), "u": th_u, "l": th_l}
 
-    def backward(self, Ca, CD, b: Bounds, params=None):
+    def backward(self, Ca, CD, b: Bounds, params=None, acc=None, scores=None):
+        """``acc``: a constant to add this op's terms to, in order; ``scores``: called with the
+        per-unit branching scores (|coefficient| × relaxation gap, (B, m, n)), for branch and bound."""
         bb = b.map(lambda t: t[:, None, :])
         if params is None:
-            ag = _default_alpha(bb.l, bb.u)
-            af = _default_alpha(bb.lf, bb.uf)
-            th_u, th_l = _default_theta(bb)
+            ag = rx.default_alpha(bb.l, bb.u)
+            af = rx.default_alpha(bb.lf, bb.uf)
+            th_u, th_l = rx.default_theta(bb)
             aa = ag
         else:
             aa, af, ag, th_u, th_l = params["a"], params["f"], params["g"], params["u"], params["l"]
-        ls, us, ub = _relu(bb.l, bb.u, aa)
+        ls, us, ub = rx.relu_planes(bb.l, bb.u, aa)
         pos = Ca >= 0
         lam_z = Ca * torch.where(pos, ls, us)
         const = (Ca * torch.where(pos, torch.zeros_like(ub), ub)).sum(-1)
-        if params is None and not bool(CD.any()):     # no d term (a twin chain): D's planes add 0
+        const = const if acc is None else acc + const
+        if params is None and scores is None and not bool(CD.any()):   # a twin chain: D's planes add 0
             return lam_z, CD, const
-        dlo, dup = _d_planes(bb, af, ag, th_u, th_l)
+        dlo, dup = rx.d_planes(bb, af, ag, th_u, th_l)
         posD = CD >= 0
         pz = torch.where(posD, dlo[0], dup[0])
         pd = torch.where(posD, dlo[1], dup[1])
         pc = torch.where(posD, dlo[2], dup[2])
+        if scores is not None:
+            gap_a = torch.where((bb.l < 0) & (bb.u > 0), -bb.l * bb.u / (bb.u - bb.l).clamp_min(1e-300), 0 * bb.l)
+            gap_d = ((dup[2] - dlo[2]).abs() + (dup[0] - dlo[0]).abs() * (bb.u - bb.l)
+                     + (dup[1] - dlo[1]).abs() * (bb.du - bb.dl))
+            scores((Ca.abs() * gap_a + CD.abs() * gap_d).detach())
         return lam_z + CD * pz, CD * pd, const + (CD * pc).sum(-1)
 
 

@@ -19,6 +19,7 @@ import torch
 
 from subsetsum_lth import box_net
 from subsetsum_lth import box_ops as bo
+from subsetsum_lth import box_relax as rx
 from subsetsum_lth import certify_box as cb
 from subsetsum_lth.box_crown import DT, Bounds
 from subsetsum_lth.certify import CollapsedNet, LayerMap
@@ -197,7 +198,7 @@ def _pool_no_d_term(orig):
 
 
 MUTANTS = {
-    "relu chord slope cut": lambda mp: mp.setattr(bo, "_relu", _relu_slope(bo._relu)),
+    "relu chord slope cut": lambda mp: mp.setattr(rx, "relu_planes", _relu_slope(rx.relu_planes)),
     "max pool: clip constant dropped": lambda mp: mp.setattr(bo.MaxPool2dOp, "planes",
                                                              _pool_no_clip_constant(bo.MaxPool2dOp.planes)),
     "max pool: D coefficients dropped": lambda mp: mp.setattr(bo.MaxPool2dOp, "planes",

@@ -219,17 +219,16 @@ def test_mutant_shrunk_bound_is_caught_on_agreement_margins(monkeypatch):
 def test_mutant_relu_upper_slope_is_caught(monkeypatch):
     """The ReLU's upper chord of an unstable unit at a fifth of its slope (no longer above σ; in
     the a′ term and in D's planes): caught."""
-    from subsetsum_lth import box_crown
+    from subsetsum_lth import box_relax
     t, maps = CASES["mlp, perturbed"]
     x = _images(t, 5, 1)
-    relu = box_crown._relu
+    relu = box_relax.relu_planes
 
     def mutant(l, u, alpha):
         ls, s, sb = relu(l, u, alpha)
         uns = (l < 0) & (u > 0)
         return ls, torch.where(uns, 0.2 * s, s), sb
-    monkeypatch.setattr(box_ops, "_relu", mutant)
-    monkeypatch.setattr(box_crown, "_relu", mutant)
+    monkeypatch.setattr(box_relax, "relu_planes", mutant)
     res = bl.local_diff_intervals(t, maps, x, 0.15, iters=0)
     assert worst_violation(pair_difference(t, maps), x, 0.15, res["lower"], res["upper"]) > 1e-6
 

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from subsetsum_lth import box_crown as crown
+from subsetsum_lth import box_relax as relax
 from subsetsum_lth import box_zonotope as zono
 from subsetsum_lth import certify_box as cb
 from subsetsum_lth.certify import CollapsedNet, LayerMap
@@ -451,8 +452,8 @@ def _mut_sep_planes(b, af, ag, th_u, th_l):
     return lo, (up[0], up[1], up[2] - 0.5 * th_u * cb_relu(b.lf, b.uf, af)[2])   # part of U_f's bias dropped
 
 
-cb_l2, cb_clip, cb_relu, cb_first, cb_diff, cb_dplanes = (cb.l2_of_intervals, crown._clip_planes, crown._relu,
-                                                          crown._first_layer_bounds, cb.diff_net, crown._d_planes)
+cb_l2, cb_clip, cb_relu, cb_first, cb_diff, cb_dplanes = (cb.l2_of_intervals, relax.clip_planes, relax.relu_planes,
+                                                          crown._first_layer_bounds, cb.diff_net, relax.d_planes)
 cb_psd, cb_rtube, cb_dtube, cb_zono, cb_lmax = (cb.psd_l2_bound, zono._relu_tube, zono._d_tube, zono._zonotope,
                                                  zono._lmax)
 
@@ -510,14 +511,14 @@ def _mut_lmax(M):
 
 MUTANTS = {
     "bound x 0.9": (cb, "l2_of_intervals", _mut_l2),
-    "clip upper chord slope halved": (crown, "_clip_planes", _mut_clip),
-    "clip lower bias dropped": (crown, "_clip_planes", _mut_clip_lower_bias),
-    "relu upper chord bias dropped": (crown, "_relu", _mut_relu_chord),
-    "relu lower slope 1.5": (crown, "_relu", _mut_relu_alpha),
-    "D term dropped": (crown, "_d_planes", _mut_no_d),
+    "clip upper chord slope halved": (relax, "clip_planes", _mut_clip),
+    "clip lower bias dropped": (relax, "clip_planes", _mut_clip_lower_bias),
+    "relu upper chord bias dropped": (relax, "relu_planes", _mut_relu_chord),
+    "relu lower slope 1.5": (relax, "relu_planes", _mut_relu_alpha),
+    "D term dropped": (relax, "d_planes", _mut_no_d),
     "first-layer interval radius halved": (crown, "_first_layer_bounds", _mut_first_layer),
     "last layer's error dropped": (cb, "diff_net", _mut_diff_net),
-    "separate plane bias cut": (crown, "_d_planes", _mut_sep_planes),
+    "separate plane bias cut": (relax, "d_planes", _mut_sep_planes),
     "zonotope: psd bound x 0.9": (zono, "psd_l2_bound", _mut_psd),
     "zonotope: norm of the generators' sum": (zono, "psd_l2_bound", _mut_psd_sum),
     "zonotope: relu tube radius halved": (zono, "_relu_tube", _mut_rtube),
@@ -550,8 +551,8 @@ def test_mutant_is_killed(monkeypatch, mutant):
 
 
 def test_identity_patch_kills_nothing(monkeypatch):
-    monkeypatch.setattr(crown, "_clip_planes", lambda dl, du: cb_clip(dl, du))
-    monkeypatch.setattr(crown, "_relu", lambda l, u, a: cb_relu(l, u, a))
+    monkeypatch.setattr(relax, "clip_planes", lambda dl, du: cb_clip(dl, du))
+    monkeypatch.setattr(relax, "relu_planes", lambda l, u, a: cb_relu(l, u, a))
     monkeypatch.setattr(zono, "_relu_tube", lambda l, u, s: cb_rtube(l, u, s))
     monkeypatch.setattr(zono, "_d_tube", lambda b, s: cb_dtube(b, s))
     for name in CASES:

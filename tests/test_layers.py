@@ -113,7 +113,7 @@ LAYERS = [
                  "graph_reader", "graph_residual", "graph_files", "assumptions",
                  "construction", "layer_instances", "mask_rules", "gnet", "data"}),
     ("solve", {"solve", "solve_config", "resume_store", "executors", "limits", "growth"}),
-    ("certificate", {"certify", "tolerance", "box_ops", "box_net", "box_crown", "box_zonotope", "box_attack", "box_agreement",
+    ("certificate", {"certify", "tolerance", "box_relax", "box_ops", "box_net", "box_crown", "box_zonotope", "box_attack", "box_agreement",
                      "box_local",
                      "certify_box"}),
     ("measurement", {"evaluation", "plots"}),
