@@ -182,13 +182,34 @@ def _first_layer_bounds(net: DiffNet, Xlo, Xhi) -> Bounds:
     return Bounds(l, u, dl, du, lf, uf)
 
 
+#: the most floating-point operations the α-optimised hidden-layer bounds may cost (an estimate
+#: from the shapes alone, so the decision is the same on every machine): a narrow deep MLP (5 × 64
+#: over 784 inputs, ~10¹¹) takes them, a 4 × 1024 one (~10¹³) keeps the default slopes
+HIDDEN_ALPHA_FLOPS = 1e12
+#: hidden units whose six bounds are optimised together (the objectives of one α-CROWN call)
+HIDDEN_ALPHA_CHUNK = 64
+
+
+def hidden_alpha_iterations(net: DiffNet, iters: int) -> int:
+    """``iters`` where α-CROWN on every hidden layer's bounds costs at most
+    :data:`HIDDEN_ALPHA_FLOPS` (estimated from the shapes: six objectives per unit, three products
+    per layer walked back, three passes per iteration), else 0 (default slopes)."""
+    if iters <= 0 or net.depth < 3:
+        return 0
+    n = [int(net.wf[0].shape[1])] + [int(w.shape[0]) for w in net.wf]
+    flops = sum(6 * n[k + 1] * sum(3 * 2 * n[i + 1] * n[i] for i in range(k + 1)) for k in range(1, net.depth - 1))
+    return int(iters) if 3 * iters * flops <= HIDDEN_ALPHA_FLOPS else 0
+
+
 def _hidden_bounds(net: DiffNet, Xlo, Xhi, twin: bool = False, given: list[Bounds] | None = None,
-                   keep: int = 1) -> list[Bounds]:
-    """Bounds of every hidden layer's pre-activations: exact for layer 0, CROWN (default slopes)
-    for the later ones; z is also intersected with z' + d. With ``given`` (bounds valid on the
-    domain, e.g. a branch's), its first ``keep`` layers are kept and the later ones recomputed
-    and intersected with it."""
-    bounds = [_first_layer_bounds(net, Xlo, Xhi)] if given is None else list(given[:1])
+                   keep: int = 1, iters: int = 0, lr: float = 0.1) -> list[Bounds]:
+    """Bounds of every hidden layer's pre-activations: exact for layer 0, CROWN for the later ones
+    (default slopes; with ``iters`` > 0, α-CROWN: the slopes of the layers below optimised for each
+    bound, :data:`HIDDEN_ALPHA_CHUNK` units at a time, never worse than the default); z is also
+    intersected with z' + d. With ``given`` (bounds valid on the domain, e.g. a branch's), its first
+    ``keep`` layers are kept and the later ones recomputed and intersected with it."""
+    with torch.no_grad():
+        bounds = [_first_layer_bounds(net, Xlo, Xhi)] if given is None else list(given[:1])
     B = Xlo.shape[0]
     for k in range(1, net.depth - 1):
         if given is not None and k < keep:
@@ -198,14 +219,26 @@ def _hidden_bounds(net: DiffNet, Xlo, Xhi, twin: bool = False, given: list[Bound
         I = torch.eye(n, dtype=DT).expand(B, n, n)
         Z = torch.zeros_like(I)
         if twin:
-            lz, _ = _backward(net, bounds, k, torch.cat([I, -I], 1), torch.cat([Z, Z], 1), Xlo, Xhi)
+            with torch.no_grad():
+                lz, _ = _backward(net, bounds, k, torch.cat([I, -I], 1), torch.cat([Z, Z], 1), Xlo, Xhi)
             l, u = lz[:, :n], -lz[:, n:]
             zero = torch.zeros_like(l)
             bounds.append(Bounds(l, u, zero, zero, l, u))
             continue
-        lam_z = torch.cat([I, -I, Z, Z, I, -I], 1)
-        lam_d = torch.cat([Z, Z, I, -I, I, -I], 1)
-        v, _ = _backward(net, bounds, k, lam_z, lam_d, Xlo, Xhi)
+        if iters > 0:
+            parts = []
+            for a in range(0, n, HIDDEN_ALPHA_CHUNK):
+                J = I[:, a:a + HIDDEN_ALPHA_CHUNK]
+                O = torch.zeros_like(J)
+                with torch.enable_grad():
+                    v, _, _ = _optimise(net, bounds, k, torch.cat([J, -J, O, O, J, -J], 1),
+                                        torch.cat([O, O, J, -J, J, -J], 1), Xlo, Xhi, iters, lr, None)
+                parts.append(v.detach().reshape(B, 6, -1))
+            v = torch.cat(parts, -1).reshape(B, 6 * n)
+        else:
+            with torch.no_grad():
+                v, _ = _backward(net, bounds, k, torch.cat([I, -I, Z, Z, I, -I], 1),
+                                 torch.cat([Z, Z, I, -I, I, -I], 1), Xlo, Xhi)
         l, u, dl, du, lf, uf = (v[:, j * n:(j + 1) * n] for j in range(6))
         u, du, uf = -u, -du, -uf
         lf = torch.maximum(lf, l + dl)

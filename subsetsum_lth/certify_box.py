@@ -58,6 +58,7 @@ from subsetsum_lth.target import Target
 from subsetsum_lth.box_agreement import local_agreement
 from subsetsum_lth.box_attack import box_attack
 from subsetsum_lth.box_crown import (DT, Bounds, DiffNet, _argmin_corner, _hidden_bounds, _optimise, _split_of,
+                                     hidden_alpha_iterations,
                                      box_arrays, branch_and_bound, diff_net, twin_net)
 from subsetsum_lth.box_net import chain_intervals
 from subsetsum_lth.box_zonotope import Zonotope, psd_l2_bound, refined_l2_bound, zonotope_l2
@@ -83,7 +84,7 @@ METHOD_GRAPH = ("differential alpha-CROWN over the op graph (conv2d, relu, max/a
 
 def output_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 60, lr: float = 0.1,
                      time_budget: float | None = None, bab_seconds: float = 0.0, bab_domains: int = 256,
-                     progress=None, zonotope_iters: int = 150):
+                     progress=None, zonotope_iters: int = 150, hidden_iters: int = 0):
     """Sound per-output intervals [lo_k, hi_k] of (f − ĝ)_k over the box, the X-corner that
     minimises each objective's final linear bound (2q corners, good attack starts), and (in the
     info dict, ``zonotope``) the zonotope bound on the ℓ2 norm (:func:`zonotope_l2`)."""
@@ -97,8 +98,10 @@ def output_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 
     def stage(what: str) -> None:
         note(progress, f"box certificate: {what} ({time.perf_counter() - t0:.0f} s elapsed)")
 
-    with torch.no_grad():
-        bounds = _hidden_bounds(net, Xlo, Xhi)
+    hidden_done = hidden_alpha_iterations(net, hidden_iters)
+    if hidden_done:
+        stage(f"hidden-unit bounds: alpha-CROWN, {hidden_done} iterations per layer")
+    bounds = _hidden_bounds(net, Xlo, Xhi, iters=hidden_done, lr=lr)
     stage(f"hidden-unit bounds done; optimising the output bounds (alpha-CROWN, ≤ {iters} iterations"
           + (f", ≤ {time_budget:g} s with the zonotope)" if time_budget is not None and math.isfinite(time_budget)
              else ")"))
@@ -118,7 +121,7 @@ def output_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 
     with torch.no_grad():
         zono = zonotope_l2(net, bounds, Xlo, Xhi, iters=zonotope_iters, deadline=deadline)
     return lower.numpy(), upper.numpy(), corners.numpy(), {"iterations": done, "hidden_bounds": bounds,
-                                                           "zonotope": zono}
+                                                           "hidden_iterations": hidden_done, "zonotope": zono}
 
 
 def l2_of_intervals(lower: np.ndarray, upper: np.ndarray) -> float:
@@ -144,14 +147,17 @@ def _raw_corners(target: Target, corners):
 
 def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 60, lr: float = 0.1,
                     time_budget: float | None = 50.0, bab_seconds: float = 0.0, bab_domains: int = 256,
-                    progress=None, zonotope_iters: int = 150) -> dict:
+                    progress=None, zonotope_iters: int = 150, hidden_iters: int = 20) -> dict:
     """sup over lo <= x <= hi of ‖f(x) − ĝ(x)‖₂ <= ``bound`` (see the module docstring): the smaller
     of the ℓ2 of the per-output intervals (``bound_intervals``) and the zonotope bound
     (``bound_zonotope``), both sound. ``lo``, ``hi``: scalars or (p,) arrays. Returns a dict with
     ``bound``, both ℓ2 bounds, per-output ``lower`` and ``upper``, ``seconds``, ``method`` and ``corners``,
     and the iterations the optimisers took within ``time_budget`` (``alpha_iterations``,
     ``zonotope_iterations``): the same numbers with no time budget give the same bound, whatever
-    the machine's load (``certify`` replays them)."""
+    the machine's load (``certify`` replays them). ``hidden_iters``: α-CROWN iterations on each
+    hidden layer's bounds of an MLP with two or more hidden layers, where the shapes say it is
+    affordable (:func:`~subsetsum_lth.box_crown.hidden_alpha_iterations`; no time budget; the count
+    taken is ``hidden_alpha_iterations``)."""
     t0, c0 = time.perf_counter(), time.process_time()
     # an input op (declared preprocessing) maps the box onto the box a·lo + c ≤ z ≤ a·hi + c of the
     # layers' inputs, exactly (preprocess.py); the corners are mapped back to forward's inputs
@@ -166,12 +172,12 @@ def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
         return {"bound": bound, "bound_intervals": bound, "bound_zonotope": None, "l2_from": "intervals",
                 "zonotope_generators": 0, "lower": lower.tolist(), "upper": upper.tolist(),
                 "method": METHOD_CHAIN if target.graph is None else METHOD_GRAPH,
-                "alpha_iterations": info["iterations"], "zonotope_iterations": None,
+                "alpha_iterations": info["iterations"], "zonotope_iterations": None, "hidden_alpha_iterations": 0,
                 "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "corners": corners}
     lower, upper, corners, info = output_intervals(target, maps, z_lo, z_hi, iters=iters, lr=lr,
                                                    time_budget=time_budget, bab_seconds=bab_seconds,
                                                    bab_domains=bab_domains, progress=progress,
-                                                   zonotope_iters=zonotope_iters)
+                                                   zonotope_iters=zonotope_iters, hidden_iters=hidden_iters)
     corners = _raw_corners(target, corners)
     by_intervals = l2_of_intervals(lower, upper)
     by_zonotope = widen(info["zonotope"]["bound"])
@@ -184,7 +190,7 @@ def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
             "lower": lower.tolist(), "upper": upper.tolist(),
             "method": METHOD + (f", branch and bound {bab_seconds:g} s" if bab_seconds > 0 else ""),
             "alpha_iterations": info["iterations"], "zonotope_iterations": info["zonotope"]["iterations"],
-            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "corners": corners}
+            "hidden_alpha_iterations": info["hidden_iterations"], "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "corners": corners}
 
 
 # ----------------------------------------------------------------------------- run-level wiring
@@ -203,6 +209,9 @@ class BoxConfig:
     iters: int = 60                  #: α-CROWN iterations
     time_budget: float = 50.0        #: seconds for the α optimisation and the zonotope's weights at most
     zonotope_iters: int = 150        #: iterations of the zonotope's weights (Adam)
+    #: α-CROWN iterations on each hidden layer's bounds (MLPs with two or more hidden layers, where
+    #: affordable: box_crown.hidden_alpha_iterations); a fixed count, no time budget
+    hidden_iters: int = 20
     #: certified agreement on the first N test images only, refined (CROWN on each ball's unstable
     #: units) for conv targets; None: every image, interval bounds through the conv layers
     local_images: int | None = None
@@ -246,7 +255,8 @@ def parse_box(text: str) -> tuple[float, float]:
 def box_bound(target: Target, maps: list[LayerMap], box: BoxConfig) -> float:
     """The box certificate's bound alone (what ``--eps`` is checked against in the box domain)."""
     return box_certificate(target, maps, box.lo, box.hi, iters=box.iters, time_budget=box.time_budget,
-                           bab_seconds=box.bab_seconds, zonotope_iters=box.zonotope_iters)["bound"]
+                           bab_seconds=box.bab_seconds, zonotope_iters=box.zonotope_iters,
+                           hidden_iters=box.hidden_iters)["bound"]
 
 
 def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, box: BoxConfig,
@@ -260,7 +270,8 @@ def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, 
     with phase(progress, "box certificate", f"bounding sup over {where} of ‖f(x) − ĝ(x)‖₂ (intervals, "
                                             f"zonotopes, differential alpha-CROWN{bab})"):
         cert = box_certificate(target, maps, box.lo, box.hi, iters=box.iters, time_budget=box.time_budget,
-                               bab_seconds=box.bab_seconds, progress=progress, zonotope_iters=box.zonotope_iters)
+                               bab_seconds=box.bab_seconds, progress=progress, zonotope_iters=box.zonotope_iters,
+                               hidden_iters=box.hidden_iters)
     t0 = time.perf_counter()
     q = target.sizes[-1]
     with phase(progress, "box attack", f"searching {where} for a large ‖f(x) − ĝ(x)‖₂ (sign-gradient "
@@ -277,6 +288,7 @@ def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, 
            "ratio": cert["bound"] / att["empirical_bound"] if att["empirical_bound"] > 0 else None,
            "method": cert["method"], "seconds": cert["seconds"], "cpu_seconds": cert["cpu_seconds"],
            "alpha_iterations": cert["alpha_iterations"], "zonotope_iterations": cert["zonotope_iterations"],
+           "hidden_alpha_iterations": cert["hidden_alpha_iterations"],
            "output_lower": cert["lower"], "output_upper": cert["upper"],
            "attack": {**att, "seconds": attack_seconds},
            "witness": {"file": BOX_WITNESS, "error": float(witness["error"])}}
@@ -335,16 +347,26 @@ def box_from_report(report: dict, where: str) -> BoxConfig | None:
         raise RunFolderError(f"{where}: 'box_certificate.box' must be [LO, HI] with LO < HI, got {box!r}; "
                              "recreate the run with 'subsetsum-lth approximate'")
     out = BoxConfig(float(box[0]), float(box[1]))
+    counts = {"hidden_iters": _replay_count(bc, "hidden_alpha_iterations", where, absent=0)}
     if "zonotope_iterations" not in bc or "branch and bound" in str(bc.get("method", "")):
-        return out
-    counts = {}
+        return replace(out, **counts)
     for key, name in (("alpha_iterations", "iters"), ("zonotope_iterations", "zonotope_iters")):
         v = bc.get(key)
         if v is None and key == "zonotope_iterations":      # a CNN's chain has no zonotope
             continue
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_REPLAY_ITERATIONS:
-            raise RunFolderError(f"{where}: box_certificate.{key} must be a whole number in "
-                                 f"[0, {MAX_REPLAY_ITERATIONS:,}], got {v!r}; recreate the run with "
-                                 "'subsetsum-lth approximate'")
-        counts[name] = v
+        counts[name] = _replay_count(bc, key, where)
     return replace(out, time_budget=math.inf, **counts)
+
+
+def _replay_count(bc: dict, key: str, where: str, absent: int | None = None) -> int:
+    """box_certificate[key], an iteration count certify replays, checked: a whole number in
+    [0, MAX_REPLAY_ITERATIONS]; ``absent`` where a report from before the count was recorded
+    stands for it (hidden-layer α: none then)."""
+    if key not in bc and absent is not None:
+        return absent
+    v = bc.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_REPLAY_ITERATIONS:
+        raise RunFolderError(f"{where}: box_certificate.{key} must be a whole number in "
+                             f"[0, {MAX_REPLAY_ITERATIONS:,}], got {v!r}; recreate the run with "
+                             "'subsetsum-lth approximate'")
+    return v

@@ -74,6 +74,8 @@ CASES = {
     "1 layer, [0,1]": make_case(8, [3, 2], 0.3, 0.0, 1.0),
     "1 layer, one output, [0,1]": make_case(12, [4, 1], 0.3, 0.0, 1.0),
     "3 layers, small errors": make_case(9, [3, 5, 5, 2], 0.02, 0.0, 1.0),
+    # three hidden layers: α-CROWN on the hidden bounds of layers 1 and 2 (BoxConfig.hidden_iters)
+    "4 layers, [-1,1]": make_case(10, [3, 4, 4, 3, 2], 0.1, -1.0, 1.0),
 }
 
 
@@ -509,6 +511,14 @@ def _mut_zono_group_cols(net, bounds, Xlo, Xhi, refine=True):
 def _mut_lmax(M):
     return 0.8 * cb_lmax(M)
 
+
+def _mut_hidden_alpha(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters, lr, deadline, splits=()):
+    v, cX, done = cb_optimise(net, bounds, k, lam_z, lam_d, Xlo, Xhi, iters, lr, deadline, splits)
+    return v + 0.25 * v.abs(), cX, done     # the hidden layers' optimised bounds cut by a quarter
+
+
+cb_optimise = crown._optimise
+
 MUTANTS = {
     "bound x 0.9": (cb, "l2_of_intervals", _mut_l2),
     "clip upper chord slope halved": (relax, "clip_planes", _mut_clip),
@@ -529,6 +539,8 @@ MUTANTS = {
     "refined: |.| residual bound halved": (zono, "_zonotope", _mut_zono_group_z),
     "refined: |.| residual columns halved": (zono, "_zonotope", _mut_zono_group_cols),
     "refined: lambda_max underestimated": (zono, "_lmax", _mut_lmax),
+    # box_crown._optimise as the hidden layers' bounds call it (certify_box keeps its own name)
+    "hidden alpha: bounds cut by a quarter": (crown, "_optimise", _mut_hidden_alpha),
 }
 
 
@@ -671,6 +683,68 @@ def test_certify_replays_the_recorded_iterations_on_a_loaded_machine(small_targe
     rb0 = json.loads(capsys.readouterr().out)["box_certificate"]
     if rb0["bound"] != pytest.approx(bc["bound"], rel=1e-6):      # the optimisers had improved it
         assert rc != 0 and rb0["matches_report"] is False
+
+
+def test_hidden_alpha_tightens_a_deep_mlp_and_its_cost_rule_reads_shapes_only():
+    """α-CROWN on the hidden layers' bounds (soundness: the exact cases above, '4 layers' among
+    them, and the mutant that cuts them): on a deep MLP over [−1, 1] it tightens the certificate;
+    it runs only where the shapes say it is affordable, the same decision on every machine."""
+    target, maps, lo, hi = make_case(11, [8, 12, 12, 12, 3], 0.05, -1.0, 1.0)
+    plain = cb.box_certificate(target, maps, lo, hi, iters=20, time_budget=None, hidden_iters=0)
+    tight = cb.box_certificate(target, maps, lo, hi, iters=20, time_budget=None, hidden_iters=20)
+    assert (plain["hidden_alpha_iterations"], tight["hidden_alpha_iterations"]) == (0, 20)
+    assert tight["bound_intervals"] < 0.99 * plain["bound_intervals"], (tight["bound_intervals"],
+                                                                       plain["bound_intervals"])
+    assert tight["bound"] <= plain["bound"] * (1 + 1e-12)
+    att = cb.box_attack(target, maps, lo, hi, steps=40)
+    assert att["empirical_bound"] <= tight["bound"]
+
+    def shapes(*sizes):
+        w = [torch.empty(q, p) for p, q in zip(sizes[:-1], sizes[1:])]
+        return crown.DiffNet(w, [], w, [], "both")
+    assert crown.hidden_alpha_iterations(shapes(1568, 64, 64, 64, 64, 10), 20) == 20
+    assert crown.hidden_alpha_iterations(shapes(1568, 1024, 1024, 1024, 1024, 10), 20) == 0
+    assert crown.hidden_alpha_iterations(shapes(1568, 500, 10), 20) == 0      # no hidden layer to optimise
+
+
+def test_certify_replays_the_hidden_alpha_count(tmp_path, capsys):
+    """report.json records how many hidden-layer α iterations the run took; certify replays that
+    count (a report from before it was recorded: none), refuses a count out of range, and says
+    when a count edited to 0 gives another bound."""
+    from torch import nn
+
+    from subsetsum_lth.cli import main
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(),
+                      nn.Linear(6, 2))
+    torch.save(m.state_dict(), tmp_path / "deep.pt")
+    out = tmp_path / "run"
+    assert _approx(tmp_path / "deep.pt", out, "--weight-eps", "0.05", "--input-domain", "box",
+                   "--input-box=-1,1") == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["box_certificate"]["hidden_alpha_iterations"] == 20
+    capsys.readouterr()
+    assert main(["certify", str(out), "--json", "--samples", "8", "--steps", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["box_certificate"]["matches_report"] is True
+    for bad in (-1, 10 ** 9, "20", None):
+        edited = json.loads(json.dumps(rep))
+        edited["box_certificate"]["hidden_alpha_iterations"] = bad
+        (out / "report.json").write_text(json.dumps(edited))
+        assert main(["certify", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "box_certificate.hidden_alpha_iterations must be a whole number" in err, err
+    edited = json.loads(json.dumps(rep))
+    edited["box_certificate"]["hidden_alpha_iterations"] = 0
+    (out / "report.json").write_text(json.dumps(edited))
+    rc = main(["certify", str(out), "--json"])
+    rb0 = json.loads(capsys.readouterr().out)["box_certificate"]
+    assert rb0["hidden_alpha_iterations"] == 0
+    if rb0["bound"] != pytest.approx(rep["box_certificate"]["bound"], rel=1e-6):
+        assert rc != 0 and rb0["matches_report"] is False
+    del edited["box_certificate"]["hidden_alpha_iterations"]          # a report from before the count
+    (out / "report.json").write_text(json.dumps(edited))
+    main(["certify", str(out), "--json"])
+    assert json.loads(capsys.readouterr().out)["box_certificate"]["hidden_alpha_iterations"] == 0
 
 
 def test_cli_eps_mode_is_checked_on_the_box(small_target, tmp_path):
