@@ -267,8 +267,9 @@ def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, 
     ``eval_x`` when given. ``progress``: announces each stage (:func:`subsetsum_lth.progress.phase`)."""
     where = box_set(box.lo, box.hi, target.input_dim)
     bab = f", then branch and bound for {box.bab_seconds:g} s" if box.bab_seconds else ""
-    with phase(progress, "box certificate", f"bounding sup over {where} of ‖f(x) − ĝ(x)‖₂ (intervals, "
-                                            f"zonotopes, differential alpha-CROWN{bab})"):
+    how = ("intervals, zonotopes, differential alpha-CROWN" if target.is_mlp and target.graph is None else
+           f"intervals and differential alpha-CROWN through the {'op graph' if target.graph is not None else 'op chain'}")
+    with phase(progress, "box certificate", f"bounding sup over {where} of ‖f(x) − ĝ(x)‖₂ ({how}{bab})"):
         cert = box_certificate(target, maps, box.lo, box.hi, iters=box.iters, time_budget=box.time_budget,
                                bab_seconds=box.bab_seconds, progress=progress, zonotope_iters=box.zonotope_iters,
                                hidden_iters=box.hidden_iters)
