@@ -374,15 +374,17 @@ def twin_chain(target: Target, weights: list, biases: list) -> list[BoxOp]:
     return ops
 
 
-def twin_graph(target: Target, weights: list, biases: list) -> tuple[list[BoxOp], list[list[int]] | None]:
-    """:func:`twin_chain` for any target: the ops and, for a residual target, their inputs (:func:`op_graph`)."""
+def twin_graph(target: Target, weights: list, biases: list,
+               split: str = "plus") -> tuple[list[BoxOp], list[list[int]] | None]:
+    """:func:`twin_chain` for any target: the ops and, for a residual target, their inputs
+    (:func:`op_graph`); ``split`` as for :func:`op_chain` ('both' for inputs of either sign)."""
     layers = [Layer(np.asarray(W, dtype=np.float64), None if b is None else np.asarray(b, dtype=np.float64), L.kind_)
               for W, b, L in zip(weights, biases, target.layers)]
     t = Target(layers, after=target.after, input_shape=target.input_shape, graph=target.graph)
     maps = [LayerMap(L.weight, L.weight, np.zeros(L.weight.shape[0]) if L.bias is None else L.bias) for L in layers]
     if t.graph is None:
-        return op_chain(t, maps, "plus"), None
-    return op_graph(t, maps, "plus")
+        return op_chain(t, maps, split), None
+    return op_graph(t, maps, split)
 
 
 def margin_objectives(cls: torch.Tensor, q: int) -> torch.Tensor:

@@ -365,3 +365,27 @@ def test_cli_local_images_refines_the_cnn_agreement_on_the_first_n_images(tmp_pa
         assert main([*args, "--out", str(tmp_path / "no"), *extra]) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("name", ["conv-maxpool-conv-avgpool-fc, [-1,1]", "overlapping max pool, [0,1]"])
+def test_plain_bounds_of_f_alone_contain_its_values_and_the_attack(name):
+    """experiments/box_plain_looseness.py: α-CROWN on f paired with itself (box_net.twin_graph, a
+    signed box through the 'both' split) contains every value of f found by random points, corners
+    and the script's own attack, which lies inside the certified range."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "box_plain_looseness", Path(__file__).parents[1] / "experiments" / "box_plain_looseness.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    arch, shape, seed, tau, lo, hi = CASES[name]
+    t, _ = make(arch, shape, seed, tau)
+    lower, upper = mod.plain_bounds(t, lo, hi, iters=10)
+    low, top = mod.plain_attack(t, lo, hi, starts=4, steps=40)
+    gen = torch.Generator().manual_seed(1)
+    x = lo + (hi - lo) * torch.rand(3000, t.input_dim, generator=gen, dtype=DT)
+    x = torch.cat([x, torch.where(torch.rand(3000, t.input_dim, generator=gen, dtype=DT) < 0.5, lo, hi).to(DT)])
+    with torch.no_grad():
+        y = t.forward(x).numpy()
+    assert np.all(y.max(0) <= upper + 1e-9) and np.all(y.min(0) >= lower - 1e-9)
+    assert np.all(top <= upper + 1e-9) and np.all(low >= lower - 1e-9)
+    assert np.all(top >= y.max(0) - 0.5 * (y.max(0) - y.min(0)))      # the attack does climb
