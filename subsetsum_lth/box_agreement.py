@@ -17,9 +17,21 @@ from subsetsum_lth.target import Target
 
 # ----------------------------------------------------------------------------- local agreement
 
+#: bytes the MLP agreement's CROWN objectives may take per pass (a chunk of images is cut into
+#: passes of at most this: B images × 2n × n per hidden layer of width n, and a few temporaries)
+AGREEMENT_PASS_BYTES = 256 * 2 ** 20
+
+
 def _robust_lower(net: DiffNet, x0: torch.Tensor, cls: torch.Tensor, rho: float, lo, hi) -> torch.Tensor:
     """Lower bounds (N, q−1) of out_c − out_k over the ℓ∞ ball of radius ρ ∩ box around each x0
-    (plain CROWN: ``net`` is a twin)."""
+    (plain CROWN: ``net`` is a twin), in passes of images whose objectives fit
+    :data:`AGREEMENT_PASS_BYTES` (a 4 × 1024 MLP took ~8.6 GB for 500 images at once)."""
+    widest = max([int(w.shape[0]) for w in net.wf[1:-1]], default=0)
+    per_image = 4 * 2 * widest * max(widest, int(net.wf[0].shape[1])) * 8
+    step = max(1, AGREEMENT_PASS_BYTES // per_image) if per_image else len(x0)
+    if len(x0) > step:
+        return torch.cat([_robust_lower(net, x0[i:i + step], cls[i:i + step], rho, lo, hi)
+                          for i in range(0, len(x0), step)])
     Xlo = torch.maximum(x0 - rho, lo)
     Xhi = torch.minimum(x0 + rho, hi)
     bounds = _hidden_bounds(net, Xlo, Xhi, twin=True)

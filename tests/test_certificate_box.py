@@ -340,6 +340,22 @@ def test_local_agreement_is_sound_and_not_vacuous():
     assert tiny >= clear.mean() - 1e-12 and clear.mean() > 0.3
 
 
+def test_local_agreement_of_a_deep_mlp_in_passes_is_the_same(monkeypatch):
+    """A chunk of images is cut into passes whose CROWN objectives fit a memory budget (a 4 × 1024
+    MLP took ~8.6 GB for 500 images in one pass): one image per pass gives the same answer."""
+    from subsetsum_lth import box_agreement
+    target, maps, lo, hi = make_case(13, [5, 8, 8, 8, 3], 0.05, 0.0, 1.0)
+    x = np.random.default_rng(1).random((40, 5))
+    whole, m1 = cb.local_agreement(target, maps, x, 0.05, lo, hi, return_mask=True)
+    calls = []
+    real = box_agreement._hidden_bounds
+    monkeypatch.setattr(box_agreement, "_hidden_bounds", lambda net, a, b, **kw: calls.append(len(a)) or real(net, a, b, **kw))
+    monkeypatch.setattr(box_agreement, "AGREEMENT_PASS_BYTES", 1)
+    passes, m2 = cb.local_agreement(target, maps, x, 0.05, lo, hi, return_mask=True)
+    assert set(calls) == {1} and len(calls) == 2 * len(x)          # f and ĝ, one image at a time
+    assert np.array_equal(m1, m2) and 0 < whole == passes < 1
+
+
 def test_local_agreement_refuses_bad_radius():
     target, maps, lo, hi = CASES["2 layers, [0,1]"]
     with pytest.raises(UserError, match="--local-radius"):
