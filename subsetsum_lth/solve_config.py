@@ -54,7 +54,8 @@ class SolveConfig:
     scheduler: str | None = option(None, flag="--scheduler", metavar="ADDRESS", group=_WHERE,
                                    help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.1:8786")
     batch_timeout: float | None = option(None, flag="--batch-timeout", metavar="SECONDS", group=_WHERE,
-                                         help="a batch not done in this time is cancelled (its worker replaced) "
+                                         help="a batch not done in this time (counted once the process pool's "
+                                              "workers have started) is cancelled (its worker replaced) "
                                               "and retried, then its instances are reported as failed")
     retries: int = option(2, flag="--retries", group=_WHERE,
                           help="extra attempts for a batch whose worker died or that timed out")
