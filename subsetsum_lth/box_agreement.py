@@ -22,21 +22,19 @@ from subsetsum_lth.target import Target
 AGREEMENT_PASS_BYTES = 256 * 2 ** 20
 
 
-def _robust_lower(net: DiffNet, x0: torch.Tensor, cls: torch.Tensor, rho: float, lo, hi) -> torch.Tensor:
-    """Lower bounds (N, q−1) of out_c − out_k over the ℓ∞ ball of radius ρ ∩ box around each x0
-    (plain CROWN: ``net`` is a twin), in passes of images whose objectives fit
+def _robust_lower(net: DiffNet, Xlo: torch.Tensor, Xhi: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """Lower bounds (N, q−1) of out_c − out_k over the boxes [Xlo, Xhi] (N, p) of the layers'
+    inputs (plain CROWN: ``net`` is a twin), in passes of images whose objectives fit
     :data:`AGREEMENT_PASS_BYTES` (a 4 × 1024 MLP took ~8.6 GB for 500 images at once)."""
     widest = max([int(w.shape[0]) for w in net.wf[1:-1]], default=0)
     per_image = 4 * 2 * widest * max(widest, int(net.wf[0].shape[1])) * 8
-    step = max(1, AGREEMENT_PASS_BYTES // per_image) if per_image else len(x0)
-    if len(x0) > step:
-        return torch.cat([_robust_lower(net, x0[i:i + step], cls[i:i + step], rho, lo, hi)
-                          for i in range(0, len(x0), step)])
-    Xlo = torch.maximum(x0 - rho, lo)
-    Xhi = torch.minimum(x0 + rho, hi)
+    step = max(1, AGREEMENT_PASS_BYTES // per_image) if per_image else len(Xlo)
+    if len(Xlo) > step:
+        return torch.cat([_robust_lower(net, Xlo[i:i + step], Xhi[i:i + step], cls[i:i + step])
+                          for i in range(0, len(Xlo), step)])
     bounds = _hidden_bounds(net, Xlo, Xhi, twin=True)
     q = net.wf[-1].shape[0]
-    N = len(x0)
+    N = len(Xlo)
     eye = torch.eye(q, dtype=DT)
     lam = eye[cls][:, None, :] - eye[None, :, :]            # (N, q, q): row k = e_c − e_k
     keep = torch.ones(N, q, dtype=torch.bool)
@@ -66,24 +64,33 @@ def local_agreement(target: Target, maps: list[LayerMap], x: np.ndarray, rho: fl
         fops = twin_graph(target, [L.weight for L in target.layers], [L.bias for L in target.layers])
         gops = twin_graph(target, [M.w_plus for M in maps], [M.bias for M in maps])
         if refine and fops[1] is None:      # a chain: CROWN on each ball's unstable units (box_local)
-            robust = lambda ops, x0, cls, lo_t, hi_t: refined_robust_lower(
-                ops[0], torch.maximum(x0 - rho, lo_t), torch.minimum(x0 + rho, hi_t), cls)
+            robust = lambda ops, zlo, zhi, cls: refined_robust_lower(ops[0], zlo, zhi, cls)
         else:                               # a residual graph (or refine=False): interval bounds
-            robust = lambda ops, x0, cls, lo_t, hi_t: chain_robust_lower(
-                ops[0], torch.maximum(x0 - rho, lo_t), torch.minimum(x0 + rho, hi_t), cls, inputs=ops[1])
+            robust = lambda ops, zlo, zhi, cls: chain_robust_lower(ops[0], zlo, zhi, cls, inputs=ops[1])
         fnet, gnet = fops, gops
     else:
         fnet = twin_net([L.weight for L in target.layers], [L.bias for L in target.layers])
         gnet = twin_net([M.w_plus for M in maps], [M.bias for M in maps])
-        robust = lambda net, x0, cls, lo_t, hi_t: _robust_lower(net, x0, cls, rho, lo_t, hi_t)
+        robust = _robust_lower
     lo_t, hi_t = torch.as_tensor(lo_a, dtype=DT), torch.as_tensor(hi_a, dtype=DT)
+    # the layers read the input op's a ⊙ x + c (a > 0: stds are positive), so the ball's box of x
+    # maps onto a box of their inputs coordinate by coordinate
+    a_in, c_in = ((torch.ones(p, dtype=DT), torch.zeros(p, dtype=DT)) if target.preprocessing is None else
+                  tuple(torch.as_tensor(v, dtype=DT) for v in target.preprocessing.affine(p)))
+    single = target.sizes[-1] == 1          # one output: its argmax is always the same class
     ok = []
     with torch.no_grad():
         for i in range(0, len(x), chunk):
             x0 = torch.minimum(torch.maximum(torch.as_tensor(x[i:i + chunk], dtype=DT), lo_t), hi_t)
+            if single:
+                ok.append(torch.ones(len(x0), dtype=torch.bool))
+                advance(bar)
+                continue
             cls = target.forward(x0).argmax(1)
-            a = robust(fnet, x0, cls, lo_t, hi_t)
-            b = robust(gnet, x0, cls, lo_t, hi_t)
+            zlo = a_in * torch.maximum(x0 - rho, lo_t) + c_in
+            zhi = a_in * torch.minimum(x0 + rho, hi_t) + c_in
+            a = robust(fnet, zlo, zhi, cls)
+            b = robust(gnet, zlo, zhi, cls)
             ok.append(((a > 0).all(1) & (b > 0).all(1)))
             advance(bar)
     mask = torch.cat(ok).numpy() if ok else np.zeros(0, dtype=bool)

@@ -293,10 +293,7 @@ def box_report(target: Target, maps: list[LayerMap], g: torch.nn.Module | None, 
            "output_lower": cert["lower"], "output_upper": cert["upper"],
            "attack": {**att, "seconds": attack_seconds},
            "witness": {"file": BOX_WITNESS, "error": float(witness["error"])}}
-    if eval_x is not None and box.local_radii and target.preprocessing is not None:
-        out["local_agreement_note"] = ("not computed: the target has an input op (declared preprocessing); "
-                                       "certified agreement is implemented for targets on pixels/255")
-    elif eval_x is not None and box.local_radii:
+    if eval_x is not None and box.local_radii:
         t1 = time.perf_counter()
         refine = box.local_images is not None
         eval_x = eval_x if box.local_images is None else eval_x[:box.local_images]

@@ -144,9 +144,11 @@ def sign_ascent(fn, x, lo, hi, steps=30, step=0.1):
         return fn(x), x
 
 
-def assert_no_ball_point_changes_the_class(t, maps, x, rho, mask, rng):
+def assert_no_ball_point_changes_the_class(t, maps, x, rho, mask, rng, ascent: int = 0):
     """For every point x[i] where ``mask`` says f and ĝ are certified to keep f's class on the ℓ∞
-    ball of radius ρ (within [0, 1]): random points and random corners of the ball keep it."""
+    ball of radius ρ (within [0, 1]): random points and random corners of the ball keep it; with
+    ``ascent`` steps, so do the ends of a sign-gradient descent on each margin out_c − out_k of f
+    and of ĝ from the centre and from 3 random points of the ball."""
     from subsetsum_lth.certify import CollapsedNet
     g = CollapsedNet(maps, target=t)
     for i in np.nonzero(mask)[0]:
@@ -155,4 +157,15 @@ def assert_no_ball_point_changes_the_class(t, maps, x, rho, mask, rng):
         X = torch.as_tensor(pts, dtype=torch.float64)
         c = int(t.forward(torch.as_tensor(x[i:i + 1], dtype=torch.float64)).argmax())
         with torch.no_grad():
-            assert (t.forward(X).argmax(1) == c).all() and (g(X).argmax(1) == c).all()
+            assert (t.forward(X).argmax(1) == c).all() and (g(X).argmax(1) == c).all(), i
+        if not ascent:
+            continue
+        lo = torch.as_tensor(np.clip(x[i] - rho, 0, 1), dtype=torch.float64)
+        hi = torch.as_tensor(np.clip(x[i] + rho, 0, 1), dtype=torch.float64)
+        starts = torch.cat([torch.as_tensor(x[i:i + 1], dtype=torch.float64), X[:3]])
+        for net in (t.forward, g):
+            for k in range(t.sizes[-1]):
+                if k != c:
+                    _, end = sign_ascent(lambda z: net(z)[:, k] - net(z)[:, c], starts, lo, hi, steps=ascent)
+                    with torch.no_grad():
+                        assert (net(end).argmax(1) == c).all(), (i, k)

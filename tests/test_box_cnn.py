@@ -316,6 +316,26 @@ def test_cnn_local_agreement_is_sound():
     assert_no_ball_point_changes_the_class(t, maps, x, rho, mask, rng)
 
 
+def test_cnn_local_agreement_through_an_input_op_is_sound_and_a_single_output_is_one_class():
+    """A CNN with an input op (the layers see (x − 0.5)/0.1): the balls are mapped through it, and
+    no point found in a certified ball (random, corners, descent on the margins) changes the class
+    (an outside audit broke 12 of 54 certified images before). A net with one output has one
+    class: every ball agrees (it crashed on the empty margin list)."""
+    from subsetsum_lth import preprocess
+    from subsetsum_lth.box_agreement import local_agreement
+    arch, shape, seed, tau, lo, hi = CASES["small errors, [0,1]"]
+    t, maps = make(arch, shape, seed, tau)
+    t = preprocess.attach(t, preprocess.Preprocessing.parse("0.5,0.1"))
+    rng = np.random.default_rng(3)
+    x = rng.random((40, t.input_dim))
+    frac, mask = local_agreement(t, maps, x, 0.01, 0.0, 1.0, return_mask=True)
+    assert 0 < frac < 1
+    assert_no_ball_point_changes_the_class(t, maps, x, 0.01, mask, rng, ascent=20)
+    one = ARCH_A[:-1] + [fc(4, 1)]
+    t1, maps1 = make(one, (1, 6, 6), 0, 0.05)
+    assert local_agreement(t1, maps1, x[:5], 0.05, 0.0, 1.0) == 1.0
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 def test_cli_cnn_box_run_and_certify(tmp_path, capsys):

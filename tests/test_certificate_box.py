@@ -356,6 +356,29 @@ def test_local_agreement_of_a_deep_mlp_in_passes_is_the_same(monkeypatch):
     assert np.array_equal(m1, m2) and 0 < whole == passes < 1
 
 
+def test_local_agreement_reads_the_balls_through_the_targets_input_op():
+    """An outside audit: a target with an input op (Normalize(0.5, 0.05): the layers see 20x − 10)
+    had its balls bounded on the raw pixels, and image 30 of this very setting was counted as
+    certified at ρ = 0.02 while a point of its ball changes f's class (found by a MILP). The balls
+    are now mapped through a ⊙ x + c: that point's image is not certified, and no certified image
+    has a point found by random sampling or by descent on the margins that changes the class."""
+    from subsetsum_lth import preprocess
+    from subsetsum_lth.target import Layer
+    from tests.helpers import assert_no_ball_point_changes_the_class
+    rng = np.random.default_rng(0)
+    base = Target([Layer(rng.standard_normal((6, 4)), rng.standard_normal(6) * 0.3),
+                   Layer(rng.standard_normal((3, 6)), rng.standard_normal(3) * 0.3)])
+    t = preprocess.attach(base, preprocess.Preprocessing.parse("0.5,0.05"))
+    maps = [LayerMap(L.weight.copy(), L.weight.copy(), L.bias.copy()) for L in t.layers]     # ĝ = f
+    x = rng.random((200, 4))
+    frac, mask = cb.local_agreement(t, maps, x, 0.02, 0.0, 1.0, return_mask=True)
+    witness = torch.tensor([[0.99995, 0.29614, 0.16291, 0.86030]], dtype=torch.float64)
+    assert np.abs(witness.numpy() - x[30]).max() <= 0.02
+    assert int(t.forward(witness).argmax()) != int(t.forward(torch.as_tensor(x[30:31])).argmax())
+    assert not mask[30] and 0.2 < frac < 1
+    assert_no_ball_point_changes_the_class(t, maps, x, 0.02, mask, np.random.default_rng(2), ascent=20)
+
+
 def test_local_agreement_refuses_bad_radius():
     target, maps, lo, hi = CASES["2 layers, [0,1]"]
     with pytest.raises(UserError, match="--local-radius"):
