@@ -365,6 +365,34 @@ def chain_intervals(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
                                                            "ops": [op.name for op in ops]}
 
 
+#: unit roundoff of float64
+UNIT_ROUNDOFF = 2.0 ** -53
+
+
+def rounding_slack(target: Target, maps: list[LayerMap], lo, hi) -> np.ndarray:
+    """Per output, a bound on the float64 rounding of a certificate of (f − ĝ)_k over the box of
+    the layers' inputs [lo, hi]: 8 · n · u · (M_d + M_g), with u the unit roundoff, n the fan-ins
+    of every affine op summed (plus the op count), and M_d, M_g the magnitudes of the terms the
+    bounds sum — the interval bounds of d and of ĝ's values over the symmetric box [−A, A],
+    A = max(|lo|, |hi|) (|W|A + |b| layer by layer). Negligible on pixel boxes (~1e-10 on
+    LeNet-5 over [0, 1]^784); it dominates only where f − ĝ is ~1e-12 of the terms (inputs of
+    ~1e8 and more: an outside audit found the plain relative widening short there)."""
+    p = target.input_dim
+    lo_a, hi_a = box_arrays(lo, hi, p)
+    A = torch.as_tensor(np.maximum(np.abs(lo_a), np.abs(hi_a)), dtype=DT)[None]
+    ops, inputs = (op_chain(target, maps, "both"), None) if target.graph is None else op_graph(target, maps, "both")
+    Xlo, Xhi = input_box("both", -A, A)
+    with torch.no_grad():
+        bounds = hidden_bounds(ops, Xlo, Xhi, "both", ibp=True, inputs=inputs)
+        src = len(ops) - 2 if inputs is None else inputs[-1][0]
+        zero = torch.zeros_like(Xlo)
+        out = ops[-1].interval(bounds[src] if src >= 0 else Bounds(Xlo, Xhi, zero, zero, Xlo, Xhi))
+    M = (torch.maximum(out.dl.abs(), out.du.abs()) + torch.maximum(out.l.abs(), out.u.abs()))[0]
+    n = len(ops) + sum(op.n_in if isinstance(op, LinearOp) else int(op.kf[0].numel())
+                       for op in ops if op.affine)
+    return (8 * n * UNIT_ROUNDOFF * M).numpy()
+
+
 def twin_chain(target: Target, weights: list, biases: list) -> list[BoxOp]:
     """One network of the target's architecture (weights in each layer's matrix view) paired with
     itself (d ≡ 0; non-negative inputs): plain CROWN on it through :func:`backward`."""

@@ -60,7 +60,7 @@ from subsetsum_lth.box_attack import box_attack
 from subsetsum_lth.box_crown import (DT, Bounds, DiffNet, _argmin_corner, _hidden_bounds, _optimise, _split_of,
                                      hidden_alpha_iterations,
                                      box_arrays, branch_and_bound, diff_net, twin_net)
-from subsetsum_lth.box_net import chain_intervals
+from subsetsum_lth.box_net import chain_intervals, rounding_slack
 from subsetsum_lth.box_zonotope import Zonotope, psd_l2_bound, refined_l2_bound, zonotope_l2
 
 __all__ = ["DT", "Bounds", "DiffNet", "Zonotope", "diff_net", "twin_net", "branch_and_bound", "psd_l2_bound",
@@ -162,9 +162,11 @@ def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
     # an input op (declared preprocessing) maps the box onto the box a·lo + c ≤ z ≤ a·hi + c of the
     # layers' inputs, exactly (preprocess.py); the corners are mapped back to forward's inputs
     z_lo, z_hi = target.network_box(lo, hi)
+    slack = rounding_slack(target, maps, z_lo, z_hi)      # float64 rounding of the sums, per output
     if not target.is_mlp or target.graph is not None:   # conv/pooling/residual: the op chain/graph (box_net)
         lower, upper, corners, info = chain_intervals(target, maps, z_lo, z_hi, iters=iters, lr=lr,
                                                       time_budget=time_budget, progress=progress)
+        lower, upper = lower - slack, upper + slack
         corners = _raw_corners(target, corners)
         bound = l2_of_intervals(lower, upper)
         if not math.isfinite(bound):
@@ -179,8 +181,9 @@ def box_certificate(target: Target, maps: list[LayerMap], lo, hi, iters: int = 6
                                                    bab_domains=bab_domains, progress=progress,
                                                    zonotope_iters=zonotope_iters, hidden_iters=hidden_iters)
     corners = _raw_corners(target, corners)
+    lower, upper = lower - slack, upper + slack
     by_intervals = l2_of_intervals(lower, upper)
-    by_zonotope = widen(info["zonotope"]["bound"])
+    by_zonotope = widen(info["zonotope"]["bound"] + float(np.linalg.norm(slack)))
     bound = min(by_intervals, by_zonotope)
     if not math.isfinite(bound):
         raise UserError("the box certificate overflows: the box is too large for this target; use a smaller --input-box")

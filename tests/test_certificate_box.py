@@ -786,6 +786,34 @@ def test_certify_replays_the_hidden_alpha_count(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["box_certificate"]["hidden_alpha_iterations"] == 0
 
 
+@pytest.mark.parametrize("w, b, w2, b2, lo, hi", [
+    (48.42477981115863, -1.2964804219148105, 48.424739227755666, 11294.926325770362,
+     278345874.94662845, 278345874.9477395),
+    (-0.9032628262035356, -0.37595727770164, -0.9032635587016964, 99403161.16723481,
+     135704315537784.11, 135704315537785.11)])
+def test_the_bound_covers_float64_rounding_where_the_terms_dwarf_the_difference(w, b, w2, b2, lo, hi):
+    """An outside audit's cases: one weight, inputs ~1e8 and ~1e14, f − ĝ = E x + e about 1e-12 of
+    the terms summed; the exact supremum (rational arithmetic on the float64 numbers) exceeded the
+    bound widened by 1e-9 relative. The per-output intervals and the bound now carry a rounding
+    slack from the terms' magnitudes (box_net.rounding_slack)."""
+    from fractions import Fraction as Fr
+
+    from subsetsum_lth.target import Layer
+    t = Target([Layer(np.array([[w]]), np.array([b]))])
+    maps = [LayerMap(np.array([[w2]]), np.array([[w2]]), np.array([b2]))]
+    cert = cb.box_certificate(t, maps, lo, hi, time_budget=None)
+    exact = [(Fr(w) - Fr(w2)) * Fr(x) + Fr(b) - Fr(b2) for x in (lo, hi)]
+    assert Fr(cert["upper"][0]) >= max(exact) and Fr(cert["lower"][0]) <= min(exact)
+    assert Fr(cert["bound"]) >= max(abs(v) for v in exact)
+
+
+def test_the_rounding_slack_is_negligible_on_a_pixel_box():
+    target, maps, lo, hi = make_case(13, [784, 64, 64, 10], 0.01, 0.0, 1.0)
+    from subsetsum_lth.box_net import rounding_slack
+    s = rounding_slack(target, maps, lo, hi)
+    assert s.shape == (10,) and np.all(s > 0) and np.all(s < 1e-9)
+
+
 def test_cli_eps_mode_is_checked_on_the_box(small_target, tmp_path):
     out = tmp_path / "run"
     assert _approx(small_target, out, "--eps", "0.05", "--input-domain", "box", "--input-box", "0,1",
