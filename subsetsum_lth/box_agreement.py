@@ -8,7 +8,7 @@ import torch
 
 from subsetsum_lth.box_crown import DT, DiffNet, _backward, _hidden_bounds, box_arrays, twin_net
 from subsetsum_lth.box_local import robust_lower as refined_robust_lower
-from subsetsum_lth.box_net import chain_robust_lower, twin_graph
+from subsetsum_lth.box_net import chain_robust_lower, margin_objectives, twin_graph
 from subsetsum_lth.certify import LayerMap
 from subsetsum_lth.errors import UserError
 from subsetsum_lth.progress import advance
@@ -33,13 +33,7 @@ def _robust_lower(net: DiffNet, Xlo: torch.Tensor, Xhi: torch.Tensor, cls: torch
         return torch.cat([_robust_lower(net, Xlo[i:i + step], Xhi[i:i + step], cls[i:i + step])
                           for i in range(0, len(Xlo), step)])
     bounds = _hidden_bounds(net, Xlo, Xhi, twin=True)
-    q = net.wf[-1].shape[0]
-    N = len(Xlo)
-    eye = torch.eye(q, dtype=DT)
-    lam = eye[cls][:, None, :] - eye[None, :, :]            # (N, q, q): row k = e_c − e_k
-    keep = torch.ones(N, q, dtype=torch.bool)
-    keep[torch.arange(N), cls] = False
-    lam = lam[keep].reshape(N, q - 1, q)
+    lam = margin_objectives(cls, net.wf[-1].shape[0])
     val, _ = _backward(net, bounds, net.depth - 1, lam, torch.zeros_like(lam), Xlo, Xhi)
     return val
 
